@@ -1,0 +1,19 @@
+"""Errors in Binance's body shape, for answers the proxy makes itself."""
+
+from __future__ import annotations
+
+import orjson
+
+# Codes the proxy uses. Binance's own, where one fits.
+UNKNOWN = -1000
+DISCONNECTED = -1001
+TOO_MANY_REQUESTS = -1003
+TIMEOUT = -1007
+UNAUTHORIZED = -1002
+ILLEGAL_CHARS = -1100
+NOT_FOUND = -1000
+
+
+def error_body(code: int, msg: str) -> bytes:
+    """``{"code": code, "msg": msg}`` as Binance writes it."""
+    return orjson.dumps({"code": code, "msg": msg})

@@ -1,0 +1,47 @@
+"""What a middleware factory gets to build with."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+from twisted.logger import Logger
+from twisted.web.resource import IResource
+
+from bnproxy.binance.endpoints import EndpointTable
+from bnproxy.binance.markets import Market
+
+
+@attrs.frozen
+class MiddlewareContext:
+    """Shared pieces a middleware may use.
+
+    - ``reactor``: the reactor (also the clock: ``callLater``, ``seconds``);
+    - ``upstream``: the terminal of the chain, a callable
+      ``ProxyRequest -> Deferred[ProxyResponse]`` that reaches Binance
+      directly (bypassing the chain: use it only for what must not be
+      governed; prefer ``chain``);
+    - ``chain``: a callable that sends a request through the whole chain
+      (resolved lazily, after the chain is composed), for background fetches
+      that must be cached and rate-limited like bot traffic;
+    - ``endpoints``, ``markets``: the Binance tables;
+    - ``add_admin(name, resource)``: mount an admin resource at ``/NAME``,
+      behind the admin allowlist;
+    - ``state_dir``: a directory for small state files;
+    - ``log``: a ``twisted.logger.Logger``;
+    - ``streams``: the stream managers by market (empty until the streams
+      middleware is in the chain);
+    - ``metrics``: the ``prometheus_client`` registry.
+    """
+
+    reactor: Any
+    upstream: Callable[..., Any]
+    chain: Callable[..., Any]
+    endpoints: EndpointTable
+    markets: Mapping[str, Market]
+    add_admin: Callable[[str, IResource], None]
+    state_dir: str
+    log: Logger = attrs.field(factory=Logger)
+    streams: dict[str, Any] = attrs.field(factory=dict)
+    metrics: Any = None

@@ -1,0 +1,77 @@
+"""The ccxt/Freqtrade configuration that points every Binance URL at bnproxy."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def ccxt_urls(base: str) -> dict[str, str]:
+    """Every key of ccxt's ``binance`` ``urls.api``, pointed at the proxy.
+
+    The implicit prefixes route most keys; ``fapiData`` and ``dapiData`` use
+    the explicit ``/usdm`` and ``/coinm`` mounts because ``/futures/data``
+    exists on both futures hosts.
+    """
+    b = base.rstrip("/")
+    return {
+        "public": f"{b}/api/v3",
+        "private": f"{b}/api/v3",
+        "v1": f"{b}/api/v1",
+        "sapi": f"{b}/sapi/v1",
+        "sapiV2": f"{b}/sapi/v2",
+        "sapiV3": f"{b}/sapi/v3",
+        "sapiV4": f"{b}/sapi/v4",
+        "fapiPublic": f"{b}/fapi/v1",
+        "fapiPublicV2": f"{b}/fapi/v2",
+        "fapiPublicV3": f"{b}/fapi/v3",
+        "fapiPrivate": f"{b}/fapi/v1",
+        "fapiPrivateV2": f"{b}/fapi/v2",
+        "fapiPrivateV3": f"{b}/fapi/v3",
+        "fapiData": f"{b}/usdm/futures/data",
+        "dapiPublic": f"{b}/dapi/v1",
+        "dapiPrivate": f"{b}/dapi/v1",
+        "dapiPrivateV2": f"{b}/dapi/v2",
+        "dapiData": f"{b}/coinm/futures/data",
+        "eapiPublic": f"{b}/eapi/v1",
+        "eapiPrivate": f"{b}/eapi/v1",
+        "papi": f"{b}/papi/v1",
+        "papiV2": f"{b}/papi/v2",
+    }
+
+
+def exchange_block(url: str, futures: bool = False) -> dict[str, Any]:
+    """Freqtrade's ``exchange`` section for a bot behind bnproxy."""
+    urls = {"api": ccxt_urls(url)}
+    ccxt_config: dict[str, Any] = {
+        # The proxy governs the weight budget for the whole fleet.
+        "enableRateLimit": False,
+        "urls": urls,
+        "options": {
+            # Load only the markets the bot trades.
+            "fetchMarkets": {"types": ["linear"] if futures else ["spot"]},
+        },
+    }
+    return {
+        "name": "binance",
+        "key": "",
+        "secret": "",
+        "ccxt_config": ccxt_config,
+        "ccxt_async_config": ccxt_config,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bnproxy freqtrade-config",
+        description="Print Freqtrade's exchange block pointing at bnproxy.")
+    parser.add_argument("--url", required=True, help="the proxy, e.g. http://127.0.0.1:8080")
+    parser.add_argument("--futures", action="store_true", help="USD-M futures instead of spot")
+    args = parser.parse_args(argv)
+    if not args.url.startswith(("http://", "https://")):
+        parser.error("--url must start with http:// or https://")
+    json.dump({"exchange": exchange_block(args.url, args.futures)}, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0

@@ -1,0 +1,61 @@
+"""Which headers cross the proxy, in each direction (allowlists).
+
+Hop-by-hop headers never cross: Connection, every header Connection names,
+Keep-Alive, TE, Trailer, Transfer-Encoding, Upgrade and Proxy-*. Host is
+never passed on: the upstream client writes its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"te", b"trailer", b"trailers",
+    b"transfer-encoding", b"upgrade", b"proxy-connection", b"proxy-authenticate",
+    b"proxy-authorization", b"host", b"content-length",
+})
+
+# To Binance: the key, content type, and the headers that change its answer.
+REQUEST_ALLOWED = frozenset({
+    b"x-mbx-apikey", b"content-type", b"accept", b"accept-language", b"user-agent",
+    b"x-mbx-time-unit", b"x-mbx-sbe",
+})
+REQUEST_ALLOWED_PREFIXES = (b"x-mbx-",)
+
+# To the bot: content headers, Binance's X-MBX-*/X-SAPI-*, Retry-After,
+# caching metadata, the redirect target of a relayed 3xx.
+RESPONSE_ALLOWED = frozenset({
+    b"content-type", b"content-encoding", b"content-language", b"retry-after",
+    b"location", b"cache-control", b"expires", b"last-modified", b"etag", b"vary",
+    b"set-cookie",
+})
+RESPONSE_ALLOWED_PREFIXES = (b"x-mbx-", b"x-sapi-")
+
+
+def _connection_named(pairs: list[tuple[bytes, bytes]]) -> set[bytes]:
+    named: set[bytes] = set()
+    for k, v in pairs:
+        if k == b"connection":
+            named.update(t.strip().lower() for t in v.split(b",") if t.strip())
+    return named
+
+
+def filter_headers(pairs: Iterable[tuple[bytes, bytes]], allowed: frozenset[bytes],
+                   prefixes: tuple[bytes, ...]) -> tuple[tuple[bytes, bytes], ...]:
+    """Keep allowlisted headers (lower-cased names), dropping hop-by-hop ones
+    and any header the ``Connection`` header names."""
+    lowered = [(k.lower(), v) for k, v in pairs]
+    drop = HOP_BY_HOP | _connection_named(lowered)
+    return tuple(
+        (k, v) for k, v in lowered
+        if k not in drop and (k in allowed or k.startswith(prefixes))
+        and (v.strip() or k != b"content-encoding")  # Twisted's decoder can leave it empty
+    )
+
+
+def request_headers(pairs: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[bytes, bytes], ...]:
+    return filter_headers(pairs, REQUEST_ALLOWED, REQUEST_ALLOWED_PREFIXES)
+
+
+def response_headers(pairs: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[bytes, bytes], ...]:
+    return filter_headers(pairs, RESPONSE_ALLOWED, RESPONSE_ALLOWED_PREFIXES)

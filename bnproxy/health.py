@@ -1,0 +1,49 @@
+"""``/health``: what the proxy is, how long it has run, where it sends what."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import orjson
+from twisted.web.resource import Resource
+
+from bnproxy import __version__
+from bnproxy.binance.markets import Market
+
+
+class HealthResource(Resource):
+    isLeaf = True
+
+    def __init__(self, clock, markets: Mapping[str, Market], chain: Sequence[Any],
+                 extra: Callable[[], Mapping[str, Any]] = dict) -> None:
+        super().__init__()
+        self._clock = clock
+        self._started = clock.seconds()
+        self._markets = markets
+        self._chain = chain
+        self._extra = extra
+
+    def document(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "status": "ok",
+            "version": __version__,
+            "uptime_seconds": round(self._clock.seconds() - self._started, 3),
+            "markets": {
+                name: {"rest": m.rest_base, "stream": m.stream_base}
+                for name, m in self._markets.items()
+            },
+            "chain": [m.name for m in self._chain],
+            "middleware": {},
+        }
+        for m in self._chain:
+            health = getattr(m, "health", None)
+            if callable(health):
+                doc["middleware"][m.name] = health()
+        doc.update(self._extra())
+        return doc
+
+    def render_GET(self, request):  # noqa: N802
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        return orjson.dumps(self.document())

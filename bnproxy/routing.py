@@ -1,0 +1,143 @@
+"""The HTTP side: root resource, market routing, writing answers back."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from twisted.internet.defer import CancelledError
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import server
+from twisted.web.resource import IResource, Resource
+
+from bnproxy.binance.endpoints import EndpointTable
+from bnproxy.binance.errors import ILLEGAL_CHARS, UNKNOWN
+from bnproxy.binance.markets import MARKET_NAMES, Market, implicit_market
+from bnproxy.clientaddr import ClientResolver
+from bnproxy.messages import ProxyRequest, ProxyResponse, local_error
+
+_log = Logger(namespace="bnproxy.routing")
+
+SOURCE_HEADER = b"x-bnproxy-source"
+
+
+def split_target(uri: bytes) -> tuple[bytes, bytes]:
+    """(raw path, raw query) of a request target. An absolute-form target
+    (``http://elsewhere/path``) contributes only its path: the authority never
+    steers the proxy."""
+    lower = uri[:8].lower()
+    if lower.startswith((b"http://", b"https://")):
+        rest = uri.split(b"://", 1)[1]
+        slash = rest.find(b"/")
+        query_at = rest.find(b"?")
+        if slash == -1 or (query_at != -1 and query_at < slash):
+            uri = b"/" + (rest[query_at:] if query_at != -1 else b"")
+        else:
+            uri = rest[slash:]
+    path, _, query = uri.partition(b"?")
+    path = path.split(b"#", 1)[0]
+    query = query.split(b"#", 1)[0]
+    return path, query
+
+
+def resolve_market(path: str) -> tuple[str | None, str]:
+    """(market, Binance path) for a proxy path: an explicit mount
+    (``/usdm/futures/data/...``) or the implicit prefix (``/fapi/...``)."""
+    first, sep, rest = path[1:].partition("/")
+    if first in MARKET_NAMES:
+        return (first, "/" + rest) if sep and rest else (None, path)
+    return implicit_market(path), path
+
+
+def write_response(request: server.Request, response: ProxyResponse) -> None:
+    """Send ``response`` to the bot, unless it has gone."""
+    if request.finished or getattr(request, "_disconnected", False):
+        return
+    request.setResponseCode(response.status)
+    headers = request.responseHeaders
+    for k, v in response.headers:
+        headers.addRawHeader(k, v)
+    headers.setRawHeaders(SOURCE_HEADER, [response.source.encode("ascii")])
+    headers.setRawHeaders(b"content-length", [str(len(response.body)).encode("ascii")])
+    if request.method != b"HEAD":
+        request.write(response.body)
+    request.finish()
+
+
+class ForwardingResource(Resource):
+    """Every non-admin path: builds a ``ProxyRequest`` and runs the chain."""
+
+    isLeaf = True
+
+    def __init__(self, handler: Callable, markets: Mapping[str, Market],
+                 endpoints: EndpointTable, clock, resolve_client: ClientResolver) -> None:
+        super().__init__()
+        self._handler = handler
+        self._markets = markets
+        self._endpoints = endpoints
+        self._clock = clock
+        self._resolve_client = resolve_client
+
+    def render(self, request: server.Request):
+        request.defaultContentType = None
+        raw_path, query = split_target(request.uri)
+        try:
+            path = raw_path.decode("ascii")
+            method = request.method.decode("ascii")
+        except UnicodeDecodeError:
+            write_response(request, local_error(
+                400, ILLEGAL_CHARS, "Illegal characters found in a parameter."))
+            return server.NOT_DONE_YET
+        market, binance_path = resolve_market(path)
+        if market is None:
+            write_response(request, local_error(
+                404, UNKNOWN, f"bnproxy: no Binance market serves the path {path}",
+                detail="no-route"))
+            return server.NOT_DONE_YET
+        headers = tuple((k.lower(), v) for k, vs in request.requestHeaders.getAllRawHeaders()
+                        for v in vs)
+        peer = getattr(request.getClientAddress(), "host", None) or "unix"
+        request.content.seek(0)
+        proxy_request = ProxyRequest(
+            method=method, market=market, path=binance_path, query=query,
+            headers=headers, body=request.content.read(),
+            client=self._resolve_client(peer, headers),
+            arrival=self._clock.seconds(),
+            endpoint=self._endpoints.lookup(market, method, binance_path),
+        )
+        d = self._handler(proxy_request)
+        request.notifyFinish().addErrback(lambda _: d.cancel())
+
+        def failed(f: Failure) -> None:
+            if f.check(CancelledError):
+                return None
+            _log.failure("unhandled error answering {path}", f, path=binance_path)
+            write_response(request, local_error(500, UNKNOWN, "bnproxy: internal error"))
+            return None
+
+        d.addCallback(lambda r: write_response(request, r)).addErrback(failed)
+        return server.NOT_DONE_YET
+
+
+class RootResource(Resource):
+    """Admin resources by name; everything else to the forwarder."""
+
+    def __init__(self, forward: IResource) -> None:
+        super().__init__()
+        self._forward = forward
+
+    def getChild(self, path: bytes, request: server.Request) -> IResource:  # noqa: N802
+        request.prepath.pop()
+        request.postpath.insert(0, path)
+        return self._forward
+
+    def render(self, request: server.Request):
+        return self._forward.render(request)
+
+
+class ProxySite(server.Site):
+    """A Site that writes no access log of its own (twisted.web's logs the
+    full URI, signatures included); the ``logger`` middleware logs instead."""
+
+    def log(self, request: server.Request) -> None:
+        pass

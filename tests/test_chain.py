@@ -1,0 +1,146 @@
+"""The middleware chain: order, failure handling, coroutines, cancellation."""
+
+import attrs
+import pytest
+from helpers import Harness
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from zope.interface import implementer
+
+from bnproxy.chain import compose
+from bnproxy.interfaces import IMiddleware
+from bnproxy.messages import ProxyRequest, ProxyResponse
+
+
+def request(path="/api/v3/ping"):
+    return ProxyRequest("GET", "spot", path, b"", (), b"", "127.0.0.1", 0.0)
+
+
+@implementer(IMiddleware)
+class Tag:
+    def __init__(self, name, trail):
+        self.name = name
+        self.trail = trail
+
+    def handle(self, req, next):
+        self.trail.append(f"{self.name}>")
+
+        def back(response):
+            self.trail.append(f"<{self.name}")
+            return attrs.evolve(response, detail=response.detail + self.name)
+        return next(req).addCallback(back)
+
+
+def terminal_ok(trail):
+    def terminal(req):
+        trail.append("upstream")
+        return succeed(ProxyResponse(200, (), b"{}", "upstream", ""))
+    return terminal
+
+
+def result_of(d):
+    out = []
+    d.addBoth(out.append)
+    assert out
+    return out[0]
+
+
+def test_middlewares_run_in_configured_order_around_the_upstream():
+    trail = []
+    handler = compose([Tag("a", trail), Tag("b", trail)], terminal_ok(trail))
+    response = result_of(handler(request()))
+    assert trail == ["a>", "b>", "upstream", "<b", "<a"]
+    assert response.detail == "ba"
+
+
+@implementer(IMiddleware)
+class Raises:
+    name = "boom"
+
+    def handle(self, req, next):
+        raise RuntimeError("bad plugin")
+
+
+@implementer(IMiddleware)
+class FailsLater:
+    name = "later"
+
+    def handle(self, req, next):
+        return next(req).addCallback(lambda r: 1 / 0)
+
+
+@implementer(IMiddleware)
+class ReturnsJunk:
+    name = "junk"
+
+    def handle(self, req, next):
+        return {"not": "a response"}
+
+
+@pytest.mark.parametrize("broken", [Raises(), FailsLater(), ReturnsJunk()])
+def test_a_failing_middleware_yields_a_logged_500_and_is_never_skipped(broken, caplog):
+    trail = []
+    outer = Tag("outer", trail)
+    handler = compose([outer, broken], terminal_ok(trail))
+    response = result_of(handler(request()))
+    assert response.status == 500
+    assert response.source == "local"
+    assert broken.name in response.body.decode()
+    assert trail[0] == "outer>" and trail[-1] == "<outer"  # the outer one still ran
+    if isinstance(broken, Raises):
+        assert "upstream" not in trail  # never skipped to the upstream
+
+
+@implementer(IMiddleware)
+class Coroutine:
+    name = "coro"
+
+    async def handle(self, req, next):
+        response = await next(req)
+        return attrs.evolve(response, headers=((b"x-coro", b"1"),))
+
+
+@implementer(IMiddleware)
+class Local:
+    name = "local"
+
+    def handle(self, req, next):
+        return ProxyResponse(204, (), b"", "local", "")
+
+
+def test_coroutines_and_plain_values_are_accepted():
+    trail = []
+    response = result_of(compose([Coroutine()], terminal_ok(trail))(request()))
+    assert response.header(b"x-coro") == b"1"
+    untouched = []
+    response = result_of(compose([Local()], terminal_ok(untouched))(request()))
+    assert response.status == 204 and untouched == []
+
+
+def test_cancelling_reaches_the_waiting_terminal():
+    cancelled = []
+    waiting = Deferred(lambda d: cancelled.append(True))
+    handler = compose([Coroutine(), Tag("t", [])], lambda req: waiting)
+    d = handler(request())
+    d.cancel()
+    assert cancelled == [True]
+    failure = result_of(d)
+    assert failure.check(CancelledError)
+
+
+def test_a_bot_disconnecting_cancels_its_request():
+    from test_forwarding import ScriptedAgent
+
+    pending = []
+    agent = ScriptedAgent(Deferred(lambda d: pending.append("cancelled")))
+    h = Harness(agent=agent)
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+    from twisted.python.failure import Failure
+    from twisted.internet.error import ConnectionDone
+
+    protocol = h.service.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+    protocol.makeConnection(StringTransport())
+    protocol.dataReceived(b"GET /api/v3/depth?symbol=X HTTP/1.1\r\nHost: p\r\n\r\n")
+    assert len(agent.calls) == 1
+    protocol.connectionLost(Failure(ConnectionDone()))
+    assert pending == ["cancelled"]
