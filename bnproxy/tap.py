@@ -157,8 +157,13 @@ def makeService(options: Options):  # noqa: N802
 
     from bnproxy.service import ProxyService
 
+    config = options.config()
     try:
-        return ProxyService(reactor, options.config())
+        if config.simulated_exchange:
+            from bnproxy.testing.simulated import with_simulated_exchange
+
+            return with_simulated_exchange(reactor, config, ProxyService)
+        return ProxyService(reactor, config)
     except ConfigError as e:
         sys.exit(f"twistd bnproxy: error: {e}")
 

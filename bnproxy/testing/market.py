@@ -238,33 +238,17 @@ class SymbolState:
         return trades
 
     def _move_book(self, now_ms: int) -> None:
+        """Keep each side dense over BOOK_LEVELS ticks from its top: levels the
+        new price crosses are deleted, levels it uncovers are added, and the
+        far end follows."""
         bids: dict[int, int] = {}
         asks: dict[int, int] = {}
         new_top_bid = self.last_price - 1
         new_top_ask = self.last_price + 1
-        # Bids: drop crossed levels above the new top, add missing ones below it.
-        for p in range(self.top_bid, new_top_bid, -1):
-            if p in self.bids:
-                del self.bids[p]
-                bids[p] = 0
-        for p in range(new_top_bid, new_top_bid - BOOK_LEVELS, -1):
-            if p not in self.bids:
-                self.bids[p] = bids[p] = self._level_qty()
-        for p in range(self.top_bid - BOOK_LEVELS + 1, new_top_bid - BOOK_LEVELS + 1):
-            if p in self.bids:
-                del self.bids[p]
-                bids[p] = 0
-        for p in range(self.top_ask, new_top_ask):
-            if p in self.asks:
-                del self.asks[p]
-                asks[p] = 0
-        for p in range(new_top_ask, new_top_ask + BOOK_LEVELS):
-            if p not in self.asks:
-                self.asks[p] = asks[p] = self._level_qty()
-        for p in range(new_top_ask + BOOK_LEVELS, self.top_ask + BOOK_LEVELS):
-            if p in self.asks:
-                del self.asks[p]
-                asks[p] = 0
+        self._shift(self.bids, bids, self.top_bid - BOOK_LEVELS + 1, self.top_bid,
+                    new_top_bid - BOOK_LEVELS + 1, new_top_bid)
+        self._shift(self.asks, asks, self.top_ask, self.top_ask + BOOK_LEVELS - 1,
+                    new_top_ask, new_top_ask + BOOK_LEVELS - 1)
         self.top_bid, self.top_ask = new_top_bid, new_top_ask
         for _ in range(self.rng.randrange(4)):
             side, book, top, sign = ((bids, self.bids, new_top_bid, -1)
@@ -279,6 +263,19 @@ class SymbolState:
             self.update_id += n_changes
             self.book_time = now_ms
             self.events.append(DepthEvent(prev + 1, self.update_id, prev, now_ms, bids, asks))
+
+    def _shift(self, book: dict[int, int], changes: dict[int, int], old_lo: int, old_hi: int,
+               new_lo: int, new_hi: int) -> None:
+        """Move a dense price range [old_lo, old_hi] to [new_lo, new_hi]."""
+        if new_lo == old_lo:
+            return
+        for p in range(old_lo, old_hi + 1) if new_lo > old_hi or new_hi < old_lo else (
+                range(old_lo, new_lo) if new_lo > old_lo else range(new_hi + 1, old_hi + 1)):
+            if book.pop(p, None) is not None:
+                changes[p] = 0
+        for p in range(new_lo, new_hi + 1) if new_lo > old_hi or new_hi < old_lo else (
+                range(old_hi + 1, new_hi + 1) if new_hi > old_hi else range(new_lo, old_lo)):
+            book[p] = changes[p] = self._level_qty()
 
     def top(self, side: str, limit: int) -> list[tuple[int, int]]:
         book, start, step = ((self.bids, self.top_bid, -1) if side == "bids"

@@ -94,6 +94,7 @@ class RestApi:
             r[("spot", "GET", f"{prefix}/myTrades")] = (self.my_trades, "SIGNED")
         r[("spot", "GET", "/sapi/v1/margin/allPairs")] = (self.margin_pairs, "KEY")
         r[("spot", "GET", "/sapi/v1/margin/isolated/allPairs")] = (self.margin_pairs, "SIGNED")
+        r[("spot", "GET", "/sapi/v1/capital/config/getall")] = (self.coins, "SIGNED")
         for market, p in (("usdm", "/fapi"), ("coinm", "/dapi")):
             v1 = f"{p}/v1"
             for path, fn in [("ping", self.ping), ("time", self.time),
@@ -528,6 +529,28 @@ class RestApi:
                 row = {"symbol": i.symbol, "base": i.base, "quote": i.quote,
                        "isMarginTrade": True, "isBuyAllowed": True, "isSellAllowed": True}
             rows.append(row)
+        return self.ok(rows)
+
+    def coins(self, call: Call):
+        assets = sorted({a for st in self.x.symbols["spot"].values()
+                         for a in (st.inst.base, st.inst.quote)})
+        acct = self.x.account("spot", call.api_key)
+        rows = []
+        for a in assets:
+            rows.append({
+                "coin": a, "depositAllEnable": True, "withdrawAllEnable": True, "name": a,
+                "free": _units(acct.balances.get(a, 0)), "locked": "0", "freeze": "0",
+                "withdrawing": "0", "ipoing": "0", "ipoable": "0", "storage": "0",
+                "isLegalMoney": False, "trading": True,
+                "networkList": [{
+                    "network": a, "coin": a, "withdrawIntegerMultiple": "0.00000001",
+                    "isDefault": True, "depositEnable": True, "withdrawEnable": True,
+                    "depositDesc": "", "withdrawDesc": "", "specialTips": "", "name": a,
+                    "resetAddressStatus": False, "addressRegex": "", "memoRegex": "",
+                    "withdrawFee": "0.0005", "withdrawMin": "0.001", "withdrawMax": "9999999",
+                    "minConfirm": 1, "unLockConfirm": 2, "sameAddress": False,
+                    "estimatedArrivalTime": 25, "busy": False, "contractAddressUrl": "",
+                    "contractAddress": ""}]})
         return self.ok(rows)
 
     def new_order(self, call: Call):
