@@ -153,6 +153,8 @@ class Options(usage.Options):
 
 
 def makeService(options: Options):  # noqa: N802
+    import gc
+
     from twisted.internet import reactor
 
     from bnproxy.service import ProxyService
@@ -163,9 +165,13 @@ def makeService(options: Options):  # noqa: N802
             from bnproxy.testing.simulated import with_simulated_exchange
 
             return with_simulated_exchange(reactor, config, ProxyService)
-        return ProxyService(reactor, config)
+        service = ProxyService(reactor, config)
     except ConfigError as e:
         sys.exit(f"twistd bnproxy: error: {e}")
+    # Everything built so far lives as long as the process: keep the cyclic
+    # collector from rescanning it (it showed as multi-millisecond p99 pauses).
+    gc.freeze()
+    return service
 
 
 ENV_OPTIONS = {

@@ -12,6 +12,7 @@ from bnproxy.testing.accounts import Account, AuthError, Order, check_timestamp,
 from bnproxy.testing.market import (
     DAY,
     FUTURES_INTERVALS,
+    INTERVAL_MS,
     INTERVALS,
     Candle,
     SymbolState,
@@ -75,7 +76,7 @@ class RestApi:
 
     def __init__(self, exchange: FakeExchange) -> None:
         self.x = exchange
-        self._kline_bytes: dict[tuple[str, str, str, int], bytes] = {}
+        self._kline_bytes: dict[tuple[str, str, int, int], bytes] = {}
         r: dict[tuple[str, str, str], tuple[Callable[[Call], Any], str]] = {}
         for prefix in ("/api/v3",):
             for path, fn in [("ping", self.ping), ("time", self.time),
@@ -243,23 +244,27 @@ class RestApi:
             raise ApiError(400, -1023, "Start time is greater than end time.")
         opens = select_opens(st, interval, start, end, limit)
         kind = call.path.rsplit("/", 1)[1]
-        parts = [self._kline_row(st, kind, interval, t) for t in opens]
+        if not opens:
+            return self.ok(b"[]")
+        current = st.current[interval]
+        closed = opens[:-1] if opens[-1] == current.open_time else opens
+        parts = [self._closed_rows(st, kind, interval, closed)] if closed else []
+        if len(closed) < len(opens):
+            parts.append(kline_row(st, current, kind))
         return self.ok(b"[" + b",".join(parts) + b"]")
 
-    def _kline_row(self, st: SymbolState, kind: str, interval: str, t: int) -> bytes:
-        candle = st.candle(interval, t)
-        final = candle is not st.current[interval]
-        key = (st.inst.market + st.inst.symbol + kind, interval, "", t)
-        if final:
-            cached = self._kline_bytes.get(key)
-            if cached is not None:
-                return cached
-        row = kline_row(st, candle, kind)
-        if final:
-            if len(self._kline_bytes) > 500_000:
+    def _closed_rows(self, st: SymbolState, kind: str, interval: str, opens: list[int]) -> bytes:
+        """The encoded rows of closed klines, joined; cached per range (closed
+        klines never change)."""
+        key = (st.inst.market + ":" + st.inst.symbol + ":" + kind, interval, opens[0],
+               len(opens))
+        cached = self._kline_bytes.get(key)
+        if cached is None:
+            if len(self._kline_bytes) > 20_000:
                 self._kline_bytes.clear()
-            self._kline_bytes[key] = row
-        return row
+            cached = self._kline_bytes[key] = b",".join(
+                kline_row(st, st.candle(interval, t), kind) for t in opens)
+        return cached
 
     # -- order book -------------------------------------------------------------
     def depth(self, call: Call):
@@ -578,6 +583,15 @@ def select_opens(st: SymbolState, interval: str, start: int | None, end: int | N
                  limit: int) -> list[int]:
     """Open times of the klines Binance returns for these parameters."""
     current = st.current[interval].open_time
+    size = INTERVAL_MS.get(interval) if interval != "1w" else None
+    if size is not None:  # fixed-size interval: arithmetic, no walking
+        if start is not None:
+            first = -(-start // size) * size
+            last = current if end is None else min(current, end // size * size)
+            n = max(0, min(limit, (last - first) // size + 1)) if last >= first else 0
+            return list(range(first, first + n * size, size))
+        last = current if end is None else min(current, end // size * size)
+        return list(range(last - (limit - 1) * size, last + 1, size))
     if start is not None:
         t = open_time(interval, start)
         if t < start:
