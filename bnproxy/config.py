@@ -10,7 +10,7 @@ import attrs
 from bnproxy.admin import DEFAULT_ADMIN_ALLOW
 
 # The default chain, in order. Built-in middlewares register as plugins.
-DEFAULT_CHAIN: tuple[str, ...] = ()
+DEFAULT_CHAIN: tuple[str, ...] = ("logger", "allowlist", "cache", "ratelimit")
 
 
 @attrs.frozen
@@ -32,4 +32,5 @@ class ProxyConfig:
     body_timeout: float = 30.0
     max_connections_per_host: int = 32
     state_dir: str = "."
+    log_format: str = "text"
     simulated_exchange: bool = False

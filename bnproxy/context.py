@@ -29,6 +29,7 @@ class MiddlewareContext:
     - ``add_admin(name, resource)``: mount an admin resource at ``/NAME``,
       behind the admin allowlist;
     - ``state_dir``: a directory for small state files;
+    - ``log_format``: ``text`` or ``json`` (``--log-format``);
     - ``log``: a ``twisted.logger.Logger``;
     - ``streams``: the stream managers by market (empty until the streams
       middleware is in the chain);
@@ -42,6 +43,7 @@ class MiddlewareContext:
     markets: Mapping[str, Market]
     add_admin: Callable[[str, IResource], None]
     state_dir: str
+    log_format: str = "text"
     log: Logger = attrs.field(factory=Logger)
     streams: dict[str, Any] = attrs.field(factory=dict)
     metrics: Any = None

@@ -59,7 +59,7 @@ class ProxyService(MultiService):
             reactor=reactor, upstream=self.upstream,
             chain=lambda request: chain_ref[0](request),
             endpoints=self.endpoints, markets=markets, add_admin=add_admin,
-            state_dir=config.state_dir)
+            state_dir=config.state_dir, log_format=config.log_format)
         self.context = context
         self.middlewares = build_middlewares(config.middleware, discover(), context)
         self.handler = compose(self.middlewares, self.upstream)

@@ -64,6 +64,7 @@ class Options(usage.Options):
         ["forwarded-header", None, "x-forwarded-for",
          "Header read from trusted proxies: x-forwarded-for or forwarded."],
         ["state-dir", None, ".", "Directory for state files (the ban state)."],
+        ["log-format", None, "text", "Access log lines: text or json."],
     ]
 
     def __init__(self) -> None:
@@ -112,6 +113,8 @@ class Options(usage.Options):
         listen = [endpoint_description(self["port"])] if self["port"] else []
         listen += self["listen"]
         self["listen"] = listen or ["tcp:8080"]
+        if self["log-format"] not in ("text", "json"):
+            raise usage.UsageError("--log-format must be text or json")
         if self["forwarded-header"] not in ("x-forwarded-for", "forwarded"):
             raise usage.UsageError("--forwarded-header must be x-forwarded-for or forwarded")
         if self["simulated-exchange"] and (self["upstreams"] or self["testnet"]):
@@ -148,6 +151,7 @@ class Options(usage.Options):
             response_timeout=self["response-timeout"],
             body_timeout=self["body-timeout"],
             state_dir=self["state-dir"],
+            log_format=self["log-format"],
             simulated_exchange=bool(self["simulated-exchange"]),
         )
 
@@ -188,6 +192,7 @@ ENV_OPTIONS = {
     "BNPROXY_BODY_TIMEOUT": ("--body-timeout", False),
     "BNPROXY_FORWARDED_HEADER": ("--forwarded-header", False),
     "BNPROXY_STATE_DIR": ("--state-dir", False),
+    "BNPROXY_LOG_FORMAT": ("--log-format", False),
 }
 ENV_FLAGS = {"BNPROXY_TESTNET": "--testnet", "BNPROXY_SIMULATED_EXCHANGE": "--simulated-exchange"}
 

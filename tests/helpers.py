@@ -96,6 +96,20 @@ class Answer:
         return json.loads(self.body)
 
 
+def _tmpdir() -> str:
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="bnproxy-test-")
+
+
+def chain(*names: str, **settings) -> tuple:
+    """A middleware chain spec: ``chain("cache", "ratelimit", ratelimit={...})``."""
+    return tuple((n, settings.get(n, {})) for n in names)
+
+
+DEFAULT = ("logger", "allowlist", "cache", "ratelimit")
+
+
 class Harness:
     """A ProxyService in virtual time whose upstream is an in-memory resource."""
 
@@ -106,6 +120,8 @@ class Harness:
         self.upstream_agent = agent or RequestTraversalAgent(self.upstream)
         config.setdefault("upstreams", dict(UPSTREAM_HOSTS))
         config.setdefault("listen", ())
+        config.setdefault("middleware", ())  # the spine alone unless a test names a chain
+        config.setdefault("state_dir", _tmpdir())
         self.service = ProxyService(self.clock, ProxyConfig(**config), agent=self.upstream_agent)
         self.client = RequestTraversalAgent(self.service.site.resource)
 
@@ -162,3 +178,57 @@ def raw_exchange(harness: Harness, data: bytes, peer: str = "127.0.0.1") -> byte
     protocol.dataReceived(data)
     harness.flush()
     return transport.value()
+
+
+class FakeResponse:
+    """An IResponse with a body delivered at once."""
+
+    version = (b"HTTP", 1, 1)
+    phrase = b"OK"
+
+    def __init__(self, code: int = 200, headers: dict | None = None, body: bytes = b"{}") -> None:
+        from twisted.web.http_headers import Headers
+
+        self.code = code
+        self.headers = Headers({k: [v] for k, v in (headers or {}).items()})
+        self.body = body
+        self.length = len(body)
+
+    def deliverBody(self, protocol):  # noqa: N802
+        from twisted.python.failure import Failure
+        from twisted.web.client import ResponseDone
+
+        class T:
+            def abortConnection(self):
+                pass
+
+        protocol.makeConnection(T())
+        protocol.dataReceived(self.body)
+        protocol.connectionLost(Failure(ResponseDone()))
+
+
+def controlled_agent():
+    """An IAgent whose requests wait until the test answers them:
+    ``agent.pending`` is a list of (method, uri, headers, Deferred)."""
+    from twisted.internet.defer import Deferred
+    from twisted.web.iweb import IAgent
+    from zope.interface import implementer
+
+    @implementer(IAgent)
+    class Agent:
+        def __init__(self):
+            self.pending = []
+            self.calls = []
+
+        def request(self, method, uri, headers=None, bodyProducer=None):
+            d = Deferred()
+            self.pending.append((method, uri, headers, d))
+            self.calls.append((method, uri, headers))
+            return d
+
+        def answer_all(self, response_factory):
+            pending, self.pending = self.pending, []
+            for method, uri, headers, d in pending:
+                d.callback(response_factory(method, uri))
+
+    return Agent()

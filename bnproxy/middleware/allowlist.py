@@ -1,0 +1,55 @@
+"""``allowlist``: only listed networks reach Binance through the proxy."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from bnproxy.binance.errors import UNAUTHORIZED
+from bnproxy.clientaddr import Network, in_networks, parse_networks
+from bnproxy.interfaces import IMiddleware
+from bnproxy.messages import ProxyRequest, local_error
+from bnproxy.settings import SettingsReader
+
+_log = Logger(namespace="bnproxy.allowlist")
+
+DEFAULT_ALLOW = ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+                 "fc00::/7")
+
+
+@implementer(IMiddleware)
+class Allowlist:
+    """Admits ``request.client`` (normalised: IPv4-mapped IPv6 is IPv4, scope
+    ids dropped; behind a trusted proxy, the first untrusted forwarded hop)
+    when it is in one of the networks; anyone else gets 403."""
+
+    def __init__(self, name: str, networks: Sequence[Network]) -> None:
+        self.name = name
+        self.networks = list(networks)
+        self.denied = 0
+
+    def handle(self, request: ProxyRequest, next: Callable) -> Deferred:
+        if in_networks(request.client, self.networks):
+            return next(request)
+        self.denied += 1
+        _log.warn("denied {client}: not in the allowlist", client=request.client)
+        return succeed(local_error(403, UNAUTHORIZED,
+                                   "bnproxy: your address is not allowed to use this proxy",
+                                   detail="denied"))
+
+    def health(self) -> dict:
+        return {"networks": [str(n) for n in self.networks], "denied": self.denied}
+
+
+def build_allowlist(name: str, settings, context) -> Allowlist:
+    reader = SettingsReader(f"middleware.{name}", settings)
+    items = reader.list("allow", list(DEFAULT_ALLOW))
+    reader.done()
+    try:
+        networks = parse_networks(items)
+    except ValueError as e:
+        raise reader._fail("allow", str(e)) from None
+    return Allowlist(name, networks)

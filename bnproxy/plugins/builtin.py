@@ -1,0 +1,32 @@
+"""The built-in middleware factories, registered as plugins like any other."""
+
+from __future__ import annotations
+
+from zope.interface import implementer
+
+from bnproxy.interfaces import IMiddlewareFactory
+
+
+@implementer(IMiddlewareFactory)
+class _Factory:
+    def __init__(self, name: str, description: str, module: str, builder: str) -> None:
+        self.name = name
+        self.description = description
+        self._module = module
+        self._builder = builder
+
+    def build(self, settings, context):
+        import importlib
+
+        return getattr(importlib.import_module(self._module), self._builder)(
+            self.name, settings, context)
+
+
+logger = _Factory("logger", "Access log (text or JSON) with secrets redacted.",
+                  "bnproxy.middleware.logger", "build_logger")
+allowlist = _Factory("allowlist", "Admit only listed client networks.",
+                     "bnproxy.middleware.allowlist", "build_allowlist")
+cache = _Factory("cache", "Public market data from a bounded cache, coalesced, stale-if-error.",
+                 "bnproxy.middleware.cache", "build_cache")
+ratelimit = _Factory("ratelimit", "One weight budget for the fleet; no ban ever escalates.",
+                     "bnproxy.middleware.ratelimit", "build_ratelimit")
