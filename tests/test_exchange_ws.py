@@ -37,6 +37,8 @@ async def test_a_spot_book_rebuilt_from_diff_depth_equals_the_rest_snapshot(fake
     await wait_for(reactor, ws, lambda m: any(
         x["stream"] == "btcusdt@depth@100ms" and x["data"]["u"] > snapshot["lastUpdateId"]
         for x in m))
+    await wait_for(reactor, ws, lambda m: any(  # a 1 s kline closes at least once
+        x["stream"] == "btcusdt@kline_1s" and x["data"]["k"]["x"] for x in m))
     fake_exchange.exchange.pause()
     final = await rest(fake_exchange, "spot", "/api/v3/depth?symbol=BTCUSDT&limit=1000")
     # Binance's documented procedure (spot, corrected 2025-11-12).

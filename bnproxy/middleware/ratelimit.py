@@ -33,7 +33,7 @@ from bnproxy.settings import SettingsReader
 _log = Logger(namespace="bnproxy.ratelimit")
 
 WINDOW = 60.0
-BANNED_UNTIL = re.compile(rb"banned until (\d{12,14})")
+BANNED_UNTIL = re.compile(rb"banned until (\d+)")
 
 
 def pool_of(request: ProxyRequest) -> str:
