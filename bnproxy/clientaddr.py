@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+@lru_cache(maxsize=8192)
 def parse_address(text: str) -> Address | None:
     """An IP address, normalised: scope id dropped, IPv4-mapped IPv6 → IPv4,
     brackets and a port (``[::1]:80``, ``1.2.3.4:80``) removed. None if
@@ -28,6 +30,7 @@ def parse_address(text: str) -> Address | None:
     return addr
 
 
+@lru_cache(maxsize=8192)
 def normalise(text: str) -> str:
     """The canonical text of an address, or ``text`` unchanged if it is none."""
     addr = parse_address(text)

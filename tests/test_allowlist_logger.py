@@ -76,6 +76,7 @@ def test_access_logs_hold_no_keys_and_no_signatures(tmp_path, fmt):
                       headers={b"X-MBX-APIKEY": API_KEY})
             h.request("GET", f"/api/v3/depth?symbol=BTCUSDT&apiKey={API_KEY.decode()}")
         h.request("GET", "/api/v3/depth?symbol=BTCUSDT&limit=5")
+        h.service.middlewares[0].flush()
     finally:
         globalLogPublisher.removeObserver(events)
     text = path.read_text() + "\n".join(formatEvent(e) or "" for e in events)
@@ -104,5 +105,6 @@ def test_the_key_hash_tells_bots_apart_without_showing_the_key(tmp_path):
     h.request("GET", "/api/v3/account", headers={b"X-MBX-APIKEY": b"key-one"})
     h.request("GET", "/api/v3/account", headers={b"X-MBX-APIKEY": b"key-two"})
     h.request("GET", "/api/v3/account", headers={b"X-MBX-APIKEY": b"key-one"})
+    h.service.middlewares[0].flush()
     keys = [json.loads(line)["key"] for line in path.read_text().splitlines()]
     assert keys[0] == keys[2] != keys[1]

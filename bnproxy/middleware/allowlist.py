@@ -30,9 +30,18 @@ class Allowlist:
         self.name = name
         self.networks = list(networks)
         self.denied = 0
+        self._decided: dict[str, bool] = {}
+
+    def admits(self, client: str) -> bool:
+        decision = self._decided.get(client)
+        if decision is None:
+            if len(self._decided) > 65536:
+                self._decided.clear()
+            decision = self._decided[client] = in_networks(client, self.networks)
+        return decision
 
     def handle(self, request: ProxyRequest, next: Callable) -> Deferred:
-        if in_networks(request.client, self.networks):
+        if self.admits(request.client):
             return next(request)
         self.denied += 1
         _log.warn("denied {client}: not in the allowlist", client=request.client)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import attrs
 import orjson
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
@@ -22,14 +22,18 @@ from zope.interface import implementer
 
 from bnproxy.interfaces import IMiddleware
 from bnproxy.messages import ProxyRequest, ProxyResponse, header_value, without_headers
-from bnproxy.middleware.cachekey import cache_key
+from bnproxy.middleware.cachekey import VARYING_HEADERS, cache_key
+from bnproxy.privacy import PRIVATE_HEADERS
 from bnproxy.settings import SettingsReader
 
 _log = Logger(namespace="bnproxy.cache")
 
+KEY_HEADERS = frozenset((*PRIVATE_HEADERS, *VARYING_HEADERS))
+
 DEFAULT_TTL = {"depth": 1.0, "bookTicker": 1.0, "price": 1.0, "ticker24hr": 2.0,
                "klines": 2.0, "exchangeInfo": 60.0, "public": 1.0}
 GZIP_MIN = 256
+_DETAIL = {b"HIT": "HIT", b"STALE": "STALE"}
 
 
 @attrs.define
@@ -40,6 +44,17 @@ class Entry:
     size: int
     endpoint: str
     gzipped: bytes | None = None
+    plain_headers: tuple = ()
+    gzip_headers: tuple = ()
+
+    def __attrs_post_init__(self) -> None:
+        headers = self.response.headers
+        vary = header_value(headers, b"vary")
+        vary = b"Accept-Encoding" if not vary else vary + b", Accept-Encoding"
+        base = without_headers(headers, b"vary")
+        self.plain_headers = (*base, (b"vary", vary))
+        self.gzip_headers = (*without_headers(base, b"content-encoding"), (b"vary", vary),
+                             (b"content-encoding", b"gzip"))
 
 
 def _storable(response: ProxyResponse) -> bool:
@@ -95,11 +110,29 @@ class Cache:
         self._store: OrderedDict[tuple, Entry] = OrderedDict()
         self._bytes = 0
         self._inflight: dict[tuple, list[Deferred]] = {}
+        self._keys: dict[tuple, tuple | None] = {}
         self.stats = _Stats()
 
     # -- the middleware -------------------------------------------------------------
+    def _key(self, request: ProxyRequest) -> tuple | None:
+        """``cache_key``, memoised on everything it reads: the raw request
+        line parts and the headers that matter (privacy or variation)."""
+        if request.body or request.method != "GET":
+            return None
+        memo = (request.market, request.path, request.query,
+                tuple((k, v if k in VARYING_HEADERS else b"")
+                      for k, v in request.headers if k in KEY_HEADERS))
+        key = self._keys.get(memo)
+        if key is None:
+            key = cache_key(request)
+            if key is not None:  # only public requests are remembered: no secrets kept
+                if len(self._keys) > 100_000:
+                    self._keys.clear()
+                self._keys[memo] = key
+        return key
+
     def handle(self, request: ProxyRequest, next: Callable) -> Deferred:
-        key = cache_key(request)
+        key = self._key(request)
         endpoint = request.path
         if key is None:
             self.stats.count("bypassed", endpoint)
@@ -109,7 +142,7 @@ class Cache:
         if entry is not None and now - entry.stored < entry.ttl:
             self._store.move_to_end(key)
             self.stats.count("hits", endpoint)
-            return Deferred.fromCoroutine(self._served(entry, request, b"HIT", now))
+            return succeed(self._served(entry, request, b"HIT", now))
         waiters = self._inflight.get(key)
         if waiters is not None:
             self.stats.count("coalesced", endpoint)
@@ -123,24 +156,19 @@ class Cache:
         fetch.addBoth(self._filled, key, request, followers, own)
         return own
 
-    async def _served(self, entry: Entry, request: ProxyRequest, status: bytes,
-                      now: float) -> ProxyResponse:
+    def _served(self, entry: Entry, request: ProxyRequest, status: bytes,
+                now: float) -> ProxyResponse:
         response = entry.response
-        age = str(max(0, math.floor(now - entry.stored))).encode()
-        headers = response.headers
+        age = (b"age", str(max(0, math.floor(now - entry.stored))).encode())
         body = response.body
-        if _accepts_gzip(request) and len(body) >= GZIP_MIN:
+        if len(body) >= GZIP_MIN and _accepts_gzip(request):
             if entry.gzipped is None:
                 entry.gzipped = gzip.compress(body, 6)
             body = entry.gzipped
-            headers = (*without_headers(headers, b"content-encoding"),
-                       (b"content-encoding", b"gzip"))
-        vary = header_value(headers, b"vary")
-        headers = (*without_headers(headers, b"vary"),
-                   (b"vary", b"Accept-Encoding" if not vary else vary + b", Accept-Encoding"),
-                   (b"age", age), (b"x-cache", status))
-        return attrs.evolve(response, headers=headers, body=body, source="cache",
-                            detail=status.decode())
+            headers = (*entry.gzip_headers, age, (b"x-cache", status))
+        else:
+            headers = (*entry.plain_headers, age, (b"x-cache", status))
+        return ProxyResponse(response.status, headers, body, "cache", _DETAIL[status])
 
     @staticmethod
     def _mark(response: ProxyResponse, status: bytes) -> ProxyResponse:
@@ -164,8 +192,7 @@ class Cache:
                 self.stats.count("stale", request.path)
                 for d in [own, *followers]:
                     if not d.called:
-                        Deferred.fromCoroutine(self._served(stale, request, b"STALE", now)) \
-                            .chainDeferred(d)
+                        d.callback(self._served(stale, request, b"STALE", now))
                 return None
         if _storable(response):
             self._put(key, Entry(_stored_copy(response), now,

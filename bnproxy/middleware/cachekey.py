@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl
-
 import orjson
 
 from bnproxy.messages import ProxyRequest
@@ -25,7 +23,7 @@ def cache_key(request: ProxyRequest) -> tuple | None:
     if (request.method != "GET" or endpoint is None or endpoint.cache_class is None
             or request.body or is_private(request)):
         return None
-    pairs = parse_qsl(request.query.decode("latin-1"), keep_blank_values=True)
+    pairs = request.param_list
     names = [k for k, _ in pairs]
     if len(set(names)) != len(names):
         return None

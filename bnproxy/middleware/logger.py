@@ -1,19 +1,26 @@
 """``logger``: the access log, with secrets redacted.
 
-One line per answer through ``twisted.logger``: time, client, method, path,
-query with ``signature``/``listenKey``/``apiKey`` values redacted, status,
-bytes, duration, source, cache status and weight charged. The API key appears
-only as a short salted hash (to tell bots apart); bodies are never logged.
+One line per answer: time, client, method, path, query with
+``signature``/``listenKey``/``apiKey`` values redacted, status, bytes,
+duration, source, cache status and weight charged. The API key appears only
+as a short salted hash (to tell bots apart); bodies are never logged.
+
+Lines go to ``twisted.logger`` (so to twistd's log), or with ``file=PATH`` to a
+file of their own, written in blocks and flushed every second (as nginx's
+``access_log … buffer= flush=``) and at shutdown.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Callable
-from urllib.parse import parse_qsl, quote
+from urllib.parse import quote
 
 import orjson
+from twisted.application.service import Service
+from twisted.internet import task
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -24,62 +31,91 @@ from bnproxy.privacy import SECRET_PARAMS
 from bnproxy.settings import SettingsReader
 
 REDACTED = "[redacted]"
+_SECRET_BYTES = tuple(name.encode() for name in SECRET_PARAMS)
 
 
-def redact_query(raw: bytes) -> str:
-    """The query with secret values replaced; other values re-quoted."""
+def redact_query(request: ProxyRequest) -> str:
+    """The query as sent, unless it names a secret parameter: then rebuilt
+    with those values replaced."""
+    raw = request.query
     if not raw:
         return ""
-    pairs = parse_qsl(raw.decode("latin-1"), keep_blank_values=True)
+    if b"%" not in raw and not any(name in raw.lower() for name in _SECRET_BYTES):
+        return raw.decode("latin-1")  # no secret can hide in it
+    pairs = request.param_list
+    if not any(k.lower() in SECRET_PARAMS for k, _ in pairs):
+        return request.query.decode("latin-1")
     return "&".join(f"{quote(k, safe='')}="
                     f"{REDACTED if k.lower() in SECRET_PARAMS else quote(v, safe=',[]')}"
                     for k, v in pairs)
 
 
 @implementer(IMiddleware)
-class AccessLogger:
-    def __init__(self, name: str, clock, fmt: str, salt: bytes, log: Logger | None = None,
-                 output=None) -> None:
+class AccessLogger(Service):
+    def __init__(self, name: str, clock, fmt: str, salt: bytes, output=None) -> None:
         self.name = name
         self._clock = clock
         self._json = fmt == "json"
         self._salt = salt
-        self._log = log or Logger(namespace="bnproxy.access")
-        self._output = output  # a file for lines of its own; None: twisted.logger
+        self._log = Logger(namespace="bnproxy.access")
+        self._output = output  # a file of its own; None: twisted.logger
+        self._flusher = task.LoopingCall(self.flush)
+        self._flusher.clock = clock
+        self._keys: dict[bytes, str] = {}
+
+    def startService(self) -> None:  # noqa: N802
+        super().startService()
+        if self._output is not None:
+            self._flusher.start(1.0, now=False)
+
+    def stopService(self) -> None:  # noqa: N802
+        if self._flusher.running:
+            self._flusher.stop()
+        self.flush()
+        return super().stopService()
+
+    def flush(self) -> None:
+        if self._output is not None:
+            self._output.flush()
 
     def key_id(self, request: ProxyRequest) -> str | None:
         key = request.header(b"x-mbx-apikey")
         if not key:
             return None
-        return hashlib.sha256(self._salt + key).hexdigest()[:10]
+        kid = self._keys.get(key)
+        if kid is None:
+            if len(self._keys) > 4096:
+                self._keys.clear()
+            kid = self._keys[key] = hashlib.sha256(self._salt + key).hexdigest()[:10]
+        return kid
 
     def handle(self, request: ProxyRequest, next: Callable) -> Deferred:
         return next(request).addCallback(self._log_one, request)
 
     def _log_one(self, response: ProxyResponse, request: ProxyRequest) -> ProxyResponse:
-        duration = (self._clock.seconds() - request.arrival) * 1000
-        record = {
-            "time": round(self._clock.seconds(), 3), "client": request.client,
-            "method": request.method, "market": request.market, "path": request.path,
-            "query": redact_query(request.query), "status": response.status,
-            "bytes": len(response.body), "ms": round(duration, 2), "source": response.source,
-            "cache": (response.header(b"x-cache") or b"-").decode("latin-1"),
-            "weight": response.weight, "key": self.key_id(request) or "-",
-            "detail": response.detail,
-        }
+        now = self._clock.seconds()
+        ms = round((now - request.arrival) * 1000, 2)
+        query = redact_query(request)
+        cache = (response.header(b"x-cache") or b"-").decode("latin-1")
+        key = self.key_id(request) or "-"
         if self._json:
-            line = orjson.dumps(record).decode()
+            line = orjson.dumps({
+                "time": round(now, 3), "client": request.client, "method": request.method,
+                "market": request.market, "path": request.path, "query": query,
+                "status": response.status, "bytes": len(response.body), "ms": ms,
+                "source": response.source, "cache": cache, "weight": response.weight,
+                "key": key, "detail": response.detail}).decode()
         else:
-            q = f"?{record['query']}" if record["query"] else ""
-            line = (f"{record['client']} \"{request.method} /{request.market}{request.path}{q}\" "
-                    f"{response.status} {record['bytes']} {record['ms']}ms "
-                    f"source={response.source} cache={record['cache']} "
-                    f"weight={response.weight} key={record['key']}")
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+            q = f"?{query}" if query else ""
+            line = (f"{stamp}Z {request.client} \"{request.method} /{request.market}"
+                    f"{request.path}{q}\" {response.status} {len(response.body)} {ms}ms "
+                    f"source={response.source} cache={cache} weight={response.weight} "
+                    f"key={key}")
         if self._output is not None:
             self._output.write(line + "\n")
-            self._output.flush()
         else:
-            self._log.info("{access_line}", access_line=line, access=record)
+            self._log.info("{line}", line=line)
         return response
 
 
@@ -94,7 +130,7 @@ def build_logger(name: str, settings, context) -> AccessLogger:
     output = None
     if path:
         try:
-            output = open(path, "a", encoding="utf-8")  # noqa: SIM115 (lives with the process)
+            output = open(path, "a", encoding="utf-8", buffering=65536)  # noqa: SIM115
         except OSError as e:
             raise reader._fail("file", f"cannot open {path}: {e.strerror}") from None
     return AccessLogger(name, context.reactor, fmt, salt, output=output)
