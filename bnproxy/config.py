@@ -10,7 +10,7 @@ import attrs
 from bnproxy.admin import DEFAULT_ADMIN_ALLOW
 
 # The default chain, in order. Built-in middlewares register as plugins.
-DEFAULT_CHAIN: tuple[str, ...] = ("logger", "allowlist", "cache", "ratelimit")
+DEFAULT_CHAIN: tuple[str, ...] = ("logger", "allowlist", "streams", "cache", "ratelimit")
 
 
 @attrs.frozen

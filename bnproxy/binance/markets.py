@@ -95,10 +95,15 @@ def build_markets(
     rest: Mapping[str, str] | None = None,
     streams: Mapping[str, str] | None = None,
 ) -> dict[str, Market]:
-    """The market table after presets and per-market overrides."""
+    """The market table after presets and per-market overrides.
+
+    A market whose REST base is overridden without a stream base gets no
+    streams: a custom REST host says nothing about where its streams are.
+    """
     table = dict(TESTNET if testnet else PRODUCTION)
     for name, url in (rest or {}).items():
-        table[name] = attrs.evolve(table[name], rest_base=check_base_url(url, ("http", "https")))
+        table[name] = attrs.evolve(table[name], rest_base=check_base_url(url, ("http", "https")),
+                                   stream_base=None)
     for name, url in (streams or {}).items():
         table[name] = attrs.evolve(table[name], stream_base=check_base_url(url, ("ws", "wss")))
     return table

@@ -30,3 +30,5 @@ cache = _Factory("cache", "Public market data from a bounded cache, coalesced, s
                  "bnproxy.middleware.cache", "build_cache")
 ratelimit = _Factory("ratelimit", "One weight budget for the fleet; no ban ever escalates.",
                      "bnproxy.middleware.ratelimit", "build_ratelimit")
+streams = _Factory("streams", "Klines, order books and tickers from websocket streams.",
+                   "bnproxy.streams.middleware", "build_streams")

@@ -4,49 +4,23 @@ update ids, and 24 h statistics, all derived from one state."""
 
 from __future__ import annotations
 
-import calendar
 import hashlib
 import math
 import random
 from collections import deque
 from collections.abc import Callable
-from datetime import datetime, timezone
 
 import attrs
 
 from bnproxy.testing.instruments import Instrument
 
-MINUTE = 60_000
+from bnproxy.streams.intervals import INTERVAL_MS, MINUTE, next_open, open_time
+
 HOUR = 60 * MINUTE
 DAY = 24 * HOUR
-INTERVAL_MS = {
-    "1s": 1000, "1m": MINUTE, "3m": 3 * MINUTE, "5m": 5 * MINUTE, "15m": 15 * MINUTE,
-    "30m": 30 * MINUTE, "1h": HOUR, "2h": 2 * HOUR, "4h": 4 * HOUR, "6h": 6 * HOUR,
-    "8h": 8 * HOUR, "12h": 12 * HOUR, "1d": DAY, "3d": 3 * DAY, "1w": 7 * DAY,
-}
 INTERVALS = (*INTERVAL_MS, "1M")
 FUTURES_INTERVALS = tuple(i for i in INTERVALS if i != "1s")
-WEEK_OFFSET = 4 * DAY  # 1970-01-01 was a Thursday; weeks open on Monday
 BOOK_LEVELS = 5100  # per side, at every tick from the top
-
-
-def open_time(interval: str, t_ms: int) -> int:
-    """The open time of the ``interval`` kline containing ``t_ms`` (UTC)."""
-    if interval == "1M":
-        d = datetime.fromtimestamp(t_ms / 1000, tz=timezone.utc)
-        return calendar.timegm((d.year, d.month, 1, 0, 0, 0)) * 1000
-    if interval == "1w":
-        return (t_ms - WEEK_OFFSET) // INTERVAL_MS["1w"] * INTERVAL_MS["1w"] + WEEK_OFFSET
-    size = INTERVAL_MS[interval]
-    return t_ms // size * size
-
-
-def next_open(interval: str, open_ms: int) -> int:
-    if interval == "1M":
-        d = datetime.fromtimestamp(open_ms / 1000, tz=timezone.utc)
-        y, m = (d.year + 1, 1) if d.month == 12 else (d.year, d.month + 1)
-        return calendar.timegm((y, m, 1, 0, 0, 0)) * 1000
-    return open_ms + (INTERVAL_MS["1w"] if interval == "1w" else INTERVAL_MS[interval])
 
 
 def prev_open(interval: str, open_ms: int) -> int:

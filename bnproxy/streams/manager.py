@@ -1,0 +1,343 @@
+"""``StreamManager``: one market's pool of websocket connections to Binance's
+combined endpoint.
+
+Each connection carries up to 1024 streams, kept up by Twisted's
+``ClientService`` (reconnects with exponential backoff and jitter), subscribes
+with batched ``SUBSCRIBE``/``UNSUBSCRIBE`` paced under the per-connection
+message limit, answers server pings (autobahn does), and is rotated before
+Binance's 24 h cut (or on ``serverShutdown``): a new connection subscribes the
+same streams and the old one closes once the new one is acknowledged, so no
+message is missed. USD-M streams go to the routed ``/public`` (depth, book
+ticker) or ``/market`` (everything else) paths unless ``legacy`` is set.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.service import Service
+from twisted.internet import endpoints, task
+from twisted.logger import Logger
+
+from bnproxy.binance.markets import Market
+
+_log = Logger(namespace="bnproxy.streams")
+
+MAX_STREAMS = 1024
+BATCH = 200  # streams per SUBSCRIBE message
+PUBLIC_KINDS = ("depth", "bookTicker", "rpiDepth")
+
+
+def route_of(name: str) -> str:
+    kind = name.split("@", 1)[1] if "@" in name else name
+    return "public" if kind.startswith(PUBLIC_KINDS) or name == "!bookTicker" else "market"
+
+
+class _Protocol(WebSocketClientProtocol):
+    connection: Connection
+
+    def onOpen(self) -> None:  # noqa: N802
+        self.factory.connection.opened(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:  # noqa: N802
+        self.factory.connection.received(payload)
+
+    def onClose(self, wasClean: bool, code: int, reason: str) -> None:  # noqa: N802
+        self.factory.connection.closed(self)
+
+
+class Connection:
+    """One websocket connection and the streams it carries."""
+
+    def __init__(self, manager: StreamManager, route: str | None) -> None:
+        self.manager = manager
+        self.route = route
+        self.streams: set[str] = set()
+        self.protocol: _Protocol | None = None
+        self.opened_at: float | None = None
+        self.acked = False
+        self.retiring = False
+        self._outbox: deque[bytes] = deque()
+        self._sent: deque[float] = deque()
+        self._pump: Any = None
+        self._next_id = 1
+        self._pending_ids: set[int] = set()
+        url = manager.url(route)
+        parts = urlsplit(url)
+        secure = parts.scheme == "wss"
+        port = parts.port or (443 if secure else 80)
+        reactor = manager.reactor
+        endpoint = endpoints.HostnameEndpoint(reactor, parts.hostname, port, timeout=10)
+        if secure:
+            from twisted.internet.ssl import optionsForClientTLS
+            endpoint = endpoints.wrapClientTLS(optionsForClientTLS(parts.hostname), endpoint)
+        factory = WebSocketClientFactory(url)
+        factory.protocol = _Protocol
+        factory.connection = self
+        factory.setProtocolOptions(
+            openHandshakeTimeout=10, closeHandshakeTimeout=5,
+            autoPingInterval=manager.ping_interval, autoPingTimeout=manager.ping_timeout,
+            maxFramePayloadSize=16 * 1024 * 1024, maxMessagePayloadSize=16 * 1024 * 1024)
+        rng = random.Random()
+        self.service = ClientService(
+            endpoint, factory, clock=reactor,
+            retryPolicy=backoffPolicy(initialDelay=1.0, maxDelay=60.0, factor=2.0,
+                                      jitter=rng.random))
+
+    @property
+    def free(self) -> int:
+        return MAX_STREAMS - len(self.streams)
+
+    def start(self) -> None:
+        self.service.startService()
+
+    def stop(self) -> None:
+        self.retiring = True
+        if self._pump is not None and self._pump.active():
+            self._pump.cancel()
+        self.service.stopService()
+
+    # -- protocol events ------------------------------------------------------------
+    def opened(self, protocol: _Protocol) -> None:
+        self.protocol = protocol
+        self.opened_at = self.manager.reactor.seconds()
+        self.acked = not self.streams
+        self._outbox.clear()
+        self.manager.connects += 1
+        names = sorted(self.streams)
+        for i in range(0, len(names), BATCH):
+            self._queue("SUBSCRIBE", names[i:i + BATCH])
+        if not names:
+            self.manager.connection_ready(self)
+
+    def closed(self, protocol: _Protocol) -> None:
+        if self.protocol is protocol:
+            self.protocol = None
+            self.opened_at = None
+            self.acked = False
+            if not self.retiring:
+                self.manager.reconnects += 1
+                self.manager.connection_lost(self)
+
+    def received(self, payload: bytes) -> None:
+        try:
+            msg = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            _log.warn("unparseable stream message dropped")
+            return
+        if isinstance(msg, dict):
+            stream = msg.get("stream")
+            if stream is not None:
+                if stream == "!serverShutdown":
+                    self.manager.rotate(self, "serverShutdown")
+                    return
+                self.manager.dispatch(stream, msg.get("data"), self)
+                return
+            if msg.get("e") == "serverShutdown":
+                self.manager.rotate(self, "serverShutdown")
+                return
+            if "id" in msg:
+                if "error" in msg:
+                    _log.warn("stream control error: {error}", error=msg["error"])
+                self._pending_ids.discard(msg["id"])
+                if not self._pending_ids and not self.acked:
+                    self.acked = True
+                    self.manager.connection_ready(self)
+
+    # -- subscriptions ----------------------------------------------------------------
+    def subscribe(self, names: list[str]) -> None:
+        new = [n for n in names if n not in self.streams]
+        self.streams.update(new)
+        if new and self.protocol is not None:
+            self._queue("SUBSCRIBE", new)
+
+    def unsubscribe(self, names: list[str]) -> None:
+        gone = [n for n in names if n in self.streams]
+        self.streams.difference_update(gone)
+        if gone and self.protocol is not None:
+            self._queue("UNSUBSCRIBE", gone)
+
+    def _queue(self, method: str, names: list[str]) -> None:
+        # Merge with a queued message of the same method when it has room.
+        if self._outbox:
+            last = orjson.loads(self._outbox[-1])
+            if last["method"] == method and len(last["params"]) + len(names) <= BATCH:
+                last["params"].extend(names)
+                self._outbox[-1] = orjson.dumps(last)
+                self._kick()
+                return
+        rid = self._next_id
+        self._next_id += 1
+        self._pending_ids.add(rid)
+        self._outbox.append(orjson.dumps({"method": method, "params": names, "id": rid}))
+        self._kick()
+
+    def _kick(self) -> None:
+        if self._pump is None or not self._pump.active():
+            self._pump = self.manager.reactor.callLater(0, self._send)
+
+    def _send(self) -> None:
+        """Send queued control messages, at most ``message_rate`` per second."""
+        clock = self.manager.reactor
+        now = clock.seconds()
+        while self._sent and now - self._sent[0] >= 1.0:
+            self._sent.popleft()
+        while self._outbox and self.protocol is not None:
+            if len(self._sent) >= self.manager.message_rate:
+                self._pump = clock.callLater(1.0 - (now - self._sent[0]) + 0.01, self._send)
+                return
+            self.protocol.sendMessage(self._outbox.popleft())
+            self._sent.append(now)
+
+
+class StreamManager(Service):
+    """The stream connections of one market. ``ensure(name, handler)``
+    subscribes on demand; ``release(name)`` unsubscribes; ``fresh(name, s)``
+    says whether the stream delivered within ``s`` seconds."""
+
+    def __init__(self, reactor, market: Market, *, legacy_routes: bool = False,
+                 message_rate: int | None = None, rotate_after: float = 23 * 3600,
+                 ping_interval: float = 60.0, ping_timeout: float = 30.0) -> None:
+        self.reactor = reactor
+        self.market = market
+        self.name = f"streams-{market.name}"
+        self.routed = market.name == "usdm" and not legacy_routes
+        futures = market.name != "spot"
+        # Binance allows 5 (spot) or 10 (futures) incoming messages a second: stay under.
+        self.message_rate = message_rate or (8 if futures else 4)
+        self.rotate_after = rotate_after
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.connections: list[Connection] = []
+        self.handlers: dict[str, Callable[[Any], None]] = {}
+        self.placed: dict[str, Connection] = {}
+        self.last_seen: dict[str, float] = {}
+        self.on_lost: list[Callable[[set[str]], None]] = []
+        self.messages = 0
+        self.connects = 0
+        self.reconnects = 0
+        self.rotations = 0
+        self._rate_window: deque[float] = deque()
+        self._watch = task.LoopingCall(self._check_rotation)
+        self._watch.clock = reactor
+
+    def url(self, route: str | None) -> str:
+        base = self.market.stream_base or ""
+        return f"{base}/{route}/stream" if route else f"{base}/stream"
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def startService(self) -> None:  # noqa: N802
+        super().startService()
+        self._watch.start(30.0, now=False)
+        for c in self.connections:
+            c.start()
+
+    def stopService(self) -> None:  # noqa: N802
+        if self._watch.running:
+            self._watch.stop()
+        for c in self.connections:
+            c.stop()
+        return super().stopService()
+
+    # -- subscriptions -------------------------------------------------------------------
+    def ensure(self, name: str, handler: Callable[[Any], None]) -> None:
+        self.handlers[name] = handler
+        if name in self.placed:
+            return
+        route = route_of(name) if self.routed else None
+        conn = next((c for c in self.connections
+                     if c.route == route and not c.retiring and c.free > 0), None)
+        if conn is None:
+            conn = Connection(self, route)
+            self.connections.append(conn)
+            if self.running:
+                conn.start()
+        conn.subscribe([name])
+        self.placed[name] = conn
+
+    def release(self, name: str) -> None:
+        self.handlers.pop(name, None)
+        self.last_seen.pop(name, None)
+        conn = self.placed.pop(name, None)
+        if conn is not None:
+            conn.unsubscribe([name])
+            if not conn.streams and not conn.retiring:
+                conn.stop()
+                self.connections.remove(conn)
+
+    def fresh(self, name: str, max_age: float) -> bool:
+        seen = self.last_seen.get(name)
+        return seen is not None and self.reactor.seconds() - seen <= max_age
+
+    # -- traffic -------------------------------------------------------------------------
+    def dispatch(self, name: str, data: Any, conn: Connection) -> None:
+        self.messages += 1
+        now = self.reactor.seconds()
+        self._rate_window.append(now)
+        handler = self.handlers.get(name)
+        if handler is None:
+            return
+        self.last_seen[name] = now
+        try:
+            handler(data)
+        except Exception:
+            _log.failure("stream handler for {name} failed", name=name)
+
+    def connection_lost(self, conn: Connection) -> None:
+        for name in conn.streams:
+            self.last_seen.pop(name, None)
+        for callback in self.on_lost:
+            callback(set(conn.streams))
+
+    def connection_ready(self, conn: Connection) -> None:
+        """All of ``conn``'s subscriptions are acknowledged: retire any
+        connection it replaces."""
+        for old in list(self.connections):
+            if old is not conn and old.retiring and old.streams <= conn.streams | set():
+                old.service.stopService()
+                self.connections.remove(old)
+
+    def rotate(self, conn: Connection, why: str) -> None:
+        """Replace ``conn`` by a new connection carrying the same streams."""
+        if conn.retiring or conn not in self.connections:
+            return
+        self.rotations += 1
+        _log.info("rotating a {market} stream connection ({why}, {n} streams)",
+                  market=self.market.name, why=why, n=len(conn.streams))
+        fresh = Connection(self, conn.route)
+        names = sorted(conn.streams)
+        fresh.subscribe(names)
+        conn.retiring = True
+        self.connections.append(fresh)
+        for name in names:
+            self.placed[name] = fresh
+        fresh.start()
+
+    def _check_rotation(self) -> None:
+        now = self.reactor.seconds()
+        for conn in list(self.connections):
+            if conn.opened_at is not None and now - conn.opened_at >= self.rotate_after:
+                self.rotate(conn, "age")
+
+    # -- reporting -------------------------------------------------------------------------
+    def health(self, stale: set[str] | None = None) -> dict:
+        now = self.reactor.seconds()
+        while self._rate_window and now - self._rate_window[0] > 10:
+            self._rate_window.popleft()
+        return {
+            "connections": len(self.connections),
+            "open": sum(c.protocol is not None for c in self.connections),
+            "streams": len(self.placed),
+            "stale": sorted(stale or ()),
+            "reconnects": self.reconnects,
+            "rotations": self.rotations,
+            "messages": self.messages,
+            "messages_per_second": round(len(self._rate_window) / 10, 1),
+        }
