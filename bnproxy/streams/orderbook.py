@@ -96,8 +96,8 @@ class OrderBook:
 
     def _apply_live(self, ev: Mapping[str, Any], now_ms: int) -> None:
         if self.futures:
-            if ev["u"] < self.last_id:
-                return  # a duplicate (rotation overlap)
+            if ev["u"] <= self.last_id:
+                return  # already applied (a duplicate from an overlapping connection)
             if ev["pu"] != self.last_id:
                 self._restart()
                 self._buffer = [ev]
