@@ -55,6 +55,44 @@ class Metered:
         return self.inner.request(method, uri, headers, bodyProducer)
 
 
+def make_bots(rng: random.Random, pairs: list[str], trades: str, now: float) -> list[dict]:
+    signal = rng.sample(pairs, 10)
+    bots = []
+    for _ in range(10):
+        open_trades = rng.sample(signal if trades == "same-strategy" else pairs, 5)
+        bots.append({"jitter": rng.uniform(0, 0.8), "trades": open_trades,
+                     "info_every": 3600, "info_next": rng.uniform(0, 3600),
+                     "next": now + rng.uniform(0, 5), "candle": None})
+    return bots
+
+
+def step_bots(bots: list[dict], now: float, elapsed: float, pairs: list[str], send,
+              timeframe_s: int = 300) -> None:
+    """One pass of every bot's Freqtrade-like worker loop at time ``now``."""
+    tf_name = {60: "1m", 300: "5m"}[timeframe_s]
+    for bot in bots:
+        if now < bot["next"] + bot["jitter"]:  # requests go out jitter into the iteration
+            continue
+        wake = bot["next"]
+        candle = int(now // timeframe_s)
+        if bot["candle"] != candle:  # first iteration of a new candle
+            bot["candle"] = candle
+            since = (candle - 2) * timeframe_s * 1000
+            for pair in pairs:
+                send("/api/v3/klines", f"symbol={pair}&interval={tf_name}&startTime={since}")
+        for pair in bot["trades"]:
+            send("/api/v3/depth", f"symbol={pair}&limit=5")
+        if elapsed >= bot["info_next"]:
+            bot["info_next"] += bot["info_every"]
+            send("/api/v3/exchangeInfo", "")
+        # Worker._throttle: 5 s start to start, but never past the next candle + 1 s.
+        to_boundary = (candle + 1) * timeframe_s - wake
+        sleep = 5.0
+        if to_boundary < sleep < to_boundary + 1:
+            sleep = to_boundary + 1
+        bot["next"] = wake + min(sleep, to_boundary + 1)
+
+
 def run(minutes: int, chain: list[str] | None, trades: str) -> dict:
     clock = task.Clock()
     clock.advance(EPOCH)
@@ -75,14 +113,7 @@ def run(minutes: int, chain: list[str] | None, trades: str) -> dict:
         handler = service.handler
     rng = random.Random(7)
     pairs = list(exchange.symbols["spot"])[:40]
-    signal = rng.sample(pairs, 10)
-    bots = []
-    for _ in range(10):
-        open_trades = rng.sample(signal if trades == "same-strategy" else pairs, 5)
-        bots.append({"jitter": rng.uniform(0, 0.8), "trades": open_trades,
-                     "info_every": 3600, "info_next": rng.uniform(0, 3600),
-                     "next": clock.seconds() + rng.uniform(0, 5),
-                     "candle": None})
+    bots = make_bots(rng, pairs, trades, clock.seconds())
     answered = [0]
     sent = [0]
 
@@ -102,28 +133,7 @@ def run(minutes: int, chain: list[str] | None, trades: str) -> dict:
     t0 = clock.seconds()
     for i in range(int(minutes * 60 / step)):
         now = clock.seconds()
-        elapsed = now - t0
-        for bot in bots:
-            if now < bot["next"] + bot["jitter"]:  # requests go out jitter into the iteration
-                continue
-            wake = bot["next"]
-            candle = int(now // 300)
-            if bot["candle"] != candle:  # first iteration of a new candle
-                bot["candle"] = candle
-                since = (candle - 2) * 300_000
-                for pair in pairs:
-                    send("/api/v3/klines", f"symbol={pair}&interval=5m&startTime={since}")
-            for pair in bot["trades"]:
-                send("/api/v3/depth", f"symbol={pair}&limit=5")
-            if elapsed >= bot["info_next"]:
-                bot["info_next"] += bot["info_every"]
-                send("/api/v3/exchangeInfo", "")
-            # Worker._throttle: 5 s start to start, but never past the next candle + 1 s.
-            to_boundary = (candle + 1) * 300 - wake
-            sleep = 5.0
-            if to_boundary < sleep < to_boundary + 1:
-                sleep = to_boundary + 1
-            bot["next"] = wake + min(sleep, to_boundary + 1)
+        step_bots(bots, now, now - t0, pairs, send)
         clock.advance(step)
         if i % 4 == 0:
             agent.flush()

@@ -15,6 +15,10 @@ HeaderPairs = tuple[tuple[bytes, bytes], ...]
 
 SOURCES = ("upstream", "cache", "stream", "local")
 
+# Marks a request the proxy makes itself (snapshots, backfills, refreshes).
+# The HTTP side strips it from every bot request, so it cannot be forged.
+INTERNAL = b"x-bnproxy-internal"
+
 
 def header_values(headers: HeaderPairs, name: bytes) -> list[bytes]:
     name = name.lower()

@@ -14,7 +14,7 @@ from bnproxy.binance.endpoints import EndpointTable
 from bnproxy.binance.errors import ILLEGAL_CHARS, UNKNOWN
 from bnproxy.binance.markets import MARKET_NAMES, Market, implicit_market
 from bnproxy.clientaddr import ClientResolver
-from bnproxy.messages import ProxyRequest, ProxyResponse, local_error
+from bnproxy.messages import INTERNAL, ProxyRequest, ProxyResponse, local_error
 
 _log = Logger(namespace="bnproxy.routing")
 
@@ -94,8 +94,9 @@ class ForwardingResource(Resource):
                 404, UNKNOWN, f"bnproxy: no Binance market serves the path {path}",
                 detail="no-route"))
             return server.NOT_DONE_YET
-        headers = tuple((k.lower(), v) for k, vs in request.requestHeaders.getAllRawHeaders()
-                        for v in vs)
+        headers = tuple((k, v) for k, v in ((k.lower(), v) for k, vs in
+                                            request.requestHeaders.getAllRawHeaders()
+                                            for v in vs) if k != INTERNAL)
         peer = getattr(request.getClientAddress(), "host", None) or "unix"
         request.content.seek(0)
         proxy_request = ProxyRequest(

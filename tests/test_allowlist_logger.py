@@ -108,3 +108,10 @@ def test_the_key_hash_tells_bots_apart_without_showing_the_key(tmp_path):
     h.service.middlewares[0].flush()
     keys = [json.loads(line)["key"] for line in path.read_text().splitlines()]
     assert keys[0] == keys[2] != keys[1]
+
+
+def test_a_bot_cannot_forge_the_internal_marker():
+    h = Harness(middleware=chain("allowlist", allowlist={"allow": "10.0.0.0/8"}))
+    answer = h.request("GET", "/api/v3/ping", headers={b"X-Bnproxy-Internal": b"streams"})
+    assert answer.status == 403  # the marker was stripped at the door
+    assert h.upstream.seen == []

@@ -11,7 +11,7 @@ from zope.interface import implementer
 from bnproxy.binance.errors import UNAUTHORIZED
 from bnproxy.clientaddr import Network, in_networks, parse_networks
 from bnproxy.interfaces import IMiddleware
-from bnproxy.messages import ProxyRequest, local_error
+from bnproxy.messages import INTERNAL, ProxyRequest, local_error
 from bnproxy.settings import SettingsReader
 
 _log = Logger(namespace="bnproxy.allowlist")
@@ -24,7 +24,8 @@ DEFAULT_ALLOW = ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.1
 class Allowlist:
     """Admits ``request.client`` (normalised: IPv4-mapped IPv6 is IPv4, scope
     ids dropped; behind a trusted proxy, the first untrusted forwarded hop)
-    when it is in one of the networks; anyone else gets 403."""
+    when it is in one of the networks, and the proxy's own requests (marked
+    ``INTERNAL``, which no bot can send); anyone else gets 403."""
 
     def __init__(self, name: str, networks: Sequence[Network]) -> None:
         self.name = name
@@ -41,7 +42,7 @@ class Allowlist:
         return decision
 
     def handle(self, request: ProxyRequest, next: Callable) -> Deferred:
-        if self.admits(request.client):
+        if self.admits(request.client) or request.header(INTERNAL) is not None:
             return next(request)
         self.denied += 1
         _log.warn("denied {client}: not in the allowlist", client=request.client)

@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from bnproxy.interfaces import IMiddleware
-from bnproxy.messages import JSON, ProxyRequest, ProxyResponse
+from bnproxy.messages import INTERNAL, JSON, ProxyRequest, ProxyResponse
 from bnproxy.privacy import is_private
 from bnproxy.settings import SettingsReader
 from bnproxy.streams.intervals import interval_seconds
@@ -35,7 +35,6 @@ from bnproxy.streams.tickers import StreamValue, book_ticker, last_price, ticker
 
 _log = Logger(namespace="bnproxy.streams")
 
-INTERNAL = b"x-bnproxy-internal"  # marks the middleware's own REST calls (never forwarded)
 
 KLINE_PATHS = {"spot": "/api/v3/klines", "usdm": "/fapi/v1/klines", "coinm": "/dapi/v1/klines"}
 DEPTH_PATHS = {"spot": "/api/v3/depth", "usdm": "/fapi/v1/depth", "coinm": "/dapi/v1/depth"}

@@ -28,7 +28,7 @@ class StreamValue:
 
     def set(self, payload: Mapping[str, Any], body: bytes, now_ms: int) -> None:
         self.payload = payload
-        self.body = body
+        self.body = bytes(memoryview(body))  # exact size (see klines.held)
         self.updated_ms = now_ms
 
 
