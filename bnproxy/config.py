@@ -14,6 +14,22 @@ DEFAULT_CHAIN: tuple[str, ...] = ("logger", "allowlist", "streams", "cache", "ra
 
 
 @attrs.frozen
+class ServerLimits:
+    """Limits on bots' connections, where stock twisted.web has none
+    (defaults like nginx's)."""
+
+    header_timeout: float = 60.0  # absolute, for the request line and headers
+    body_timeout: float = 60.0  # absolute, for the request body
+    max_body: int = 1024 * 1024  # client_max_body_size 1m
+    max_headers: int = 100
+    max_header_bytes: int = 32 * 1024  # large_client_header_buffers 4 8k
+    max_connections_per_client: int = 256
+    keepalive_timeout: float = 75.0
+    send_timeout: float = 60.0
+    drain_timeout: float = 30.0
+
+
+@attrs.frozen
 class ProxyConfig:
     """Everything ``makeService`` needs. Built from the command line (and,
     by ``bnproxy.tac``, from ``BNPROXY_*`` environment variables)."""
@@ -34,3 +50,4 @@ class ProxyConfig:
     state_dir: str = "."
     log_format: str = "text"
     simulated_exchange: bool = False
+    server: ServerLimits = ServerLimits()

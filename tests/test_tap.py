@@ -9,10 +9,15 @@ import pytest
 from bnproxy.tap import Options
 
 
-def parse(*args):
+def parse(*args, environ=None):
+    from bnproxy.settings import ConfigError
+
     options = Options()
     options.parseOptions(list(args))
-    return options.config()
+    try:
+        return options.config(environ or {})
+    except ConfigError as e:  # as makeService reports it
+        raise SystemExit(f"twistd bnproxy: error: {e}") from None
 
 
 def test_digits_mean_tcp_and_listen_repeats():
@@ -46,7 +51,8 @@ def test_middleware_specs_keep_order_and_settings():
     (["--upstream", "spot=ftp://x"], "scheme must be one of http, https"),
     (["--stream-upstream", "spot=http://x"], "scheme must be one of ws, wss"),
     (["--port", "nonsense:1"], "Unknown endpoint type"),
-    (["--response-timeout", "-1"], "must be positive"),
+    (["--response-timeout", "-1"], "must be greater than 0"),
+    (["--max-body", "lots"], "expects a whole number"),
     (["--frobnicate"], "frobnicate"),
     (["--middleware", "stamp:novalue"], "expected key=value"),
 ])

@@ -1,0 +1,108 @@
+"""One configuration model: file, environment and command line."""
+
+import os
+
+import pytest
+
+from bnproxy import configfile
+from bnproxy.settings import ConfigError
+from bnproxy.tap import Options
+
+EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "bnproxy.example.toml")
+
+
+def config(args=(), environ=None):
+    options = Options()
+    options.parseOptions(list(args))
+    return options.config(environ or {})
+
+
+def test_the_example_file_covers_every_setting_and_loads(tmp_path):
+    c = config(["--config", EXAMPLE])
+    assert c.listen == ("tcp:8080",)
+    assert [name for name, _ in c.middleware] == ["logger", "allowlist", "streams", "cache",
+                                                  "ratelimit"]
+    settings = dict(c.middleware)
+    assert settings["cache"]["ttl"]["exchangeInfo"] == 60.0
+    assert settings["ratelimit"]["limit"]["spot"] == 6000
+    assert c.server.max_body == 1048576
+    text = open(EXAMPLE).read()
+    for table, keys in configfile.TABLES.items():
+        for key in keys:
+            assert f"\n{key} =" in text, f"{table}.{key} missing from the example"
+    for key in [*configfile.SCALARS, *configfile.LISTS, "chain"]:
+        assert f"\n{key} =" in text or text.startswith(f"{key} ="), key
+
+
+def test_the_example_builds_a_service(tmp_path):
+    import attrs
+    from twisted.internet import task
+
+    from bnproxy.service import ProxyService
+    c = attrs.evolve(config(["--config", EXAMPLE, "--state-dir", str(tmp_path)]), listen=())
+    service = ProxyService(task.Clock(), c)
+    assert [m.name for m in service.middlewares][2] == "streams"
+
+
+def write(tmp_path, text):
+    path = tmp_path / "bnproxy.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_precedence_is_command_line_then_environment_then_file(tmp_path):
+    path = write(tmp_path, 'port = "7000"\nlog_format = "json"\nstate_dir = "/from/file"\n'
+                           '[timeouts]\nconnect = 7\n[server]\nmax_body = 2048\n')
+    c = config(["--config", path])
+    assert (c.listen, c.log_format, c.connect_timeout, c.server.max_body) == (
+        ("tcp:7000",), "json", 7.0, 2048)
+    env = {"BNPROXY_PORT": "7100", "BNPROXY_CONNECT_TIMEOUT": "8", "BNPROXY_MAX_BODY": "4096"}
+    c = config(["--config", path], env)
+    assert (c.listen, c.connect_timeout, c.server.max_body, c.state_dir) == (
+        ("tcp:7100",), 8.0, 4096, "/from/file")
+    c = config(["--config", path, "--port", "7200", "--connect-timeout", "5"], env)
+    assert (c.listen, c.connect_timeout) == (("tcp:7200",), 5.0)  # even an explicit default
+
+
+def test_the_environment_can_name_the_file(tmp_path):
+    path = write(tmp_path, "testnet = true\n")
+    assert config([], {"BNPROXY_CONFIG": path}).testnet
+
+
+def test_file_chain_and_middleware_tables_merge_with_inline_settings(tmp_path):
+    path = write(tmp_path, 'chain = ["cache"]\n[middleware.cache]\nmax_bytes = 5000\n'
+                           'stale_if_error = 3\n')
+    assert config(["--config", path]).middleware == (
+        ("cache", {"max_bytes": 5000, "stale_if_error": 3}),)
+    c = config(["--config", path, "--middleware", "cache:max_bytes=9000"])
+    assert c.middleware == (("cache", {"max_bytes": "9000", "stale_if_error": 3}),)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("colour = 1\n", "colour: unknown setting"),
+    ("[server]\nmax_bodies = 1\n", "server.max_bodies: unknown setting"),
+    ("[server]\nmax_body = \"big\"\n", "server.max_body: expected a number"),
+    ("[upstream]\nfutures = \"http://x\"\n", "upstream.futures: unknown market"),
+    ("testnet = \"yes\"\n", "testnet: expected true or false"),
+    ("port = [\n", "not valid TOML"),
+    ("chain = [\"cache\"]\n[middleware.ratelimit]\nmargin = 0.2\n",
+     "[middleware.ratelimit] is not in the chain"),
+    ("[upstream]\nspot = \"ftp://x\"\n", "upstreams.spot"),
+    ("[server]\nmax_headers = 0\n", "max-headers must be greater than 0"),
+])
+def test_every_file_error_names_the_key(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        config(["--config", path])
+
+
+def test_environment_errors_name_the_variable():
+    with pytest.raises(ConfigError, match="BNPROXY_TESTNET"):
+        config([], {"BNPROXY_TESTNET": "maybe"})
+    with pytest.raises(ConfigError, match="environment: .*max-body"):
+        config([], {"BNPROXY_MAX_BODY": "lots"})
+
+
+def test_a_missing_file_is_one_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="No such file"):
+        config(["--config", str(tmp_path / "nope.toml")])
