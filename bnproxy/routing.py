@@ -14,6 +14,8 @@ from bnproxy.binance.endpoints import EndpointTable
 from bnproxy.binance.errors import ILLEGAL_CHARS, UNKNOWN
 from bnproxy.binance.markets import MARKET_NAMES, Market, implicit_market
 from bnproxy.clientaddr import ClientResolver
+from bnproxy.config import ServerLimits
+from bnproxy.hardening import HardenedRequest, HardenedSiteMixin
 from bnproxy.messages import INTERNAL, ProxyRequest, ProxyResponse, local_error
 
 _log = Logger(namespace="bnproxy.routing")
@@ -136,9 +138,20 @@ class RootResource(Resource):
         return self._forward.render(request)
 
 
-class ProxySite(server.Site):
-    """A Site that writes no access log of its own (twisted.web's logs the
-    full URI, signatures included); the ``logger`` middleware logs instead."""
+class ProxyRequestFactory(HardenedRequest, server.Request):
+    pass
+
+
+class ProxySite(HardenedSiteMixin, server.Site):
+    """The bots' side: hardened (``bnproxy.hardening``), and writing no access
+    log of its own (twisted.web's logs the full URI, signatures included); the
+    ``logger`` middleware logs instead."""
+
+    requestFactory = ProxyRequestFactory
+
+    def __init__(self, resource, limits: ServerLimits = ServerLimits(), **kwargs) -> None:
+        super().__init__(resource, **kwargs)
+        self.harden(limits)
 
     def log(self, request: server.Request) -> None:
         pass

@@ -71,7 +71,7 @@ class ProxyService(MultiService):
         root.putChild(b"health", AdminGuard(self.health, admin_allow, resolver))
         for name, resource in admin.items():
             root.putChild(name.encode("ascii"), AdminGuard(resource, admin_allow, resolver))
-        self.site = ProxySite(root, reactor=reactor)
+        self.site = ProxySite(root, config.server, reactor=reactor)
         self.site.displayTracebacks = False
 
         for middleware in self.middlewares:
