@@ -72,8 +72,11 @@ class ForwardingResource(Resource):
     isLeaf = True
 
     def __init__(self, handler: Callable, markets: Mapping[str, Market],
-                 endpoints: EndpointTable, clock, resolve_client: ClientResolver) -> None:
+                 endpoints: EndpointTable, clock, resolve_client: ClientResolver,
+                 answered: Callable[[ProxyRequest, ProxyResponse], None] | None = None) -> None:
         super().__init__()
+        self.inflight = 0
+        self._answered = answered
         self._handler = handler
         self._markets = markets
         self._endpoints = endpoints
@@ -108,8 +111,21 @@ class ForwardingResource(Resource):
             arrival=self._clock.seconds(),
             endpoint=self._endpoints.lookup(market, method, binance_path),
         )
+        self.inflight += 1
+        done = [False]
+
+        def finished(_: object = None) -> None:
+            if not done[0]:
+                done[0] = True
+                self.inflight -= 1
+
         d = self._handler(proxy_request)
         request.notifyFinish().addErrback(lambda _: d.cancel())
+
+        def write(response: ProxyResponse) -> None:
+            if self._answered is not None:
+                self._answered(proxy_request, response)
+            write_response(request, response)
 
         def failed(f: Failure) -> None:
             if f.check(CancelledError):
@@ -118,7 +134,7 @@ class ForwardingResource(Resource):
             write_response(request, local_error(500, UNKNOWN, "bnproxy: internal error"))
             return None
 
-        d.addCallback(lambda r: write_response(request, r)).addErrback(failed)
+        d.addCallback(write).addErrback(failed).addBoth(finished)
         return server.NOT_DONE_YET
 
 

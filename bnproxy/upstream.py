@@ -9,7 +9,8 @@ public GET is ever retried.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import attrs
 from twisted.internet import error as ierror
@@ -154,6 +155,9 @@ class Upstream:
         base = agent if agent is not None else make_agent(reactor, deadlines, max_per_host)
         self._agent = wclient.ContentDecoderAgent(base, [(b"gzip", wclient.GzipDecoder)])
         self.requests_sent = 0
+        # market -> {"ok": time of the last answer, "error": time, "reason": str}
+        self.reachability: dict[str, dict[str, Any]] = {}
+        self.observe: Callable[[str, float], None] | None = None  # (market, seconds)
 
     def url(self, request: ProxyRequest) -> bytes | None:
         market = self._markets.get(request.market)
@@ -183,6 +187,9 @@ class Upstream:
         return d.addTimeout(self.deadlines.headers, self._clock)
 
     async def _forward(self, request: ProxyRequest, url: bytes, retry: bool) -> ProxyResponse:
+        started = self._clock.seconds()
+        state = self.reachability.setdefault(request.market, {"ok": None, "error": None,
+                                                              "reason": ""})
         for attempt in (1, 2):
             try:
                 response = await self._send(request, url)
@@ -197,7 +204,13 @@ class Upstream:
                                method=request.method, path=request.path,
                                error=failure.getErrorMessage())
                     continue
+                state["error"], state["reason"] = self._clock.seconds(), \
+                    failure.getErrorMessage()[:200]
                 return self._failed(request, failure)
+            now = self._clock.seconds()
+            state["ok"] = now
+            if self.observe is not None:
+                self.observe(request.market, now - started)
             headers = response_headers(
                 (k, v) for k, vs in response.headers.getAllRawHeaders() for v in vs)
             weight = request.endpoint.weight(request.params) if request.endpoint else 1

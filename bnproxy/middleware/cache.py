@@ -241,6 +241,14 @@ class Cache:
                 "hit_ratio": round((c["hits"] + c["coalesced"]) / looked, 4) if looked else 0.0,
                 "endpoints": per}
 
+    def collect_metrics(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        c = self.stats.counts
+        for what in ("hits", "misses", "coalesced", "stale", "bypassed"):
+            yield CounterMetricFamily(f"bnproxy_cache_{what}", f"Cache {what}.", value=c[what])
+        yield GaugeMetricFamily("bnproxy_cache_bytes", "Bytes held.", value=self._bytes)
+        yield GaugeMetricFamily("bnproxy_cache_entries", "Entries held.", value=len(self._store))
+
     def health(self) -> dict:
         snap = self.snapshot()
         return {k: snap[k] for k in ("entries", "bytes", "hit_ratio")}

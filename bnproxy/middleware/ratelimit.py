@@ -52,6 +52,7 @@ class Pool:
     used: int = 0
     ban_until: float = 0.0
     ban_status: int = 0
+    bans: int = 0
     queue: deque = attrs.field(factory=deque)
     timer: object = None
 
@@ -233,6 +234,7 @@ class RateLimit:
                 until = now + max(0.0, int(m.group(1)) / 1000 - self._wall(now))
         if until is None:
             until = pool.window_end() if response.status == 429 else now + 120
+        pool.bans += 1
         if until > pool.ban_until:
             pool.ban_until = until
             pool.ban_status = response.status
@@ -313,9 +315,44 @@ class RateLimit:
                    for c, s in self.clients.items()}
         return {"pools": pools, "clients": clients}
 
-    def banned(self) -> bool:
+    def bans_in_force(self) -> dict[str, float]:
+        """Pool -> seconds left, for each pool under a Binance ban."""
         now = self._clock.seconds()
-        return any(p.ban_until > now for p in self.pools.values())
+        return {p.name: p.ban_until - now for p in self.pools.values() if p.ban_until > now}
+
+    def collect_metrics(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        now = self._clock.seconds()
+        used = GaugeMetricFamily("bnproxy_weight_used", "Request weight used this minute.",
+                                 labels=["pool"])
+        limit = GaugeMetricFamily("bnproxy_weight_limit", "Binance's weight limit per minute.",
+                                  labels=["pool"])
+        budget = GaugeMetricFamily("bnproxy_weight_budget", "The limit less the margin.",
+                                   labels=["pool"])
+        ban = GaugeMetricFamily("bnproxy_ban_remaining_seconds",
+                                "Seconds until a Binance ban ends (0: none).", labels=["pool"])
+        bans = CounterMetricFamily("bnproxy_bans", "Bans and 429s received from Binance.",
+                                   labels=["pool"])
+        for p in self.pools.values():
+            p.roll(now)
+            used.add_metric([p.name], p.used)
+            if p.limit is not None:
+                limit.add_metric([p.name], p.limit)
+                budget.add_metric([p.name], p.budget or 0)
+            ban.add_metric([p.name], max(0.0, p.ban_until - now))
+            bans.add_metric([p.name], p.bans)
+        weight = CounterMetricFamily("bnproxy_client_weight", "Weight spent per client.",
+                                     labels=["client"])
+        requests = CounterMetricFamily("bnproxy_client_requests", "Requests per client.",
+                                       labels=["client"])
+        rejected = CounterMetricFamily("bnproxy_client_rejected",
+                                       "Requests answered locally (budget, ban) per client.",
+                                       labels=["client"])
+        for client, st in self.clients.items():
+            weight.add_metric([client], st.weight)
+            requests.add_metric([client], st.requests)
+            rejected.add_metric([client], st.rejected)
+        yield from (used, limit, budget, ban, bans, weight, requests, rejected)
 
 
 def build_ratelimit(name: str, settings, context) -> RateLimit:

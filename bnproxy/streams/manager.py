@@ -98,11 +98,15 @@ class Connection:
     def start(self) -> None:
         self.service.startService()
 
-    def stop(self) -> None:
+    def stop(self):
+        """Close with a websocket close handshake (bounded), then stop."""
         self.retiring = True
         if self._pump is not None and self._pump.active():
             self._pump.cancel()
-        self.service.stopService()
+        if self.protocol is not None:
+            self.protocol.sendClose(1000)
+            return task.deferLater(self.manager.reactor, 0.5, self.service.stopService)
+        return self.service.stopService()
 
     # -- protocol events ------------------------------------------------------------
     def opened(self, protocol: _Protocol) -> None:
@@ -239,12 +243,12 @@ class StreamManager(Service):
         for c in self.connections:
             c.start()
 
-    def stopService(self) -> None:  # noqa: N802
+    def stopService(self):  # noqa: N802
+        from twisted.internet.defer import gatherResults, maybeDeferred
         if self._watch.running:
             self._watch.stop()
-        for c in self.connections:
-            c.stop()
-        return super().stopService()
+        super().stopService()
+        return gatherResults([maybeDeferred(c.stop) for c in self.connections])
 
     # -- subscriptions -------------------------------------------------------------------
     def ensure(self, name: str, handler: Callable[[Any], None]) -> None:

@@ -383,6 +383,28 @@ class Streams(MultiService):
                 stale.add(name)
         return stale
 
+    def collect_metrics(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        active = GaugeMetricFamily("bnproxy_streams_active", "Subscribed streams.",
+                                   labels=["market"])
+        stale = GaugeMetricFamily("bnproxy_streams_stale", "Subscribed streams gone silent.",
+                                  labels=["market"])
+        conns = GaugeMetricFamily("bnproxy_stream_connections", "Open stream connections.",
+                                  labels=["market"])
+        reconnects = CounterMetricFamily("bnproxy_stream_reconnects", "Stream reconnects.",
+                                         labels=["market"])
+        messages = CounterMetricFamily("bnproxy_stream_messages", "Stream messages received.",
+                                       labels=["market"])
+        for market, mgr in self.managers.items():
+            active.add_metric([market], len(mgr.placed))
+            stale.add_metric([market], len(self.stale_streams(market)))
+            conns.add_metric([market], sum(c.protocol is not None for c in mgr.connections))
+            reconnects.add_metric([market], mgr.reconnects)
+            messages.add_metric([market], mgr.messages)
+        yield from (active, stale, conns, reconnects, messages)
+        yield CounterMetricFamily("bnproxy_stream_answers", "Answers served from streams.",
+                                  value=self.served)
+
     def health(self) -> dict:
         return {"served": self.served,
                 "markets": {m: mgr.health(self.stale_streams(m))
