@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
@@ -139,11 +140,12 @@ class ProxyService(MultiService):
         if self.draining:
             problems.append("draining")
         for market in self._checked_markets():
-            state = self.upstream.reachability.get(market)
-            if state is None or state["ok"] is None:
-                problems.append(f"upstream {market} not reached yet")
-            elif state["error"] is not None and state["error"] > state["ok"]:
+            state = self.upstream.reachability.get(market) or {"ok": None, "error": None}
+            if state["error"] is not None and (state["ok"] is None
+                                               or state["error"] > state["ok"]):
                 problems.append(f"upstream {market} unreachable: {state['reason']}")
+            elif state["ok"] is None:
+                problems.append(f"upstream {market} not reached yet")
         for m in self.middlewares:
             banned = getattr(m, "bans_in_force", None)
             if callable(banned):
@@ -162,7 +164,8 @@ class ProxyService(MultiService):
                               "1 if the last exchange with the upstream succeeded.",
                               labels=["market"])
         for market, s in self.upstream.reachability.items():
-            g.add_metric([market], 0.0 if (s["error"] or 0) > (s["ok"] or 0) else 1.0)
+            down = s["error"] is not None and (s["ok"] is None or s["error"] > s["ok"])
+            g.add_metric([market], 0.0 if down else 1.0)
         yield g
 
     # -- draining -----------------------------------------------------------------------
@@ -186,3 +189,8 @@ class ProxyService(MultiService):
                       n=self.forward.inflight)
         rest = [s for s in reversed(list(self)) if s not in self.listeners and s.running]
         await gatherResults([maybeDeferred(s.stopService) for s in rest])
+        if not self.forward.inflight and getattr(self.reactor, "_exitSignal", None) == \
+                signal.SIGTERM:
+            # A drained SIGTERM is a clean stop: exit 0 (twistd would otherwise
+            # re-raise the signal to report it as the cause of death).
+            self.reactor._exitSignal = None
