@@ -58,6 +58,9 @@ def exchange_block(url: str, futures: bool = False) -> dict[str, Any]:
         "name": "binance",
         "key": "",
         "secret": "",
+        # bnproxy serves REST (from its own streams where it can); Freqtrade's
+        # own websocket client would connect to Binance directly, around it.
+        "enable_ws": False,
         "ccxt_config": ccxt_config,
         "ccxt_async_config": ccxt_config,
     }
