@@ -188,7 +188,11 @@ class ProxyService(MultiService):
             _log.warn("drain deadline reached with {n} request(s) unfinished",
                       n=self.forward.inflight)
         rest = [s for s in reversed(list(self)) if s not in self.listeners and s.running]
-        await gatherResults([maybeDeferred(s.stopService) for s in rest])
+        try:
+            await gatherResults([maybeDeferred(s.stopService) for s in rest],
+                                consumeErrors=True)
+        except Exception:
+            _log.failure("a service failed to stop cleanly")
         if not self.forward.inflight and getattr(self.reactor, "_exitSignal", None) == \
                 signal.SIGTERM:
             # A drained SIGTERM is a clean stop: exit 0 (twistd would otherwise

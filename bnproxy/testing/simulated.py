@@ -17,13 +17,13 @@ _log = Logger(namespace="bnproxy.simulated")
 
 
 class _StopsExchange(Service):
-    def __init__(self, running) -> None:
-        self.running = running
+    def __init__(self, handle) -> None:
+        self.handle = handle  # not "running": Service uses that name
 
     def stopService(self) -> None:  # noqa: N802
-        self.running.exchange.stop()
+        self.handle.exchange.stop()
         super().stopService()
-        return self.running.exchange.port.stopListening()
+        return self.handle.exchange.port.stopListening()
 
 
 def with_simulated_exchange(reactor, config: ProxyConfig,
