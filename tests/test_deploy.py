@@ -39,15 +39,18 @@ def test_systemd_socket_activation_as_the_unit_configures_it(tmp_path):
     port = listener.getsockname()[1]
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
     fd = listener.fileno()
-
-    def as_systemd_would():
-        os.dup2(fd, 3)  # systemd passes sockets from fd 3 up
-
+    # What systemd does before exec: the socket at fd 3, LISTEN_* naming this process.
+    as_systemd = (
+        "import os, sys\n"
+        "os.dup2(int(sys.argv[1]), 3)\n"
+        "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1',"
+        " LISTEN_FDNAMES='bnproxy.socket')\n"
+        "os.execv(sys.argv[2], sys.argv[2:])\n")
     proc = subprocess.Popen(
-        ["sh", "-c", f'LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=bnproxy.socket exec "{twistd}" --nodaemon --pidfile= '
-                     "bnproxy --port systemd:domain=INET:index=0 --simulated-exchange"],
-        pass_fds=(fd,), preexec_fn=as_systemd_would, cwd=tmp_path,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [sys.executable, "-c", as_systemd, str(fd), twistd, "--nodaemon", "--pidfile=",
+         "bnproxy", "--port", "systemd:domain=INET:index=0", "--simulated-exchange"],
+        pass_fds=(fd,), cwd=tmp_path,
+        stdout=open(tmp_path / "twistd.log", "w"), stderr=subprocess.STDOUT)
     listener.close()  # only the child holds it now
     try:
         deadline = time.monotonic() + 30
@@ -58,6 +61,7 @@ def test_systemd_socket_activation_as_the_unit_configures_it(tmp_path):
                     break
             except OSError:
                 if time.monotonic() > deadline or proc.poll() is not None:
+                    print((tmp_path / "twistd.log").read_text())
                     raise
                 time.sleep(0.2)
     finally:
