@@ -24,9 +24,14 @@ class IMiddleware(Interface):
     waits (a queue, a coalesced fetch) must stop waiting then.
 
     A middleware that also provides ``twisted.application.service.IService``
-    is started and stopped with the proxy. One that has a ``health()``
-    method returning a JSON-able mapping is shown in ``/health`` under its
-    name.
+    is started and stopped with the proxy (after the drain, on shutdown). One
+    that has a ``health()`` method returning a JSON-able mapping is shown in
+    ``/health`` under its name; one with ``collect_metrics()`` yielding
+    ``prometheus_client`` metric families is exported on ``/metrics``.
+
+    Requests the proxy makes itself (stream snapshots, backfills, readiness
+    pings) carry the ``bnproxy.messages.INTERNAL`` header, which no bot can
+    send (it is stripped at the door); they go through the whole chain.
     """
 
     name = Attribute("The name it was configured under (str).")
