@@ -24,8 +24,8 @@ from urllib.parse import parse_qsl
 
 from treq.testing import RequestTraversalAgent
 from twisted.internet import task
-from zope.interface import implementer
 from twisted.web.iweb import IAgent
+from zope.interface import implementer
 
 from bnproxy.binance.endpoints import load_endpoints
 from bnproxy.config import ProxyConfig

@@ -17,6 +17,7 @@ import random
 import tempfile
 from urllib.parse import parse_qsl
 
+from fleet import Metered, make_bots, step_bots
 from twisted.internet import reactor, task
 from twisted.web.client import Agent
 
@@ -25,7 +26,6 @@ from bnproxy.config import ProxyConfig
 from bnproxy.messages import ProxyRequest
 from bnproxy.service import ProxyService
 from bnproxy.testing.fixture import start_exchange
-from fleet import Metered, make_bots, step_bots
 
 
 def main() -> None:

@@ -38,7 +38,7 @@ def main() -> None:
                                  os.path.join(HERE, "proxy_server.py"), str(ports[mode]), mode,
                                  f"http://127.0.0.1:{xport}/spot", args.chain, port=ports[mode]))
         with procs[0], procs[1]:
-            for mode, port in ports.items():
+            for port in ports.values():
                 urllib.request.urlopen(f"http://127.0.0.1:{port}{PATH}").read()  # fill
             for _ in range(args.rounds):
                 for mode, port in ports.items():

@@ -99,7 +99,7 @@ def ingest(n_symbols: int, count: int) -> dict:
     data = frames(n_symbols, count, random.Random(2))
     for b in books.values():
         b.state = "live"
-    for s, b in books.items():
+    for b in books.values():
         b.last_id = 1000
     t = time.perf_counter()
     for i, f in enumerate(data):

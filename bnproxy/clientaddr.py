@@ -84,7 +84,8 @@ class ClientResolver:
 
     def __init__(self, trusted: Sequence[Network] = (), header: str = "x-forwarded-for") -> None:
         if header not in ("x-forwarded-for", "forwarded"):
-            raise ValueError(f"forwarded header must be x-forwarded-for or forwarded, not {header!r}")
+            raise ValueError(
+                f"forwarded header must be x-forwarded-for or forwarded, not {header!r}")
         self.trusted = list(trusted)
         self.header = header.encode()
 

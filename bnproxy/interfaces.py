@@ -3,9 +3,8 @@ authors read: keep them true."""
 
 from __future__ import annotations
 
-from zope.interface import Attribute, Interface
-
 from twisted.plugin import IPlugin
+from zope.interface import Attribute, Interface
 
 
 class IMiddleware(Interface):

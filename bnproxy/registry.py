@@ -22,7 +22,8 @@ def _from_entry_points(group: str) -> Iterable[tuple[str, Any]]:
         try:
             obj = ep.load()
         except Exception as e:  # a broken third-party package must say so
-            raise ConfigError(f"middleware plugin {ep.name!r} ({ep.value}) failed to load: {e}") from e
+            raise ConfigError(
+                f"middleware plugin {ep.name!r} ({ep.value}) failed to load: {e}") from e
         if isinstance(obj, type):
             obj = obj()
         yield f"entry point {ep.value}", obj

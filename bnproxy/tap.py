@@ -281,9 +281,8 @@ def resolve(cli: Options, environ: Mapping[str, str]) -> ProxyConfig:
 
 
 def _check_endpoints(listen: list[str]) -> None:
-    from twisted.internet.endpoints import serverFromString
-
     from twisted.internet import reactor  # the entry point may touch it
+    from twisted.internet.endpoints import serverFromString
 
     for description in listen:
         try:

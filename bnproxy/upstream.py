@@ -54,7 +54,7 @@ class BytesProducer:
         pass
 
 
-class BodyTooLarge(Exception):
+class BodyTooLargeError(Exception):
     pass
 
 
@@ -72,7 +72,7 @@ class _Collect(Protocol):
             return
         self._size += len(data)
         if self._size > self._limit:
-            self._finished.errback(BodyTooLarge(self._size))
+            self._finished.errback(BodyTooLargeError(self._size))
             self._abort()
             return
         self._parts.append(data)
@@ -224,7 +224,7 @@ class Upstream:
             status, code = 504, TIMEOUT
             msg = (f"bnproxy: timeout waiting for {where}; "
                    "send status unknown; execution status unknown.")
-        elif failure.check(BodyTooLarge):
+        elif failure.check(BodyTooLargeError):
             status, code = 502, DISCONNECTED
             msg = f"bnproxy: response from {where} exceeds {self._max_body} bytes"
         else:

@@ -228,7 +228,7 @@ def controlled_agent():
 
         def answer_all(self, response_factory):
             pending, self.pending = self.pending, []
-            for method, uri, headers, d in pending:
+            for method, uri, _headers, d in pending:
                 d.callback(response_factory(method, uri))
 
     return Agent()

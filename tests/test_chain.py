@@ -134,9 +134,9 @@ def test_a_bot_disconnecting_cancels_its_request():
     agent = ScriptedAgent(Deferred(lambda d: pending.append("cancelled")))
     h = Harness(agent=agent)
     from twisted.internet.address import IPv4Address
+    from twisted.internet.error import ConnectionDone
     from twisted.internet.testing import StringTransport
     from twisted.python.failure import Failure
-    from twisted.internet.error import ConnectionDone
 
     protocol = h.service.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
     protocol.makeConnection(StringTransport())

@@ -30,7 +30,7 @@ def test_twenty_bots_at_five_times_the_budget_never_see_binance_429():
     outcomes = []
     pending = []
     # 20 bots, 150 s, together ~2700 weight a minute (depth weight 5, distinct keys).
-    for step in range(1500):
+    for _step in range(1500):
         for bot in range(20):
             if rng.random() < 0.045:
                 target = (f"/api/v3/depth?symbol={rng.choice(symbols)}"

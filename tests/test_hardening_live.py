@@ -31,7 +31,7 @@ def exchange(port, data: bytes, wait: float = 3.0) -> bytes:
         while time.monotonic() < deadline:
             try:
                 chunk = s.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 break
             if not chunk:
                 break

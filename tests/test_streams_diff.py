@@ -3,7 +3,6 @@ what the fake exchange's REST returns for the same query at the same moment."""
 
 import random
 
-import orjson
 import pytest
 import pytest_twisted
 from streamhelpers import ask, rest, sleep, start_proxy, stop, until
@@ -145,7 +144,7 @@ async def test_after_warm_up_a_freqtrade_workload_makes_no_market_data_requests(
         counters = fake_exchange.exchange.counters
         before = counters.rest_total()
         sources = []
-        for round_ in range(20):
+        for _ in range(20):
             now = fake_exchange.exchange.market_ms()
             for pair in pairs:
                 since = now // 60_000 * 60_000 - 5 * 60_000

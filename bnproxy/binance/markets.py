@@ -84,7 +84,7 @@ def check_base_url(url: str, schemes: Iterable[str]) -> str:
     if parts.query or parts.fragment:
         raise ValueError(f"{url!r}: a base URL takes no query or fragment")
     try:
-        parts.port
+        _ = parts.port  # raises ValueError for a bad port
     except ValueError as e:
         raise ValueError(f"{url!r}: {e}") from None
     return url.rstrip("/")

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import attrs
 import orjson
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
@@ -178,22 +178,20 @@ class Cache:
                 own: Deferred) -> None:
         del self._inflight[key]
         now = self._clock.seconds()
-        if isinstance(result, Failure):
+        if isinstance(result, Failure):  # the chain only fails on CancelledError
             for d in [own, *followers]:
                 if not d.called:
                     d.errback(result)
-            if not result.check(CancelledError):
-                return None
             return None
         response = result
         stale = self._store.get(key)
-        if response.status >= 500 or response.status in (418, 429):
-            if stale is not None and now - stale.stored <= self._stale:
-                self.stats.count("stale", request.path)
-                for d in [own, *followers]:
-                    if not d.called:
-                        d.callback(self._served(stale, request, b"STALE", now))
-                return None
+        if (response.status >= 500 or response.status in (418, 429)) and \
+                stale is not None and now - stale.stored <= self._stale:
+            self.stats.count("stale", request.path)
+            for d in [own, *followers]:
+                if not d.called:
+                    d.callback(self._served(stale, request, b"STALE", now))
+            return None
         if _storable(response):
             self._put(key, Entry(_stored_copy(response), now,
                                  self._ttl[request.endpoint.cache_class],

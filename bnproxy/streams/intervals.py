@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import calendar
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 MINUTE = 60_000
 INTERVAL_MS = {
@@ -18,7 +18,7 @@ WEEK_OFFSET = 4 * 1440 * MINUTE  # 1970-01-01 was a Thursday; weeks open on Mond
 def open_time(interval: str, t_ms: int) -> int:
     """The open time of the ``interval`` kline containing ``t_ms``."""
     if interval == "1M":
-        d = datetime.fromtimestamp(t_ms / 1000, tz=timezone.utc)
+        d = datetime.fromtimestamp(t_ms / 1000, tz=UTC)
         return calendar.timegm((d.year, d.month, 1, 0, 0, 0)) * 1000
     size = INTERVAL_MS[interval]
     if interval == "1w":
@@ -28,7 +28,7 @@ def open_time(interval: str, t_ms: int) -> int:
 
 def next_open(interval: str, open_ms: int) -> int:
     if interval == "1M":
-        d = datetime.fromtimestamp(open_ms / 1000, tz=timezone.utc)
+        d = datetime.fromtimestamp(open_ms / 1000, tz=UTC)
         y, m = (d.year + 1, 1) if d.month == 12 else (d.year, d.month + 1)
         return calendar.timegm((y, m, 1, 0, 0, 0)) * 1000
     return open_ms + INTERVAL_MS[interval]

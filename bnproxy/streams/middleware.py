@@ -230,11 +230,10 @@ class Streams(MultiService):
             pair = symbol.split("_")[0] if market == "coinm" else None
             book = self.books[key] = OrderBook(market, symbol, pair)
             manager.ensure(stream, lambda d, b=book, k=key: self._on_depth(k, b, d))
-        elif book.state == LIVE:
-            if manager.fresh(stream, self.s.stale_depth):
-                body = book.response(limit)
-                if body is not None:
-                    return self._answer(body)
+        elif book.state == LIVE and manager.fresh(stream, self.s.stale_depth):
+            body = book.response(limit)
+            if body is not None:
+                return self._answer(body)
         return next(request)
 
     def _on_depth(self, key: tuple[str, str], book: OrderBook, data: Any) -> None:
@@ -317,7 +316,7 @@ class Streams(MultiService):
 
     def _refresh_info(self) -> None:
         now = self._clock.seconds()
-        for key, (answer, last_use) in list(self.info.items()):
+        for key, (_, last_use) in list(self.info.items()):
             if now - last_use > self.s.info_idle:
                 del self.info[key]  # nobody asked for a while: stop refreshing it
                 continue

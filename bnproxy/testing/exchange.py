@@ -183,8 +183,9 @@ class FakeExchange:
         wavg = w.q // w.v if w.v else st.last_price
         last_id = st.trade_id
         (bp, bq), (ap, aq) = st.top("bids", 1)[0], st.top("asks", 1)[0]
-        return {"s": inst.symbol, "p": ("-" + inst.price(-change)) if change < 0 else inst.price(change),
-                "P": pct, "w": inst.price(wavg), "x": inst.price(w.o), "c": inst.price(st.last_price),
+        signed_change = ("-" + inst.price(-change)) if change < 0 else inst.price(change)
+        return {"s": inst.symbol, "p": signed_change, "P": pct, "w": inst.price(wavg),
+                "x": inst.price(w.o), "c": inst.price(st.last_price),
                 "Q": inst.qty(st.last_qty), "b": inst.price(bp), "B": inst.qty(bq),
                 "a": inst.price(ap), "A": inst.qty(aq), "o": inst.price(w.o),
                 "h": inst.price(max(w.h, st.last_price)), "l": inst.price(min(w.lo, st.last_price)),

@@ -12,9 +12,8 @@ from collections.abc import Callable
 
 import attrs
 
-from bnproxy.testing.instruments import Instrument
-
 from bnproxy.streams.intervals import INTERVAL_MS, MINUTE, next_open, open_time
+from bnproxy.testing.instruments import Instrument
 
 HOUR = 60 * MINUTE
 DAY = 24 * HOUR

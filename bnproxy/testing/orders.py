@@ -105,7 +105,8 @@ class OrderBookKeeper:
             quote_units = order.quote // 10 ** (inst.price_dp + inst.qty_dp - 8) \
                 if inst.price_dp + inst.qty_dp >= 8 else order.quote * 10 ** (
                     8 - inst.price_dp - inst.qty_dp)
-            acct.balances[inst.base] = acct.balances.get(inst.base, 0) + sign * order.executed * scale_q
+            base = acct.balances.get(inst.base, 0)
+            acct.balances[inst.base] = base + sign * order.executed * scale_q
             acct.balances[inst.quote] = acct.balances.get(inst.quote, 0) - sign * quote_units
         else:
             pos = acct.positions.get(inst.symbol, 0)

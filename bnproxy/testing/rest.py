@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import orjson
 
-from bnproxy.testing.accounts import Account, AuthError, Order, check_timestamp, verify_signature
+from bnproxy.testing.accounts import Account, AuthError, check_timestamp, verify_signature
 from bnproxy.testing.market import (
     DAY,
     FUTURES_INTERVALS,
@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from bnproxy.testing.exchange import FakeExchange
 
 FUTURES_DEPTH = (5, 10, 20, 50, 100, 500, 1000)
+_SYMBOLS_RANGE = ("legal range is "
+                  "'^\\[(\"[A-Z0-9-_.]{1,20}\"(,\"[A-Z0-9-_.]{1,20}\"){0,}){0,1}\\]$'.")
 
 
 class ApiError(Exception):
@@ -182,7 +184,7 @@ class RestApi:
             names = orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise ApiError(400, -1100, "Illegal characters found in parameter 'symbols'; "
-                                       "legal range is '^\\[(\"[A-Z0-9-_.]{1,20}\"(,\"[A-Z0-9-_.]{1,20}\"){0,}){0,1}\\]$'.") from None
+                                       + _SYMBOLS_RANGE) from None
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise ApiError(400, -1100, "Illegal characters found in parameter 'symbols'.")
         if len(set(names)) != len(names):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import orjson
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -328,7 +328,8 @@ class StreamHub:
         body["u"] = last.last
         if self.futures:
             body["pu"] = events[0].prev
-        body["b"] = [[inst.price(px), inst.qty(qty)] for px, qty in sorted(bids.items(), reverse=True)]
+        body["b"] = [[inst.price(px), inst.qty(qty)]
+                     for px, qty in sorted(bids.items(), reverse=True)]
         body["a"] = [[inst.price(px), inst.qty(qty)] for px, qty in sorted(asks.items())]
         return orjson.dumps(body)
 
