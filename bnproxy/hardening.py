@@ -42,7 +42,8 @@ class HardenedChannel(http.HTTPChannel):
         self._header_timer = None
         self._body_timer = None
         self._send_timer = None
-        self._in_headers = False
+        self._awaiting_headers = True  # between requests, and until their headers end
+        self._tail = b""  # the last bytes of header data seen (a fold may straddle reads)
         self._body_seen = 0
         self._failed = False
         super().connectionMade()
@@ -51,25 +52,27 @@ class HardenedChannel(http.HTTPChannel):
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         if self._failed:
             return
-        if (self._header_timer is None and not self._handlingRequest
-                and not self._in_headers and data):
+        if self._awaiting_headers and not self._handlingRequest:
+            end = data.find(b"\r\n\r\n")
+            stop = len(data) if end < 0 else end + 2
+            tail = self._tail
+            straddles = tail and ((tail.endswith(b"\r\n") and data[:1] in (b" ", b"\t"))
+                                  or (tail.endswith(b"\r") and data[:2] in (b"\n ", b"\n\t")))
+            if (straddles or data.find(b"\r\n ", 0, stop) >= 0
+                    or data.find(b"\r\n\t", 0, stop) >= 0):
+                return self.refuse(400, "obsolete line folding in a header")
+            self._tail = data[-2:] if end < 0 else b""
+        super().dataReceived(data)
+        # Most requests arrive whole: a deadline timer is only needed when the
+        # headers are still incomplete after this read (that is what slowloris does).
+        if (self._header_timer is None and not self._failed and not self._handlingRequest
+                and (self._receivedHeaderSize or self._buffer)):  # part of a request is in
             self._header_timer = self.callLater(self.limits.header_timeout, self._timed_out,
                                                 "request headers")
-        super().dataReceived(data)
-
-    def lineReceived(self, line: bytes) -> None:  # noqa: N802
-        if self._failed:
-            return
-        if not self._in_headers:
-            if line:  # the request line (an empty line before it is tolerated)
-                self._in_headers = True
-        elif line == b"":
-            self._in_headers = False
-        elif line[:1] in (b" ", b"\t"):
-            return self.refuse(400, "obsolete line folding in a header")
-        return super().lineReceived(line)
 
     def headerReceived(self, line: bytes) -> bool:  # noqa: N802
+        if line[:1] not in (b"T", b"t"):  # only Transfer-Encoding needs a look
+            return super().headerReceived(line)
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"transfer-encoding":
             if self._version != b"HTTP/1.1":
@@ -81,19 +84,26 @@ class HardenedChannel(http.HTTPChannel):
         return super().headerReceived(line)
 
     def allHeadersReceived(self) -> None:  # noqa: N802
-        self._cancel("_header_timer")
-        self._in_headers = False
+        self._awaiting_headers = False
+        self._tail = b""
+        if self._header_timer is not None:
+            self._cancel("_header_timer")
         if self.length is not None and self.length > self.limits.max_body:
             return self.refuse(413, f"request body over {self.limits.max_body} bytes")
-        self._body_seen = 0
         if self.length != 0:
+            self._body_seen = 0
             self._body_timer = self.callLater(self.limits.body_timeout, self._timed_out,
                                               "request body")
         super().allHeadersReceived()
 
     def allContentReceived(self) -> None:  # noqa: N802
-        self._cancel("_body_timer")
+        if self._body_timer is not None:
+            self._cancel("_body_timer")
         super().allContentReceived()
+
+    def requestDone(self, request) -> None:  # noqa: N802
+        self._awaiting_headers = True
+        super().requestDone(request)
 
     def body_chunk(self, size: int) -> bool:
         """Count body bytes (chunked bodies have no length up front)."""
@@ -128,7 +138,6 @@ class HardenedChannel(http.HTTPChannel):
         if self._failed:
             return
         self._failed = True
-        self._in_headers = False
         for timer in ("_header_timer", "_body_timer"):
             self._cancel(timer)
         _log.info("refused {peer}: {status} {msg}", peer=str(self.transport.getPeer()),

@@ -149,3 +149,24 @@ def test_a_bot_that_stops_reading_is_cut_off():
     protocol.pauseProducing()
     h.clock.advance(30.1)
     assert aborted == [True]
+
+
+def test_a_fold_split_across_reads_is_still_refused():
+    h = harness()
+    protocol, transport = connect(h)
+    protocol.dataReceived(b"GET /api/v3/ping HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n")
+    protocol.dataReceived(b" folded\r\n\r\n")
+    assert status_of(transport) == 400 and h.upstream.seen == []
+    protocol, transport = connect(h)
+    protocol.dataReceived(b"GET /api/v3/ping HTTP/1.1\r\nHost: x\r\nX-A: 1\r")
+    protocol.dataReceived(b"\n\tfolded\r\n\r\n")
+    assert status_of(transport) == 400
+
+
+def test_a_request_split_across_reads_is_fine():
+    h = harness()
+    protocol, transport = connect(h)
+    for piece in (b"GET /api/v3/pi", b"ng HTTP/1.1\r\nHo", b"st: x\r\n", b"\r\n"):
+        protocol.dataReceived(piece)
+    h.flush()
+    assert b"200 OK" in transport.value()
