@@ -4,29 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import os
-import socket
 import statistics
 import subprocess
-import sys
 import time
 
-TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+from bnproxy.testing.processes import TWISTD, free_port, stop, wait_listening
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise TimeoutError(port)
+__all__ = ["TWISTD", "free_port", "percentile", "process", "summary", "timed_gets"]
 
 
 @contextlib.contextmanager
@@ -37,14 +21,10 @@ def process(*args: str, port: int, cpu: int | None = None):
         cmd = ["taskset", "-c", str(cpu), *cmd]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_port(port)
+        wait_listening(port, proc)
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
 
 
 def percentile(values: list[float], p: float) -> float:

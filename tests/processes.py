@@ -5,31 +5,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
-import sys
-import time
 import urllib.request
 
-TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+from bnproxy.testing.processes import TWISTD, free_port, stop, wait_listening
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode}: "
-                               f"{proc.stdout.read() if proc.stdout else ''}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on {port} after {timeout}s")
+__all__ = ["TWISTD", "free_port", "get_json", "post_json", "twistd", "wait_listening"]
 
 
 @contextlib.contextmanager
@@ -42,12 +23,7 @@ def twistd(*args: str, port: int, cwd: str, env: dict | None = None):
         wait_listening(port, proc)
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop(proc)
         log.seek(0)
         proc.log_text = log.read()
         log.close()

@@ -6,12 +6,11 @@ import os
 import pytest
 from helpers import UPSTREAM_HOSTS, Harness, raw_exchange
 
+from bnproxy.binance.endpoints import _HOST_MARKET
 from bnproxy.routing import resolve_market, split_target
 
 CSV = os.path.join(os.path.dirname(__file__), "..", "bnproxy", "binance", "endpoints.csv")
-HOST_MARKET = {"api.binance.com": "spot", "fapi.binance.com": "usdm",
-               "dapi.binance.com": "coinm", "eapi.binance.com": "options",
-               "papi.binance.com": "pm"}
+HOST_MARKET = _HOST_MARKET  # the CSV's host column -> market (the table's own mapping)
 
 
 def operations():

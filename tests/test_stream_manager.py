@@ -1,6 +1,7 @@
 """The stream manager: placement, batching, pacing, rotation (virtual time),
 and serverShutdown handled as a rotation (real sockets)."""
 
+import attrs
 import orjson
 import pytest
 import pytest_twisted
@@ -9,6 +10,9 @@ from twisted.internet.testing import MemoryReactorClock
 
 from bnproxy.binance.markets import PRODUCTION
 from bnproxy.streams.manager import StreamManager, route_of
+
+# Never started, never connected: the managers here only place and pace.
+USDM = attrs.evolve(PRODUCTION["usdm"], stream_base="wss://usdm.example.test")
 
 
 class FakeProtocol:
@@ -27,16 +31,16 @@ def test_streams_are_spread_over_connections_of_at_most_1024():
 
 
 def test_usdm_streams_follow_the_public_market_split():
-    manager = StreamManager(MemoryReactorClock(), PRODUCTION["usdm"])
+    manager = StreamManager(MemoryReactorClock(), USDM)
     for name in ("btcusdt@depth@100ms", "btcusdt@bookTicker", "btcusdt@kline_1m",
                  "btcusdt@ticker"):
         manager.ensure(name, lambda d: None)
     routes = {c.route: sorted(c.streams) for c in manager.connections}
     assert routes == {"public": ["btcusdt@bookTicker", "btcusdt@depth@100ms"],
                       "market": ["btcusdt@kline_1m", "btcusdt@ticker"]}
-    assert manager.url("public") == "wss://fstream.binance.com/public/stream"
-    legacy = StreamManager(MemoryReactorClock(), PRODUCTION["usdm"], legacy_routes=True)
-    assert legacy.url(None) == "wss://fstream.binance.com/stream"
+    assert manager.url("public") == "wss://usdm.example.test/public/stream"
+    legacy = StreamManager(MemoryReactorClock(), USDM, legacy_routes=True)
+    assert legacy.url(None) == "wss://usdm.example.test/stream"
     assert route_of("!bookTicker") == "public" and route_of("btcusdt@markPrice") == "market"
 
 

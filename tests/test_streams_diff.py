@@ -160,3 +160,23 @@ async def test_after_warm_up_a_freqtrade_workload_makes_no_market_data_requests(
         assert counters.rest_total() == before  # not one REST request reached the exchange
     finally:
         await stop(service)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failing_snapshot_is_retried_with_backoff_not_at_the_stream_rate(fake_exchange):
+    fake_exchange.exchange.faults.error_status = 503
+    fake_exchange.exchange.faults.error_rate = 1.0
+    fake_exchange.exchange.faults.path_prefix = "/api/v3/depth"
+    service = start_proxy(fake_exchange, chain=(("streams", {}),))
+    try:
+        await ask(service, "/api/v3/depth?symbol=BTCUSDT&limit=5")  # 503, and subscribes
+        await sleep(3.5)  # ~35 depth events arrive meanwhile
+        counters = fake_exchange.exchange.counters
+        tries = sum(n for (path, _, _), n in counters.requests.items()
+                    if path == "/api/v3/depth")
+        assert 2 <= tries <= 5  # the bot's own, then snapshots at 1 s, 2 s (not 35)
+        fake_exchange.exchange.faults.error_rate = 0.0
+        streams = service.middlewares[0]
+        await until(lambda: streams.books[("spot", "BTCUSDT")].state == "live", 15)
+    finally:
+        await stop(service)

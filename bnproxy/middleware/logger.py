@@ -61,7 +61,6 @@ class AccessLogger(Service):
         self._output = output  # a file of its own; None: twisted.logger
         self._flusher = task.LoopingCall(self.flush)
         self._flusher.clock = clock
-        self._keys: dict[bytes, str] = {}
 
     def startService(self) -> None:  # noqa: N802
         super().startService()
@@ -82,12 +81,7 @@ class AccessLogger(Service):
         key = request.header(b"x-mbx-apikey")
         if not key:
             return None
-        kid = self._keys.get(key)
-        if kid is None:
-            if len(self._keys) > 4096:
-                self._keys.clear()
-            kid = self._keys[key] = hashlib.sha256(self._salt + key).hexdigest()[:10]
-        return kid
+        return hashlib.sha256(self._salt + key).hexdigest()[:10]  # no key is kept
 
     def handle(self, request: ProxyRequest, next: Callable) -> Deferred:
         return next(request).addCallback(self._log_one, request)

@@ -94,6 +94,8 @@ class Streams(MultiService):
         self.used: dict[tuple[str, str], float] = {}  # (market, stream) -> last request
         self._snapshots: set[tuple[str, str]] = set()
         self._backfills: set[tuple[str, str, str]] = set()
+        # After a failed snapshot or backfill, not again before this time (backoff).
+        self._not_before: dict[tuple, tuple[float, int]] = {}
         self.info: dict[tuple, tuple[ProxyResponse, float]] = {}  # key -> (answer, last use)
         self.served = 0
         self._sweeper = task.LoopingCall(self._sweep)
@@ -188,7 +190,7 @@ class Streams(MultiService):
     def _on_kline(self, key: tuple[str, str, str], series: KlineSeries, data: Any) -> None:
         series.apply(data["k"], data.get("E", 0))
         span = series.backfill_range()
-        if span is not None and key not in self._backfills:
+        if span is not None and key not in self._backfills and self._may_try(key):
             self._backfill(key, series, *span)
 
     def _backfill(self, key, series: KlineSeries, start: int, end: int) -> None:
@@ -200,14 +202,16 @@ class Streams(MultiService):
 
         def done(response: ProxyResponse) -> None:
             self._backfills.discard(key)
-            if response.status == 200:
-                series.repair(orjson.loads(response.body))
+            if response.status == 200 and series.repair(orjson.loads(response.body)):
+                self._not_before.pop(key, None)
             else:
+                self._failed_try(key)
                 _log.warn("kline backfill for {key} failed: {status}", key=key,
                           status=response.status)
 
         def failed(f) -> None:
             self._backfills.discard(key)
+            self._failed_try(key)
 
         self._internal(market, KLINE_PATHS[market], query).addCallbacks(done, failed)
 
@@ -238,7 +242,7 @@ class Streams(MultiService):
 
     def _on_depth(self, key: tuple[str, str], book: OrderBook, data: Any) -> None:
         book.on_event(data, self.now_ms())
-        if book.needs_snapshot() and key not in self._snapshots:
+        if book.needs_snapshot() and key not in self._snapshots and self._may_try(key):
             self._snapshot(key, book)
 
     def _snapshot(self, key: tuple[str, str], book: OrderBook, attempt: int = 1) -> None:
@@ -254,14 +258,30 @@ class Streams(MultiService):
             ok = False
             if response.status == 200:
                 ok = book.on_snapshot(orjson.loads(response.body), limit, self.now_ms())
-            if not ok and attempt < 5 and book.needs_snapshot():
+            if ok:
+                self._not_before.pop(key, None)
+            elif response.status == 200 and attempt < 5 and book.needs_snapshot():
+                # Older than the buffered stream: Binance's procedure says fetch again.
                 self._snapshots.add(key)
                 self._clock.callLater(0.5 * attempt, self._retry_snapshot, key, book, attempt + 1)
+            else:
+                self._failed_try(key)
 
         def failed(f) -> None:
             self._snapshots.discard(key)
+            self._failed_try(key)
 
         self._internal(market, DEPTH_PATHS[market], query).addCallbacks(done, failed)
+
+    def _may_try(self, key: tuple) -> bool:
+        entry = self._not_before.get(key)
+        return entry is None or self._clock.seconds() >= entry[0]
+
+    def _failed_try(self, key: tuple) -> None:
+        """Back off exponentially (1 s doubling to 60 s): a failing snapshot or
+        backfill must not be retried at the stream's message rate."""
+        fails = self._not_before.get(key, (0.0, 0))[1] + 1
+        self._not_before[key] = (self._clock.seconds() + min(60.0, 2.0 ** (fails - 1)), fails)
 
     def _retry_snapshot(self, key, book, attempt) -> None:
         self._snapshots.discard(key)
