@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -15,14 +15,12 @@ from bnproxy.binance.markets import Market
 class HealthResource(Resource):
     isLeaf = True
 
-    def __init__(self, clock, markets: Mapping[str, Market], chain: Sequence[Any],
-                 extra: Callable[[], Mapping[str, Any]] = dict) -> None:
+    def __init__(self, clock, markets: Mapping[str, Market], chain: Sequence[Any]) -> None:
         super().__init__()
         self._clock = clock
         self._started = clock.seconds()
         self._markets = markets
         self._chain = chain
-        self._extra = extra
 
     def document(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -40,7 +38,6 @@ class HealthResource(Resource):
             health = getattr(m, "health", None)
             if callable(health):
                 doc["middleware"][m.name] = health()
-        doc.update(self._extra())
         return doc
 
     def render_GET(self, request):  # noqa: N802

@@ -13,16 +13,9 @@ from bnproxy.binance.errors import error_body
 # Headers are kept as a tuple of (lower-case name, value) byte pairs, in order.
 HeaderPairs = tuple[tuple[bytes, bytes], ...]
 
-SOURCES = ("upstream", "cache", "stream", "local")
-
 # Marks a request the proxy makes itself (snapshots, backfills, refreshes).
 # The HTTP side strips it from every bot request, so it cannot be forged.
 INTERNAL = b"x-bnproxy-internal"
-
-
-def header_values(headers: HeaderPairs, name: bytes) -> list[bytes]:
-    name = name.lower()
-    return [v for k, v in headers if k == name]
 
 
 def header_value(headers: HeaderPairs, name: bytes) -> bytes | None:
@@ -113,7 +106,3 @@ def local_error(status: int, code: int, msg: str, headers: HeaderPairs = (),
     return ProxyResponse(status, (JSON, *headers), error_body(code, msg), "local",
                          detail or str(status))
 
-
-def local_json(status: int, body: bytes, headers: HeaderPairs = (),
-               detail: str = "") -> ProxyResponse:
-    return ProxyResponse(status, (JSON, *headers), body, "local", detail)

@@ -154,7 +154,6 @@ class Upstream:
         self._max_body = max_body
         base = agent if agent is not None else make_agent(reactor, deadlines, max_per_host)
         self._agent = wclient.ContentDecoderAgent(base, [(b"gzip", wclient.GzipDecoder)])
-        self.requests_sent = 0
         # market -> {"ok": time of the last answer, "error": time, "reason": str}
         self.reachability: dict[str, dict[str, Any]] = {}
         self.observe: Callable[[str, float], None] | None = None  # (market, seconds)
@@ -182,7 +181,6 @@ class Upstream:
         headers.setRawHeaders(b"accept-encoding", [b"gzip"])
         body = BytesProducer(request.body) if (
             request.body or request.method in ("POST", "PUT", "PATCH")) else None
-        self.requests_sent += 1
         d = self._agent.request(request.method.encode("ascii"), url, headers, body)
         return d.addTimeout(self.deadlines.headers, self._clock)
 

@@ -110,8 +110,9 @@ async def test_server_shutdown_is_a_planned_rotation_without_a_gap(fake_exchange
         manager = streams.managers["spot"]
         fake_exchange.exchange.hubs["spot"].shutdown()
         await until(lambda: manager.rotations >= 1, 10)
-        await sleep(1.5)
+        await sleep(3)  # past the exchange's 2 s grace: the old connection is gone
         assert book.state == "live" and book.resyncs == resyncs  # no gap, no resync
+        assert len(manager.connections) == 1 and manager.reconnects == 0  # old one retired
         assert (await ask(service, target)).source == "stream"
         assert service.health.document()["middleware"]["streams"]["markets"]["spot"][
             "rotations"] >= 1

@@ -180,3 +180,24 @@ async def test_a_failing_snapshot_is_retried_with_backoff_not_at_the_stream_rate
         await until(lambda: streams.books[("spot", "BTCUSDT")].state == "live", 15)
     finally:
         await stop(service)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_series_whose_first_answer_cannot_seed_it_seeds_itself(fake_exchange):
+    service = start_proxy(fake_exchange, chain=(("streams", {}),))
+    try:
+        # An endTime page in the past cannot seed a live series: the middleware
+        # fetches a page of its own instead of waiting for another bot request.
+        now = fake_exchange.exchange.market_ms()
+        answer = await ask(service, "/api/v3/klines?symbol=ADAUSDT&interval=1m"
+                                    f"&endTime={now - 3_600_000}&limit=10")
+        assert answer.source == "upstream"
+        streams = service.middlewares[0]
+        await until(lambda: streams.series[("spot", "ADAUSDT", "1m")].ready, 10)
+        assert len(streams.series[("spot", "ADAUSDT", "1m")]) == 1000
+        await until(lambda: service.middlewares[0].managers["spot"].fresh(
+            "adausdt@kline_1m", 6), 10)
+        answer = await ask(service, "/api/v3/klines?symbol=ADAUSDT&interval=1m&limit=1000")
+        assert answer.source == "stream"
+    finally:
+        await stop(service)

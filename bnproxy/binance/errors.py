@@ -11,7 +11,6 @@ TOO_MANY_REQUESTS = -1003
 TIMEOUT = -1007
 UNAUTHORIZED = -1002
 ILLEGAL_CHARS = -1100
-NOT_FOUND = -1000
 
 
 def error_body(code: int, msg: str) -> bytes:

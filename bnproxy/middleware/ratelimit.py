@@ -95,7 +95,6 @@ class RateLimit:
                  client_share: float | None) -> None:
         self.name = name
         self._clock = clock
-        self._margin = margin
         self.max_wait = max_wait
         self._state_path = state_path
         self._client_header = client_header

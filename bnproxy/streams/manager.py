@@ -340,6 +340,7 @@ class StreamManager(Service):
             "open": sum(c.protocol is not None for c in self.connections),
             "streams": len(self.placed),
             "stale": sorted(stale or ()),
+            "connects": self.connects,
             "reconnects": self.reconnects,
             "rotations": self.rotations,
             "messages": self.messages,

@@ -19,7 +19,7 @@ import attrs
 import orjson
 from twisted.application.service import MultiService
 from twisted.internet import task
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -45,7 +45,6 @@ TICKER_PATHS = {("spot", "/api/v3/ticker/24hr"): "ticker",
                 ("spot", "/api/v3/ticker/price"): "aggTrade"}
 INFO_PATHS = {("spot", "/api/v3/exchangeInfo"), ("usdm", "/fapi/v1/exchangeInfo"),
               ("coinm", "/dapi/v1/exchangeInfo")}
-FUTURES_DEPTH = (5, 10, 20, 50, 100, 500, 1000)
 
 
 @attrs.define
@@ -141,7 +140,6 @@ class Streams(MultiService):
         return next(request)
 
     def _answer(self, body: bytes) -> Deferred:
-        from twisted.internet.defer import succeed
         self.served += 1
         return succeed(ProxyResponse(200, (JSON,), body, "stream", "stream"))
 
@@ -183,9 +181,41 @@ class Streams(MultiService):
                     series.seed(orjson.loads(response.body), self.now_ms())
                 except (orjson.JSONDecodeError, IndexError, KeyError, TypeError):
                     pass
+            if not series.ready and series.backfill_from is None:
+                # A historical page, or one that straddled a candle boundary:
+                # seed from a page of our own rather than wait for another bot.
+                self._seed(key, series)
             return response
 
         return next(request).addCallback(seed)
+
+    def _seed(self, key: tuple[str, str, str], series: KlineSeries) -> None:
+        if key in self._backfills or not self._may_try(key):
+            return
+        market, symbol, interval = key
+        self._backfills.add(key)
+        query = (f"symbol={symbol}&interval={interval}"
+                 f"&limit={self._markets[market].kline_max}").encode()
+
+        def done(response: ProxyResponse) -> None:
+            self._backfills.discard(key)
+            ok = False
+            if response.status == 200:
+                try:
+                    ok = series.ready or series.seed(orjson.loads(response.body),
+                                                     self.now_ms())
+                except (orjson.JSONDecodeError, IndexError, KeyError, TypeError):
+                    ok = False
+            if ok:
+                self._not_before.pop(key, None)
+            else:
+                self._failed_try(key)
+
+        def failed(f) -> None:
+            self._backfills.discard(key)
+            self._failed_try(key)
+
+        self._internal(market, KLINE_PATHS[market], query).addCallbacks(done, failed)
 
     def _on_kline(self, key: tuple[str, str, str], series: KlineSeries, data: Any) -> None:
         series.apply(data["k"], data.get("E", 0))
@@ -221,9 +251,10 @@ class Streams(MultiService):
         symbol = p.get("symbol")
         if not symbol or set(p) - {"symbol", "limit"}:
             return next(request)
-        limit = _int(p.get("limit", "100" if market == "spot" else "500"))
-        if limit is None or (market == "spot" and not 1 <= limit <= 5000) or (
-                market != "spot" and limit not in FUTURES_DEPTH):
+        m = self._markets[market]
+        limit = _int(p.get("limit", "100" if m.depth_limits is None else "500"))
+        if limit is None or not (limit in m.depth_limits if m.depth_limits is not None
+                                 else 1 <= limit <= m.depth_max):
             return next(request)
         key = (market, symbol)
         stream = f"{symbol.lower()}@depth@100ms"
@@ -248,9 +279,10 @@ class Streams(MultiService):
     def _snapshot(self, key: tuple[str, str], book: OrderBook, attempt: int = 1) -> None:
         market, symbol = key
         self._snapshots.add(key)
+        allowed = self._markets[market].depth_limits
         limit = self.s.snapshot_limit
-        if market != "spot":
-            limit = max(x for x in FUTURES_DEPTH if x <= limit)
+        if allowed is not None:  # futures take only their listed limits
+            limit = max((x for x in allowed if x <= limit), default=min(allowed))
         query = f"symbol={symbol}&limit={limit}".encode()
 
         def done(response: ProxyResponse) -> None:
@@ -323,7 +355,6 @@ class Streams(MultiService):
         now = self._clock.seconds()
         if held is not None:
             self.info[key] = (held[0], now)
-            from twisted.internet.defer import succeed
             return succeed(attrs.evolve(held[0], source="cache", detail="held"))
 
         def keep(response: ProxyResponse) -> ProxyResponse:

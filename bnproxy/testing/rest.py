@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import orjson
 
+from bnproxy.binance.markets import FUTURES_DEPTH_LIMITS
 from bnproxy.testing.accounts import Account, AuthError, check_timestamp, verify_signature
 from bnproxy.testing.market import (
     DAY,
@@ -24,7 +25,6 @@ from bnproxy.testing.market import (
 if TYPE_CHECKING:
     from bnproxy.testing.exchange import FakeExchange
 
-FUTURES_DEPTH = (5, 10, 20, 50, 100, 500, 1000)
 _SYMBOLS_RANGE = ("legal range is "
                   "'^\\[(\"[A-Z0-9-_.]{1,20}\"(,\"[A-Z0-9-_.]{1,20}\"){0,}){0,1}\\]$'.")
 
@@ -279,7 +279,7 @@ class RestApi:
             if limit < 1:
                 raise ApiError(400, -1130, "Data sent for parameter 'limit' is not valid.")
             limit = min(limit, 5000)
-        elif limit not in FUTURES_DEPTH:
+        elif limit not in FUTURES_DEPTH_LIMITS:
             raise ApiError(400, -1130, "Data sent for parameter 'limit' is not valid.")
         return self.ok(depth_body(st, limit, call.market))
 
@@ -337,8 +337,7 @@ class RestApi:
         mini = call.params.get("type") == "MINI"
         if states is None:
             states = list(self.x.symbols[call.market].values())
-            return self.ok(b"[" + b",".join(self.x.ticker_bytes(s, mini) for s in states) + b"]")
-        if "symbol" in call.params:
+        elif "symbol" in call.params:
             return self.ok(self.x.ticker_bytes(states[0], mini))
         return self.ok(b"[" + b",".join(self.x.ticker_bytes(s, mini) for s in states) + b"]")
 
@@ -349,10 +348,11 @@ class RestApi:
             states = list(self.x.symbols[call.market].values())
         rows = []
         for st in states:
-            row: dict[str, Any] = {"symbol": st.inst.symbol, "price": st.inst.price(st.last_price)}
+            row: dict[str, Any] = {"symbol": st.inst.symbol}
+            if call.market == "coinm":
+                row["ps"] = st.inst.pair
+            row["price"] = st.inst.price(st.last_price)
             if call.market != "spot":
-                if call.market == "coinm":
-                    row = {"symbol": st.inst.symbol, "ps": st.inst.pair, **{"price": row["price"]}}
                 row["time"] = st.trades[-1].time if st.trades else call.now
             rows.append(row)
         return self.ok(rows[0] if single else rows)

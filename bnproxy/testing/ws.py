@@ -384,11 +384,19 @@ class StreamHub:
             p.dropConnection(abort=True)
         return len(victims)
 
-    def shutdown(self) -> int:
+    def shutdown(self, grace: float = 2.0) -> int:
+        """Announce ``serverShutdown`` (Binance: "reconnect on receipt") and
+        close the connections ``grace`` seconds later."""
         now = self.x.market_ms()
-        for p in list(self.protocols):
+        victims = list(self.protocols)
+        for p in victims:
             payload = {"e": "serverShutdown", "E": now}
             p.sendMessage(orjson.dumps({"stream": "!serverShutdown", "data": payload})
                           if p.combined else orjson.dumps(payload))
-            p.sendClose(1000)
-        return len(self.protocols)
+
+        def close() -> None:
+            for p in victims:
+                if p in self.protocols:
+                    p.sendClose(1000)
+        self.x.clock.callLater(grace, close)
+        return len(victims)
