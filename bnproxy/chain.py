@@ -1,9 +1,17 @@
-"""Composing middlewares into one callable."""
+"""Composing middlewares into one callable.
+
+The composed handler returns an *answer*: a ``ProxyResponse`` when the chain
+answered at once (a cache hit, a stream, a local error), else a ``Deferred``
+firing with one. Only middlewares that declare ``plain_next = True`` see plain
+answers from ``next``; every other one gets a Deferred, as the contract in
+``bnproxy.interfaces`` says.
+"""
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
+from typing import Union
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
@@ -13,7 +21,8 @@ from bnproxy.binance.errors import UNKNOWN
 from bnproxy.interfaces import IMiddleware
 from bnproxy.messages import ProxyRequest, ProxyResponse, local_error
 
-Handler = Callable[[ProxyRequest], "Deferred[ProxyResponse]"]
+Answer = Union[ProxyResponse, "Deferred[ProxyResponse]"]
+Handler = Callable[[ProxyRequest], Answer]
 
 _log = Logger(namespace="bnproxy.chain")
 
@@ -27,6 +36,14 @@ def as_deferred(result: object) -> Deferred:
     return succeed(result)
 
 
+def then(answer: Answer, f: Callable[..., ProxyResponse], *args: object) -> Answer:
+    """``f(response, *args)`` now for a plain answer, or when a Deferred one
+    fires: what a ``plain_next`` middleware uses on what ``next`` returns."""
+    if isinstance(answer, Deferred):
+        return answer.addCallback(f, *args)
+    return f(answer, *args)
+
+
 def _internal_error(name: str, request: ProxyRequest, failure: Failure) -> ProxyResponse:
     _log.failure("middleware {name} failed on {method} {market}{path}", failure,
                  name=name, method=request.method, market=request.market, path=request.path)
@@ -34,28 +51,42 @@ def _internal_error(name: str, request: ProxyRequest, failure: Failure) -> Proxy
                        detail=f"error:{name}")
 
 
+def _deferring(handler: Handler) -> Callable[[ProxyRequest], Deferred]:
+    def call(request: ProxyRequest) -> Deferred:
+        answer = handler(request)
+        return answer if isinstance(answer, Deferred) else succeed(answer)
+    return call
+
+
 def _wrap(middleware: IMiddleware, nxt: Handler) -> Handler:
     name = middleware.name
     handle = middleware.handle
+    given = nxt if getattr(middleware, "plain_next", False) else _deferring(nxt)
 
-    def call(request: ProxyRequest) -> Deferred:
+    def check(result: object, request: ProxyRequest) -> object:
+        if isinstance(result, ProxyResponse):
+            return result
+        return _internal_error(name, request, Failure(TypeError(
+            f"{name}.handle returned {type(result).__name__}, not ProxyResponse")))
+
+    def failed(f: Failure, request: ProxyRequest) -> object:
+        if f.check(CancelledError):
+            return f
+        return _internal_error(name, request, f)
+
+    def call(request: ProxyRequest) -> Answer:
         try:
-            d = as_deferred(handle(request, nxt))
+            result = handle(request, given)
         except Exception:
-            return succeed(_internal_error(name, request, Failure()))
-
-        def check(result: object) -> object:
-            if isinstance(result, ProxyResponse):
-                return result
-            return _internal_error(name, request, Failure(TypeError(
-                f"{name}.handle returned {type(result).__name__}, not ProxyResponse")))
-
-        def failed(f: Failure) -> object:
-            if f.check(CancelledError):
-                return f
-            return _internal_error(name, request, f)
-
-        return d.addCallbacks(check, failed)
+            return _internal_error(name, request, Failure())
+        if isinstance(result, ProxyResponse):
+            return result
+        if inspect.iscoroutine(result):
+            result = Deferred.fromCoroutine(result)
+        if isinstance(result, Deferred):
+            return result.addCallbacks(check, failed, callbackArgs=(request,),
+                                       errbackArgs=(request,))
+        return check(result, request)  # type: ignore[return-value]
 
     return call
 

@@ -23,8 +23,9 @@ class MiddlewareContext:
       directly (bypassing the chain: use it only for what must not be
       governed; prefer ``chain``);
     - ``chain``: a callable that sends a request through the whole chain
-      (resolved lazily, after the chain is composed), for background fetches
-      that must be cached and rate-limited like bot traffic;
+      (resolved lazily, after the chain is composed), returning a
+      ``Deferred[ProxyResponse]``, for background fetches that must be cached
+      and rate-limited like bot traffic;
     - ``endpoints``, ``markets``: the Binance tables;
     - ``add_admin(name, resource)``: mount an admin resource at ``/NAME``,
       behind the admin allowlist;

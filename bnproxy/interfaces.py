@@ -28,6 +28,12 @@ class IMiddleware(Interface):
     ``/health`` under its name; one with ``collect_metrics()`` yielding
     ``prometheus_client`` metric families is exported on ``/metrics``.
 
+    Optional ``plain_next = True``: ``next`` may then return a
+    ``ProxyResponse`` itself when the rest of the chain answered at once (a
+    cache hit, a stream, a local error) instead of a Deferred, and ``handle``
+    may too; ``bnproxy.chain.then(answer, f, *args)`` applies ``f`` to either.
+    The built-in middlewares declare it, so that a hit makes no Deferred.
+
     Requests the proxy makes itself (stream snapshots, backfills, readiness
     pings) carry the ``bnproxy.messages.INTERNAL`` header, which no bot can
     send (it is stripped at the door); they go through the whole chain.

@@ -111,31 +111,40 @@ class ForwardingResource(Resource):
             arrival=self._clock.seconds(),
             endpoint=self._endpoints.lookup(market, method, binance_path),
         )
+        answer = self._handler(proxy_request)
+        if isinstance(answer, ProxyResponse):  # answered at once: no Deferred made
+            try:
+                self._write(request, proxy_request, answer)
+            except Exception:
+                self._failed(Failure(), request, binance_path)
+            return server.NOT_DONE_YET
         self.inflight += 1
-        done = [False]
-
-        def finished(_: object = None) -> None:
-            if not done[0]:
-                done[0] = True
-                self.inflight -= 1
-
-        d = self._handler(proxy_request)
-        request.notifyFinish().addErrback(lambda _: d.cancel())
-
-        def write(response: ProxyResponse) -> None:
-            if self._answered is not None:
-                self._answered(proxy_request, response)
-            write_response(request, response)
-
-        def failed(f: Failure) -> None:
-            if f.check(CancelledError):
-                return None
-            _log.failure("unhandled error answering {path}", f, path=binance_path)
-            write_response(request, local_error(500, UNKNOWN, "bnproxy: internal error"))
-            return None
-
-        d.addCallback(write).addErrback(failed).addBoth(finished)
+        request.notifyFinish().addErrback(lambda _: answer.cancel())
+        answer.addCallback(self._written, request, proxy_request)
+        answer.addErrback(self._failed, request, binance_path)
+        answer.addBoth(self._settled)
         return server.NOT_DONE_YET
+
+    def _write(self, request: server.Request, proxy_request: ProxyRequest,
+               response: ProxyResponse) -> None:
+        if self._answered is not None:
+            self._answered(proxy_request, response)
+        write_response(request, response)
+
+    def _written(self, response: ProxyResponse, request: server.Request,
+                 proxy_request: ProxyRequest) -> None:
+        self._write(request, proxy_request, response)
+
+    @staticmethod
+    def _failed(f: Failure, request: server.Request, path: str) -> None:
+        if f.check(CancelledError):
+            return None
+        _log.failure("unhandled error answering {path}", f, path=path)
+        write_response(request, local_error(500, UNKNOWN, "bnproxy: internal error"))
+        return None
+
+    def _settled(self, _: object) -> None:
+        self.inflight -= 1
 
 
 class RootResource(Resource):

@@ -16,7 +16,7 @@ from twisted.web.resource import IResource
 from bnproxy.admin import AdminGuard
 from bnproxy.binance.endpoints import load_endpoints
 from bnproxy.binance.markets import build_markets
-from bnproxy.chain import compose
+from bnproxy.chain import as_deferred, compose
 from bnproxy.clientaddr import ClientResolver, parse_networks
 from bnproxy.config import ProxyConfig
 from bnproxy.context import MiddlewareContext
@@ -76,7 +76,7 @@ class ProxyService(MultiService):
         chain_ref: list[Any] = []
         context = MiddlewareContext(
             reactor=reactor, upstream=self.upstream,
-            chain=lambda request: chain_ref[0](request),
+            chain=lambda request: as_deferred(chain_ref[0](request)),
             endpoints=self.endpoints, markets=markets, add_admin=add_admin,
             state_dir=config.state_dir, log_format=config.log_format,
             metrics=self.metrics.registry)
@@ -133,7 +133,7 @@ class ProxyService(MultiService):
             request = ProxyRequest("GET", market, PING[market], b"", ((INTERNAL, b"ready"),),
                                    b"", "bnproxy", self.reactor.seconds(),
                                    self.endpoints.lookup(market, "GET", PING[market]))
-            self.handler(request).addErrback(lambda f: None)
+            as_deferred(self.handler(request)).addErrback(lambda f: None)
 
     def readiness(self) -> list[str]:
         problems = []

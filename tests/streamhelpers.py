@@ -9,6 +9,7 @@ import treq
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
+from bnproxy.chain import as_deferred
 from bnproxy.config import ProxyConfig
 from bnproxy.messages import ProxyRequest
 from bnproxy.routing import resolve_market, split_target
@@ -33,7 +34,7 @@ async def ask(service: ProxyService, target: str, headers=()):
     request = ProxyRequest("GET", market, binance_path, query, tuple(headers), b"",
                            "127.0.0.1", reactor.seconds(),
                            service.endpoints.lookup(market, "GET", binance_path))
-    return await service.handler(request)
+    return await as_deferred(service.handler(request))
 
 
 async def rest(running, market: str, target: str) -> bytes:

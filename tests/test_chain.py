@@ -6,7 +6,7 @@ from helpers import Harness
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from zope.interface import implementer
 
-from bnproxy.chain import compose
+from bnproxy.chain import as_deferred, compose, then
 from bnproxy.interfaces import IMiddleware
 from bnproxy.messages import ProxyRequest, ProxyResponse
 
@@ -39,7 +39,7 @@ def terminal_ok(trail):
 
 def result_of(d):
     out = []
-    d.addBoth(out.append)
+    as_deferred(d).addBoth(out.append)
     assert out
     return out[0]
 
@@ -114,6 +114,31 @@ def test_coroutines_and_plain_values_are_accepted():
     untouched = []
     response = result_of(compose([Local()], terminal_ok(untouched))(request()))
     assert response.status == 204 and untouched == []
+
+
+@implementer(IMiddleware)
+class Sees:
+    """Records what ``next`` returned to it."""
+
+    def __init__(self, name, plain):
+        self.name = name
+        self.plain_next = plain
+        self.got = []
+
+    def handle(self, req, next):
+        answer = next(req)
+        self.got.append(type(answer).__name__)
+        return then(answer, lambda r: attrs.evolve(r, detail=r.detail + self.name))
+
+
+def test_only_a_plain_next_middleware_sees_an_answer_made_at_once():
+    classic, plain = Sees("c", False), Sees("p", True)
+    answer = compose([classic, plain, Local()], terminal_ok([]))(request())
+    assert plain.got == ["ProxyResponse"]  # it asked for plain answers
+    assert classic.got == ["Deferred"]  # the contract it was written against
+    assert result_of(answer).detail == "pc"
+    quick = compose([Sees("a", True), Sees("b", True), Local()], terminal_ok([]))(request())
+    assert isinstance(quick, ProxyResponse) and quick.detail == "ba"  # no Deferred made
 
 
 def test_cancelling_reaches_the_waiting_terminal():

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from bnproxy.binance.errors import UNAUTHORIZED
+from bnproxy.chain import Answer
 from bnproxy.clientaddr import Network, in_networks, parse_networks
 from bnproxy.interfaces import IMiddleware
 from bnproxy.messages import INTERNAL, ProxyRequest, local_error
@@ -27,6 +27,8 @@ class Allowlist:
     when it is in one of the networks, and the proxy's own requests (marked
     ``INTERNAL``, which no bot can send); anyone else gets 403."""
 
+    plain_next = True
+
     def __init__(self, name: str, networks: Sequence[Network]) -> None:
         self.name = name
         self.networks = list(networks)
@@ -41,14 +43,14 @@ class Allowlist:
             decision = self._decided[client] = in_networks(client, self.networks)
         return decision
 
-    def handle(self, request: ProxyRequest, next: Callable) -> Deferred:
+    def handle(self, request: ProxyRequest, next: Callable) -> Answer:
         if self.admits(request.client) or request.header(INTERNAL) is not None:
             return next(request)
         self.denied += 1
         _log.warn("denied {client}: not in the allowlist", client=request.client)
-        return succeed(local_error(403, UNAUTHORIZED,
-                                   "bnproxy: your address is not allowed to use this proxy",
-                                   detail="denied"))
+        return local_error(403, UNAUTHORIZED,
+                           "bnproxy: your address is not allowed to use this proxy",
+                           detail="denied")
 
     def health(self) -> dict:
         return {"networks": [str(n) for n in self.networks], "denied": self.denied}

@@ -14,12 +14,13 @@ from collections.abc import Callable
 
 import attrs
 import orjson
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
+from bnproxy.chain import Answer, as_deferred, then
 from bnproxy.interfaces import IMiddleware
 from bnproxy.messages import ProxyRequest, ProxyResponse, header_value, without_headers
 from bnproxy.middleware.cachekey import VARYING_HEADERS, cache_key
@@ -100,6 +101,8 @@ class _Stats:
 class Cache:
     """The response cache. See the module docstring."""
 
+    plain_next = True
+
     def __init__(self, name: str, clock, ttl: dict[str, float], max_bytes: int,
                  stale_if_error: float) -> None:
         self.name = name
@@ -131,18 +134,18 @@ class Cache:
                 self._keys[memo] = key
         return key
 
-    def handle(self, request: ProxyRequest, next: Callable) -> Deferred:
+    def handle(self, request: ProxyRequest, next: Callable) -> Answer:
         key = self._key(request)
         endpoint = request.path
         if key is None:
             self.stats.count("bypassed", endpoint)
-            return next(request).addCallback(self._mark, b"BYPASS")
+            return then(next(request), self._mark, b"BYPASS")
         now = self._clock.seconds()
         entry = self._store.get(key)
         if entry is not None and now - entry.stored < entry.ttl:
             self._store.move_to_end(key)
             self.stats.count("hits", endpoint)
-            return succeed(self._served(entry, request, b"HIT", now))
+            return self._served(entry, request, b"HIT", now)
         waiters = self._inflight.get(key)
         if waiters is not None:
             self.stats.count("coalesced", endpoint)
@@ -151,7 +154,7 @@ class Cache:
             return d
         self.stats.count("misses", endpoint)
         self._inflight[key] = followers = []
-        fetch = next(request)
+        fetch = as_deferred(next(request))
         own: Deferred = Deferred()  # the first bot may go away; the fetch goes on
         fetch.addBoth(self._filled, key, request, followers, own)
         return own

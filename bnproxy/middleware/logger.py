@@ -21,10 +21,10 @@ from urllib.parse import quote
 import orjson
 from twisted.application.service import Service
 from twisted.internet import task
-from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from bnproxy.chain import Answer, then
 from bnproxy.interfaces import IMiddleware
 from bnproxy.messages import ProxyRequest, ProxyResponse
 from bnproxy.privacy import SECRET_PARAMS
@@ -52,6 +52,8 @@ def redact_query(request: ProxyRequest) -> str:
 
 @implementer(IMiddleware)
 class AccessLogger(Service):
+    plain_next = True
+
     def __init__(self, name: str, clock, fmt: str, salt: bytes, output=None) -> None:
         self.name = name
         self._clock = clock
@@ -83,8 +85,8 @@ class AccessLogger(Service):
             return None
         return hashlib.sha256(self._salt + key).hexdigest()[:10]  # no key is kept
 
-    def handle(self, request: ProxyRequest, next: Callable) -> Deferred:
-        return next(request).addCallback(self._log_one, request)
+    def handle(self, request: ProxyRequest, next: Callable) -> Answer:
+        return then(next(request), self._log_one, request)
 
     def _log_one(self, response: ProxyResponse, request: ProxyRequest) -> ProxyResponse:
         now = self._clock.seconds()

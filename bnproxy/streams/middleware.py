@@ -19,10 +19,11 @@ import attrs
 import orjson
 from twisted.application.service import MultiService
 from twisted.internet import task
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from bnproxy.chain import Answer, then
 from bnproxy.interfaces import IMiddleware
 from bnproxy.messages import INTERNAL, JSON, ProxyRequest, ProxyResponse
 from bnproxy.privacy import is_private
@@ -68,6 +69,8 @@ def _int(value: str) -> int | None:
 
 @implementer(IMiddleware)
 class Streams(MultiService):
+    plain_next = True
+
     def __init__(self, name: str, context, settings: Settings) -> None:
         super().__init__()
         self.name = name
@@ -117,7 +120,7 @@ class Streams(MultiService):
         return int(self._clock.seconds() * 1000)
 
     # -- the middleware -------------------------------------------------------------------
-    def handle(self, request: ProxyRequest, next: Callable) -> Deferred:
+    def handle(self, request: ProxyRequest, next: Callable) -> Answer:
         if request.header(INTERNAL) is not None or request.method != "GET":
             return next(request)
         market, path = request.market, request.path
@@ -139,12 +142,12 @@ class Streams(MultiService):
             return self._info(request, next)
         return next(request)
 
-    def _answer(self, body: bytes) -> Deferred:
+    def _answer(self, body: bytes) -> ProxyResponse:
         self.served += 1
-        return succeed(ProxyResponse(200, (JSON,), body, "stream", "stream"))
+        return ProxyResponse(200, (JSON,), body, "stream", "stream")
 
     # -- klines -------------------------------------------------------------------------------
-    def _klines(self, request: ProxyRequest, p: dict[str, str], next: Callable) -> Deferred:
+    def _klines(self, request: ProxyRequest, p: dict[str, str], next: Callable) -> Answer:
         market = request.market
         symbol, interval = p.get("symbol"), p.get("interval")
         m = self._markets[market]
@@ -187,7 +190,7 @@ class Streams(MultiService):
                 self._seed(key, series)
             return response
 
-        return next(request).addCallback(seed)
+        return then(next(request), seed)
 
     def _seed(self, key: tuple[str, str, str], series: KlineSeries) -> None:
         if key in self._backfills or not self._may_try(key):
@@ -246,7 +249,7 @@ class Streams(MultiService):
         self._internal(market, KLINE_PATHS[market], query).addCallbacks(done, failed)
 
     # -- order books ----------------------------------------------------------------------------
-    def _depth(self, request: ProxyRequest, p: dict[str, str], next: Callable) -> Deferred:
+    def _depth(self, request: ProxyRequest, p: dict[str, str], next: Callable) -> Answer:
         market = request.market
         symbol = p.get("symbol")
         if not symbol or set(p) - {"symbol", "limit"}:
@@ -322,7 +325,7 @@ class Streams(MultiService):
 
     # -- tickers --------------------------------------------------------------------------------
     def _ticker(self, request: ProxyRequest, p: dict[str, str], kind: str,
-                next: Callable) -> Deferred:
+                next: Callable) -> Answer:
         market = request.market
         symbol = p.get("symbol")
         allowed = {"symbol", "type"} if kind == "ticker" else {"symbol"}
@@ -349,13 +352,13 @@ class Streams(MultiService):
         return next(request)
 
     # -- exchangeInfo ---------------------------------------------------------------------------
-    def _info(self, request: ProxyRequest, next: Callable) -> Deferred:
+    def _info(self, request: ProxyRequest, next: Callable) -> Answer:
         key = (request.market, request.path, request.query)
         held = self.info.get(key)
         now = self._clock.seconds()
         if held is not None:
             self.info[key] = (held[0], now)
-            return succeed(attrs.evolve(held[0], source="cache", detail="held"))
+            return attrs.evolve(held[0], source="cache", detail="held")
 
         def keep(response: ProxyResponse) -> ProxyResponse:
             if response.status == 200:
@@ -363,7 +366,7 @@ class Streams(MultiService):
                     (k, v) for k, v in response.headers
                     if not k.startswith(b"x-mbx-used-weight")), weight=0), now)
             return response
-        return next(request).addCallback(keep)
+        return then(next(request), keep)
 
     def _refresh_info(self) -> None:
         now = self._clock.seconds()
