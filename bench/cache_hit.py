@@ -1,72 +1,121 @@
-"""Cache-hit throughput through the whole default chain (logger, allowlist,
-cache, ratelimit) against a bare twisted.web resource serving the same bytes,
-each server pinned to core 0 and wrk to core 1, in one run.
+"""Cache-hit throughput through the whole default chain against a bare
+twisted.web resource serving the same bytes to the same request (a leaf at
+the root answers any path), in interleaved rounds of one run:
+every server pinned to core 0 (one loaded at a time), wrk on core 1, each
+ratio the median of the per-round ratios. Two figures per server: requests
+per second, and the server's CPU time per answer (steady where the
+hypervisor steals time: the CPU ratio is bare CPU / proxy CPU per answer,
+the throughput ratio one saturated core would reach). Then each server again
+under callgrind: instructions per answer, deterministic (``--instructions``
+answers each; 0 skips).
 
-    python cache_hit.py [--seconds 10] [--path /api/v3/depth?symbol=BTCUSDT&limit=20]
+    python cache_hit.py [--rounds 7] [--seconds 4] [--instructions 1000] [--path ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import statistics
 import sys
 import tempfile
 import urllib.request
 
-from common import TWISTD, free_port, process
-from exchange_throughput import wrk
+from common import TWISTD, counted, free_port, loaded, process
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--seconds", type=int, default=4)
+    parser.add_argument("--instructions", type=int, default=1000)
     parser.add_argument("--path", default="/api/v3/klines?symbol=BTCUSDT&interval=1h&limit=100")
-    parser.add_argument("--log", default="/dev/null", help="where the proxy's log goes")
     args = parser.parse_args()
-    xport, pport, bport = free_port(), free_port(), free_port()
     tmp = tempfile.mkdtemp()
-    results = {}
+    cache = "cache:ttl.klines=3600"
     chains = {
-        # The default chain, access lines through twisted.logger into twistd's log.
-        "default_chain": ["logger", "allowlist", "cache:ttl.klines=3600", "ratelimit"],
+        # The default chain; access lines through twisted.logger into twistd's log.
+        "default_chain": ["logger", "allowlist", "streams", cache, "ratelimit"],
         # The same, access lines to a buffered file of their own (logger:file=...).
-        "default_chain_log_file": [f"logger:file={tmp}/access.log", "allowlist",
-                                   "cache:ttl.klines=3600", "ratelimit"],
-        "cache_only": ["cache:ttl.klines=3600"],
+        "default_chain_log_file": [f"logger:file={tmp}/access.log", "allowlist", "streams",
+                                   cache, "ratelimit"],
+        "cache_only": [cache],
     }
-    with process(TWISTD, "-n", "--pidfile=", "bnproxy-exchange", "--port",
-                 f"tcp:{xport}:interface=127.0.0.1", port=xport, cpu=1):
+    xport = free_port()
+    urls: dict[str, str] = {}
+    pids: dict[str, int] = {}
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(process(TWISTD, "-n", "--pidfile=", "bnproxy-exchange", "--port",
+                                    f"tcp:{xport}:interface=127.0.0.1", port=xport, cpu=1))
         for name, chain in chains.items():
-            pport = free_port()
+            port = free_port()
             specs = [a for m in chain for a in ("--middleware", m)]
-            with process(TWISTD, "-n", "--pidfile=", f"--logfile={args.log}", "bnproxy",
-                         "--port", f"tcp:{pport}:interface=127.0.0.1", "--state-dir", tmp,
-                         "--upstream", f"spot=http://127.0.0.1:{xport}/spot", *specs,
-                         port=pport, cpu=0):
-                url = f"http://127.0.0.1:{pport}{args.path}"
-                with urllib.request.urlopen(url) as r:
-                    body = r.read()
-                    assert r.headers["X-Cache"] == "MISS"
-                with urllib.request.urlopen(url) as r:
-                    assert r.headers["X-Cache"] == "HIT"
-                results[f"{name}_req_per_s"] = wrk(url, args.seconds)
-                stats = json.loads(urllib.request.urlopen(
-                    f"http://127.0.0.1:{pport}/cache/stats").read())
-                assert stats["misses"] == 1, stats
-    path = os.path.join(tmp, "body.json")
-    with open(path, "wb") as f:
-        f.write(body)
-    with process("taskset", "-c", "0", sys.executable, os.path.join(HERE, "bare_server.py"),
-                 str(bport), path, port=bport):
-        results["bare_twisted_web_req_per_s"] = wrk(f"http://127.0.0.1:{bport}/", args.seconds)
-    results["body_bytes"] = len(body)
+            pids[name] = stack.enter_context(process(
+                TWISTD, "-n", "--pidfile=", "--logfile=/dev/null", "bnproxy",
+                "--port", f"tcp:{port}:interface=127.0.0.1", "--state-dir", tmp,
+                "--upstream", f"spot=http://127.0.0.1:{xport}/spot", *specs, port=port, cpu=0))
+            urls[name] = f"http://127.0.0.1:{port}{args.path}"
+            pids[name] = pids[name].pid
+            with urllib.request.urlopen(urls[name]) as r:
+                body = r.read()
+                assert r.headers["X-Cache"] == "MISS"
+            with urllib.request.urlopen(urls[name]) as r:
+                assert r.headers["X-Cache"] == "HIT"
+        path = os.path.join(tmp, "body.json")
+        with open(path, "wb") as f:
+            f.write(body)
+        bport = free_port()
+        pids["bare"] = stack.enter_context(process(
+            sys.executable, os.path.join(HERE, "bare_server.py"), str(bport), path,
+            port=bport, cpu=0)).pid
+        urls["bare"] = f"http://127.0.0.1:{bport}{args.path}"  # the same request bytes
+        runs: dict[str, list] = {name: [] for name in urls}
+        for _ in range(args.rounds):
+            for name, url in urls.items():
+                runs[name].append(loaded(url, args.seconds, pids[name]))
+        for name in chains:
+            stats = json.loads(urllib.request.urlopen(
+                urls[name].split("/api/")[0] + "/cache/stats").read())
+            endpoint = stats["endpoints"][args.path.split("?")[0]]
+            assert endpoint["misses"] == 1, endpoint  # every other answer a hit
+        instructions: dict[str, float] = {}
+        if args.instructions:
+            for name, chain in chains.items():
+                port = free_port()
+                specs = [a for m in chain for a in ("--middleware", m)]
+                with counted(sys.executable, TWISTD, "-n", "--pidfile=",
+                             "--logfile=/dev/null", "bnproxy", "--port",
+                             f"tcp:{port}:interface=127.0.0.1", "--state-dir", tmp,
+                             "--upstream", f"spot=http://127.0.0.1:{xport}/spot", *specs,
+                             port=port) as measure:
+                    instructions[name] = measure(f"http://127.0.0.1:{port}{args.path}",
+                                                 args.instructions)
+            port = free_port()
+            with counted(sys.executable, os.path.join(HERE, "bare_server.py"), str(port), path,
+                         port=port) as measure:
+                instructions["bare"] = measure(f"http://127.0.0.1:{port}{args.path}",
+                                               args.instructions)
+    out: dict = {"body_bytes": len(body), "rounds": args.rounds}
+    for name in urls:
+        out[name] = {"req_per_s": [round(r.req_per_s) for r in runs[name]],
+                     "cpu_us_per_request": [round(r.cpu_us_per_request, 1)
+                                            for r in runs[name]]}
+        if name in instructions:
+            out[name]["instructions_per_answer"] = round(instructions[name])
     for name in chains:
-        results[f"{name}_ratio"] = round(results[f"{name}_req_per_s"]
-                                         / results["bare_twisted_web_req_per_s"], 3)
-    print(json.dumps(results, indent=2))
+        if args.rounds:
+            rate = [p.req_per_s / b.req_per_s for p, b in zip(runs[name], runs["bare"])]
+            cpu = [b.cpu_us_per_request / p.cpu_us_per_request
+                   for p, b in zip(runs[name], runs["bare"])]
+            out[name]["throughput_ratio"] = round(statistics.median(rate), 3)
+            out[name]["cpu_ratio"] = round(statistics.median(cpu), 3)
+        if instructions:
+            out[name]["instruction_ratio"] = round(instructions["bare"] / instructions[name], 3)
+    print(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

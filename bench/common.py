@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import os
+import re
 import statistics
 import subprocess
 import time
 
+import attrs
+
 from bnproxy.testing.processes import TWISTD, free_port, stop, wait_listening
 
-__all__ = ["TWISTD", "free_port", "percentile", "process", "summary", "timed_gets"]
+__all__ = ["TWISTD", "Load", "counted", "free_port", "loaded", "percentile", "process", "summary",
+           "timed_gets"]
 
 
 @contextlib.contextmanager
@@ -51,3 +56,79 @@ def timed_gets(port: int, path: str, n: int) -> list[float]:
         assert r.status == 200, (r.status, path)
     conn.close()
     return out
+
+
+@attrs.frozen
+class Load:
+    """One wrk run against one server: its throughput, and the CPU time the
+    server process spent per answer (user + system, from /proc). On a VM
+    whose hypervisor steals a varying share of the core, CPU per answer is
+    the steadier figure: stolen time is not charged to the process."""
+
+    req_per_s: float
+    cpu_us_per_request: float
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def loaded(url: str, seconds: int, pid: int, connections: int = 32) -> Load:
+    """``wrk -t2 -cN`` on core 1 against ``url`` served by process ``pid``."""
+    before = _cpu_seconds(pid)
+    out = subprocess.run(["taskset", "-c", "1", "wrk", "-t2", f"-c{connections}",
+                          f"-d{seconds}s", url], capture_output=True, text=True,
+                         timeout=seconds + 30, check=True).stdout
+    cpu = _cpu_seconds(pid) - before
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    return Load(rate, cpu / max(requests, 1) * 1e6)
+
+
+@contextlib.contextmanager
+def counted(*args: str, port: int):
+    """Run a server under valgrind's callgrind with instrumentation off;
+    yields a function ``measure(url, n)`` that turns counting on, sends ``n``
+    GETs over one keep-alive connection and returns the instructions the
+    server executed per answer (user space: reactor, parsing, the chain,
+    writing; the kernel's socket work is not counted). Deterministic to a
+    fraction of a percent, where wall-clock figures on a VM are not."""
+    out = f"/tmp/bnproxy-callgrind.{port}.%p"
+    env = {**os.environ, "PYTHONHASHSEED": "0"}  # the same dict layouts every run
+    proc = subprocess.Popen(["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                             f"--callgrind-out-file={out}", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        wait_listening(port, proc, timeout=180)
+
+        def control(*opts: str) -> str:
+            return subprocess.run(["callgrind_control", *opts, str(proc.pid)],
+                                  capture_output=True, text=True, timeout=60).stdout
+
+        def measure(url: str, n: int) -> float:
+            host, _, rest = url.split("://", 1)[1].partition("/")
+            conn = http.client.HTTPConnection(host, timeout=60)
+            for _ in range(50):  # warm: code paths, caches, the keep-alive connection
+                conn.request("GET", "/" + rest)
+                conn.getresponse().read()
+            control("-i", "on")
+            control("-z")
+            for _ in range(n):
+                conn.request("GET", "/" + rest)
+                r = conn.getresponse()
+                r.read()
+                assert r.status == 200, r.status
+            total = control("-e", "Ir")
+            control("-i", "off")
+            conn.close()
+            ir = int(re.search(r"Th 1\s+([\d,]+)", total).group(1).replace(",", ""))
+            return ir / n
+
+        yield measure
+    finally:
+        stop(proc)
+        for name in os.listdir("/tmp"):
+            if name.startswith(f"bnproxy-callgrind.{port}."):
+                os.unlink(os.path.join("/tmp", name))

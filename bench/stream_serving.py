@@ -2,7 +2,7 @@
 against a bare twisted.web resource serving the same bytes, and how soon an
 update is served after it arrives.
 
-    python stream_serving.py [--seconds 8]
+    python stream_serving.py [--seconds 5] [--rounds 3] [--chain streams] [--instructions 1000]
 
 Processes: the fake exchange (core 1), the proxy with its default chain
 (core 0), wrk or the latency client (core 1).
@@ -26,7 +26,7 @@ import tempfile
 import time
 import urllib.request
 
-from common import TWISTD, free_port, process
+from common import TWISTD, counted, free_port, process
 from exchange_throughput import wrk
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -72,11 +72,42 @@ print(json.dumps({"updates": len(delays), "polls": len(served), "sources": sourc
 '''
 
 
+def count_instructions(args, xport: int, klines: str, body_path: str) -> dict[str, float]:
+    """Instructions per answer under callgrind, proxy (answering from the
+    stream; its ingestion meanwhile is counted too) and bare server."""
+    out = {}
+    port = free_port()
+    with counted(sys.executable, TWISTD, "-n", "--pidfile=", "--logfile=/dev/null", "bnproxy",
+                 "--port", f"tcp:{port}:interface=127.0.0.1", "--state-dir", tempfile.mkdtemp(),
+                 "--upstream", f"spot=http://127.0.0.1:{xport}/spot",
+                 "--stream-upstream", f"spot=ws://127.0.0.1:{xport}/spot",
+                 *[a for m in (args.chain.split(",") if args.chain else [])
+                   for a in ("--middleware", m)], port=port) as measure:
+        url = f"http://127.0.0.1:{port}{klines}"
+        deadline = time.monotonic() + 120
+        while True:  # until the answers come from the stream
+            with urllib.request.urlopen(url) as r:
+                r.read()
+                if r.headers["X-Bnproxy-Source"] == "stream":
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError("klines never came from the stream under callgrind")
+            time.sleep(0.5)
+        out["proxy"] = round(measure(url, args.instructions))
+    port = free_port()
+    with counted(sys.executable, os.path.join(HERE, "bare_server.py"), str(port), body_path,
+                 port=port) as measure:
+        out["bare"] = round(measure(f"http://127.0.0.1:{port}{klines}", args.instructions))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--chain", default="", help="middleware chain (default: the default)")
+    parser.add_argument("--instructions", type=int, default=1000,
+                        help="answers counted under callgrind per server (0: skip)")
     args = parser.parse_args()
     xport, pport, bport = free_port(), free_port(), free_port()
     tmp = tempfile.mkdtemp()
@@ -113,7 +144,7 @@ def main() -> None:
             proxy_runs, bare_runs = [], []
             for _ in range(args.rounds):
                 proxy_runs.append(wrk(url, args.seconds))
-                bare_runs.append(wrk(f"http://127.0.0.1:{bport}/", args.seconds))
+                bare_runs.append(wrk(f"http://127.0.0.1:{bport}{klines}", args.seconds))
         results["klines_from_stream_req_per_s"] = sorted(proxy_runs)[len(proxy_runs) // 2]
         results["bare_twisted_web_req_per_s"] = sorted(bare_runs)[len(bare_runs) // 2]
         results["runs"] = {"proxy": proxy_runs, "bare": bare_runs}
@@ -122,11 +153,16 @@ def main() -> None:
                              capture_output=True, text=True, timeout=args.seconds + 60,
                              check=True)
         results["update_latency"] = json.loads(out.stdout.strip().splitlines()[-1])
+        if args.instructions:
+            results["instructions_per_answer"] = count_instructions(args, xport, klines, path)
     results["chain"] = args.chain or "default"
     results["body_bytes"] = len(body)
     ratios = sorted(p / b for p, b in zip(results["runs"]["proxy"], results["runs"]["bare"]))
     results["ratio_per_round"] = [round(r, 3) for r in ratios]
     results["ratio"] = round(ratios[len(ratios) // 2], 3)  # median of the paired rounds
+    if args.instructions:
+        counts = results["instructions_per_answer"]
+        results["instruction_ratio"] = round(counts["bare"] / counts["proxy"], 3)
     print(json.dumps(results, indent=2))
 
 

@@ -35,44 +35,59 @@ def error_bytes(status: int, msg: str) -> bytes:
             % (status, REASONS[status], len(body), body))
 
 
+# The base methods, called directly on the hot path (no super() object per call).
+_base_data = http.HTTPChannel.dataReceived
+_base_header = http.HTTPChannel.headerReceived
+_base_all_headers = http.HTTPChannel.allHeadersReceived
+
+
 class HardenedChannel(http.HTTPChannel):
     limits: ServerLimits = ServerLimits()
-
-    def connectionMade(self) -> None:  # noqa: N802
-        self._header_timer = None
-        self._body_timer = None
-        self._send_timer = None
-        self._awaiting_headers = True  # between requests, and until their headers end
-        self._tail = b""  # the last bytes of header data seen (a fold may straddle reads)
-        self._body_seen = 0
-        self._failed = False
-        super().connectionMade()
+    # State as class-level defaults, set on the instance only when it changes:
+    # the common request adds no instance attribute (a channel with too many
+    # keeps them in a slower dict, and every lookup twisted.web makes pays).
+    _header_timer = None
+    _body_timer = None
+    _send_timer = None
+    _tail = b""  # the last bytes of unfinished headers (a fold may straddle reads)
+    _body_seen = 0
+    _failed = False
+    _counted_as: str | None = None  # the address the connection cap counted it under
 
     # -- parsing -------------------------------------------------------------------
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         if self._failed:
             return
-        if self._awaiting_headers and not self._handlingRequest:
-            end = data.find(b"\r\n\r\n")
-            stop = len(data) if end < 0 else end + 2
-            tail = self._tail
-            straddles = tail and ((tail.endswith(b"\r\n") and data[:1] in (b" ", b"\t"))
-                                  or (tail.endswith(b"\r") and data[:2] in (b"\n ", b"\n\t")))
-            if (straddles or data.find(b"\r\n ", 0, stop) >= 0
-                    or data.find(b"\r\n\t", 0, stop) >= 0):
-                return self.refuse(400, "obsolete line folding in a header")
-            self._tail = data[-2:] if end < 0 else b""
-        super().dataReceived(data)
+        # An obs-fold is a line break followed by a space or tab inside the
+        # headers; the precise look (headers only, straddling reads) is taken
+        # only when such bytes are there at all. line_mode is LineReceiver's:
+        # 1 while a request line or headers are being read.
+        if (self._tail or b"\n " in data or b"\n\t" in data) and self.line_mode \
+                and not self._handlingRequest and self._folded(data):
+            return self.refuse(400, "obsolete line folding in a header")
+        _base_data(self, data)
         # Most requests arrive whole: a deadline timer is only needed when the
         # headers are still incomplete after this read (that is what slowloris does).
-        if (self._header_timer is None and not self._failed and not self._handlingRequest
-                and (self._receivedHeaderSize or self._buffer)):  # part of a request is in
+        if (self._header_timer is None and not self._handlingRequest
+                and (self._receivedHeaderSize or self._buffer) and not self._failed):
             self._header_timer = self.callLater(self.limits.header_timeout, self._timed_out,
                                                 "request headers")
+        if self.line_mode and (self._receivedHeaderSize or self._buffer):
+            self._tail = data[-2:]
+        elif self._tail:
+            self._tail = b""
+
+    def _folded(self, data: bytes) -> bool:
+        end = data.find(b"\r\n\r\n")
+        stop = len(data) if end < 0 else end + 2
+        tail = self._tail
+        return bool((tail.endswith(b"\r\n") and data[:1] in (b" ", b"\t"))
+                    or (tail.endswith(b"\r") and data[:2] in (b"\n ", b"\n\t"))
+                    or data.find(b"\r\n ", 0, stop) >= 0 or data.find(b"\r\n\t", 0, stop) >= 0)
 
     def headerReceived(self, line: bytes) -> bool:  # noqa: N802
         if line[:1] not in (b"T", b"t"):  # only Transfer-Encoding needs a look
-            return super().headerReceived(line)
+            return _base_header(self, line)
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"transfer-encoding":
             if self._version != b"HTTP/1.1":
@@ -81,29 +96,27 @@ class HardenedChannel(http.HTTPChannel):
             if value.strip().lower() != b"chunked":
                 self.refuse(400, "only chunked Transfer-Encoding is accepted")
                 return False
-        return super().headerReceived(line)
+        return _base_header(self, line)
 
     def allHeadersReceived(self) -> None:  # noqa: N802
-        self._awaiting_headers = False
-        self._tail = b""
         if self._header_timer is not None:
             self._cancel("_header_timer")
-        if self.length is not None and self.length > self.limits.max_body:
-            return self.refuse(413, f"request body over {self.limits.max_body} bytes")
-        if self.length != 0:
+        if self.length != 0:  # a body follows (None: chunked)
+            if self.length is not None and self.length > self.limits.max_body:
+                return self.refuse(413, f"request body over {self.limits.max_body} bytes")
             self._body_seen = 0
-            self._body_timer = self.callLater(self.limits.body_timeout, self._timed_out,
-                                              "request body")
-        super().allHeadersReceived()
+            # One body timer per connection, replaced by the next body's and
+            # not cancelled when the body is in (that would cost every request
+            # a call): firing after the body, it sees none being read and stops.
+            if self._body_timer is not None:
+                self._cancel("_body_timer")
+            self._body_timer = self.callLater(self.limits.body_timeout, self._body_late)
+        _base_all_headers(self)
 
-    def allContentReceived(self) -> None:  # noqa: N802
-        if self._body_timer is not None:
-            self._cancel("_body_timer")
-        super().allContentReceived()
-
-    def requestDone(self, request) -> None:  # noqa: N802
-        self._awaiting_headers = True
-        super().requestDone(request)
+    def _body_late(self) -> None:
+        self._body_timer = None
+        if not self.line_mode and not self._handlingRequest:  # a body is being read
+            self._timed_out("request body")
 
     def body_chunk(self, size: int) -> bool:
         """Count body bytes (chunked bodies have no length up front)."""
@@ -147,13 +160,16 @@ class HardenedChannel(http.HTTPChannel):
 
     def _cancel(self, name: str) -> None:
         timer = getattr(self, name, None)
-        if timer is not None and timer.active():
-            timer.cancel()
-        setattr(self, name, None)
+        if timer is not None:
+            if timer.active():
+                timer.cancel()
+            setattr(self, name, None)
 
     def connectionLost(self, reason) -> None:  # noqa: N802
         for timer in ("_header_timer", "_body_timer", "_send_timer"):
             self._cancel(timer)
+        if self._counted_as is not None:
+            self.factory.connection_closed(self._counted_as)
         super().connectionLost(reason)
 
 
@@ -185,15 +201,13 @@ class HardenedSiteMixin:
         channel = super().buildProtocol(addr)
         if host is not None and channel is not None:
             self._open[host] += 1
-            lost = channel.connectionLost
-
-            def connection_lost(reason, lost=lost, host=host):
-                self._open[host] -= 1
-                if self._open[host] <= 0:
-                    del self._open[host]
-                return lost(reason)
-            channel.connectionLost = connection_lost
+            channel._counted_as = host
         return channel
+
+    def connection_closed(self, host: str) -> None:
+        self._open[host] -= 1
+        if self._open[host] <= 0:
+            del self._open[host]
 
 
 class HardenedRequest:

@@ -12,9 +12,16 @@ PRIVATE_PARAMS = frozenset({"signature", "timestamp", "recvwindow", "listenkey",
 SECRET_PARAMS = frozenset({"signature", "listenkey", "apikey"})
 
 
+_PRIVATE_BYTES = tuple(name.encode() for name in PRIVATE_PARAMS)
+
+
 def _has_private_param(raw: bytes) -> bool:
     if not raw:
         return False
+    if b"%" not in raw:  # no name is encoded: a private one would show as it is
+        lower = raw.lower()
+        if not any(name in lower for name in _PRIVATE_BYTES):
+            return False
     return any(k.lower() in PRIVATE_PARAMS
                for k, _ in parse_qsl(raw.decode("latin-1"), keep_blank_values=True))
 
@@ -28,6 +35,4 @@ def is_private(request: ProxyRequest) -> bool:
         return True
     if any(k in PRIVATE_HEADERS for k, _ in request.headers):
         return True
-    if any(k.lower() in PRIVATE_PARAMS for k, _ in request.param_list):
-        return True
-    return _has_private_param(request.body)
+    return _has_private_param(request.query) or _has_private_param(request.body)

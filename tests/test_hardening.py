@@ -44,6 +44,22 @@ def test_a_slow_body_hits_its_deadline():
     assert status_of(transport) == 408 and transport.disconnecting
 
 
+def test_a_body_deadline_never_cuts_what_follows_a_complete_body():
+    h = harness(body_timeout=5, keepalive_timeout=60)
+    protocol, transport = connect(h)
+    protocol.dataReceived(b"POST /api/v3/order HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n1234")
+    h.flush()
+    assert status_of(transport) == 200
+    transport.clear()
+    h.clock.advance(3)
+    protocol.dataReceived(b"GET /api/v3/ping HTTP/1.1\r\nHost: x\r\n")  # headers, slowly
+    h.clock.advance(2.5)  # past the first body's deadline
+    assert transport.value() == b"" and not transport.disconnecting
+    protocol.dataReceived(b"\r\n")
+    h.flush()
+    assert status_of(transport) == 200 and not transport.disconnecting
+
+
 def test_an_oversized_content_length_gets_413_before_the_body():
     h = harness(max_body=1000)
     protocol, transport = connect(h)

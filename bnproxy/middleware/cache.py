@@ -11,6 +11,7 @@ import gzip
 import math
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable
+from functools import lru_cache
 
 import attrs
 import orjson
@@ -77,8 +78,11 @@ def _stored_copy(response: ProxyResponse) -> ProxyResponse:
 
 def _accepts_gzip(request: ProxyRequest) -> bool:
     value = request.header(b"accept-encoding")
-    if not value:
-        return False
+    return bool(value) and _gzip_acceptable(value)
+
+
+@lru_cache(maxsize=256)  # bots send a handful of distinct values
+def _gzip_acceptable(value: bytes) -> bool:
     for item in value.lower().split(b","):
         name, _, params = item.strip().partition(b";")
         if name.strip() in (b"gzip", b"*"):
@@ -122,9 +126,9 @@ class Cache:
         line parts and the headers that matter (privacy or variation)."""
         if request.body or request.method != "GET":
             return None
-        memo = (request.market, request.path, request.query,
-                tuple((k, v if k in VARYING_HEADERS else b"")
-                      for k, v in request.headers if k in KEY_HEADERS))
+        marked = [(k, v if k in VARYING_HEADERS else b"")
+                  for k, v in request.headers if k in KEY_HEADERS]
+        memo = (request.market, request.path, request.query, *marked)
         key = self._keys.get(memo)
         if key is None:
             key = cache_key(request)

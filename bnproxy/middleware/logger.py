@@ -63,6 +63,8 @@ class AccessLogger(Service):
         self._output = output  # a file of its own; None: twisted.logger
         self._flusher = task.LoopingCall(self.flush)
         self._flusher.clock = clock
+        self._second = -1
+        self._stamp = ""
 
     def startService(self) -> None:  # noqa: N802
         super().startService()
@@ -102,9 +104,13 @@ class AccessLogger(Service):
                 "source": response.source, "cache": cache, "weight": response.weight,
                 "key": key, "detail": response.detail}).decode()
         else:
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+            second = int(now)
+            if second != self._second:  # formatted once a second
+                self._second = second
+                self._stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
+            stamp = self._stamp
             q = f"?{query}" if query else ""
-            line = (f"{stamp}Z {request.client} \"{request.method} /{request.market}"
+            line = (f"{stamp} {request.client} \"{request.method} /{request.market}"
                     f"{request.path}{q}\" {response.status} {len(response.body)} {ms}ms "
                     f"source={response.source} cache={cache} weight={response.weight} "
                     f"key={key}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
 import attrs
 import orjson
@@ -80,6 +81,7 @@ class Streams(MultiService):
         self._endpoints = context.endpoints
         self.s = settings
         self.managers: dict[str, StreamManager] = {}
+        self._parsed: dict[bytes, dict[str, str] | None] = {}
         for market in ("spot", "usdm", "coinm"):
             m = context.markets.get(market)
             if m is None or not m.stream_base:
@@ -126,11 +128,9 @@ class Streams(MultiService):
         market, path = request.market, request.path
         if market not in self.managers or request.endpoint is None or is_private(request):
             return next(request)
-        params = request.param_list
-        names = [k for k, _ in params]
-        if len(set(names)) != len(names):
+        p = self._params(request.query)
+        if p is None:  # a parameter given twice: ambiguous, Binance decides
             return next(request)
-        p = dict(params)
         if path == KLINE_PATHS.get(market):
             return self._klines(request, p, next)
         if path == DEPTH_PATHS.get(market):
@@ -141,6 +141,20 @@ class Streams(MultiService):
         if (market, path) in INFO_PATHS:
             return self._info(request, next)
         return next(request)
+
+    def _params(self, query: bytes) -> dict[str, str] | None:
+        """The query's parameters (None if one repeats), parsed once per
+        distinct public query: bots repeat theirs."""
+        p = self._parsed.get(query, False)
+        if p is False:
+            pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+            p = dict(pairs)
+            if len(p) != len(pairs):
+                p = None
+            if len(self._parsed) >= 16384:
+                self._parsed.clear()
+            self._parsed[query] = p
+        return p  # type: ignore[return-value]
 
     def _answer(self, body: bytes) -> ProxyResponse:
         self.served += 1
