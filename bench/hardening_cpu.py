@@ -19,6 +19,7 @@ from twisted.internet.testing import StringTransport
 from twisted.web import resource, server
 
 from bnproxy.config import ProxyConfig
+from bnproxy.routing import UnparsedRequest
 from bnproxy.service import ProxyService
 
 BODY = b'[[1767225600000,"65000.00000000"]]' * 500
@@ -53,6 +54,7 @@ def main() -> None:
     service = ProxyService(task.Clock(), config, agent=agent)
     hardened = service.site
     plain = server.Site(hardened.resource, reactor=task.Clock())
+    plain.requestFactory = UnparsedRequest  # the same request class, less the hardening
     plain.log = lambda request: None  # type: ignore[method-assign]
     # Fill the cache once.
     proto = hardened.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
