@@ -25,7 +25,7 @@ from bnproxy.binance.endpoints import load_endpoints
 from bnproxy.config import ProxyConfig
 from bnproxy.messages import ProxyRequest
 from bnproxy.service import ProxyService
-from bnproxy.testing.fixture import start_exchange
+from bnproxy.testing.run import start_exchange
 
 
 def main() -> None:

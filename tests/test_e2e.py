@@ -148,7 +148,7 @@ CCXT_CALLS = ["load_markets", "fetch_ohlcv", "fetch_order_book", "fetch_ticker",
 def test_the_real_ccxt_client_through_the_simulated_proxy(simulated, kind):
     import ccxt
 
-    from bnproxy.freqtrade import ccxt_urls
+    from bnproxy.tools.freqtrade_config import ccxt_urls
 
     url, _, _ = simulated
     ex = getattr(ccxt, kind)({"apiKey": "bnproxy-test-key", "secret": "bnproxy-test-secret",

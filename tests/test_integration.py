@@ -32,7 +32,7 @@ def stack(tmp_path_factory):
 def ccxt_client(cls_name, base):
     import ccxt
 
-    from bnproxy.freqtrade import ccxt_urls
+    from bnproxy.tools.freqtrade_config import ccxt_urls
 
     cls = getattr(ccxt, cls_name)
     return cls({"apiKey": KEY, "secret": SECRET, "enableRateLimit": False, "timeout": 10000,

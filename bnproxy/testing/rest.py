@@ -91,6 +91,7 @@ class RestApi:
                 r[("spot", "GET", f"{prefix}/{path}")] = (fn, "NONE")
             r[("spot", "GET", f"{prefix}/account")] = (self.spot_account, "SIGNED")
             r[("spot", "POST", f"{prefix}/order")] = (self.new_order, "SIGNED")
+            r[("spot", "POST", f"{prefix}/order/test")] = (self.test_order, "SIGNED")
             r[("spot", "GET", f"{prefix}/order")] = (self.get_order, "SIGNED")
             r[("spot", "DELETE", f"{prefix}/order")] = (self.cancel_order, "SIGNED")
             r[("spot", "GET", f"{prefix}/openOrders")] = (self.open_orders, "SIGNED")
@@ -120,6 +121,8 @@ class RestApi:
             for path in ("v1/positionRisk", "v2/positionRisk", "v3/positionRisk"):
                 r[(market, "GET", f"{p}/{path}")] = (self.position_risk, "SIGNED")
             r[(market, "POST", f"{v1}/order")] = (self.new_order, "SIGNED")
+            if market == "usdm":
+                r[(market, "POST", f"{v1}/order/test")] = (self.test_order, "SIGNED")
             r[(market, "GET", f"{v1}/order")] = (self.get_order, "SIGNED")
             r[(market, "DELETE", f"{v1}/order")] = (self.cancel_order, "SIGNED")
             r[(market, "GET", f"{v1}/openOrders")] = (self.open_orders, "SIGNED")
@@ -562,6 +565,9 @@ class RestApi:
 
     def new_order(self, call: Call):
         return self.x.orders.new_order(call)
+
+    def test_order(self, call: Call):
+        return self.x.orders.test_order(call)
 
     def get_order(self, call: Call):
         return self.x.orders.get_order(call)

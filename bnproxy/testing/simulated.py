@@ -11,7 +11,7 @@ from twisted.logger import Logger
 
 from bnproxy.binance.markets import MARKET_NAMES
 from bnproxy.config import ProxyConfig
-from bnproxy.testing.fixture import start_exchange
+from bnproxy.testing.run import start_exchange
 
 _log = Logger(namespace="bnproxy.simulated")
 

@@ -66,13 +66,15 @@ def exchange_block(url: str, futures: bool = False) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bnproxy freqtrade-config",
-        description="Print Freqtrade's exchange block pointing at bnproxy.")
+DESCRIPTION = "Print Freqtrade's exchange block pointing at bnproxy."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", required=True, help="the proxy, e.g. http://127.0.0.1:8080")
     parser.add_argument("--futures", action="store_true", help="USD-M futures instead of spot")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if not args.url.startswith(("http://", "https://")):
         parser.error("--url must start with http:// or https://")
     json.dump({"exchange": exchange_block(args.url, args.futures)}, sys.stdout, indent=2)
