@@ -9,7 +9,7 @@ RUN pip install --no-cache-dir --prefix=/install .
 FROM python:3.11-slim
 COPY --from=build /install /usr/local
 # Build Twisted's plugin caches now: at run time site-packages is not writable.
-RUN python -c "from twisted.plugin import IPlugin, getPlugins; import twisted.plugins, bnproxy.plugins; from bnproxy.interfaces import IMiddlewareFactory; list(getPlugins(IPlugin, twisted.plugins)); list(getPlugins(IMiddlewareFactory, bnproxy.plugins))" \
+RUN python -c "from twisted.plugin import IPlugin, getPlugins; import twisted.plugins, bnproxy.plugins; from bnproxy.chain.interfaces import IMiddlewareFactory; list(getPlugins(IPlugin, twisted.plugins)); list(getPlugins(IMiddlewareFactory, bnproxy.plugins))" \
     && useradd --system --uid 10001 --create-home --home-dir /var/lib/bnproxy bnproxy
 USER 10001
 WORKDIR /var/lib/bnproxy

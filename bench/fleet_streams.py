@@ -22,10 +22,10 @@ from twisted.internet import reactor, task
 from twisted.web.client import Agent
 
 from bnproxy.binance.endpoints import load_endpoints
-from bnproxy.config import ProxyConfig
-from bnproxy.messages import ProxyRequest
+from bnproxy.config.model import ProxyConfig
+from bnproxy.chain.messages import ProxyRequest
 from bnproxy.service import ProxyService
-from bnproxy.testing.run import start_exchange
+from bnproxy.testing.fake.run import start_exchange
 
 
 def main() -> None:

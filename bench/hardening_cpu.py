@@ -18,8 +18,8 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.web import resource, server
 
-from bnproxy.config import ProxyConfig
-from bnproxy.routing import UnparsedRequest
+from bnproxy.config.model import ProxyConfig
+from bnproxy.server.forwarding import UnparsedRequest
 from bnproxy.service import ProxyService
 
 BODY = b'[[1767225600000,"65000.00000000"]]' * 500

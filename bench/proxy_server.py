@@ -1,6 +1,6 @@
 """A proxy process for benchmarks: ``python proxy_server.py PORT MODE UPSTREAM CHAIN``.
 
-MODE ``hardened`` serves through bnproxy's own Site (``bnproxy.hardening``);
+MODE ``hardened`` serves through bnproxy's own Site (``bnproxy.server.channel``);
 ``plain`` serves the same resource tree through a stock ``twisted.web``
 Site with the same request class less the hardening mixin, so the difference
 is the cost of the hardening alone.
@@ -13,8 +13,8 @@ import tempfile
 from twisted.internet import reactor
 from twisted.web import server
 
-from bnproxy.config import ProxyConfig
-from bnproxy.routing import UnparsedRequest
+from bnproxy.config.model import ProxyConfig
+from bnproxy.server.forwarding import UnparsedRequest
 from bnproxy.service import ProxyService
 
 port, mode, upstream, chain = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]

@@ -23,9 +23,9 @@ import orjson
 from twisted.internet.testing import MemoryReactorClock
 
 from bnproxy.binance.markets import PRODUCTION
-from bnproxy.streams.klines import KlineSeries
-from bnproxy.streams.manager import StreamManager
-from bnproxy.streams.orderbook import OrderBook
+from bnproxy.middleware.streams.klines import KlineSeries
+from bnproxy.middleware.streams.manager import StreamManager
+from bnproxy.middleware.streams.orderbook import OrderBook
 
 M = 60_000
 T0 = 1_767_225_600_000

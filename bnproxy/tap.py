@@ -15,10 +15,10 @@ from typing import Any
 
 from twisted.python import usage
 
-from bnproxy import configfile
+from bnproxy.config import sources as configfile
 from bnproxy.binance.markets import MARKET_NAMES, check_base_url
-from bnproxy.config import DEFAULT_CHAIN, ProxyConfig, ServerLimits
-from bnproxy.settings import ConfigError, parse_middleware_spec
+from bnproxy.config.model import DEFAULT_CHAIN, ProxyConfig, ServerLimits
+from bnproxy.config.reader import ConfigError, parse_middleware_spec
 
 
 def endpoint_description(value: str) -> str:

@@ -15,9 +15,9 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 
 from bnproxy.binance.markets import MARKET_NAMES
-from bnproxy.config import ProxyConfig
+from bnproxy.config.model import ProxyConfig
 from bnproxy.service import ProxyService
-from bnproxy.upstream import BytesProducer
+from bnproxy.upstream.client import BytesProducer
 
 SECRET = b"test-secret-0123456789"
 API_KEY = b"test-key-abcdef"

@@ -9,10 +9,10 @@ import treq
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
-from bnproxy.chain import as_deferred
-from bnproxy.config import ProxyConfig
-from bnproxy.messages import ProxyRequest
-from bnproxy.routing import resolve_market, split_target
+from bnproxy.chain.compose import as_deferred
+from bnproxy.config.model import ProxyConfig
+from bnproxy.chain.messages import ProxyRequest
+from bnproxy.server.forwarding import resolve_market, split_target
 from bnproxy.service import ProxyService
 
 MARKETS = ("spot", "usdm", "coinm")

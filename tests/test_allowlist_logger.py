@@ -6,7 +6,7 @@ import pytest
 from helpers import API_KEY, SECRET, Harness, chain, sign
 from twisted.logger import formatEvent, globalLogPublisher
 
-from bnproxy.clientaddr import ClientResolver, normalise, parse_networks
+from bnproxy.server.clientaddr import ClientResolver, normalise, parse_networks
 
 
 def via(address: bytes):
@@ -55,7 +55,7 @@ def test_a_forged_forwarded_header_from_an_untrusted_peer_changes_nothing():
 
 
 def test_bad_networks_are_a_config_error():
-    from bnproxy.settings import ConfigError
+    from bnproxy.config.reader import ConfigError
     with pytest.raises(ConfigError, match="allow.*not an IP network"):
         Harness(middleware=chain("allowlist", allowlist={"allow": "10.0.0.0/8 nonsense"}))
 

@@ -153,7 +153,7 @@ def test_a_waiter_that_disconnects_does_not_stop_the_others():
     second = h.start("GET", "/api/v3/depth?symbol=BTCUSDT")
     h.flush()
     cache = h.service.middlewares[0]
-    from bnproxy.messages import ProxyRequest
+    from bnproxy.chain.messages import ProxyRequest
     req = ProxyRequest("GET", "spot", "/api/v3/depth", b"symbol=BTCUSDT", (), b"",
                        "127.0.0.1", 0.0, h.service.endpoints.lookup("spot", "GET",
                                                                      "/api/v3/depth"))

@@ -6,9 +6,9 @@ from helpers import Harness
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from zope.interface import implementer
 
-from bnproxy.chain import as_deferred, compose, then
-from bnproxy.interfaces import IMiddleware
-from bnproxy.messages import ProxyRequest, ProxyResponse
+from bnproxy.chain.compose import as_deferred, compose, then
+from bnproxy.chain.interfaces import IMiddleware
+from bnproxy.chain.messages import ProxyRequest, ProxyResponse
 
 
 def request(path="/api/v3/ping"):

@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from bnproxy import configfile
-from bnproxy.settings import ConfigError
+from bnproxy.config import sources as configfile
+from bnproxy.config.reader import ConfigError
 from bnproxy.tap import Options
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "bnproxy.example.toml")

@@ -8,7 +8,7 @@ import pytest
 from twisted.internet import task
 
 from bnproxy.testing import FakeExchange
-from bnproxy.testing.market import DAY, INTERVAL_MS, open_time
+from bnproxy.testing.fake.market import DAY, INTERVAL_MS, open_time
 
 START = 1_767_225_600_000 + 3_600_000 + 17_000  # 2026-01-01 01:00:17 UTC, a Thursday
 KEY, SECRET = "bnproxy-test-key", "bnproxy-test-secret"

@@ -5,7 +5,7 @@ from helpers import Harness
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
-from bnproxy.config import ServerLimits
+from bnproxy.config.model import ServerLimits
 
 
 def connect(h, peer="127.0.0.1"):

@@ -6,8 +6,8 @@ import textwrap
 import pytest
 from helpers import Harness
 
-from bnproxy.registry import build_middlewares, discover
-from bnproxy.settings import ConfigError
+from bnproxy.chain.registry import build_middlewares, discover
+from bnproxy.config.reader import ConfigError
 
 
 def test_a_third_party_plugin_is_discovered_from_its_entry_point():
@@ -51,7 +51,7 @@ def _dropin_package(tmp_path, name, source):
 def test_a_dropin_is_found_with_getplugins(tmp_path):
     pkg = _dropin_package(tmp_path, "dropins_ok", """
         from zope.interface import implementer
-        from bnproxy.interfaces import IMiddlewareFactory, IMiddleware
+        from bnproxy.chain.interfaces import IMiddlewareFactory, IMiddleware
 
         @implementer(IMiddleware)
         class M:
@@ -76,7 +76,7 @@ def test_a_dropin_is_found_with_getplugins(tmp_path):
 def test_an_interface_mismatch_is_refused(tmp_path):
     pkg = _dropin_package(tmp_path, "dropins_bad", """
         from zope.interface import implementer
-        from bnproxy.interfaces import IMiddlewareFactory
+        from bnproxy.chain.interfaces import IMiddlewareFactory
 
         @implementer(IMiddlewareFactory)
         class F:
@@ -92,7 +92,7 @@ def test_an_interface_mismatch_is_refused(tmp_path):
 def test_duplicate_names_are_refused(tmp_path):
     pkg = _dropin_package(tmp_path, "dropins_dup", """
         from zope.interface import implementer
-        from bnproxy.interfaces import IMiddlewareFactory
+        from bnproxy.chain.interfaces import IMiddlewareFactory
 
         @implementer(IMiddlewareFactory)
         class Another:
@@ -110,7 +110,7 @@ def test_duplicate_names_are_refused(tmp_path):
 def test_a_built_object_that_is_not_a_middleware_is_refused(tmp_path):
     pkg = _dropin_package(tmp_path, "dropins_junk", """
         from zope.interface import implementer
-        from bnproxy.interfaces import IMiddlewareFactory
+        from bnproxy.chain.interfaces import IMiddlewareFactory
 
         @implementer(IMiddlewareFactory)
         class F:

@@ -84,7 +84,7 @@ def test_a_bot_that_disconnects_leaves_the_queue():
     for _ in range(20):
         depth(h)
     rl = h.service.middlewares[0]
-    from bnproxy.messages import ProxyRequest
+    from bnproxy.chain.messages import ProxyRequest
     ep = h.service.endpoints.lookup("spot", "GET", "/api/v3/depth")
     req = ProxyRequest("GET", "spot", "/api/v3/depth", b"symbol=X&limit=100", (), b"",
                        "127.0.0.1", 0.0, ep)
@@ -206,6 +206,6 @@ def test_an_optional_per_client_share():
     ({"speed": "1"}, "unknown setting"),
 ])
 def test_bad_settings_are_refused(settings, message):
-    from bnproxy.settings import ConfigError
+    from bnproxy.config.reader import ConfigError
     with pytest.raises(ConfigError, match=message):
         Harness(middleware=chain("ratelimit", ratelimit=settings))

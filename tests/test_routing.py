@@ -7,7 +7,7 @@ import pytest
 from helpers import UPSTREAM_HOSTS, Harness, raw_exchange
 
 from bnproxy.binance.endpoints import _HOST_MARKET
-from bnproxy.routing import resolve_market, split_target
+from bnproxy.server.forwarding import resolve_market, split_target
 
 CSV = os.path.join(os.path.dirname(__file__), "..", "bnproxy", "binance", "endpoints.csv")
 HOST_MARKET = _HOST_MARKET  # the CSV's host column -> market (the table's own mapping)

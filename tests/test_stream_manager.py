@@ -9,7 +9,7 @@ from streamhelpers import ask, sleep, start_proxy, stop, until
 from twisted.internet.testing import MemoryReactorClock
 
 from bnproxy.binance.markets import PRODUCTION
-from bnproxy.streams.manager import StreamManager, route_of
+from bnproxy.middleware.streams.manager import StreamManager, route_of
 
 # Never started, never connected: the managers here only place and pace.
 USDM = attrs.evolve(PRODUCTION["usdm"], stream_base="wss://usdm.example.test")

@@ -2,8 +2,8 @@
 
 import orjson
 
-from bnproxy.streams.klines import KlineSeries
-from bnproxy.streams.orderbook import LIVE, RESYNC, OrderBook
+from bnproxy.middleware.streams.klines import KlineSeries
+from bnproxy.middleware.streams.orderbook import LIVE, RESYNC, OrderBook
 
 M = 60_000
 T0 = 1_767_225_600_000

@@ -10,7 +10,7 @@ from bnproxy.tap import Options
 
 
 def parse(*args, environ=None):
-    from bnproxy.settings import ConfigError
+    from bnproxy.config.reader import ConfigError
 
     options = Options()
     options.parseOptions(list(args))

@@ -8,11 +8,11 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from bnproxy.binance.errors import UNAUTHORIZED
-from bnproxy.chain import Answer
-from bnproxy.clientaddr import Network, in_networks, parse_networks
-from bnproxy.interfaces import IMiddleware
-from bnproxy.messages import INTERNAL, ProxyRequest, local_error
-from bnproxy.settings import SettingsReader
+from bnproxy.chain.compose import Answer
+from bnproxy.server.clientaddr import Network, in_networks, parse_networks
+from bnproxy.chain.interfaces import IMiddleware
+from bnproxy.chain.messages import INTERNAL, ProxyRequest, local_error
+from bnproxy.config.reader import SettingsReader
 
 _log = Logger(namespace="bnproxy.allowlist")
 

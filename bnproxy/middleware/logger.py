@@ -24,11 +24,11 @@ from twisted.internet import task
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from bnproxy.chain import Answer, then
-from bnproxy.interfaces import IMiddleware
-from bnproxy.messages import ProxyRequest, ProxyResponse
-from bnproxy.privacy import SECRET_PARAMS
-from bnproxy.settings import SettingsReader
+from bnproxy.chain.compose import Answer, then
+from bnproxy.chain.interfaces import IMiddleware
+from bnproxy.chain.messages import ProxyRequest, ProxyResponse
+from bnproxy.binance.privacy import SECRET_PARAMS
+from bnproxy.config.reader import SettingsReader
 
 REDACTED = "[redacted]"
 _SECRET_BYTES = tuple(name.encode() for name in SECRET_PARAMS)

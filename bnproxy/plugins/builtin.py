@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from zope.interface import implementer
 
-from bnproxy.interfaces import IMiddlewareFactory
+from bnproxy.chain.interfaces import IMiddlewareFactory
 
 
 @implementer(IMiddlewareFactory)
@@ -27,8 +27,8 @@ logger = _Factory("logger", "Access log (text or JSON) with secrets redacted.",
 allowlist = _Factory("allowlist", "Admit only listed client networks.",
                      "bnproxy.middleware.allowlist", "build_allowlist")
 cache = _Factory("cache", "Public market data from a bounded cache, coalesced, stale-if-error.",
-                 "bnproxy.middleware.cache", "build_cache")
+                 "bnproxy.middleware.cache.middleware", "build_cache")
 ratelimit = _Factory("ratelimit", "One weight budget for the fleet; no ban ever escalates.",
-                     "bnproxy.middleware.ratelimit", "build_ratelimit")
+                     "bnproxy.middleware.ratelimit.governor", "build_ratelimit")
 streams = _Factory("streams", "Klines, order books and tickers from websocket streams.",
-                   "bnproxy.streams.middleware", "build_streams")
+                   "bnproxy.middleware.streams.middleware", "build_streams")

@@ -8,6 +8,6 @@ mounts ``/spot``, ``/usdm``, ``/coinm``; streams at ``/<market>/ws``,
 admin at ``/_fake/``).
 """
 
-from bnproxy.testing.exchange import Counters, FakeExchange, Faults
+from bnproxy.testing.fake.exchange import Counters, FakeExchange, Faults
 
 __all__ = ["Counters", "FakeExchange", "Faults"]

@@ -1,27 +1,6 @@
-"""A pytest fixture for plugin authors: ``fake_exchange``.
+"""Moved to :mod:`bnproxy.testing.pytest_plugin`; this path re-exports for
+one release (``pytest_plugins = ["bnproxy.testing.fixture"]`` keeps working)."""
 
-Add ``pytest_plugins = ["bnproxy.testing.fixture"]`` to a ``conftest.py``
-(needs pytest-twisted). The fixture starts a ``FakeExchange`` on an ephemeral
-loopback port of the running reactor and yields a
-:class:`bnproxy.testing.run.RunningExchange`. Only this module needs pytest:
-runtime code imports ``bnproxy.testing.run``.
-"""
-
-from __future__ import annotations
-
-import pytest
-
-from bnproxy.testing.run import RunningExchange, start_exchange
+from bnproxy.testing.pytest_plugin import RunningExchange, fake_exchange, start_exchange
 
 __all__ = ["RunningExchange", "fake_exchange", "start_exchange"]
-
-
-@pytest.fixture
-def fake_exchange():
-    from twisted.internet import reactor
-
-    running = start_exchange(reactor)
-    yield running
-    running.exchange.stop()
-    if running.exchange.port is not None:
-        running.exchange.port.stopListening()

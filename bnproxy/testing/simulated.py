@@ -10,8 +10,8 @@ from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
 
 from bnproxy.binance.markets import MARKET_NAMES
-from bnproxy.config import ProxyConfig
-from bnproxy.testing.run import start_exchange
+from bnproxy.config.model import ProxyConfig
+from bnproxy.testing.fake.run import start_exchange
 
 _log = Logger(namespace="bnproxy.simulated")
 

@@ -7,8 +7,8 @@ It lives outside the bnproxy package and is found through the
 import attrs
 from zope.interface import implementer
 
-from bnproxy.interfaces import IMiddleware, IMiddlewareFactory
-from bnproxy.settings import SettingsReader
+from bnproxy.chain.interfaces import IMiddleware, IMiddlewareFactory
+from bnproxy.config.reader import SettingsReader
 
 
 @implementer(IMiddleware)
@@ -38,7 +38,7 @@ class StampFactory:
         value = reader.str("value", None)
         reader.done()
         if not value:
-            from bnproxy.settings import ConfigError
+            from bnproxy.config.reader import ConfigError
             raise ConfigError("middleware.stamp.value: required")
         return Stamp(self.name, header, value.encode("ascii"))
 

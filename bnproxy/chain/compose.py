@@ -1,0 +1,99 @@
+"""Composing middlewares into one callable.
+
+The composed handler returns an *answer*: a ``ProxyResponse`` when the chain
+answered at once (a cache hit, a stream, a local error), else a ``Deferred``
+firing with one. Only middlewares that declare ``plain_next = True`` see plain
+answers from ``next``; every other one gets a Deferred, as the contract in
+``bnproxy.chain.interfaces`` says.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Union
+
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from bnproxy.binance.errors import UNKNOWN
+from bnproxy.chain.interfaces import IMiddleware
+from bnproxy.chain.messages import ProxyRequest, ProxyResponse, local_error
+
+Answer = Union[ProxyResponse, "Deferred[ProxyResponse]"]
+Handler = Callable[[ProxyRequest], Answer]
+
+_log = Logger(namespace="bnproxy.chain.compose")
+
+
+def as_deferred(result: object) -> Deferred:
+    """A Deferred from a Deferred, a coroutine or a plain value."""
+    if isinstance(result, Deferred):
+        return result
+    if inspect.iscoroutine(result):
+        return Deferred.fromCoroutine(result)
+    return succeed(result)
+
+
+def then(answer: Answer, f: Callable[..., ProxyResponse], *args: object) -> Answer:
+    """``f(response, *args)`` now for a plain answer, or when a Deferred one
+    fires: what a ``plain_next`` middleware uses on what ``next`` returns."""
+    if isinstance(answer, Deferred):
+        return answer.addCallback(f, *args)
+    return f(answer, *args)
+
+
+def _internal_error(name: str, request: ProxyRequest, failure: Failure) -> ProxyResponse:
+    _log.failure("middleware {name} failed on {method} {market}{path}", failure,
+                 name=name, method=request.method, market=request.market, path=request.path)
+    return local_error(500, UNKNOWN, f"bnproxy: internal error in middleware {name}",
+                       detail=f"error:{name}")
+
+
+def _deferring(handler: Handler) -> Callable[[ProxyRequest], Deferred]:
+    def call(request: ProxyRequest) -> Deferred:
+        answer = handler(request)
+        return answer if isinstance(answer, Deferred) else succeed(answer)
+    return call
+
+
+def _wrap(middleware: IMiddleware, nxt: Handler) -> Handler:
+    name = middleware.name
+    handle = middleware.handle
+    given = nxt if getattr(middleware, "plain_next", False) else _deferring(nxt)
+
+    def check(result: object, request: ProxyRequest) -> object:
+        if isinstance(result, ProxyResponse):
+            return result
+        return _internal_error(name, request, Failure(TypeError(
+            f"{name}.handle returned {type(result).__name__}, not ProxyResponse")))
+
+    def failed(f: Failure, request: ProxyRequest) -> object:
+        if f.check(CancelledError):
+            return f
+        return _internal_error(name, request, f)
+
+    def call(request: ProxyRequest) -> Answer:
+        try:
+            result = handle(request, given)
+        except Exception:
+            return _internal_error(name, request, Failure())
+        if isinstance(result, ProxyResponse):
+            return result
+        if inspect.iscoroutine(result):
+            result = Deferred.fromCoroutine(result)
+        if isinstance(result, Deferred):
+            return result.addCallbacks(check, failed, callbackArgs=(request,),
+                                       errbackArgs=(request,))
+        return check(result, request)  # type: ignore[return-value]
+
+    return call
+
+
+def compose(middlewares: Sequence[IMiddleware], terminal: Handler) -> Handler:
+    """One callable: ``middlewares[0]`` first, ``terminal`` last."""
+    handler = terminal
+    for middleware in reversed(middlewares):
+        handler = _wrap(middleware, handler)
+    return handler

@@ -1,0 +1,108 @@
+"""The two values that travel through the middleware chain."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from urllib.parse import parse_qsl
+
+import attrs
+
+from bnproxy.binance.endpoints import Endpoint
+from bnproxy.binance.errors import error_body
+
+# Headers are kept as a tuple of (lower-case name, value) byte pairs, in order.
+HeaderPairs = tuple[tuple[bytes, bytes], ...]
+
+# Marks a request the proxy makes itself (snapshots, backfills, refreshes).
+# The HTTP side strips it from every bot request, so it cannot be forged.
+INTERNAL = b"x-bnproxy-internal"
+
+
+def header_value(headers: HeaderPairs, name: bytes) -> bytes | None:
+    name = name.lower()
+    for k, v in headers:
+        if k == name:
+            return v
+    return None
+
+
+def without_headers(headers: HeaderPairs, *names: bytes) -> HeaderPairs:
+    drop = {n.lower() for n in names}
+    return tuple((k, v) for k, v in headers if k not in drop)
+
+
+@attrs.frozen
+class ProxyRequest:
+    """One bot request, as received.
+
+    ``query`` holds the raw query bytes exactly as the bot sent them
+    (signatures cover them: never re-encode); ``path`` is the Binance path
+    after any explicit market mount (``/spot/api/v3/ping`` has path
+    ``/api/v3/ping``); ``client`` is the socket peer, or the right-most
+    untrusted forwarded hop when the peer is a trusted proxy;
+    ``endpoint`` is ``None`` for a path Binance does not document (treated as
+    private). ``params`` are the query parameters, first occurrence wins.
+    """
+
+    method: str
+    market: str
+    path: str
+    query: bytes
+    headers: HeaderPairs
+    body: bytes
+    client: str
+    arrival: float
+    endpoint: Endpoint | None = None
+
+    def header(self, name: bytes) -> bytes | None:
+        return header_value(self.headers, name)
+
+    @cached_property
+    def param_list(self) -> tuple[tuple[str, str], ...]:
+        """All query parameters in order, percent-decoded."""
+        return tuple(parse_qsl(self.query.decode("latin-1"), keep_blank_values=True))
+
+    @cached_property
+    def params(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for k, v in self.param_list:
+            out.setdefault(k, v)
+        return out
+
+    @property
+    def target(self) -> bytes:
+        """Path plus raw query, as sent upstream."""
+        p = self.path.encode("latin-1")
+        return p + b"?" + self.query if self.query else p
+
+
+@attrs.frozen
+class ProxyResponse:
+    """One answer to a bot.
+
+    ``source`` says who produced it: ``upstream``, ``cache``, ``stream`` or
+    ``local`` (the proxy itself); ``detail`` is a short word for logs
+    (``HIT``, ``banned``, ...). ``weight`` is the request weight the answer
+    cost upstream (0 unless it came from Binance).
+    """
+
+    status: int
+    headers: HeaderPairs
+    body: bytes
+    source: str = "upstream"
+    detail: str = ""
+    weight: int = 0
+
+    def header(self, name: bytes) -> bytes | None:
+        return header_value(self.headers, name)
+
+
+JSON = (b"content-type", b"application/json;charset=UTF-8")
+
+
+def local_error(status: int, code: int, msg: str, headers: HeaderPairs = (),
+                detail: str = "") -> ProxyResponse:
+    """An error the proxy makes, in Binance's ``{"code", "msg"}`` shape."""
+    return ProxyResponse(status, (JSON, *headers), error_body(code, msg), "local",
+                         detail or str(status))
+

@@ -1,0 +1,301 @@
+"""``cache``: public market data from a bounded store, with request
+coalescing and stale-if-error.
+
+Stores only 200s of endpoints whose security type is NONE; never stores,
+coalesces or serves a stored answer to a request with any private marker.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable
+from functools import lru_cache
+
+import attrs
+import orjson
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from zope.interface import implementer
+
+from bnproxy.chain.compose import Answer, as_deferred, then
+from bnproxy.chain.interfaces import IMiddleware
+from bnproxy.chain.messages import ProxyRequest, ProxyResponse, header_value, without_headers
+from bnproxy.middleware.cache.key import VARYING_HEADERS, cache_key
+from bnproxy.binance.privacy import PRIVATE_HEADERS
+from bnproxy.config.reader import SettingsReader
+
+_log = Logger(namespace="bnproxy.cache")
+
+KEY_HEADERS = frozenset((*PRIVATE_HEADERS, *VARYING_HEADERS))
+
+DEFAULT_TTL = {"depth": 1.0, "bookTicker": 1.0, "price": 1.0, "ticker24hr": 2.0,
+               "klines": 2.0, "exchangeInfo": 60.0, "public": 1.0}
+GZIP_MIN = 256
+_DETAIL = {b"HIT": "HIT", b"STALE": "STALE"}
+
+
+@attrs.define
+class Entry:
+    response: ProxyResponse
+    stored: float
+    ttl: float
+    size: int
+    endpoint: str
+    gzipped: bytes | None = None
+    plain_headers: tuple = ()
+    gzip_headers: tuple = ()
+
+    def __attrs_post_init__(self) -> None:
+        headers = self.response.headers
+        vary = header_value(headers, b"vary")
+        vary = b"Accept-Encoding" if not vary else vary + b", Accept-Encoding"
+        base = without_headers(headers, b"vary")
+        self.plain_headers = (*base, (b"vary", vary))
+        self.gzip_headers = (*without_headers(base, b"content-encoding"), (b"vary", vary),
+                             (b"content-encoding", b"gzip"))
+
+
+def _storable(response: ProxyResponse) -> bool:
+    if response.status != 200 or response.source != "upstream":
+        return False
+    if response.header(b"set-cookie") is not None:
+        return False
+    cc = (response.header(b"cache-control") or b"").lower()
+    if b"private" in cc or b"no-store" in cc:
+        return False
+    return (response.header(b"vary") or b"").strip() != b"*"
+
+
+def _stored_copy(response: ProxyResponse) -> ProxyResponse:
+    headers = tuple((k, v) for k, v in response.headers
+                    if k != b"set-cookie" and not k.startswith(b"x-mbx-used-weight"))
+    return attrs.evolve(response, headers=headers, weight=0)
+
+
+def _accepts_gzip(request: ProxyRequest) -> bool:
+    value = request.header(b"accept-encoding")
+    return bool(value) and _gzip_acceptable(value)
+
+
+@lru_cache(maxsize=256)  # bots send a handful of distinct values
+def _gzip_acceptable(value: bytes) -> bool:
+    for item in value.lower().split(b","):
+        name, _, params = item.strip().partition(b";")
+        if name.strip() in (b"gzip", b"*"):
+            q = params.strip()
+            return not (q.startswith(b"q=") and float(q[2:] or b"0") == 0)
+    return False
+
+
+class _Stats:
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = defaultdict(int)
+        self.per_endpoint: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+
+    def count(self, what: str, endpoint: str) -> None:
+        self.counts[what] += 1
+        self.per_endpoint[endpoint][what] += 1
+
+
+@implementer(IMiddleware)
+class Cache:
+    """The response cache. See the module docstring."""
+
+    plain_next = True
+
+    def __init__(self, name: str, clock, ttl: dict[str, float], max_bytes: int,
+                 stale_if_error: float) -> None:
+        self.name = name
+        self._clock = clock
+        self._ttl = ttl
+        self._max_bytes = max_bytes
+        self._stale = stale_if_error
+        self._store: OrderedDict[tuple, Entry] = OrderedDict()
+        self._bytes = 0
+        self._inflight: dict[tuple, list[Deferred]] = {}
+        self._keys: dict[tuple, tuple | None] = {}
+        self.stats = _Stats()
+
+    # -- the middleware -------------------------------------------------------------
+    def _key(self, request: ProxyRequest) -> tuple | None:
+        """``cache_key``, memoised on everything it reads: the raw request
+        line parts and the headers that matter (privacy or variation)."""
+        if request.body or request.method != "GET":
+            return None
+        marked = [(k, v if k in VARYING_HEADERS else b"")
+                  for k, v in request.headers if k in KEY_HEADERS]
+        memo = (request.market, request.path, request.query, *marked)
+        key = self._keys.get(memo)
+        if key is None:
+            key = cache_key(request)
+            if key is not None:  # only public requests are remembered: no secrets kept
+                if len(self._keys) > 100_000:
+                    self._keys.clear()
+                self._keys[memo] = key
+        return key
+
+    def handle(self, request: ProxyRequest, next: Callable) -> Answer:
+        key = self._key(request)
+        endpoint = request.path
+        if key is None:
+            self.stats.count("bypassed", endpoint)
+            return then(next(request), self._mark, b"BYPASS")
+        now = self._clock.seconds()
+        entry = self._store.get(key)
+        if entry is not None and now - entry.stored < entry.ttl:
+            self._store.move_to_end(key)
+            self.stats.count("hits", endpoint)
+            return self._served(entry, request, b"HIT", now)
+        waiters = self._inflight.get(key)
+        if waiters is not None:
+            self.stats.count("coalesced", endpoint)
+            d: Deferred = Deferred(lambda d: waiters.remove(d) if d in waiters else None)
+            waiters.append(d)
+            return d
+        self.stats.count("misses", endpoint)
+        self._inflight[key] = followers = []
+        fetch = as_deferred(next(request))
+        own: Deferred = Deferred()  # the first bot may go away; the fetch goes on
+        fetch.addBoth(self._filled, key, request, followers, own)
+        return own
+
+    def _served(self, entry: Entry, request: ProxyRequest, status: bytes,
+                now: float) -> ProxyResponse:
+        response = entry.response
+        age = (b"age", str(max(0, math.floor(now - entry.stored))).encode())
+        body = response.body
+        if len(body) >= GZIP_MIN and _accepts_gzip(request):
+            if entry.gzipped is None:
+                entry.gzipped = gzip.compress(body, 6)
+            body = entry.gzipped
+            headers = (*entry.gzip_headers, age, (b"x-cache", status))
+        else:
+            headers = (*entry.plain_headers, age, (b"x-cache", status))
+        return ProxyResponse(response.status, headers, body, "cache", _DETAIL[status])
+
+    @staticmethod
+    def _mark(response: ProxyResponse, status: bytes) -> ProxyResponse:
+        return attrs.evolve(response, headers=(*response.headers, (b"x-cache", status)))
+
+    def _filled(self, result, key, request: ProxyRequest, followers: list[Deferred],
+                own: Deferred) -> None:
+        del self._inflight[key]
+        now = self._clock.seconds()
+        if isinstance(result, Failure):  # the chain only fails on CancelledError
+            for d in [own, *followers]:
+                if not d.called:
+                    d.errback(result)
+            return None
+        response = result
+        stale = self._store.get(key)
+        if (response.status >= 500 or response.status in (418, 429)) and \
+                stale is not None and now - stale.stored <= self._stale:
+            self.stats.count("stale", request.path)
+            for d in [own, *followers]:
+                if not d.called:
+                    d.callback(self._served(stale, request, b"STALE", now))
+            return None
+        if _storable(response):
+            self._put(key, Entry(_stored_copy(response), now,
+                                 self._ttl[request.endpoint.cache_class],
+                                 len(response.body) + 512, request.path))
+        first = self._mark(response, b"MISS")
+        if not own.called:
+            own.callback(first)
+        if followers:
+            follower = attrs.evolve(self._mark(_stored_copy(response) if response.status == 200
+                                               else response, b"HIT"), detail="coalesced")
+            for d in followers:
+                if not d.called:
+                    d.callback(follower)
+        return None
+
+    def _put(self, key: tuple, entry: Entry) -> None:
+        old = self._store.pop(key, None)
+        if old is not None:
+            self._bytes -= old.size
+        if entry.size > self._max_bytes:
+            return
+        self._store[key] = entry
+        self._bytes += entry.size
+        while self._bytes > self._max_bytes:
+            _, evicted = self._store.popitem(last=False)
+            self._bytes -= evicted.size
+
+    def clear(self) -> int:
+        n = len(self._store)
+        self._store.clear()
+        self._bytes = 0
+        return n
+
+    def snapshot(self) -> dict:
+        c = self.stats.counts
+        looked = c["hits"] + c["misses"] + c["coalesced"]
+        per = {}
+        for endpoint, counts in sorted(self.stats.per_endpoint.items()):
+            total = counts["hits"] + counts["misses"] + counts["coalesced"]
+            per[endpoint] = {**counts, "hit_ratio": round(
+                (counts["hits"] + counts["coalesced"]) / total, 4) if total else 0.0}
+        return {"hits": c["hits"], "misses": c["misses"], "coalesced": c["coalesced"],
+                "stale": c["stale"], "bypassed": c["bypassed"], "entries": len(self._store),
+                "bytes": self._bytes, "max_bytes": self._max_bytes,
+                "hit_ratio": round((c["hits"] + c["coalesced"]) / looked, 4) if looked else 0.0,
+                "endpoints": per}
+
+    def collect_metrics(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        c = self.stats.counts
+        for what in ("hits", "misses", "coalesced", "stale", "bypassed"):
+            yield CounterMetricFamily(f"bnproxy_cache_{what}", f"Cache {what}.", value=c[what])
+        yield GaugeMetricFamily("bnproxy_cache_bytes", "Bytes held.", value=self._bytes)
+        yield GaugeMetricFamily("bnproxy_cache_entries", "Entries held.", value=len(self._store))
+
+    def health(self) -> dict:
+        snap = self.snapshot()
+        return {k: snap[k] for k in ("entries", "bytes", "hit_ratio")}
+
+
+class CacheAdmin(Resource):
+    """``GET /cache/stats`` and ``POST /cache/clear``."""
+
+    def __init__(self, cache: Cache) -> None:
+        super().__init__()
+        self._cache = cache
+
+    def getChild(self, path, request):  # noqa: N802
+        return self
+
+    def render_GET(self, request):  # noqa: N802
+        request.setHeader(b"content-type", b"application/json")
+        if request.prepath[-1:] != [b"stats"]:
+            request.setResponseCode(404)
+            return b'{"code":-1000,"msg":"try /cache/stats"}'
+        return orjson.dumps(self._cache.snapshot())
+
+    def render_POST(self, request):  # noqa: N802
+        request.setHeader(b"content-type", b"application/json")
+        if request.prepath[-1:] != [b"clear"]:
+            request.setResponseCode(404)
+            return b'{"code":-1000,"msg":"try POST /cache/clear"}'
+        return orjson.dumps({"cleared": self._cache.clear()})
+
+
+def build_cache(name: str, settings, context) -> Cache:
+    reader = SettingsReader(f"middleware.{name}", settings)
+    ttl = dict(DEFAULT_TTL)
+    table = reader.mapping("ttl")
+    for key, value in table.items():
+        if key not in ttl:
+            raise reader._fail(f"ttl.{key}", f"unknown endpoint class (one of {', '.join(ttl)})")
+        sub = SettingsReader(f"middleware.{name}.ttl", {key: value})
+        ttl[key] = sub.float(key, ttl[key], minimum=0)
+    max_bytes = reader.int("max_bytes", 256 * 1024 * 1024, minimum=1024)
+    stale = reader.float("stale_if_error", 30.0, minimum=0)
+    reader.done()
+    cache = Cache(name, context.reactor, ttl, max_bytes, stale)
+    context.add_admin("cache", CacheAdmin(cache))
+    return cache

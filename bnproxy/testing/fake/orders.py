@@ -1,0 +1,211 @@
+"""Orders on the fake exchange: market orders fill against the simulated book,
+limit orders rest (or fill at once when marketable) and can be queried and
+cancelled."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from bnproxy.testing.fake.accounts import Account, Order
+from bnproxy.testing.fake.rest import ApiError, Call, bad_param, int_param
+
+if TYPE_CHECKING:
+    from bnproxy.testing.fake.exchange import FakeExchange
+
+
+class OrderBookKeeper:
+    def __init__(self, exchange: FakeExchange) -> None:
+        self.x = exchange
+        self.next_id = 4_000_000
+        self.next_trade = 90_000_000
+
+    def _symbol(self, call: Call):
+        name = call.params.get("symbol")
+        if not name:
+            raise bad_param("symbol")
+        st = self.x.symbols[call.market].get(name)
+        if st is None:
+            raise ApiError(400, -1121, "Invalid symbol.")
+        return st
+
+    def _find(self, call: Call, acct: Account) -> Order:
+        order_id = int_param(call, "orderId")
+        client_id = call.params.get("origClientOrderId")
+        if order_id is None and client_id is None:
+            raise ApiError(400, -1102, "Param 'origClientOrderId' or 'orderId' must be sent, "
+                                       "but both were empty/null!")
+        for o in acct.orders.values():
+            if o.symbol == call.params.get("symbol") and (
+                    o.order_id == order_id or (client_id is not None and o.client_id == client_id)):
+                return o
+        raise ApiError(400, -2013, "Order does not exist.")
+
+    def test_order(self, call: Call):
+        """``/api/v3/order/test`` and ``/fapi/v1/order/test``: validated like
+        a new order, placed nowhere; Binance answers ``{}``."""
+        return self.new_order(call, test=True)
+
+    def new_order(self, call: Call, test: bool = False):
+        acct = self.x.account(call.market, call.api_key)
+        st = self._symbol(call)
+        inst = st.inst
+        side = call.params.get("side", "")
+        otype = call.params.get("type", "")
+        if side not in ("BUY", "SELL"):
+            raise bad_param("side")
+        if otype not in ("LIMIT", "MARKET"):
+            raise ApiError(400, -1116, "Invalid orderType.")
+        try:
+            qty = inst.parse_qty(call.params["quantity"]) if "quantity" in call.params else None
+            price = inst.parse_price(call.params["price"]) if otype == "LIMIT" else 0
+        except KeyError:
+            raise bad_param("price") from None
+        except ValueError:
+            raise ApiError(400, -1111, "Precision is over the maximum defined for this asset.") \
+                from None
+        if qty is None or qty <= 0:
+            raise bad_param("quantity")
+        tif = call.params.get("timeInForce", "GTC" if otype == "LIMIT" else "")
+        if otype == "LIMIT" and "timeInForce" not in call.params and call.market == "spot":
+            raise bad_param("timeInForce")
+        if test:
+            return 200, b"{}", []
+        self.next_id += 1
+        order = Order(self.next_id, call.params.get("newClientOrderId") or f"fake{self.next_id}",
+                      inst.symbol, side, otype, tif, price, qty, "NEW", call.now,
+                      reduce_only=call.params.get("reduceOnly", "false") == "true",
+                      position_side=call.params.get("positionSide", "BOTH"))
+        levels = st.top("asks" if side == "BUY" else "bids", 200)
+        marketable = otype == "MARKET" or (
+            levels and ((side == "BUY" and price >= levels[0][0]) or
+                        (side == "SELL" and price <= levels[0][0])))
+        if marketable:
+            remaining = qty
+            for p, q in levels:
+                if otype == "LIMIT" and ((side == "BUY" and p > price) or
+                                         (side == "SELL" and p < price)):
+                    break
+                take = min(q, remaining)
+                self.next_trade += 1
+                order.fills.append((p, take, self.next_trade))
+                order.executed += take
+                order.quote += p * take
+                remaining -= take
+                if not remaining:
+                    break
+            order.status = "FILLED" if not remaining else (
+                "PARTIALLY_FILLED" if otype == "LIMIT" else "EXPIRED")
+            self._settle(call.market, acct, st, order)
+        acct.orders[order.order_id] = order
+        headers = self.x.order_count_headers(call)
+        return 200, orjson.dumps(self.render(call.market, st, order, full=True)), headers
+
+    def _settle(self, market: str, acct: Account, st, order: Order) -> None:
+        inst = st.inst
+        for p, q, tid in order.fills:
+            acct.trades.append((order, p, q, tid, order.time))
+        sign = 1 if order.side == "BUY" else -1
+        if market == "spot":
+            scale_q = 10 ** (8 - inst.qty_dp)
+            quote_units = order.quote // 10 ** (inst.price_dp + inst.qty_dp - 8) \
+                if inst.price_dp + inst.qty_dp >= 8 else order.quote * 10 ** (
+                    8 - inst.price_dp - inst.qty_dp)
+            base = acct.balances.get(inst.base, 0)
+            acct.balances[inst.base] = base + sign * order.executed * scale_q
+            acct.balances[inst.quote] = acct.balances.get(inst.quote, 0) - sign * quote_units
+        else:
+            pos = acct.positions.get(inst.symbol, 0)
+            new = pos + sign * order.executed
+            if order.executed:
+                acct.entry[inst.symbol] = order.quote // order.executed
+            acct.positions[inst.symbol] = new
+
+    def render(self, market: str, st, o: Order, full: bool = False) -> dict[str, Any]:
+        inst = st.inst
+        if market == "spot":
+            body: dict[str, Any] = {
+                "symbol": o.symbol, "orderId": o.order_id, "orderListId": -1,
+                "clientOrderId": o.client_id}
+            if full:
+                body["transactTime"] = o.time
+            body.update({
+                "price": inst.price(o.price), "origQty": inst.qty(o.qty),
+                "executedQty": inst.qty(o.executed),
+                "origQuoteOrderQty": "0.00000000",
+                "cummulativeQuoteQty": inst.quote_amount(o.quote),
+                "status": o.status, "timeInForce": o.tif or "GTC", "type": o.type,
+                "side": o.side})
+            if not full:
+                body.update({"stopPrice": "0.00000000", "icebergQty": "0.00000000",
+                             "time": o.time, "updateTime": o.time, "isWorking": True})
+            body["workingTime"] = o.time
+            if full:
+                body["fills"] = [{"price": inst.price(p), "qty": inst.qty(q),
+                                  "commission": "0.00000000", "commissionAsset": inst.quote,
+                                  "tradeId": t} for p, q, t in o.fills]
+            body["selfTradePreventionMode"] = "EXPIRE_MAKER"
+            return body
+        avg = o.quote // o.executed if o.executed else 0
+        return {
+            "orderId": o.order_id, "symbol": o.symbol, "status": o.status,
+            "clientOrderId": o.client_id, "price": inst.price(o.price),
+            "avgPrice": inst.price(avg), "origQty": inst.qty(o.qty),
+            "executedQty": inst.qty(o.executed), "cumQty": inst.qty(o.executed),
+            "cumQuote": inst.quote_amount(o.quote), "timeInForce": o.tif or "GTC",
+            "type": o.type, "reduceOnly": o.reduce_only, "closePosition": False,
+            "side": o.side, "positionSide": o.position_side, "stopPrice": "0",
+            "workingType": "CONTRACT_PRICE", "priceProtect": False, "origType": o.type,
+            "priceMatch": "NONE", "selfTradePreventionMode": "EXPIRE_MAKER",
+            "goodTillDate": 0, "time": o.time, "updateTime": o.time}
+
+    def get_order(self, call: Call):
+        acct = self.x.account(call.market, call.api_key)
+        st = self._symbol(call)
+        return 200, orjson.dumps(self.render(call.market, st, self._find(call, acct))), []
+
+    def cancel_order(self, call: Call):
+        acct = self.x.account(call.market, call.api_key)
+        st = self._symbol(call)
+        order = self._find(call, acct)
+        if order.status not in ("NEW", "PARTIALLY_FILLED"):
+            raise ApiError(400, -2011, "Unknown order sent.")
+        order.status = "CANCELED"
+        body = self.render(call.market, st, order)
+        if call.market == "spot":
+            body = {"symbol": body["symbol"], "origClientOrderId": order.client_id,
+                    **{k: v for k, v in body.items() if k != "symbol"}}
+        return 200, orjson.dumps(body), []
+
+    def open_orders(self, call: Call):
+        acct = self.x.account(call.market, call.api_key)
+        name = call.params.get("symbol")
+        rows = []
+        for o in acct.orders.values():
+            if o.status in ("NEW", "PARTIALLY_FILLED") and (name is None or o.symbol == name):
+                rows.append(self.render(call.market, self.x.symbols[call.market][o.symbol], o))
+        return 200, orjson.dumps(rows), []
+
+    def my_trades(self, call: Call):
+        acct = self.x.account(call.market, call.api_key)
+        st = self._symbol(call)
+        inst = st.inst
+        rows = []
+        for o, p, q, tid, t in acct.trades:
+            if o.symbol != inst.symbol:
+                continue
+            if call.market == "spot":
+                rows.append({"symbol": o.symbol, "id": tid, "orderId": o.order_id,
+                             "orderListId": -1, "price": inst.price(p), "qty": inst.qty(q),
+                             "quoteQty": inst.quote_amount(p * q), "commission": "0.00000000",
+                             "commissionAsset": inst.quote, "time": t,
+                             "isBuyer": o.side == "BUY", "isMaker": False, "isBestMatch": True})
+            else:
+                rows.append({"buyer": o.side == "BUY", "commission": "0", "commissionAsset":
+                             inst.quote, "id": tid, "maker": False, "orderId": o.order_id,
+                             "price": inst.price(p), "qty": inst.qty(q),
+                             "quoteQty": inst.quote_amount(p * q), "realizedPnl": "0",
+                             "side": o.side, "positionSide": o.position_side,
+                             "symbol": o.symbol, "time": t})
+        return 200, orjson.dumps(rows), []
