@@ -34,7 +34,13 @@ class MiddlewareContext:
     - ``log``: a ``twisted.logger.Logger``;
     - ``streams``: the stream managers by market (empty until the streams
       middleware is in the chain);
-    - ``metrics``: the ``prometheus_client`` registry.
+    - ``metrics``: the ``prometheus_client`` registry;
+    - ``lookup(name)``: the middleware configured under ``name`` (built
+      earlier in the chain, or later: call it when handling, not while
+      building), or None; ask it for a capability by interface
+      (``IWeightGovernor.providedBy(context.lookup("ratelimit"))``);
+    - ``shared_state``: the state shared by instances (``--shared-state``),
+      or None when everything is in-process.
     """
 
     reactor: Any
@@ -48,3 +54,9 @@ class MiddlewareContext:
     log: Logger = attrs.field(factory=Logger)
     streams: dict[str, Any] = attrs.field(factory=dict)
     metrics: Any = None
+    shared_state: Any = None
+    built: dict[str, Any] = attrs.field(factory=dict)
+
+    def lookup(self, name: str) -> Any:
+        """The middleware configured under ``name``, or None."""
+        return self.built.get(name)

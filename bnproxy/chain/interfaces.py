@@ -23,10 +23,11 @@ class IMiddleware(Interface):
     waits (a queue, a coalesced fetch) must stop waiting then.
 
     A middleware that also provides ``twisted.application.service.IService``
-    is started and stopped with the proxy (after the drain, on shutdown). One
-    that has a ``health()`` method returning a JSON-able mapping is shown in
-    ``/health`` under its name; one with ``collect_metrics()`` yielding
-    ``prometheus_client`` metric families is exported on ``/metrics``.
+    is started and stopped with the proxy (after the drain, on shutdown).
+    Capabilities are declared by interface (``@implementer``), never guessed
+    from attribute names: ``IHealthReporter`` (a section of ``/health``),
+    ``IMetricsSource`` (families on ``/metrics``), ``IReadinessCheck``
+    (reasons ``/ready`` is 503), ``IWeightGovernor`` (the weight budget).
 
     Optional ``plain_next = True``: ``next`` may then return a
     ``ProxyResponse`` itself when the rest of the chain answered at once (a
@@ -40,6 +41,9 @@ class IMiddleware(Interface):
     """
 
     name = Attribute("The name it was configured under (str).")
+    plain_next = Attribute(
+        "Optional (default False). True: ``next`` may return a plain "
+        "``ProxyResponse`` instead of a Deferred (see above).")
 
     def handle(request, next):
         """Answer ``request``.
@@ -69,3 +73,63 @@ class IMiddlewareFactory(IPlugin):
         settings: start-up stops with that message. ``context`` is a
         ``bnproxy.chain.context.MiddlewareContext``.
         """
+
+
+class IHealthReporter(Interface):
+    """Something with a section in ``/health`` (and the dashboard's state)."""
+
+    def health():
+        """A JSON-able mapping describing the current state; shown in
+        ``/health`` under ``middleware.<name>``. Called in the reactor thread;
+        must be cheap (no I/O)."""
+
+
+class IMetricsSource(Interface):
+    """Something that exports Prometheus metrics on ``/metrics``."""
+
+    def collect_metrics():
+        """Yield ``prometheus_client`` metric families (``GaugeMetricFamily``,
+        ``CounterMetricFamily``, …), read at scrape time in the reactor thread.
+        Label values must be bounded (no per-request or unbounded per-client
+        labels)."""
+
+
+class IReadinessCheck(Interface):
+    """Something ``/ready`` asks before saying the proxy can serve."""
+
+    def readiness_problems():
+        """A list of short strings, each a reason the proxy cannot serve
+        right now (empty: ready). ``degraded`` conditions that still serve
+        (shared state unreachable, say) are reported by ``IHealthReporter``,
+        not here."""
+
+
+class IWeightGovernor(Interface):
+    """The fleet's request-weight budget, per (egress address, weight pool).
+
+    Provided by the ``ratelimit`` middleware (in-process, or backed by shared
+    state). Other middlewares find it with ``context.lookup("ratelimit")`` and
+    ``IWeightGovernor.providedBy`` and use it to size or defer their own
+    requests (snapshots, backfills, refreshes).
+    """
+
+    def pool_of(request):
+        """The weight pool name a ``ProxyRequest`` is charged to (``spot``,
+        ``sapi:/sapi/v1/…`` per IP-limited /sapi endpoint, ``usdm``, …)."""
+
+    def reserve(pool, weight, egress=None):
+        """Take ``weight`` from ``pool``'s budget for this minute, now, if it
+        fits and no ban is in force; return True, else False (nothing taken).
+        ``egress`` None: any address with headroom."""
+
+    def usage():
+        """``{pool: {"used": int, "budget": int | None, "limit": int | None,
+        "banned_for": float, "egress": str}}`` for every known pool, this
+        minute."""
+
+    def banned_for(pool, egress=None):
+        """Seconds until a Binance ban on ``pool`` ends (0.0: none)."""
+
+    def set_client_share(client, share):
+        """Cap ``client`` at ``share`` (0 < share <= 1) of each pool's budget
+        per minute; None removes the cap."""

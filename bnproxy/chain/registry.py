@@ -85,4 +85,6 @@ def build_middlewares(specs: Sequence[tuple[str, Mapping[str, Any]]],
             raise ConfigError(f"middleware {name!r} built an object that does not "
                               f"provide IMiddleware: {e}") from None
         built.append(middleware)
+        if hasattr(context, "built"):
+            context.built[name] = middleware
     return built
