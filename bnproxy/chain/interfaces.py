@@ -41,9 +41,8 @@ class IMiddleware(Interface):
     """
 
     name = Attribute("The name it was configured under (str).")
-    plain_next = Attribute(
-        "Optional (default False). True: ``next`` may return a plain "
-        "``ProxyResponse`` instead of a Deferred (see above).")
+    # ``plain_next`` (bool, optional, default False) is declared in the
+    # docstring above rather than as an Attribute: verifyObject would demand it.
 
     def handle(request, next):
         """Answer ``request``.
