@@ -28,8 +28,8 @@ from twisted.web.iweb import IAgent
 from zope.interface import implementer
 
 from bnproxy.binance.endpoints import load_endpoints
-from bnproxy.config.model import ProxyConfig
 from bnproxy.chain.messages import ProxyRequest
+from bnproxy.config.model import ProxyConfig
 from bnproxy.service import ProxyService
 from bnproxy.testing import FakeExchange
 

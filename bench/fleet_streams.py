@@ -22,8 +22,8 @@ from twisted.internet import reactor, task
 from twisted.web.client import Agent
 
 from bnproxy.binance.endpoints import load_endpoints
-from bnproxy.config.model import ProxyConfig
 from bnproxy.chain.messages import ProxyRequest
+from bnproxy.config.model import ProxyConfig
 from bnproxy.service import ProxyService
 from bnproxy.testing.fake.run import start_exchange
 

@@ -10,8 +10,8 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
 from bnproxy.chain.compose import as_deferred
-from bnproxy.config.model import ProxyConfig
 from bnproxy.chain.messages import ProxyRequest
+from bnproxy.config.model import ProxyConfig
 from bnproxy.server.forwarding import resolve_market, split_target
 from bnproxy.service import ProxyService
 

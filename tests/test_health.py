@@ -9,7 +9,11 @@ def test_health_reports_version_uptime_markets_and_chain():
     answer = h.request("GET", "/health")
     assert answer.status == 200
     doc = answer.json()
-    assert doc["status"] == "ok"
+    # Nothing has reached the upstream yet (the service is not started, so no
+    # probe ran): /health says what /ready says (issue 10: they agree).
+    assert doc["status"] == "not ready"
+    assert doc["problems"] == ["upstream spot not reached yet"]
+    assert h.request("GET", "/ready").json()["problems"] == doc["problems"]
     assert doc["version"]
     assert doc["uptime_seconds"] == 12.5
     assert doc["markets"]["usdm"]["rest"] == "http://usdm.upstream.test"
@@ -24,3 +28,11 @@ def test_admin_resources_refuse_other_addresses():
     assert denied.json()["code"] == -1002
     allowed = h.request("GET", "/health", headers={b"X-Forwarded-For": b"::ffff:127.0.0.1"})
     assert allowed.status == 200
+
+
+def test_health_status_agrees_with_ready_once_the_upstream_answers():
+    h = Harness()
+    h.service.readiness.probe()  # the ping the started service sends every 15 s
+    assert h.request("GET", "/ready").status == 200
+    doc = h.request("GET", "/health").json()
+    assert (doc["status"], doc["problems"]) == ("ok", [])

@@ -104,7 +104,10 @@ def test_unreachable_upstream_is_a_502_and_the_proxy_lives_on(stack, tmp_path):
             urllib.request.urlopen(f"http://127.0.0.1:{pport}/api/v3/ping", timeout=10)
         assert e.value.code == 502
         assert b'"code":-1001' in e.value.read()
-        assert get_json(f"http://127.0.0.1:{pport}/health")["status"] == "ok"
+        # The proxy lives on and says why it cannot serve (/health agrees with /ready).
+        health = get_json(f"http://127.0.0.1:{pport}/health")
+        assert health["status"] == "not ready"
+        assert any(p.startswith("upstream spot unreachable") for p in health["problems"])
 
 
 def test_tac_file_reads_the_environment(stack, tmp_path):

@@ -11,6 +11,10 @@ MARKET_NAMES = ("spot", "usdm", "coinm", "options", "pm")
 
 FUTURES_DEPTH_LIMITS = (5, 10, 20, 50, 100, 500, 1000)
 
+# Each market's connectivity check (weight 1): readiness probes use it.
+PING_PATHS = {"spot": "/api/v3/ping", "usdm": "/fapi/v1/ping", "coinm": "/dapi/v1/ping",
+              "options": "/eapi/v1/ping", "pm": "/papi/v1/ping"}
+
 
 @attrs.frozen
 class Market:

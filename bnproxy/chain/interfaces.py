@@ -58,6 +58,14 @@ class IMiddlewareFactory(IPlugin):
     Register an instance either under the ``bnproxy.middleware`` entry-point
     group of your distribution, or as a module-level object in a module
     dropped into a ``bnproxy/plugins/`` directory on ``sys.path``.
+
+    Optional ``options``: a sequence of ``bnproxy.chain.options.Option``
+    declaring every setting (name, kind, default, help, bounds). When it is
+    there, the settings are checked against it before ``build`` (unknown keys
+    and bad values stop start-up with one line) and ``build`` gets a dict with
+    every option's value; ``--help-middleware NAME`` lists them and the
+    example configuration file shows them. Without it, ``build`` gets the raw
+    settings and must check them itself (``bnproxy.plugin.SettingsReader``).
     """
 
     name = Attribute("Unique name used in --middleware and [middleware.NAME] (str).")
@@ -66,11 +74,12 @@ class IMiddlewareFactory(IPlugin):
     def build(settings, context):
         """Return an ``IMiddleware`` provider.
 
-        ``settings`` is a mapping from the ``[middleware.NAME]`` table of the
-        config file or from ``--middleware NAME:key=value,...`` (values may
-        then be strings). Raise ``bnproxy.config.reader.ConfigError`` for invalid
-        settings: start-up stops with that message. ``context`` is a
-        ``bnproxy.chain.context.MiddlewareContext``.
+        ``settings``: with ``options`` declared, a dict of every option's
+        checked value; otherwise the mapping from the ``[middleware.NAME]``
+        table of the config file or from ``--middleware NAME:key=value,...``
+        (values may then be strings). Raise ``bnproxy.plugin.ConfigError`` for
+        invalid settings: start-up stops with that message. ``context`` is a
+        ``bnproxy.plugin.MiddlewareContext``.
         """
 
 

@@ -12,6 +12,7 @@ from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyObject
 
 from bnproxy.chain.interfaces import IMiddleware, IMiddlewareFactory
+from bnproxy.chain.options import describe, read_options
 from bnproxy.config.reader import ConfigError
 
 ENTRY_POINT_GROUP = "bnproxy.middleware"
@@ -73,6 +74,9 @@ def build_middlewares(specs: Sequence[tuple[str, Mapping[str, Any]]],
         if factory is None:
             known = ", ".join(sorted(factories)) or "none"
             raise ConfigError(f"unknown middleware {name!r} (known: {known})")
+        options = getattr(factory, "options", None)  # optional: typed settings
+        if options is not None:
+            settings = read_options(f"middleware.{name}", options, settings)
         try:
             middleware = factory.build(settings, context)
         except ConfigError:
@@ -88,3 +92,14 @@ def build_middlewares(specs: Sequence[tuple[str, Mapping[str, Any]]],
         if hasattr(context, "built"):
             context.built[name] = middleware
     return built
+
+
+def describe_middleware(name: str, factories: Mapping[str, Any] | None = None) -> str:
+    """What ``--help-middleware NAME`` prints: the description and every
+    typed option with its type, default and help."""
+    factories = discover() if factories is None else factories
+    factory = factories.get(name)
+    if factory is None:
+        known = ", ".join(sorted(factories)) or "none"
+        raise ConfigError(f"unknown middleware {name!r} (known: {known})")
+    return describe(name, factory.description, getattr(factory, "options", None))

@@ -1,47 +1,86 @@
-"""The TOML configuration file, read with the standard library.
+"""Where settings come from: the command line, ``BNPROXY_*`` variables and
+the TOML file, resolved in that precedence above the defaults.
 
-Every key is checked here; an error names the key and the reason. The file's
-values are the lowest precedence above the defaults (command line >
-environment > file > defaults, see ``bnproxy.tap``).
+Each source is checked against :mod:`bnproxy.config.schema` on its own, so an
+error names the source, the key and the reason, in one line.
 """
 
 from __future__ import annotations
 
+import difflib
 import tomllib
+from collections.abc import Mapping
 from typing import Any
 
-from bnproxy.binance.markets import MARKET_NAMES
-from bnproxy.config.reader import ConfigError
+import attrs
 
-# file key -> (option name in tap.Options, kind)
-SCALARS = {
-    "port": ("port", str),
-    "testnet": ("testnet", bool),
-    "simulated_exchange": ("simulated-exchange", bool),
-    "state_dir": ("state-dir", str),
-    "log_format": ("log-format", str),
-    "forwarded_header": ("forwarded-header", str),
-}
-LISTS = {
-    "listen": "listen",
-    "trusted_proxies": "trusted_proxies",
-    "admin_allow": "admin_allow",
-}
-TABLES = {
-    "timeouts": {"connect": "connect-timeout", "response": "response-timeout",
-                 "body": "body-timeout"},
-    "server": {"header_timeout": "header-timeout", "body_timeout": "client-body-timeout",
-               "max_body": "max-body", "max_headers": "max-headers",
-               "max_header_bytes": "max-header-bytes",
-               "max_connections_per_client": "max-connections-per-client",
-               "keepalive_timeout": "keepalive-timeout", "send_timeout": "send-timeout",
-               "drain_timeout": "drain-timeout"},
-}
+from bnproxy.config.model import DEFAULT_CHAIN, ProxyConfig, ServerLimits
+from bnproxy.config.reader import ConfigError, parse_middleware_spec
+from bnproxy.config.schema import (
+    BY_ENV,
+    BY_NAME,
+    BY_TOML,
+    FILE_KEYS,
+    SETTINGS,
+    Setting,
+    SettingError,
+    tables,
+)
+
+ENV_PREFIX = "BNPROXY_"
 
 
-def load(path: str) -> dict[str, Any]:
-    """Read ``path`` into option values keyed like ``tap.Options``; plus
-    ``chain`` (list) and ``middleware_settings`` (name -> table)."""
+def coerce(setting: Setting, value: Any, source: str, key: str) -> Any:
+    """``value`` as the model wants it, or ConfigError naming source and key."""
+    try:
+        return setting.coerce(value)
+    except SettingError as e:
+        reason = str(e)
+        if key == f"--{setting.name}":
+            raise ConfigError(f"{source}: {key} {reason}") from None
+        if reason.startswith(("expects", "must")):  # reads as a sentence about the option
+            reason = f"--{setting.name} {reason}"
+        raise ConfigError(f"{source}: {key}: {reason}") from None
+
+
+# -- the environment ---------------------------------------------------------------------------
+
+def from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Settings given as ``BNPROXY_*`` variables. An unknown ``BNPROXY_``
+    variable is refused like an unknown option, naming the closest known one;
+    repeatable settings take space-separated values; an empty variable is
+    unset."""
+    out: dict[str, Any] = {}
+    for var, raw in environ.items():
+        if not var.startswith(ENV_PREFIX):
+            continue
+        setting = BY_ENV.get(var)
+        if setting is None:
+            close = difflib.get_close_matches(var, list(BY_ENV), n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]}?)" if close else \
+                " (see 'twistd bnproxy --help' for the settings)"
+            raise ConfigError(f"environment: unknown variable {var}{hint}")
+        value = raw.strip()
+        if not value and not setting.flag:
+            continue
+        if setting.name == "middleware":
+            out["middleware"] = [parse_middleware_spec(v) for v in value.split()]
+            continue
+        out[setting.name] = coerce(setting, value, "environment", var)
+    return out
+
+
+# -- the file ----------------------------------------------------------------------------------
+
+@attrs.frozen
+class FileSettings:
+    values: dict[str, Any]
+    chain: tuple[str, ...] | None
+    middleware: dict[str, dict[str, Any]]
+
+
+def load(path: str) -> FileSettings:
+    """Read and check the TOML file at ``path``."""
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
@@ -52,53 +91,119 @@ def load(path: str) -> dict[str, Any]:
     return parse(data, path)
 
 
-def parse(data: dict[str, Any], path: str = "config") -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def _toml_type_ok(setting: Setting, value: Any) -> str | None:
+    """TOML values are typed: a number must be a number, a flag a boolean."""
+    default = setting.default
+    if setting.flag:
+        return None if isinstance(value, bool) else f"expected true or false, got {value!r}"
+    numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
+    if numeric and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        return f"expected a number, got {value!r}"
+    return None
+
+
+def parse(data: Mapping[str, Any], path: str = "config") -> FileSettings:
+    source = f"config {path}"
+    values: dict[str, Any] = {}
+    chain: tuple[str, ...] | None = None
+    middleware: dict[str, dict[str, Any]] = {}
 
     def fail(key: str, reason: str) -> ConfigError:
-        return ConfigError(f"config {path}: {key}: {reason}")
+        return ConfigError(f"{source}: {key}: {reason}")
 
+    def setting_value(key: str, value: Any) -> None:
+        setting = BY_TOML[key]
+        problem = _toml_type_ok(setting, value)
+        if problem:
+            raise fail(key, problem)
+        if isinstance(value, Mapping) and setting.repeatable:  # a MARKET = URL table
+            for sub, item in value.items():
+                try:
+                    setting.coerce({sub: item})
+                except SettingError as e:
+                    raise fail(f"{key}.{sub}", str(e).removeprefix(f"{sub}: ")) from None
+        values[setting.name] = coerce(setting, value, source, key)
+
+    table_names = set(tables())
     for key, value in data.items():
-        if key in SCALARS:
-            option, kind = SCALARS[key]
-            if kind is bool and not isinstance(value, bool):
-                raise fail(key, f"expected true or false, got {value!r}")
-            if kind is str and not isinstance(value, (str, int)):
-                raise fail(key, f"expected a string, got {value!r}")
-            out[option] = str(value) if kind is str else value
-        elif key in LISTS:
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise fail(key, "expected a list of strings")
-            out[LISTS[key]] = list(value)
-        elif key in ("upstream", "stream_upstream"):
-            if not isinstance(value, dict):
-                raise fail(key, "expected a table of MARKET = URL")
-            for market, url in value.items():
-                if market not in MARKET_NAMES:
-                    raise fail(f"{key}.{market}",
-                               f"unknown market (markets: {', '.join(MARKET_NAMES)})")
-                if not isinstance(url, str):
-                    raise fail(f"{key}.{market}", "expected a URL string")
-            out["upstreams" if key == "upstream" else "stream_upstreams"] = dict(value)
-        elif key in TABLES:
-            if not isinstance(value, dict):
+        if key in BY_TOML:
+            setting_value(key, value)
+        elif key in table_names:
+            if not isinstance(value, Mapping):
                 raise fail(key, "expected a table")
             for sub, v in value.items():
-                option = TABLES[key].get(sub)
-                if option is None:
+                if f"{key}.{sub}" not in BY_TOML:
                     raise fail(f"{key}.{sub}", "unknown setting")
-                if isinstance(v, bool) or not isinstance(v, (int, float)):
-                    raise fail(f"{key}.{sub}", f"expected a number, got {v!r}")
-                out[option] = v
+                setting_value(f"{key}.{sub}", v)
         elif key == "chain":
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise fail(key, "expected a list of middleware names")
-            out["chain"] = list(value)
+            chain = tuple(value)
         elif key == "middleware":
-            if not isinstance(value, dict) or not all(isinstance(v, dict)
-                                                      for v in value.values()):
+            if not isinstance(value, Mapping) or not all(isinstance(v, Mapping)
+                                                         for v in value.values()):
                 raise fail(key, "expected [middleware.NAME] tables")
-            out["middleware_settings"] = {name: dict(t) for name, t in value.items()}
+            middleware = {name: dict(t) for name, t in value.items()}
         else:
-            raise fail(key, "unknown setting")
-    return out
+            close = difflib.get_close_matches(
+                key, [*[k.split(".")[0] for k in BY_TOML], *FILE_KEYS], n=1, cutoff=0.75)
+            raise fail(key, "unknown setting" + (f" (did you mean {close[0]}?)" if close else ""))
+    return FileSettings(values, chain, middleware)
+
+
+# -- resolving ---------------------------------------------------------------------------------
+
+def resolve(cli: Mapping[str, Any], environ: Mapping[str, str]) -> ProxyConfig:
+    """The configuration from the command line's given values (already
+    checked), the environment and the file; precedence in that order."""
+    env = from_environment(environ)
+    path = cli.get("config") or env.get("config")
+    file = load(path) if path else FileSettings({}, None, {})
+
+    def pick(name: str) -> Any:
+        for given in (cli, env, file.values):
+            if name in given:
+                return given[name]
+        return BY_NAME[name].default
+
+    listen = [*((pick("port"),) if any("port" in g for g in (cli, env, file.values)) else ()),
+              *pick("listen")] or ["tcp:8080"]
+    _check_endpoints(listen)
+
+    simulated, testnet, upstreams = pick("simulated-exchange"), pick("testnet"), pick("upstream")
+    if simulated and (upstreams or testnet):
+        raise ConfigError("--simulated-exchange replaces --upstream and --testnet")
+
+    if "middleware" in cli or "middleware" in env:
+        specs = list(cli.get("middleware") or env["middleware"])
+    else:
+        specs = [(name, {}) for name in (file.chain or DEFAULT_CHAIN)]
+    chain = tuple((name, {**file.middleware.get(name, {}), **inline}) for name, inline in specs)
+    unused = set(file.middleware) - {name for name, _ in chain}
+    if unused:
+        raise ConfigError(f"config {path}: [middleware.{sorted(unused)[0]}] is not in the "
+                          "chain")
+
+    top: dict[str, Any] = {}
+    server: dict[str, Any] = {}
+    for setting in SETTINGS:
+        if setting.attr is None:
+            continue
+        value = pick(setting.name)
+        if setting.attr.startswith("server."):
+            server[setting.attr.removeprefix("server.")] = value
+        else:
+            top[setting.attr] = value
+    return ProxyConfig(listen=tuple(listen), middleware=chain, server=ServerLimits(**server),
+                       **top)
+
+
+def _check_endpoints(listen: list[str]) -> None:
+    from twisted.internet import reactor  # the entry point may touch it
+    from twisted.internet.endpoints import serverFromString
+
+    for description in listen:
+        try:
+            serverFromString(reactor, description)
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            raise ConfigError(f"bad listen endpoint {description!r}: {e}") from None

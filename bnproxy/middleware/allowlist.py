@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from bnproxy.binance.errors import UNAUTHORIZED
+from bnproxy.chain.addresses import Network, in_networks, parse_networks
 from bnproxy.chain.compose import Answer
-from bnproxy.server.clientaddr import Network, in_networks, parse_networks
-from bnproxy.chain.interfaces import IMiddleware
+from bnproxy.chain.interfaces import IHealthReporter, IMiddleware
 from bnproxy.chain.messages import INTERNAL, ProxyRequest, local_error
-from bnproxy.config.reader import SettingsReader
+from bnproxy.chain.options import ConfigError, Option
 
 _log = Logger(namespace="bnproxy.allowlist")
 
@@ -20,7 +21,7 @@ DEFAULT_ALLOW = ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.1
                  "fc00::/7")
 
 
-@implementer(IMiddleware)
+@implementer(IHealthReporter, IMiddleware)
 class Allowlist:
     """Admits ``request.client`` (normalised: IPv4-mapped IPv6 is IPv4, scope
     ids dropped; behind a trusted proxy, the first untrusted forwarded hop)
@@ -56,12 +57,15 @@ class Allowlist:
         return {"networks": [str(n) for n in self.networks], "denied": self.denied}
 
 
-def build_allowlist(name: str, settings, context) -> Allowlist:
-    reader = SettingsReader(f"middleware.{name}", settings)
-    items = reader.list("allow", list(DEFAULT_ALLOW))
-    reader.done()
+OPTIONS = (
+    Option("allow", "list", DEFAULT_ALLOW, "Client networks (CIDR) admitted; open to the world "
+           "only with an explicit 0.0.0.0/0 ::/0."),
+)
+
+
+def build_allowlist(name: str, settings: dict[str, Any], context: Any) -> Allowlist:
     try:
-        networks = parse_networks(items)
+        networks = parse_networks(settings["allow"])
     except ValueError as e:
-        raise reader._fail("allow", str(e)) from None
+        raise ConfigError(f"middleware.{name}.allow: {e}") from None
     return Allowlist(name, networks)

@@ -24,10 +24,10 @@ from twisted.internet import task
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from bnproxy.binance.privacy import SECRET_PARAMS
 from bnproxy.chain.compose import Answer, then
 from bnproxy.chain.interfaces import IMiddleware
 from bnproxy.chain.messages import ProxyRequest, ProxyResponse
-from bnproxy.binance.privacy import SECRET_PARAMS
 from bnproxy.config.reader import SettingsReader
 
 REDACTED = "[redacted]"

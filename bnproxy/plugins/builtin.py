@@ -15,11 +15,18 @@ class _Factory:
         self._module = module
         self._builder = builder
 
-    def build(self, settings, context):
+    def _loaded(self):
         import importlib
 
-        return getattr(importlib.import_module(self._module), self._builder)(
-            self.name, settings, context)
+        return importlib.import_module(self._module)
+
+    @property
+    def options(self):
+        """The module's ``OPTIONS`` when it declares them (typed settings)."""
+        return getattr(self._loaded(), "OPTIONS", None)
+
+    def build(self, settings, context):
+        return getattr(self._loaded(), self._builder)(self.name, settings, context)
 
 
 logger = _Factory("logger", "Access log (text or JSON) with secrets redacted.",

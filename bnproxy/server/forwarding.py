@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
@@ -13,10 +13,10 @@ from twisted.web.resource import IResource, Resource
 from bnproxy.binance.endpoints import EndpointTable
 from bnproxy.binance.errors import ILLEGAL_CHARS, UNKNOWN
 from bnproxy.binance.markets import MARKET_NAMES, Market, implicit_market
-from bnproxy.server.clientaddr import ClientResolver
+from bnproxy.chain.messages import INTERNAL, ProxyRequest, ProxyResponse, local_error
 from bnproxy.config.model import ServerLimits
 from bnproxy.server.channel import HardenedRequest, HardenedSiteMixin
-from bnproxy.chain.messages import INTERNAL, ProxyRequest, ProxyResponse, local_error
+from bnproxy.server.clientaddr import ClientResolver
 
 _log = Logger(namespace="bnproxy.server.forwarding")
 
@@ -80,6 +80,7 @@ class ForwardingResource(Resource):
                  answered: Callable[[ProxyRequest, ProxyResponse], None] | None = None) -> None:
         super().__init__()
         self.inflight = 0
+        self._idle_waiters: list[Deferred] = []
         self._answered = answered
         self._handler = handler
         self._markets = markets
@@ -160,6 +161,19 @@ class ForwardingResource(Resource):
 
     def _settled(self, _: object) -> None:
         self.inflight -= 1
+        if not self.inflight:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def idle(self) -> Deferred:
+        """A Deferred that fires when no request is in flight (at once if none
+        is); cancelling it stops waiting."""
+        if not self.inflight:
+            return succeed(None)
+        d: Deferred = Deferred(lambda d: self._idle_waiters.remove(d))
+        self._idle_waiters.append(d)
+        return d
 
 
 class RootResource(Resource):

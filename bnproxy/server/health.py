@@ -1,8 +1,9 @@
-"""``/health``: what the proxy is, how long it has run, where it sends what."""
+"""``/health``: what the proxy is, how long it has run, where it sends what,
+and each ``IHealthReporter``'s section; its status agrees with ``/ready``."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -15,29 +16,31 @@ from bnproxy.binance.markets import Market
 class HealthResource(Resource):
     isLeaf = True
 
-    def __init__(self, clock, markets: Mapping[str, Market], chain: Sequence[Any]) -> None:
+    def __init__(self, clock, markets: Mapping[str, Market], reporters: Sequence[Any],
+                 problems: Callable[[], list[str]], chain: Sequence[str]) -> None:
         super().__init__()
         self._clock = clock
         self._started = clock.seconds()
         self._markets = markets
+        self._reporters = reporters
+        self._problems = problems
         self._chain = chain
 
     def document(self) -> dict[str, Any]:
+        problems = self._problems()
         doc: dict[str, Any] = {
-            "status": "ok",
+            # The same verdict as /ready: "ok", or "not ready" with the reasons.
+            "status": "not ready" if problems else "ok",
+            "problems": problems,
             "version": __version__,
             "uptime_seconds": round(self._clock.seconds() - self._started, 3),
             "markets": {
                 name: {"rest": m.rest_base, "stream": m.stream_base}
                 for name, m in self._markets.items()
             },
-            "chain": [m.name for m in self._chain],
-            "middleware": {},
+            "chain": list(self._chain),
+            "middleware": {m.name: m.health() for m in self._reporters},
         }
-        for m in self._chain:
-            health = getattr(m, "health", None)
-            if callable(health):
-                doc["middleware"][m.name] = health()
         return doc
 
     def render_GET(self, request):  # noqa: N802

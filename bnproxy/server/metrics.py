@@ -50,8 +50,13 @@ class Metrics:
                       response.status, response.source)] += 1
 
     def watch(self, sources: Callable[[], Sequence[Any]]) -> None:
-        """Collect ``collect_metrics()`` of whatever ``sources()`` returns."""
+        """Collect ``collect_metrics()`` of every ``IMetricsSource`` that
+        ``sources()`` returns, at scrape time."""
         self.registry.register(_StateCollector(sources))
+
+    def track_inflight(self, count: Callable[[], int]) -> None:
+        """The in-flight gauge reads ``count()`` at scrape time."""
+        self.inflight.set_function(count)
 
 
 class _AnswerCollector(Collector):
@@ -72,9 +77,7 @@ class _StateCollector(Collector):
 
     def collect(self) -> Iterable:
         for source in self._sources():
-            collect = getattr(source, "collect_metrics", None)
-            if callable(collect):
-                yield from collect()
+            yield from source.collect_metrics()
 
 
 class MetricsResource(Resource):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import orjson
 
-from bnproxy.chain.messages import ProxyRequest
 from bnproxy.binance.privacy import is_private
+from bnproxy.chain.messages import ProxyRequest
 
 # Request headers that change Binance's answer.
 VARYING_HEADERS = (b"x-mbx-time-unit", b"x-mbx-sbe", b"accept")

@@ -12,6 +12,7 @@ import math
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable
 from functools import lru_cache
+from typing import Any
 
 import attrs
 import orjson
@@ -21,12 +22,12 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
-from bnproxy.chain.compose import Answer, as_deferred, then
-from bnproxy.chain.interfaces import IMiddleware
-from bnproxy.chain.messages import ProxyRequest, ProxyResponse, header_value, without_headers
-from bnproxy.middleware.cache.key import VARYING_HEADERS, cache_key
 from bnproxy.binance.privacy import PRIVATE_HEADERS
-from bnproxy.config.reader import SettingsReader
+from bnproxy.chain.compose import Answer, as_deferred, then
+from bnproxy.chain.interfaces import IHealthReporter, IMetricsSource, IMiddleware
+from bnproxy.chain.messages import ProxyRequest, ProxyResponse, header_value, without_headers
+from bnproxy.chain.options import Option
+from bnproxy.middleware.cache.key import VARYING_HEADERS, cache_key
 
 _log = Logger(namespace="bnproxy.cache")
 
@@ -101,7 +102,7 @@ class _Stats:
         self.per_endpoint[endpoint][what] += 1
 
 
-@implementer(IMiddleware)
+@implementer(IHealthReporter, IMetricsSource, IMiddleware)
 class Cache:
     """The response cache. See the module docstring."""
 
@@ -284,18 +285,18 @@ class CacheAdmin(Resource):
         return orjson.dumps({"cleared": self._cache.clear()})
 
 
-def build_cache(name: str, settings, context) -> Cache:
-    reader = SettingsReader(f"middleware.{name}", settings)
-    ttl = dict(DEFAULT_TTL)
-    table = reader.mapping("ttl")
-    for key, value in table.items():
-        if key not in ttl:
-            raise reader._fail(f"ttl.{key}", f"unknown endpoint class (one of {', '.join(ttl)})")
-        sub = SettingsReader(f"middleware.{name}.ttl", {key: value})
-        ttl[key] = sub.float(key, ttl[key], minimum=0)
-    max_bytes = reader.int("max_bytes", 256 * 1024 * 1024, minimum=1024)
-    stale = reader.float("stale_if_error", 30.0, minimum=0)
-    reader.done()
-    cache = Cache(name, context.reactor, ttl, max_bytes, stale)
+OPTIONS = (
+    Option("ttl", "table", DEFAULT_TTL, "Seconds an answer is served from memory, per endpoint "
+           "class.", minimum=0, item="float", keys=tuple(DEFAULT_TTL)),
+    Option("max_bytes", "int", 256 * 1024 * 1024, "Memory bound, bytes (LRU by bytes).",
+           minimum=1024),
+    Option("stale_if_error", "float", 30.0, "Serve a stored answer up to this old (seconds) "
+           "when Binance fails or bans.", minimum=0),
+)
+
+
+def build_cache(name: str, settings: dict[str, Any], context: Any) -> Cache:
+    cache = Cache(name, context.reactor, settings["ttl"], settings["max_bytes"],
+                  settings["stale_if_error"])
     context.add_admin("cache", CacheAdmin(cache))
     return cache

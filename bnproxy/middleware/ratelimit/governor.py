@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from bnproxy.binance.errors import TOO_MANY_REQUESTS
-from bnproxy.chain.interfaces import IMiddleware
+from bnproxy.chain.interfaces import IHealthReporter, IMetricsSource, IMiddleware, IReadinessCheck
 from bnproxy.chain.messages import ProxyRequest, ProxyResponse, local_error
 from bnproxy.config.reader import SettingsReader
 
@@ -86,7 +86,7 @@ class _Waiter:
     next: Callable
 
 
-@implementer(IMiddleware)
+@implementer(IHealthReporter, IMetricsSource, IMiddleware, IReadinessCheck)
 class RateLimit:
     """The weight governor. See the module docstring."""
 
@@ -313,6 +313,10 @@ class RateLimit:
                                                                             "window_weight"))
                    for c, s in self.clients.items()}
         return {"pools": pools, "clients": clients}
+
+    def readiness_problems(self) -> list[str]:
+        return [f"Binance ban in force for {pool} ({s:.0f} s left)"
+                for pool, s in self.bans_in_force().items()]
 
     def bans_in_force(self) -> dict[str, float]:
         """Pool -> seconds left, for each pool under a Binance ban."""

@@ -24,12 +24,12 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from bnproxy.chain.compose import Answer, then
-from bnproxy.chain.interfaces import IMiddleware
-from bnproxy.chain.messages import INTERNAL, JSON, ProxyRequest, ProxyResponse
-from bnproxy.binance.privacy import is_private
-from bnproxy.config.reader import SettingsReader
 from bnproxy.binance.intervals import interval_seconds
+from bnproxy.binance.privacy import is_private
+from bnproxy.chain.compose import Answer, then
+from bnproxy.chain.interfaces import IHealthReporter, IMetricsSource, IMiddleware, IReadinessCheck
+from bnproxy.chain.messages import INTERNAL, JSON, ProxyRequest, ProxyResponse
+from bnproxy.config.reader import SettingsReader
 from bnproxy.middleware.streams.klines import KlineSeries
 from bnproxy.middleware.streams.manager import StreamManager
 from bnproxy.middleware.streams.orderbook import LIVE, OrderBook
@@ -68,7 +68,7 @@ def _int(value: str) -> int | None:
     return int(value) if value.isdigit() and len(value) < 19 else None
 
 
-@implementer(IMiddleware)
+@implementer(IHealthReporter, IMetricsSource, IMiddleware, IReadinessCheck)
 class Streams(MultiService):
     plain_next = True
 
@@ -471,6 +471,10 @@ class Streams(MultiService):
         yield from (active, stale, conns, reconnects, messages)
         yield CounterMetricFamily("bnproxy_stream_answers", "Answers served from streams.",
                                   value=self.served)
+
+    def readiness_problems(self) -> list[str]:
+        return [f"stream manager {name} not running"
+                for name, manager in self.managers.items() if not manager.running]
 
     def health(self) -> dict:
         return {"served": self.served,

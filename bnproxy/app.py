@@ -1,0 +1,143 @@
+"""The composition root: everything the proxy is made of, built from a
+``ProxyConfig``.
+
+``assemble`` builds the parts (markets, upstream, middlewares, chain, site,
+admin resources, readiness) for a reactor; ``build_service`` is what
+``twistd bnproxy`` runs: the assembled proxy (with the offline fake exchange
+when asked) as a service, its listening ports bound before anything starts so
+that a port in use is one line and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import attrs
+from twisted.web.resource import IResource
+
+from bnproxy.binance.endpoints import EndpointTable, load_endpoints
+from bnproxy.binance.markets import Market, build_markets
+from bnproxy.chain.compose import as_deferred, compose
+from bnproxy.chain.context import MiddlewareContext
+from bnproxy.chain.interfaces import IHealthReporter, IMetricsSource
+from bnproxy.chain.registry import build_middlewares, discover
+from bnproxy.config.model import ProxyConfig
+from bnproxy.config.reader import ConfigError
+from bnproxy.readiness import Readiness
+from bnproxy.server.admin import AdminGuard
+from bnproxy.server.clientaddr import ClientResolver, parse_networks
+from bnproxy.server.forwarding import ForwardingResource, ProxySite, RootResource
+from bnproxy.server.health import HealthResource
+from bnproxy.server.metrics import LiveResource, Metrics, MetricsResource, ReadyResource
+from bnproxy.upstream.client import Deadlines, Upstream
+
+ADMIN_NAMES = ("health", "metrics", "live", "ready")
+
+
+@attrs.define
+class Proxy:
+    """The assembled proxy; ``ProxyService`` runs it."""
+
+    config: ProxyConfig
+    reactor: Any
+    markets: dict[str, Market]
+    endpoints: EndpointTable
+    metrics: Metrics
+    upstream: Upstream
+    context: MiddlewareContext
+    middlewares: list[Any]
+    handler: Any
+    forward: ForwardingResource
+    health: HealthResource
+    readiness: Readiness
+    site: ProxySite
+
+
+def check_state_dir(path: str) -> None:
+    """The state directory must exist (or be creatable) and be writable now,
+    not at the first ban."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--state-dir {path}: cannot create it: {e.strerror}") from None
+    if not os.path.isdir(path):
+        raise ConfigError(f"--state-dir {path}: not a directory")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"--state-dir {path}: not writable by this user")
+
+
+def assemble(reactor: Any, config: ProxyConfig, agent: Any = None) -> Proxy:
+    """Build every part of the proxy for ``reactor``. Raises ConfigError."""
+    try:
+        markets = build_markets(config.testnet, config.upstreams, config.stream_upstreams)
+        resolver = ClientResolver(parse_networks(config.trusted_proxies),
+                                  config.forwarded_header)
+        admin_allow = parse_networks(config.admin_allow)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    endpoints = load_endpoints()
+    metrics = Metrics()
+    upstream = Upstream(
+        reactor, markets, agent=agent,
+        deadlines=Deadlines(config.connect_timeout, config.response_timeout,
+                            config.body_timeout),
+        max_per_host=config.max_connections_per_host)
+    upstream.observe = lambda market, s: metrics.upstream_latency.labels(market).observe(s)
+
+    admin: dict[str, IResource] = {}
+
+    def add_admin(name: str, resource: IResource) -> None:
+        if name in admin or name in ADMIN_NAMES:
+            raise ConfigError(f"admin resource /{name} is mounted twice")
+        admin[name] = resource
+
+    chain_ref: list[Any] = []
+    context = MiddlewareContext(
+        reactor=reactor, upstream=upstream,
+        chain=lambda request: as_deferred(chain_ref[0](request)),
+        endpoints=endpoints, markets=markets, add_admin=add_admin,
+        state_dir=config.state_dir, log_format=config.log_format,
+        metrics=metrics.registry)
+    middlewares = build_middlewares(config.middleware, discover(), context)
+    handler = compose(middlewares, upstream)
+    chain_ref.append(handler)
+
+    forward = ForwardingResource(handler, markets, endpoints, reactor, resolver,
+                                 metrics.answered)
+    readiness = Readiness(reactor, markets, upstream, handler, endpoints,
+                          lambda: middlewares)
+    metrics.watch(lambda: [m for m in [*middlewares, readiness] if IMetricsSource.providedBy(m)])
+    metrics.track_inflight(lambda: forward.inflight)
+    health = HealthResource(reactor, markets,
+                            [m for m in middlewares if IHealthReporter.providedBy(m)],
+                            readiness.problems, [m.name for m in middlewares])
+
+    root = RootResource(forward)
+    root.putChild(b"health", AdminGuard(health, admin_allow, resolver))
+    root.putChild(b"metrics", AdminGuard(MetricsResource(metrics.registry), admin_allow,
+                                         resolver))
+    root.putChild(b"live", LiveResource())
+    root.putChild(b"ready", ReadyResource(readiness.problems))
+    for name, resource in admin.items():
+        root.putChild(name.encode("ascii"), AdminGuard(resource, admin_allow, resolver))
+    site = ProxySite(root, config.server, reactor=reactor)
+    site.displayTracebacks = False
+    return Proxy(config, reactor, markets, endpoints, metrics, upstream, context, middlewares,
+                 handler, forward, health, readiness, site)
+
+
+def build_service(reactor: Any, config: ProxyConfig) -> Any:
+    """The service ``twistd bnproxy`` runs, listening already. Raises
+    ConfigError for every mistake a user can make (one line each)."""
+    from bnproxy.service import ProxyService
+
+    check_state_dir(config.state_dir)
+    if config.simulated_exchange:
+        from bnproxy.testing.simulated import with_simulated_exchange
+
+        service = with_simulated_exchange(reactor, config, ProxyService)
+    else:
+        service = ProxyService(reactor, config)
+    service.listen()
+    return service

@@ -1,0 +1,242 @@
+"""Every setting of ``twistd bnproxy``, declared once.
+
+A :class:`Setting` names the option (``--connect-timeout``), its type and
+validation, default, help, the ``BNPROXY_*`` variable, the TOML key and the
+``ProxyConfig`` attribute it fills. The command line (``bnproxy.tap``), the
+environment and the TOML reader (``bnproxy.config.sources``), the model
+(``bnproxy.config.model``), ``--help`` and the example file
+(``python -m bnproxy.config.example``) are all derived from :data:`SETTINGS`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from bnproxy.binance.markets import MARKET_NAMES, check_base_url
+from bnproxy.config.model import DEFAULT_CHAIN, ProxyConfig, ServerLimits
+
+_SERVER = ServerLimits()
+_MODEL = ProxyConfig()
+
+
+class SettingError(ValueError):
+    """A value a setting refuses; the message says why (the caller names the
+    key and the source)."""
+
+
+def endpoint_description(value: str) -> str:
+    """Digits mean ``tcp:N``; anything else is an endpoint string."""
+    return f"tcp:{value}" if value.isdigit() else value
+
+
+# -- value kinds -------------------------------------------------------------------------------
+# Each coerces a raw value (a string from argv or the environment, or a TOML
+# value) to the model's type, or raises SettingError.
+
+def _number(integer: bool, above: float | None, at_most: float | None) -> Callable[[Any], Any]:
+    def coerce(value: Any) -> float | int:
+        if isinstance(value, bool):
+            raise SettingError(f"expected a number, got {value!r}")
+        try:
+            number: float | int = int(str(value).replace("_", "")) if integer else float(value)
+        except (TypeError, ValueError):
+            kind = "a whole number" if integer else "a number"
+            raise SettingError(f"expects {kind}, got {value!r}") from None
+        if isinstance(number, float) and not math.isfinite(number):
+            raise SettingError(f"expects a finite number, got {value!r}")
+        if above is not None and not number > above:
+            raise SettingError(f"must be greater than {above:g}, got {value!r}")
+        if at_most is not None and number > at_most:
+            raise SettingError(f"must be at most {at_most:g}, got {value!r}")
+        return number
+    return coerce
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise SettingError(f"expected a string, got {value!r}")
+    return str(value)
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("", "0", "false", "no", "off"):
+        return False
+    raise SettingError(f"expected true or false (1/true/yes/on, 0/false/no/off), got {value!r}")
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(value.split())
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise SettingError("expected a list of strings")
+    return tuple(value)
+
+
+def _port(value: Any) -> str:
+    text = _text(value)
+    if text.isdigit() and not 0 <= int(text) <= 65535:
+        raise SettingError(f"must be a port number from 0 to 65535, got {text}")
+    return endpoint_description(text)
+
+
+def _markets(schemes: tuple[str, ...]) -> Callable[[Any], dict[str, str]]:
+    def coerce(value: Any) -> dict[str, str]:
+        if isinstance(value, (str, list, tuple)):
+            pairs = {}
+            for item in _strings(value):
+                market, sep, url = item.partition("=")
+                if not sep:
+                    raise SettingError(f"{item!r}: expected MARKET=URL")
+                pairs[market] = url
+            value = pairs
+        if not isinstance(value, Mapping):
+            raise SettingError("expected a table of MARKET = URL")
+        out = {}
+        for market, url in value.items():
+            if market not in MARKET_NAMES:
+                raise SettingError(f"unknown market {market!r} (markets: "
+                                   f"{', '.join(MARKET_NAMES)})")
+            if not isinstance(url, str):
+                raise SettingError(f"{market}: expected a URL string")
+            try:
+                out[market] = check_base_url(url, schemes)
+            except ValueError as e:
+                raise SettingError(f"{market}: {e}") from None
+        return out
+    return coerce
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def coerce(value: Any) -> str:
+        text = _text(value)
+        if text not in choices:
+            raise SettingError(f"expected one of {', '.join(choices)}, got {text!r}")
+        return text
+    return coerce
+
+
+@attrs.frozen
+class Setting:
+    """One setting. ``attr`` is the ``ProxyConfig`` attribute it fills
+    (``server.max_body`` for a nested one); ``toml`` its key in the file
+    (``timeouts.connect``), None when the file cannot set it; ``repeatable``
+    options collect every occurrence (the environment separates them with
+    spaces)."""
+
+    name: str
+    coerce: Callable[[Any], Any]
+    default: Any
+    help: str
+    attr: str | None
+    toml: str | None
+    short: str | None = None
+    flag: bool = False
+    repeatable: bool = False
+    metavar: str = ""
+
+    @property
+    def env(self) -> str:
+        return "BNPROXY_" + self.name.upper().replace("-", "_")
+
+
+def _s(name: str, coerce: Callable[[Any], Any], default: Any, help: str, attr: str | None,
+       toml: str | None, **kw: Any) -> Setting:
+    return Setting(name, coerce, default, help, attr, toml, **kw)
+
+
+_POSITIVE = _number(False, 0, None)
+
+SETTINGS: tuple[Setting, ...] = (
+    _s("config", _text, None, "A TOML configuration file (see bnproxy.example.toml).", None, None,
+       short="c", metavar="FILE"),
+    _s("port", _port, "8080", "Where to listen: digits (tcp:N) or a Twisted endpoint string.",
+       None, "port", short="p", metavar="PORT"),
+    _s("listen", lambda v: tuple(_port(x) for x in _strings(v)), (),
+       "Another endpoint to listen on (repeatable).", None, "listen", repeatable=True,
+       metavar="ENDPOINT"),
+    _s("upstream", _markets(("http", "https")), {},
+       "MARKET=URL: a market's REST base URL (repeatable). Markets: "
+       + ", ".join(MARKET_NAMES) + ".", "upstreams", "upstream", repeatable=True,
+       metavar="MARKET=URL"),
+    _s("stream-upstream", _markets(("ws", "wss")), {},
+       "MARKET=URL: a market's websocket base URL (repeatable).", "stream_upstreams",
+       "stream_upstream", repeatable=True, metavar="MARKET=URL"),
+    _s("testnet", _flag, False, "Use Binance's testnet hosts for every market.", "testnet",
+       "testnet", flag=True),
+    _s("simulated-exchange", _flag, False,
+       "Start an in-process fake exchange and use it as every market's upstream "
+       "(try bnproxy offline).", "simulated_exchange", "simulated_exchange", flag=True),
+    _s("middleware", _strings, (),
+       "NAME[:key=value,...]: a middleware, in chain order (repeatable; replaces the "
+       "default chain).", None, None, repeatable=True, metavar="SPEC"),
+    _s("trusted-proxy", _strings, (),
+       "CIDR of a proxy in front of bnproxy whose forwarding header is believed (repeatable).",
+       "trusted_proxies", "trusted_proxies", repeatable=True, metavar="CIDR"),
+    _s("forwarded-header", _choice("x-forwarded-for", "forwarded"), "x-forwarded-for",
+       "Header read from trusted proxies: x-forwarded-for or forwarded.", "forwarded_header",
+       "forwarded_header"),
+    _s("admin-allow", _strings, _MODEL.admin_allow,
+       "CIDR admitted to admin resources (/health, /metrics, /cache, /dashboard); "
+       "repeatable.", "admin_allow", "admin_allow", repeatable=True, metavar="CIDR"),
+    _s("state-dir", _text, ".", "Directory for state files (the ban state); must be writable.",
+       "state_dir", "state_dir", metavar="DIR"),
+    _s("log-format", _choice("text", "json"), "text",
+       "Log lines: text, or json (JSON Lines, for both logs).", "log_format", "log_format"),
+    _s("connect-timeout", _POSITIVE, 5.0, "Upstream connect deadline, seconds.",
+       "connect_timeout", "timeouts.connect"),
+    _s("response-timeout", _POSITIVE, 10.0, "Deadline for upstream response headers, seconds.",
+       "response_timeout", "timeouts.response"),
+    _s("body-timeout", _POSITIVE, 30.0, "Deadline for a whole upstream response body, seconds.",
+       "body_timeout", "timeouts.body"),
+    _s("header-timeout", _POSITIVE, _SERVER.header_timeout,
+       "Absolute deadline for a bot's request line and headers, seconds (slowloris).",
+       "server.header_timeout", "server.header_timeout"),
+    _s("client-body-timeout", _POSITIVE, _SERVER.body_timeout,
+       "Absolute deadline for a bot's request body, seconds.", "server.body_timeout",
+       "server.body_timeout"),
+    _s("max-body", _number(True, 0, None), _SERVER.max_body,
+       "Largest request body accepted, bytes (413 beyond).", "server.max_body",
+       "server.max_body"),
+    _s("max-headers", _number(True, 0, None), _SERVER.max_headers,
+       "Most request headers accepted (400 beyond).", "server.max_headers",
+       "server.max_headers"),
+    _s("max-header-bytes", _number(True, 0, None), _SERVER.max_header_bytes,
+       "Largest request line plus headers, bytes (400 beyond).", "server.max_header_bytes",
+       "server.max_header_bytes"),
+    _s("max-connections-per-client", _number(True, 0, None),
+       _SERVER.max_connections_per_client, "Open connections allowed per client address.",
+       "server.max_connections_per_client", "server.max_connections_per_client"),
+    _s("keepalive-timeout", _POSITIVE, _SERVER.keepalive_timeout,
+       "Idle keep-alive connections close after this, seconds.", "server.keepalive_timeout",
+       "server.keepalive_timeout"),
+    _s("send-timeout", _POSITIVE, _SERVER.send_timeout,
+       "A bot that stops reading is cut off after this, seconds.", "server.send_timeout",
+       "server.send_timeout"),
+    _s("drain-timeout", _number(False, -1, None), _SERVER.drain_timeout,
+       "On SIGTERM, in-flight requests get this long to finish, seconds.",
+       "server.drain_timeout", "server.drain_timeout"),
+)
+
+BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+BY_ENV: dict[str, Setting] = {s.env: s for s in SETTINGS}
+BY_TOML: dict[str, Setting] = {s.toml: s for s in SETTINGS if s.toml}
+# The file's own keys beside the settings: the chain and the middleware tables.
+FILE_KEYS = ("chain", "middleware")
+
+
+def tables() -> list[str]:
+    """The TOML tables that hold settings (``timeouts``, ``server``)."""
+    return sorted({key.split(".")[0] for key in BY_TOML if "." in key})
+
+
+def default_chain() -> Sequence[str]:
+    return DEFAULT_CHAIN
