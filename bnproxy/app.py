@@ -11,7 +11,7 @@ that a port in use is one line and a non-zero exit.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.web.resource import IResource
@@ -31,6 +31,9 @@ from bnproxy.server.forwarding import ForwardingResource, ProxySite, RootResourc
 from bnproxy.server.health import HealthResource
 from bnproxy.server.metrics import LiveResource, Metrics, MetricsResource, ReadyResource
 from bnproxy.upstream.client import Deadlines, Upstream
+
+if TYPE_CHECKING:
+    from bnproxy.service import ProxyService
 
 ADMIN_NAMES = ("health", "metrics", "live", "ready")
 
@@ -127,12 +130,13 @@ def assemble(reactor: Any, config: ProxyConfig, agent: Any = None) -> Proxy:
                  handler, forward, health, readiness, site)
 
 
-def build_service(reactor: Any, config: ProxyConfig) -> Any:
+def build_service(reactor: Any, config: ProxyConfig) -> ProxyService:
     """The service ``twistd bnproxy`` runs, listening already. Raises
     ConfigError for every mistake a user can make (one line each)."""
     from bnproxy.service import ProxyService
 
     check_state_dir(config.state_dir)
+    service: ProxyService
     if config.simulated_exchange:
         from bnproxy.testing.simulated import with_simulated_exchange
 

@@ -63,13 +63,13 @@ def _wrap(middleware: IMiddleware, nxt: Handler) -> Handler:
     handle = middleware.handle
     given = nxt if getattr(middleware, "plain_next", False) else _deferring(nxt)
 
-    def check(result: object, request: ProxyRequest) -> object:
+    def check(result: object, request: ProxyRequest) -> ProxyResponse:
         if isinstance(result, ProxyResponse):
             return result
         return _internal_error(name, request, Failure(TypeError(
             f"{name}.handle returned {type(result).__name__}, not ProxyResponse")))
 
-    def failed(f: Failure, request: ProxyRequest) -> object:
+    def failed(f: Failure, request: ProxyRequest) -> ProxyResponse | Failure:
         if f.check(CancelledError):
             return f
         return _internal_error(name, request, f)
@@ -86,7 +86,7 @@ def _wrap(middleware: IMiddleware, nxt: Handler) -> Handler:
         if isinstance(result, Deferred):
             return result.addCallbacks(check, failed, callbackArgs=(request,),
                                        errbackArgs=(request,))
-        return check(result, request)  # type: ignore[return-value]
+        return check(result, request)
 
     return call
 

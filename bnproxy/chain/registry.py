@@ -43,7 +43,9 @@ def discover(package: ModuleType | None = None,
     name are refused.
     """
     if package is None:
-        import bnproxy.plugins as package
+        import bnproxy.plugins
+
+        package = bnproxy.plugins
     found: dict[str, tuple[str, Any]] = {}
     for origin, factory in [*_from_dropins(package), *_from_entry_points(group)]:
         try:

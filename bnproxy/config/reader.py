@@ -3,6 +3,7 @@ the key and the reason."""
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,23 +21,23 @@ class SettingsReader:
     strings from the command line. Call :meth:`done` last: keys that were
     never read are refused as unknown."""
 
-    def __init__(self, section: str, settings: Mapping[str, Any]) -> None:
+    def __init__(self, section: builtins.str, settings: Mapping[builtins.str, Any]) -> None:
         self.section = section
         self._settings = dict(settings)
-        self._read: set[str] = set()
+        self._read: set[builtins.str] = set()
 
-    def _raw(self, key: str, default: Any) -> Any:
+    def _raw(self, key: builtins.str, default: Any) -> Any:
         self._read.add(key)
         return self._settings.get(key, default)
 
-    def _fail(self, key: str, reason: str) -> ConfigError:
+    def _fail(self, key: builtins.str, reason: builtins.str) -> ConfigError:
         return ConfigError(f"{self.section}.{key}: {reason}")
 
-    def str(self, key: str, default: str | None) -> str | None:
+    def str(self, key: builtins.str, default: builtins.str | None) -> builtins.str | None:
         value = self._raw(key, default)
         return None if value is None else str(value)
 
-    def bool(self, key: str, default: bool) -> bool:
+    def bool(self, key: builtins.str, default: bool) -> bool:
         value = self._raw(key, default)
         if isinstance(value, bool):
             return value
@@ -47,7 +48,7 @@ class SettingsReader:
             return False
         raise self._fail(key, f"expected true or false, got {value!r}")
 
-    def float(self, key: str, default: float, minimum: float | None = None,
+    def float(self, key: builtins.str, default: float, minimum: float | None = None,
               maximum: float | None = None) -> float:
         value = self._raw(key, default)
         try:
@@ -62,7 +63,7 @@ class SettingsReader:
             raise self._fail(key, f"must be at most {maximum}, got {value!r}")
         return number
 
-    def int(self, key: str, default: int, minimum: int | None = None,
+    def int(self, key: builtins.str, default: int, minimum: int | None = None,
             maximum: int | None = None) -> int:
         value = self._raw(key, default)
         if isinstance(value, bool):
@@ -77,14 +78,14 @@ class SettingsReader:
             raise self._fail(key, f"must be at most {maximum}, got {value!r}")
         return number
 
-    def list(self, key: str, default: list[str]) -> list[str]:
+    def list(self, key: builtins.str, default: list[builtins.str]) -> list[builtins.str]:
         """A list: a TOML array, or a string separated by spaces or ``|``."""
         value = self._raw(key, default)
         if isinstance(value, (list, tuple)):
             return [str(v) for v in value]
         return [v for v in str(value).replace("|", " ").split() if v]
 
-    def mapping(self, key: str) -> dict[str, Any]:
+    def mapping(self, key: builtins.str) -> dict[builtins.str, Any]:
         """A sub-table; from the command line, keys ``key.sub=value``."""
         self._read.add(key)
         value = self._settings.get(key, {})

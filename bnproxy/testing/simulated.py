@@ -4,6 +4,7 @@ exchange as every market's upstream, for trying bnproxy offline."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 import attrs
 from twisted.application.service import MultiService, Service
@@ -26,8 +27,11 @@ class _StopsExchange(Service):
         return self.handle.exchange.port.stopListening()
 
 
-def with_simulated_exchange(reactor, config: ProxyConfig,
-                            proxy_factory: Callable[..., MultiService]) -> MultiService:
+P = TypeVar("P", bound=MultiService)
+
+
+def with_simulated_exchange(reactor: Any, config: ProxyConfig,
+                            proxy_factory: Callable[..., P]) -> P:
     """The proxy pointed at a fake exchange on an ephemeral loopback port."""
     running = start_exchange(reactor)  # binds now, so the URLs are known
     _log.info("simulated exchange on {base} (admin: {base}/_fake/)", base=running.base)
