@@ -9,25 +9,25 @@ from __future__ import annotations
 
 import gzip
 import math
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
 import attrs
-import orjson
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from bnproxy.binance.privacy import PRIVATE_HEADERS
 from bnproxy.chain.compose import Answer, as_deferred, then
 from bnproxy.chain.interfaces import IHealthReporter, IMetricsSource, IMiddleware
-from bnproxy.chain.messages import ProxyRequest, ProxyResponse, header_value, without_headers
+from bnproxy.chain.messages import ProxyRequest, ProxyResponse
 from bnproxy.chain.options import Option
+from bnproxy.middleware.cache.admin import CacheAdmin
 from bnproxy.middleware.cache.key import VARYING_HEADERS, cache_key
+from bnproxy.middleware.cache.store import Entry, Store, storable, stored_copy
 
 _log = Logger(namespace="bnproxy.cache")
 
@@ -37,44 +37,6 @@ DEFAULT_TTL = {"depth": 1.0, "bookTicker": 1.0, "price": 1.0, "ticker24hr": 2.0,
                "klines": 2.0, "exchangeInfo": 60.0, "public": 1.0}
 GZIP_MIN = 256
 _DETAIL = {b"HIT": "HIT", b"STALE": "STALE"}
-
-
-@attrs.define
-class Entry:
-    response: ProxyResponse
-    stored: float
-    ttl: float
-    size: int
-    endpoint: str
-    gzipped: bytes | None = None
-    plain_headers: tuple = ()
-    gzip_headers: tuple = ()
-
-    def __attrs_post_init__(self) -> None:
-        headers = self.response.headers
-        vary = header_value(headers, b"vary")
-        vary = b"Accept-Encoding" if not vary else vary + b", Accept-Encoding"
-        base = without_headers(headers, b"vary")
-        self.plain_headers = (*base, (b"vary", vary))
-        self.gzip_headers = (*without_headers(base, b"content-encoding"), (b"vary", vary),
-                             (b"content-encoding", b"gzip"))
-
-
-def _storable(response: ProxyResponse) -> bool:
-    if response.status != 200 or response.source != "upstream":
-        return False
-    if response.header(b"set-cookie") is not None:
-        return False
-    cc = (response.header(b"cache-control") or b"").lower()
-    if b"private" in cc or b"no-store" in cc:
-        return False
-    return (response.header(b"vary") or b"").strip() != b"*"
-
-
-def _stored_copy(response: ProxyResponse) -> ProxyResponse:
-    headers = tuple((k, v) for k, v in response.headers
-                    if k != b"set-cookie" and not k.startswith(b"x-mbx-used-weight"))
-    return attrs.evolve(response, headers=headers, weight=0)
 
 
 def _accepts_gzip(request: ProxyRequest) -> bool:
@@ -113,10 +75,8 @@ class Cache:
         self.name = name
         self._clock = clock
         self._ttl = ttl
-        self._max_bytes = max_bytes
         self._stale = stale_if_error
-        self._store: OrderedDict[tuple, Entry] = OrderedDict()
-        self._bytes = 0
+        self._store = Store(max_bytes)
         self._inflight: dict[tuple, list[Deferred]] = {}
         self._keys: dict[tuple, tuple | None] = {}
         self.stats = _Stats()
@@ -158,7 +118,8 @@ class Cache:
             waiters.append(d)
             return d
         self.stats.count("misses", endpoint)
-        self._inflight[key] = followers = []
+        followers: list[Deferred] = []
+        self._inflight[key] = followers
         fetch = as_deferred(next(request))
         own: Deferred = Deferred()  # the first bot may go away; the fetch goes on
         fetch.addBoth(self._filled, key, request, followers, own)
@@ -182,8 +143,8 @@ class Cache:
     def _mark(response: ProxyResponse, status: bytes) -> ProxyResponse:
         return attrs.evolve(response, headers=(*response.headers, (b"x-cache", status)))
 
-    def _filled(self, result, key, request: ProxyRequest, followers: list[Deferred],
-                own: Deferred) -> None:
+    def _filled(self, result: Any, key: tuple, request: ProxyRequest,
+                followers: list[Deferred], own: Deferred) -> None:
         del self._inflight[key]
         now = self._clock.seconds()
         if isinstance(result, Failure):  # the chain only fails on CancelledError
@@ -200,37 +161,26 @@ class Cache:
                 if not d.called:
                     d.callback(self._served(stale, request, b"STALE", now))
             return None
-        if _storable(response):
-            self._put(key, Entry(_stored_copy(response), now,
-                                 self._ttl[request.endpoint.cache_class],
+        # cache_key() only admits requests whose endpoint has a cache class
+        cache_class = request.endpoint.cache_class if request.endpoint else None
+        if storable(response) and cache_class is not None:
+            self._store.put(key, Entry(stored_copy(response), now,
+                                 self._ttl[cache_class],
                                  len(response.body) + 512, request.path))
         first = self._mark(response, b"MISS")
         if not own.called:
             own.callback(first)
         if followers:
-            follower = attrs.evolve(self._mark(_stored_copy(response) if response.status == 200
+            follower = attrs.evolve(self._mark(stored_copy(response) if response.status == 200
                                                else response, b"HIT"), detail="coalesced")
             for d in followers:
                 if not d.called:
                     d.callback(follower)
         return None
 
-    def _put(self, key: tuple, entry: Entry) -> None:
-        old = self._store.pop(key, None)
-        if old is not None:
-            self._bytes -= old.size
-        if entry.size > self._max_bytes:
-            return
-        self._store[key] = entry
-        self._bytes += entry.size
-        while self._bytes > self._max_bytes:
-            _, evicted = self._store.popitem(last=False)
-            self._bytes -= evicted.size
-
     def clear(self) -> int:
         n = len(self._store)
         self._store.clear()
-        self._bytes = 0
         return n
 
     def snapshot(self) -> dict:
@@ -243,7 +193,7 @@ class Cache:
                 (counts["hits"] + counts["coalesced"]) / total, 4) if total else 0.0}
         return {"hits": c["hits"], "misses": c["misses"], "coalesced": c["coalesced"],
                 "stale": c["stale"], "bypassed": c["bypassed"], "entries": len(self._store),
-                "bytes": self._bytes, "max_bytes": self._max_bytes,
+                "bytes": self._store.bytes, "max_bytes": self._store.max_bytes,
                 "hit_ratio": round((c["hits"] + c["coalesced"]) / looked, 4) if looked else 0.0,
                 "endpoints": per}
 
@@ -252,37 +202,12 @@ class Cache:
         c = self.stats.counts
         for what in ("hits", "misses", "coalesced", "stale", "bypassed"):
             yield CounterMetricFamily(f"bnproxy_cache_{what}", f"Cache {what}.", value=c[what])
-        yield GaugeMetricFamily("bnproxy_cache_bytes", "Bytes held.", value=self._bytes)
+        yield GaugeMetricFamily("bnproxy_cache_bytes", "Bytes held.", value=self._store.bytes)
         yield GaugeMetricFamily("bnproxy_cache_entries", "Entries held.", value=len(self._store))
 
     def health(self) -> dict:
         snap = self.snapshot()
         return {k: snap[k] for k in ("entries", "bytes", "hit_ratio")}
-
-
-class CacheAdmin(Resource):
-    """``GET /cache/stats`` and ``POST /cache/clear``."""
-
-    def __init__(self, cache: Cache) -> None:
-        super().__init__()
-        self._cache = cache
-
-    def getChild(self, path, request):  # noqa: N802
-        return self
-
-    def render_GET(self, request):  # noqa: N802
-        request.setHeader(b"content-type", b"application/json")
-        if request.prepath[-1:] != [b"stats"]:
-            request.setResponseCode(404)
-            return b'{"code":-1000,"msg":"try /cache/stats"}'
-        return orjson.dumps(self._cache.snapshot())
-
-    def render_POST(self, request):  # noqa: N802
-        request.setHeader(b"content-type", b"application/json")
-        if request.prepath[-1:] != [b"clear"]:
-            request.setResponseCode(404)
-            return b'{"code":-1000,"msg":"try POST /cache/clear"}'
-        return orjson.dumps({"cleared": self._cache.clear()})
 
 
 OPTIONS = (
