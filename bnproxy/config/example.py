@@ -110,5 +110,36 @@ def render(factories: Mapping[str, Any] | None = None) -> str:
     return "\n".join(body).rstrip("\n") + "\n"
 
 
+def options_table() -> str:
+    """README.md's options table (a test keeps the README's copy equal)."""
+    rows = ["| Option | Environment | File key | Meaning |", "|---|---|---|---|"]
+    for s in SETTINGS:
+        option = f"`--{s.name}`" + (f", `-{s.short}`" if s.short else "") + \
+            (f" {s.metavar}" if s.metavar else "")
+        default = " ".join(s.default) if isinstance(s.default, tuple) else s.default
+        shown = "" if default in (None, "", {}, False) else f" Default `{default}`."
+        key = f"`{s.toml}`" if s.toml else "—"
+        rows.append(f"| {option} | `{s.env}` | {key} | {s.help}{shown} |")
+    rows.append("| `--help-middleware NAME` | — | — | A middleware's settings, with types and "
+                "defaults; then exit. |")
+    return "\n".join(rows) + "\n"
+
+
+BEGIN, END = "<!-- options table -->\n", "<!-- end of options table -->\n"
+
+
+def update_readme(path: str) -> None:
+    """Rewrite the options table between the markers of README.md."""
+    with open(path) as f:
+        text = f.read()
+    head, _, rest = text.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    with open(path, "w") as f:
+        f.write(head + BEGIN + options_table() + END + tail)
+
+
 if __name__ == "__main__":
-    sys.stdout.write(render())
+    if sys.argv[1:2] == ["--readme"]:
+        update_readme(sys.argv[2])
+    else:
+        sys.stdout.write(render())

@@ -7,7 +7,7 @@ from typing import Any
 
 import attrs
 
-from bnproxy.server.admin import DEFAULT_ADMIN_ALLOW
+DEFAULT_ADMIN_ALLOW = ("127.0.0.0/8", "::1/128")  # admin resources: loopback only
 
 # The default chain, in order. Built-in middlewares register as plugins.
 DEFAULT_CHAIN: tuple[str, ...] = ("logger", "allowlist", "streams", "cache", "ratelimit")

@@ -12,7 +12,6 @@ from bnproxy.server.clientaddr import ClientResolver, Network, in_networks
 
 _log = Logger(namespace="bnproxy.server.admin")
 
-DEFAULT_ADMIN_ALLOW = ("127.0.0.0/8", "::1/128")
 
 
 class _Denied(Resource):
