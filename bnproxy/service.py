@@ -13,20 +13,20 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.web.resource import IResource
 
-from bnproxy.server.admin import AdminGuard
 from bnproxy.binance.endpoints import load_endpoints
 from bnproxy.binance.markets import build_markets
 from bnproxy.chain.compose import as_deferred, compose
-from bnproxy.server.clientaddr import ClientResolver, parse_networks
-from bnproxy.config.model import ProxyConfig
 from bnproxy.chain.context import MiddlewareContext
 from bnproxy.chain.interfaces import IReadinessCheck
-from bnproxy.server.health import HealthResource
 from bnproxy.chain.messages import INTERNAL, ProxyRequest
-from bnproxy.server.metrics import LiveResource, Metrics, MetricsResource, ReadyResource
 from bnproxy.chain.registry import build_middlewares, discover
-from bnproxy.server.forwarding import ForwardingResource, ProxySite, RootResource
+from bnproxy.config.model import ProxyConfig
 from bnproxy.config.reader import ConfigError
+from bnproxy.server.admin import AdminGuard
+from bnproxy.server.clientaddr import ClientResolver, parse_networks
+from bnproxy.server.forwarding import ForwardingResource, ProxySite, RootResource
+from bnproxy.server.health import HealthResource
+from bnproxy.server.metrics import LiveResource, Metrics, MetricsResource, ReadyResource
 from bnproxy.upstream.client import Deadlines, Upstream
 
 _log = Logger(namespace="bnproxy.service")

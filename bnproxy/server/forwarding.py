@@ -13,10 +13,10 @@ from twisted.web.resource import IResource, Resource
 from bnproxy.binance.endpoints import EndpointTable
 from bnproxy.binance.errors import ILLEGAL_CHARS, UNKNOWN
 from bnproxy.binance.markets import MARKET_NAMES, Market, implicit_market
-from bnproxy.server.clientaddr import ClientResolver
+from bnproxy.chain.messages import INTERNAL, ProxyRequest, ProxyResponse, local_error
 from bnproxy.config.model import ServerLimits
 from bnproxy.server.channel import HardenedRequest, HardenedSiteMixin
-from bnproxy.chain.messages import INTERNAL, ProxyRequest, ProxyResponse, local_error
+from bnproxy.server.clientaddr import ClientResolver
 
 _log = Logger(namespace="bnproxy.server.forwarding")
 

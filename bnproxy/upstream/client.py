@@ -32,9 +32,9 @@ from zope.interface import implementer
 
 from bnproxy.binance.errors import DISCONNECTED, TIMEOUT
 from bnproxy.binance.markets import Market
-from bnproxy.upstream.headers import request_headers, response_headers
-from bnproxy.chain.messages import ProxyRequest, ProxyResponse, local_error
 from bnproxy.binance.privacy import is_private
+from bnproxy.chain.messages import ProxyRequest, ProxyResponse, local_error
+from bnproxy.upstream.headers import request_headers, response_headers
 
 _log = Logger(namespace="bnproxy.upstream.client")
 

@@ -7,8 +7,8 @@ from urllib.parse import unquote_to_bytes
 
 import orjson
 
-from bnproxy.chain.messages import ProxyRequest
 from bnproxy.binance.privacy import is_private
+from bnproxy.chain.messages import ProxyRequest
 
 # Request headers that change Binance's answer.
 VARYING_HEADERS = (b"x-mbx-time-unit", b"x-mbx-sbe", b"accept")

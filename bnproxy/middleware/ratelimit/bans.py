@@ -204,7 +204,7 @@ class BanStore:
             return
         try:
             bans = self._read(upgrade)
-        except _Unreadable as e:
+        except _UnreadableError as e:
             if not discard:
                 raise ConfigError(f"ban state file {self.path} is {e}: it may hold a Binance "
                                   f"ban; {WAY_OUT}") from None
@@ -235,52 +235,52 @@ class BanStore:
             with open(self.path, "rb") as f:  # type: ignore[arg-type]
                 raw = f.read()
         except OSError as e:
-            raise _Unreadable(f"unreadable ({e.strerror or e})") from None
+            raise _UnreadableError(f"unreadable ({e.strerror or e})") from None
         if not raw.strip():
-            raise _Unreadable("empty")
+            raise _UnreadableError("empty")
         try:
             data = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
-            raise _Unreadable("truncated or garbled (not JSON)") from None
+            raise _UnreadableError("truncated or garbled (not JSON)") from None
         if not isinstance(data, dict):
-            raise _Unreadable(f"mis-shaped (a JSON {type(data).__name__}, not an object)")
+            raise _UnreadableError(f"mis-shaped (a JSON {type(data).__name__}, not an object)")
         if "format" not in data:
             return [_checked(upgrade(pool, _status(entry)), "default", entry)
                     for pool, entry in data.items()]
         if data.get("format") != FORMAT or data.get("version") != VERSION:
-            raise _Unreadable(f"of an unknown format ({data.get('format')!r} version "
+            raise _UnreadableError(f"of an unknown format ({data.get('format')!r} version "
                               f"{data.get('version')!r})")
         entries = data.get("bans")
         if not isinstance(entries, list):
-            raise _Unreadable("mis-shaped (no list of bans)")
+            raise _UnreadableError("mis-shaped (no list of bans)")
         out = []
         for entry in entries:
             if not isinstance(entry, dict) or not isinstance(entry.get("scope"), str) \
                     or not isinstance(entry.get("egress"), str):
-                raise _Unreadable("mis-shaped (a ban without scope or egress)")
+                raise _UnreadableError("mis-shaped (a ban without scope or egress)")
             out.append(_checked(entry["scope"], entry["egress"], entry))
         return out
 
 
-class _Unreadable(Exception):
+class _UnreadableError(Exception):
     pass
 
 
 def _status(entry: object) -> int:
     status = entry.get("status", IP_BANNED) if isinstance(entry, dict) else None
     if status not in (IP_BANNED, RATE_LIMITED):
-        raise _Unreadable("mis-shaped (a ban status that is not 418 or 429)")
+        raise _UnreadableError("mis-shaped (a ban status that is not 418 or 429)")
     return status  # type: ignore[return-value]
 
 
 def _checked(scope: str, egress: str, entry: object) -> Ban:
     if not isinstance(entry, dict):
-        raise _Unreadable("mis-shaped (a ban that is not an object)")
+        raise _UnreadableError("mis-shaped (a ban that is not an object)")
     until = entry.get("until")
     if isinstance(until, bool) or not isinstance(until, int | float) \
             or not math.isfinite(until):
-        raise _Unreadable("mis-shaped (a ban without a finite 'until')")
+        raise _UnreadableError("mis-shaped (a ban without a finite 'until')")
     strikes = entry.get("strikes", 1)
     if isinstance(strikes, bool) or not isinstance(strikes, int) or strikes < 1:
-        raise _Unreadable("mis-shaped (a ban whose 'strikes' is not a positive integer)")
+        raise _UnreadableError("mis-shaped (a ban whose 'strikes' is not a positive integer)")
     return Ban(egress, scope, float(until), _status(entry), strikes)

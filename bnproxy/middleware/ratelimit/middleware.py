@@ -101,10 +101,10 @@ class RateLimit:
             return self._banned(ban, pool, now)
         weight = request.endpoint.weight(request.params) if request.endpoint else 1
         share = self._shares.get(client, self._client_share)
-        if share is not None and pool.budget is not None and weight:
-            if self.state.ledger_window(client, now) + weight > pool.budget * share:
-                self.state.ledger_add(client, now, requests=1, rejected=1)
-                return self._too_many(pool, egress, now, "this client's share of the budget")
+        if (share is not None and pool.budget is not None and weight
+                and self.state.ledger_window(client, now) + weight > pool.budget * share):
+            self.state.ledger_add(client, now, requests=1, rejected=1)
+            return self._too_many(pool, egress, now, "this client's share of the budget")
         self.state.ledger_add(client, now, requests=1)
 
         def send() -> Any:
@@ -143,8 +143,8 @@ class RateLimit:
 
     def _start_ban(self, pool: Pool, egress: str, response: ProxyResponse, now: float) -> None:
         status = response.status
-        if status == IP_BANNED and pool.name.startswith(SAPI):
-            pass  # /sapi does not escalate to 418; if one comes, it is still an IP ban
+        # /sapi does not escalate to 418 (FACTS.md §1.7); if one comes, it is
+        # still an IP ban of the whole host.
         retry = response.header(b"retry-after")
         ban, dropped = self.governor.start_ban(
             pool, egress, status,
