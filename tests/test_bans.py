@@ -318,3 +318,63 @@ def _request(h, path):
     from bnproxy.chain.messages import ProxyRequest
     return ProxyRequest("GET", "spot", path, b"", (), b"", "bot", 0.0,
                         h.service.endpoints.lookup("spot", "GET", path))
+
+
+# -- against the fake exchange (in virtual time): nothing reaches it during a ban -------
+EPOCH = 1_767_225_600  # 2026-01-01T00:00:00Z
+
+
+def exchange_stack(state_dir, clock=None, exchange=None):
+    from treq.testing import RequestTraversalAgent
+    from twisted.internet import task
+
+    from bnproxy.testing import FakeExchange
+    if clock is None:
+        clock = task.Clock()
+        clock.advance(EPOCH)
+    x = exchange or FakeExchange(clock, start_ms=EPOCH * 1000).start()
+    h = Harness(agent=RequestTraversalAgent(x.resource()), clock=clock, state_dir=str(state_dir),
+                middleware=chain("cache", "ratelimit"))
+    return x, h
+
+
+def reached(x) -> int:
+    return sum(x.counters.requests.values())
+
+
+def test_exchange_a_sapi_request_during_a_418_on_api_never_reaches_it(tmp_path):
+    x, h = exchange_stack(tmp_path)
+    x.ban("127.0.0.1", 300, "spot")
+    first = h.request("GET", "/api/v3/depth?symbol=BTCUSDT&limit=5")
+    assert first.status == 418 and first.header(b"x-bnproxy-source") == b"upstream"
+    before = reached(x)
+    for target in (SAPI_A, "/sapi/v1/capital/config/getall", "/api/v3/time",
+                   "/sapi/../api/v3/time", "/sapi/%2e%2e/api/v3/exchangeInfo"):
+        assert h.request("GET", target).status in (400, 418), target
+    assert reached(x) == before
+
+
+def test_exchange_a_429_without_retry_after_still_bans(tmp_path):
+    x, h = exchange_stack(tmp_path)
+    x.faults.path_prefix, x.faults.error_status, x.faults.error_rate = "/api/", 429, 1.0
+    assert h.request("GET", "/api/v3/time").status == 429
+    x.faults.error_rate = 0.0
+    before = reached(x)
+    answers = [h.request("GET", "/api/v3/time") for _ in range(5)]
+    assert {a.status for a in answers} == {429}
+    assert reached(x) == before
+
+
+def test_exchange_restarts_keep_the_ban_or_refuse_to_start(tmp_path):
+    x, h = exchange_stack(tmp_path)
+    x.ban("127.0.0.1", 300, "spot")
+    h.request("GET", "/api/v3/time")
+    before = reached(x)
+    _, again = exchange_stack(tmp_path, clock=h.clock, exchange=x)  # restart, intact file
+    assert again.request("GET", SAPI_A).status == 418
+    assert again.request("GET", "/api/v3/time").status == 418
+    assert reached(x) == before
+    (tmp_path / "bnproxy-bans.json").write_bytes(b'{"format": "bnproxy-ba')  # corrupted
+    with pytest.raises(ConfigError, match="bnproxy-bans.json"):
+        exchange_stack(tmp_path, clock=h.clock, exchange=x)
+    assert reached(x) == before
