@@ -184,8 +184,9 @@ class Governor:
         refuse now (``refuse()``) when the wait would be too long."""
         now = self._clock.seconds()
         key = (egress, pool.name)
-        if not self._queues.get(key) and self.state.reserve(egress, pool.name, weight,
-                                                            pool.budget, now):
+        free = pool.budget is None or weight == 0  # nothing to wait for: never queued
+        if (free or not self._queues.get(key)) and self.state.reserve(
+                egress, pool.name, weight, pool.budget, now):
             return send()
         wait = self.window_end(now) - now
         if wait > self.max_wait or pool.budget is None or weight > pool.budget:
