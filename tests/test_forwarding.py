@@ -12,6 +12,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent
 from zope.interface import implementer
 
+from bnproxy.chain.messages import ProxyRequest
+
 
 def test_a_signed_request_still_verifies_after_passing_through():
     h = Harness()
@@ -323,3 +325,17 @@ def test_retry_and_failure_causes_name_no_object_reprs():
     assert "object at 0x" not in cause(f) and cause(f) == "connect not completed"
     f = Failure(ResponseNeverReceived([Failure(ValueError(f"bad {object()!r}"))]))
     assert "0x" not in cause(f) and "ValueError" in cause(f)
+
+
+def test_a_bot_that_goes_away_is_not_an_upstream_failure():
+    agent = CancelWrapsAgent()
+    h = Harness(agent=agent)
+    request = ProxyRequest("GET", "spot", "/api/v3/time", b"", (), b"", "bot", 0.0,
+                           h.service.endpoints.lookup("spot", "GET", "/api/v3/time"))
+    d = h.service.upstream(request)
+    results = []
+    d.addBoth(results.append)
+    d.cancel()
+    assert results and isinstance(results[0], Failure) and results[0].check(CancelledError)
+    assert h.service.upstream.reachability["spot"]["error"] is None
+    assert len(agent.calls) == 1

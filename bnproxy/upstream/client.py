@@ -275,6 +275,9 @@ class Upstream:
                 failure = Failure()
             except Exception:
                 failure = Failure()
+                if not expired and all(r.check(CancelledError) for r in _reasons(failure)):
+                    # twisted.web wraps a cancellation: the bot went away, not Binance.
+                    raise CancelledError() from None
             else:
                 break
             if (retry and attempt == 1 and not expired and retryable(failure)
