@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from twisted.logger import Logger
@@ -203,7 +203,7 @@ class RateLimit:
                 for b in self.state.bans() if b.until > now]
         return {"pools": pools, "bans": bans, "clients": self.state.ledger()}
 
-    def collect_metrics(self):
+    def collect_metrics(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
         usage = self.usage()
         used = GaugeMetricFamily("bnproxy_weight_used", "Request weight used this minute.",
