@@ -218,3 +218,24 @@ def test_stats_and_clear_are_admin_resources():
                      trusted_proxies=("127.0.0.1/32",))
     assert denied.request("POST", "/cache/clear",
                           headers={b"X-Forwarded-For": b"198.51.100.1"}).status == 403
+
+
+@pytest.mark.parametrize("first,second", [
+    (b"symbol=X%FF", b"symbol=X%FE"),            # not UTF-8: both decode to U+FFFD
+    (b"symbol=BTC%zzUSDT", b"symbol=BTC%zzUSDT"),  # an invalid escape
+    (b"symbol=BTC%2", b"symbol=BTC%2"),
+])
+def test_a_query_that_does_not_decode_exactly_bypasses_the_cache(first, second):
+    h = cached()
+    a = h.request("GET", b"/api/v3/ticker/price?" + first)
+    b = h.request("GET", b"/api/v3/ticker/price?" + second)
+    assert a.header(b"x-cache") == b.header(b"x-cache") == b"BYPASS"
+    assert b.body != a.body  # each went upstream, none was served the other's answer
+    assert [s.uri.split(b"?", 1)[1] for s in h.upstream.seen] == [first, second]
+
+
+def test_valid_percent_encoding_and_utf8_are_still_cached():
+    h = cached()
+    h.request("GET", "/api/v3/ticker/price?symbol=%E4%B8%ADUSDT")
+    again = h.request("GET", "/api/v3/ticker/price?symbol=%E4%B8%ADUSDT")
+    assert again.header(b"x-cache") == b"HIT" and len(h.upstream.seen) == 1

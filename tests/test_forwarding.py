@@ -2,14 +2,17 @@
 
 import gzip
 
+import pytest
 from helpers import API_KEY, Harness, RecordingUpstream, sign, verify_hmac
-from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.error import ConnectionRefusedError, DNSLookupError
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseNeverReceived
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent
 from zope.interface import implementer
+
+from bnproxy.chain.messages import ProxyRequest
 
 
 def test_a_signed_request_still_verifies_after_passing_through():
@@ -186,7 +189,9 @@ def test_refused_connection_is_a_502_in_binance_shape():
     answer = h.request("POST", "/api/v3/order?symbol=BTCUSDT&timestamp=1&signature=a")
     assert answer.status == 502
     body = answer.json()
-    assert body["code"] == -1001 and "unknown" in body["msg"]
+    # 12.1: a refused connect provably never left: it says so (was "unknown").
+    assert body["code"] == -1001 and "was not sent" in body["msg"]
+    assert "unknown" not in body["msg"]
 
 
 def _never_received():
@@ -229,3 +234,108 @@ def test_a_market_without_an_upstream_answers_502_without_sending():
     answer = h.request("GET", "/eapi/v1/time")
     assert answer.status == 502
     assert "--upstream options=URL" in answer.json()["msg"]
+
+
+class CancelWrapsAgent(ScriptedAgent):
+    """As twisted.web's HTTP11ClientProtocol: cancelling a request in flight
+    fails it with ResponseNeverReceived([CancelledError]), not CancelledError."""
+
+    def request(self, method, uri, headers=None, bodyProducer=None):
+        self.calls.append((method, uri))
+
+        def cancel(d):
+            d.errback(ResponseNeverReceived([Failure(CancelledError())]))
+        return Deferred(cancel)
+
+
+@pytest.mark.parametrize("target", ["/api/v3/time", "/api/v3/order?symbol=X&timestamp=1"
+                                    "&signature=a"])
+def test_a_missed_header_deadline_is_one_504_and_nothing_is_sent_twice(target):
+    agent = CancelWrapsAgent()
+    h = Harness(agent=agent, response_timeout=2.0)
+    d = h.start("GET", target)
+    results = []
+    d.addBoth(results.append)
+    h.flush()
+    h.clock.advance(2.1)
+    h.flush()
+    h.clock.advance(30)
+    h.flush()
+    assert results[0].status == 504
+    body = results[0].json()
+    assert body["code"] == -1007
+    assert "send status unknown; execution status unknown" in body["msg"]
+    assert "Cancelled" not in body["msg"]
+    assert len(agent.calls) == 1
+
+
+def test_a_stale_pooled_connection_is_retried_once_within_the_same_deadline():
+    from twisted.web.client import RequestNotSent
+    agent = ScriptedAgent(lambda: fail(RequestNotSent()), lambda: fail(RequestNotSent()))
+    h = Harness(agent=agent, response_timeout=2.0)
+    answer = h.request("GET", "/api/v3/time")
+    assert answer.status == 502 and "was not sent" in answer.json()["msg"]
+    assert len(agent.calls) == 2  # at most once again
+
+
+def test_the_retry_gets_only_what_is_left_of_the_deadline():
+    first = Deferred()
+
+    class Agent(CancelWrapsAgent):
+        def request(self, method, uri, headers=None, bodyProducer=None):
+            if not self.calls:
+                self.calls.append((method, uri))
+                return first
+            return super().request(method, uri, headers, bodyProducer)
+    agent = Agent()
+    h = Harness(agent=agent, response_timeout=2.0)
+    d = h.start("GET", "/api/v3/time")
+    results = []
+    d.addBoth(results.append)
+    h.flush()
+    h.clock.advance(1.5)
+    from twisted.web.client import RequestTransmissionFailed
+    first.errback(RequestTransmissionFailed([Failure(ConnectionRefusedError())]))
+    h.flush()
+    h.clock.advance(0.6)  # 2.1 s after the request arrived
+    h.flush()
+    assert results and results[0].status == 504
+    assert len(agent.calls) == 2
+
+
+@pytest.mark.parametrize("error,words", [
+    (lambda: DNSLookupError("no such host"), "DNS lookup failed"),
+    (lambda: ConnectionRefusedError(), "connection refused"),
+])
+def test_a_request_that_never_left_says_so_and_is_not_retried(error, words):
+    agent = ScriptedAgent(lambda: fail(error()), lambda: fail(error()))
+    h = Harness(agent=agent)
+    answer = h.request("GET", "/api/v3/time")
+    assert answer.status == 502
+    msg = answer.json()["msg"]
+    assert words in msg and "was not sent" in msg and "spot.upstream.test" in msg
+    assert len(agent.calls) == 1
+
+
+def test_retry_and_failure_causes_name_no_object_reprs():
+    from twisted.internet.error import ConnectingCancelledError
+
+    from bnproxy.upstream.client import cause
+    f = Failure(ResponseNeverReceived([Failure(ConnectingCancelledError(object()))]))
+    assert "object at 0x" not in cause(f) and cause(f) == "connect not completed"
+    f = Failure(ResponseNeverReceived([Failure(ValueError(f"bad {object()!r}"))]))
+    assert "0x" not in cause(f) and "ValueError" in cause(f)
+
+
+def test_a_bot_that_goes_away_is_not_an_upstream_failure():
+    agent = CancelWrapsAgent()
+    h = Harness(agent=agent)
+    request = ProxyRequest("GET", "spot", "/api/v3/time", b"", (), b"", "bot", 0.0,
+                           h.service.endpoints.lookup("spot", "GET", "/api/v3/time"))
+    d = h.service.upstream(request)
+    results = []
+    d.addBoth(results.append)
+    d.cancel()
+    assert results and isinstance(results[0], Failure) and results[0].check(CancelledError)
+    assert h.service.upstream.reachability["spot"]["error"] is None
+    assert len(agent.calls) == 1

@@ -186,3 +186,53 @@ def test_a_request_split_across_reads_is_fine():
         protocol.dataReceived(piece)
     h.flush()
     assert b"200 OK" in transport.value()
+
+
+@pytest.mark.parametrize("extension", [b';name="unterminated', b';a="x\\"', b";=v", b";a=",
+                                       b';a="ok" junk'])
+def test_a_malformed_chunk_extension_is_refused(extension):
+    h = harness()
+    protocol, transport = connect(h)
+    protocol.dataReceived(b"POST /api/v3/order HTTP/1.1\r\nHost: x\r\n"
+                          b"Transfer-Encoding: chunked\r\n\r\n4" + extension + b"\r\nabcd\r\n"
+                          b"0\r\n\r\n")
+    h.flush()
+    assert status_of(transport) == 400
+    assert h.upstream.seen == []
+
+
+@pytest.mark.parametrize("extension", [b"", b";a", b';a="q;x"', b';a = b ; c="d e"'])
+def test_well_formed_chunk_extensions_pass(extension):
+    h = harness()
+    protocol, transport = connect(h)
+    protocol.dataReceived(b"POST /api/v3/order HTTP/1.1\r\nHost: x\r\n"
+                          b"Transfer-Encoding: chunked\r\n\r\n4" + extension + b"\r\nabcd\r\n"
+                          b"0\r\n\r\n")
+    h.flush()
+    assert status_of(transport) == 200
+    assert h.upstream.seen[0].body == b"abcd"
+
+
+@pytest.mark.parametrize("target", [
+    b"/sapi/../api/v3/time", b"/sapi/v1/../../api/v3/time", b"/api/v3/./time",
+    b"/sapi/%2e%2e/api/v3/time", b"/sapi/%2E%2E/api/v3/time", b"/api/v3%2ftime",
+    b"/api\\v3/time", b"/api/v3%5ctime", b"/api/v3/time%00", b"/s%61pi/v1/system/status",
+    b"/spot/sapi/../api/v3/time",
+])
+def test_an_ambiguous_path_is_refused_before_routing(target):
+    h = harness()
+    protocol, transport = connect(h)
+    protocol.dataReceived(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    h.flush()
+    assert status_of(transport) == 400
+    body = transport.value().split(b"\r\n\r\n", 1)[1]
+    assert b'"code":-1100' in body
+    assert h.upstream.seen == []
+
+
+def test_a_dot_like_name_that_is_no_segment_passes():
+    h = harness()
+    protocol, transport = connect(h)
+    protocol.dataReceived(b"GET /api/v3/time..x HTTP/1.1\r\nHost: x\r\n\r\n")
+    h.flush()
+    assert status_of(transport) == 200

@@ -189,6 +189,9 @@ SETTINGS: tuple[Setting, ...] = (
        "repeatable.", "admin_allow", "admin_allow", repeatable=True, metavar="CIDR"),
     _s("state-dir", _text, ".", "Directory for state files (the ban state); must be writable.",
        "state_dir", "state_dir", metavar="DIR"),
+    _s("discard-ban-state", _flag, False,
+       "Start without the ban state file's bans: the way out when the file is unreadable "
+       "(sets [middleware.ratelimit] discard_ban_state).", None, None, flag=True),
     _s("log-format", _choice("text", "json"), "text",
        "Log lines: text, or json (JSON Lines, for both logs).", "log_format", "log_format"),
     _s("connect-timeout", _POSITIVE, 5.0, "Upstream connect deadline, seconds.",

@@ -179,6 +179,9 @@ def resolve(cli: Mapping[str, Any], environ: Mapping[str, str]) -> ProxyConfig:
     else:
         specs = [(name, {}) for name in (file.chain or DEFAULT_CHAIN)]
     chain = tuple((name, {**file.middleware.get(name, {}), **inline}) for name, inline in specs)
+    if pick("discard-ban-state"):  # a shortcut for the governor's own setting
+        chain = tuple((name, {**settings, "discard_ban_state": True} if name == "ratelimit"
+                       else settings) for name, settings in chain)
     unused = set(file.middleware) - {name for name, _ in chain}
     if unused:
         raise ConfigError(f"config {path}: [middleware.{sorted(unused)[0]}] is not in the "

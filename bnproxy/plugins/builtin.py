@@ -36,6 +36,6 @@ allowlist = _Factory("allowlist", "Admit only listed client networks.",
 cache = _Factory("cache", "Public market data from a bounded cache, coalesced, stale-if-error.",
                  "bnproxy.middleware.cache.middleware", "build_cache")
 ratelimit = _Factory("ratelimit", "One weight budget for the fleet; no ban ever escalates.",
-                     "bnproxy.middleware.ratelimit.governor", "build_ratelimit")
+                     "bnproxy.middleware.ratelimit.middleware", "build_ratelimit")
 streams = _Factory("streams", "Klines, order books and tickers from websocket streams.",
                    "bnproxy.middleware.streams.middleware", "build_streams")

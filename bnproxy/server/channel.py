@@ -7,6 +7,9 @@
   chunked bodies as they arrive;
 - ``Transfer-Encoding`` other than ``chunked``, any ``Transfer-Encoding`` on
   HTTP/1.0, and obs-folded header lines are refused with 400;
+- a chunk extension that is not ``;name[=token|"quoted"]`` (an unterminated
+  quoted string, say) is refused with 400: a front proxy may frame it
+  differently (request smuggling);
 - caps on header count and bytes (400);
 - a cap on open connections per client address (503);
 - an idle keep-alive timeout, and a send deadline for bots that stop reading.
@@ -14,6 +17,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 
 from twisted.logger import Logger
@@ -33,6 +37,26 @@ def error_bytes(status: int, msg: str) -> bytes:
     return (b"HTTP/1.1 %d %s\r\nContent-Type: application/json;charset=UTF-8\r\n"
             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
             % (status, REASONS[status], len(body), body))
+
+
+# RFC 9112 §7.1.1: chunk-ext = *( BWS ";" BWS name [ BWS "=" BWS ( token / quoted-string ) ] )
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+_CHUNK_EXT = re.compile(rb"(?:[ \t]*;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN
+                        + rb"|" + _QUOTED + rb"))?)*[ \t]*")
+
+
+class StrictChunkedDecoder(http._ChunkedTransferDecoder):
+    """twisted.web's chunked decoder, refusing chunk extensions that do not
+    parse (it only checks their characters)."""
+
+    def _dataReceived_CHUNK_LENGTH(self) -> bool:  # noqa: N802 (Twisted's name)
+        eol = self._buffer.find(b"\r\n")
+        if eol != -1:
+            semi = self._buffer.find(b";", 0, eol)
+            if semi != -1 and not _CHUNK_EXT.fullmatch(bytes(self._buffer[semi:eol])):
+                raise http._MalformedChunkedDataError("malformed chunk extension")
+        return super()._dataReceived_CHUNK_LENGTH()
 
 
 # The base methods, called directly on the hot path (no super() object per call).
@@ -96,6 +120,10 @@ class HardenedChannel(http.HTTPChannel):
             if value.strip().lower() != b"chunked":
                 self.refuse(400, "only chunked Transfer-Encoding is accepted")
                 return False
+            ok = _base_header(self, line)
+            if ok and type(self._transferDecoder) is http._ChunkedTransferDecoder:
+                self._transferDecoder.__class__ = StrictChunkedDecoder
+            return ok
         return _base_header(self, line)
 
     def allHeadersReceived(self) -> None:  # noqa: N802

@@ -46,6 +46,28 @@ def split_target(uri: bytes) -> tuple[bytes, bytes]:
     return path, query
 
 
+def ambiguous_path(raw_path: bytes) -> str | None:
+    """Why a raw request path could mean two things, or None.
+
+    A path is decided once: the market, weight pool, ban, cache key and the
+    upstream path must all concern the same string. Refused: dot segments
+    (``.``, ``..``), any percent-encoding (``%2e``, ``%2f``, ``%5c``, ``%00``,
+    and ``%61`` that would turn ``/s%61pi`` into ``/sapi`` upstream; no
+    Binance path needs one), a backslash, a NUL or another control byte.
+    """
+    if b"%" in raw_path:
+        return "a percent-encoded path"
+    if b"\\" in raw_path:
+        return "a backslash in the path"
+    if any(b < 0x21 or b == 0x7F for b in raw_path):
+        return "a control character in the path"
+    if b"/." in raw_path:
+        for segment in raw_path.split(b"/"):
+            if segment in (b".", b".."):
+                return "a dot segment in the path"
+    return None
+
+
 def resolve_market(path: str) -> tuple[str | None, str]:
     """(market, Binance path) for a proxy path: an explicit mount
     (``/usdm/futures/data/...``) or the implicit prefix (``/fapi/...``)."""
@@ -101,6 +123,11 @@ class ForwardingResource(Resource):
             method = method_raw.decode("ascii")
         except UnicodeDecodeError:
             return local_error(400, ILLEGAL_CHARS, "Illegal characters found in a parameter.")
+        refused = ambiguous_path(raw_path)
+        if refused is not None:
+            return local_error(400, ILLEGAL_CHARS,
+                               f"Illegal characters found in a parameter. bnproxy: {refused} "
+                               "is refused (the request was not sent).", detail="bad-path")
         market, binance_path = resolve_market(path)
         if market is None:
             return local_error(404, UNKNOWN, f"bnproxy: no Binance market serves the path {path}",

@@ -3,18 +3,25 @@
 Hygiene (each was a real leak or hang in other proxies): no redirects are
 followed and no cookie jar exists; headers cross through allowlists; the URL
 is the market's base plus the raw path and query, never the client's Host or
-an absolute-form target; every wait has a deadline; only an idempotent
-public GET is ever retried.
+an absolute-form target; every wait has a deadline.
+
+A deadline means 504 -1007 ("execution status unknown"), once: nothing that
+timed out is retried. Only an idempotent public GET whose connection failed
+before the request was written is sent again, once, within the same
+response-header deadline. A request that provably never left (DNS failure,
+refused or unfinished connect) answers 502 saying it was not sent.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 from twisted.internet import error as ierror
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -117,8 +124,55 @@ class Deadlines:
     body: float = 30.0
 
 
-_RETRYABLE = (wclient.ResponseNeverReceived, wclient.RequestTransmissionFailed,
-              wclient.RequestNotSent)
+# Failures that prove the request never left: nothing reached Binance.
+_NOT_CONNECTED = (ierror.ConnectError, ierror.DNSLookupError, ierror.ConnectingCancelledError)
+# Failures of a connection before the request was written (a stale pooled
+# connection): an idempotent public GET may be sent again, once.
+_NOT_WRITTEN = (wclient.RequestNotSent, wclient.RequestTransmissionFailed)
+_REPR = re.compile(r"<[^<>]* object at 0x[0-9a-fA-F]+>")
+
+
+def _reasons(failure: Failure) -> list[Failure]:
+    """The failures inside twisted.web's wrappers (``ResponseNeverReceived``,
+    ``RequestTransmissionFailed``, ...), or the failure itself."""
+    return list(getattr(failure.value, "reasons", None) or []) or [failure]
+
+
+def never_sent(failure: Failure) -> bool:
+    """True when the failure proves no byte of the request reached the host:
+    no connection was made (DNS, refused, connect timeout) or the pooled
+    connection was found dead before the request was written."""
+    if failure.check(*_NOT_CONNECTED, wclient.RequestNotSent):
+        return True
+    return all(r.check(*_NOT_CONNECTED) for r in _reasons(failure))
+
+
+def retryable(failure: Failure) -> bool:
+    """A failure after which an idempotent public GET may be sent once more:
+    a connection that failed before the request was written (a stale pooled
+    connection). A fresh connect that failed (DNS, refused) is not retried:
+    it would fail again at once."""
+    if failure.check(*_NOT_CONNECTED):
+        return False
+    return bool(failure.check(*_NOT_WRITTEN)) or never_sent(failure)
+
+
+def cause(failure: Failure) -> str:
+    """A short cause for logs and answers: names, not object reprs."""
+    parts = []
+    for r in _reasons(failure):
+        if r.check(ierror.DNSLookupError):
+            parts.append("DNS lookup failed")
+        elif r.check(ierror.ConnectionRefusedError):
+            parts.append("connection refused")
+        elif r.check(ierror.TimeoutError):
+            parts.append("connect timed out")
+        elif r.check(ierror.ConnectingCancelledError):
+            parts.append("connect not completed")
+        else:
+            text = _REPR.sub("", r.getErrorMessage()).strip(" :") or type(r.value).__name__
+            parts.append(f"{type(r.value).__name__}: {text}")
+    return "; ".join(parts)[:300]
 
 
 class _QuietFactory(wclient._HTTP11ClientFactory):
@@ -181,59 +235,88 @@ class Upstream:
         headers.setRawHeaders(b"accept-encoding", [b"gzip"])
         body = BytesProducer(request.body) if (
             request.body or request.method in ("POST", "PUT", "PATCH")) else None
-        d = self._agent.request(request.method.encode("ascii"), url, headers, body)
-        return d.addTimeout(self.deadlines.headers, self._clock)
+        return self._agent.request(request.method.encode("ascii"), url, headers, body)
+
+    def _host(self, request: ProxyRequest) -> str:
+        market = self._markets.get(request.market)
+        base = market.rest_base if market is not None else None
+        return (urlsplit(base).netloc if base else "") or "?"
+
+    def _within(self, d: Deferred, seconds: float, expired: list[str], phase: str) -> Deferred:
+        """Cancel ``d`` after ``seconds``, noting ``phase`` in ``expired``."""
+        def fire() -> None:
+            expired.append(phase)
+            d.cancel()
+
+        call = self._clock.callLater(max(0.0, seconds), fire)
+
+        def done(result: object) -> object:
+            if call.active():
+                call.cancel()
+            return result
+        return d.addBoth(done)
 
     async def _forward(self, request: ProxyRequest, url: bytes, retry: bool) -> ProxyResponse:
         started = self._clock.seconds()
+        deadline = started + self.deadlines.headers  # one deadline for every attempt
         state = self.reachability.setdefault(request.market, {"ok": None, "error": None,
                                                               "reason": ""})
         for attempt in (1, 2):
+            expired: list[str] = []
             try:
-                response = await self._send(request, url)
-                body = await read_body(response, self._max_body).addTimeout(
-                    self.deadlines.body, self._clock)
+                response = await self._within(self._send(request, url),
+                                              deadline - self._clock.seconds(), expired,
+                                              "headers")
+                body = await self._within(read_body(response, self._max_body),
+                                          self.deadlines.body, expired, "body")
             except CancelledError:
-                raise
+                if not expired:
+                    raise  # the bot went away
+                failure = Failure()
             except Exception:
                 failure = Failure()
-                if retry and attempt == 1 and failure.check(*_RETRYABLE):
-                    _log.debug("retrying public {method} {path} after {error}",
-                               method=request.method, path=request.path,
-                               error=failure.getErrorMessage())
-                    continue
-                state["error"], state["reason"] = self._clock.seconds(), \
-                    failure.getErrorMessage()[:200]
-                return self._failed(request, failure)
-            now = self._clock.seconds()
-            state["ok"] = now
-            if self.observe is not None:
-                self.observe(request.market, now - started)
-            headers = response_headers(
-                (k, v) for k, vs in response.headers.getAllRawHeaders() for v in vs)
-            weight = request.endpoint.weight(request.params) if request.endpoint else 1
-            return ProxyResponse(response.code, headers, body, "upstream",
-                                 str(response.code), weight)
-        raise AssertionError("unreachable")
+                if not expired and all(r.check(CancelledError) for r in _reasons(failure)):
+                    # twisted.web wraps a cancellation: the bot went away, not Binance.
+                    raise CancelledError() from None
+            else:
+                break
+            if (retry and attempt == 1 and not expired and retryable(failure)
+                    and self._clock.seconds() < deadline):
+                _log.info("retrying public {method} {market}{path} on {host}: {cause}",
+                          method=request.method, market=request.market, path=request.path,
+                          host=self._host(request), cause=cause(failure))
+                continue
+            state["error"], state["reason"] = self._clock.seconds(), cause(failure)[:200]
+            return self._failed(request, failure, expired[0] if expired else None)
+        now = self._clock.seconds()
+        state["ok"] = now
+        if self.observe is not None:
+            self.observe(request.market, now - started)
+        headers = response_headers(
+            (k, v) for k, vs in response.headers.getAllRawHeaders() for v in vs)
+        weight = request.endpoint.weight(request.params) if request.endpoint else 1
+        return ProxyResponse(response.code, headers, body, "upstream", str(response.code),
+                             weight)
 
-    def _failed(self, request: ProxyRequest, failure: Failure) -> ProxyResponse:
-        where = f"upstream {request.market}"
-        if failure.check(TimeoutError, ierror.TimeoutError):
+    def _failed(self, request: ProxyRequest, failure: Failure,
+                expired: str | None) -> ProxyResponse:
+        where = f"upstream {request.market} ({self._host(request)})"
+        why = cause(failure)
+        if never_sent(failure):
+            # Provably not sent (also when the deadline ran out while connecting).
+            status, code = 502, DISCONNECTED
+            msg = f"bnproxy: could not reach {where}: {why}; the request was not sent."
+        elif expired is not None:
             status, code = 504, TIMEOUT
-            msg = (f"bnproxy: timeout waiting for {where}; "
+            what = "response headers" if expired == "headers" else "the response body"
+            msg = (f"bnproxy: timeout waiting for {what} from {where}; "
                    "send status unknown; execution status unknown.")
         elif failure.check(BodyTooLargeError):
             status, code = 502, DISCONNECTED
             msg = f"bnproxy: response from {where} exceeds {self._max_body} bytes"
         else:
             status, code = 502, DISCONNECTED
-            reason = failure.value
-            if isinstance(reason, wclient.ResponseFailed | wclient.ResponseNeverReceived):
-                reasons = getattr(reason, "reasons", [])
-                text = "; ".join(r.getErrorMessage() for r in reasons) or str(reason)
-            else:
-                text = failure.getErrorMessage()
-            msg = f"bnproxy: {where} failed: {text}"
+            msg = f"bnproxy: {where} failed: {why}"
             if request.method not in ("GET", "HEAD"):
                 msg += "; execution status unknown."
         _log.warn("{method} {market}{path} -> {status}: {msg}", method=request.method,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from urllib.parse import unquote_to_bytes
+
 import orjson
 
 from bnproxy.binance.privacy import is_private
@@ -10,18 +13,37 @@ from bnproxy.chain.messages import ProxyRequest
 # Request headers that change Binance's answer.
 VARYING_HEADERS = (b"x-mbx-time-unit", b"x-mbx-sbe", b"accept")
 
+_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+
+
+def exact_query(query: bytes) -> bool:
+    """True when the raw query decodes to one text only: every ``%`` starts a
+    valid escape and the decoded bytes are UTF-8. Otherwise two different
+    queries (``X%FF``, ``X%FE``) would decode to the same replacement
+    characters and share a key."""
+    if b"%" not in query and query.isascii():
+        return True
+    if _BAD_ESCAPE.search(query):
+        return False
+    try:
+        unquote_to_bytes(query.replace(b"+", b" ")).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
 
 def cache_key(request: ProxyRequest) -> tuple | None:
     """The key of a cacheable request, or None when it must bypass the cache:
     not a GET, not a public endpoint with a cache class, any private marker,
-    or an ambiguous query (a parameter given twice, a malformed ``symbols``).
+    or an ambiguous query (a parameter given twice, a malformed ``symbols``,
+    invalid percent-encoding or bytes that are not UTF-8).
 
     Parameter order does not matter, and the two encodings of a ``symbols``
     JSON array are one key.
     """
     endpoint = request.endpoint
     if (request.method != "GET" or endpoint is None or endpoint.cache_class is None
-            or request.body or is_private(request)):
+            or request.body or is_private(request) or not exact_query(request.query)):
         return None
     pairs = request.param_list
     names = [k for k, _ in pairs]

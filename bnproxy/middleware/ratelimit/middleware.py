@@ -1,0 +1,285 @@
+"""``ratelimit``: one weight budget per (egress address, weight pool) for
+the whole fleet, and no ban ever escalates.
+
+Each request's weight is predicted from the endpoint table and reserved before
+it is sent; Binance's used-weight headers (``X-MBX-USED-WEIGHT-1M``, and for
+``/sapi`` ``X-SAPI-USED-IP-WEIGHT-1M`` / ``X-SAPI-USED-UID-WEIGHT-1M``)
+reconcile the count. A request that would cross the budget waits, first come
+first served, until the next one-minute window, up to ``max_wait``; past that
+it is answered locally with 429, ``Retry-After`` and ``-1003``.
+
+An upstream 429 silences the pool it came from, a 418 the whole host (``/api``
+and ``/sapi`` alike), from that egress address: until the ban ends every such
+request is answered locally and none reaches Binance. A missing or malformed
+``Retry-After`` falls back to the body's "banned until", else to a safe
+default. Bans survive restarts (``bans.py``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from bnproxy.binance.errors import TOO_MANY_REQUESTS
+from bnproxy.binance.limits import (
+    IP_BANNED,
+    ORDER_COUNT_PREFIX,
+    RATE_LIMITED,
+    SAPI_IP_WEIGHT_HEADER,
+    SAPI_UID_WEIGHT_HEADER,
+    USED_WEIGHT_HEADER,
+)
+from bnproxy.binance.markets import MARKET_NAMES
+from bnproxy.chain.compose import then
+from bnproxy.chain.interfaces import (
+    IHealthReporter,
+    IMetricsSource,
+    IMiddleware,
+    IReadinessCheck,
+    IWeightGovernor,
+)
+from bnproxy.chain.messages import ProxyRequest, ProxyResponse, local_error
+from bnproxy.chain.options import Option
+from bnproxy.middleware.ratelimit.bans import HOST, Ban, BanStore, ban_until
+from bnproxy.middleware.ratelimit.governor import SAPI, Governor, Pool
+from bnproxy.middleware.ratelimit.ledger import client_of
+from bnproxy.middleware.ratelimit.state import DEFAULT_EGRESS, LocalState
+
+_log = Logger(namespace="bnproxy.ratelimit")
+
+
+@implementer(IMiddleware, IWeightGovernor, IHealthReporter, IMetricsSource, IReadinessCheck)
+class RateLimit:
+    """The ratelimit middleware. See the module docstring."""
+
+    plain_next = True
+
+    def __init__(self, name: str, clock, governor: Governor, client_header: bytes | None,
+                 client_share: float | None) -> None:
+        self.name = name
+        self._clock = clock
+        self.governor = governor
+        self.state = governor.state
+        self._client_header = client_header
+        self._client_share = client_share
+        self._shares: dict[str, float | None] = {}
+
+    # -- IWeightGovernor ------------------------------------------------------------
+    def pool_of(self, request: ProxyRequest) -> str:
+        return self.governor.pool_of(request)
+
+    def reserve(self, pool: str, weight: int, egress: str | None = None) -> bool:
+        return self.governor.reserve(pool, weight, egress)
+
+    def usage(self) -> dict[str, dict]:
+        return self.governor.usage()
+
+    def banned_for(self, pool: str, egress: str | None = None) -> float:
+        return self.governor.banned_for(pool, egress)
+
+    def set_client_share(self, client: str, share: float | None) -> None:
+        if share is not None and not 0 < share <= 1:
+            raise ValueError(f"a client's share is in (0, 1], got {share!r}")
+        self._shares[client] = share
+
+    # -- the middleware -------------------------------------------------------------
+    def client_of(self, request: ProxyRequest) -> str:
+        return client_of(request, self._client_header)
+
+    def handle(self, request: ProxyRequest, next: Callable) -> Any:
+        now = self._clock.seconds()
+        pool = self.governor.pool(request)
+        egress = DEFAULT_EGRESS  # the upstream sends from one address for now
+        client = self.client_of(request)
+        ban = self.governor.ban_on(pool, egress, now)
+        if ban is not None:
+            self.state.ledger_add(client, now, requests=1, rejected=1)
+            return self._banned(ban, pool, now)
+        weight = request.endpoint.weight(request.params) if request.endpoint else 1
+        share = self._shares.get(client, self._client_share)
+        if (share is not None and pool.budget is not None and weight
+                and self.state.ledger_window(client, now) + weight > pool.budget * share):
+            self.state.ledger_add(client, now, requests=1, rejected=1)
+            return self._too_many(pool, egress, now, "this client's share of the budget")
+        self.state.ledger_add(client, now, requests=1)
+
+        def send() -> Any:
+            self.state.ledger_add(client, self._clock.seconds(), weight=weight)
+            return then(next(request), self._observe, pool, egress, client)
+
+        def refuse() -> ProxyResponse:
+            at = self._clock.seconds()
+            self.state.ledger_add(client, at, rejected=1)
+            return self._too_many(pool, egress, at, "the fleet's weight budget")
+
+        return self.governor.admit(pool, egress, weight, request, send, refuse)
+
+    def _observe(self, response: ProxyResponse, pool: Pool, egress: str,
+                 client: str) -> ProxyResponse:
+        if response.source != "upstream":
+            return response
+        now = self._clock.seconds()
+        if pool.name.startswith(SAPI):
+            used = response.header(SAPI_IP_WEIGHT_HEADER)
+            uid = response.header(SAPI_UID_WEIGHT_HEADER)
+            if used is None and uid is not None:
+                self.governor.uid_limited(pool)
+                used = uid
+        else:
+            used = response.header(USED_WEIGHT_HEADER)
+        if used is not None and used.isdigit():
+            self.state.reconcile(egress, pool.name, int(used), now)
+        counts = {k[len(ORDER_COUNT_PREFIX):].decode("latin-1").upper(): v.decode("latin-1")
+                  for k, v in response.headers if k.startswith(ORDER_COUNT_PREFIX)}
+        if counts:
+            self.state.ledger_add(client, now, order_counts=counts)
+        if response.status in (RATE_LIMITED, IP_BANNED):
+            self._start_ban(pool, egress, response, now)
+        return response
+
+    def _start_ban(self, pool: Pool, egress: str, response: ProxyResponse, now: float) -> None:
+        status = response.status
+        # /sapi does not escalate to 418 (FACTS.md §1.7); if one comes, it is
+        # still an IP ban of the whole host.
+        retry = response.header(b"retry-after")
+        ban, dropped = self.governor.start_ban(
+            pool, egress, status,
+            lambda strikes: ban_until(status, retry, response.body, now, self._wall(now),
+                                      strikes))
+        _log.warn("Binance answered {status} for {pool} ({egress}): nothing is sent to "
+                  "{scope} for {seconds:.0f} s", status=status, pool=pool.name, egress=egress,
+                  scope=self._scope_label(ban), seconds=ban.until - now)
+        for waiter in dropped:
+            waiter.deferred.callback(self._banned(ban, self.governor.pool(waiter.request), now))
+
+    def _wall(self, now: float) -> float:
+        return now  # the reactor's clock is wall time in production
+
+    # -- local answers ------------------------------------------------------------------
+    def _scope_label(self, ban: Ban) -> str:
+        if ban.host_wide:
+            host = ban.scope[len(HOST):]
+            markets = "+".join(self.governor.markets_of(host)) or host
+            return f"{markets} (every path of host {host})"
+        return ban.scope
+
+    def _banned(self, ban: Ban, pool: Pool, now: float) -> ProxyResponse:
+        retry = max(1, math.ceil(ban.until - now))
+        until_ms = int(ban.until * 1000)
+        what = "banned this IP" if ban.status == IP_BANNED else "rate-limited this IP"
+        return local_error(
+            ban.status, TOO_MANY_REQUESTS,
+            f"bnproxy: Binance {what} for {self._scope_label(ban)} until {until_ms}; "
+            f"the request ({pool.name}) was not sent.",
+            headers=((b"retry-after", str(retry).encode()),), detail="banned")
+
+    def _too_many(self, pool: Pool, egress: str, now: float, what: str) -> ProxyResponse:
+        retry = max(1, math.ceil(self.governor.window_end(now) - now))
+        return local_error(
+            429, TOO_MANY_REQUESTS,
+            f"bnproxy: {what} for {pool.name} is spent ({pool.budget} of {pool.limit} "
+            f"request weight per 1 MINUTE); retry in {retry} s.",
+            headers=((b"retry-after", str(retry).encode()),), detail="budget")
+
+    # -- reporting ----------------------------------------------------------------------
+    def readiness_problems(self) -> list[str]:
+        now = self._clock.seconds()
+        return [f"Binance ban in force for {self._scope_label(b)} ({b.status}, "
+                f"{b.until - now:.0f} s left"
+                + ("" if b.egress == DEFAULT_EGRESS else f", egress {b.egress}") + ")"
+                for b in sorted(self.state.bans(), key=lambda b: b.scope) if b.until > now]
+
+    def health(self) -> dict:
+        now = self._clock.seconds()
+        usage = self.usage()
+        pools = {name: {k: u[k] for k in ("used", "budget", "limit", "queued", "banned_for")}
+                 for name, u in usage.items()}
+        bans = [{"scope": b.scope, "egress": b.egress, "status": b.status,
+                 "seconds_left": round(b.until - now, 3), "strikes": b.strikes}
+                for b in self.state.bans() if b.until > now]
+        return {"pools": pools, "bans": bans, "clients": self.state.ledger()}
+
+    def collect_metrics(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        usage = self.usage()
+        used = GaugeMetricFamily("bnproxy_weight_used", "Request weight used this minute.",
+                                 labels=["pool"])
+        limit = GaugeMetricFamily("bnproxy_weight_limit", "Binance's weight limit per minute.",
+                                  labels=["pool"])
+        budget = GaugeMetricFamily("bnproxy_weight_budget", "The limit less the margin.",
+                                   labels=["pool"])
+        ban = GaugeMetricFamily("bnproxy_ban_remaining_seconds",
+                                "Seconds until a Binance ban ends (0: none).", labels=["pool"])
+        bans = CounterMetricFamily("bnproxy_bans", "Bans and 429s received from Binance.",
+                                   labels=["pool"])
+        counts: dict[str, int] = {}
+        for b in self.state.bans():
+            counts[b.scope] = counts.get(b.scope, 0) + 1
+        for name, u in usage.items():
+            used.add_metric([name], u["used"])
+            if u["limit"] is not None:
+                limit.add_metric([name], u["limit"])
+                budget.add_metric([name], u["budget"] or 0)
+            ban.add_metric([name], max(0.0, u["banned_for"]))
+        for scope, n in counts.items():
+            bans.add_metric([scope], n)
+        weight = CounterMetricFamily("bnproxy_client_weight", "Weight spent per client.",
+                                     labels=["client"])
+        requests = CounterMetricFamily("bnproxy_client_requests", "Requests per client.",
+                                       labels=["client"])
+        rejected = CounterMetricFamily("bnproxy_client_rejected",
+                                       "Requests answered locally (budget, ban) per client.",
+                                       labels=["client"])
+        for client, st in self.state.ledger().items():
+            weight.add_metric([client], st["weight"])
+            requests.add_metric([client], st["requests"])
+            rejected.add_metric([client], st["rejected"])
+        yield from (used, limit, budget, ban, bans, weight, requests, rejected)
+
+
+OPTIONS = (
+    Option("limit", "table", {}, "Request weight per minute per pool, overriding Binance's "
+           "documented limits (spot 6000, usdm 2400, coinm 2400; sapi 12000 for each "
+           "IP-limited /sapi endpoint, sapi_uid 180000 for each UID-limited one).",
+           minimum=1, item="int", keys=(*MARKET_NAMES, "sapi", "sapi_uid")),
+    Option("margin", "float", 0.10, "Keep this share of every budget unused.", minimum=0,
+           maximum=0.9),
+    Option("max_wait", "float", 5.0, "Longest a request waits for the next minute window "
+           "before a local 429, seconds.", minimum=0, maximum=60),
+    Option("state_file", "str", None, "The ban state file; default STATE_DIR/bnproxy-bans.json; "
+           "\"none\": bans are not kept across restarts."),
+    Option("discard_ban_state", "bool", False, "Start without the ban state file's bans (the "
+           "way out when it is unreadable; --discard-ban-state)."),
+    Option("client_header", "str", None, "Account per bot by this header (e.g. "
+           "X-Bnproxy-Client) instead of by address."),
+    Option("client_share", "float", 0.0, "Cap each client at this share of a budget (0: no "
+           "cap).", minimum=0, maximum=1),
+)
+
+
+def build_ratelimit(name: str, settings: dict[str, Any], context: Any) -> RateLimit:
+    limits: dict[str, int | None] = {m: market.weight_limit
+                                     for m, market in context.markets.items()}
+    limits.update(settings["limit"])
+    margin, max_wait = settings["margin"], settings["max_wait"]
+    state_file = settings["state_file"] or os.path.join(context.state_dir, "bnproxy-bans.json")
+    discard = settings["discard_ban_state"]
+    header = settings["client_header"]
+    share = settings["client_share"] or None
+    store = BanStore(context.reactor, state_file if state_file not in ("", "none") else None)
+    store.check_writable()
+    hosts = {m: market for m, market in context.markets.items()}
+    governor = Governor(context.reactor, LocalState(store), hosts, limits, margin, max_wait)
+
+    def upgrade(pool: str, status: int) -> str:
+        # Version-1 files kept a 418 under the market's pool: it was an IP ban.
+        known = governor.pools.get(pool)
+        return HOST + known.host if status == IP_BANNED and known is not None else pool
+    store.load(discard, upgrade)
+    return RateLimit(name, context.reactor, governor,
+                     header.lower().encode() if header else None, share)
