@@ -35,8 +35,8 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
-__all__ = ["TLSConfigError", "UntrustedCertificateError", "load_ca_file", "trust_root",
-           "upstream_tls_policy", "UpstreamTLSPolicy"]
+__all__ = ["TLSConfigError", "UntrustedCertificateError", "UpstreamTLSPolicy",
+           "check_tls_callbacks", "load_ca_file", "trust_root", "upstream_tls_policy"]
 
 # OpenSSL's X509_V_ERR_* codes an operator is likely to meet, in its own words.
 _VERIFY_ERRORS = {
@@ -152,8 +152,23 @@ class UpstreamTLSPolicy:
                            f"{host}:{port}")
 
 
+def check_tls_callbacks() -> None:
+    """Raise ``TLSConfigError`` when pyOpenSSL cannot create its callbacks in
+    this process (cffi needs writable+executable memory, which systemd's
+    ``MemoryDenyWriteExecute=`` or ``prctl(PR_SET_MDWE)`` refuse): otherwise
+    every TLS upstream would fail at its first connection, not at start-up."""
+    try:
+        SSL.Context(SSL.TLS_METHOD).set_verify(SSL.VERIFY_PEER, lambda *args: True)
+    except MemoryError as e:
+        raise TLSConfigError(
+            "TLS upstreams cannot work in this process: pyOpenSSL cannot create its "
+            f"callbacks ({e}); remove MemoryDenyWriteExecute= from the systemd unit") from None
+
+
 def upstream_tls_policy(extra_ca: str | Iterable[str] | None = None) -> UpstreamTLSPolicy:
     """The policy for every upstream TLS connection: platform trust
     (``SSL_CERT_FILE``/``SSL_CERT_DIR`` included) plus ``extra_ca``.
-    Raises ``TLSConfigError`` for an unreadable or empty CA file."""
+    Raises ``TLSConfigError`` for an unreadable or empty CA file, or when
+    TLS callbacks cannot be made here (``check_tls_callbacks``)."""
+    check_tls_callbacks()
     return UpstreamTLSPolicy(trust_root(extra_ca))  # type: ignore[arg-type]
