@@ -3,6 +3,7 @@ activation works (systemd's LISTEN_FDS protocol, emulated)."""
 
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -12,6 +13,9 @@ import urllib.error
 import urllib.request
 
 import pytest
+from processes import free_port, wait_listening
+
+from bnproxy.testing.processes import stop
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 HADOLINT = shutil.which("hadolint") or os.path.join(os.path.dirname(sys.executable), "hadolint")
@@ -29,6 +33,82 @@ def test_the_dockerfile_runs_as_non_root_with_a_live_healthcheck_and_a_plugin_ca
     assert "\nUSER 10001\n" in text
     assert "HEALTHCHECK" in text and "/live" in text
     assert "getPlugins(IMiddlewareFactory, bnproxy.plugins)" in text  # cache built at build time
+
+
+def dockerfile() -> dict[str, list[str]]:
+    """Instruction -> its arguments (continuation lines joined), in order."""
+    text = open(os.path.join(ROOT, "Dockerfile")).read().replace("\\\n", " ")
+    found: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line.strip() and not line.startswith("#"):
+            word, _, rest = line.strip().partition(" ")
+            found.setdefault(word, []).append(rest.strip())
+    return found
+
+
+def image_env() -> dict[str, str]:
+    return dict(word.split("=", 1) for spec in dockerfile()["ENV"] for word in shlex.split(spec))
+
+
+def image_command() -> list[str]:
+    found = dockerfile()
+    return json.loads(found["ENTRYPOINT"][-1]) + json.loads(found.get("CMD", ["[]"])[-1])
+
+
+def healthcheck_command() -> list[str]:
+    spec = dockerfile()["HEALTHCHECK"][-1]
+    return json.loads(spec[spec.index("CMD ") + 4:])
+
+
+def test_the_image_sets_its_defaults_through_the_environment():
+    assert image_env()["BNPROXY_PORT"] == "8080"
+    assert image_env()["BNPROXY_STATE_DIR"] == "/var/lib/bnproxy"
+    # No option in ENTRYPOINT/CMD: an option would outrank BNPROXY_*.
+    assert image_command() == ["twistd", "--nodaemon", "--pidfile=", "bnproxy"]
+    assert "deploy/healthcheck.py /usr/local/bin/bnproxy-healthcheck" in dockerfile()["COPY"]
+    assert healthcheck_command() == ["python", "/usr/local/bin/bnproxy-healthcheck", "/live"]
+
+
+@pytest.mark.parametrize("value,expected", [
+    ("9000", ("127.0.0.1", 9000)), ("tcp:9001", ("127.0.0.1", 9001)),
+    ("tcp:port=9002:interface=0.0.0.0", ("127.0.0.1", 9002)),
+    ("tcp:9003:interface=10.0.0.5", ("10.0.0.5", 9003)),
+    ("tcp6:9004:interface=\\:\\:", ("::1", 9004)), ("tcp6:port=9005", ("::1", 9005))])
+def test_the_healthcheck_reads_the_port_setting(value, expected):
+    sys.path.insert(0, os.path.join(ROOT, "deploy"))
+    try:
+        import healthcheck
+    finally:
+        sys.path.pop(0)
+    conn = healthcheck.connection_for(value)
+    assert (conn.host, conn.port) == expected
+
+
+@pytest.mark.integration
+def test_the_image_command_honours_bnproxy_port_and_its_healthcheck_follows(tmp_path):
+    """The image's ENTRYPOINT/CMD with its ENV, overridden as ``docker run -e``
+    would: bnproxy listens on BNPROXY_PORT, and the HEALTHCHECK command (the
+    script the image copies) passes there and fails for another port. (No
+    docker daemon here: the image itself is not built.)"""
+    port, other = free_port(), free_port()
+    argv = image_command()
+    argv[0] = os.path.join(os.path.dirname(sys.executable), "twistd")
+    env = {**os.environ, **image_env(), "BNPROXY_PORT": str(port),
+           "BNPROXY_STATE_DIR": str(tmp_path), "BNPROXY_SIMULATED_EXCHANGE": "1"}
+    env = {k: v for k, v in env.items() if not k.startswith("BNPROXY_") or k in (
+        "BNPROXY_PORT", "BNPROXY_STATE_DIR", "BNPROXY_SIMULATED_EXCHANGE")}
+    check = healthcheck_command()
+    check[0], check[1] = sys.executable, os.path.join(ROOT, "deploy", "healthcheck.py")
+    log = open(tmp_path / "twistd.log", "w")
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_listening(port, proc)
+        assert subprocess.run(check, env=env, timeout=30).returncode == 0
+        failed = subprocess.run(check, env={**env, "BNPROXY_PORT": str(other)}, timeout=30,
+                                capture_output=True, text=True)
+        assert failed.returncode == 1 and f"{other} /live" in failed.stderr
+    finally:
+        stop(proc)
 
 
 @pytest.mark.integration
