@@ -338,7 +338,11 @@ def test_the_units_execstart_forwards_to_an_https_upstream(tmp_path):
         status, body, log, code = _run_as_the_unit(tmp_path, "mdwe", upstream_port,
                                                    str(pki.ca), mdwe=True)
         assert status is None and code != 0, (body, log)
-        assert "remove MemoryDenyWriteExecute= from the systemd unit" in log
+        assert "Traceback" not in log, log
+        assert log.splitlines()[-1] == (
+            "twistd bnproxy: error: TLS upstreams cannot work in this process: pyOpenSSL's "
+            "callbacks need write+execute memory, which is refused; remove "
+            "MemoryDenyWriteExecute= from the systemd unit")
     finally:
         upstream.terminate()
         upstream.wait(10)

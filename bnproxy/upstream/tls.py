@@ -35,6 +35,8 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
+from bnproxy.config.reader import ConfigError
+
 __all__ = ["TLSConfigError", "UntrustedCertificateError", "UpstreamTLSPolicy",
            "check_tls_callbacks", "load_ca_file", "trust_root", "upstream_tls_policy"]
 
@@ -54,8 +56,8 @@ _VERIFY_ERRORS = {
 }
 
 
-class TLSConfigError(ValueError):
-    """An extra CA file that cannot be used (one line, for start-up)."""
+class TLSConfigError(ConfigError):
+    """TLS cannot be set up as configured (one line; start-up stops)."""
 
 
 class UntrustedCertificateError(Exception):
@@ -159,10 +161,11 @@ def check_tls_callbacks() -> None:
     every TLS upstream would fail at its first connection, not at start-up."""
     try:
         SSL.Context(SSL.TLS_METHOD).set_verify(SSL.VERIFY_PEER, lambda *args: True)
-    except MemoryError as e:
+    except MemoryError:
         raise TLSConfigError(
-            "TLS upstreams cannot work in this process: pyOpenSSL cannot create its "
-            f"callbacks ({e}); remove MemoryDenyWriteExecute= from the systemd unit") from None
+            "TLS upstreams cannot work in this process: pyOpenSSL's callbacks need "
+            "write+execute memory, which is refused; remove MemoryDenyWriteExecute= "
+            "from the systemd unit") from None
 
 
 def upstream_tls_policy(extra_ca: str | Iterable[str] | None = None) -> UpstreamTLSPolicy:
