@@ -94,6 +94,19 @@ async def test_public_and_signed_requests_reach_an_https_upstream_with_the_ca_gi
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_dns_name_is_verified_too(tmp_path):
+    pki = make_pki(tmp_path / "pki", host="localhost")
+    port = await listen_tls(reactor, server.Site(Recorder()), pki)
+    try:
+        url = f"https://localhost:{port.getHost().port}"
+        answer = await _proxy_ask(url, upstream_tls_policy(str(pki.ca)), "GET",
+                                  "/api/v3/ticker/price?symbol=BTCUSDT")
+        assert answer.status == 200, answer.body
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
 async def test_ssl_cert_file_is_trusted_as_the_platform_store(https_upstream, pki,
                                                              monkeypatch):
     url, _ = https_upstream
@@ -120,6 +133,23 @@ async def test_without_the_ca_the_request_is_refused_naming_the_certificate_prob
         assert "not trusted: unable to get local issuer certificate" in body["msg"]
         assert "bnproxy test CA" in body["msg"] and "--upstream-ca" in body["msg"]
     assert recorder.seen == []  # nothing was sent over the untrusted connection
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_certificate_for_another_host_is_refused_even_from_a_trusted_ca(tmp_path):
+    pki = make_pki(tmp_path / "pki", host="elsewhere.example")  # trusted CA, wrong name
+    recorder = Recorder()
+    port = await listen_tls(reactor, server.Site(recorder), pki)
+    try:
+        answer = await _proxy_ask(f"https://127.0.0.1:{port.getHost().port}",
+                                  upstream_tls_policy(str(pki.ca)), "POST",
+                                  f"{SIGNED[0]}?{SIGNED[1]}")
+    finally:
+        await port.stopListening()
+    body = orjson.loads(answer.body)
+    assert answer.status == 502 and body["code"] == -1001, body
+    assert "is not for 127.0.0.1: it names DNS:elsewhere.example" in body["msg"]
+    assert recorder.seen == []
 
 
 def test_an_unusable_ca_file_is_one_clear_error(tmp_path):
@@ -150,11 +180,16 @@ async def wss_upstream(pki):
     await port.stopListening()
 
 
+@pytest.mark.parametrize("given", ["extra_ca", "SSL_CERT_FILE"])
 @pytest_twisted.ensureDeferred
-async def test_a_wss_stream_flows_with_the_same_trust(wss_upstream, pki):
+async def test_a_wss_stream_flows_with_the_same_trust(wss_upstream, pki, given, monkeypatch):
     import attrs
     market = attrs.evolve(PRODUCTION["spot"], stream_base=wss_upstream)
-    manager = StreamManager(reactor, market, tls_policy=upstream_tls_policy(str(pki.ca)))
+    if given == "extra_ca":
+        manager = StreamManager(reactor, market, tls_policy=upstream_tls_policy(str(pki.ca)))
+    else:  # the manager's default policy: the platform store, which SSL_CERT_FILE sets
+        monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca))
+        manager = StreamManager(reactor, market)
     got = []
     manager.ensure("btcusdt@ticker", got.append)
     manager.startService()

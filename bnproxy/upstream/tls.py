@@ -18,11 +18,14 @@ bare ``certificate verify failed``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Iterable, Sequence
 
 from cryptography import x509
 from OpenSSL import SSL, crypto
+from service_identity import CertificateError, VerificationError
+from service_identity.cryptography import verify_certificate_hostname, verify_certificate_ip_address
 from twisted.internet._sslverify import IOpenSSLTrustRoot  # not re-exported by ssl
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.ssl import (
@@ -111,27 +114,72 @@ def _describe(cert: crypto.X509) -> str:
     return f"subject {c.subject.rfc4514_string()!r}, issuer {c.issuer.rfc4514_string()!r}"
 
 
+def _names(cert: crypto.X509) -> str:
+    """The names a certificate is for (its subjectAltName entries)."""
+    try:
+        san = cert.to_cryptography().extensions.get_extension_for_class(
+            x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return "no subjectAltName"
+    names = [f"DNS:{n}" for n in san.get_values_for_type(x509.DNSName)]
+    names += [f"IP:{n}" for n in san.get_values_for_type(x509.IPAddress)]
+    return ", ".join(names) or "no DNS name or IP address"
+
+
+def _check_identity(cert: crypto.X509, host: str) -> None:
+    """Raise ``VerificationError``/``CertificateError`` unless the leaf
+    certificate names ``host`` (an IP address or a DNS name), as Twisted's
+    own ``ClientTLSOptions`` checks it (service_identity)."""
+    leaf = cert.to_cryptography()
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        verify_certificate_hostname(leaf, host)
+    else:
+        verify_certificate_ip_address(leaf, host)
+
+
 @implementer(IOpenSSLClientConnectionCreator)
 class _Explaining:
-    """A connection creator whose verification failure says why."""
+    """A connection creator whose verification failure says why.
 
-    def __init__(self, inner: IOpenSSLClientConnectionCreator, netloc: str) -> None:
+    pyOpenSSL has one verify callback per connection and Twisted's
+    ``ClientTLSOptions`` uses it for the server-identity check, so this one
+    replaces it and does both checks itself: the chain (OpenSSL's verdict,
+    ``ok``) and, at the leaf, the identity (service_identity, as Twisted)."""
+
+    def __init__(self, inner: IOpenSSLClientConnectionCreator, host: str, port: int) -> None:
         self._inner = inner
-        self._netloc = netloc
+        self._host = host
+        self._netloc = f"{host}:{port}"
 
     def clientConnectionForTLS(self, tlsProtocol):  # noqa: N802 (Twisted interface)
         connection = self._inner.clientConnectionForTLS(tlsProtocol)
         failed: list[str] = []
 
-        def verify(conn, cert, errno: int, depth: int, ok: int) -> bool:
-            if not ok and not failed:
-                reason = _VERIFY_ERRORS.get(errno, f"OpenSSL verify error {errno}")
-                failed.append(reason)
-                tlsProtocol.failVerification(Failure(UntrustedCertificateError(
-                    f"TLS certificate of {self._netloc} not trusted: {reason} "
-                    f"({_describe(cert)}); give its CA with --upstream-ca FILE "
-                    "or SSL_CERT_FILE")))
-            return bool(ok)
+        def fail(text: str) -> bool:
+            if not failed:
+                failed.append(text)
+                tlsProtocol.failVerification(Failure(UntrustedCertificateError(text)))
+            return False
+
+        def verify(conn, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
+            try:
+                if not ok:
+                    reason = _VERIFY_ERRORS.get(errno, f"OpenSSL verify error {errno}")
+                    return fail(f"TLS certificate of {self._netloc} not trusted: {reason} "
+                                f"({_describe(cert)}); give its CA with --upstream-ca FILE "
+                                "or SSL_CERT_FILE")
+                if depth == 0:
+                    try:
+                        _check_identity(cert, self._host)
+                    except (VerificationError, CertificateError):
+                        return fail(f"TLS certificate of {self._netloc} is not for "
+                                    f"{self._host}: it names {_names(cert)} "
+                                    f"({_describe(cert)})")
+                return not failed
+            except Exception as e:  # never let an exception escape into OpenSSL
+                return fail(f"TLS certificate of {self._netloc} could not be checked: {e!r}")
 
         connection.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, verify)
         return connection
@@ -150,8 +198,7 @@ class UpstreamTLSPolicy:
         """A client connection creator for ``hostname:port`` (also usable
         with ``wrapClientTLS`` for wss)."""
         host = hostname.decode("ascii") if isinstance(hostname, bytes) else hostname
-        return _Explaining(optionsForClientTLS(host, trustRoot=self.trust_root),
-                           f"{host}:{port}")
+        return _Explaining(optionsForClientTLS(host, trustRoot=self.trust_root), host, port)
 
 
 def check_tls_callbacks() -> None:
