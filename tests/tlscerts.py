@@ -21,10 +21,10 @@ class PKI:
     key: Path  # the server key (PEM, unencrypted)
 
     def server_options(self):
-        """``twisted.internet.ssl`` server options for the certificate."""
-        from twisted.internet import ssl
-        cert = ssl.PrivateCertificate.loadPEM(self.cert.read_bytes() + self.key.read_bytes())
-        return cert.options()
+        """A server context factory for the certificate (loaded from the
+        files: no deprecated pyOpenSSL X509/PKey objects)."""
+        from twisted.internet.ssl import DefaultOpenSSLContextFactory
+        return DefaultOpenSSLContextFactory(str(self.key), str(self.cert))
 
 
 def _name(cn: str) -> x509.Name:
