@@ -183,14 +183,23 @@ class _Pool(wclient.HTTPConnectionPool):
     _factory = _QuietFactory
 
 
-def make_agent(reactor, deadlines: Deadlines, max_per_host: int = 32) -> IAgent:
+def make_agent(reactor, deadlines: Deadlines, max_per_host: int = 32,
+               tls_policy=None, extra_ca=None) -> IAgent:
     """The production agent: persistent pool, no automatic retries (we decide
-    what is retried), TLS verified, connect deadline."""
+    what is retried), TLS verified, connect deadline.
+
+    TLS trust: ``tls_policy`` (an ``IPolicyForHTTPS``), else
+    ``bnproxy.upstream.tls.upstream_tls_policy(extra_ca)``: the platform store
+    (``SSL_CERT_FILE``/``SSL_CERT_DIR``) plus the CA file(s) ``extra_ca``."""
+    from bnproxy.upstream.tls import upstream_tls_policy
+
     pool = _Pool(reactor, persistent=True)
     pool.maxPersistentPerHost = max_per_host
     pool.cachedConnectionTimeout = 60
     pool.retryAutomatically = False
-    return wclient.Agent(reactor, connectTimeout=deadlines.connect, pool=pool)
+    policy = tls_policy if tls_policy is not None else upstream_tls_policy(extra_ca)
+    return wclient.Agent(reactor, contextFactory=policy, connectTimeout=deadlines.connect,
+                         pool=pool)
 
 
 class Upstream:

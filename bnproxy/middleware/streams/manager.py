@@ -75,9 +75,10 @@ class Connection:
         port = parts.port or (443 if secure else 80)
         reactor = manager.reactor
         endpoint = endpoints.HostnameEndpoint(reactor, parts.hostname, port, timeout=10)
-        if secure:
-            from twisted.internet.ssl import optionsForClientTLS
-            endpoint = endpoints.wrapClientTLS(optionsForClientTLS(parts.hostname), endpoint)
+        if secure:  # the same trust as the REST upstream (IPolicyForHTTPS)
+            endpoint = endpoints.wrapClientTLS(
+                manager.tls_policy.creatorForNetloc(parts.hostname.encode("idna"), port),
+                endpoint)
         factory = WebSocketClientFactory(url)
         factory.protocol = _Protocol
         factory.connection = self
@@ -208,8 +209,15 @@ class StreamManager(Service):
 
     def __init__(self, reactor, market: Market, *, legacy_routes: bool = False,
                  message_rate: int | None = None, rotate_after: float = 23 * 3600,
-                 ping_interval: float = 60.0, ping_timeout: float = 30.0) -> None:
+                 ping_interval: float = 60.0, ping_timeout: float = 30.0,
+                 tls_policy=None) -> None:
         self.reactor = reactor
+        # wss trust: an IPolicyForHTTPS (bnproxy.upstream.tls.upstream_tls_policy);
+        # by default the platform store, SSL_CERT_FILE and SSL_CERT_DIR.
+        if tls_policy is None:
+            from twisted.web.client import BrowserLikePolicyForHTTPS
+            tls_policy = BrowserLikePolicyForHTTPS()
+        self.tls_policy = tls_policy
         self.market = market
         self.name = f"streams-{market.name}"
         self.routed = market.name == "usdm" and not legacy_routes
