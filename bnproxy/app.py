@@ -30,7 +30,8 @@ from bnproxy.server.clientaddr import ClientResolver, parse_networks
 from bnproxy.server.forwarding import ForwardingResource, ProxySite, RootResource
 from bnproxy.server.health import HealthResource
 from bnproxy.server.metrics import LiveResource, Metrics, MetricsResource, ReadyResource
-from bnproxy.upstream.client import Deadlines, Upstream
+from bnproxy.upstream.client import Deadlines, Upstream, make_agent
+from bnproxy.upstream.tls import upstream_tls_policy
 
 if TYPE_CHECKING:
     from bnproxy.service import ProxyService
@@ -81,11 +82,14 @@ def assemble(reactor: Any, config: ProxyConfig, agent: Any = None) -> Proxy:
         raise ConfigError(str(e)) from None
     endpoints = load_endpoints()
     metrics = Metrics()
+    deadlines = Deadlines(config.connect_timeout, config.response_timeout, config.body_timeout)
+    tls_policy = upstream_tls_policy(config.upstream_ca or None)
+    if agent is None:
+        agent = make_agent(reactor, deadlines, config.max_connections_per_host,
+                           tls_policy=tls_policy)
     upstream = Upstream(
         reactor, markets, agent=agent,
-        deadlines=Deadlines(config.connect_timeout, config.response_timeout,
-                            config.body_timeout),
-        max_per_host=config.max_connections_per_host)
+        deadlines=deadlines, max_per_host=config.max_connections_per_host)
     upstream.observe = lambda market, s: metrics.upstream_latency.labels(market).observe(s)
 
     admin: dict[str, IResource] = {}
@@ -101,7 +105,7 @@ def assemble(reactor: Any, config: ProxyConfig, agent: Any = None) -> Proxy:
         chain=lambda request: as_deferred(chain_ref[0](request)),
         endpoints=endpoints, markets=markets, add_admin=add_admin,
         state_dir=config.state_dir, log_format=config.log_format,
-        metrics=metrics.registry)
+        metrics=metrics.registry, tls_policy=tls_policy)
     middlewares = build_middlewares(config.middleware, discover(), context)
     handler = compose(middlewares, upstream)
     chain_ref.append(handler)

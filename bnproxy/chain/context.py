@@ -39,6 +39,8 @@ class MiddlewareContext:
       earlier in the chain, or later: call it when handling, not while
       building), or None; ask it for a capability by interface
       (``IWeightGovernor.providedBy(context.lookup("ratelimit"))``);
+    - ``tls_policy``: the ``IPolicyForHTTPS`` every upstream https/wss
+      connection uses (platform trust plus ``--upstream-ca``);
     - ``shared_state``: the state shared by instances (``--shared-state``),
       or None when everything is in-process.
     """
@@ -55,6 +57,7 @@ class MiddlewareContext:
     streams: dict[str, Any] = attrs.field(factory=dict)
     metrics: Any = None
     shared_state: Any = None
+    tls_policy: Any = None
     built: dict[str, Any] = attrs.field(factory=dict)
 
     def lookup(self, name: str) -> Any:

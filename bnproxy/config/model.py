@@ -36,6 +36,7 @@ class ProxyConfig:
 
     listen: tuple[str, ...] = ("tcp:8080",)
     testnet: bool = False
+    upstream_ca: tuple[str, ...] = ()
     upstreams: Mapping[str, str] = attrs.field(factory=dict)
     stream_upstreams: Mapping[str, str] = attrs.field(factory=dict)
     middleware: tuple[tuple[str, Mapping[str, Any]], ...] = tuple(

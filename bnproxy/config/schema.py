@@ -170,6 +170,10 @@ SETTINGS: tuple[Setting, ...] = (
     _s("stream-upstream", _markets(("ws", "wss")), {},
        "MARKET=URL: a market's websocket base URL (repeatable).", "stream_upstreams",
        "stream_upstream", repeatable=True, metavar="MARKET=URL"),
+    _s("upstream-ca", _strings, (),
+       "PEM file of extra CA certificates trusted for upstream https/wss, added to the "
+       "platform store (SSL_CERT_FILE/SSL_CERT_DIR); repeatable.", "upstream_ca", "upstream_ca",
+       repeatable=True, metavar="FILE"),
     _s("testnet", _flag, False, "Use Binance's testnet hosts for every market.", "testnet",
        "testnet", flag=True),
     _s("simulated-exchange", _flag, False,
