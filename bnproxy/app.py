@@ -27,9 +27,10 @@ from bnproxy.config.reader import ConfigError
 from bnproxy.readiness import Readiness
 from bnproxy.server.admin import AdminGuard
 from bnproxy.server.clientaddr import ClientResolver, parse_networks
-from bnproxy.server.forwarding import ForwardingResource, ProxySite, RootResource
+from bnproxy.server.forwarding import ForwardingResource, RootResource
 from bnproxy.server.health import HealthResource
 from bnproxy.server.metrics import LiveResource, Metrics, MetricsResource, ReadyResource
+from bnproxy.server.site import ProxySite
 from bnproxy.upstream.client import Deadlines, Upstream, make_agent
 from bnproxy.upstream.tls import upstream_tls_policy
 

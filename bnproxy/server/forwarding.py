@@ -14,8 +14,6 @@ from bnproxy.binance.endpoints import EndpointTable
 from bnproxy.binance.errors import ILLEGAL_CHARS, UNKNOWN
 from bnproxy.binance.markets import MARKET_NAMES, Market, implicit_market
 from bnproxy.chain.messages import INTERNAL, ProxyRequest, ProxyResponse, local_error
-from bnproxy.config.model import ServerLimits
-from bnproxy.server.channel import HardenedRequest, HardenedSiteMixin
 from bnproxy.server.clientaddr import ClientResolver
 
 _log = Logger(namespace="bnproxy.server.forwarding")
@@ -217,37 +215,3 @@ class RootResource(Resource):
 
     def render(self, request: server.Request):
         return self._forward.render(request)
-
-
-class UnparsedRequest(server.Request):
-    """twisted.web's request, less the parsing the proxy never uses."""
-
-    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:  # noqa: N802
-        """As ``http.Request.requestReceived``, without parsing the query and
-        any form body into ``args``: the proxy forwards the bytes as received
-        (signatures cover them) and its own resources take no arguments.
-        That parse was a tenth of the cost of a cache hit."""
-        self.content.seek(0, 0)
-        self.args = {}
-        self.method, self.uri, self.clientproto = command, path, version
-        self.path = path.split(b"?", 1)[0]
-        self.process()
-
-
-class ProxyRequestFactory(HardenedRequest, UnparsedRequest):
-    pass
-
-
-class ProxySite(HardenedSiteMixin, server.Site):
-    """The bots' side: hardened (``bnproxy.server.channel``), and writing no access
-    log of its own (twisted.web's logs the full URI, signatures included); the
-    ``logger`` middleware logs instead."""
-
-    requestFactory = ProxyRequestFactory
-
-    def __init__(self, resource, limits: ServerLimits = ServerLimits(), **kwargs) -> None:
-        super().__init__(resource, **kwargs)
-        self.harden(limits)
-
-    def log(self, request: server.Request) -> None:
-        pass
