@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from typing import TYPE_CHECKING, Any
 
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import http
 
 from bnproxy.binance.errors import error_body
@@ -67,6 +70,8 @@ _base_all_headers = http.HTTPChannel.allHeadersReceived
 
 class HardenedChannel(http.HTTPChannel):
     limits: ServerLimits = ServerLimits()
+    transport: Any  # set by connectionMade; Twisted types it Optional
+    callLater: Any
     # State as class-level defaults, set on the instance only when it changes:
     # the common request adds no instance attribute (a channel with too many
     # keeps them in a slower dict, and every lookup twisted.web makes pays).
@@ -193,7 +198,7 @@ class HardenedChannel(http.HTTPChannel):
                 timer.cancel()
             setattr(self, name, None)
 
-    def connectionLost(self, reason) -> None:  # noqa: N802
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
         for timer in ("_header_timer", "_body_timer", "_send_timer"):
             self._cancel(timer)
         if self._counted_as is not None:
@@ -202,12 +207,20 @@ class HardenedChannel(http.HTTPChannel):
 
 
 class _Refuse503(http.HTTPChannel):
+    transport: Any
     def connectionMade(self) -> None:  # noqa: N802
         self.transport.write(error_bytes(503, "too many connections from your address"))
         self.transport.loseConnection()
 
 
-class HardenedSiteMixin:
+if TYPE_CHECKING:
+    from twisted.web.server import Request as _RequestBase
+    from twisted.web.server import Site as _SiteBase
+else:
+    _SiteBase = _RequestBase = object
+
+
+class HardenedSiteMixin(_SiteBase):
     """For a ``server.Site``: the hardened channel and a per-address
     connection cap."""
 
@@ -215,7 +228,7 @@ class HardenedSiteMixin:
         channel = type("Channel", (HardenedChannel,), {
             "limits": limits, "maxHeaders": limits.max_headers,
             "totalHeadersSize": limits.max_header_bytes})
-        self.protocol = channel
+        self.protocol = channel  # type: ignore[method-assign]  # a class, as Factory wants
         self.timeOut = limits.keepalive_timeout
         self._limits = limits
         self._open: dict[str, int] = defaultdict(int)
@@ -238,7 +251,7 @@ class HardenedSiteMixin:
             del self._open[host]
 
 
-class HardenedRequest:
+class HardenedRequest(_RequestBase):
     """Request mixin: chunked bodies are counted against the cap as they arrive."""
 
     def handleContentChunk(self, data: bytes) -> None:  # noqa: N802

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
@@ -147,7 +148,7 @@ class ForwardingResource(Resource):
         headers = tuple([(lower, v) for k, vs in request.requestHeaders.getAllRawHeaders()
                          if (lower := k.lower()) != INTERNAL for v in vs])
         peer = getattr(request.getClientAddress(), "host", None) or "unix"
-        content = request.content
+        content: Any = request.content
         content.seek(0)
         proxy_request = ProxyRequest(method, market, binance_path, query, headers,
                                      content.read(), self._resolve_client(peer, headers),
@@ -209,8 +210,8 @@ class RootResource(Resource):
         self._forward = forward
 
     def getChild(self, path: bytes, request: server.Request) -> IResource:  # noqa: N802
-        request.prepath.pop()
-        request.postpath.insert(0, path)
+        request.prepath.pop()  # type: ignore[union-attr]  # lists while traversing
+        request.postpath.insert(0, path)  # type: ignore[union-attr]
         return self._forward
 
     def render(self, request: server.Request):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.web import server
+from twisted.web import http, server
 
 from bnproxy.config.model import ServerLimits
 from bnproxy.server.channel import HardenedRequest, HardenedSiteMixin
@@ -20,7 +20,7 @@ class UnparsedRequest(server.Request):
         any form body into ``args``: the proxy forwards the bytes as received
         (signatures cover them) and its own resources take no arguments.
         That parse was a tenth of the cost of a cache hit."""
-        self.content.seek(0, 0)
+        self.content.seek(0, 0)  # type: ignore[union-attr]  # set before this is called
         self.args = {}
         self.method, self.uri, self.clientproto = command, path, version
         self.path = path.split(b"?", 1)[0]
@@ -43,5 +43,5 @@ class ProxySite(HardenedSiteMixin, server.Site):
         super().__init__(resource, **kwargs)
         self.harden(limits)
 
-    def log(self, request: server.Request) -> None:
+    def log(self, request: http.Request) -> None:
         pass

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import attrs
 from twisted.internet import error as ierror
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import client as wclient
@@ -93,7 +93,7 @@ class _Collect(Protocol):
             if stop is not None:
                 stop()
 
-    def connectionLost(self, reason: Failure) -> None:  # noqa: N802
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
         if self._finished.called:
             return
         if reason.check(wclient.ResponseDone, wclient.PotentialDataLoss):

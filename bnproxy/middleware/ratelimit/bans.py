@@ -268,9 +268,9 @@ class _UnreadableError(Exception):
 
 def _status(entry: object) -> int:
     status = entry.get("status", IP_BANNED) if isinstance(entry, dict) else None
-    if status not in (IP_BANNED, RATE_LIMITED):
+    if not isinstance(status, int) or status not in (IP_BANNED, RATE_LIMITED):
         raise _UnreadableError("mis-shaped (a ban status that is not 418 or 429)")
-    return status  # type: ignore[return-value]
+    return status
 
 
 def _checked(scope: str, egress: str, entry: object) -> Ban:
