@@ -12,18 +12,21 @@ from collections.abc import Callable
 
 import attrs
 
-from bnproxy.binance.intervals import INTERVAL_MS, MINUTE, next_open, open_time
 from bnproxy.testing.fake.instruments import Instrument
+from bnproxy.testing.fake.intervals import (
+    DAY,
+    FUTURES_INTERVALS,
+    HOUR,
+    INTERVALS,
+    next_open,
+    open_time,
+    prev_open,
+)
 
-HOUR = 60 * MINUTE
-DAY = 24 * HOUR
-INTERVALS = (*INTERVAL_MS, "1M")
-FUTURES_INTERVALS = tuple(i for i in INTERVALS if i != "1s")
+__all__ = ["DAY", "FUTURES_INTERVALS", "HOUR", "INTERVALS", "Candle", "DepthEvent",
+           "SymbolState", "Trade", "next_open", "open_time", "prev_open"]
+
 BOOK_LEVELS = 5100  # per side, at every tick from the top
-
-
-def prev_open(interval: str, open_ms: int) -> int:
-    return open_time(interval, open_ms - 1)
 
 
 @attrs.define

@@ -10,17 +10,16 @@ import orjson
 
 from bnproxy.binance.markets import FUTURES_DEPTH_LIMITS
 from bnproxy.testing.fake.accounts import Account, AuthError, check_timestamp, verify_signature
-from bnproxy.testing.fake.market import (
+from bnproxy.testing.fake.intervals import (
     DAY,
     FUTURES_INTERVALS,
-    INTERVAL_MS,
     INTERVALS,
-    Candle,
-    SymbolState,
+    fixed_ms,
     next_open,
     open_time,
     prev_open,
 )
+from bnproxy.testing.fake.market import Candle, SymbolState
 
 if TYPE_CHECKING:
     from bnproxy.testing.fake.exchange import FakeExchange
@@ -591,7 +590,7 @@ def select_opens(st: SymbolState, interval: str, start: int | None, end: int | N
                  limit: int) -> list[int]:
     """Open times of the klines Binance returns for these parameters."""
     current = st.current[interval].open_time
-    size = INTERVAL_MS.get(interval) if interval != "1w" else None
+    size = fixed_ms(interval)
     if size is not None:  # fixed-size interval: arithmetic, no walking
         if start is not None:
             first = -(-start // size) * size
