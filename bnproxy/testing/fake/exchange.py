@@ -25,7 +25,14 @@ from twisted.web.resource import Resource
 from bnproxy.binance.endpoints import load_endpoints
 from bnproxy.binance.errors import error_body
 from bnproxy.testing.fake.accounts import DEFAULT_KEYS, Account
-from bnproxy.testing.fake.instruments import Instrument, default_instruments
+from bnproxy.testing.fake.instruments import (
+    LOT_MAX_QUOTE,
+    MARKET_LOT_MAX_QUOTE,
+    Instrument,
+    default_instruments,
+    max_steps,
+    min_notional,
+)
 from bnproxy.testing.fake.limits import WeightLimiter
 from bnproxy.testing.fake.market import DAY, SymbolState
 from bnproxy.testing.fake.orders import OrderBookKeeper
@@ -288,18 +295,19 @@ class FakeExchange:
                 {"filterType": "PRICE_FILTER", "minPrice": i.price(1),
                  "maxPrice": i.price(10 ** (6 + i.price_dp)), "tickSize": i.price(1)},
                 {"filterType": "LOT_SIZE", "minQty": i.qty(1),
-                 "maxQty": i.qty(9000 * 10 ** i.qty_dp), "stepSize": i.qty(1)},
+                 "maxQty": i.qty(max_steps(i, LOT_MAX_QUOTE)), "stepSize": i.qty(1)},
                 {"filterType": "ICEBERG_PARTS", "limit": 10},
                 {"filterType": "MARKET_LOT_SIZE", "minQty": "0.00000000",
-                 "maxQty": i.qty(100 * 10 ** i.qty_dp), "stepSize": "0.00000000"},
+                 "maxQty": i.qty(max_steps(i, MARKET_LOT_MAX_QUOTE)), "stepSize": "0.00000000"},
                 {"filterType": "TRAILING_DELTA", "minTrailingAboveDelta": 10,
                  "maxTrailingAboveDelta": 2000, "minTrailingBelowDelta": 10,
                  "maxTrailingBelowDelta": 2000},
                 {"filterType": "PERCENT_PRICE_BY_SIDE", "bidMultiplierUp": "5",
                  "bidMultiplierDown": "0.2", "askMultiplierUp": "5", "askMultiplierDown": "0.2",
                  "avgPriceMins": 5},
-                {"filterType": "NOTIONAL", "minNotional": "5.00000000", "applyMinToMarket": True,
-                 "maxNotional": "9000000.00000000", "applyMaxToMarket": False,
+                {"filterType": "NOTIONAL", "minNotional": min_notional(i.quote, 8),
+                 "applyMinToMarket": True, "maxNotional": "9000000.00000000",
+                 "applyMaxToMarket": False,
                  "avgPriceMins": 5},
                 {"filterType": "MAX_NUM_ORDERS", "maxNumOrders": 200},
                 {"filterType": "MAX_NUM_ALGO_ORDERS", "maxNumAlgoOrders": 5}],
@@ -327,9 +335,9 @@ class FakeExchange:
                 {"filterType": "PRICE_FILTER", "minPrice": i.price(1),
                  "maxPrice": i.price(10 ** (7 + i.price_dp)), "tickSize": i.price(1)},
                 {"filterType": "LOT_SIZE", "minQty": i.qty(1),
-                 "maxQty": i.qty(1000 * 10 ** i.qty_dp), "stepSize": i.qty(1)},
+                 "maxQty": i.qty(max_steps(i, LOT_MAX_QUOTE)), "stepSize": i.qty(1)},
                 {"filterType": "MARKET_LOT_SIZE", "minQty": i.qty(1),
-                 "maxQty": i.qty(120 * 10 ** i.qty_dp), "stepSize": i.qty(1)},
+                 "maxQty": i.qty(max_steps(i, MARKET_LOT_MAX_QUOTE)), "stepSize": i.qty(1)},
                 {"filterType": "MAX_NUM_ORDERS", "limit": 200},
                 {"filterType": "MAX_NUM_ALGO_ORDERS", "limit": 10},
                 {"filterType": "PERCENT_PRICE", "multiplierUp": "1.0500",
@@ -338,7 +346,8 @@ class FakeExchange:
                            "TAKE_PROFIT_MARKET", "TRAILING_STOP_MARKET"],
             "timeInForce": ["GTC", "IOC", "FOK", "GTX", "GTD"]})
         if not coinm:
-            body["filters"].insert(5, {"filterType": "MIN_NOTIONAL", "notional": "5"})
+            body["filters"].insert(5, {"filterType": "MIN_NOTIONAL",
+                                       "notional": min_notional(i.quote, 0)})
         return body
 
     def account(self, market: str, key: str | None) -> Account:

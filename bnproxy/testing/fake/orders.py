@@ -9,6 +9,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from bnproxy.testing.fake.accounts import Account, Order
+from bnproxy.testing.fake.instruments import (
+    LOT_MAX_QUOTE,
+    max_steps,
+    min_notional,
+    min_notional_units,
+)
 from bnproxy.testing.fake.rest import ApiError, Call, bad_param, int_param
 
 if TYPE_CHECKING:
@@ -70,6 +76,7 @@ class OrderBookKeeper:
         tif = call.params.get("timeInForce", "GTC" if otype == "LIMIT" else "")
         if otype == "LIMIT" and "timeInForce" not in call.params and call.market == "spot":
             raise bad_param("timeInForce")
+        self._check_filters(call, st, otype, price, qty)
         if test:
             return 200, b"{}", []
         self.next_id += 1
@@ -101,6 +108,25 @@ class OrderBookKeeper:
         acct.orders[order.order_id] = order
         headers = self.x.order_count_headers(call)
         return 200, orjson.dumps(self.render(call.market, st, order, full=True)), headers
+
+    @staticmethod
+    def _check_filters(call: Call, st, otype: str, price: int, qty: int) -> None:
+        """LOT_SIZE and (MIN_)NOTIONAL as exchangeInfo lists them."""
+        inst = st.inst
+        spot = call.market == "spot"
+        if qty > max_steps(inst, LOT_MAX_QUOTE):
+            if spot:
+                raise ApiError(400, -1013, "Filter failure: LOT_SIZE")
+            raise ApiError(400, -4005, "Quantity greater than max quantity.")
+        if call.market == "coinm" or call.params.get("reduceOnly") == "true":
+            return
+        notional = (price if otype == "LIMIT" else st.last_price) * qty
+        if notional < min_notional_units(inst):
+            if spot:
+                raise ApiError(400, -1013, "Filter failure: NOTIONAL")
+            raise ApiError(400, -4164, "Order's notional must be no smaller than "
+                                       f"{min_notional(inst.quote, 0)} (unless you choose "
+                                       "reduce only).")
 
     def _settle(self, market: str, acct: Account, st, order: Order) -> None:
         inst = st.inst
