@@ -3,15 +3,14 @@ fake exchange fixture."""
 
 from __future__ import annotations
 
-import tempfile
-
 import treq
+from helpers import state_dir
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
 from bnproxy.chain.compose import as_deferred
-from bnproxy.config.model import ProxyConfig
 from bnproxy.chain.messages import ProxyRequest
+from bnproxy.config.model import ProxyConfig
 from bnproxy.server.forwarding import resolve_market, split_target
 from bnproxy.service import ProxyService
 
@@ -22,7 +21,7 @@ def start_proxy(running, chain=(("streams", {}), ("cache", {}))) -> ProxyService
     config = ProxyConfig(
         listen=(), upstreams={m: running.rest(m) for m in MARKETS},
         stream_upstreams={m: running.stream(m) for m in MARKETS},
-        middleware=tuple(chain), state_dir=tempfile.mkdtemp())
+        middleware=tuple(chain), state_dir=state_dir())
     service = ProxyService(reactor, config)
     service.startService()
     return service
