@@ -423,11 +423,16 @@ class FakeExchange:
     def resource(self) -> Resource:
         return ExchangeRoot(self)
 
-    def listen(self, endpoint) -> Deferred:
-        """Listen on a server endpoint; remembered so ``refuse`` can close
-        and reopen it."""
-        site = server.Site(self.resource(), reactor=self.clock)
-        site.log = lambda request: None  # type: ignore[method-assign]
+    def listen(self, endpoint, tls=None) -> Deferred:
+        """Listen on a server endpoint (behind TLS with ``tls``, a
+        :class:`bnproxy.testing.fake.tls.TlsFiles`); remembered so
+        ``refuse`` can close and reopen it."""
+        from bnproxy.testing.fake.tls import wrap
+
+        site: Any = server.Site(self.resource(), reactor=self.clock)
+        site.log = lambda request: None
+        if tls is not None:
+            site = wrap(site, tls)
         self._listen_args = (endpoint, site)
 
         def listening(port):
