@@ -9,6 +9,7 @@ import pytest
 from twisted.internet import task
 
 from bnproxy.testing import FakeExchange
+from bnproxy.testing.fake import formats
 
 SAMPLES = Path(__file__).parent / "data" / "binance"
 START = 1_767_225_600_000 + 3_600_000 + 17_000
@@ -78,16 +79,15 @@ def test_an_error_has_the_documented_shape(x):
 
 
 def test_stream_events_have_the_documented_shape(x):
-    hub = x.hubs["spot"]
     st = x.symbols["spot"]["BTCUSDT"]
     now = x.market_ms()
     events = {
-        "stream_kline": hub.kline_payload(st, "1m", st.current["1m"], False),
-        "stream_depth_update": hub.depth_payload(st, list(st.events)[-3:]),
-        "stream_partial_depth": hub.partial_payload(st, 5, now),
-        "stream_ticker_24hr": x.ticker_ws(st),
-        "stream_mini_ticker": x.ticker_ws(st, mini=True),
-        "stream_book_ticker": hub.book_ticker_payload(st, now),
+        "stream_kline": formats.kline_event(st, "1m", st.current["1m"], False, now),
+        "stream_depth_update": formats.depth_event(st, list(st.events)[-3:]),
+        "stream_partial_depth": formats.partial_depth_event(st, 5, now),
+        "stream_ticker_24hr": formats.ticker_event(x.ticker(st), st.inst),
+        "stream_mini_ticker": formats.ticker_event(x.ticker(st), st.inst, mini=True),
+        "stream_book_ticker": formats.book_ticker_event(st, now),
     }
     for name, payload in events.items():
         assert shape(orjson.loads(payload)) == shape(sample(name)), name
