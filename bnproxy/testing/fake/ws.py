@@ -108,7 +108,7 @@ class StreamHub:
             pass
 
         Protocol.hub = hub
-        self.factory = WebSocketServerFactory()
+        self.factory = WebSocketServerFactory(reactor=clock)
         self.factory.protocol = Protocol
         ping = 180 if self.futures else 20
         self.factory.setProtocolOptions(
