@@ -69,6 +69,22 @@ class Candle:
             self.first_id = trade_id
         self.last_id = trade_id
 
+    def merge(self, other: Candle) -> None:
+        """Add the trades aggregated in ``other`` (as if added one by one)."""
+        if self.h < other.h:
+            self.h = other.h
+        if self.lo > other.lo:
+            self.lo = other.lo
+        self.c = other.c
+        self.v += other.v
+        self.q += other.q
+        self.n += other.n
+        self.tv += other.tv
+        self.tq += other.tq
+        if self.first_id < 0:
+            self.first_id = other.first_id
+        self.last_id = other.last_id
+
 
 @attrs.frozen
 class Trade:
@@ -117,14 +133,19 @@ class SymbolState:
         self.events: deque[DepthEvent] = deque(maxlen=600)
         self.top_bid = inst.start_price - 1
         self.top_ask = inst.start_price + 1
+        self._level_span = 5 * 10 ** max(1, inst.qty_dp)
         for i in range(BOOK_LEVELS):
             self.bids[self.top_bid - i] = self._level_qty()
             self.asks[self.top_ask + i] = self._level_qty()
         self._synthetic_cache: dict[tuple[str, int], Candle] = {}
-        self.current: dict[str, Candle] = {}
+        self._current: dict[str, Candle] = {}
+        # Trades since the open candles were last brought up to date: one
+        # aggregate instead of an update of every interval's candle per trade.
+        self._pending: Candle | None = None
         self.closed: dict[str, dict[int, Candle]] = {i: {} for i in INTERVALS}
         for interval in INTERVALS:
-            self.current[interval] = self._opening_candle(interval, now_ms)
+            self._current[interval] = self._opening_candle(interval, now_ms)
+        self._next_close = min(c.close_time for c in self._current.values())
         self.funding_rate = 10_000  # 1e-8 units: 0.00010000
 
     # -- synthetic history (before the exchange started) ------------------
@@ -162,6 +183,19 @@ class SymbolState:
         candle.lo = min(candle.lo, candle.c)
         return candle
 
+    @property
+    def current(self) -> dict[str, Candle]:
+        """The open candle of every interval, up to date."""
+        if self._pending is not None:
+            self._apply_pending()
+        return self._current
+
+    def _apply_pending(self) -> None:
+        pending, self._pending = self._pending, None
+        assert pending is not None
+        for candle in self._current.values():
+            candle.merge(pending)
+
     def candle(self, interval: str, open_ms: int) -> Candle:
         current = self.current[interval]
         if open_ms == current.open_time:
@@ -178,24 +212,29 @@ class SymbolState:
         return cached
 
     def _level_qty(self) -> int:
-        return 1 + self.rng.randrange(5 * 10 ** max(1, self.inst.qty_dp))
+        return 1 + int(self.rng.random() * self._level_span)
 
     # -- live ---------------------------------------------------------------
     def roll(self, now_ms: int, on_close: Callable[[str, Candle], None] | None = None) -> None:
         """Close candles whose interval ended before ``now_ms``."""
+        if now_ms <= self._next_close:
+            return
+        if self._pending is not None:
+            self._apply_pending()
         for interval in INTERVALS:
-            current = self.current[interval]
+            current = self._current[interval]
             while now_ms > current.close_time:
                 closed = self.closed[interval]
                 closed[current.open_time] = current
                 if len(closed) > 1600:
-                    del closed[min(closed)]
+                    del closed[next(iter(closed))]  # the oldest: closed in order
                 if on_close is not None:
                     on_close(interval, current)
                 nxt = next_open(interval, current.open_time)
                 p = current.c
                 current = Candle(nxt, next_open(interval, nxt) - 1, p, p, p, p)
-                self.current[interval] = current
+                self._current[interval] = current
+        self._next_close = min(c.close_time for c in self._current.values())
 
     def trade(self, now_ms: int, price: int, qty: int, buyer_maker: bool) -> Trade:
         self.trade_id += 1
@@ -203,8 +242,10 @@ class SymbolState:
         self.trades.append(t)
         self.last_price = price
         self.last_qty = qty
-        for candle in self.current.values():
-            candle.add(price, qty, t.id, not buyer_maker)
+        pending = self._pending
+        if pending is None:
+            pending = self._pending = Candle(0, 0, price, price, price, price)
+        pending.add(price, qty, t.id, not buyer_maker)
         return t
 
     def step(self, now_ms: int, rate: float) -> list[Trade]:
