@@ -89,3 +89,22 @@ def test_twistd_bnproxy_exchange_tls_options(tmp_path):
     assert given["tls"] and makeService(given).tls.ca is None
     with pytest.raises(usage.UsageError):
         Options().parseOptions(["--tls-cert", service.tls.cert])
+
+
+def test_twistd_bnproxy_exchange_tls_serves_https(tmp_path):
+    import json
+    import ssl
+    import urllib.request
+
+    from processes import free_port, twistd
+
+    port = free_port()
+    with twistd("bnproxy-exchange", "--tls", "--tls-dir", str(tmp_path / "tls"), "--port",
+                f"tcp:{port}:interface=127.0.0.1", port=port, cwd=str(tmp_path)):
+        context = ssl.create_default_context(cafile=str(tmp_path / "tls" /
+                                                        "fake-exchange-ca.pem"))
+        url = f"https://127.0.0.1:{port}/spot/api/v3/time"
+        with urllib.request.urlopen(url, context=context, timeout=10) as answer:
+            assert json.loads(answer.read())["serverTime"] > 0
+        with pytest.raises(urllib.error.URLError):  # an untrusted certificate is refused
+            urllib.request.urlopen(url, context=ssl.create_default_context(), timeout=10)
