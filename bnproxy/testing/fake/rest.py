@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import orjson
 
-from bnproxy.binance.markets import FUTURES_DEPTH_LIMITS
+from bnproxy.binance.markets import PRODUCTION
 from bnproxy.testing.fake import formats
 from bnproxy.testing.fake.auth import AuthError, check_timestamp, verify_signature
 from bnproxy.testing.fake.formats import book_ticker_row, depth_body, kline_row, units
@@ -258,7 +258,7 @@ class RestApi:
         assert limit is not None
         if limit < 1:
             raise ApiError(400, -1130, "Data sent for parameter 'limit' is not valid.")
-        limit = min(limit, 1000 if spot else 1500)
+        limit = min(limit, PRODUCTION[call.market].kline_max)
         start, end = ms_param(call, "startTime"), ms_param(call, "endTime")
         if start is not None and end is not None and start > end:
             raise ApiError(400, -1023, "Start time is greater than end time.")
@@ -293,11 +293,12 @@ class RestApi:
         spot = call.market == "spot"
         limit = int_param(call, "limit", 100 if spot else 500)
         assert limit is not None
-        if spot:
+        allowed = PRODUCTION[call.market].depth_limits
+        if allowed is None:
             if limit < 1:
                 raise ApiError(400, -1130, "Data sent for parameter 'limit' is not valid.")
-            limit = min(limit, 5000)
-        elif limit not in FUTURES_DEPTH_LIMITS:
+            limit = min(limit, PRODUCTION[call.market].depth_max)
+        elif limit not in allowed:
             raise ApiError(400, -1130, "Data sent for parameter 'limit' is not valid.")
         return self.ok(depth_body(st, limit, call.market))
 
