@@ -1,6 +1,19 @@
 import os
 import sys
 
+import pytest
+
 sys.path.insert(0, os.path.dirname(__file__))
 
 pytest_plugins = ["bnproxy.testing.pytest_plugin"]
+
+
+@pytest.fixture(autouse=True)
+def _state_dirs_under_tmp_path(request):
+    """helpers.Harness and streamhelpers keep state under the test's tmp_path
+    (created only when asked for), never in /tmp directly."""
+    import helpers
+
+    helpers.tmp_path_of_test = lambda: request.getfixturevalue("tmp_path")
+    yield
+    helpers.tmp_path_of_test = None

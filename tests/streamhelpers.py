@@ -3,10 +3,9 @@ fake exchange fixture."""
 
 from __future__ import annotations
 
-import tempfile
-
 import treq
-from twisted.internet import reactor
+from helpers import state_dir
+from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 
 from bnproxy.chain.compose import as_deferred
@@ -22,7 +21,7 @@ def start_proxy(running, chain=(("streams", {}), ("cache", {}))) -> ProxyService
     config = ProxyConfig(
         listen=(), upstreams={m: running.rest(m) for m in MARKETS},
         stream_upstreams={m: running.stream(m) for m in MARKETS},
-        middleware=tuple(chain), state_dir=tempfile.mkdtemp())
+        middleware=tuple(chain), state_dir=state_dir())
     service = ProxyService(reactor, config)
     service.startService()
     return service
@@ -56,3 +55,72 @@ async def until(predicate, timeout: float = 10.0, step: float = 0.05) -> None:
 
 async def stop(service: ProxyService) -> None:
     await service.stopService()
+
+
+# -- virtual time: the proxy and the fake exchange in one LoopbackReactor ---------------
+
+START_MS = 1_767_225_600_000 + 9 * 3_600_000 + 30 * 60_000 + 7_000  # 2026-01-01 09:30:07 UTC
+
+
+RIG_SYMBOLS = {"BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "ADAUSDT", "BTCUSD_PERP"}
+
+
+class VirtualRig:
+    """The fake exchange and a proxy with the streams middleware on one
+    :class:`bnproxy.testing.loopback.LoopbackReactor`: REST and websocket
+    connections in memory, every wait in virtual seconds."""
+
+    def __init__(self, chain=(("streams", {}), ("cache", {})), **exchange_options) -> None:
+        from bnproxy.testing.fake.instruments import default_instruments
+        from bnproxy.testing.fake.run import start_exchange
+        from bnproxy.testing.loopback import LoopbackReactor
+
+        self.reactor = LoopbackReactor(start=START_MS / 1000)
+        exchange_options.setdefault("start_ms", START_MS)
+        exchange_options.setdefault("instruments", [  # fewer symbols: less to simulate
+            i for i in default_instruments() if i.symbol in RIG_SYMBOLS])
+        self.running = start_exchange(self.reactor, **exchange_options)
+        self.exchange = self.running.exchange
+        config = ProxyConfig(
+            listen=(), upstreams={m: self.running.rest(m) for m in MARKETS},
+            stream_upstreams={m: self.running.stream(m) for m in MARKETS},
+            middleware=tuple(chain), state_dir=state_dir())
+        self.service = ProxyService(self.reactor, config)
+        self.service.startService()
+        self._agent = None
+
+    @property
+    def streams(self):
+        return self.service.middlewares[0]
+
+    def ask(self, target: str, headers=()):
+        """The proxy's answer (a ProxyResponse) to a bot's GET."""
+        path, query = split_target(target.encode())
+        market, binance_path = resolve_market(path.decode())
+        request = ProxyRequest("GET", market, binance_path, query, tuple(headers), b"",
+                               "127.0.0.1", self.reactor.seconds(),
+                               self.service.endpoints.lookup(market, "GET", binance_path))
+        return self.reactor.run_until(as_deferred(self.service.handler(request)), 30)
+
+    def rest(self, market: str, target: str) -> bytes:
+        """What the fake exchange's REST answers (over in-memory HTTP)."""
+        from twisted.web.client import Agent, readBody
+
+        if self._agent is None:
+            self._agent = Agent(self.reactor)
+        url = (self.running.rest(market) + target).encode()
+        response = self.reactor.run_until(self._agent.request(b"GET", url), 30)
+        return self.reactor.run_until(readBody(response), 30)
+
+    def until(self, predicate, timeout: float = 30.0) -> None:
+        self.reactor.run_until(predicate, timeout)
+
+    def sleep(self, seconds: float) -> None:
+        self.reactor.sleep(seconds, step=0.1)
+
+    def stop(self) -> None:
+        self.reactor.run_until(defer.ensureDeferred(self._stop()), 30)
+
+    async def _stop(self) -> None:
+        await self.service.stopService()
+        self.running.stop()

@@ -8,7 +8,7 @@ import pytest
 from twisted.internet import task
 
 from bnproxy.testing import FakeExchange
-from bnproxy.testing.fake.market import DAY, INTERVAL_MS, open_time
+from bnproxy.testing.fake.intervals import DAY, HOUR, open_time
 
 START = 1_767_225_600_000 + 3_600_000 + 17_000  # 2026-01-01 01:00:17 UTC, a Thursday
 KEY, SECRET = "bnproxy-test-key", "bnproxy-test-secret"
@@ -56,7 +56,7 @@ def test_kline_rows_have_binance_types_and_bounds(x):
 
 def test_kline_start_and_end_time_semantics(x):
     now = x.market_ms()
-    hour = INTERVAL_MS["1h"]
+    hour = HOUR
     start = open_time("1h", now) - 10 * hour + 1  # mid-candle: the next open is first
     _, rows, _ = get(x, "spot", "/api/v3/klines",
                      f"symbol=BTCUSDT&interval=1h&startTime={start}&limit=3".encode())

@@ -46,3 +46,19 @@ async def wait_for(reactor, factory, predicate, timeout: float = 5.0):
         factory.waiters.append(d)
         d.addTimeout(0.2, reactor).addErrback(lambda f: None)
         await d
+
+
+def connect_virtual(reactor, host: str, port: int, path: str,
+                    timeout: float = 10.0) -> WebSocketClientFactory:
+    """:func:`connect` on a ``bnproxy.testing.loopback.LoopbackReactor``:
+    returns once open, in virtual time."""
+    factory = WebSocketClientFactory(f"ws://{host}:{port}{path}", reactor=reactor)
+    factory.protocol = Collector
+    factory.messages = []
+    factory.waiters = []
+    factory.closed = False
+    factory.opened = defer.Deferred()
+    reactor.run_until(TCP4ClientEndpoint(reactor, host, port, timeout=5).connect(factory),
+                      timeout)
+    factory.proto = reactor.run_until(factory.opened, timeout)
+    return factory

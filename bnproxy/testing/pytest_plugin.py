@@ -13,7 +13,7 @@ import pytest
 
 from bnproxy.testing.fake.run import RunningExchange, start_exchange
 
-__all__ = ["RunningExchange", "fake_exchange", "start_exchange"]
+__all__ = ["RunningExchange", "fake_exchange", "fake_exchange_tls", "start_exchange"]
 
 
 @pytest.fixture
@@ -22,6 +22,15 @@ def fake_exchange():
 
     running = start_exchange(reactor)
     yield running
-    running.exchange.stop()
-    if running.exchange.port is not None:
-        running.exchange.port.stopListening()
+    running.stop()
+
+
+@pytest.fixture
+def fake_exchange_tls(tmp_path):
+    """The fake exchange over https/wss; ``.ca_file`` is the throwaway CA
+    (under the test's ``tmp_path``) a client must trust."""
+    from twisted.internet import reactor
+
+    running = start_exchange(reactor, tls=True, tls_dir=tmp_path / "fake-exchange-tls")
+    yield running
+    running.stop()

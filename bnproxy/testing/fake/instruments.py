@@ -75,6 +75,36 @@ def _parse(text: str, dp: int) -> int:
     return int(whole or "0") * 10 ** dp + int((frac + "0" * dp)[:dp] or "0")
 
 
+# Order-size limits in quote units, so every pair can be traded with an
+# ordinary stake (Freqtrade's default 10-100 USDT): the smallest order is a
+# few quote units, the largest far above any stake, whatever the price.
+MIN_NOTIONAL = {"USDT": "5", "BTC": "0.0001", "ETH": "0.001", "BNB": "0.01"}
+LOT_MAX_QUOTE = 9_000_000  # LOT_SIZE maxQty, as a notional at the start price
+MARKET_LOT_MAX_QUOTE = 1_000_000  # MARKET_LOT_SIZE maxQty, likewise
+
+
+def min_notional(quote: str, decimals: int) -> str:
+    """The minimum order value in ``quote``, printed with ``decimals``
+    (spot prints 8, USD-M as few as needed)."""
+    text = MIN_NOTIONAL.get(quote, "5")
+    if not decimals:
+        return text
+    whole, _, frac = text.partition(".")
+    return f"{whole}.{frac:0<{decimals}}"
+
+
+def max_steps(inst: Instrument, quote_units: int) -> int:
+    """The quantity (in steps) worth ``quote_units`` at the start price."""
+    price = inst.start_price / 10 ** inst.price_dp
+    return max(1, int(quote_units / price)) * 10 ** inst.qty_dp
+
+
+def min_notional_units(inst: Instrument) -> int:
+    """The minimum order value in units of 10**-(price_dp+qty_dp) quote
+    (the units of a price in ticks times a quantity in steps)."""
+    return _parse(MIN_NOTIONAL.get(inst.quote, "5"), inst.price_dp + inst.qty_dp)
+
+
 _SPOT = [
     ("BTC", 2, 5, 65000_00), ("ETH", 2, 4, 3500_00), ("BNB", 2, 3, 600_00),
     ("SOL", 2, 3, 150_00), ("XRP", 4, 1, 6000), ("ADA", 4, 1, 4500),
@@ -94,8 +124,10 @@ _SPOT = [
 def default_instruments() -> list[Instrument]:
     out = [Instrument("spot", f"{b}USDT", b, "USDT", pdp, qdp, p) for b, pdp, qdp, p in _SPOT]
     out.append(Instrument("spot", "ETHBTC", "ETH", "BTC", 5, 4, 5385))
-    for b, pdp, qdp, p in [("BTC", 1, 3, 650000), ("ETH", 2, 3, 3500_00), ("BNB", 2, 2, 600_00),
-                           ("SOL", 3, 0, 150_000), ("XRP", 4, 1, 6000)]:
+    # Quantity steps small enough that 10 USDT buys at least one (Freqtrade's
+    # smallest usual stake); real Binance steps are coarser for BTC and SOL.
+    for b, pdp, qdp, p in [("BTC", 1, 4, 650000), ("ETH", 2, 3, 3500_00), ("BNB", 2, 2, 600_00),
+                           ("SOL", 3, 2, 150_000), ("XRP", 4, 1, 6000)]:
         out.append(Instrument("usdm", f"{b}USDT", b, "USDT", pdp, qdp, p))
     out.append(Instrument("coinm", "BTCUSD_PERP", "BTC", "USD", 1, 0, 650000, contract_size=100))
     return out

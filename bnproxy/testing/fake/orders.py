@@ -4,20 +4,26 @@ cancelled."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 import orjson
 
-from bnproxy.testing.fake.accounts import Account, Order
+from bnproxy.testing.fake.formats import order_body
+from bnproxy.testing.fake.instruments import (
+    LOT_MAX_QUOTE,
+    max_steps,
+    min_notional,
+    min_notional_units,
+)
 from bnproxy.testing.fake.rest import ApiError, Call, bad_param, int_param
-
-if TYPE_CHECKING:
-    from bnproxy.testing.fake.exchange import FakeExchange
+from bnproxy.testing.fake.state import Account, Accounts, Market, Order
 
 
 class OrderBookKeeper:
-    def __init__(self, exchange: FakeExchange) -> None:
-        self.x = exchange
+    """Orders of every account: placed, filled against the simulated book,
+    queried, cancelled. Gets the market state and the accounts."""
+
+    def __init__(self, markets: Market, accounts: Accounts) -> None:
+        self.markets = markets
+        self.accounts = accounts
         self.next_id = 4_000_000
         self.next_trade = 90_000_000
 
@@ -25,7 +31,7 @@ class OrderBookKeeper:
         name = call.params.get("symbol")
         if not name:
             raise bad_param("symbol")
-        st = self.x.symbols[call.market].get(name)
+        st = self.markets.symbols[call.market].get(name)
         if st is None:
             raise ApiError(400, -1121, "Invalid symbol.")
         return st
@@ -48,7 +54,7 @@ class OrderBookKeeper:
         return self.new_order(call, test=True)
 
     def new_order(self, call: Call, test: bool = False):
-        acct = self.x.account(call.market, call.api_key)
+        acct = self.accounts.account(call.market, call.api_key)
         st = self._symbol(call)
         inst = st.inst
         side = call.params.get("side", "")
@@ -70,6 +76,7 @@ class OrderBookKeeper:
         tif = call.params.get("timeInForce", "GTC" if otype == "LIMIT" else "")
         if otype == "LIMIT" and "timeInForce" not in call.params and call.market == "spot":
             raise bad_param("timeInForce")
+        self._check_filters(call, st, otype, price, qty)
         if test:
             return 200, b"{}", []
         self.next_id += 1
@@ -99,8 +106,34 @@ class OrderBookKeeper:
                 "PARTIALLY_FILLED" if otype == "LIMIT" else "EXPIRED")
             self._settle(call.market, acct, st, order)
         acct.orders[order.order_id] = order
-        headers = self.x.order_count_headers(call)
-        return 200, orjson.dumps(self.render(call.market, st, order, full=True)), headers
+        headers = self.order_count_headers(call)
+        return 200, orjson.dumps(order_body(call.market, st, order, full=True)), headers
+
+    @staticmethod
+    def _check_filters(call: Call, st, otype: str, price: int, qty: int) -> None:
+        """LOT_SIZE and (MIN_)NOTIONAL as exchangeInfo lists them."""
+        inst = st.inst
+        spot = call.market == "spot"
+        if qty > max_steps(inst, LOT_MAX_QUOTE):
+            if spot:
+                raise ApiError(400, -1013, "Filter failure: LOT_SIZE")
+            raise ApiError(400, -4005, "Quantity greater than max quantity.")
+        if call.market == "coinm" or call.params.get("reduceOnly") == "true":
+            return
+        notional = (price if otype == "LIMIT" else st.last_price) * qty
+        if notional < min_notional_units(inst):
+            if spot:
+                raise ApiError(400, -1013, "Filter failure: NOTIONAL")
+            raise ApiError(400, -4164, "Order's notional must be no smaller than "
+                                       f"{min_notional(inst.quote, 0)} (unless you choose "
+                                       "reduce only).")
+
+    def order_count_headers(self, call: Call) -> list[tuple[bytes, bytes]]:
+        acct = self.accounts.account(call.market, call.api_key)
+        n = str(len(acct.orders) + 1).encode()
+        if call.market == "spot":
+            return [(b"x-mbx-order-count-10s", n), (b"x-mbx-order-count-1d", n)]
+        return [(b"x-mbx-order-count-10s", n), (b"x-mbx-order-count-1m", n)]
 
     def _settle(self, market: str, acct: Account, st, order: Order) -> None:
         inst = st.inst
@@ -122,73 +155,35 @@ class OrderBookKeeper:
                 acct.entry[inst.symbol] = order.quote // order.executed
             acct.positions[inst.symbol] = new
 
-    def render(self, market: str, st, o: Order, full: bool = False) -> dict[str, Any]:
-        inst = st.inst
-        if market == "spot":
-            body: dict[str, Any] = {
-                "symbol": o.symbol, "orderId": o.order_id, "orderListId": -1,
-                "clientOrderId": o.client_id}
-            if full:
-                body["transactTime"] = o.time
-            body.update({
-                "price": inst.price(o.price), "origQty": inst.qty(o.qty),
-                "executedQty": inst.qty(o.executed),
-                "origQuoteOrderQty": "0.00000000",
-                "cummulativeQuoteQty": inst.quote_amount(o.quote),
-                "status": o.status, "timeInForce": o.tif or "GTC", "type": o.type,
-                "side": o.side})
-            if not full:
-                body.update({"stopPrice": "0.00000000", "icebergQty": "0.00000000",
-                             "time": o.time, "updateTime": o.time, "isWorking": True})
-            body["workingTime"] = o.time
-            if full:
-                body["fills"] = [{"price": inst.price(p), "qty": inst.qty(q),
-                                  "commission": "0.00000000", "commissionAsset": inst.quote,
-                                  "tradeId": t} for p, q, t in o.fills]
-            body["selfTradePreventionMode"] = "EXPIRE_MAKER"
-            return body
-        avg = o.quote // o.executed if o.executed else 0
-        return {
-            "orderId": o.order_id, "symbol": o.symbol, "status": o.status,
-            "clientOrderId": o.client_id, "price": inst.price(o.price),
-            "avgPrice": inst.price(avg), "origQty": inst.qty(o.qty),
-            "executedQty": inst.qty(o.executed), "cumQty": inst.qty(o.executed),
-            "cumQuote": inst.quote_amount(o.quote), "timeInForce": o.tif or "GTC",
-            "type": o.type, "reduceOnly": o.reduce_only, "closePosition": False,
-            "side": o.side, "positionSide": o.position_side, "stopPrice": "0",
-            "workingType": "CONTRACT_PRICE", "priceProtect": False, "origType": o.type,
-            "priceMatch": "NONE", "selfTradePreventionMode": "EXPIRE_MAKER",
-            "goodTillDate": 0, "time": o.time, "updateTime": o.time}
-
     def get_order(self, call: Call):
-        acct = self.x.account(call.market, call.api_key)
+        acct = self.accounts.account(call.market, call.api_key)
         st = self._symbol(call)
-        return 200, orjson.dumps(self.render(call.market, st, self._find(call, acct))), []
+        return 200, orjson.dumps(order_body(call.market, st, self._find(call, acct))), []
 
     def cancel_order(self, call: Call):
-        acct = self.x.account(call.market, call.api_key)
+        acct = self.accounts.account(call.market, call.api_key)
         st = self._symbol(call)
         order = self._find(call, acct)
         if order.status not in ("NEW", "PARTIALLY_FILLED"):
             raise ApiError(400, -2011, "Unknown order sent.")
         order.status = "CANCELED"
-        body = self.render(call.market, st, order)
+        body = order_body(call.market, st, order)
         if call.market == "spot":
             body = {"symbol": body["symbol"], "origClientOrderId": order.client_id,
                     **{k: v for k, v in body.items() if k != "symbol"}}
         return 200, orjson.dumps(body), []
 
     def open_orders(self, call: Call):
-        acct = self.x.account(call.market, call.api_key)
+        acct = self.accounts.account(call.market, call.api_key)
         name = call.params.get("symbol")
         rows = []
         for o in acct.orders.values():
             if o.status in ("NEW", "PARTIALLY_FILLED") and (name is None or o.symbol == name):
-                rows.append(self.render(call.market, self.x.symbols[call.market][o.symbol], o))
+                rows.append(order_body(call.market, self.markets.symbols[call.market][o.symbol], o))
         return 200, orjson.dumps(rows), []
 
     def my_trades(self, call: Call):
-        acct = self.x.account(call.market, call.api_key)
+        acct = self.accounts.account(call.market, call.api_key)
         st = self._symbol(call)
         inst = st.inst
         rows = []

@@ -1,29 +1,35 @@
-"""The fake exchange's REST API, in Binance's exact formats."""
+"""The fake exchange's REST handlers: parameters checked as Binance checks
+them, answers built by ``formats`` from the ``state``.
+
+:class:`RestApi` gets what it uses (the market state, the accounts, the
+order keeper, the API keys and the weight limits), not the exchange.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import orjson
 
-from bnproxy.binance.markets import FUTURES_DEPTH_LIMITS
-from bnproxy.testing.fake.accounts import Account, AuthError, check_timestamp, verify_signature
-from bnproxy.testing.fake.market import (
+from bnproxy.binance.markets import PRODUCTION
+from bnproxy.testing.fake import formats
+from bnproxy.testing.fake.auth import AuthError, check_timestamp, verify_signature
+from bnproxy.testing.fake.formats import book_ticker_row, depth_body, kline_row, units
+from bnproxy.testing.fake.intervals import (
     DAY,
     FUTURES_INTERVALS,
-    INTERVAL_MS,
     INTERVALS,
-    Candle,
-    SymbolState,
+    fixed_ms,
     next_open,
     open_time,
     prev_open,
 )
+from bnproxy.testing.fake.state import Account, Accounts, Market, SymbolState
 
 if TYPE_CHECKING:
-    from bnproxy.testing.fake.exchange import FakeExchange
+    from bnproxy.testing.fake.orders import OrderBookKeeper
 
 _SYMBOLS_RANGE = ("legal range is "
                   "'^\\[(\"[A-Z0-9-_.]{1,20}\"(,\"[A-Z0-9-_.]{1,20}\"){0,}){0,1}\\]$'.")
@@ -76,8 +82,13 @@ def ms_param(call: Call, name: str) -> int | None:
 class RestApi:
     """Handlers by (market, method, path)."""
 
-    def __init__(self, exchange: FakeExchange) -> None:
-        self.x = exchange
+    def __init__(self, markets: Market, accounts: Accounts, orders: OrderBookKeeper,
+                 keys: Mapping[str, str], weight_limits: Mapping[str, int]) -> None:
+        self.markets = markets
+        self.accounts = accounts
+        self.orders = orders
+        self.keys = keys
+        self.weight_limits = weight_limits
         self._kline_bytes: dict[tuple[str, str, int, int], bytes] = {}
         r: dict[tuple[str, str, str], tuple[Callable[[Call], Any], str]] = {}
         for prefix in ("/api/v3",):
@@ -144,7 +155,7 @@ class RestApi:
         fn, security = route
         if security == "SIGNED":
             self.authenticate(call)
-        elif security == "KEY" and call.api_key not in self.x.keys:
+        elif security == "KEY" and call.api_key not in self.keys:
             raise ApiError(401, -2015 if call.api_key else -2014,
                            "Invalid API-key, IP, or permissions for action." if call.api_key
                            else "API-key format invalid.")
@@ -153,7 +164,7 @@ class RestApi:
     def authenticate(self, call: Call) -> Account:
         if not call.api_key:
             raise ApiError(401, -2014, "API-key format invalid.")
-        secret = self.x.keys.get(call.api_key)
+        secret = self.keys.get(call.api_key)
         if secret is None:
             raise ApiError(401, -2015, "Invalid API-key, IP, or permissions for action.")
         try:
@@ -161,7 +172,7 @@ class RestApi:
             verify_signature(secret, call.query, call.body)
         except AuthError as e:
             raise ApiError(e.status, e.code, e.msg) from None
-        return self.x.account(call.market, call.api_key)
+        return self.accounts.account(call.market, call.api_key)
 
     def symbol(self, call: Call, required: bool = True) -> SymbolState | None:
         name = call.params.get("symbol")
@@ -169,7 +180,7 @@ class RestApi:
             if required:
                 raise bad_param("symbol")
             return None
-        st = self.x.symbols[call.market].get(name)
+        st = self.markets.symbols[call.market].get(name)
         if st is None:
             raise ApiError(400, -1121, "Invalid symbol.")
         return st
@@ -194,7 +205,7 @@ class RestApi:
             raise ApiError(400, -1151, "Symbol is present multiple times in the list.")
         out = []
         for n in names:
-            st = self.x.symbols[call.market].get(n)
+            st = self.markets.symbols[call.market].get(n)
             if st is None:
                 raise ApiError(400, -1121, "Invalid symbol.")
             out.append(st)
@@ -212,7 +223,11 @@ class RestApi:
         return self.ok({"serverTime": call.now})
 
     def exchange_info(self, call: Call):
-        return self.ok(self.x.exchange_info(call.market, self.symbol_list(call), call.now))
+        states = self.symbol_list(call)
+        if states is None:
+            states = list(self.markets.symbols[call.market].values())
+        return self.ok(formats.exchange_info(call.market, states, call.now,
+                                             self.weight_limits[call.market]))
 
     # -- klines -----------------------------------------------------------------
     def klines(self, call: Call):
@@ -221,8 +236,8 @@ class RestApi:
             pair = call.params.get("pair")
             if pair is None:
                 raise bad_param("pair")
-            st = next((s for s in self.x.symbols[call.market].values() if s.inst.pair == pair),
-                      None)
+            st = next((s for s in self.markets.symbols[call.market].values()
+                       if s.inst.pair == pair), None)
             if st is None:
                 raise ApiError(400, -1121, "Invalid symbol.")
             if call.path.endswith("continuousKlines") and call.params.get("contractType") not in (
@@ -243,7 +258,7 @@ class RestApi:
         assert limit is not None
         if limit < 1:
             raise ApiError(400, -1130, "Data sent for parameter 'limit' is not valid.")
-        limit = min(limit, 1000 if spot else 1500)
+        limit = min(limit, PRODUCTION[call.market].kline_max)
         start, end = ms_param(call, "startTime"), ms_param(call, "endTime")
         if start is not None and end is not None and start > end:
             raise ApiError(400, -1023, "Start time is greater than end time.")
@@ -278,11 +293,12 @@ class RestApi:
         spot = call.market == "spot"
         limit = int_param(call, "limit", 100 if spot else 500)
         assert limit is not None
-        if spot:
+        allowed = PRODUCTION[call.market].depth_limits
+        if allowed is None:
             if limit < 1:
                 raise ApiError(400, -1130, "Data sent for parameter 'limit' is not valid.")
-            limit = min(limit, 5000)
-        elif limit not in FUTURES_DEPTH_LIMITS:
+            limit = min(limit, PRODUCTION[call.market].depth_max)
+        elif limit not in allowed:
             raise ApiError(400, -1130, "Data sent for parameter 'limit' is not valid.")
         return self.ok(depth_body(st, limit, call.market))
 
@@ -339,16 +355,18 @@ class RestApi:
             raise ApiError(400, -1139, "Invalid ticker type.")
         mini = call.params.get("type") == "MINI"
         if states is None:
-            states = list(self.x.symbols[call.market].values())
+            states = list(self.markets.symbols[call.market].values())
         elif "symbol" in call.params:
-            return self.ok(self.x.ticker_bytes(states[0], mini))
-        return self.ok(b"[" + b",".join(self.x.ticker_bytes(s, mini) for s in states) + b"]")
+            st = states[0]
+            return self.ok(formats.ticker_rest(self.markets.ticker(st), st.inst, mini))
+        return self.ok(b"[" + b",".join(formats.ticker_rest(self.markets.ticker(s), s.inst, mini)
+                                        for s in states) + b"]")
 
     def ticker_price(self, call: Call):
         states = self.symbol_list(call)
         single = "symbol" in call.params
         if states is None:
-            states = list(self.x.symbols[call.market].values())
+            states = list(self.markets.symbols[call.market].values())
         rows = []
         for st in states:
             row: dict[str, Any] = {"symbol": st.inst.symbol}
@@ -364,7 +382,7 @@ class RestApi:
         states = self.symbol_list(call)
         single = "symbol" in call.params
         if states is None:
-            states = list(self.x.symbols[call.market].values())
+            states = list(self.markets.symbols[call.market].values())
         rows = [book_ticker_row(st, call.market) for st in states]
         return self.ok(rows[0] if single else rows)
 
@@ -380,14 +398,14 @@ class RestApi:
         states = self.symbol_list(call) if call.market == "usdm" else None
         single = "symbol" in call.params
         if states is None:
-            states = list(self.x.symbols[call.market].values())
-        rows = [self.x.premium_row(st, call.now) for st in states]
+            states = list(self.markets.symbols[call.market].values())
+        rows = [formats.premium_row(st, call.now) for st in states]
         return self.ok(rows[0] if single and call.market == "usdm" else rows)
 
     def funding_rate(self, call: Call):
         st = self.symbol(call, required=False)
         limit = min(int_param(call, "limit", 100) or 100, 1000)
-        states = [st] if st else list(self.x.symbols[call.market].values())
+        states = [st] if st else list(self.markets.symbols[call.market].values())
         rows = []
         eight_h = 8 * 3600_000
         last = call.now // eight_h * eight_h
@@ -402,8 +420,8 @@ class RestApi:
 
     # -- signed -----------------------------------------------------------------
     def spot_account(self, call: Call):
-        acct = self.x.account("spot", call.api_key)
-        balances = [{"asset": a, "free": _units(v), "locked": "0.00000000"}
+        acct = self.accounts.account("spot", call.api_key)
+        balances = [{"asset": a, "free": units(v), "locked": "0.00000000"}
                     for a, v in sorted(acct.balances.items())]
         return self.ok({
             "makerCommission": 10, "takerCommission": 10, "buyerCommission": 0,
@@ -416,18 +434,18 @@ class RestApi:
             "permissions": ["SPOT"], "uid": 354937868})
 
     def futures_balance(self, call: Call):
-        acct = self.x.account(call.market, call.api_key)
+        acct = self.accounts.account(call.market, call.api_key)
         asset = "USDT" if call.market == "usdm" else "BTC"
-        bal = _units(acct.balances.get(asset, 0))
+        bal = units(acct.balances.get(asset, 0))
         return self.ok([{"accountAlias": "SgsR", "asset": asset, "balance": bal,
                          "crossWalletBalance": bal, "crossUnPnl": "0.00000000",
                          "availableBalance": bal, "maxWithdrawAmount": bal,
                          "marginAvailable": True, "updateTime": call.now}])
 
     def futures_account(self, call: Call):
-        acct = self.x.account(call.market, call.api_key)
+        acct = self.accounts.account(call.market, call.api_key)
         asset = "USDT" if call.market == "usdm" else "BTC"
-        bal = _units(acct.balances.get(asset, 0))
+        bal = units(acct.balances.get(asset, 0))
         return self.ok({
             "totalInitialMargin": "0.00000000", "totalMaintMargin": "0.00000000",
             "totalWalletBalance": bal, "totalUnrealizedProfit": "0.00000000",
@@ -444,7 +462,7 @@ class RestApi:
 
     def _positions(self, call: Call, acct: Account) -> list[dict[str, Any]]:
         out = []
-        for name, st in self.x.symbols[call.market].items():
+        for name, st in self.markets.symbols[call.market].items():
             amt = acct.positions.get(name, 0)
             if call.path.endswith("/account") and not amt:
                 continue
@@ -471,7 +489,7 @@ class RestApi:
         return out
 
     def position_risk(self, call: Call):
-        acct = self.x.account(call.market, call.api_key)
+        acct = self.accounts.account(call.market, call.api_key)
         st = self.symbol(call, required=False)
         rows = self._positions(call, acct)
         if st is not None:
@@ -479,7 +497,7 @@ class RestApi:
         return self.ok(rows)
 
     def set_leverage(self, call: Call):
-        acct = self.x.account(call.market, call.api_key)
+        acct = self.accounts.account(call.market, call.api_key)
         st = self.symbol(call)
         assert st is not None
         lev = int_param(call, "leverage")
@@ -490,7 +508,7 @@ class RestApi:
                         "symbol": st.inst.symbol})
 
     def set_margin_type(self, call: Call):
-        acct = self.x.account(call.market, call.api_key)
+        acct = self.accounts.account(call.market, call.api_key)
         st = self.symbol(call)
         assert st is not None
         mt = call.params.get("marginType", "").upper()
@@ -505,7 +523,7 @@ class RestApi:
 
     def leverage_bracket(self, call: Call):
         st = self.symbol(call, required=False)
-        states = [st] if st else list(self.x.symbols[call.market].values())
+        states = [st] if st else list(self.markets.symbols[call.market].values())
         rows = [{"symbol": s.inst.symbol, "brackets": [
             {"bracket": 1, "initialLeverage": 125, "notionalCap": 50000, "notionalFloor": 0,
              "maintMarginRatio": 0.004, "cum": 0.0},
@@ -515,11 +533,11 @@ class RestApi:
         return self.ok(rows[0] if st and call.market == "usdm" else rows)
 
     def get_dual(self, call: Call):
-        acct = self.x.account(call.market, call.api_key)
+        acct = self.accounts.account(call.market, call.api_key)
         return self.ok({"dualSidePosition": acct.dual_side})
 
     def set_dual(self, call: Call):
-        acct = self.x.account(call.market, call.api_key)
+        acct = self.accounts.account(call.market, call.api_key)
         value = call.params.get("dualSidePosition", "").lower()
         if value not in ("true", "false"):
             raise bad_param("dualSidePosition")
@@ -530,7 +548,7 @@ class RestApi:
 
     def margin_pairs(self, call: Call):
         rows = []
-        for n, st in enumerate(self.x.symbols["spot"].values()):
+        for n, st in enumerate(self.markets.symbols["spot"].values()):
             i = st.inst
             row = {"base": i.base, "id": 351637150141315861 + n, "isBuyAllowed": True,
                    "isMarginTrade": True, "isSellAllowed": True, "quote": i.quote,
@@ -542,14 +560,14 @@ class RestApi:
         return self.ok(rows)
 
     def coins(self, call: Call):
-        assets = sorted({a for st in self.x.symbols["spot"].values()
+        assets = sorted({a for st in self.markets.symbols["spot"].values()
                          for a in (st.inst.base, st.inst.quote)})
-        acct = self.x.account("spot", call.api_key)
+        acct = self.accounts.account("spot", call.api_key)
         rows = []
         for a in assets:
             rows.append({
                 "coin": a, "depositAllEnable": True, "withdrawAllEnable": True, "name": a,
-                "free": _units(acct.balances.get(a, 0)), "locked": "0", "freeze": "0",
+                "free": units(acct.balances.get(a, 0)), "locked": "0", "freeze": "0",
                 "withdrawing": "0", "ipoing": "0", "ipoable": "0", "storage": "0",
                 "isLegalMoney": False, "trading": True,
                 "networkList": [{
@@ -564,34 +582,29 @@ class RestApi:
         return self.ok(rows)
 
     def new_order(self, call: Call):
-        return self.x.orders.new_order(call)
+        return self.orders.new_order(call)
 
     def test_order(self, call: Call):
-        return self.x.orders.test_order(call)
+        return self.orders.test_order(call)
 
     def get_order(self, call: Call):
-        return self.x.orders.get_order(call)
+        return self.orders.get_order(call)
 
     def cancel_order(self, call: Call):
-        return self.x.orders.cancel_order(call)
+        return self.orders.cancel_order(call)
 
     def open_orders(self, call: Call):
-        return self.x.orders.open_orders(call)
+        return self.orders.open_orders(call)
 
     def my_trades(self, call: Call):
-        return self.x.orders.my_trades(call)
-
-
-def _units(v: int) -> str:
-    whole, frac = divmod(v, 10 ** 8)
-    return f"{whole}.{frac:08d}"
+        return self.orders.my_trades(call)
 
 
 def select_opens(st: SymbolState, interval: str, start: int | None, end: int | None,
                  limit: int) -> list[int]:
     """Open times of the klines Binance returns for these parameters."""
     current = st.current[interval].open_time
-    size = INTERVAL_MS.get(interval) if interval != "1w" else None
+    size = fixed_ms(interval)
     if size is not None:  # fixed-size interval: arithmetic, no walking
         if start is not None:
             first = -(-start // size) * size
@@ -619,54 +632,3 @@ def select_opens(st: SymbolState, interval: str, start: int | None, end: int | N
         t = prev_open(interval, t)
     out.reverse()
     return out
-
-
-def kline_row(st: SymbolState, k: Candle, kind: str = "klines") -> bytes:
-    inst = st.inst
-    p = inst.price
-    if kind in ("klines", "uiKlines", "continuousKlines"):
-        if inst.market == "coinm":
-            # COIN-M: volume in contracts, "quote" volume in base asset.
-            base_vol = inst.quote_amount(k.v * inst.contract_size * 10 ** (inst.price_dp * 2)
-                                         // max(1, (k.o + k.c) // 2))
-            return orjson.dumps([k.open_time, p(k.o), p(k.h), p(k.lo), p(k.c), str(k.v),
-                                 k.close_time, base_vol, k.n, str(k.tv), base_vol, "0"])
-        return orjson.dumps([k.open_time, p(k.o), p(k.h), p(k.lo), p(k.c), inst.qty(k.v),
-                             k.close_time, inst.quote_amount(k.q), k.n, inst.qty(k.tv),
-                             inst.quote_amount(k.tq), "0"])
-    if kind == "premiumIndexKlines":
-        z = "0.00000000"
-        return orjson.dumps([k.open_time, z, z, z, z, "0", k.close_time, "0", k.n, "0", "0",
-                             "0"])
-    offset = inst.start_price // 20000 if kind == "indexPriceKlines" else 0
-    return orjson.dumps([k.open_time, p(k.o - offset), p(k.h - offset), p(k.lo - offset),
-                         p(k.c - offset), "0", k.close_time, "0", k.n, "0", "0", "0"])
-
-
-def depth_body(st: SymbolState, limit: int, market: str) -> bytes:
-    inst = st.inst
-    bids = [[inst.price(p), inst.qty(q)] for p, q in st.top("bids", limit)]
-    asks = [[inst.price(p), inst.qty(q)] for p, q in st.top("asks", limit)]
-    if market == "spot":
-        return orjson.dumps({"lastUpdateId": st.update_id, "bids": bids, "asks": asks})
-    body: dict[str, Any] = {"lastUpdateId": st.update_id, "E": st.book_time, "T": st.book_time}
-    if market == "coinm":
-        body["symbol"] = inst.symbol
-        body["pair"] = inst.pair
-    body["bids"] = bids
-    body["asks"] = asks
-    return orjson.dumps(body)
-
-
-def book_ticker_row(st: SymbolState, market: str) -> dict[str, Any]:
-    inst = st.inst
-    (bp, bq), (ap, aq) = st.top("bids", 1)[0], st.top("asks", 1)[0]
-    row: dict[str, Any] = {"symbol": inst.symbol}
-    if market == "coinm":
-        row["pair"] = inst.pair
-    row.update({"bidPrice": inst.price(bp), "bidQty": inst.qty(bq),
-                "askPrice": inst.price(ap), "askQty": inst.qty(aq)})
-    if market != "spot":
-        row["time"] = st.book_time
-    return row
-

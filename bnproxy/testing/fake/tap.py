@@ -17,7 +17,21 @@ class Options(usage.Options):
         ["spot-weight-limit", None, 6000, "Spot request weight per minute per IP.", int],
         ["futures-weight-limit", None, 2400, "USD-M/COIN-M weight per minute per IP.", int],
         ["ws-time-scale", None, 1.0, "Multiply websocket ping and lifetime periods.", float],
+        ["tls-cert", None, None, "Serve https/wss with this certificate (PEM; implies --tls)."],
+        ["tls-key", None, None, "The private key (PEM) of --tls-cert."],
+        ["tls-dir", None, ".", "With --tls and no --tls-cert: where to write the throwaway CA "
+                               "(fake-exchange-ca.pem), certificate and key."],
     ]
+    optFlags = [
+        ["tls", None, "Serve https and wss (a throwaway CA and certificate for "
+                      "127.0.0.1/localhost unless --tls-cert/--tls-key are given)."],
+    ]
+
+    def postOptions(self) -> None:  # noqa: N802
+        if bool(self["tls-cert"]) != bool(self["tls-key"]):
+            raise usage.UsageError("--tls-cert and --tls-key go together")
+        if self["tls-cert"]:
+            self["tls"] = True
 
     def opt_key(self, value: str) -> None:
         """KEY=SECRET: an API key pair the exchange accepts (repeatable)."""
@@ -40,6 +54,14 @@ class ExchangeService(service.Service):
                            "coinm": options["futures-weight-limit"]},
             ws_time_scale=options["ws-time-scale"])
         self.description = options["port"]
+        self.tls = None
+        if options["tls"]:
+            from bnproxy.testing.fake.tls import TlsFiles, make_certificates
+
+            if options["tls-cert"]:
+                self.tls = TlsFiles(options["tls-cert"], options["tls-key"])
+            else:
+                self.tls = make_certificates(options["tls-dir"])
 
     def startService(self) -> None:  # noqa: N802
         from twisted.internet.endpoints import serverFromString
@@ -48,7 +70,12 @@ class ExchangeService(service.Service):
         desc = self.description
         endpoint = serverFromString(self.reactor, f"tcp:{desc}" if desc.isdigit() else desc)
         self.exchange.start()
-        self.exchange.listen(endpoint)
+        self.exchange.listen(endpoint, tls=self.tls)
+        if self.tls is not None and self.tls.ca:
+            from twisted.logger import Logger
+
+            Logger(namespace="bnproxy.testing.fake").info(
+                "serving https/wss; clients must trust {ca}", ca=self.tls.ca)
 
     def stopService(self) -> None:  # noqa: N802
         self.exchange.stop()

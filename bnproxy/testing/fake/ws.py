@@ -1,4 +1,9 @@
-"""The fake exchange's websocket streams (autobahn), per market."""
+"""The fake exchange's websocket streams (autobahn), per market: connections,
+the control protocol (SUBSCRIBE, ...), and when each stream emits.
+
+A :class:`StreamHub` gets what it uses (its market's state, the counters and
+the clock), not the exchange; events are built by ``formats``.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,11 @@ from urllib.parse import unquote, urlsplit
 import orjson
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 
-from bnproxy.testing.fake.market import Candle, DepthEvent, SymbolState, Trade
+from bnproxy.testing.fake import formats
+from bnproxy.testing.fake.state import Candle, DepthEvent, Market, SymbolState, Trade
 
 if TYPE_CHECKING:
-    from bnproxy.testing.fake.exchange import FakeExchange
+    from bnproxy.testing.fake.control import Counters
 
 MAX_STREAMS = 1024
 PUBLIC_ROUTE = ("depth", "bookTicker", "rpiDepth")
@@ -52,7 +58,7 @@ class FakeStreamProtocol(WebSocketServerProtocol):
         return None
 
     def onOpen(self):  # noqa: N802
-        self.opened_ms = self.hub.x.market_ms()
+        self.opened_ms = self.hub.markets.now()
         self.hub.register(self)
         self.hub.subscribe(self, self.initial)
 
@@ -63,15 +69,15 @@ class FakeStreamProtocol(WebSocketServerProtocol):
         return route == self.route or (self.route is None and route == "public")
 
     def onMessage(self, payload, isBinary):  # noqa: N802
-        now = self.hub.x.market_ms()
+        now = self.hub.markets.now()
         if now // 1000 != self.window:
             self.window, self.in_window = now // 1000, 0
         self.in_window += 1
         if self.in_window > self.hub.message_limit:
-            self.hub.x.counters.ws_rate_disconnects += 1
+            self.hub.counters.ws_rate_disconnects += 1
             self.dropConnection(abort=True)
             return
-        self.hub.x.counters.ws_control_messages += 1
+        self.hub.counters.ws_control_messages += 1
         self.sendMessage(orjson.dumps(self.hub.control(self, payload)))
 
     def onClose(self, wasClean, code, reason):  # noqa: N802
@@ -81,9 +87,12 @@ class FakeStreamProtocol(WebSocketServerProtocol):
 class StreamHub:
     """Subscriptions and emission for one market's streams."""
 
-    def __init__(self, exchange: FakeExchange, market: str, time_scale: float = 1.0) -> None:
-        self.x = exchange
+    def __init__(self, market: str, markets: Market, counters: Counters, clock,
+                 time_scale: float = 1.0) -> None:
         self.market = market
+        self.markets = markets
+        self.counters = counters
+        self.clock = clock
         self.futures = market != "spot"
         self.message_limit = 10 if self.futures else 5
         self.protocols: set[FakeStreamProtocol] = set()
@@ -99,7 +108,7 @@ class StreamHub:
             pass
 
         Protocol.hub = hub
-        self.factory = WebSocketServerFactory()
+        self.factory = WebSocketServerFactory(reactor=clock)
         self.factory.protocol = Protocol
         ping = 180 if self.futures else 20
         self.factory.setProtocolOptions(
@@ -109,16 +118,16 @@ class StreamHub:
     # -- connections and control ----------------------------------------------------
     def register(self, p: FakeStreamProtocol) -> None:
         self.protocols.add(p)
-        self.x.counters.ws_connections += 1
-        self.x.counters.ws_connections_total += 1
+        self.counters.ws_connections += 1
+        self.counters.ws_connections_total += 1
 
     def unregister(self, p: FakeStreamProtocol) -> None:
         if p in self.protocols:
             self.protocols.discard(p)
-            self.x.counters.ws_connections -= 1
+            self.counters.ws_connections -= 1
         for name in list(getattr(p, "streams", ())):
             self.subs[name].discard(p)
-            self.x.counters.ws_subscriptions -= 1
+            self.counters.ws_subscriptions -= 1
 
     def subscribe(self, p: FakeStreamProtocol, names: list[str]) -> str | None:
         for name in names:
@@ -128,7 +137,7 @@ class StreamHub:
                 return "too many streams"
             p.streams.add(name)
             self.subs[name].add(p)
-            self.x.counters.ws_subscriptions += 1
+            self.counters.ws_subscriptions += 1
         return None
 
     def unsubscribe(self, p: FakeStreamProtocol, names: list[str]) -> None:
@@ -136,7 +145,7 @@ class StreamHub:
             if name in p.streams:
                 p.streams.discard(name)
                 self.subs[name].discard(p)
-                self.x.counters.ws_subscriptions -= 1
+                self.counters.ws_subscriptions -= 1
 
     def control(self, p: FakeStreamProtocol, payload: bytes) -> dict[str, Any]:
         try:
@@ -195,11 +204,11 @@ class StreamHub:
                 continue
             if p.combined:
                 if combined is None:
-                    combined = b'{"stream":"' + name.encode() + b'","data":' + payload + b"}"
+                    combined = formats.combined(name, payload)
                 p.sendMessage(combined)
             else:
                 p.sendMessage(payload)
-            self.x.counters.ws_messages += 1
+            self.counters.ws_messages += 1
 
     def due(self, name: str, now: int, cadence: int) -> bool:
         bucket = now // cadence
@@ -214,12 +223,13 @@ class StreamHub:
             name = f"{s}@{kind}"
             if name in self.subs and self.subs[name]:
                 for t in trades:
-                    self.send(name, self.trade_payload(st, t, kind))
+                    self.send(name, formats.trade_event(st, t, kind))
 
     def on_kline_closed(self, st: SymbolState, interval: str, candle: Candle) -> None:
         name = f"{st.inst.stream_name}@kline_{interval}"
         if self.subs.get(name):
-            self.send(name, self.kline_payload(st, interval, candle, True))
+            self.send(name, formats.kline_event(st, interval, candle, True,
+                                                   self.markets.now()))
 
     def on_depth(self, st: SymbolState, event: DepthEvent) -> None:
         s = st.inst.stream_name
@@ -242,18 +252,19 @@ class StreamHub:
         if name.startswith("!"):
             kind = name[1:]
             if kind == "miniTicker@arr" and (flush or self.due(name, now, 1000)):
-                states = self.x.symbols[self.market].values()
+                states = self.markets.symbols[self.market].values()
                 self.send(name, b"[" + b",".join(
-                    self.x.ticker_ws(st, mini=True) for st in states) + b"]")
+                    formats.ticker_event(self.markets.ticker(st), st.inst, mini=True)
+                    for st in states) + b"]")
             elif kind.startswith("markPrice@arr") and self.futures:
                 cadence = 1000 if kind.endswith("@1s") else 3000
                 if flush or self.due(name, now, cadence):
-                    states = self.x.symbols[self.market].values()
-                    self.send(name, b"[" + b",".join(self.mark_payload(st, now)
+                    states = self.markets.symbols[self.market].values()
+                    self.send(name, b"[" + b",".join(formats.mark_price_event(st, now)
                                                      for st in states) + b"]")
             return
         sym, _, kind = name.partition("@")
-        st = self.x.stream_symbols[self.market].get(sym)
+        st = self.markets.stream_symbols[self.market].get(sym)
         if st is None:
             return
         if kind.startswith("kline_"):
@@ -262,13 +273,14 @@ class StreamHub:
                 return
             cadence = 250 if self.futures else (1000 if interval == "1s" else 2000)
             if flush or self.due(name, now, cadence):
-                self.send(name, self.kline_payload(st, interval, st.current[interval], False))
+                self.send(name, formats.kline_event(st, interval, st.current[interval], False,
+                                                       now))
         elif kind.startswith("depth@") or kind == "depth":
             speed = kind[6:] or ("250ms" if self.futures else "1000ms")
             cadence = int(speed[:-2])
             pending = self.pending_depth.get(name)
             if pending and (flush or self.due(name, now, cadence)):
-                self.send(name, self.depth_payload(st, pending))
+                self.send(name, formats.depth_event(st, pending))
                 self.pending_depth[name] = []
         elif kind.startswith("depth"):
             level, _, speed = kind[5:].partition("@")
@@ -276,106 +288,27 @@ class StreamHub:
                 return
             cadence = int(speed[:-2]) if speed else (250 if self.futures else 1000)
             if flush or self.due(name, now, cadence):
-                self.send(name, self.partial_payload(st, int(level), now))
+                self.send(name, formats.partial_depth_event(st, int(level), now))
         elif kind == "bookTicker":
             last = self.buckets.get(name)
             if flush or last != st.update_id:
                 self.buckets[name] = st.update_id
-                self.send(name, self.book_ticker_payload(st, now))
+                self.send(name, formats.book_ticker_event(st, now))
         elif kind in ("ticker", "miniTicker"):
             cadence = 2000 if self.futures else 1000
             if flush or self.due(name, now, cadence):
-                self.send(name, self.x.ticker_ws(st, mini=kind == "miniTicker"))
+                self.send(name, formats.ticker_event(self.markets.ticker(st), st.inst,
+                                                   mini=kind == "miniTicker"))
         elif kind.startswith("markPrice") and self.futures:
             cadence = 1000 if kind.endswith("@1s") else 3000
             if flush or self.due(name, now, cadence):
-                self.send(name, self.mark_payload(st, now))
+                self.send(name, formats.mark_price_event(st, now))
 
-    # -- payloads -------------------------------------------------------------------
-    def kline_payload(self, st: SymbolState, interval: str, k: Candle, final: bool) -> bytes:
-        inst = st.inst
-        p, q = inst.price, inst.qty
-        now = self.x.market_ms()
-        body: dict[str, Any] = {"e": "kline", "E": now, "s": inst.symbol}
-        first, last = (k.first_id, k.last_id) if k.n and k.first_id >= 0 else (-1, -1)
-        if inst.market == "coinm":
-            from bnproxy.testing.fake.rest import kline_row
-            row = orjson.loads(kline_row(st, k))
-            vol, qv, tv, tq = row[5], row[7], row[9], row[10]
-        else:
-            vol, qv, tv, tq = q(k.v), inst.quote_amount(k.q), q(k.tv), inst.quote_amount(k.tq)
-        body["k"] = {"t": k.open_time, "T": k.close_time, "s": inst.symbol, "i": interval,
-                     "f": first, "L": last, "o": p(k.o), "c": p(k.c), "h": p(k.h),
-                     "l": p(k.lo), "v": vol, "n": k.n, "x": final, "q": qv, "V": tv,
-                     "Q": tq, "B": "0"}
-        return orjson.dumps(body)
 
-    def depth_payload(self, st: SymbolState, events: list[DepthEvent]) -> bytes:
-        inst = st.inst
-        bids: dict[int, int] = {}
-        asks: dict[int, int] = {}
-        for ev in events:
-            bids.update(ev.bids)
-            asks.update(ev.asks)
-        last = events[-1]
-        body: dict[str, Any] = {"e": "depthUpdate", "E": last.time}
-        if self.futures:
-            body["T"] = last.time
-        body["s"] = inst.symbol
-        if inst.market == "coinm":
-            body["ps"] = inst.pair
-        body["U"] = events[0].first
-        body["u"] = last.last
-        if self.futures:
-            body["pu"] = events[0].prev
-        body["b"] = [[inst.price(px), inst.qty(qty)]
-                     for px, qty in sorted(bids.items(), reverse=True)]
-        body["a"] = [[inst.price(px), inst.qty(qty)] for px, qty in sorted(asks.items())]
-        return orjson.dumps(body)
 
-    def partial_payload(self, st: SymbolState, level: int, now: int) -> bytes:
-        inst = st.inst
-        bids = [[inst.price(px), inst.qty(qty)] for px, qty in st.top("bids", level)]
-        asks = [[inst.price(px), inst.qty(qty)] for px, qty in st.top("asks", level)]
-        if not self.futures:
-            return orjson.dumps({"lastUpdateId": st.update_id, "bids": bids, "asks": asks})
-        prev = st.events[-1].prev if st.events else st.update_id
-        return orjson.dumps({"e": "depthUpdate", "E": now, "T": st.book_time, "s": inst.symbol,
-                             "U": st.events[-1].first if st.events else st.update_id,
-                             "u": st.update_id, "pu": prev, "b": bids, "a": asks})
 
-    def book_ticker_payload(self, st: SymbolState, now: int) -> bytes:
-        inst = st.inst
-        (bp, bq), (ap, aq) = st.top("bids", 1)[0], st.top("asks", 1)[0]
-        if self.futures:
-            return orjson.dumps({"e": "bookTicker", "u": st.update_id, "E": now,
-                                 "T": st.book_time, "s": inst.symbol, "b": inst.price(bp),
-                                 "B": inst.qty(bq), "a": inst.price(ap), "A": inst.qty(aq)})
-        return orjson.dumps({"u": st.update_id, "s": inst.symbol, "b": inst.price(bp),
-                             "B": inst.qty(bq), "a": inst.price(ap), "A": inst.qty(aq)})
 
-    def trade_payload(self, st: SymbolState, t: Trade, kind: str) -> bytes:
-        inst = st.inst
-        now = t.time
-        if kind == "aggTrade":
-            body: dict[str, Any] = {"e": "aggTrade", "E": now, "s": inst.symbol, "a": t.id,
-                                    "p": inst.price(t.price), "q": inst.qty(t.qty), "f": t.id,
-                                    "l": t.id, "T": t.time, "m": t.buyer_maker}
-            if self.futures:
-                body["nq"] = inst.qty(t.qty)
-            else:
-                body["M"] = True
-            return orjson.dumps(body)
-        return orjson.dumps({"e": "trade", "E": now, "s": inst.symbol, "t": t.id,
-                             "p": inst.price(t.price), "q": inst.qty(t.qty), "T": t.time,
-                             "m": t.buyer_maker, "M": True})
 
-    def mark_payload(self, st: SymbolState, now: int) -> bytes:
-        row = self.x.premium_row(st, now)
-        return orjson.dumps({"e": "markPriceUpdate", "E": now, "s": st.inst.symbol,
-                             "p": row["markPrice"], "i": row["indexPrice"],
-                             "P": row["estimatedSettlePrice"], "r": row["lastFundingRate"],
-                             "T": row["nextFundingTime"]})
 
     # -- faults ---------------------------------------------------------------------
     def drop(self, stream: str | None = None) -> int:
@@ -387,16 +320,16 @@ class StreamHub:
     def shutdown(self, grace: float = 2.0) -> int:
         """Announce ``serverShutdown`` (Binance: "reconnect on receipt") and
         close the connections ``grace`` seconds later."""
-        now = self.x.market_ms()
+        now = self.markets.now()
         victims = list(self.protocols)
+        payload = formats.server_shutdown_event(now)
         for p in victims:
-            payload = {"e": "serverShutdown", "E": now}
-            p.sendMessage(orjson.dumps({"stream": "!serverShutdown", "data": payload})
-                          if p.combined else orjson.dumps(payload))
+            p.sendMessage(formats.combined("!serverShutdown", payload) if p.combined
+                          else payload)
 
         def close() -> None:
             for p in victims:
                 if p in self.protocols:
                     p.sendClose(1000)
-        self.x.clock.callLater(grace, close)
+        self.clock.callLater(grace, close)
         return len(victims)

@@ -1,12 +1,11 @@
-"""Test keys, HMAC verification and simulated accounts for signed endpoints."""
+"""Test keys and Binance's request authentication: HMAC-SHA256 signatures
+and the timestamp/recvWindow rule of SIGNED endpoints."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 from collections.abc import Mapping
-
-import attrs
 
 DEFAULT_KEYS = {"bnproxy-test-key": "bnproxy-test-secret"}
 
@@ -64,41 +63,3 @@ def check_timestamp(params: Mapping[str, str], server_ms: int) -> None:
         raise AuthError(400, -1131, "recvWindow must be less than 60000")
     if ts >= server_ms + 1000 or server_ms - ts > window:
         raise AuthError(400, -1021, "Timestamp for this request is outside of the recvWindow.")
-
-
-@attrs.define
-class Order:
-    order_id: int
-    client_id: str
-    symbol: str
-    side: str
-    type: str
-    tif: str
-    price: int  # ticks (0 for market)
-    qty: int  # steps
-    status: str
-    time: int
-    executed: int = 0
-    quote: int = 0  # price*qty units
-    fills: list[tuple[int, int, int]] = attrs.field(factory=list)  # (price, qty, trade id)
-    reduce_only: bool = False
-    position_side: str = "BOTH"
-
-
-@attrs.define
-class Account:
-    """One API key's simulated account."""
-
-    balances: dict[str, int] = attrs.field(factory=dict)  # asset -> 1e-8 units
-    orders: dict[int, Order] = attrs.field(factory=dict)
-    trades: list[tuple[Order, int, int, int, int]] = attrs.field(factory=list)
-    positions: dict[str, int] = attrs.field(factory=dict)  # symbol -> signed qty steps
-    entry: dict[str, int] = attrs.field(factory=dict)  # symbol -> entry price ticks
-    leverage: dict[str, int] = attrs.field(factory=dict)
-    margin_type: dict[str, str] = attrs.field(factory=dict)
-    dual_side: bool = False
-
-    @classmethod
-    def funded(cls) -> Account:
-        return cls(balances={"USDT": 100_000 * 10 ** 8, "BTC": 2 * 10 ** 8,
-                             "ETH": 20 * 10 ** 8, "BNB": 50 * 10 ** 8})
