@@ -46,5 +46,6 @@ class Harness(_harness.Harness):
     to a directory under the test's ``tmp_path``."""
 
     def __init__(self, upstream=None, agent=None, clock=None, **config) -> None:
-        config.setdefault("state_dir", state_dir())
+        if "state_dir" not in config:  # (setdefault would make one anyway)
+            config["state_dir"] = state_dir()
         super().__init__(upstream, agent, clock, **config)
