@@ -20,6 +20,7 @@ from bnproxy.chain.compose import as_deferred, compose
 from bnproxy.server.clientaddr import ClientResolver, parse_networks
 from bnproxy.config.model import ProxyConfig
 from bnproxy.chain.context import MiddlewareContext
+from bnproxy.chain.interfaces import IReadinessCheck
 from bnproxy.server.health import HealthResource
 from bnproxy.chain.messages import INTERNAL, ProxyRequest
 from bnproxy.server.metrics import LiveResource, Metrics, MetricsResource, ReadyResource
@@ -151,10 +152,8 @@ class ProxyService(MultiService):
             if callable(banned):
                 problems += [f"Binance ban in force for {pool} ({s:.0f} s left)"
                              for pool, s in banned().items()]
-            managers = getattr(m, "managers", None)
-            if isinstance(managers, dict):
-                problems += [f"stream manager {name} not running"
-                             for name, mgr in managers.items() if not mgr.running]
+            if IReadinessCheck.providedBy(m):
+                problems += m.readiness_problems()
         return problems
 
     def collect_metrics(self):
