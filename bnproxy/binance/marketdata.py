@@ -1,7 +1,7 @@
 """Binance's market-data facts that websocket-served state needs: the REST
 paths of each family per market, stream names, connection limits, message
 rates, kline stream cadence, default limits and depth snapshot sizing
-(FACTS.md §1, §4, §5)."""
+(FACTS.md §1, §3, §4, §6)."""
 
 from __future__ import annotations
 
@@ -31,11 +31,22 @@ KLINE_DEFAULT_LIMIT = 500
 UTC_TIME_ZONES = ("0", "+00:00", "00:00")
 DEPTH_DEFAULT_LIMIT = {"spot": 100, "usdm": 500, "coinm": 500}
 
-# Websocket streams (FACTS.md §4).
+# Websocket streams (FACTS.md §6).
 STREAMS_PER_CONNECTION = 1024
 CONNECTION_LIFETIME = 24 * 3600.0  # Binance cuts every connection after 24 h
 # Incoming control messages (SUBSCRIBE, ...) a connection may send per second.
 MESSAGES_PER_SECOND = {"spot": 5, "usdm": 10, "coinm": 10}
+
+
+# USD-M's 2026 split of the stream host: these kinds on ``/public``, the rest
+# on ``/market`` (FACTS.md §6).
+USDM_PUBLIC_KINDS = ("depth", "bookTicker", "rpiDepth")
+
+
+def usdm_route(name: str) -> str:
+    """``public`` or ``market``: the USD-M stream path that carries ``name``."""
+    kind = name.split("@", 1)[1] if "@" in name else name
+    return "public" if kind.startswith(USDM_PUBLIC_KINDS) or name == "!bookTicker" else "market"
 
 
 def kline_stream(symbol: str, interval: str) -> str:

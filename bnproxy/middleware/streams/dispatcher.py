@@ -60,6 +60,7 @@ SERVED = {"spot": (KLINES, DEPTH, TICKER_24HR, BOOK_TICKER, PRICE, EXCHANGE_INFO
           "usdm": (KLINES, DEPTH, TICKER_24HR, BOOK_TICKER, EXCHANGE_INFO),
           "coinm": (KLINES, DEPTH, EXCHANGE_INFO)}
 SWEEP_EVERY = 10.0
+READINESS_PING = b"ready"  # the INTERNAL marker of the service's readiness probes
 
 
 @implementer(IMiddleware, IHealthReporter, IMetricsSource, IReadinessCheck)
@@ -68,20 +69,10 @@ class Streams(MultiService):
 
     def __init__(self, name: str, context, settings: Settings) -> None:
         super().__init__()
-        self.name = name
+        self.name = name  # type: ignore[assignment]  # Service declares it None
         self.settings = settings
         self._clock = context.reactor
         self.managers: dict[str, StreamManager] = {}
-        for market in SERVED:
-            m = context.markets.get(market)
-            if m is None or not m.stream_base:
-                continue
-            manager = StreamManager(context.reactor, m, legacy_routes=settings.legacy_routes,
-                                    rotate_after=settings.rotate_after)
-            manager.on_lost.append(lambda names, market=market: self.depth.lost(market, names))
-            manager.setServiceParent(self)
-            self.managers[market] = manager
-            context.streams[market] = manager
         self.refetch = Refetcher(context.reactor, context.chain, context.endpoints,
                                  context.markets, lambda: context.lookup("ratelimit"),
                                  share=settings.own_share)
@@ -93,6 +84,16 @@ class Streams(MultiService):
         self.klines = KlinesResponder(tools, self.exchange_info)
         self.depth = DepthResponder(tools, self.exchange_info)
         self.tickers = TickersResponder(tools, self.exchange_info)
+        for market in SERVED:
+            m = context.markets.get(market)
+            if m is None or not m.stream_base:
+                continue
+            manager = StreamManager(context.reactor, m, legacy_routes=settings.legacy_routes,
+                                    rotate_after=settings.rotate_after)
+            manager.on_lost.append(self._lost_callback(market))
+            manager.setServiceParent(self)
+            self.managers[market] = manager
+            context.streams[market] = manager
         self._routes: dict[tuple[str, str], str] = {
             (market, rest_path(market, family) or ""): family
             for market in self.managers for family in SERVED[market]}
@@ -102,6 +103,9 @@ class Streams(MultiService):
         self._sweeper.clock = context.reactor
         self._refresher = task.LoopingCall(self.exchange_info.refresh)
         self._refresher.clock = context.reactor
+
+    def _lost_callback(self, market: str) -> Callable[[set[str]], None]:
+        return lambda names: self.depth.lost(market, names)
 
     # State by family, under the names tests and tools read.
     @property
@@ -129,7 +133,10 @@ class Streams(MultiService):
 
     # -- the middleware -------------------------------------------------------------
     def handle(self, request: ProxyRequest, next: Callable) -> Answer:
-        if request.header(INTERNAL) is not None or request.method != "GET":
+        marker = request.header(INTERNAL)
+        if marker is not None or request.method != "GET":
+            if marker == READINESS_PING:  # the proxy's own too: counted as "ping"
+                return then(next(request), self._ping_answered, request)
             return next(request)
         family = self._routes.get((request.market, request.path))
         if family is None or request.endpoint is None or is_private(request):
@@ -147,6 +154,10 @@ class Streams(MultiService):
         else:
             answer = self.tickers.handle(request, p, family, next)
         return then(answer, self._count)
+
+    def _ping_answered(self, response: ProxyResponse, request: ProxyRequest) -> ProxyResponse:
+        self.refetch.observe(request, response, "ping")
+        return response
 
     def _count(self, response: ProxyResponse) -> ProxyResponse:
         if response.source == "stream":

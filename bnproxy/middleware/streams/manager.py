@@ -30,6 +30,7 @@ from bnproxy.binance.marketdata import (
     CONNECTION_LIFETIME,
     MESSAGES_PER_SECOND,
     STREAMS_PER_CONNECTION,
+    usdm_route,
 )
 from bnproxy.binance.markets import Market
 
@@ -37,12 +38,7 @@ _log = Logger(namespace="bnproxy.streams")
 
 MAX_STREAMS = STREAMS_PER_CONNECTION
 BATCH = 200  # streams per SUBSCRIBE message
-PUBLIC_KINDS = ("depth", "bookTicker", "rpiDepth")
-
-
-def route_of(name: str) -> str:
-    kind = name.split("@", 1)[1] if "@" in name else name
-    return "public" if kind.startswith(PUBLIC_KINDS) or name == "!bookTicker" else "market"
+route_of = usdm_route
 
 
 class _Protocol(WebSocketClientProtocol):

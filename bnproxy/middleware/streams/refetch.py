@@ -133,16 +133,12 @@ class Refetcher:
 
         def settle(response: ProxyResponse | None) -> None:
             del self._in_flight[job]
-            spent = 0
-            if response is not None:
-                spent = response.weight or (weight if response.source == "upstream" else 0)
+            spent = 0 if response is None else _spent(response, weight)
             if spent != weight:
                 self._roll(pool)
                 self.used_this_minute[pool] = max(0, self.used_this_minute[pool]
                                                   - weight + spent)
-            self.total[(market, purpose)] += spent
-            self.pool_total[pool] += spent
-            self.requests[(market, purpose)] += 1
+            self._count(market, pool, purpose, spent)
             if response is not None and response.status == 200:
                 self.succeeded(job)
             else:
@@ -162,6 +158,22 @@ class Refetcher:
             answer.errback(e)
         answer.addCallbacks(settle, failed)
         return result
+
+    def observe(self, request: ProxyRequest, response: ProxyResponse, purpose: str) -> None:
+        """Count an own request made elsewhere (a readiness ping)."""
+        endpoint = request.endpoint
+        weight = endpoint.weight(request.params) if endpoint is not None else 1
+        pool = self.pool_of(request)
+        self._pool_market[pool] = request.market
+        spent = _spent(response, weight)
+        self._roll(pool)
+        self.used_this_minute[pool] += spent
+        self._count(request.market, pool, purpose, spent)
+
+    def _count(self, market: str, pool: str, purpose: str, spent: int) -> None:
+        self.total[(market, purpose)] += spent
+        self.pool_total[pool] += spent
+        self.requests[(market, purpose)] += 1
 
     def succeeded(self, job: Hashable) -> None:
         self._not_before.pop(job, None)
@@ -219,3 +231,9 @@ class Refetcher:
         return {"share": self.share, "pools": pools, "by_purpose": dict(by_purpose),
                 "requests": sum(self.requests.values()), "refused": dict(self.refused),
                 "credits": dict(self.credits)}
+
+
+def _spent(response: ProxyResponse, predicted: int) -> int:
+    """The weight an answer cost upstream: its own figure, else the
+    prediction if it came from upstream (a cache hit or a local refusal: 0)."""
+    return response.weight or (predicted if response.source == "upstream" else 0)
