@@ -204,18 +204,22 @@ def test_own_weight_stays_under_its_share_of_the_pool_budget():
 
 def test_own_requests_never_outnumber_the_bot_requests_that_caused_them():
     clock, upstream, streams = make()
-    bot_before = len(upstream.sent) - len(upstream.own())
-    for symbol in LISTED[:30]:
-        # historical pages cannot seed a series: each asks for an own page
-        ask(streams, upstream, "spot", "/api/v3/klines",
-            f"symbol={symbol}&interval=1m&endTime={int(T0 * 1000) - 3_600_000}&limit=10")
-        for _ in range(5):  # the same request again: not a distinct one
-            ask(streams, upstream, "spot", "/api/v3/klines",
-                f"symbol={symbol}&interval=1m&endTime={int(T0 * 1000) - 3_600_000}&limit=10")
-    bots = len(upstream.sent) - len(upstream.own()) - bot_before
-    distinct = 30
-    assert bots == 180
-    assert 0 < len(upstream.own("/klines")) <= distinct
+    ask(streams, upstream, "spot", "/api/v3/depth", "symbol=BTCUSDT&limit=5")
+    feed(streams, "spot", "btcusdt@depth@100ms", depth_event(101, 101))
+    assert streams.books[("spot", "BTCUSDT")].state == "live"
+    for gap in range(10):  # the stream skips updates again and again; no bot asks
+        clock.advance(2)
+        upstream.update_id = 204 + gap * 10  # a snapshot that joins the stream
+        feed(streams, "spot", "btcusdt@depth@100ms", depth_event(205 + gap * 10, 205 + gap * 10))
+        feed(streams, "spot", "btcusdt@depth@100ms", depth_event(201 + gap * 10, 206 + gap * 10))
+    # Two distinct bot requests so far (exchangeInfo, depth): two own requests, not 11.
+    assert len(upstream.own("/depth")) == 2
+    clock.advance(60)
+    ask(streams, upstream, "spot", "/api/v3/depth", "symbol=BTCUSDT&limit=5")  # a bot asks
+    upstream.update_id = 300
+    feed(streams, "spot", "btcusdt@depth@100ms", depth_event(301, 301))
+    assert len(upstream.own("/depth")) == 3
+    assert streams.books[("spot", "BTCUSDT")].state == "live"
 
 
 def test_new_subscriptions_per_client_per_minute_are_capped():
