@@ -188,6 +188,17 @@ def test_symbols_learnt_after_the_request_decide_the_subscription():
     assert len(upstream.own("/exchangeInfo")) == 1
 
 
+def test_a_series_made_before_the_symbols_are_known_seeds_from_the_bot_answer():
+    clock, upstream, streams = make(info_known=False)
+    upstream.hold = True
+    ask(streams, upstream, "spot", "/api/v3/klines", "symbol=BTCUSDT&interval=1m&limit=50")
+    upstream.release()  # the symbol list first, then the bot's answer
+    series = streams.series[("spot", "BTCUSDT", "1m")]
+    assert series.ready and len(series) == 50
+    assert upstream.own("/klines") == []  # no seed page of its own
+    assert list(streams.managers["spot"].placed) == ["btcusdt@kline_1m"]
+
+
 def test_own_weight_stays_under_its_share_of_the_pool_budget():
     clock, upstream, streams = make({"own_share": "0.25"}, governor=Governor(400))
     for symbol in LISTED[:60]:  # 60 books, each wanting a 100-level snapshot (weight 5)

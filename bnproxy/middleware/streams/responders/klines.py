@@ -36,6 +36,7 @@ class KlinesResponder:
         self.tools = tools
         self.info = info
         self.series: dict[Key, KlineSeries] = {}
+        self._answer_due: set[Key] = set()  # new series whose bot answer has not come yet
 
     def handle(self, request: ProxyRequest, p: dict[str, str], next: Callable) -> Answer:
         market = request.market
@@ -59,10 +60,12 @@ class KlinesResponder:
             if listed is False:
                 return next(request)  # Binance answers an unknown symbol; no subscription
             series = self.series[key] = KlineSeries(interval, m.kline_max)
+            self._answer_due.add(key)
             if listed is None:  # subscribe once the market's symbols are known
                 self.info.when_known(market).addCallback(self._decide, key, request.client)
             elif not self._subscribe(key, request.client):
                 del self.series[key]
+                self._answer_due.discard(key)
                 return next(request)
             return then(next(request), self._seed_from, key, series)
         stream = kline_stream(symbol, interval)
@@ -96,10 +99,11 @@ class KlinesResponder:
             return
         if self.info.listed(key[0], key[1]) is not True or not self._subscribe(key, client):
             del self.series[key]
-        elif not series.ready:
-            self._seed(key, series)
+        elif not series.ready and key not in self._answer_due:
+            self._seed(key, series)  # the bot's answer came first and could not seed it
 
     def _seed_from(self, response: ProxyResponse, key: Key, series: KlineSeries) -> ProxyResponse:
+        self._answer_due.discard(key)
         if response.status == 200 and not series.ready:
             try:
                 series.seed(orjson.loads(response.body), self.tools.now_ms())
