@@ -9,9 +9,11 @@ import orjson
 from test_streams_own_weight import ENDPOINTS, MARKETS, ask, depth_event, feed, make
 from twisted.internet.defer import succeed
 from twisted.internet.testing import MemoryReactorClock
+from zope.interface import implementer
 
 from bnproxy.binance.marketdata import depth_snapshot_limit, usdm_route
 from bnproxy.binance.markets import PRODUCTION
+from bnproxy.chain.interfaces import IReadinessCheck
 from bnproxy.chain.messages import INTERNAL, JSON, ProxyRequest, ProxyResponse
 from bnproxy.config.model import ProxyConfig
 from bnproxy.middleware.streams.klines import KlineSeries
@@ -72,6 +74,15 @@ def test_the_proxy_asks_its_middlewares_for_readiness_by_interface(tmp_path):
                          middleware=(("streams", {}),), state_dir=str(tmp_path))
     service = ProxyService(MemoryReactorClock(), config)
     assert "stream manager spot not running" in service.readiness()
+
+    @implementer(IReadinessCheck)
+    class Warming:  # a plugin's middleware: found by what it declares, not by names
+        name = "warming"
+
+        def readiness_problems(self):
+            return ["warming up"]
+    service.middlewares.append(Warming())
+    assert "warming up" in service.readiness()
 
 
 def test_readiness_pings_are_counted_as_own_weight():
