@@ -39,7 +39,7 @@ def kline_queries(rng, symbol, interval, now_ms, step_ms):
 def warm_targets(market, symbol, interval):
     base = FUT[market]
     targets = [f"{base}/klines?symbol={symbol}&interval={interval}&limit=1000",
-               f"{base}/depth?symbol={symbol}&limit=100",
+               f"{base}/depth?symbol={symbol}&limit=500",
                f"{base}/ticker/24hr?symbol={symbol}",
                f"{base}/ticker/bookTicker?symbol={symbol}"]
     if market == "spot":

@@ -38,4 +38,4 @@ cache = _Factory("cache", "Public market data from a bounded cache, coalesced, s
 ratelimit = _Factory("ratelimit", "One weight budget for the fleet; no ban ever escalates.",
                      "bnproxy.middleware.ratelimit.middleware", "build_ratelimit")
 streams = _Factory("streams", "Klines, order books and tickers from websocket streams.",
-                   "bnproxy.middleware.streams.middleware", "build_streams")
+                   "bnproxy.middleware.streams.dispatcher", "build_streams")

@@ -92,6 +92,46 @@ class KlineSeries:
         self._changed(self.updated_ms)
         return True
 
+    def prepend(self, rows: list[list[Any]]) -> bool:
+        """Older candles that end just before the oldest one held (a growth
+        page): kept, as far as ``max_rows`` allows. False if they do not join."""
+        if not rows or not self.rows:
+            return False
+        opens = [r[0] for r in rows]
+        if (next_open(self.interval, opens[-1]) != self.opens[0]
+                or any(next_open(self.interval, a) != b for a, b in zip(opens, opens[1:]))):
+            return False
+        room = self.max_rows - len(self.rows)
+        if room <= 0:
+            return False
+        self.opens = array("q", opens[-room:]) + self.opens
+        self.rows = [held(orjson.dumps(r)) for r in rows[-room:]] + self.rows
+        self._changed(self.updated_ms)
+        return True
+
+    def missing(self, start: int | None, end: int | None, limit: int) -> tuple[int, int] | None:
+        """(rows, endTime) of the one page of older candles that would let the
+        series answer these parameters, or None if no such page fits (a
+        historical range, or more than ``max_rows`` in all)."""
+        if not self.ready or (end is not None and end < self.opens[0]):
+            return None
+        first = self.opens[0]
+        if start is None:
+            j = len(self.opens) if end is None else bisect_right(self.opens, end)
+            need = limit - j
+        else:
+            if start >= first:
+                return None
+            size = next_open(self.interval, first) - first
+            if self.interval == "1M":
+                return None  # months differ in length; rare enough to forward
+            need = -(-(first - start) // size)
+            if need >= limit:
+                return None  # the answer would be all older candles: a historical page
+        if need <= 0 or need + len(self.rows) > self.max_rows:
+            return None
+        return need, first - 1
+
     def apply(self, k: Mapping[str, Any], event_ms: int) -> None:
         """One ``kline`` stream payload's ``k``."""
         t = k["t"]

@@ -26,18 +26,19 @@ from twisted.application.service import Service
 from twisted.internet import endpoints, task
 from twisted.logger import Logger
 
+from bnproxy.binance.marketdata import (
+    CONNECTION_LIFETIME,
+    MESSAGES_PER_SECOND,
+    STREAMS_PER_CONNECTION,
+    usdm_route,
+)
 from bnproxy.binance.markets import Market
 
 _log = Logger(namespace="bnproxy.streams")
 
-MAX_STREAMS = 1024
+MAX_STREAMS = STREAMS_PER_CONNECTION
 BATCH = 200  # streams per SUBSCRIBE message
-PUBLIC_KINDS = ("depth", "bookTicker", "rpiDepth")
-
-
-def route_of(name: str) -> str:
-    kind = name.split("@", 1)[1] if "@" in name else name
-    return "public" if kind.startswith(PUBLIC_KINDS) or name == "!bookTicker" else "market"
+route_of = usdm_route
 
 
 class _Protocol(WebSocketClientProtocol):
@@ -208,7 +209,8 @@ class StreamManager(Service):
     says whether the stream delivered within ``s`` seconds."""
 
     def __init__(self, reactor, market: Market, *, legacy_routes: bool = False,
-                 message_rate: int | None = None, rotate_after: float = 23 * 3600,
+                 message_rate: int | None = None,
+                 rotate_after: float = CONNECTION_LIFETIME - 3600,
                  ping_interval: float = 60.0, ping_timeout: float = 30.0,
                  tls_policy=None) -> None:
         self.reactor = reactor
@@ -221,9 +223,9 @@ class StreamManager(Service):
         self.market = market
         self.name = f"streams-{market.name}"
         self.routed = market.name == "usdm" and not legacy_routes
-        futures = market.name != "spot"
-        # Binance allows 5 (spot) or 10 (futures) incoming messages a second: stay under.
-        self.message_rate = message_rate or (8 if futures else 4)
+        # Stay under Binance's incoming messages per second (5 spot, 10 futures).
+        self.message_rate = message_rate or max(
+            1, int(MESSAGES_PER_SECOND.get(market.name, 5) * 0.8))
         self.rotate_after = rotate_after
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout

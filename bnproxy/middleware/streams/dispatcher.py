@@ -1,0 +1,261 @@
+"""``streams``: klines, order books and tickers answered from websocket state,
+byte for byte what the REST endpoint would answer, and ``exchangeInfo`` held
+and refreshed in the background while bots use it.
+
+The middleware itself only dispatches by endpoint to one responder per
+family (``responders/``); the proxy's own REST requests go through one
+``Refetcher``; subscriptions live in ``Subscriptions`` over one
+``StreamManager`` per market.
+
+Anything the state does not cover exactly (a range not held, a book without
+enough exact levels, a silent stream, an unusual parameter) goes on down the
+chain: never held waiting for a socket, never answered with invented data.
+Only symbols the market's exchangeInfo lists are subscribed; unused
+subscriptions end after their idle time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import parse_qsl
+
+from twisted.application.service import MultiService
+from twisted.internet import task
+from zope.interface import implementer
+
+from bnproxy.binance.marketdata import (
+    BOOK_TICKER,
+    DEPTH,
+    EXCHANGE_INFO,
+    KLINES,
+    PRICE,
+    TICKER_24HR,
+    rest_path,
+)
+from bnproxy.binance.privacy import is_private
+from bnproxy.chain.compose import Answer, then
+from bnproxy.chain.interfaces import (
+    IHealthReporter,
+    IMetricsSource,
+    IMiddleware,
+    IReadinessCheck,
+)
+from bnproxy.chain.messages import INTERNAL, ProxyRequest, ProxyResponse
+from bnproxy.middleware.streams.klines import KlineSeries
+from bnproxy.middleware.streams.manager import StreamManager
+from bnproxy.middleware.streams.orderbook import OrderBook
+from bnproxy.middleware.streams.refetch import PURPOSES, Refetcher
+from bnproxy.middleware.streams.responders import Tools
+from bnproxy.middleware.streams.responders.depth import DepthResponder
+from bnproxy.middleware.streams.responders.exchangeinfo import ExchangeInfoResponder
+from bnproxy.middleware.streams.responders.klines import KlinesResponder
+from bnproxy.middleware.streams.responders.tickers import TickersResponder
+from bnproxy.middleware.streams.settings import OPTIONS, Settings, read_settings
+from bnproxy.middleware.streams.subscriptions import Subscriptions
+from bnproxy.middleware.streams.tickers import StreamValue
+
+# The families each market's streams can answer exactly.
+SERVED = {"spot": (KLINES, DEPTH, TICKER_24HR, BOOK_TICKER, PRICE, EXCHANGE_INFO),
+          "usdm": (KLINES, DEPTH, TICKER_24HR, BOOK_TICKER, EXCHANGE_INFO),
+          "coinm": (KLINES, DEPTH, EXCHANGE_INFO)}
+SWEEP_EVERY = 10.0
+READINESS_PING = b"ready"  # the INTERNAL marker of the service's readiness probes
+
+
+@implementer(IMiddleware, IHealthReporter, IMetricsSource, IReadinessCheck)
+class Streams(MultiService):
+    plain_next = True
+
+    def __init__(self, name: str, context, settings: Settings) -> None:
+        super().__init__()
+        self.name = name  # type: ignore[assignment]  # Service declares it None
+        self.settings = settings
+        self._clock = context.reactor
+        self.managers: dict[str, StreamManager] = {}
+        self.refetch = Refetcher(context.reactor, context.chain, context.endpoints,
+                                 context.markets, lambda: context.lookup("ratelimit"),
+                                 share=settings.own_share)
+        self.subscriptions = Subscriptions(context.reactor, self.managers,
+                                           settings.new_streams_per_client)
+        tools = Tools(context.reactor, context.markets, context.endpoints, self.subscriptions,
+                      self.refetch, settings)
+        self.exchange_info = ExchangeInfoResponder(tools)
+        self.klines = KlinesResponder(tools, self.exchange_info)
+        self.depth = DepthResponder(tools, self.exchange_info)
+        self.tickers = TickersResponder(tools, self.exchange_info)
+        for market in SERVED:
+            m = context.markets.get(market)
+            if m is None or not m.stream_base:
+                continue
+            manager = StreamManager(context.reactor, m, legacy_routes=settings.legacy_routes,
+                                    rotate_after=settings.rotate_after,
+                                    tls_policy=getattr(context, "tls_policy", None))
+            manager.on_lost.append(self._lost_callback(market))
+            manager.setServiceParent(self)
+            self.managers[market] = manager
+            context.streams[market] = manager
+        self._routes: dict[tuple[str, str], str] = {
+            (market, rest_path(market, family) or ""): family
+            for market in self.managers for family in SERVED[market]}
+        self._parsed: dict[bytes, dict[str, str] | None] = {}
+        self.served = 0
+        self._sweeper = task.LoopingCall(self._sweep)
+        self._sweeper.clock = context.reactor
+        self._refresher = task.LoopingCall(self.exchange_info.refresh)
+        self._refresher.clock = context.reactor
+
+    def _lost_callback(self, market: str) -> Callable[[set[str]], None]:
+        return lambda names: self.depth.lost(market, names)
+
+    # State by family, under the names tests and tools read.
+    @property
+    def series(self) -> dict[tuple[str, str, str], KlineSeries]:
+        return self.klines.series
+
+    @property
+    def books(self) -> dict[tuple[str, str], OrderBook]:
+        return self.depth.books
+
+    @property
+    def values(self) -> dict[tuple[str, str], StreamValue]:
+        return self.tickers.values
+
+    def startService(self) -> None:  # noqa: N802
+        super().startService()
+        self._sweeper.start(SWEEP_EVERY, now=False)
+        self._refresher.start(self.settings.info_refresh, now=False)
+
+    def stopService(self):  # noqa: N802
+        for loop in (self._sweeper, self._refresher):
+            if loop.running:
+                loop.stop()
+        return super().stopService()
+
+    # -- the middleware -------------------------------------------------------------
+    def handle(self, request: ProxyRequest, next: Callable) -> Answer:
+        marker = request.header(INTERNAL)
+        if marker is not None or request.method != "GET":
+            if marker == READINESS_PING:  # the proxy's own too: counted as "ping"
+                return then(next(request), self._ping_answered, request)
+            return next(request)
+        family = self._routes.get((request.market, request.path))
+        if family is None or request.endpoint is None or is_private(request):
+            return next(request)
+        p = self._params(request.query)
+        if p is None:  # a parameter given twice: ambiguous, Binance decides
+            return next(request)
+        self.refetch.credit(request.market, request.path, request.query)
+        if family == KLINES:
+            answer = self.klines.handle(request, p, next)
+        elif family == DEPTH:
+            answer = self.depth.handle(request, p, next)
+        elif family == EXCHANGE_INFO:
+            return self.exchange_info.handle(request, p, next)
+        else:
+            answer = self.tickers.handle(request, p, family, next)
+        return then(answer, self._count)
+
+    def _ping_answered(self, response: ProxyResponse, request: ProxyRequest) -> ProxyResponse:
+        self.refetch.observe(request, response, "ping")
+        return response
+
+    def _count(self, response: ProxyResponse) -> ProxyResponse:
+        if response.source == "stream":
+            self.served += 1
+        return response
+
+    def _params(self, query: bytes) -> dict[str, str] | None:
+        """The query's parameters (None if one repeats), parsed once per
+        distinct public query: bots repeat theirs."""
+        p = self._parsed.get(query, False)
+        if p is False:
+            pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+            p = dict(pairs)
+            if len(p) != len(pairs):
+                p = None
+            if len(self._parsed) >= 16384:
+                self._parsed.clear()
+            self._parsed[query] = p
+        return p  # type: ignore[return-value]
+
+    # -- housekeeping ---------------------------------------------------------------
+    def _idle_for(self, stream: str) -> float:
+        kind = stream.split("@", 1)[1]
+        if kind.startswith("kline_"):
+            return self.klines.idle_for(kind[len("kline_"):])
+        return self.settings.idle_depth
+
+    def _sweep(self) -> None:
+        """End subscriptions nobody used lately; resync silent books."""
+        for market, stream in self.subscriptions.idle(self._idle_for):
+            kind = stream.split("@", 1)[1]
+            if kind.startswith("kline_"):
+                self.klines.release(market, stream)
+            elif kind.startswith("depth"):
+                self.depth.release(market, stream)
+            else:
+                self.tickers.release(market, stream)
+        self.depth.check_fresh()
+
+    # -- capabilities ---------------------------------------------------------------
+    def stale_streams(self, market: str) -> set[str]:
+        manager = self.managers[market]
+        s = self.settings
+        stale = set()
+        for name in manager.placed:
+            kind = name.split("@", 1)[1]
+            limit = s.stale_kline_min if kind.startswith("kline_") else (
+                s.stale_ticker if kind == "ticker" else s.stale_depth)
+            if not manager.fresh(name, limit):
+                stale.add(name)
+        return stale
+
+    def readiness_problems(self) -> list[str]:
+        return [f"stream manager {name} not running"
+                for name, manager in self.managers.items() if not manager.running]
+
+    def collect_metrics(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        active = GaugeMetricFamily("bnproxy_streams_active", "Subscribed streams.",
+                                   labels=["market"])
+        stale = GaugeMetricFamily("bnproxy_streams_stale", "Subscribed streams gone silent.",
+                                  labels=["market"])
+        conns = GaugeMetricFamily("bnproxy_stream_connections", "Open stream connections.",
+                                  labels=["market"])
+        reconnects = CounterMetricFamily("bnproxy_stream_reconnects", "Stream reconnects.",
+                                         labels=["market"])
+        messages = CounterMetricFamily("bnproxy_stream_messages", "Stream messages received.",
+                                       labels=["market"])
+        for market, mgr in self.managers.items():
+            active.add_metric([market], len(mgr.placed))
+            stale.add_metric([market], len(self.stale_streams(market)))
+            conns.add_metric([market], sum(c.protocol is not None for c in mgr.connections))
+            reconnects.add_metric([market], mgr.reconnects)
+            messages.add_metric([market], mgr.messages)
+        yield from (active, stale, conns, reconnects, messages)
+        yield CounterMetricFamily("bnproxy_stream_answers", "Answers served from streams.",
+                                  value=self.served)
+        own = CounterMetricFamily(
+            "bnproxy_own_weight", "Request weight of the proxy's own REST requests "
+            "(snapshots, backfills, refreshes, pings).", labels=["market", "purpose"])
+        for market in self.managers:
+            for purpose in PURPOSES:
+                own.add_metric([market, purpose], self.refetch.total.get((market, purpose), 0))
+        yield own
+
+    def health(self) -> dict:
+        return {"served": self.served,
+                "markets": {m: mgr.health(self.stale_streams(m))
+                            for m, mgr in self.managers.items()},
+                "series": len(self.series), "books": len(self.books),
+                "exchange_info_held": len(self.exchange_info.held),
+                "own_weight": self.refetch.health(),
+                "subscriptions_refused": self.subscriptions.refused}
+
+
+__all__ = ["OPTIONS", "Streams", "build_streams"]
+
+
+def build_streams(name: str, settings, context) -> Streams:
+    return Streams(name, context, read_settings(name, settings))

@@ -1,0 +1,113 @@
+"""``exchangeInfo``: answers held while bots ask for them, refreshed in the
+background only while a bot asked within the last refresh interval; and the
+symbols each market lists, which decide what the other responders may
+subscribe to."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import attrs
+import orjson
+from twisted.internet.defer import Deferred, succeed
+
+from bnproxy.binance.marketdata import EXCHANGE_INFO, rest_path
+from bnproxy.chain.compose import Answer, then
+from bnproxy.chain.messages import ProxyRequest, ProxyResponse
+from bnproxy.middleware.streams.responders import Tools
+
+InfoKey = tuple[str, str, bytes]  # (market, path, query)
+
+
+def _held(response: ProxyResponse) -> ProxyResponse:
+    return attrs.evolve(response, weight=0, headers=tuple(
+        (k, v) for k, v in response.headers if not k.startswith(b"x-mbx-used-weight")))
+
+
+class ExchangeInfoResponder:
+    def __init__(self, tools: Tools) -> None:
+        self.tools = tools
+        self.held: dict[InfoKey, tuple[ProxyResponse, float]] = {}  # -> (answer, last ask)
+        self.symbols: dict[str, frozenset[str]] = {}  # market -> listed symbols
+        self._waiting: dict[str, list[Deferred]] = {}
+
+    # -- answering ------------------------------------------------------------------
+    def handle(self, request: ProxyRequest, params: dict[str, str], next: Callable) -> Answer:
+        key = (request.market, request.path, request.query)
+        now = self.tools.clock.seconds()
+        held = self.held.get(key)
+        if held is not None:
+            self.held[key] = (held[0], now)
+            return attrs.evolve(held[0], source="cache", detail="held")
+
+        def keep(response: ProxyResponse) -> ProxyResponse:
+            if response.status == 200:
+                self.held[key] = (_held(response), self.tools.clock.seconds())
+                if not params:
+                    self._learn(request.market, response.body)
+            return response
+        return then(next(request), keep)
+
+    def refresh(self) -> None:
+        """Refresh what bots asked for within the last interval; drop the rest
+        (the next ask goes upstream and is held again)."""
+        now = self.tools.clock.seconds()
+        for key, (_, last_ask) in list(self.held.items()):
+            if now - last_ask > self.tools.settings.info_refresh:
+                del self.held[key]
+                continue
+            market, path, query = key
+            d = self.tools.refetch.fetch(("info", key), market, path, query, "refresh")
+            if d is not None:
+                d.addCallback(self._refreshed, key)
+
+    def _refreshed(self, response: ProxyResponse | None, key: InfoKey) -> None:
+        if response is None or response.status != 200 or key not in self.held:
+            return
+        self.held[key] = (_held(response), self.held[key][1])
+        if not key[2]:
+            self._learn(key[0], response.body)
+
+    # -- listed symbols -------------------------------------------------------------
+    def listed(self, market: str, symbol: str) -> bool | None:
+        """Whether ``market``'s exchangeInfo lists ``symbol`` (None: not known yet)."""
+        symbols = self.symbols.get(market)
+        return None if symbols is None else symbol in symbols
+
+    def when_known(self, market: str) -> Deferred:
+        """Fires (with None) once ``market``'s symbols are known, or once
+        fetching them failed; starts that fetch if none is under way."""
+        if market in self.symbols:
+            return succeed(None)
+        d: Deferred = Deferred()
+        self._waiting.setdefault(market, []).append(d)
+        job = ("symbols", market)
+        if not self.tools.refetch.busy(job):
+            path = rest_path(market, EXCHANGE_INFO) or ""
+            # Once per market (until it succeeds): no credit, only the share.
+            fetch = self.tools.refetch.fetch(job, market, path, b"", "refresh", credited=False)
+            if fetch is None:
+                self._wake(market)
+            else:
+                fetch.addCallback(self._fetched, market, path)
+        return d
+
+    def _fetched(self, response: ProxyResponse | None, market: str, path: str) -> None:
+        if response is not None and response.status == 200:
+            self._learn(market, response.body)
+            # Held, but refreshed only once a bot asks for it.
+            self.held.setdefault((market, path, b""), (_held(response), float("-inf")))
+        self._wake(market)
+
+    def _learn(self, market: str, body: bytes) -> None:
+        try:
+            info = orjson.loads(body)
+            symbols = frozenset(s["symbol"] for s in info["symbols"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return
+        self.symbols[market] = symbols
+        self._wake(market)
+
+    def _wake(self, market: str) -> None:
+        for d in self._waiting.pop(market, []):
+            d.callback(None)

@@ -1,0 +1,211 @@
+"""Klines: one ``KlineSeries`` per (market, symbol, interval) kept by its
+stream; seeded from the first bot answer that can seed it (else one page of
+the proxy's own), repaired by a backfill after a gap, and grown by exactly
+the missing older range when a bot asks for more candles than it holds."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from twisted.internet.defer import Deferred
+
+from bnproxy.binance.intervals import interval_seconds
+from bnproxy.binance.marketdata import (
+    KLINE_DEFAULT_LIMIT,
+    KLINE_PARAMS,
+    KLINES,
+    UTC_TIME_ZONES,
+    kline_cadence,
+    kline_stream,
+    rest_path,
+)
+from bnproxy.chain.compose import Answer, then
+from bnproxy.chain.messages import ProxyRequest, ProxyResponse
+from bnproxy.middleware.streams.klines import KlineSeries
+from bnproxy.middleware.streams.responders import Tools, parse_int, stream_answer
+from bnproxy.middleware.streams.responders.exchangeinfo import ExchangeInfoResponder
+
+Key = tuple[str, str, str]  # (market, symbol, interval)
+_BAD_PAGE = (orjson.JSONDecodeError, IndexError, KeyError, TypeError)
+
+
+class KlinesResponder:
+    def __init__(self, tools: Tools, info: ExchangeInfoResponder) -> None:
+        self.tools = tools
+        self.info = info
+        self.series: dict[Key, KlineSeries] = {}
+        self._answer_due: set[Key] = set()  # new series whose bot answer has not come yet
+
+    def handle(self, request: ProxyRequest, p: dict[str, str], next: Callable) -> Answer:
+        market = request.market
+        symbol, interval = p.get("symbol"), p.get("interval")
+        m = self.tools.markets[market]
+        if (not symbol or interval not in m.kline_intervals or set(p) - KLINE_PARAMS
+                or p.get("timeZone", "0") not in UTC_TIME_ZONES):
+            return next(request)
+        limit = parse_int(p.get("limit", str(KLINE_DEFAULT_LIMIT)))
+        start = parse_int(p["startTime"]) if "startTime" in p else None
+        end = parse_int(p["endTime"]) if "endTime" in p else None
+        if (limit is None or not 1 <= limit <= m.kline_max
+                or ("startTime" in p and (start is None or start > 10 ** 14))
+                or ("endTime" in p and (end is None or end > 10 ** 14))
+                or (start is not None and end is not None and start > end)):
+            return next(request)
+        key = (market, symbol, interval)
+        series = self.series.get(key)
+        if series is None:
+            listed = self.info.listed(market, symbol)
+            if listed is False:
+                return next(request)  # Binance answers an unknown symbol; no subscription
+            series = self.series[key] = KlineSeries(interval, m.kline_max)
+            self._answer_due.add(key)
+            if listed is None:  # subscribe once the market's symbols are known
+                self.info.when_known(market).addCallback(self._decide, key, request.client)
+            elif not self._subscribe(key, request.client):
+                del self.series[key]
+                self._answer_due.discard(key)
+                return next(request)
+            return then(next(request), self._seed_from, key, series)
+        stream = kline_stream(symbol, interval)
+        self.tools.subscriptions.touch(market, stream)
+        if self._fresh(key):
+            span = series.covers(start, end, limit)
+            if span is not None:
+                return stream_answer(series.response(span))
+            page = series.missing(start, end, limit)
+            if page is not None:
+                return self._grow(request, key, series, page, (start, end, limit), next)
+        return then(next(request), self._seed_from, key, series)
+
+    def _fresh(self, key: Key) -> bool:
+        market, symbol, interval = key
+        s = self.tools.settings
+        return self.tools.subscriptions.fresh(market, kline_stream(symbol, interval), max(
+            s.stale_kline_min, kline_cadence(market, interval) * s.stale_kline_factor))
+
+    def _subscribe(self, key: Key, client: str) -> bool:
+        market, symbol, interval = key
+        series = self.series[key]
+        return self.tools.subscriptions.open(market, kline_stream(symbol, interval),
+                                             lambda d: self._on_kline(key, series, d), client)
+
+    def _decide(self, _: object, key: Key, client: str) -> None:
+        """The symbols were not known when the series was made: subscribe if
+        the market lists the symbol, else forget the series."""
+        series = self.series.get(key)
+        if series is None:
+            return
+        if self.info.listed(key[0], key[1]) is not True or not self._subscribe(key, client):
+            del self.series[key]
+        elif not series.ready and key not in self._answer_due:
+            self._seed(key, series)  # the bot's answer came first and could not seed it
+
+    def _seed_from(self, response: ProxyResponse, key: Key, series: KlineSeries) -> ProxyResponse:
+        self._answer_due.discard(key)
+        if response.status == 200 and not series.ready:
+            try:
+                series.seed(orjson.loads(response.body), self.tools.now_ms())
+            except _BAD_PAGE:
+                pass
+        if (not series.ready and series.backfill_from is None
+                and self.info.listed(key[0], key[1]) is True):
+            # A historical page, or one that straddled a candle boundary: seed
+            # from a page of our own rather than wait for another bot.
+            self._seed(key, series)
+        return response
+
+    def _job(self, key: Key) -> tuple:
+        return ("klines", *key)
+
+    def _seed(self, key: Key, series: KlineSeries) -> None:
+        market, symbol, interval = key
+        query = (f"symbol={symbol}&interval={interval}"
+                 f"&limit={self.tools.markets[market].kline_max}").encode()
+        d = self.tools.refetch.fetch(self._job(key), market, rest_path(market, KLINES) or "",
+                                     query, "backfill")
+        if d is None:
+            return
+
+        def done(response: ProxyResponse | None) -> None:
+            ok = series.ready
+            if not ok and response is not None and response.status == 200:
+                try:
+                    ok = series.seed(orjson.loads(response.body), self.tools.now_ms())
+                except _BAD_PAGE:
+                    ok = False
+            if not ok:
+                self.tools.refetch.failed(self._job(key))
+        d.addCallback(done)
+
+    def _on_kline(self, key: Key, series: KlineSeries, data: Any) -> None:
+        series.apply(data["k"], data.get("E", 0))
+        span = series.backfill_range()
+        if span is not None:
+            self._backfill(key, series, *span)
+
+    def _backfill(self, key: Key, series: KlineSeries, start: int, end: int) -> None:
+        market, symbol, interval = key
+        query = (f"symbol={symbol}&interval={interval}&startTime={start}&endTime={end}"
+                 f"&limit={self.tools.markets[market].kline_max}").encode()
+        d = self.tools.refetch.fetch(self._job(key), market, rest_path(market, KLINES) or "",
+                                     query, "backfill")
+        if d is None:
+            return
+
+        def done(response: ProxyResponse | None) -> None:
+            ok = False
+            if response is not None and response.status == 200:
+                try:
+                    ok = series.repair(orjson.loads(response.body))
+                except _BAD_PAGE:
+                    ok = False
+            if not ok:
+                self.tools.refetch.failed(self._job(key))
+        d.addCallback(done)
+
+    def _grow(self, request: ProxyRequest, key: Key, series: KlineSeries,
+              page: tuple[int, int], asked: tuple[int | None, int | None, int],
+              next: Callable) -> Answer:
+        """One request for exactly the missing older candles, then the bot's
+        request is answered from the series (or passed on if that failed)."""
+        market, symbol, interval = key
+        rows, end = page
+        job = ("grow", *key)
+        d: Deferred | None = self.tools.refetch.join(job)
+        if d is None:
+            query = f"symbol={symbol}&interval={interval}&endTime={end}&limit={rows}".encode()
+            d = self.tools.refetch.fetch(job, market, rest_path(market, KLINES) or "", query,
+                                         "backfill")
+            if d is None:
+                return next(request)
+
+            def merge(response: ProxyResponse | None) -> ProxyResponse | None:
+                if response is not None and response.status == 200:
+                    try:
+                        series.prepend(orjson.loads(response.body))
+                    except _BAD_PAGE:
+                        pass
+                return response
+            d.addCallback(merge)
+
+        def serve(_: object) -> Answer:
+            if self.series.get(key) is series and self._fresh(key):
+                span = series.covers(*asked)
+                if span is not None:
+                    return stream_answer(series.response(span))
+            return next(request)
+        return d.addCallback(serve)
+
+    # -- housekeeping ----------------------------------------------------------------
+    def idle_for(self, interval: str) -> float:
+        s = self.tools.settings
+        return min(max(2 * interval_seconds(interval), s.idle_kline), s.idle_kline_max)
+
+    def release(self, market: str, stream: str) -> None:
+        symbol_l, _, kind = stream.partition("@")
+        for key in [k for k in self.series if k[0] == market and k[1].lower() == symbol_l
+                    and k[2] == kind[len("kline_"):]]:
+            del self.series[key]
+            self.tools.refetch.forget(self._job(key))

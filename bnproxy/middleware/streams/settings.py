@@ -1,0 +1,71 @@
+"""The streams middleware's settings (``[middleware.streams]``): declared
+once as typed options; ``Settings`` is what the parts read."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from bnproxy.binance.marketdata import CONNECTION_LIFETIME
+from bnproxy.chain.options import Option
+
+OPTIONS = (
+    Option("snapshot_limit", "int", 1000, "The largest depth snapshot the proxy takes "
+           "(a book is built from the smallest one that covers what bots ask).",
+           minimum=5, maximum=5000),
+    Option("depth_headroom", "float", 2.0, "A book holds this many times the asked levels.",
+           minimum=1.0),
+    Option("stale_depth", "float", 3.0, "A book or book ticker silent this long (seconds) is "
+           "not served.", minimum=0.1),
+    Option("stale_ticker", "float", 5.0, "A 24 h ticker silent this long is not served.",
+           minimum=0.1),
+    Option("stale_kline", "float", 6.0, "At least this long (or 3 x the stream's cadence) "
+           "before a kline stream counts as silent.", minimum=0.1),
+    Option("idle", "float", 900.0, "Books and tickers nobody asked for are released after "
+           "this, seconds.", minimum=1),
+    Option("idle_kline", "float", 900.0, "A kline series is kept at least this long unused "
+           "(or 2 intervals if longer) …", minimum=1),
+    Option("idle_kline_max", "float", 7200.0, "… but at most this long.", minimum=1),
+    Option("exchange_info_refresh", "float", 300.0, "exchangeInfo is refreshed this often, "
+           "only while bots asked for it within as long.", minimum=1),
+    Option("own_share", "float", 0.25, "The proxy's own REST weight per pool per minute, as a "
+           "share of the budget.", minimum=0.01, maximum=1.0),
+    Option("new_streams_per_client", "int", 240, "New subscriptions one client may cause per "
+           "minute.", minimum=1),
+    Option("legacy_routes", "bool", False, "USD-M: the unrouted /stream endpoint instead of "
+           "/public and /market."),
+    Option("rotate_after", "float", CONNECTION_LIFETIME - 3600.0, "Replace a connection "
+           "after this long, before Binance's 24 h cut, seconds.", minimum=60),
+)
+
+
+@attrs.frozen
+class Settings:
+    snapshot_limit: int
+    depth_headroom: float
+    stale_depth: float
+    stale_ticker: float
+    stale_kline_min: float
+    idle_depth: float
+    idle_kline: float
+    idle_kline_max: float
+    info_refresh: float
+    own_share: float
+    new_streams_per_client: int
+    legacy_routes: bool
+    rotate_after: float
+    stale_kline_factor: float = 3.0  # a kline stream's cadence times this (not a setting)
+
+
+def read_settings(name: str, settings: Mapping[str, Any]) -> Settings:
+    """``Settings`` from the checked option values (every option present)."""
+    s = dict(settings)
+    return Settings(
+        snapshot_limit=s["snapshot_limit"], depth_headroom=s["depth_headroom"],
+        stale_depth=s["stale_depth"], stale_ticker=s["stale_ticker"],
+        stale_kline_min=s["stale_kline"], idle_depth=s["idle"], idle_kline=s["idle_kline"],
+        idle_kline_max=s["idle_kline_max"], info_refresh=s["exchange_info_refresh"],
+        own_share=s["own_share"], new_streams_per_client=s["new_streams_per_client"],
+        legacy_routes=s["legacy_routes"], rotate_after=s["rotate_after"])
