@@ -69,7 +69,7 @@ class Streams(MultiService):
 
     def __init__(self, name: str, context, settings: Settings) -> None:
         super().__init__()
-        self.name = name  # type: ignore[assignment]  # Service declares it None
+        self.name = name
         self.settings = settings
         self._clock = context.reactor
         self.managers: dict[str, StreamManager] = {}

@@ -24,6 +24,7 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
 from twisted.internet import endpoints, task
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 
 from bnproxy.binance.marketdata import (
@@ -75,14 +76,16 @@ class Connection:
         secure = parts.scheme == "wss"
         port = parts.port or (443 if secure else 80)
         reactor = manager.reactor
-        endpoint = endpoints.HostnameEndpoint(reactor, parts.hostname, port, timeout=10)
+        host = parts.hostname or ""  # check_base_url made sure there is one
+        endpoint: IStreamClientEndpoint = endpoints.HostnameEndpoint(reactor, host, port,
+                                                                     timeout=10)
         if secure:  # the same trust as the REST upstream (IPolicyForHTTPS)
             endpoint = endpoints.wrapClientTLS(
-                manager.tls_policy.creatorForNetloc(parts.hostname.encode("idna"), port),
-                endpoint)
-        factory = WebSocketClientFactory(url)
+                manager.tls_policy.creatorForNetloc(host.encode("idna"), port), endpoint)
+        # The reactor given, so autobahn's own timers run on the injected clock too.
+        factory = WebSocketClientFactory(url, reactor=reactor)
         factory.protocol = _Protocol
-        factory.connection = self
+        factory.connection = self  # type: ignore[attr-defined]  # read by _Protocol
         factory.setProtocolOptions(
             openHandshakeTimeout=10, closeHandshakeTimeout=5,
             autoPingInterval=manager.ping_interval, autoPingTimeout=manager.ping_timeout,
