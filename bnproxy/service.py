@@ -14,6 +14,8 @@ from twisted.logger import Logger
 from twisted.web.resource import IResource
 
 from bnproxy.server.admin import AdminGuard
+from bnproxy.dashboard.feed import DashboardFeed
+from bnproxy.dashboard.resource import mount_dashboard
 from bnproxy.binance.endpoints import load_endpoints
 from bnproxy.binance.markets import build_markets
 from bnproxy.chain.compose import as_deferred, compose
@@ -69,7 +71,7 @@ class ProxyService(MultiService):
         admin: dict[str, IResource] = {}
 
         def add_admin(name: str, resource: IResource) -> None:
-            if name in admin or name in ("health", "metrics", "live", "ready"):
+            if name in admin or name in ("health", "metrics", "live", "ready", "dashboard"):
                 raise ConfigError(f"admin resource /{name} is mounted twice")
             admin[name] = resource
 
@@ -85,8 +87,10 @@ class ProxyService(MultiService):
         self.handler = compose(self.middlewares, self.upstream)
         chain_ref.append(self.handler)
 
+        self.dashboard = DashboardFeed(reactor, lambda: self.middlewares, self.metrics,
+                                       self.endpoints)
         self.forward = ForwardingResource(self.handler, markets, self.endpoints, reactor,
-                                          resolver, self.metrics.answered)
+                                          resolver, self.dashboard.observer(self.metrics.answered))
         self.metrics.watch(lambda: [*self.middlewares, self])
         root = RootResource(self.forward)
         self.health = HealthResource(reactor, markets, self.middlewares)
@@ -95,6 +99,8 @@ class ProxyService(MultiService):
                                              admin_allow, resolver))
         root.putChild(b"live", LiveResource())
         root.putChild(b"ready", ReadyResource(self.readiness))
+        mount_dashboard(root, self.dashboard,
+                        lambda resource: AdminGuard(resource, admin_allow, resolver))
         for name, resource in admin.items():
             root.putChild(name.encode("ascii"), AdminGuard(resource, admin_allow, resolver))
         self.site = ProxySite(root, config.server, reactor=reactor)
@@ -103,6 +109,7 @@ class ProxyService(MultiService):
         for middleware in self.middlewares:
             if IService.providedBy(middleware):
                 middleware.setServiceParent(self)
+        self.dashboard.setServiceParent(self)
         self.listeners: list[StreamServerEndpointService] = []
         for description in config.listen:
             try:
