@@ -138,6 +138,8 @@ class DashboardFeed(Service):
         self._listeners: list[Callable[[bytes], None]] = []
         self._governors: list[Any] = []
         self._closers: dict[Callable, Callable[[], None]] = {}
+        self._ban_causes: dict[str, tuple[int, str]] = {}
+        self._causes_scanned = 0
         self.document: dict[str, Any] = {}
         self.event: bytes = b""
         self._state: bytes | None = None
@@ -206,6 +208,7 @@ class DashboardFeed(Service):
         for p in pools:
             key = p["pool"] if not p.get("egress") else f"{p['pool']}@{p['egress']}"
             sample[f"used.{key}"] = p["used"]
+        self._note_ban_causes()
         doc["bans"] = self._bans(pools, now)
         # answers by source, asked weight per market
         answers_total, asked = self._answers()
@@ -307,6 +310,16 @@ class DashboardFeed(Service):
                                  "ban_cause": p.get("ban_cause")})
         return rows
 
+    def _note_ban_causes(self) -> None:
+        """Remember the newest upstream 418/429 per market (the error ring
+        may lose it under a flood of refusals)."""
+        new = min(self._errors_added - self._causes_scanned, len(self._raw_errors))
+        self._causes_scanned = self._errors_added
+        for _t, request, response in list(self._raw_errors)[len(self._raw_errors) - new:]:
+            if response.status in (418, 429) and response.source == "upstream":
+                self._ban_causes[request.market] = (
+                    response.status, f"Binance answered {response.status}: {_msg(response)}")
+
     def _bans(self, pools: Iterable[dict], now: float) -> list[dict]:
         bans = []
         for p in pools:
@@ -315,13 +328,10 @@ class DashboardFeed(Service):
                 continue
             status, cause = p.get("ban_status"), p.get("ban_cause")
             if cause is None:  # the newest Binance 418/429 for that pool's market
-                market = "spot" if p["pool"] == "sapi" else p["pool"]
-                for t, request, response in reversed(self._raw_errors):
-                    if request.market == market and response.status in (418, 429) and \
-                            response.source == "upstream":
-                        status = status or response.status
-                        cause = f"Binance answered {response.status}: {_msg(response)}"
-                        break
+                seen = self._ban_causes.get("spot" if p["pool"] == "sapi" else p["pool"])
+                if seen is not None:
+                    status = status or seen[0]
+                    cause = seen[1]
             if cause is None:
                 cause = f"Binance answered {status}" if status else \
                     "Binance answered 418 or 429"

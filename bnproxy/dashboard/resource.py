@@ -108,14 +108,17 @@ class EventsResource(Resource):
         def send(event: bytes) -> None:
             request.write(event)
 
+        ended: list[bool] = []
+
         def close() -> None:
-            if not request.finished and not request._disconnected:
+            if not ended:
                 request.finish()
 
         unsubscribe = self._feed.subscribe(send, close)
         self.open += 1
 
         def gone(_):
+            ended.append(True)
             unsubscribe()
             self.open -= 1
 
