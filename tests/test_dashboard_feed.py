@@ -222,3 +222,17 @@ def test_the_dashboard_is_admin_only(tmp_path):
     for path in ("/dashboard", "/dashboard/state", "/dashboard/events"):
         denied = h.request("GET", path, headers={b"X-Forwarded-For": b"203.0.113.7"})
         assert denied.status == 403, path
+
+
+def test_every_file_the_page_needs_is_shipped_as_package_data():
+    import configparser
+    import os
+
+    from bnproxy.dashboard import resource
+
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(os.path.dirname(__file__), "..", "setup.cfg"))
+    shipped = {f.strip() for f in cfg["options.package_data"]["bnproxy.dashboard"].split(",")}
+    needed = {"index.html"} | {path for path, _ in resource.STATIC.values()} | {
+        path for path, _ in resource.VENDOR.values()}
+    assert needed <= shipped
