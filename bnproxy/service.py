@@ -91,7 +91,7 @@ class ProxyService(MultiService):
                                        self.endpoints)
         self.forward = ForwardingResource(self.handler, markets, self.endpoints, reactor,
                                           resolver, self.dashboard.observer(self.metrics.answered))
-        self.metrics.watch(lambda: [*self.middlewares, self])
+        self.metrics.watch(lambda: [*self.middlewares, self, self.dashboard])
         root = RootResource(self.forward)
         self.health = HealthResource(reactor, markets, self.middlewares)
         root.putChild(b"health", AdminGuard(self.health, admin_allow, resolver))

@@ -69,9 +69,10 @@ import orjson
 from twisted.application.service import Service
 from twisted.internet import task
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from bnproxy import __version__
-from bnproxy.chain.interfaces import IHealthReporter, IWeightGovernor
+from bnproxy.chain.interfaces import IHealthReporter, IMetricsSource, IWeightGovernor
 from bnproxy.chain.messages import ProxyRequest, ProxyResponse
 from bnproxy.middleware.logger import redact_query
 
@@ -104,6 +105,7 @@ def quantile(q: float, bounds: Sequence[float], counts: Sequence[float]) -> floa
     return lower_bound
 
 
+@implementer(IMetricsSource)
 class DashboardFeed(Service):
     """Samples the proxy once a second; see the module docstring.
 
@@ -139,6 +141,7 @@ class DashboardFeed(Service):
         self._governors: list[Any] = []
         self._closers: dict[Callable, Callable[[], None]] = {}
         self._ban_causes: dict[str, tuple[int, str]] = {}
+        self.spent_total: dict[str, int] = {}  # since start, per market
         self._causes_scanned = 0
         self.document: dict[str, Any] = {}
         self.event: bytes = b""
@@ -221,6 +224,7 @@ class DashboardFeed(Service):
         self._asked_prev = asked
         for market, w in self._spent(pools).items():
             sample[f"spent.{market}"] = w
+            self.spent_total[market] = self.spent_total.get(market, 0) + w
         p50, p99 = self._latency()
         sample["latency.p50"], sample["latency.p99"] = p50, p99
         self._record(now, sample)
@@ -249,6 +253,23 @@ class DashboardFeed(Service):
                 listener(self.event)
             except Exception:
                 _log.failure("dashboard listener failed")
+
+    def collect_metrics(self):
+        """``bnproxy_weight_asked_total`` and ``bnproxy_weight_spent_total``
+        per market (as sampled each second; see the module docstring)."""
+        from prometheus_client.core import CounterMetricFamily
+        asked = CounterMetricFamily(
+            "bnproxy_weight_asked", "Weight the bots' answers would have cost upstream "
+            "(predicted with default parameters).", labels=["market"])
+        spent = CounterMetricFamily(
+            "bnproxy_weight_spent", "Weight the governor counted upstream (bots and the "
+            "proxy's own requests).", labels=["market"])
+        for market, w in sorted(self._asked_prev.items()):
+            asked.add_metric([market], w)
+        for market, w in sorted(self.spent_total.items()):
+            spent.add_metric([market], w)
+        yield asked
+        yield spent
 
     def state_bytes(self) -> bytes:
         """The full document with the history, encoded at most once a tick."""
@@ -371,9 +392,8 @@ class DashboardFeed(Service):
             key = f"{p['pool']}@{p.get('egress')}"
             used, prev = p["used"] or 0, self._used_prev.get(key)
             self._used_prev[key] = used
+            # a new minute starts from 0 (the first sample: since the proxy started)
             delta = used if prev is None or used < prev else used - prev
-            if prev is None:
-                delta = 0  # the first sample: no second to charge it to
             market = "spot" if p["pool"] == "sapi" else p["pool"]
             spent[market] = spent.get(market, 0) + delta
         return spent
