@@ -236,3 +236,16 @@ def test_every_file_the_page_needs_is_shipped_as_package_data():
     needed = {"index.html"} | {path for path, _ in resource.STATIC.values()} | {
         path for path, _ in resource.VENDOR.values()}
     assert needed <= shipped
+
+
+def test_fifteen_minute_sums_forget_what_left_the_ring(tmp_path):
+    h = harness(tmp_path)
+    tick(h)
+    for _ in range(3):
+        h.request("GET", KLINES)
+    assert tick(h)["answers"]["last_15m"]["cache"] == 2
+    assert tick(h, HISTORY - 1)["answers"]["last_15m"]["cache"] == 2
+    state = tick(h)
+    assert state["answers"]["last_15m"]["cache"] == 0
+    assert state["weight_15m"]["asked"]["spot"] == 0
+    assert state["answers"]["total"]["cache"] == 2

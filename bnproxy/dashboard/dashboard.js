@@ -86,7 +86,8 @@ function chart(key, container, keys, opts) {
       legend: {show: true},
       cursor: {drag: {x: false, y: false}},
       scales: {x: {time: true}, y: opts.y || {}},
-      axes: [{}, {size: 56, values: opts.values || ((u, v) => v.map(fmtNum))}],
+      axes: [{values: (u, vs) => vs.map((v) => fmtTime(v).slice(0, v % 60 ? 8 : 5)), space: 60},
+             {size: opts.axisSize || 60, values: opts.values || ((u, v) => v.map(fmtNum))}],
       series: [{}, ...keys.map((k, i) => ({
         label: (opts.labels && opts.labels[i]) || k,
         stroke: (opts.colors && opts.colors[i]) || COLORS[i % COLORS.length],
@@ -263,7 +264,8 @@ function render() {
   renderClients();
   renderHits();
   chart("latency", document.getElementById("latency-chart"), ["latency.p50", "latency.p99"],
-        {labels: ["p50", "p99"], value: (u, v) => fmtMs(v), values: (u, vs) => vs.map(fmtMs)});
+        {labels: ["p50", "p99"], value: (u, v) => fmtMs(v), values: (u, vs) => vs.map(fmtMs),
+         axisSize: 76});
   const sources = ["stream", "cache", "upstream", "local"];
   chart("answers", document.getElementById("answers-chart"), sources.map((s) => `answers.${s}`),
         {labels: sources, colors: sources.map((s) => SOURCE_COLORS[s])});

@@ -124,6 +124,7 @@ class DashboardFeed(Service):
         self._started = clock.seconds()
         self._times: deque[float] = deque(maxlen=history)
         self._series: dict[str, deque] = {}
+        self._totals: dict[str, float] = {}  # the sum of each series' ring
         self._raw_errors: deque[tuple[float, ProxyRequest, ProxyResponse]] = deque(
             maxlen=ERRORS)
         self._errors: list[dict] = []
@@ -282,18 +283,28 @@ class DashboardFeed(Service):
         return self._state
 
     def _record(self, now: float, sample: Mapping[str, float | None]) -> None:
+        """Append one sample; running sums per series (what the ring drops
+        is subtracted), so no tick walks the 15 minutes."""
+        full = len(self._times) == self._times.maxlen
         self._times.append(round(now, 3))
         n = len(self._times)
+        totals = self._totals
         for key, ring in self._series.items():
-            ring.append(sample.get(key))
+            if full and ring[0] is not None:
+                totals[key] -= ring[0]
+            value = sample.get(key)
+            ring.append(value)
+            if value is not None:
+                totals[key] += value
         for key, value in sample.items():
             if key not in self._series:
                 ring = self._series[key] = deque([None] * (n - 1), maxlen=self._times.maxlen)
                 ring.append(value)
+                totals[key] = value or 0
 
     def _sums(self, prefix: str) -> dict[str, float]:
-        return {k[len(prefix):]: sum(v for v in ring if v is not None)
-                for k, ring in self._series.items() if k.startswith(prefix)}
+        return {k[len(prefix):]: round(v, 6) if isinstance(v, float) else v
+                for k, v in self._totals.items() if k.startswith(prefix)}
 
     # -- sources ---------------------------------------------------------------------------
     def _healths(self) -> dict[str, dict]:
