@@ -127,6 +127,12 @@ def test_the_page_loads_without_console_errors_and_agrees_with_health(page, stac
     assert row.nth(1).inner_text() == str(clients["agree"]["requests"])
     assert row.nth(2).inner_text() == str(clients["agree"]["weight"])
     assert page.locator("#link").inner_text() == "live"
+    page.click('#clients th[data-key="client"]')  # sortable: by name, A to Z
+    names = page.locator("#clients tbody tr td:first-child").all_inner_texts()
+    assert names == sorted(names) and len(names) >= 2
+    page.click('#clients th[data-key="client"]')  # and back
+    names = page.locator("#clients tbody tr td:first-child").all_inner_texts()
+    assert names == sorted(names, reverse=True)
     assert page.problems == []
 
 

@@ -201,7 +201,7 @@ function renderClients() {
   const rows = (doc.clients || []).slice();
   rows.sort((a, b) => {
     const x = a[sortKey], y = b[sortKey];
-    return (typeof x === "string" ? x.localeCompare(y) : x - y) * sortDir;
+    return (typeof x === "string" ? (x < y ? -1 : x > y ? 1 : 0) : x - y) * sortDir;
   });
   const body = rows.map((c) => el("tr", {"data-client": c.client}, el("td", {}, c.client),
     el("td", {}, String(c.requests)), el("td", {}, String(c.weight)), el("td", {}, String(c.refused)),
