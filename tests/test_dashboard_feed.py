@@ -249,3 +249,17 @@ def test_fifteen_minute_sums_forget_what_left_the_ring(tmp_path):
     assert state["answers"]["last_15m"]["cache"] == 0
     assert state["weight_15m"]["asked"]["spot"] == 0
     assert state["answers"]["total"]["cache"] == 2
+
+
+def test_weight_spent_in_a_new_minute_counts_from_zero(tmp_path):
+    h = harness(tmp_path, names=("ratelimit",))
+    tick(h)
+    h.request("GET", "/api/v3/time")  # the upstream says 7 used this minute
+    assert tick(h)["history"]["series"]["spent.spot"][-1] == 7
+    tick(h, 57)  # t = 59
+    h.clock.advance(1.5)  # t = 60.5: a new minute, no sample taken in between
+    h.request("GET", "/api/v3/time")  # 7 again, in the new minute
+    h.service.dashboard.tick()
+    state = json.loads(h.service.dashboard.state_bytes())
+    assert state["history"]["series"]["spent.spot"][-1] == 7
+    assert state["weight_15m"]["spent"]["spot"] == 14

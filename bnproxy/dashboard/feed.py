@@ -144,6 +144,7 @@ class DashboardFeed(Service):
         self._ban_causes: dict[str, tuple[int, str]] = {}
         self.spent_total: dict[str, int] = {}  # since start, per market
         self._causes_scanned = 0
+        self._minute = -1
         self.document: dict[str, Any] = {}
         self.event: bytes = b""
         self._state: bytes | None = None
@@ -223,7 +224,7 @@ class DashboardFeed(Service):
         for market, w in asked.items():
             sample[f"asked.{market}"] = w - self._asked_prev.get(market, 0)
         self._asked_prev = asked
-        for market, w in self._spent(pools).items():
+        for market, w in self._spent(pools, now).items():
             sample[f"spent.{market}"] = w
             self.spent_total[market] = self.spent_total.get(market, 0) + w
         p50, p99 = self._latency()
@@ -309,7 +310,9 @@ class DashboardFeed(Service):
     # -- sources ---------------------------------------------------------------------------
     def _healths(self) -> dict[str, dict]:
         out: dict[str, dict] = {}
-        for m in self._reporters():
+        reporters = self._reporters()
+        self._governors = [m for m in reporters if IWeightGovernor.providedBy(m)]
+        for m in reporters:
             if IHealthReporter.providedBy(m) or callable(getattr(m, "health", None)):
                 try:
                     h = m.health()
@@ -318,7 +321,6 @@ class DashboardFeed(Service):
                     continue
                 if isinstance(h, dict):
                     out[getattr(m, "name", type(m).__name__)] = h
-        self._governors = [m for m in self._reporters() if IWeightGovernor.providedBy(m)]
         return out
 
     def _pools(self, healths: Mapping[str, dict]) -> list[dict]:
@@ -397,14 +399,18 @@ class DashboardFeed(Service):
             asked[market] = asked.get(market, 0) + n * self._weight_of(market, endpoint)
         return by_source, asked
 
-    def _spent(self, pools: Iterable[dict]) -> dict[str, int]:
+    def _spent(self, pools: Iterable[dict], now: float) -> dict[str, int]:
+        """The rise of each pool's used weight since the last sample, per
+        market. Binance's (and the governor's) windows are clock minutes: in
+        a new minute the whole of ``used`` is new."""
+        minute = int(now // 60)
+        new_minute, self._minute = minute != self._minute, minute
         spent: dict[str, int] = {}
         for p in pools:
             key = f"{p['pool']}@{p.get('egress')}"
             used, prev = p["used"] or 0, self._used_prev.get(key)
             self._used_prev[key] = used
-            # a new minute starts from 0 (the first sample: since the proxy started)
-            delta = used if prev is None or used < prev else used - prev
+            delta = used if prev is None or new_minute or used < prev else used - prev
             market = "spot" if p["pool"] == "sapi" else p["pool"]
             spent[market] = spent.get(market, 0) + delta
         return spent
