@@ -7,9 +7,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bnproxy.tools import freqtrade_config
+from bnproxy.tools import freqtrade_config, status
 
-COMMANDS = {"freqtrade-config": freqtrade_config}
+COMMANDS = {"freqtrade-config": freqtrade_config, "status": status}
 
 
 def parser() -> argparse.ArgumentParser:

@@ -24,6 +24,8 @@ from bnproxy.chain.interfaces import IHealthReporter, IMetricsSource
 from bnproxy.chain.registry import build_middlewares, discover
 from bnproxy.config.model import ProxyConfig
 from bnproxy.config.reader import ConfigError
+from bnproxy.dashboard.feed import DashboardFeed
+from bnproxy.dashboard.resource import mount_dashboard
 from bnproxy.readiness import Readiness
 from bnproxy.server.admin import AdminGuard
 from bnproxy.server.clientaddr import ClientResolver, parse_networks
@@ -37,7 +39,7 @@ from bnproxy.upstream.tls import upstream_tls_policy
 if TYPE_CHECKING:
     from bnproxy.service import ProxyService
 
-ADMIN_NAMES = ("health", "metrics", "live", "ready")
+ADMIN_NAMES = ("health", "metrics", "live", "ready", "dashboard")
 
 
 @attrs.define
@@ -56,6 +58,7 @@ class Proxy:
     forward: ForwardingResource
     health: HealthResource
     readiness: Readiness
+    dashboard: DashboardFeed
     site: ProxySite
 
 
@@ -111,11 +114,13 @@ def assemble(reactor: Any, config: ProxyConfig, agent: Any = None) -> Proxy:
     handler = compose(middlewares, upstream)
     chain_ref.append(handler)
 
+    dashboard = DashboardFeed(reactor, lambda: middlewares, metrics, endpoints)
     forward = ForwardingResource(handler, markets, endpoints, reactor, resolver,
-                                 metrics.answered)
+                                 dashboard.observer(metrics.answered))
     readiness = Readiness(reactor, markets, upstream, handler, endpoints,
                           lambda: middlewares)
-    metrics.watch(lambda: [m for m in [*middlewares, readiness] if IMetricsSource.providedBy(m)])
+    metrics.watch(lambda: [m for m in [*middlewares, readiness, dashboard]
+                           if IMetricsSource.providedBy(m)])
     metrics.track_inflight(lambda: forward.inflight)
     health = HealthResource(reactor, markets,
                             [m for m in middlewares if IHealthReporter.providedBy(m)],
@@ -127,12 +132,13 @@ def assemble(reactor: Any, config: ProxyConfig, agent: Any = None) -> Proxy:
                                          resolver))
     root.putChild(b"live", LiveResource())
     root.putChild(b"ready", ReadyResource(readiness.problems))
+    mount_dashboard(root, dashboard, lambda resource: AdminGuard(resource, admin_allow, resolver))
     for name, resource in admin.items():
         root.putChild(name.encode("ascii"), AdminGuard(resource, admin_allow, resolver))
     site = ProxySite(root, config.server, reactor=reactor)
     site.displayTracebacks = False
     return Proxy(config, reactor, markets, endpoints, metrics, upstream, context, middlewares,
-                 handler, forward, health, readiness, site)
+                 handler, forward, health, readiness, dashboard, site)
 
 
 def build_service(reactor: Any, config: ProxyConfig) -> ProxyService:

@@ -49,10 +49,12 @@ class ProxyService(MultiService):
         self.forward = proxy.forward
         self.health = proxy.health
         self.readiness = proxy.readiness
+        self.dashboard = proxy.dashboard
         self.site = proxy.site
         for middleware in self.middlewares:
             if IService.providedBy(middleware):
                 middleware.setServiceParent(self)
+        self.dashboard.setServiceParent(self)
         self.ports: list[IListeningPort] = []
 
     def listen(self) -> None:

@@ -1,0 +1,537 @@
+"""The dashboard's state feed: what the proxy is doing, once a second.
+
+``DashboardFeed`` samples what the proxy already exposes, found by interface:
+every middleware providing ``IHealthReporter`` (or, for now, any middleware
+with a ``health()`` method), the answers counter and the upstream latency
+histogram of ``bnproxy.server.metrics.Metrics``, and answers with a status of
+400 or more (``observer(answered)`` wraps the forwarding resource's
+``answered`` callback; a successful answer costs one comparison).
+
+Once a second (``tick``) it takes one sample, keeps the last 15 minutes of
+them in a ring of plain numbers, and encodes the live document **once** into
+bytes shared by every open page (``event`` for ``/dashboard/events``); the
+full document with the history (``state_bytes()``, ``/dashboard/state``) is
+encoded at most once a second, when asked for. Nothing here runs per
+request except the error check.
+
+The state document (``/dashboard/state``; ``/dashboard/events`` sends the
+same document without ``history`` and with ``sample``, the newest history
+point, as one ``state`` event a second)::
+
+    {
+      "schema": 1,
+      "time": 1764300000.0,          # the proxy's clock (Unix seconds)
+      "version": "0.x", "uptime_seconds": 12.0,
+      "pools": [{"pool": "spot", "egress": null, "used": 40, "budget": 5400,
+                 "limit": 6000, "queued": 0, "banned_for": 0.0}],
+      "bans": [{"pool": "spot", "egress": null, "seconds_left": 88.2,
+                "until": 1764300088.2, "status": 418, "cause": "…"}],
+      "weight_15m": {"asked": {"spot": 1200}, "spent": {"spot": 80},
+                     "saving_percent": {"spot": 93.3},
+                     "total": {"asked": 1200, "spent": 80, "saving_percent": 93.3}},
+      "clients": [{"client": "bot-a", "requests": 10, "weight": 20,
+                   "refused": 0, "last_seen": 1764299990.0}],
+      "answers": {"total": {"cache": 5, …}, "last_15m": {"cache": 5, …}},
+      "hit_ratio_15m": {"cache": 0.8, "stream": 0.1},   # share of answers
+      "cache": {"entries": 3, "bytes": 9000, "hit_ratio": 0.8},  # the cache's own
+      "streams": {"served": 4, "markets": {"spot": {"connections": 1, "open": 1,
+                  "streams": 3, "stale": 0, "reconnects": 0, "messages_per_second": 2.0}}},
+      "latency": {"p50": 0.004, "p99": 0.02},   # upstream, seconds, last 10 s
+      "errors": [{"time": …, "client": "127.0.0.1", "method": "GET",
+                  "market": "spot", "path": "/api/v3/depth", "query": "symbol=X",
+                  "status": 418, "source": "local", "msg": "…"}],   # newest first
+      "instances": [...],            # only with shared state (a reporter's "instances")
+      "history": {"time": [t0, t1, …],               # one a second, up to 15 minutes
+                  "series": {"used.spot": [...], "asked.spot": [...],
+                             "spent.spot": [...], "latency.p50": [...],
+                             "latency.p99": [...], "answers.cache": [...], …}}
+    }
+
+History series: ``used.<pool>`` (``used.<pool>@<egress>`` when the governor
+reports an egress address): weight used this minute; ``asked.<market>``:
+weight the bots' answers would have cost upstream, per second, predicted
+from the endpoint table with the endpoints' default parameters (the metrics
+have no "asked" figure); ``spent.<market>``: weight the governor counted
+upstream that second (bots' and the proxy's own requests; ``sapi`` counts
+under ``spot``); ``latency.p50``/``latency.p99``: upstream latency over the
+last 10 s from histogram bucket deltas (null: no upstream answer);
+``answers.<source>``: answers per second by source (stream, cache,
+upstream, local). A value is null where the series did not exist yet.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import orjson
+from twisted.application.service import Service
+from twisted.internet import task
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from bnproxy import __version__
+from bnproxy.chain.interfaces import IHealthReporter, IMetricsSource, IWeightGovernor
+from bnproxy.chain.messages import ProxyRequest, ProxyResponse
+from bnproxy.middleware.logger import redact_query
+
+_log = Logger(namespace="bnproxy.dashboard")
+
+HISTORY = 900  # seconds of history: 15 minutes, one sample a second
+ERRORS = 20
+LATENCY_WINDOW = 10  # seconds of histogram deltas behind each latency point
+SOURCES = ("stream", "cache", "upstream", "local")
+MAX_CLIENTS = 500  # rows in the per-bot table (the busiest by weight)
+
+
+def quantile(q: float, bounds: Sequence[float], counts: Sequence[float]) -> float | None:
+    """Prometheus' ``histogram_quantile``: ``counts`` are cumulative per
+    upper bound (the last bound is +Inf); linear within the bucket."""
+    total = counts[-1] if counts else 0
+    if total <= 0:
+        return None
+    rank = q * total
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in zip(bounds, counts):
+        if count >= rank:
+            if bound == float("inf"):
+                return lower_bound
+            if count == lower_count:
+                return bound
+            return lower_bound + (bound - lower_bound) * (rank - lower_count) / (
+                count - lower_count)
+        lower_bound, lower_count = bound, count
+    return lower_bound
+
+
+@implementer(IMetricsSource)
+class DashboardFeed(Service):
+    """Samples the proxy once a second; see the module docstring.
+
+    ``reporters``: a callable returning the middlewares (or anything) to ask
+    for ``health()``; ``metrics``: a ``bnproxy.server.metrics.Metrics``;
+    ``endpoints``: the endpoint table (for predicted weights).
+    """
+
+    def __init__(self, clock, reporters: Callable[[], Sequence[Any]], metrics,
+                 endpoints=None, history: int = HISTORY, interval: float = 1.0) -> None:
+        self._clock = clock
+        self._reporters = reporters
+        self._metrics = metrics
+        self._endpoints = endpoints
+        self._interval = interval
+        self._started = clock.seconds()
+        self._times: deque[float] = deque(maxlen=history)
+        self._series: dict[str, deque] = {}
+        self._totals: dict[str, float] = {}  # the sum of each series' ring
+        self._raw_errors: deque[tuple[float, ProxyRequest, ProxyResponse]] = deque(
+            maxlen=ERRORS)
+        self._errors: list[dict] = []
+        self._errors_seen = 0
+        self._errors_added = 0
+        self._answers_prev: dict[str, int] = {}
+        self._asked_prev: dict[str, float] = {}
+        self._used_prev: dict[str, int] = {}
+        self._buckets: deque[tuple[list[float], list[float]]] = deque(
+            maxlen=LATENCY_WINDOW + 1)
+        self._requests_seen: dict[str, int] = {}
+        self._last_seen: dict[str, float] = {}
+        self._weights: dict[tuple[str, str], int] = {}
+        self._listeners: list[Callable[[bytes], None]] = []
+        self._governors: list[Any] = []
+        self._closers: dict[Callable, Callable[[], None]] = {}
+        self._ban_causes: dict[str, tuple[int, str]] = {}
+        self.spent_total: dict[str, int] = {}  # since start, per market
+        self._causes_scanned = 0
+        self._minute = -1
+        self.document: dict[str, Any] = {}
+        self.event: bytes = b""
+        self._state: bytes | None = None
+        self._loop = task.LoopingCall(self.tick)
+        self._loop.clock = clock
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def startService(self) -> None:  # noqa: N802
+        super().startService()
+        self._loop.start(self._interval, now=True)
+
+    def stopService(self):  # noqa: N802
+        if self._loop.running:
+            self._loop.stop()
+        for close in list(self._closers.values()):
+            close()  # open event streams end: the pages reconnect to the next process
+        return super().stopService()
+
+    def subscribe(self, listener: Callable[[bytes], None],
+                  close: Callable[[], None] | None = None) -> Callable[[], None]:
+        """Call ``listener(event_bytes)`` after every tick, and ``close()``
+        when the feed stops; returns the unsubscribe function."""
+        self._listeners.append(listener)
+        if close is not None:
+            self._closers[listener] = close
+
+        def unsubscribe() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+            self._closers.pop(listener, None)
+
+        return unsubscribe
+
+    # -- the one thing on the request path ----------------------------------------------
+    def observer(self, answered: Callable[[ProxyRequest, ProxyResponse], None] | None
+                 ) -> Callable[[ProxyRequest, ProxyResponse], None]:
+        """``answered`` plus the error ring: pass the result to the
+        forwarding resource in place of ``answered``."""
+        errors = self._raw_errors
+        clock = self._clock
+
+        def observe(request: ProxyRequest, response: ProxyResponse) -> None:
+            if answered is not None:
+                answered(request, response)
+            if response.status >= 400:
+                errors.append((clock.seconds(), request, response))
+                self._errors_added += 1
+
+        return observe
+
+    # -- sampling ------------------------------------------------------------------------
+    def tick(self) -> None:
+        try:
+            self._tick()
+        except Exception:
+            _log.failure("dashboard sample failed")
+
+    def _tick(self) -> None:
+        now = self._clock.seconds()
+        healths = self._healths()
+        sample: dict[str, float | None] = {}
+        doc: dict[str, Any] = {"schema": 1, "time": round(now, 3), "version": __version__,
+                               "uptime_seconds": round(now - self._started, 3)}
+        pools = self._pools(healths)
+        doc["pools"] = pools
+        for p in pools:
+            key = p["pool"] if not p.get("egress") else f"{p['pool']}@{p['egress']}"
+            sample[f"used.{key}"] = p["used"]
+        self._note_ban_causes()
+        doc["bans"] = self._bans(pools, now, healths)
+        # answers by source, asked weight per market
+        answers_total, asked = self._answers()
+        for source in set(answers_total) | set(self._answers_prev) | set(SOURCES):
+            sample[f"answers.{source}"] = answers_total.get(source, 0) - \
+                self._answers_prev.get(source, 0)
+        self._answers_prev = answers_total
+        for market, w in asked.items():
+            sample[f"asked.{market}"] = w - self._asked_prev.get(market, 0)
+        self._asked_prev = asked
+        for market, w in self._spent(pools, now).items():
+            sample[f"spent.{market}"] = w
+            self.spent_total[market] = self.spent_total.get(market, 0) + w
+        p50, p99 = self._latency()
+        sample["latency.p50"], sample["latency.p99"] = p50, p99
+        self._record(now, sample)
+        doc["weight_15m"] = self._weight_15m()
+        doc["answers"] = {"total": answers_total, "last_15m": self._sums("answers.")}
+        last = doc["answers"]["last_15m"]
+        n = sum(last.values())
+        doc["hit_ratio_15m"] = {"cache": round(last.get("cache", 0) / n, 4) if n else None,
+                                "stream": round(last.get("stream", 0) / n, 4) if n else None}
+        doc["clients"] = self._clients(healths, now)
+        doc["cache"] = next((h for h in healths.values() if "hit_ratio" in h
+                             and "entries" in h), None)
+        doc["streams"] = self._streams(healths)
+        doc["latency"] = {"p50": p50, "p99": p99}
+        doc["errors"] = self._error_rows()
+        instances = next((h["instances"] for h in healths.values()
+                          if isinstance(h.get("instances"), (list, dict))), None)
+        if instances is not None:
+            doc["instances"] = instances
+        self.document = doc
+        self._state = None
+        self.event = b"event: state\ndata: " + orjson.dumps(
+            {**doc, "sample": sample}) + b"\n\n"
+        for listener in list(self._listeners):
+            try:
+                listener(self.event)
+            except Exception:
+                _log.failure("dashboard listener failed")
+
+    def collect_metrics(self):
+        """``bnproxy_weight_asked_total`` and ``bnproxy_weight_spent_total``
+        per market (as sampled each second; see the module docstring)."""
+        from prometheus_client.core import CounterMetricFamily
+        asked = CounterMetricFamily(
+            "bnproxy_weight_asked", "Weight the bots' answers would have cost upstream "
+            "(predicted with default parameters).", labels=["market"])
+        spent = CounterMetricFamily(
+            "bnproxy_weight_spent", "Weight the governor counted upstream (bots and the "
+            "proxy's own requests).", labels=["market"])
+        for market, w in sorted(self._asked_prev.items()):
+            asked.add_metric([market], w)
+        for market, w in sorted(self.spent_total.items()):
+            spent.add_metric([market], w)
+        yield asked
+        yield spent
+
+    def state_bytes(self) -> bytes:
+        """The full document with the history, encoded at most once a tick."""
+        if self._state is None:
+            if not self.document:
+                self.tick()
+            history = {"time": list(self._times),
+                       "series": {k: list(v) for k, v in self._series.items()}}
+            self._state = orjson.dumps({**self.document, "history": history})
+        return self._state
+
+    def _record(self, now: float, sample: Mapping[str, float | None]) -> None:
+        """Append one sample; running sums per series (what the ring drops
+        is subtracted), so no tick walks the 15 minutes."""
+        full = len(self._times) == self._times.maxlen
+        self._times.append(round(now, 3))
+        n = len(self._times)
+        totals = self._totals
+        for key, ring in self._series.items():
+            if full and ring[0] is not None:
+                totals[key] -= ring[0]
+            value = sample.get(key)
+            ring.append(value)
+            if value is not None:
+                totals[key] += value
+        for key, value in sample.items():
+            if key not in self._series:
+                ring = self._series[key] = deque([None] * (n - 1), maxlen=self._times.maxlen)
+                ring.append(value)
+                totals[key] = value or 0
+
+    def _sums(self, prefix: str) -> dict[str, float]:
+        return {k[len(prefix):]: round(v, 6) if isinstance(v, float) else v
+                for k, v in self._totals.items() if k.startswith(prefix)}
+
+    # -- sources ---------------------------------------------------------------------------
+    def _healths(self) -> dict[str, dict]:
+        out: dict[str, dict] = {}
+        reporters = self._reporters()
+        self._governors = [m for m in reporters if IWeightGovernor.providedBy(m)]
+        for m in reporters:
+            if IHealthReporter.providedBy(m) or callable(getattr(m, "health", None)):
+                try:
+                    h = m.health()
+                except Exception:
+                    _log.failure("health() of {name} failed", name=getattr(m, "name", m))
+                    continue
+                if isinstance(h, dict):
+                    out[getattr(m, "name", type(m).__name__)] = h
+        return out
+
+    def _pools(self, healths: Mapping[str, dict]) -> list[dict]:
+        for g in self._governors:  # the interface, when a governor provides it
+            usage = g.usage()
+            # keys are "pool" or "pool@egress"; the default egress is shown as none
+            return [{"pool": name.split("@", 1)[0],
+                     "egress": None if u.get("egress") in (None, "default") else u["egress"],
+                     "used": u.get("used", 0),
+                     "budget": u.get("budget"), "limit": u.get("limit"),
+                     "queued": u.get("queued", 0), "banned_for": u.get("banned_for", 0.0),
+                     "ban_status": u.get("ban_status"), "ban_cause": u.get("ban_cause")}
+                    for name, u in sorted(usage.items())]
+        rows = []
+        for h in healths.values():
+            pools = h.get("pools")
+            if isinstance(pools, dict) and "clients" in h:
+                for name, p in sorted(pools.items()):
+                    rows.append({"pool": name, "egress": p.get("egress"),
+                                 "used": p.get("used", 0), "budget": p.get("budget"),
+                                 "limit": p.get("limit"), "queued": p.get("queued", 0),
+                                 "banned_for": p.get("banned_for", 0.0),
+                                 "ban_status": p.get("ban_status"),
+                                 "ban_cause": p.get("ban_cause")})
+        return rows
+
+    def _note_ban_causes(self) -> None:
+        """Remember the newest upstream 418/429 per market (the error ring
+        may lose it under a flood of refusals)."""
+        new = min(self._errors_added - self._causes_scanned, len(self._raw_errors))
+        self._causes_scanned = self._errors_added
+        for _t, request, response in list(self._raw_errors)[len(self._raw_errors) - new:]:
+            if response.status in (418, 429) and response.source == "upstream":
+                self._ban_causes[request.market] = (
+                    response.status, f"Binance answered {response.status}: {_msg(response)}")
+
+    def _bans(self, pools: Iterable[dict], now: float,
+              healths: Mapping[str, dict] | None = None) -> list[dict]:
+        for h in (healths or {}).values():  # the governor's own list: one row per ban
+            listed = h.get("bans")
+            if isinstance(listed, list) and "clients" in h:
+                return [self._ban_row(b, now) for b in listed
+                        if float(b.get("seconds_left") or 0) > 0]
+        bans = []
+        for p in pools:
+            left = float(p.get("banned_for") or 0.0)
+            if left <= 0:
+                continue
+            status, cause = p.get("ban_status"), p.get("ban_cause")
+            if cause is None:  # the newest Binance 418/429 for that pool's market
+                seen = self._ban_causes.get("spot" if p["pool"].startswith("sapi")
+                                            else p["pool"])
+                if seen is not None:
+                    status = status or seen[0]
+                    cause = seen[1]
+            if cause is None:
+                cause = f"Binance answered {status}" if status else \
+                    "Binance answered 418 or 429"
+            bans.append({"pool": p["pool"], "egress": p.get("egress"),
+                         "seconds_left": round(left, 1), "until": round(now + left, 3),
+                         "status": status, "cause": cause})
+        return bans
+
+    def _ban_row(self, ban: Mapping[str, Any], now: float) -> dict:
+        """A row of the governor's ``bans``: scope ``spot``, ``sapi:/sapi/…``
+        or ``host:NETLOC`` (a 418: every path of that host), shown under the
+        market the ban came from."""
+        scope, status = str(ban.get("scope")), ban.get("status")
+        left = float(ban.get("seconds_left") or 0.0)
+        if scope.startswith("host:"):
+            seen = [m for m, (st, _) in self._ban_causes.items() if st == status]
+            market = seen[-1] if seen else scope
+        else:
+            market = "spot" if scope.startswith("sapi") else scope
+        cause = self._ban_causes.get(market)
+        text = cause[1] if cause is not None and cause[0] == status else (
+            f"Binance answered {status}" if status else "Binance answered 418 or 429")
+        if scope.startswith("host:"):
+            text += f" (the whole host {scope.removeprefix('host:')} is silenced)"
+        egress = ban.get("egress")
+        return {"pool": market, "scope": scope,
+                "egress": None if egress in (None, "default") else egress,
+                "seconds_left": round(left, 1), "until": round(now + left, 3),
+                "status": status, "cause": text}
+
+    def _weight_of(self, market: str, path: str) -> int:
+        key = (market, path)
+        w = self._weights.get(key)
+        if w is None:
+            w = 1
+            if self._endpoints is not None:
+                for method in ("GET", "POST", "PUT", "DELETE"):
+                    endpoint = self._endpoints.lookup(market, method, path)
+                    if endpoint is not None:
+                        try:
+                            w = endpoint.weight({})
+                        except Exception:
+                            w = 1
+                        break
+            self._weights[key] = w
+        return w
+
+    def _answers(self) -> tuple[dict[str, int], dict[str, float]]:
+        by_source: dict[str, int] = {}
+        asked: dict[str, float] = {}
+        for (market, endpoint, _status, source), n in list(self._metrics.answers.items()):
+            by_source[source] = by_source.get(source, 0) + n
+            asked[market] = asked.get(market, 0) + n * self._weight_of(market, endpoint)
+        return by_source, asked
+
+    def _spent(self, pools: Iterable[dict], now: float) -> dict[str, int]:
+        """The rise of each pool's used weight since the last sample, per
+        market. Binance's (and the governor's) windows are clock minutes: in
+        a new minute the whole of ``used`` is new."""
+        minute = int(now // 60)
+        new_minute, self._minute = minute != self._minute, minute
+        spent: dict[str, int] = {}
+        for p in pools:
+            key = f"{p['pool']}@{p.get('egress')}"
+            used, prev = p["used"] or 0, self._used_prev.get(key)
+            self._used_prev[key] = used
+            delta = used if prev is None or new_minute or used < prev else used - prev
+            market = "spot" if p["pool"].startswith("sapi") else p["pool"]
+            spent[market] = spent.get(market, 0) + delta
+        return spent
+
+    def _weight_15m(self) -> dict[str, Any]:
+        asked, spent = self._sums("asked."), self._sums("spent.")
+
+        def saving(a: float, s: float) -> float | None:
+            return round(100.0 * (a - s) / a, 1) if a > 0 else None
+
+        markets = sorted(set(asked) | set(spent))
+        ta, ts = sum(asked.values()), sum(spent.values())
+        return {"asked": {m: asked.get(m, 0) for m in markets},
+                "spent": {m: spent.get(m, 0) for m in markets},
+                "saving_percent": {m: saving(asked.get(m, 0), spent.get(m, 0))
+                                   for m in markets},
+                "total": {"asked": ta, "spent": ts, "saving_percent": saving(ta, ts)}}
+
+    def _latency(self) -> tuple[float | None, float | None]:
+        hist = getattr(self._metrics, "upstream_latency", None)
+        if hist is None:
+            return None, None
+        cumulative: dict[float, float] = {}
+        for family in hist.collect():
+            for s in family.samples:
+                if s.name.endswith("_bucket"):
+                    le = float(s.labels["le"])
+                    cumulative[le] = cumulative.get(le, 0.0) + s.value
+        bounds = sorted(cumulative)
+        counts = [cumulative[b] for b in bounds]
+        self._buckets.append((bounds, counts))
+        old_bounds, old = self._buckets[0]
+        if old_bounds != bounds:
+            old = [0.0] * len(bounds)
+        delta = [c - o for c, o in zip(counts, old)]
+        if len(self._buckets) == 1:
+            delta = [0.0] * len(bounds)
+        p50, p99 = quantile(0.5, bounds, delta), quantile(0.99, bounds, delta)
+        return (None if p50 is None else round(p50, 6),
+                None if p99 is None else round(p99, 6))
+
+    def _clients(self, healths: Mapping[str, dict], now: float) -> list[dict]:
+        rows = []
+        for h in healths.values():
+            clients = h.get("clients")
+            if not isinstance(clients, dict):
+                continue
+            for client, st in clients.items():
+                requests = st.get("requests", 0)
+                if self._requests_seen.get(client) != requests:
+                    self._requests_seen[client] = requests
+                    self._last_seen[client] = st.get("last_seen") or now
+                rows.append({"client": client, "requests": requests,
+                             "weight": st.get("weight", 0),
+                             "refused": st.get("rejected", st.get("refused", 0)),
+                             "last_seen": round(self._last_seen[client], 3)})
+        rows.sort(key=lambda r: (-r["weight"], -r["requests"], r["client"]))
+        return rows[:MAX_CLIENTS]
+
+    def _streams(self, healths: Mapping[str, dict]) -> dict | None:
+        for h in healths.values():
+            markets = h.get("markets")
+            if "served" in h and isinstance(markets, dict):
+                return {"served": h["served"], "markets": {
+                    m: {"connections": s.get("connections", 0), "open": s.get("open", 0),
+                        "streams": s.get("streams", 0), "stale": len(s.get("stale", ())),
+                        "reconnects": s.get("reconnects", 0),
+                        "messages_per_second": s.get("messages_per_second", 0.0)}
+                    for m, s in markets.items()}}
+        return None
+
+    def _error_rows(self) -> list[dict]:
+        if self._errors_added != self._errors_seen:  # formatted only when new ones came
+            self._errors_seen = self._errors_added
+            self._errors = [{"time": round(t, 3), "client": r.client, "method": r.method,
+                             "market": r.market, "path": r.path, "query": redact_query(r),
+                             "status": a.status, "source": a.source, "msg": _msg(a)}
+                            for t, r, a in reversed(self._raw_errors)]
+        return self._errors
+
+
+def _msg(response: ProxyResponse) -> str:
+    """The ``msg`` of a Binance-shaped error body, else the detail or ''."""
+    body = response.body
+    if body[:1] == b"{" and len(body) < 4096:
+        try:
+            value = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            value = None
+        if isinstance(value, dict) and isinstance(value.get("msg"), str):
+            return value["msg"][:300]
+    return response.detail or ""

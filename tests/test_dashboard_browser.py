@@ -1,0 +1,191 @@
+"""The dashboard in a real browser: Debian's chromium, headless, driven by
+Playwright, against real ``twistd bnproxy`` and ``twistd bnproxy-exchange``
+processes on loopback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import pytest
+from processes import TWISTD, free_port, get_json, post_json, twistd, wait_listening
+
+from bnproxy.testing.processes import stop
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+WAIT_MS = 15000  # a deadline for every wait on the page; the 2 s figures are asserted apart
+
+if not os.path.exists(CHROMIUM):
+    pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+def proxy_args(pport: int, xport: int) -> list[str]:
+    upstreams = []
+    for m in ("spot", "usdm", "coinm"):
+        upstreams += ["--upstream", f"{m}=http://127.0.0.1:{xport}/{m}",
+                      "--stream-upstream", f"{m}=ws://127.0.0.1:{xport}/{m}"]
+    chain = ["logger", "allowlist", "streams", "cache",
+             "ratelimit:client_header=X-Bnproxy-Client"]
+    return ["bnproxy", "--port", f"tcp:{pport}:interface=127.0.0.1", "--state-dir", ".",
+            *upstreams, *[a for m in chain for a in ("--middleware", m)]]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    cwd = str(tmp_path_factory.mktemp("dashboard"))
+    xport, pport = free_port(), free_port()
+    with twistd("bnproxy-exchange", "--port", f"tcp:{xport}:interface=127.0.0.1",
+                port=xport, cwd=cwd):
+        stack = {"exchange": f"http://127.0.0.1:{xport}", "proxy": f"http://127.0.0.1:{pport}",
+                 "cwd": cwd, "args": proxy_args(pport, xport), "port": pport}
+        with twistd(*stack["args"], port=pport, cwd=cwd) as proc:
+            stack["proc"] = proc
+            try:
+                yield stack
+            finally:
+                if stack["proc"] is not proc:  # restarted by a test
+                    stop(stack["proc"])
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, stack):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(f"{m.type}: {m.text} ({m.location.get('url')})")
+            if m.type in ("error", "warning") else None)
+    page.on("pageerror", lambda e: problems.append(f"pageerror: {e}"))
+    page.problems = problems
+    page.goto(stack["proxy"] + "/dashboard")
+    page.wait_for_selector("body[data-updated]")
+    yield page
+    context.close()
+
+
+def get(url: str, headers: dict | None = None) -> int:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as r:
+            r.read()
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def updated(page) -> float:
+    return float(page.evaluate("document.body.dataset.updated"))
+
+
+def wait_until(page, expression: str) -> None:
+    """Poll ``expression`` in the page until true (``wait_for_function``
+    evaluates strings, which the page's Content-Security-Policy forbids)."""
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"still false: {expression}"
+        page.wait_for_timeout(50)
+
+
+def wait_newer(page, than: float) -> None:
+    wait_until(page, f"Number(document.body.dataset.updated) > {than}")
+
+
+def test_the_page_loads_without_console_errors_and_agrees_with_health(page, stack):
+    for _ in range(5):
+        get(stack["proxy"] + "/api/v3/time", {"X-Bnproxy-Client": "agree"})
+    deadline = time.monotonic() + 20
+    while True:  # the proxy's own requests may move the figures between two reads
+        start = updated(page)
+        wait_newer(page, start)
+        card = page.locator('.pool[data-pool="spot"]')
+        shown = (int(card.locator(".used").inner_text()), int(card.locator(".budget").inner_text()))
+        health = get_json(stack["proxy"] + "/health")["middleware"]["ratelimit"]["pools"]["spot"]
+        if shown == (health["used"], health["budget"]) or time.monotonic() > deadline:
+            break
+    assert shown == (health["used"], health["budget"])
+    gauge = card.locator(".gauge svg text").text_content()
+    assert gauge == f"{100 * health['used'] / health['budget']:.0f} %"
+    row = page.locator('#clients tr[data-client="agree"] td')
+    clients = get_json(stack["proxy"] + "/health")["middleware"]["ratelimit"]["clients"]
+    assert row.nth(1).inner_text() == str(clients["agree"]["requests"])
+    assert row.nth(2).inner_text() == str(clients["agree"]["weight"])
+    assert page.locator("#link").inner_text() == "live"
+    page.click('#clients th[data-key="client"]')  # sortable: by name, A to Z
+    names = page.locator("#clients tbody tr td:first-child").all_inner_texts()
+    assert names == sorted(names) and len(names) >= 2
+    page.click('#clients th[data-key="client"]')  # and back
+    names = page.locator("#clients tbody tr td:first-child").all_inner_texts()
+    assert names == sorted(names, reverse=True)
+    assert page.problems == []
+
+
+def test_a_new_bot_appears_within_two_seconds(page, stack):
+    bot = f"bot-{uuid.uuid4().hex[:8]}"
+    sent = time.time()
+    assert get(stack["proxy"] + "/api/v3/time", {"X-Bnproxy-Client": bot}) == 200
+    page.wait_for_selector(f'#clients tr[data-client="{bot}"]')
+    # the proxy's clock is the wall clock: the update that first showed it
+    assert updated(page) - sent <= 2.0
+    assert page.problems == []
+
+
+def test_a_ban_shows_a_countdown_and_goes_when_it_ends(page, stack):
+    post_json(stack["exchange"] + "/_fake/ban", {"ip": "127.0.0.1", "seconds": 6,
+                                                 "market": "spot"})
+    sent = time.time()
+    assert get(stack["proxy"] + "/api/v3/time") == 418
+    banner = page.wait_for_selector('.ban[data-pool="spot"]')
+    assert updated(page) - sent <= 2.0
+    text = banner.inner_text()
+    assert "418" in text and "spot" in text
+    first = page.locator(".ban .countdown").inner_text()
+    assert first in ("0:06", "0:05", "0:04")
+    wait_until(page, "document.querySelector('.ban .countdown') &&"
+                     f" document.querySelector('.ban .countdown').textContent !== '{first}'")
+    page.wait_for_selector(".ban", state="detached")
+    deadline = time.monotonic() + 5
+    while get_json(stack["proxy"] + "/dashboard/state")["bans"]:  # the last fraction of a second
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    wait_newer(page, time.time())  # an update after the ban ended shows no banner
+    assert page.locator(".ban").count() == 0
+    assert page.problems == []
+
+
+def test_the_page_keeps_updating_across_a_proxy_restart(page, stack):
+    before = updated(page)
+    stop(stack["proc"])
+    page.wait_for_selector("#link.down")
+    log = os.path.join(stack["cwd"], "restarted.log")
+    with open(log, "w") as out:
+        proc = subprocess.Popen([TWISTD, "-n", "--pidfile=", *stack["args"]], cwd=stack["cwd"],
+                                stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_listening(stack["port"], proc)
+            page.wait_for_selector("#link.up")
+            after = updated(page)
+            wait_newer(page, after)
+            assert updated(page) > before
+            uptime = get_json(stack["proxy"] + "/dashboard/state")["uptime_seconds"]
+            assert uptime < 30  # the new process answers
+        finally:
+            stack["proc"] = proc  # the fixture stops whichever runs
+    # only the event stream's own connection failures while the proxy was away
+    assert [p for p in page.problems if not p.endswith("/dashboard/events)")] == []

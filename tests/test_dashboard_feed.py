@@ -1,0 +1,265 @@
+"""The dashboard's state feed and resources, in virtual time."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import Harness, RecordingUpstream, chain
+from twisted.internet import task
+from twisted.web.test.requesthelper import DummyRequest
+
+from bnproxy.dashboard.feed import HISTORY, DashboardFeed, quantile
+from bnproxy.dashboard.resource import EventsResource, StateResource
+from bnproxy.server.metrics import Metrics
+
+KLINES = "/api/v3/klines?symbol=BTCUSDT&interval=1h&limit=100"
+
+
+def harness(tmp_path, upstream=None, names=("cache", "ratelimit"), **settings) -> Harness:
+    h = Harness(upstream, middleware=chain(*names, **settings), state_dir=str(tmp_path))
+    return h
+
+
+def tick(h: Harness, seconds: int = 1) -> dict:
+    for _ in range(seconds):
+        h.clock.advance(1)
+        h.service.dashboard.tick()
+    return json.loads(h.service.dashboard.state_bytes())
+
+
+def answering(status: int, headers=None, body=b"{}"):
+    def respond(request, seen):
+        request.setResponseCode(status)
+        for k, v in (headers or {}).items():
+            request.setHeader(k, v)
+        return body
+    return RecordingUpstream(respond)
+
+
+def test_asked_against_spent_shows_what_the_cache_saved(tmp_path):
+    h = harness(tmp_path)
+    tick(h)
+    for _ in range(10):
+        assert h.request("GET", KLINES).status == 200
+    state = tick(h)
+    w = state["weight_15m"]
+    # klines with limit 100 weigh 2: ten answers asked 20, one went upstream
+    # and the fake upstream reports 7 used this minute
+    assert w["asked"]["spot"] == 20
+    assert w["spent"]["spot"] == 7
+    assert w["saving_percent"]["spot"] == 65.0
+    assert state["answers"]["last_15m"] == {"cache": 9, "upstream": 1, "stream": 0, "local": 0}
+    assert state["hit_ratio_15m"]["cache"] == 0.9
+    assert state["history"]["series"]["answers.cache"][-1] == 9
+    assert state["history"]["series"]["used.spot"][-1] == 7
+    spot = next(p for p in state["pools"] if p["pool"] == "spot")
+    health = h.request("GET", "/health").json()["middleware"]["ratelimit"]["pools"]["spot"]
+    assert (spot["used"], spot["budget"], spot["limit"]) == (
+        health["used"], health["budget"], health["limit"])
+
+
+def test_history_keeps_fifteen_minutes_of_one_sample_a_second(tmp_path):
+    h = harness(tmp_path)
+    state = tick(h, HISTORY + 30)
+    times = state["history"]["time"]
+    assert len(times) == HISTORY
+    assert times[-1] - times[0] == HISTORY - 1
+    assert all(len(v) == HISTORY for v in state["history"]["series"].values())
+
+
+def test_a_series_that_appears_later_is_padded_to_the_timeline(tmp_path):
+    h = harness(tmp_path)
+    tick(h, 3)
+    h.request("GET", "/usdm/fapi/v1/time")
+    state = tick(h)
+    asked = state["history"]["series"]["asked.usdm"]
+    assert asked == [None, None, None, 1]
+
+
+def test_errors_keep_the_last_twenty_newest_first_without_secrets(tmp_path):
+    h = harness(tmp_path, answering(400, body=b'{"code":-1102,"msg":"Mandatory parameter"}'),
+                names=())
+    for i in range(25):
+        h.request("GET", f"/api/v3/order?symbol=S{i}&timestamp=1&signature=deadbeef{i}",
+                  headers={b"X-MBX-APIKEY": b"secret-key"})
+    state = tick(h)
+    errors = state["errors"]
+    assert len(errors) == 20
+    assert errors[0]["query"] == "symbol=S24&timestamp=1&signature=[redacted]"
+    assert errors[-1]["query"].startswith("symbol=S5&")
+    assert errors[0]["status"] == 400 and errors[0]["msg"] == "Mandatory parameter"
+    assert errors[0]["path"] == "/api/v3/order" and errors[0]["method"] == "GET"
+    text = h.service.dashboard.state_bytes() + h.service.dashboard.event
+    assert b"deadbeef" not in text and b"secret-key" not in text
+
+
+def test_a_ban_shows_its_countdown_and_cause_then_goes(tmp_path):
+    body = b'{"code":-1003,"msg":"Way too much request weight used; IP banned until 1."}'
+    h = harness(tmp_path, answering(418, {b"Retry-After": b"120"}, body))
+    tick(h)
+    assert h.request("GET", "/api/v3/depth?symbol=BTCUSDT").status == 418
+    state = tick(h, 10)
+    [ban] = state["bans"]
+    assert ban["pool"] == "spot" and ban["status"] == 418
+    assert ban["seconds_left"] == pytest.approx(110, abs=0.5)
+    assert ban["until"] == pytest.approx(state["time"] + 110, abs=0.5)
+    assert "418" in ban["cause"] and "banned" in ban["cause"]
+    assert tick(h, 111)["bans"] == []
+
+
+def test_bots_show_requests_weight_refusals_and_last_seen(tmp_path):
+    h = harness(tmp_path, names=("ratelimit",),
+                ratelimit={"client_header": "X-Bnproxy-Client"})
+    tick(h)
+    h.request("GET", "/api/v3/time", headers={b"X-Bnproxy-Client": b"bot-a"})
+    first = tick(h)["clients"]
+    row = next(c for c in first if c["client"] == "bot-a")
+    assert (row["requests"], row["weight"], row["refused"]) == (1, 1, 0)
+    seen = row["last_seen"]
+    later = tick(h, 5)
+    assert next(c for c in later["clients"] if c["client"] == "bot-a")["last_seen"] == seen
+    h.request("GET", "/api/v3/time", headers={b"X-Bnproxy-Client": b"bot-a"})
+    again = next(c for c in tick(h)["clients"] if c["client"] == "bot-a")
+    assert again["requests"] == 2 and again["last_seen"] == seen + 6
+
+
+def test_upstream_latency_quantiles_come_from_the_last_ten_seconds():
+    clock = task.Clock()
+    metrics = Metrics()
+    feed = DashboardFeed(clock, lambda: [], metrics)
+    feed.tick()
+    for _ in range(97):
+        metrics.upstream_latency.labels("spot").observe(0.02)
+    for _ in range(3):
+        metrics.upstream_latency.labels("usdm").observe(4.0)
+    clock.advance(1)
+    feed.tick()
+    assert 0.01 < feed.document["latency"]["p50"] <= 0.025
+    assert 2.5 < feed.document["latency"]["p99"] <= 5
+    for _ in range(11):
+        clock.advance(1)
+        feed.tick()
+    assert feed.document["latency"] == {"p50": None, "p99": None}
+
+
+def test_quantile_interpolates_within_the_bucket():
+    inf = float("inf")
+    assert quantile(0.5, [1.0, 2.0, inf], [0, 10, 10]) == 1.5
+    assert quantile(0.99, [1.0, 2.0, inf], [0, 0, 10]) == 2.0
+    assert quantile(0.5, [1.0, inf], [0, 0]) is None
+
+
+def test_instances_appear_when_a_reporter_has_them():
+    class Shared:
+        name = "shared"
+
+        def health(self):
+            return {"instances": [{"id": "a", "used": 3}, {"id": "b", "used": 4}]}
+
+    clock = task.Clock()
+    feed = DashboardFeed(clock, lambda: [Shared()], Metrics())
+    feed.tick()
+    assert feed.document["instances"] == [{"id": "a", "used": 3}, {"id": "b", "used": 4}]
+    alone = DashboardFeed(clock, lambda: [], Metrics())
+    alone.tick()
+    assert "instances" not in alone.document
+
+
+def test_every_open_page_gets_the_same_bytes_and_the_stream_ends_on_stop():
+    clock = task.Clock()
+    feed = DashboardFeed(clock, lambda: [], Metrics())
+    feed.startService()
+    events = EventsResource(feed)
+    pages = [DummyRequest([b"events"]) for _ in range(3)]
+    for page in pages:
+        events.render_GET(page)
+    assert events.open == 3
+    for page in pages:
+        assert page.written[0] == b"retry: 1000\n\n"
+        assert page.responseHeaders.getRawHeaders(b"content-type") == [b"text/event-stream"]
+    clock.advance(1)
+    sent = [page.written[-1] for page in pages]
+    assert sent[0].startswith(b"event: state\ndata: {")
+    assert sent[0] is sent[1] is sent[2]  # encoded once, shared
+    pages[0].processingFailed(Exception("gone"))  # a page closed
+    assert events.open == 2
+    feed.stopService()
+    assert all(page.finished for page in pages[1:])
+    assert events.open == 0
+
+
+def test_the_state_document_is_encoded_once_a_tick():
+    clock = task.Clock()
+    feed = DashboardFeed(clock, lambda: [], Metrics())
+    feed.tick()
+    state = StateResource(feed)
+    first = state.render_GET(DummyRequest([b"state"]))
+    assert state.render_GET(DummyRequest([b"state"])) is first
+    clock.advance(1)
+    feed.tick()
+    assert state.render_GET(DummyRequest([b"state"])) is not first
+
+
+def test_the_page_and_its_assets_are_served_and_need_nothing_external(tmp_path):
+    h = harness(tmp_path)
+    page = h.request("GET", "/dashboard")
+    assert page.status == 200
+    assert page.header(b"content-type") == b"text/html; charset=utf-8"
+    assert b"default-src 'self'" in page.header(b"content-security-policy")
+    assert b"http://" not in page.body and b"https://" not in page.body
+    for asset in (b"dashboard/dashboard.js", b"dashboard/dashboard.css",
+                  b"dashboard/vendor/uPlot.iife.min.js", b"dashboard/vendor/uPlot.min.css"):
+        assert asset in page.body
+        answer = h.request("GET", b"/" + asset)
+        assert answer.status == 200 and len(answer.body) > 1000
+    assert h.request("GET", "/dashboard/").status == 302
+    assert h.request("GET", "/dashboard/state").json()["schema"] == 1
+
+
+def test_the_dashboard_is_admin_only(tmp_path):
+    h = Harness(trusted_proxies=("127.0.0.1/32",), state_dir=str(tmp_path))
+    for path in ("/dashboard", "/dashboard/state", "/dashboard/events"):
+        denied = h.request("GET", path, headers={b"X-Forwarded-For": b"203.0.113.7"})
+        assert denied.status == 403, path
+
+
+def test_every_file_the_page_needs_is_shipped_as_package_data():
+    import configparser
+    import os
+
+    from bnproxy.dashboard import resource
+
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(os.path.dirname(__file__), "..", "setup.cfg"))
+    shipped = {f.strip() for f in cfg["options.package_data"]["bnproxy.dashboard"].split(",")}
+    needed = {"index.html"} | {path for path, _ in resource.STATIC.values()} | {
+        path for path, _ in resource.VENDOR.values()}
+    assert needed <= shipped
+
+
+def test_fifteen_minute_sums_forget_what_left_the_ring(tmp_path):
+    h = harness(tmp_path)
+    tick(h)
+    for _ in range(3):
+        h.request("GET", KLINES)
+    assert tick(h)["answers"]["last_15m"]["cache"] == 2
+    assert tick(h, HISTORY - 1)["answers"]["last_15m"]["cache"] == 2
+    state = tick(h)
+    assert state["answers"]["last_15m"]["cache"] == 0
+    assert state["weight_15m"]["asked"]["spot"] == 0
+    assert state["answers"]["total"]["cache"] == 2
+
+
+def test_weight_spent_in_a_new_minute_counts_from_zero(tmp_path):
+    h = harness(tmp_path, names=("ratelimit",))
+    tick(h)
+    h.request("GET", "/api/v3/time")  # the upstream says 7 used this minute
+    assert tick(h)["history"]["series"]["spent.spot"][-1] == 7
+    tick(h, 57)  # t = 59
+    h.clock.advance(1.5)  # t = 60.5: a new minute, no sample taken in between
+    h.request("GET", "/api/v3/time")  # 7 again, in the new minute
+    h.service.dashboard.tick()
+    state = json.loads(h.service.dashboard.state_bytes())
+    assert state["history"]["series"]["spent.spot"][-1] == 7
+    assert state["weight_15m"]["spent"]["spot"] == 14

@@ -1,0 +1,50 @@
+"""The Grafana dashboard and its provisioning (deploy/grafana) use only
+metrics the proxy exports."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+from helpers import Harness, chain
+
+DEPLOY = os.path.join(os.path.dirname(__file__), "..", "deploy", "grafana")
+
+
+def exported(tmp_path) -> set[str]:
+    h = Harness(middleware=chain("streams", "cache", "ratelimit"), state_dir=str(tmp_path))
+    h.request("GET", "/api/v3/klines?symbol=BTCUSDT&interval=1h&limit=100")
+    h.clock.advance(1)
+    h.service.dashboard.tick()
+    text = h.request("GET", "/metrics").body.decode()
+    return {line.split("{")[0].split(" ")[0] for line in text.splitlines()
+            if line and not line.startswith("#")} | set(re.findall(r"^# TYPE (\S+)", text, re.M))
+
+
+def test_every_metric_the_grafana_dashboard_reads_is_exported(tmp_path):
+    with open(os.path.join(DEPLOY, "bnproxy.json")) as f:
+        dashboard = json.load(f)
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    assert len(exprs) >= 10
+    names = set(re.findall(r"\bbnproxy_[a-z_]+", " ".join(exprs)))
+    missing = names - exported(tmp_path)
+    assert not missing, missing
+    for want in ("bnproxy_weight_used", "bnproxy_weight_asked_total",
+                 "bnproxy_ban_remaining_seconds", "bnproxy_cache_hits_total",
+                 "bnproxy_upstream_latency_seconds_bucket"):
+        assert want in names
+    uids = {t["datasource"]["uid"] for p in dashboard["panels"] for t in p["targets"]}
+    with open(os.path.join(DEPLOY, "provisioning", "datasources", "prometheus.yml")) as f:
+        assert all(f"uid: {uid}" in f.read() for uid in uids)
+
+
+def test_the_asked_and_spent_counters_follow_the_answers(tmp_path):
+    h = Harness(middleware=chain("cache", "ratelimit"), state_dir=str(tmp_path))
+    for _ in range(4):
+        h.request("GET", "/api/v3/klines?symbol=BTCUSDT&interval=1h&limit=100")
+    h.clock.advance(1)
+    h.service.dashboard.tick()
+    text = h.request("GET", "/metrics").body.decode()
+    assert 'bnproxy_weight_asked_total{market="spot"} 8.0' in text
+    assert 'bnproxy_weight_spent_total{market="spot"} 7.0' in text  # the upstream said 7
