@@ -13,6 +13,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.web.resource import IResource
 
+from bnproxy.server.accesslog import open_access_log
 from bnproxy.server.admin import AdminGuard
 from bnproxy.binance.endpoints import load_endpoints
 from bnproxy.binance.markets import build_markets
@@ -58,7 +59,13 @@ class ProxyService(MultiService):
             raise ConfigError(str(e)) from None
         self.markets = markets
         self.endpoints = load_endpoints()
-        self.metrics = Metrics()
+        self.metrics = Metrics(max_clients=config.metrics_clients)
+        try:
+            self.access_log = open_access_log(reactor, config.access_log)
+        except OSError as e:
+            raise ConfigError(f"access log {config.access_log}: {e.strerror}") from None
+        if self.access_log is not None:
+            self.access_log.setServiceParent(self)  # first in: stopped last, after the drain
         self.upstream = Upstream(
             reactor, markets, agent=agent,
             deadlines=Deadlines(config.connect_timeout, config.response_timeout,
@@ -79,7 +86,7 @@ class ProxyService(MultiService):
             chain=lambda request: as_deferred(chain_ref[0](request)),
             endpoints=self.endpoints, markets=markets, add_admin=add_admin,
             state_dir=config.state_dir, log_format=config.log_format,
-            metrics=self.metrics.registry)
+            metrics=self.metrics.registry, access_log=self.access_log)
         self.context = context
         self.middlewares = build_middlewares(config.middleware, discover(), context)
         self.handler = compose(self.middlewares, self.upstream)
@@ -88,8 +95,10 @@ class ProxyService(MultiService):
         self.forward = ForwardingResource(self.handler, markets, self.endpoints, reactor,
                                           resolver, self.metrics.answered)
         self.metrics.watch(lambda: [*self.middlewares, self])
+        self.metrics.watch_upstream(self.upstream)
         root = RootResource(self.forward)
-        self.health = HealthResource(reactor, markets, self.middlewares)
+        self.health = HealthResource(reactor, markets, self.middlewares,
+                                     clients=self.metrics.clients)
         root.putChild(b"health", AdminGuard(self.health, admin_allow, resolver))
         root.putChild(b"metrics", AdminGuard(MetricsResource(self.metrics.registry),
                                              admin_allow, resolver))

@@ -308,6 +308,13 @@ def makeService(options: Options):  # noqa: N802
             service = ProxyService(reactor, config)
     except ConfigError as e:
         sys.exit(f"twistd bnproxy: error: {e}")
+    from bnproxy.server.accesslog import reopen_on_sigusr1
+    from bnproxy.server.oplog import install_operational_log, twistd_log_stream
+
+    stream = twistd_log_stream(getattr(options, "parent", None))
+    if stream is not None:  # with --syslog twistd keeps its own observer
+        install_operational_log(service, config.log_format, config.log_level, stream)
+    reopen_on_sigusr1(reactor, service.access_log)
     # Everything built so far lives as long as the process: keep the cyclic
     # collector from rescanning it (it showed as multi-millisecond p99 pauses).
     gc.freeze()

@@ -40,7 +40,9 @@ class MiddlewareContext:
       building), or None; ask it for a capability by interface
       (``IWeightGovernor.providedBy(context.lookup("ratelimit"))``);
     - ``shared_state``: the state shared by instances (``--shared-state``),
-      or None when everything is in-process.
+      or None when everything is in-process;
+    - ``access_log``: where access lines go, an ``IAccessLog`` (``write(line:
+      bytes)``), or None when the access log is off (``--access-log none``).
     """
 
     reactor: Any
@@ -56,6 +58,7 @@ class MiddlewareContext:
     metrics: Any = None
     shared_state: Any = None
     built: dict[str, Any] = attrs.field(factory=dict)
+    access_log: Any = None
 
     def lookup(self, name: str) -> Any:
         """The middleware configured under ``name``, or None."""

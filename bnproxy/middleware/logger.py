@@ -1,37 +1,43 @@
 """``logger``: the access log, with secrets redacted.
 
-One line per answer: time, client, method, path, query with
-``signature``/``listenKey``/``apiKey`` values redacted, status, bytes,
-duration, source, cache status and weight charged. The API key appears only
-as a short salted hash (to tell bots apart); bodies are never logged.
+One line per answer: time, client address, the bot's name, method, path,
+query with ``signature``/``listenKey``/``apiKey`` values redacted, status,
+bytes, duration, source, cache status, weight charged, the key's salted hash
+and the User-Agent's product. The API key appears only as a short salted
+hash (to tell bots apart); bodies are never logged.
 
-Lines go to ``twisted.logger`` (so to twistd's log), or with ``file=PATH`` to a
-file of their own, written in blocks and flushed every second (as nginx's
-``access_log … buffer= flush=``) and at shutdown.
+The bot is named by its ``X-Bnproxy-Client`` header when it sends one, else
+by its key's hash, else by its address. Lines are formatted here and handed
+to the proxy's access log writer (``context.access_log``, an ``IAccessLog``:
+standard output by default, a file, or none with ``--access-log``), which
+writes them in blocks. No writer: no line is even formatted.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
 from collections.abc import Callable
 from urllib.parse import quote
 
 import orjson
-from twisted.application.service import Service
-from twisted.internet import task
-from twisted.logger import Logger
 from zope.interface import implementer
 
-from bnproxy.chain.compose import Answer, then
-from bnproxy.chain.interfaces import IMiddleware
-from bnproxy.chain.messages import ProxyRequest, ProxyResponse
 from bnproxy.binance.privacy import SECRET_PARAMS
+from bnproxy.chain.compose import Answer, then
+from bnproxy.chain.interfaces import IAccessLog, IMiddleware
+from bnproxy.chain.messages import ProxyRequest, ProxyResponse
 from bnproxy.config.reader import SettingsReader
 
 REDACTED = "[redacted]"
 _SECRET_BYTES = tuple(name.encode() for name in SECRET_PARAMS)
+CLIENT_HEADER = b"x-bnproxy-client"
+_APIKEY = b"x-mbx-apikey"
+_USER_AGENT = b"user-agent"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._:@+=~-]")
+_REMEMBERED = 1024  # bot names and products kept formatted
 
 
 def redact_query(request: ProxyRequest) -> str:
@@ -50,74 +56,105 @@ def redact_query(request: ProxyRequest) -> str:
                     for k, v in pairs)
 
 
+def safe_name(raw: bytes, limit: int = 64) -> str:
+    """A header value as one log token: at most ``limit`` characters, anything
+    but letters, digits and ``._:@+=~-`` replaced by ``_``."""
+    return _UNSAFE.sub("_", raw[:limit].decode("latin-1"))
+
+
+def product_of(user_agent: bytes) -> str:
+    """The User-Agent's first product, without its version: ``ccxt/4.3.1
+    (+https://…) Python/3.11`` is ``ccxt``; ``python-requests/2.31`` is
+    ``python-requests``."""
+    first = user_agent.split(None, 1)[0] if user_agent.strip() else b"-"
+    return safe_name(first.split(b"/", 1)[0], 32) or "-"
+
+
 @implementer(IMiddleware)
-class AccessLogger(Service):
+class AccessLogger:
+    """Formats one access line per answer and hands it to ``output``, an
+    ``IAccessLog`` (None: no access log)."""
+
     plain_next = True
 
-    def __init__(self, name: str, clock, fmt: str, salt: bytes, output=None) -> None:
+    def __init__(self, name: str, clock, fmt: str, salt: bytes,
+                 output: IAccessLog | None = None,
+                 client_header: bytes = CLIENT_HEADER) -> None:
         self.name = name
         self._clock = clock
         self._json = fmt == "json"
         self._salt = salt
-        self._log = Logger(namespace="bnproxy.access")
-        self._output = output  # a file of its own; None: twisted.logger
-        self._flusher = task.LoopingCall(self.flush)
-        self._flusher.clock = clock
+        self.output = output
+        self._client_header = client_header
         self._second = -1
         self._stamp = ""
-
-    def startService(self) -> None:  # noqa: N802
-        super().startService()
-        if self._output is not None:
-            self._flusher.start(1.0, now=False)
-
-    def stopService(self) -> None:  # noqa: N802
-        if self._flusher.running:
-            self._flusher.stop()
-        self.flush()
-        return super().stopService()
-
-    def flush(self) -> None:
-        if self._output is not None:
-            self._output.flush()
+        self._bots: dict[bytes, str] = {}
+        self._products: dict[bytes, str] = {}
 
     def key_id(self, request: ProxyRequest) -> str | None:
-        key = request.header(b"x-mbx-apikey")
+        key = request.header(_APIKEY)
         if not key:
             return None
+        return self._hash(key)
+
+    def _hash(self, key: bytes) -> str:
         return hashlib.sha256(self._salt + key).hexdigest()[:10]  # no key is kept
 
     def handle(self, request: ProxyRequest, next: Callable) -> Answer:
+        if self.output is None:
+            return next(request)
         return then(next(request), self._log_one, request)
 
+    def _remembered(self, table: dict[bytes, str], raw: bytes, make: Callable) -> str:
+        name = table.get(raw)
+        if name is None:
+            if len(table) >= _REMEMBERED:
+                table.clear()
+            name = table[raw] = make(raw)
+        return name
+
     def _log_one(self, response: ProxyResponse, request: ProxyRequest) -> ProxyResponse:
+        key_raw = label = agent = None
+        wanted = self._client_header
+        for k, v in request.headers:  # one pass for the three headers read
+            if k == _APIKEY:
+                key_raw = v
+            elif k == wanted:
+                label = v
+            elif k == _USER_AGENT:
+                agent = v
+        key = self._hash(key_raw) if key_raw else "-"
+        if label:
+            bot = self._remembered(self._bots, label, safe_name)
+        else:
+            bot = key if key_raw else request.client
+        product = self._remembered(self._products, agent, product_of) if agent else "-"
         now = self._clock.seconds()
+        second = int(now)
+        if second != self._second:  # formatted once a second
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         ms = round((now - request.arrival) * 1000, 2)
         query = redact_query(request)
-        cache = (response.header(b"x-cache") or b"-").decode("latin-1")
-        key = self.key_id(request) or "-"
+        cache = response.header(b"x-cache")
         if self._json:
             line = orjson.dumps({
-                "time": round(now, 3), "client": request.client, "method": request.method,
-                "market": request.market, "path": request.path, "query": query,
-                "status": response.status, "bytes": len(response.body), "ms": ms,
-                "source": response.source, "cache": cache, "weight": response.weight,
-                "key": key, "detail": response.detail}).decode()
+                "time": f"{self._stamp}.{int((now - second) * 1000):03d}Z",
+                "client": request.client, "bot": bot, "ua": product, "key": key,
+                "method": request.method, "market": request.market, "path": request.path,
+                "query": query, "status": response.status, "bytes": len(response.body),
+                "ms": ms, "source": response.source,
+                "cache": cache.decode("latin-1") if cache else "-",
+                "weight": response.weight, "detail": response.detail},
+                option=orjson.OPT_APPEND_NEWLINE)
         else:
-            second = int(now)
-            if second != self._second:  # formatted once a second
-                self._second = second
-                self._stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
-            stamp = self._stamp
-            q = f"?{query}" if query else ""
-            line = (f"{stamp} {request.client} \"{request.method} /{request.market}"
+            q = "?" + query if query else ""
+            line = (f"{self._stamp}Z {request.client} \"{request.method} /{request.market}"
                     f"{request.path}{q}\" {response.status} {len(response.body)} {ms}ms "
-                    f"source={response.source} cache={cache} weight={response.weight} "
-                    f"key={key}")
-        if self._output is not None:
-            self._output.write(line + "\n")
-        else:
-            self._log.info("{line}", line=line)
+                    f"source={response.source} cache={cache.decode('latin-1') if cache else '-'}"
+                    f" weight={response.weight} key={key} bot={bot} ua={product}\n"
+                    ).encode("latin-1", "backslashreplace")
+        self.output.write(line)
         return response
 
 
@@ -126,13 +163,9 @@ def build_logger(name: str, settings, context) -> AccessLogger:
     fmt = reader.str("format", getattr(context, "log_format", "text")) or "text"
     if fmt not in ("text", "json"):
         raise reader._fail("format", f"expected text or json, got {fmt!r}")
-    path = reader.str("file", None)
     salt = (reader.str("key_salt", None) or "").encode() or os.urandom(16)
+    header = reader.str("client_header", CLIENT_HEADER.decode()) or CLIENT_HEADER.decode()
     reader.done()
-    output = None
-    if path:
-        try:
-            output = open(path, "a", encoding="utf-8", buffering=65536)  # noqa: SIM115
-        except OSError as e:
-            raise reader._fail("file", f"cannot open {path}: {e.strerror}") from None
-    return AccessLogger(name, context.reactor, fmt, salt, output=output)
+    return AccessLogger(name, context.reactor, fmt, salt,
+                        output=getattr(context, "access_log", None),
+                        client_header=header.lower().encode("latin-1"))

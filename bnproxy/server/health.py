@@ -1,4 +1,8 @@
-"""``/health``: what the proxy is, how long it has run, where it sends what."""
+"""``/health``: what the proxy is, how long it has run, where it sends what.
+
+A middleware's per-client table (a ``clients`` mapping in its section) is
+pruned as ``/metrics`` prunes its ``client`` label: the first N clients by
+name, the rest summed under ``other``."""
 
 from __future__ import annotations
 
@@ -10,13 +14,16 @@ from twisted.web.resource import Resource
 
 from bnproxy import __version__
 from bnproxy.binance.markets import Market
+from bnproxy.chain.labels import BoundedLabels
 
 
 class HealthResource(Resource):
     isLeaf = True
 
-    def __init__(self, clock, markets: Mapping[str, Market], chain: Sequence[Any]) -> None:
+    def __init__(self, clock, markets: Mapping[str, Market], chain: Sequence[Any],
+                 clients: BoundedLabels | None = None) -> None:
         super().__init__()
+        self._clients = clients if clients is not None else BoundedLabels()
         self._clock = clock
         self._started = clock.seconds()
         self._markets = markets
@@ -37,7 +44,10 @@ class HealthResource(Resource):
         for m in self._chain:
             health = getattr(m, "health", None)
             if callable(health):
-                doc["middleware"][m.name] = health()
+                section = health()
+                if isinstance(section, Mapping) and isinstance(section.get("clients"), Mapping):
+                    section = {**section, "clients": self._clients.fold(section["clients"])}
+                doc["middleware"][m.name] = section
         return doc
 
     def render_GET(self, request):  # noqa: N802

@@ -9,6 +9,7 @@ public GET is ever retried.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -121,6 +122,9 @@ _RETRYABLE = (wclient.ResponseNeverReceived, wclient.RequestTransmissionFailed,
               wclient.RequestNotSent)
 
 
+_CONNECT_FAILED = (ierror.ConnectError, ierror.DNSLookupError, ierror.ConnectingCancelledError)
+
+
 class _QuietFactory(wclient._HTTP11ClientFactory):
     noisy = False  # no "Starting factory" line per upstream connection
 
@@ -157,6 +161,10 @@ class Upstream:
         # market -> {"ok": time of the last answer, "error": time, "reason": str}
         self.reachability: dict[str, dict[str, Any]] = {}
         self.observe: Callable[[str, float], None] | None = None  # (market, seconds)
+        # per market, exported on /metrics: weight of the requests Binance
+        # answered, and connections that could not be made
+        self.weight_spent: dict[str, int] = defaultdict(int)
+        self.connect_failures: dict[str, int] = defaultdict(int)
 
     def url(self, request: ProxyRequest) -> bytes | None:
         market = self._markets.get(request.market)
@@ -202,6 +210,8 @@ class Upstream:
                                method=request.method, path=request.path,
                                error=failure.getErrorMessage())
                     continue
+                if failure.check(*_CONNECT_FAILED):
+                    self.connect_failures[request.market] += 1
                 state["error"], state["reason"] = self._clock.seconds(), \
                     failure.getErrorMessage()[:200]
                 return self._failed(request, failure)
@@ -212,6 +222,7 @@ class Upstream:
             headers = response_headers(
                 (k, v) for k, vs in response.headers.getAllRawHeaders() for v in vs)
             weight = request.endpoint.weight(request.params) if request.endpoint else 1
+            self.weight_spent[request.market] += weight
             return ProxyResponse(response.code, headers, body, "upstream",
                                  str(response.code), weight)
         raise AssertionError("unreachable")
