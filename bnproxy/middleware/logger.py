@@ -40,14 +40,24 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._:@+=~-]")
 _REMEMBERED = 1024  # bot names and products kept formatted
 
 
+_SECRET_NAME = re.compile(b"|".join(re.escape(n) for n in _SECRET_BYTES), re.IGNORECASE)
+_plain_queries: dict[bytes, str] = {}  # raw query -> itself as text, when it hides no secret
+
+
 def redact_query(request: ProxyRequest) -> str:
     """The query as sent, unless it names a secret parameter: then rebuilt
     with those values replaced."""
     raw = request.query
     if not raw:
         return ""
-    if b"%" not in raw and not any(name in raw.lower() for name in _SECRET_BYTES):
-        return raw.decode("latin-1")  # no secret can hide in it
+    text = _plain_queries.get(raw)
+    if text is not None:  # a query seen before (a cache hit's) is not searched again
+        return text
+    if b"%" not in raw and _SECRET_NAME.search(raw) is None:  # no secret can hide in it
+        if len(_plain_queries) >= _REMEMBERED:
+            _plain_queries.clear()
+        text = _plain_queries[raw] = raw.decode("latin-1")
+        return text
     pairs = request.param_list
     if not any(k.lower() in SECRET_PARAMS for k, _ in pairs):
         return request.query.decode("latin-1")
@@ -123,12 +133,21 @@ class AccessLogger:
                 label = v
             elif k == _USER_AGENT:
                 agent = v
+        cache = "-"
+        for k, v in response.headers:
+            if k == b"x-cache":
+                cache = v.decode("latin-1")
+                break
         key = self._hash(key_raw) if key_raw else "-"
         if label:
-            bot = self._remembered(self._bots, label, safe_name)
+            bot = self._bots.get(label) or self._remembered(self._bots, label, safe_name)
         else:
             bot = key if key_raw else request.client
-        product = self._remembered(self._products, agent, product_of) if agent else "-"
+        if agent:
+            product = self._products.get(agent) or self._remembered(self._products, agent,
+                                                                    product_of)
+        else:
+            product = "-"
         now = self._clock.seconds()
         second = int(now)
         if second != self._second:  # formatted once a second
@@ -136,23 +155,20 @@ class AccessLogger:
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         ms = round((now - request.arrival) * 1000, 2)
         query = redact_query(request)
-        cache = response.header(b"x-cache")
         if self._json:
             line = orjson.dumps({
                 "time": f"{self._stamp}.{int((now - second) * 1000):03d}Z",
                 "client": request.client, "bot": bot, "ua": product, "key": key,
                 "method": request.method, "market": request.market, "path": request.path,
                 "query": query, "status": response.status, "bytes": len(response.body),
-                "ms": ms, "source": response.source,
-                "cache": cache.decode("latin-1") if cache else "-",
+                "ms": ms, "source": response.source, "cache": cache,
                 "weight": response.weight, "detail": response.detail},
                 option=orjson.OPT_APPEND_NEWLINE)
         else:
-            q = "?" + query if query else ""
             line = (f"{self._stamp}Z {request.client} \"{request.method} /{request.market}"
-                    f"{request.path}{q}\" {response.status} {len(response.body)} {ms}ms "
-                    f"source={response.source} cache={cache.decode('latin-1') if cache else '-'}"
-                    f" weight={response.weight} key={key} bot={bot} ua={product}\n"
+                    f"{request.path}{'?' if query else ''}{query}\" {response.status} "
+                    f"{len(response.body)} {ms}ms source={response.source} cache={cache} "
+                    f"weight={response.weight} key={key} bot={bot} ua={product}\n"
                     ).encode("latin-1", "backslashreplace")
         self.output.write(line)
         return response

@@ -51,12 +51,14 @@ def parse_level(name: str) -> LogLevel:
 def event_as_json(event: dict[str, Any]) -> str:
     """One log event as one line of JSON."""
     when = event.get("log_time") or time.time()
-    level = event.get("log_level")
+    namespace = event.get("log_namespace")
+    if not namespace or namespace == "log_legacy":  # twisted.python.log.msg / err
+        namespace = event.get("log_system") or "-"
     record: dict[str, Any] = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when))
         + f".{int(when % 1 * 1000):03d}Z",
-        "level": level.name if isinstance(level, LogLevel) else "info",
-        "namespace": event.get("log_namespace") or event.get("log_system") or "-",
+        "level": getattr(event.get("log_level"), "name", "info"),
+        "namespace": namespace,
         "msg": formatEvent(event),
     }
     failure = event.get("log_failure")
