@@ -311,8 +311,13 @@ def makeService(options: Options):  # noqa: N802
     from bnproxy.server.accesslog import reopen_on_sigusr1
     from bnproxy.server.oplog import install_operational_log, twistd_log_stream
 
-    stream = twistd_log_stream(getattr(options, "parent", None))
-    if stream is not None:  # with --syslog twistd keeps its own observer
+    twistd_options = getattr(options, "parent", None)  # None: built by bnproxy.tac
+    if twistd_options is not None:
+        stream = twistd_log_stream(twistd_options)  # None: --syslog, twistd keeps its own
+    else:  # twistd -y's options are unknown here: keep its observer unless asked otherwise
+        plain = config.log_format == "text" and config.log_level == "info"
+        stream = None if plain else sys.stdout
+    if stream is not None:
         install_operational_log(service, config.log_format, config.log_level, stream)
     reopen_on_sigusr1(reactor, service.access_log)
     # Everything built so far lives as long as the process: keep the cyclic

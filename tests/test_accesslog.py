@@ -172,3 +172,12 @@ def test_text_lines_carry_the_bot_and_the_user_agent_product(tmp_path):
 ])
 def test_the_user_agent_product(agent, product):
     assert product_of(agent) == product
+
+
+def test_the_writer_provides_the_interface_middlewares_see():
+    from zope.interface.verify import verifyObject
+
+    from bnproxy.chain.interfaces import IAccessLog
+    h = Harness(middleware=chain("logger"), access_log="-")
+    assert verifyObject(IAccessLog, h.service.access_log)
+    assert h.service.context.access_log is h.service.access_log

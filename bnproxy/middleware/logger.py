@@ -97,9 +97,10 @@ class AccessLogger:
         self.output = output
         self._client_header = client_header
         self._second = -1
-        self._stamp = ""
+        self._stamp = b""
         self._bots: dict[bytes, str] = {}
         self._products: dict[bytes, str] = {}
+        self._shapes: dict[tuple, object] = {}
 
     def key_id(self, request: ProxyRequest) -> str | None:
         key = request.header(_APIKEY)
@@ -133,45 +134,68 @@ class AccessLogger:
                 label = v
             elif k == _USER_AGENT:
                 agent = v
-        cache = "-"
+        cache = b"-"
         for k, v in response.headers:
             if k == b"x-cache":
-                cache = v.decode("latin-1")
+                cache = v
                 break
-        key = self._hash(key_raw) if key_raw else "-"
-        if label:
-            bot = self._bots.get(label) or self._remembered(self._bots, label, safe_name)
-        else:
-            bot = key if key_raw else request.client
-        if agent:
-            product = self._products.get(agent) or self._remembered(self._products, agent,
-                                                                    product_of)
-        else:
-            product = "-"
         now = self._clock.seconds()
         second = int(now)
         if second != self._second:  # formatted once a second
             self._second = second
-            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        ms = round((now - request.arrival) * 1000, 2)
-        query = redact_query(request)
-        if self._json:
-            line = orjson.dumps({
-                "time": f"{self._stamp}.{int((now - second) * 1000):03d}Z",
-                "client": request.client, "bot": bot, "ua": product, "key": key,
-                "method": request.method, "market": request.market, "path": request.path,
-                "query": query, "status": response.status, "bytes": len(response.body),
-                "ms": ms, "source": response.source, "cache": cache,
-                "weight": response.weight, "detail": response.detail},
-                option=orjson.OPT_APPEND_NEWLINE)
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
+        us = int((now - request.arrival) * 1_000_000)
+        query = _plain_queries.get(request.query) or redact_query(request)
+        if key_raw is None:
+            # What repeats (a cache hit's request and answer) is formatted
+            # once; never a keyed request's (no key is kept, even here).
+            shape = (request.method, request.market, request.path, query,
+                     response.status, len(response.body), response.source, cache,
+                     response.weight, response.detail, label, agent)
+            middle = self._shapes.get(shape)
+            if middle is None:
+                middle = self._shape(request, response, query, cache, None, label, agent)
+                if len(self._shapes) >= _REMEMBERED:
+                    self._shapes.clear()
+                self._shapes[shape] = middle
         else:
-            line = (f"{self._stamp}Z {request.client} \"{request.method} /{request.market}"
-                    f"{request.path}{'?' if query else ''}{query}\" {response.status} "
-                    f"{len(response.body)} {ms}ms source={response.source} cache={cache} "
-                    f"weight={response.weight} key={key} bot={bot} ua={product}\n"
-                    ).encode("latin-1", "backslashreplace")
+            middle = self._shape(request, response, query, cache, key_raw, label, agent)
+        if self._json:
+            line = (b'{"time":"%s.%03dZ","client":%s,"ms":%d.%03d,%s}\n' % (
+                self._stamp, (now - second) * 1000, orjson.dumps(request.client),
+                us // 1000, us % 1000, middle))
+        else:
+            line = b"%sZ %s %s %d.%03dms %s\n" % (
+                self._stamp, request.client.encode(),
+                middle[0], us // 1000, us % 1000, middle[1])
         self.output.write(line)
         return response
+
+    def _shape(self, request: ProxyRequest, response: ProxyResponse, query: str,
+               cache: bytes, key_raw: bytes | None, label: bytes | None,
+               agent: bytes | None):
+        """The line less its time, client address and duration: JSON members
+        (bytes), or the text before and after the duration."""
+        key = self._hash(key_raw) if key_raw else "-"
+        if label:
+            bot = self._remembered(self._bots, label, safe_name)
+        else:
+            bot = key if key_raw else request.client
+        product = self._remembered(self._products, agent, product_of) if agent else "-"
+        cache_text = cache.decode("latin-1")
+        if self._json:
+            return orjson.dumps({
+                "bot": bot, "ua": product, "key": key,
+                "method": request.method, "market": request.market, "path": request.path,
+                "query": query, "status": response.status, "bytes": len(response.body),
+                "source": response.source, "cache": cache_text,
+                "weight": response.weight, "detail": response.detail})[1:-1]
+        head = (f"\"{request.method} /{request.market}{request.path}"
+                f"{'?' if query else ''}{query}\" {response.status} {len(response.body)}")
+        tail = (f"source={response.source} cache={cache_text} weight={response.weight} "
+                f"key={key} bot={bot} ua={product}")
+        return (head.encode("latin-1", "backslashreplace"),
+                tail.encode("latin-1", "backslashreplace"))
 
 
 def build_logger(name: str, settings, context) -> AccessLogger:

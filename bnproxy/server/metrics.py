@@ -74,9 +74,9 @@ class Metrics:
         # prometheus_client Counter takes a lock and three calls per answer.
         self.answers: dict[tuple[str, str, int, str], int] = defaultdict(int)
         self.asked: dict[str, int] = defaultdict(int)
-        # (market, method, path, raw query) -> predicted weight: a repeated
+        # (endpoint, raw query) -> predicted weight: a repeated
         # request (a cache hit) is not parsed again
-        self._weights: dict[tuple[str, str, str, bytes], int] = {}
+        self._weights: dict[tuple[int, bytes], int] = {}
         self.registry.register(_AnswerCollector(self.answers, self.asked))
 
     def answered(self, request: ProxyRequest | None, response: ProxyResponse) -> None:
@@ -85,16 +85,21 @@ class Metrics:
             self.answers[(*UNROUTED, response.status, response.source)] += 1
             return
         endpoint = request.endpoint
-        self.answers[(request.market, endpoint.path if endpoint is not None else "other",
+        market = request.market
+        self.answers[(market, endpoint.path if endpoint is not None else "other",
                       response.status, response.source)] += 1
-        key = (request.market, request.method, request.path, request.query)
+        if endpoint is None:
+            self.asked[market] += 1
+            return
+        query = request.query
+        key = (id(endpoint), query)  # endpoints live as long as the process
         weight = self._weights.get(key)
         if weight is None:
-            weight = endpoint.weight(request.params) if endpoint is not None else 1
+            weight = endpoint.weight(request.params)
             if len(self._weights) >= _WEIGHTS_REMEMBERED:
                 self._weights.clear()
             self._weights[key] = weight
-        self.asked[request.market] += weight
+        self.asked[market] += weight
 
     def watch(self, sources: Callable[[], Sequence[Any]]) -> None:
         """Collect ``collect_metrics()`` of whatever ``sources()`` returns,
