@@ -10,8 +10,8 @@ import pytest
 from helpers import API_KEY, Harness, chain
 from twisted.internet import task
 
-from bnproxy.server.accesslog import AccessLogWriter, open_access_log, reopen_on_sigusr1
 from bnproxy.middleware.logger import product_of
+from bnproxy.server.accesslog import AccessLogWriter, open_access_log, reopen_on_sigusr1
 
 
 class CountingStream(io.BytesIO):
@@ -181,3 +181,15 @@ def test_the_writer_provides_the_interface_middlewares_see():
     h = Harness(middleware=chain("logger"), access_log="-")
     assert verifyObject(IAccessLog, h.service.access_log)
     assert h.service.context.access_log is h.service.access_log
+
+
+def test_bots_without_a_name_are_told_apart_by_address_on_repeated_requests(tmp_path):
+    path = tmp_path / "access.log"
+    h = Harness(middleware=chain("logger", "cache", logger={"format": "json"}),
+                access_log=str(path), trusted_proxies=("127.0.0.1/32",))
+    for address in (b"10.0.0.1", b"10.0.0.2", b"10.0.0.1"):
+        h.request("GET", "/api/v3/depth?symbol=BTCUSDT&limit=5",
+                  headers={b"X-Forwarded-For": address})
+    h.service.access_log.flush()
+    assert [r["bot"] for r in json_lines(path)] == ["10.0.0.1", "10.0.0.2", "10.0.0.1"]
+    assert [r["cache"] for r in json_lines(path)] == ["MISS", "HIT", "HIT"]

@@ -10,11 +10,15 @@ import pytest
 from helpers import API_KEY, SECRET, sign
 from processes import free_port, get_json, twistd
 from twisted.application.service import Application, IService, MultiService
-from twisted.logger import ILogObserver, LogLevel, Logger, LogPublisher
+from twisted.logger import ILogObserver, Logger, LogLevel, LogPublisher
 from twisted.python.failure import Failure
 
-from bnproxy.server.oplog import (install_operational_log, operational_observer, parse_level,
-                                  twistd_log_stream)
+from bnproxy.server.oplog import (
+    install_operational_log,
+    operational_observer,
+    parse_level,
+    twistd_log_stream,
+)
 
 
 def emit(observer, level: LogLevel, text: str, **kw) -> None:

@@ -23,10 +23,11 @@ from collections.abc import Callable
 from urllib.parse import quote
 
 import orjson
+from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from bnproxy.binance.privacy import SECRET_PARAMS
-from bnproxy.chain.compose import Answer, then
+from bnproxy.chain.compose import Answer
 from bnproxy.chain.interfaces import IAccessLog, IMiddleware
 from bnproxy.chain.messages import ProxyRequest, ProxyResponse
 from bnproxy.config.reader import SettingsReader
@@ -112,9 +113,12 @@ class AccessLogger:
         return hashlib.sha256(self._salt + key).hexdigest()[:10]  # no key is kept
 
     def handle(self, request: ProxyRequest, next: Callable) -> Answer:
+        answer = next(request)
         if self.output is None:
-            return next(request)
-        return then(next(request), self._log_one, request)
+            return answer
+        if isinstance(answer, Deferred):
+            return answer.addCallback(self._log_one, request)
+        return self._log_one(answer, request)  # as compose.then, one call less per hit
 
     def _remembered(self, table: dict[bytes, str], raw: bytes, make: Callable) -> str:
         name = table.get(raw)
@@ -144,14 +148,14 @@ class AccessLogger:
         if second != self._second:  # formatted once a second
             self._second = second
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
-        us = int((now - request.arrival) * 1_000_000)
+        us = max(0, int((now - request.arrival) * 1_000_000))
         query = _plain_queries.get(request.query) or redact_query(request)
         if key_raw is None:
             # What repeats (a cache hit's request and answer) is formatted
             # once; never a keyed request's (no key is kept, even here).
             shape = (request.method, request.market, request.path, query,
                      response.status, len(response.body), response.source, cache,
-                     response.weight, response.detail, label, agent)
+                     response.weight, response.detail, label or request.client, agent)
             middle = self._shapes.get(shape)
             if middle is None:
                 middle = self._shape(request, response, query, cache, None, label, agent)
