@@ -319,7 +319,7 @@ def makeService(options: Options):  # noqa: N802
         stream = None if plain else sys.stdout
     if stream is not None:
         install_operational_log(service, config.log_format, config.log_level, stream)
-    reopen_on_sigusr1(reactor, service.access_log)
+    reopen_on_sigusr1(reactor, service.access_log, stream if hasattr(stream, "reopen") else None)
     # Everything built so far lives as long as the process: keep the cyclic
     # collector from rescanning it (it showed as multi-millisecond p99 pauses).
     gc.freeze()

@@ -97,8 +97,12 @@ def test_sigusr1_reopens_the_file_after_logrotate_moved_it(tmp_path):
             self.calls.append((f, args))
 
     reactor = ThreadlessReactor()
+    from twisted.python.logfile import LogFile
+    oplog = LogFile.fromFullPath(str(tmp_path / "twistd.log"))
     try:
-        reopen_on_sigusr1(reactor, writer)
+        reopen_on_sigusr1(reactor, writer, oplog, None)
+        oplog.write("operational before\n")
+        os.rename(tmp_path / "twistd.log", tmp_path / "twistd.log.1")
         writer.write(b"before rotation\n")
         os.rename(path, tmp_path / "access.log.1")  # logrotate's move
         os.kill(os.getpid(), signal.SIGUSR1)
@@ -111,6 +115,9 @@ def test_sigusr1_reopens_the_file_after_logrotate_moved_it(tmp_path):
         signal.signal(signal.SIGUSR1, previous)
     assert (tmp_path / "access.log.1").read_bytes() == b"before rotation\n"
     assert path.read_bytes() == b"after rotation\n"
+    oplog.write("operational after\n")
+    oplog.close()
+    assert (tmp_path / "twistd.log").read_text() == "operational after\n"
 
 
 def test_a_failing_write_loses_lines_but_never_the_answer(tmp_path):

@@ -130,22 +130,26 @@ def open_access_log(clock, target: str | None = STDOUT, **kwargs: Any) -> Access
     return AccessLogWriter(clock, target or STDOUT, **kwargs)
 
 
-_reopened: weakref.WeakSet[AccessLogWriter] = weakref.WeakSet()
+_reopened: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
-def reopen_on_sigusr1(reactor, *writers: AccessLogWriter | None) -> None:
-    """On SIGUSR1, reopen these writers' files (``postrotate: kill -USR1``).
+def reopen_on_sigusr1(reactor, *files: Any) -> None:
+    """On SIGUSR1, call ``reopen()`` of each of ``files`` (``postrotate: kill
+    -USR1``): access log writers, and the operational log's
+    ``twisted.python.logfile.LogFile`` when there is one (twistd installs its
+    own SIGUSR1 handler only for the observer it makes itself). None is
+    skipped.
 
-    Call once per writer, from the twistd plugin or the tac file (only they
-    touch process-wide state). The handler only schedules the reopen in the
-    reactor thread (``callFromThread``): a signal may arrive in the middle of
-    a write."""
-    for writer in writers:
-        if writer is not None:
-            _reopened.add(writer)
+    Call from the twistd plugin or the tac file (only they touch process-wide
+    state); repeated calls add files. The handler only schedules the reopens
+    in the reactor thread (``callFromThread``): a signal may arrive in the
+    middle of a write."""
+    for f in files:
+        if f is not None:
+            _reopened.add(f)
 
     def handler(signum, frame) -> None:
-        for writer in list(_reopened):
-            reactor.callFromThread(writer.reopen)
+        for f in list(_reopened):
+            reactor.callFromThread(f.reopen)
 
     signal.signal(signal.SIGUSR1, handler)
