@@ -318,7 +318,10 @@ def makeService(options: Options):  # noqa: N802
         plain = config.log_format == "text" and config.log_level == "info"
         stream = None if plain else sys.stdout
     if stream is not None:
-        install_operational_log(service, config.log_format, config.log_level, stream)
+        try:
+            install_operational_log(service, config.log_format, config.log_level, stream)
+        except ValueError as e:  # a bad --log-level
+            sys.exit(f"twistd bnproxy: error: {e}")
     reopen_on_sigusr1(reactor, service.access_log, stream if hasattr(stream, "reopen") else None)
     # Everything built so far lives as long as the process: keep the cyclic
     # collector from rescanning it (it showed as multi-millisecond p99 pauses).
