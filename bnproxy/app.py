@@ -27,6 +27,7 @@ from bnproxy.config.reader import ConfigError
 from bnproxy.dashboard.feed import DashboardFeed
 from bnproxy.dashboard.resource import mount_dashboard
 from bnproxy.readiness import Readiness
+from bnproxy.server.accesslog import open_access_log
 from bnproxy.server.admin import AdminGuard
 from bnproxy.server.clientaddr import ClientResolver, parse_networks
 from bnproxy.server.forwarding import ForwardingResource, RootResource
@@ -59,6 +60,7 @@ class Proxy:
     health: HealthResource
     readiness: Readiness
     dashboard: DashboardFeed
+    access_log: Any
     site: ProxySite
 
 
@@ -85,7 +87,12 @@ def assemble(reactor: Any, config: ProxyConfig, agent: Any = None) -> Proxy:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     endpoints = load_endpoints()
-    metrics = Metrics()
+    metrics = Metrics(max_clients=config.metrics_clients)
+    try:
+        access_log = open_access_log(reactor, config.access_log)
+    except OSError as e:
+        raise ConfigError(f"access log {config.access_log}: {e.strerror} "
+                          "(--access-log: -, none or a writable file)") from None
     deadlines = Deadlines(config.connect_timeout, config.response_timeout, config.body_timeout)
     tls_policy = upstream_tls_policy(config.upstream_ca or None)
     if agent is None:
@@ -109,7 +116,7 @@ def assemble(reactor: Any, config: ProxyConfig, agent: Any = None) -> Proxy:
         chain=lambda request: as_deferred(chain_ref[0](request)),
         endpoints=endpoints, markets=markets, add_admin=add_admin,
         state_dir=config.state_dir, log_format=config.log_format,
-        metrics=metrics.registry, tls_policy=tls_policy)
+        metrics=metrics.registry, tls_policy=tls_policy, access_log=access_log)
     middlewares = build_middlewares(config.middleware, discover(), context)
     handler = compose(middlewares, upstream)
     chain_ref.append(handler)
@@ -122,9 +129,11 @@ def assemble(reactor: Any, config: ProxyConfig, agent: Any = None) -> Proxy:
     metrics.watch(lambda: [m for m in [*middlewares, readiness, dashboard]
                            if IMetricsSource.providedBy(m)])
     metrics.track_inflight(lambda: forward.inflight)
+    metrics.watch_upstream(upstream)
     health = HealthResource(reactor, markets,
                             [m for m in middlewares if IHealthReporter.providedBy(m)],
-                            readiness.problems, [m.name for m in middlewares])
+                            readiness.problems, [m.name for m in middlewares],
+                            clients=metrics.clients)
 
     root = RootResource(forward)
     root.putChild(b"health", AdminGuard(health, admin_allow, resolver))
@@ -138,7 +147,7 @@ def assemble(reactor: Any, config: ProxyConfig, agent: Any = None) -> Proxy:
     site = ProxySite(root, config.server, reactor=reactor)
     site.displayTracebacks = False
     return Proxy(config, reactor, markets, endpoints, metrics, upstream, context, middlewares,
-                 handler, forward, health, readiness, dashboard, site)
+                 handler, forward, health, readiness, dashboard, access_log, site)
 
 
 def build_service(reactor: Any, config: ProxyConfig) -> ProxyService:

@@ -37,6 +37,9 @@ class ProxyService(MultiService):
     def __init__(self, reactor: Any, config: ProxyConfig, agent: Any = None) -> None:
         super().__init__()
         self.proxy = proxy = assemble(reactor, config, agent)
+        self.access_log = proxy.access_log
+        if self.access_log is not None:
+            self.access_log.setServiceParent(self)  # first in: stopped last, after the drain
         self.config = config
         self.reactor = reactor
         self.markets = proxy.markets

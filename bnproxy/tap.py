@@ -117,9 +117,25 @@ def makeService(options: Options):
     from bnproxy.app import build_service
 
     try:
-        service = build_service(reactor, options.config())
+        config = options.config()
+        service = build_service(reactor, config)
     except ConfigError as e:
         sys.exit(f"twistd bnproxy: error: {e}")
+    from bnproxy.server.accesslog import reopen_on_sigusr1
+    from bnproxy.server.oplog import install_operational_log, twistd_log_stream
+
+    twistd_options = getattr(options, "parent", None)  # None: built by bnproxy.tac
+    if twistd_options is not None:
+        stream = twistd_log_stream(twistd_options)  # None: --syslog, twistd keeps its own
+    else:  # twistd -y's options are unknown here: keep its observer unless asked otherwise
+        plain = config.log_format == "text" and config.log_level == "info"
+        stream = None if plain else sys.stdout
+    if stream is not None:
+        try:
+            install_operational_log(service, config.log_format, config.log_level, stream)
+        except ValueError as e:  # a bad --log-level
+            sys.exit(f"twistd bnproxy: error: {e}")
+    reopen_on_sigusr1(reactor, service.access_log, stream if hasattr(stream, "reopen") else None)
     # Everything built so far lives as long as the process: keep the cyclic
     # collector from rescanning it (it showed as multi-millisecond p99 pauses).
     gc.freeze()

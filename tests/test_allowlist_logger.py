@@ -66,7 +66,8 @@ def test_access_logs_hold_no_keys_and_no_signatures(tmp_path, fmt):
     globalLogPublisher.addObserver(events.append)
     try:
         path = tmp_path / "access.log"
-        h = Harness(middleware=chain("logger", "cache", logger={"format": fmt, "file": str(path)}))
+        h = Harness(middleware=chain("logger", "cache", logger={"format": fmt}),
+                    access_log=str(path))
         for i in range(3):
             query = f"symbol=BTCUSDT&side=BUY&quantity=1&timestamp={1700000000000 + i}".encode()
             signed = sign(query, b"price=1")
@@ -76,7 +77,7 @@ def test_access_logs_hold_no_keys_and_no_signatures(tmp_path, fmt):
                       headers={b"X-MBX-APIKEY": API_KEY})
             h.request("GET", f"/api/v3/depth?symbol=BTCUSDT&apiKey={API_KEY.decode()}")
         h.request("GET", "/api/v3/depth?symbol=BTCUSDT&limit=5")
-        h.service.middlewares[0].flush()
+        h.service.access_log.flush()
     finally:
         globalLogPublisher.removeObserver(events)
     text = path.read_text() + "\n".join(formatEvent(e) or "" for e in events)
@@ -100,12 +101,12 @@ def test_access_logs_hold_no_keys_and_no_signatures(tmp_path, fmt):
 
 def test_the_key_hash_tells_bots_apart_without_showing_the_key(tmp_path):
     path = tmp_path / "a.log"
-    h = Harness(middleware=chain("logger", logger={"format": "json", "file": str(path),
-                                                   "key_salt": "s"}))
+    h = Harness(middleware=chain("logger", logger={"format": "json", "key_salt": "s"}),
+                access_log=str(path))
     h.request("GET", "/api/v3/account", headers={b"X-MBX-APIKEY": b"key-one"})
     h.request("GET", "/api/v3/account", headers={b"X-MBX-APIKEY": b"key-two"})
     h.request("GET", "/api/v3/account", headers={b"X-MBX-APIKEY": b"key-one"})
-    h.service.middlewares[0].flush()
+    h.service.access_log.flush()
     keys = [json.loads(line)["key"] for line in path.read_text().splitlines()]
     assert keys[0] == keys[2] != keys[1]
 

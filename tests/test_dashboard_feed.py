@@ -45,10 +45,10 @@ def test_asked_against_spent_shows_what_the_cache_saved(tmp_path):
     state = tick(h)
     w = state["weight_15m"]
     # klines with limit 100 weigh 2: ten answers asked 20, one went upstream
-    # and the fake upstream reports 7 used this minute
+    # (weight 2 spent; the fake upstream reports 7 used this minute, for the pool)
     assert w["asked"]["spot"] == 20
-    assert w["spent"]["spot"] == 7
-    assert w["saving_percent"]["spot"] == 65.0
+    assert w["spent"]["spot"] == 2
+    assert w["saving_percent"]["spot"] == 90.0
     assert state["answers"]["last_15m"] == {"cache": 9, "upstream": 1, "stream": 0, "local": 0}
     assert state["hit_ratio_15m"]["cache"] == 0.9
     assert state["history"]["series"]["answers.cache"][-1] == 9
@@ -251,15 +251,14 @@ def test_fifteen_minute_sums_forget_what_left_the_ring(tmp_path):
     assert state["answers"]["total"]["cache"] == 2
 
 
-def test_weight_spent_in_a_new_minute_counts_from_zero(tmp_path):
+def test_weight_spent_is_what_reached_binance_per_sample(tmp_path):
     h = harness(tmp_path, names=("ratelimit",))
     tick(h)
-    h.request("GET", "/api/v3/time")  # the upstream says 7 used this minute
-    assert tick(h)["history"]["series"]["spent.spot"][-1] == 7
-    tick(h, 57)  # t = 59
-    h.clock.advance(1.5)  # t = 60.5: a new minute, no sample taken in between
-    h.request("GET", "/api/v3/time")  # 7 again, in the new minute
-    h.service.dashboard.tick()
-    state = json.loads(h.service.dashboard.state_bytes())
-    assert state["history"]["series"]["spent.spot"][-1] == 7
-    assert state["weight_15m"]["spent"]["spot"] == 14
+    h.request("GET", "/api/v3/time")  # weight 1, sent upstream
+    assert tick(h)["history"]["series"]["spent.spot"][-1] == 1
+    assert tick(h)["history"]["series"]["spent.spot"][-1] == 0  # nothing new
+    h.request("GET", "/api/v3/time")
+    h.request("GET", "/api/v3/time")
+    state = tick(h)
+    assert state["history"]["series"]["spent.spot"][-1] == 2
+    assert state["weight_15m"]["spent"]["spot"] == 3

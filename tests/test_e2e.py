@@ -49,10 +49,15 @@ class AlwaysIn(IStrategy):
 
 
 def access_records(log_text: str):
+    """The access lines of a ``--log-format json`` run (every line is a JSON
+    object; access lines have a status), ``time`` as epoch seconds."""
+    from datetime import datetime
     for line in log_text.splitlines():
-        start = line.find('{"time"')
-        if start != -1 and "bnproxy.access" in line:
-            yield json.loads(line[start:])
+        record = json.loads(line)
+        if "status" in record:
+            record["time"] = datetime.fromisoformat(record["time"].replace("Z", "+00:00")
+                                                    ).timestamp()
+            yield record
 
 
 @pytest.fixture

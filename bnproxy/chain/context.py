@@ -42,7 +42,9 @@ class MiddlewareContext:
     - ``tls_policy``: the ``IPolicyForHTTPS`` every upstream https/wss
       connection uses (platform trust plus ``--upstream-ca``);
     - ``shared_state``: the state shared by instances (``--shared-state``),
-      or None when everything is in-process.
+      or None when everything is in-process;
+    - ``access_log``: where access lines go, an ``IAccessLog`` (``write(line:
+      bytes)``), or None when the access log is off (``--access-log none``).
     """
 
     reactor: Any
@@ -59,6 +61,7 @@ class MiddlewareContext:
     shared_state: Any = None
     tls_policy: Any = None
     built: dict[str, Any] = attrs.field(factory=dict)
+    access_log: Any = None
 
     def lookup(self, name: str) -> Any:
         """The middleware configured under ``name``, or None."""

@@ -141,3 +141,18 @@ class IWeightGovernor(Interface):
     def set_client_share(client, share):
         """Cap ``client`` at ``share`` (0 < share <= 1) of each pool's budget
         per minute; None removes the cap."""
+
+
+class IAccessLog(Interface):
+    """Where the access log's lines go (``MiddlewareContext.access_log``).
+
+    Provided by ``bnproxy.server.accesslog.AccessLogWriter``: buffered in
+    memory, written out at least once a second, when 64 KiB are waiting, and
+    at shutdown. A middleware formats a line and hands it over; it never
+    writes or flushes a file itself.
+    """
+
+    def write(line):
+        """Queue ``line`` (bytes, one complete line ending in ``\\n``).
+        Called in the reactor thread for every answer: must be cheap (no
+        system call per line)."""

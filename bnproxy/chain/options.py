@@ -67,7 +67,7 @@ def _read(reader: SettingsReader, key: str, kind: str, default: Any, option: Opt
     if kind == "list":
         return reader.list(key, list(default))
     value = reader.str(key, default)
-    if option.choices and value not in option.choices:
+    if option.choices and value is not None and value not in option.choices:
         raise ConfigError(f"{reader.section}.{key}: expected one of "
                           f"{', '.join(option.choices)}, got {value!r}")
     return value

@@ -50,5 +50,8 @@ class ProxyConfig:
     max_connections_per_host: int = 32
     state_dir: str = "."
     log_format: str = "text"
+    log_level: str = "info"  # operational events: debug, info, warn, error
+    access_log: str = "-"  # "-": standard output; "none"; or a file path
+    metrics_clients: int = 64  # distinct client labels on /metrics and /health
     simulated_exchange: bool = False
     server: ServerLimits = ServerLimits()

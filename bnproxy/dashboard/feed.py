@@ -69,10 +69,9 @@ import orjson
 from twisted.application.service import Service
 from twisted.internet import task
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from bnproxy import __version__
-from bnproxy.chain.interfaces import IHealthReporter, IMetricsSource, IWeightGovernor
+from bnproxy.chain.interfaces import IHealthReporter, IWeightGovernor
 from bnproxy.chain.messages import ProxyRequest, ProxyResponse
 from bnproxy.middleware.logger import redact_query
 
@@ -105,7 +104,6 @@ def quantile(q: float, bounds: Sequence[float], counts: Sequence[float]) -> floa
     return lower_bound
 
 
-@implementer(IMetricsSource)
 class DashboardFeed(Service):
     """Samples the proxy once a second; see the module docstring.
 
@@ -132,19 +130,17 @@ class DashboardFeed(Service):
         self._errors_added = 0
         self._answers_prev: dict[str, int] = {}
         self._asked_prev: dict[str, float] = {}
-        self._used_prev: dict[str, int] = {}
+        self._spent_prev: dict[str, int] = {}
         self._buckets: deque[tuple[list[float], list[float]]] = deque(
             maxlen=LATENCY_WINDOW + 1)
         self._requests_seen: dict[str, int] = {}
         self._last_seen: dict[str, float] = {}
-        self._weights: dict[tuple[str, str], int] = {}
         self._listeners: list[Callable[[bytes], None]] = []
         self._governors: list[Any] = []
         self._closers: dict[Callable, Callable[[], None]] = {}
         self._ban_causes: dict[str, tuple[int, str]] = {}
         self.spent_total: dict[str, int] = {}  # since start, per market
         self._causes_scanned = 0
-        self._minute = -1
         self.document: dict[str, Any] = {}
         self.event: bytes = b""
         self._state: bytes | None = None
@@ -179,17 +175,18 @@ class DashboardFeed(Service):
         return unsubscribe
 
     # -- the one thing on the request path ----------------------------------------------
-    def observer(self, answered: Callable[[ProxyRequest, ProxyResponse], None] | None
-                 ) -> Callable[[ProxyRequest, ProxyResponse], None]:
+    def observer(self, answered: Callable[[ProxyRequest | None, ProxyResponse], None] | None
+                 ) -> Callable[[ProxyRequest | None, ProxyResponse], None]:
         """``answered`` plus the error ring: pass the result to the
-        forwarding resource in place of ``answered``."""
+        forwarding resource in place of ``answered`` (request None: no market
+        serves the path; counted, not listed)."""
         errors = self._raw_errors
         clock = self._clock
 
-        def observe(request: ProxyRequest, response: ProxyResponse) -> None:
+        def observe(request: ProxyRequest | None, response: ProxyResponse) -> None:
             if answered is not None:
                 answered(request, response)
-            if response.status >= 400:
+            if response.status >= 400 and request is not None:
                 errors.append((clock.seconds(), request, response))
                 self._errors_added += 1
 
@@ -224,7 +221,7 @@ class DashboardFeed(Service):
         for market, w in asked.items():
             sample[f"asked.{market}"] = w - self._asked_prev.get(market, 0)
         self._asked_prev = asked
-        for market, w in self._spent(pools, now).items():
+        for market, w in self._spent().items():
             sample[f"spent.{market}"] = w
             self.spent_total[market] = self.spent_total.get(market, 0) + w
         p50, p99 = self._latency()
@@ -255,23 +252,6 @@ class DashboardFeed(Service):
                 listener(self.event)
             except Exception:
                 _log.failure("dashboard listener failed")
-
-    def collect_metrics(self):
-        """``bnproxy_weight_asked_total`` and ``bnproxy_weight_spent_total``
-        per market (as sampled each second; see the module docstring)."""
-        from prometheus_client.core import CounterMetricFamily
-        asked = CounterMetricFamily(
-            "bnproxy_weight_asked", "Weight the bots' answers would have cost upstream "
-            "(predicted with default parameters).", labels=["market"])
-        spent = CounterMetricFamily(
-            "bnproxy_weight_spent", "Weight the governor counted upstream (bots and the "
-            "proxy's own requests).", labels=["market"])
-        for market, w in sorted(self._asked_prev.items()):
-            asked.add_metric([market], w)
-        for market, w in sorted(self.spent_total.items()):
-            spent.add_metric([market], w)
-        yield asked
-        yield spent
 
     def state_bytes(self) -> bytes:
         """The full document with the history, encoded at most once a tick."""
@@ -406,46 +386,22 @@ class DashboardFeed(Service):
                 "seconds_left": round(left, 1), "until": round(now + left, 3),
                 "status": status, "cause": text}
 
-    def _weight_of(self, market: str, path: str) -> int:
-        key = (market, path)
-        w = self._weights.get(key)
-        if w is None:
-            w = 1
-            if self._endpoints is not None:
-                for method in ("GET", "POST", "PUT", "DELETE"):
-                    endpoint = self._endpoints.lookup(market, method, path)
-                    if endpoint is not None:
-                        try:
-                            w = endpoint.weight({})
-                        except Exception:
-                            w = 1
-                        break
-            self._weights[key] = w
-        return w
-
     def _answers(self) -> tuple[dict[str, int], dict[str, float]]:
+        """Answers by source, and the weight the bots asked per market (what
+        ``bnproxy_weight_asked_total`` counts), both since start."""
         by_source: dict[str, int] = {}
-        asked: dict[str, float] = {}
-        for (market, endpoint, _status, source), n in list(self._metrics.answers.items()):
+        for (_market, _endpoint, _status, source), n in list(self._metrics.answers.items()):
             by_source[source] = by_source.get(source, 0) + n
-            asked[market] = asked.get(market, 0) + n * self._weight_of(market, endpoint)
-        return by_source, asked
+        return by_source, dict(self._metrics.asked)
 
-    def _spent(self, pools: Iterable[dict], now: float) -> dict[str, int]:
-        """The rise of each pool's used weight since the last sample, per
-        market. Binance's (and the governor's) windows are clock minutes: in
-        a new minute the whole of ``used`` is new."""
-        minute = int(now // 60)
-        new_minute, self._minute = minute != self._minute, minute
-        spent: dict[str, int] = {}
-        for p in pools:
-            key = f"{p['pool']}@{p.get('egress')}"
-            used, prev = p["used"] or 0, self._used_prev.get(key)
-            self._used_prev[key] = used
-            delta = used if prev is None or new_minute or used < prev else used - prev
-            market = "spot" if p["pool"].startswith("sapi") else p["pool"]
-            spent[market] = spent.get(market, 0) + delta
-        return spent
+    def _spent(self) -> dict[str, int]:
+        """Weight spent upstream since the last sample, per market: the rise
+        of what ``bnproxy_weight_spent_total`` counts."""
+        upstream = getattr(self._metrics, "upstream", None)
+        total: dict[str, int] = dict(upstream.weight_spent) if upstream is not None else {}
+        delta = {m: n - self._spent_prev.get(m, 0) for m, n in total.items()}
+        self._spent_prev = total
+        return delta
 
     def _weight_15m(self) -> dict[str, Any]:
         asked, spent = self._sums("asked."), self._sums("spent.")

@@ -1,37 +1,49 @@
 """``logger``: the access log, with secrets redacted.
 
-One line per answer: time, client, method, path, query with
-``signature``/``listenKey``/``apiKey`` values redacted, status, bytes,
-duration, source, cache status and weight charged. The API key appears only
-as a short salted hash (to tell bots apart); bodies are never logged.
+One line per answer: time, client address, the bot's name, method, path,
+query with ``signature``/``listenKey``/``apiKey`` values redacted, status,
+bytes, duration, source, cache status, weight charged, the key's salted hash
+and the User-Agent's product. The API key appears only as a short salted
+hash (to tell bots apart); bodies are never logged.
 
-Lines go to ``twisted.logger`` (so to twistd's log), or with ``file=PATH`` to a
-file of their own, written in blocks and flushed every second (as nginx's
-``access_log … buffer= flush=``) and at shutdown.
+The bot is named by its ``X-Bnproxy-Client`` header when it sends one, else
+by its key's hash, else by its address. Lines are formatted here and handed
+to the proxy's access log writer (``context.access_log``, an ``IAccessLog``:
+standard output by default, a file, or none with ``--access-log``), which
+writes them in blocks. No writer: no line is even formatted.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import quote
 
 import orjson
-from twisted.application.service import Service
-from twisted.internet import task
-from twisted.logger import Logger
+from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from bnproxy.binance.privacy import SECRET_PARAMS
-from bnproxy.chain.compose import Answer, then
-from bnproxy.chain.interfaces import IMiddleware
+from bnproxy.chain.compose import Answer
+from bnproxy.chain.interfaces import IAccessLog, IMiddleware
 from bnproxy.chain.messages import ProxyRequest, ProxyResponse
-from bnproxy.config.reader import SettingsReader
+from bnproxy.chain.options import Option
 
 REDACTED = "[redacted]"
 _SECRET_BYTES = tuple(name.encode() for name in SECRET_PARAMS)
+CLIENT_HEADER = b"x-bnproxy-client"
+_APIKEY = b"x-mbx-apikey"
+_USER_AGENT = b"user-agent"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._:@+=~-]")
+_REMEMBERED = 1024  # bot names and products kept formatted
+
+
+_SECRET_NAME = re.compile(b"|".join(re.escape(n) for n in _SECRET_BYTES), re.IGNORECASE)
+_plain_queries: dict[bytes, str] = {}  # raw query -> itself as text, when it hides no secret
 
 
 def redact_query(request: ProxyRequest) -> str:
@@ -40,8 +52,14 @@ def redact_query(request: ProxyRequest) -> str:
     raw = request.query
     if not raw:
         return ""
-    if b"%" not in raw and not any(name in raw.lower() for name in _SECRET_BYTES):
-        return raw.decode("latin-1")  # no secret can hide in it
+    text = _plain_queries.get(raw)
+    if text is not None:  # a query seen before (a cache hit's) is not searched again
+        return text
+    if b"%" not in raw and _SECRET_NAME.search(raw) is None:  # no secret can hide in it
+        if len(_plain_queries) >= _REMEMBERED:
+            _plain_queries.clear()
+        text = _plain_queries[raw] = raw.decode("latin-1")
+        return text
     pairs = request.param_list
     if not any(k.lower() in SECRET_PARAMS for k, _ in pairs):
         return request.query.decode("latin-1")
@@ -50,89 +68,155 @@ def redact_query(request: ProxyRequest) -> str:
                     for k, v in pairs)
 
 
+def safe_name(raw: bytes, limit: int = 64) -> str:
+    """A header value as one log token: at most ``limit`` characters, anything
+    but letters, digits and ``._:@+=~-`` replaced by ``_``."""
+    return _UNSAFE.sub("_", raw[:limit].decode("latin-1"))
+
+
+def product_of(user_agent: bytes) -> str:
+    """The User-Agent's first product, without its version: ``ccxt/4.3.1
+    (+https://…) Python/3.11`` is ``ccxt``; ``python-requests/2.31`` is
+    ``python-requests``."""
+    first = user_agent.split(None, 1)[0] if user_agent.strip() else b"-"
+    return safe_name(first.split(b"/", 1)[0], 32) or "-"
+
+
 @implementer(IMiddleware)
-class AccessLogger(Service):
+class AccessLogger:
+    """Formats one access line per answer and hands it to ``output``, an
+    ``IAccessLog`` (None: no access log)."""
+
     plain_next = True
 
-    def __init__(self, name: str, clock, fmt: str, salt: bytes, output=None) -> None:
+    def __init__(self, name: str, clock, fmt: str, salt: bytes,
+                 output: IAccessLog | None = None,
+                 client_header: bytes = CLIENT_HEADER) -> None:
         self.name = name
         self._clock = clock
         self._json = fmt == "json"
         self._salt = salt
-        self._log = Logger(namespace="bnproxy.access")
-        self._output = output  # a file of its own; None: twisted.logger
-        self._flusher = task.LoopingCall(self.flush)
-        self._flusher.clock = clock
+        self.output: Any = output  # an IAccessLog, or None: nothing is formatted
+        self._client_header = client_header
         self._second = -1
-        self._stamp = ""
-
-    def startService(self) -> None:  # noqa: N802
-        super().startService()
-        if self._output is not None:
-            self._flusher.start(1.0, now=False)
-
-    def stopService(self) -> None:  # noqa: N802
-        if self._flusher.running:
-            self._flusher.stop()
-        self.flush()
-        return super().stopService()
-
-    def flush(self) -> None:
-        if self._output is not None:
-            self._output.flush()
+        self._stamp = b""
+        self._bots: dict[bytes, str] = {}
+        self._products: dict[bytes, str] = {}
+        self._shapes: dict[tuple, Any] = {}
 
     def key_id(self, request: ProxyRequest) -> str | None:
-        key = request.header(b"x-mbx-apikey")
+        key = request.header(_APIKEY)
         if not key:
             return None
+        return self._hash(key)
+
+    def _hash(self, key: bytes) -> str:
         return hashlib.sha256(self._salt + key).hexdigest()[:10]  # no key is kept
 
     def handle(self, request: ProxyRequest, next: Callable) -> Answer:
-        return then(next(request), self._log_one, request)
+        answer = next(request)
+        if self.output is None:
+            return answer
+        if isinstance(answer, Deferred):
+            return answer.addCallback(self._log_one, request)
+        return self._log_one(answer, request)  # as compose.then, one call less per hit
+
+    def _remembered(self, table: dict[bytes, str], raw: bytes, make: Callable) -> str:
+        name = table.get(raw)
+        if name is None:
+            if len(table) >= _REMEMBERED:
+                table.clear()
+            name = table[raw] = make(raw)
+        return name
 
     def _log_one(self, response: ProxyResponse, request: ProxyRequest) -> ProxyResponse:
+        key_raw = label = agent = None
+        wanted = self._client_header
+        for k, v in request.headers:  # one pass for the three headers read
+            if k == _APIKEY:
+                key_raw = v
+            elif k == wanted:
+                label = v
+            elif k == _USER_AGENT:
+                agent = v
+        cache = b"-"
+        for k, v in response.headers:
+            if k == b"x-cache":
+                cache = v
+                break
         now = self._clock.seconds()
-        ms = round((now - request.arrival) * 1000, 2)
-        query = redact_query(request)
-        cache = (response.header(b"x-cache") or b"-").decode("latin-1")
-        key = self.key_id(request) or "-"
+        second = int(now)
+        if second != self._second:  # formatted once a second
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
+        us = max(0, int((now - request.arrival) * 1_000_000))
+        query = _plain_queries.get(request.query) or redact_query(request)
+        if key_raw is None:
+            # What repeats (a cache hit's request and answer) is formatted
+            # once; never a keyed request's (no key is kept, even here).
+            shape = (request.method, request.market, request.path, query,
+                     response.status, len(response.body), response.source, cache,
+                     response.weight, response.detail, label or request.client, agent)
+            middle = self._shapes.get(shape)
+            if middle is None:
+                middle = self._shape(request, response, query, cache, None, label, agent)
+                if len(self._shapes) >= _REMEMBERED:
+                    self._shapes.clear()
+                self._shapes[shape] = middle
+        else:
+            middle = self._shape(request, response, query, cache, key_raw, label, agent)
         if self._json:
-            line = orjson.dumps({
-                "time": round(now, 3), "client": request.client, "method": request.method,
-                "market": request.market, "path": request.path, "query": query,
-                "status": response.status, "bytes": len(response.body), "ms": ms,
-                "source": response.source, "cache": cache, "weight": response.weight,
-                "key": key, "detail": response.detail}).decode()
+            line = (b'{"time":"%s.%03dZ","client":%s,"ms":%d.%03d,%s}\n' % (
+                self._stamp, (now - second) * 1000, orjson.dumps(request.client),
+                us // 1000, us % 1000, middle))
         else:
-            second = int(now)
-            if second != self._second:  # formatted once a second
-                self._second = second
-                self._stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
-            stamp = self._stamp
-            q = f"?{query}" if query else ""
-            line = (f"{stamp} {request.client} \"{request.method} /{request.market}"
-                    f"{request.path}{q}\" {response.status} {len(response.body)} {ms}ms "
-                    f"source={response.source} cache={cache} weight={response.weight} "
-                    f"key={key}")
-        if self._output is not None:
-            self._output.write(line + "\n")
-        else:
-            self._log.info("{line}", line=line)
+            line = b"%sZ %s %s %d.%03dms %s\n" % (
+                self._stamp, request.client.encode(),
+                middle[0], us // 1000, us % 1000, middle[1])
+        self.output.write(line)
         return response
 
+    def _shape(self, request: ProxyRequest, response: ProxyResponse, query: str,
+               cache: bytes, key_raw: bytes | None, label: bytes | None,
+               agent: bytes | None):
+        """The line less its time, client address and duration: JSON members
+        (bytes), or the text before and after the duration."""
+        key = self._hash(key_raw) if key_raw else "-"
+        if label:
+            bot = self._remembered(self._bots, label, safe_name)
+        else:
+            bot = key if key_raw else request.client
+        product = self._remembered(self._products, agent, product_of) if agent else "-"
+        cache_text = cache.decode("latin-1")
+        if self._json:
+            return orjson.dumps({
+                "bot": bot, "ua": product, "key": key,
+                "method": request.method, "market": request.market, "path": request.path,
+                "query": query, "status": response.status, "bytes": len(response.body),
+                "source": response.source, "cache": cache_text,
+                "weight": response.weight, "detail": response.detail})[1:-1]
+        head = (f"\"{request.method} /{request.market}{request.path}"
+                f"{'?' if query else ''}{query}\" {response.status} {len(response.body)}")
+        tail = (f"source={response.source} cache={cache_text} weight={response.weight} "
+                f"key={key} bot={bot} ua={product}")
+        return (head.encode("latin-1", "backslashreplace"),
+                tail.encode("latin-1", "backslashreplace"))
 
-def build_logger(name: str, settings, context) -> AccessLogger:
-    reader = SettingsReader(f"middleware.{name}", settings)
-    fmt = reader.str("format", getattr(context, "log_format", "text")) or "text"
-    if fmt not in ("text", "json"):
-        raise reader._fail("format", f"expected text or json, got {fmt!r}")
-    path = reader.str("file", None)
-    salt = (reader.str("key_salt", None) or "").encode() or os.urandom(16)
-    reader.done()
-    output = None
-    if path:
-        try:
-            output = open(path, "a", encoding="utf-8", buffering=65536)  # noqa: SIM115
-        except OSError as e:
-            raise reader._fail("file", f"cannot open {path}: {e.strerror}") from None
-    return AccessLogger(name, context.reactor, fmt, salt, output=output)
+
+OPTIONS = (
+    Option("format", "str", None, "Access-line format, text or json; default --log-format.",
+           choices=("text", "json")),
+    Option("key_salt", "str", None, "A fixed salt for the API-key hash, so hashes survive "
+           "restarts; default random per start."),
+    Option("client_header", "str", CLIENT_HEADER.decode(), "The header that names a bot in "
+           "the access line (else its key hash, else its address)."),
+)
+
+
+def build_logger(name: str, settings: dict[str, Any], context: Any) -> AccessLogger:
+    fmt = settings["format"] or getattr(context, "log_format", "text")
+    salt = (settings["key_salt"] or "").encode() or os.urandom(16)
+    header = settings["client_header"] or CLIENT_HEADER.decode()
+    return AccessLogger(name, context.reactor, fmt, salt,
+                        output=getattr(context, "access_log", None),
+                        client_header=header.lower().encode("latin-1"))

@@ -98,7 +98,8 @@ class ForwardingResource(Resource):
 
     def __init__(self, handler: Callable, markets: Mapping[str, Market],
                  endpoints: EndpointTable, clock, resolve_client: ClientResolver,
-                 answered: Callable[[ProxyRequest, ProxyResponse], None] | None = None) -> None:
+                 answered: Callable[[ProxyRequest | None, ProxyResponse], None] | None = None,
+                 ) -> None:
         super().__init__()
         self.inflight = 0
         self._idle_waiters: list[Deferred] = []
@@ -142,6 +143,8 @@ class ForwardingResource(Resource):
         raw_path, query = split_target(request.uri)
         route = self._route(request.method, raw_path)
         if isinstance(route, ProxyResponse):
+            if self._answered is not None:
+                self._answered(None, route)  # counted as unrouted
             write_response(request, route)
             return server.NOT_DONE_YET
         method, market, binance_path, endpoint = route

@@ -1,5 +1,9 @@
 """``/health``: what the proxy is, how long it has run, where it sends what,
-and each ``IHealthReporter``'s section; its status agrees with ``/ready``."""
+and each ``IHealthReporter``'s section; its status agrees with ``/ready``.
+
+A middleware's per-client table (a ``clients`` mapping in its section) is
+pruned as ``/metrics`` prunes its ``client`` label: the first N clients by
+name, the rest summed under ``other``."""
 
 from __future__ import annotations
 
@@ -11,14 +15,17 @@ from twisted.web.resource import Resource
 
 from bnproxy import __version__
 from bnproxy.binance.markets import Market
+from bnproxy.chain.labels import BoundedLabels
 
 
 class HealthResource(Resource):
     isLeaf = True
 
     def __init__(self, clock, markets: Mapping[str, Market], reporters: Sequence[Any],
-                 problems: Callable[[], list[str]], chain: Sequence[str]) -> None:
+                 problems: Callable[[], list[str]], chain: Sequence[str],
+                 clients: BoundedLabels | None = None) -> None:
         super().__init__()
+        self._clients = clients if clients is not None else BoundedLabels()
         self._clock = clock
         self._started = clock.seconds()
         self._markets = markets
@@ -39,8 +46,13 @@ class HealthResource(Resource):
                 for name, m in self._markets.items()
             },
             "chain": list(self._chain),
-            "middleware": {m.name: m.health() for m in self._reporters},
+            "middleware": {},
         }
+        for m in self._reporters:
+            section = m.health()
+            if isinstance(section, Mapping) and isinstance(section.get("clients"), Mapping):
+                section = {**section, "clients": self._clients.fold(section["clients"])}
+            doc["middleware"][m.name] = section
         return doc
 
     def render_GET(self, request):  # noqa: N802

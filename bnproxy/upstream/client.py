@@ -15,6 +15,7 @@ refused or unfinished connect) answers 502 saying it was not sent.
 from __future__ import annotations
 
 import re
+from collections import defaultdict
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -220,6 +221,10 @@ class Upstream:
         # market -> {"ok": time of the last answer, "error": time, "reason": str}
         self.reachability: dict[str, dict[str, Any]] = {}
         self.observe: Callable[[str, float], None] | None = None  # (market, seconds)
+        # per market, exported on /metrics: weight of the requests Binance
+        # answered, and connections that could not be made
+        self.weight_spent: dict[str, int] = defaultdict(int)
+        self.connect_failures: dict[str, int] = defaultdict(int)
 
     def url(self, request: ProxyRequest) -> bytes | None:
         market = self._markets.get(request.market)
@@ -295,6 +300,8 @@ class Upstream:
                           method=request.method, market=request.market, path=request.path,
                           host=self._host(request), cause=cause(failure))
                 continue
+            if all(r.check(*_NOT_CONNECTED) for r in _reasons(failure)):  # a failed connect
+                self.connect_failures[request.market] += 1
             state["error"], state["reason"] = self._clock.seconds(), cause(failure)[:200]
             return self._failed(request, failure, expired[0] if expired else None)
         now = self._clock.seconds()
@@ -304,6 +311,7 @@ class Upstream:
         headers = response_headers(
             (k, v) for k, vs in response.headers.getAllRawHeaders() for v in vs)
         weight = request.endpoint.weight(request.params) if request.endpoint else 1
+        self.weight_spent[request.market] += weight
         return ProxyResponse(response.code, headers, body, "upstream", str(response.code),
                              weight)
 
