@@ -49,3 +49,12 @@ def test_the_asked_and_spent_counters_follow_the_answers(tmp_path):
     assert 'bnproxy_weight_asked_total{market="spot"} 8.0' in text
     # one request reached Binance (the others were cache hits): klines limit=100 weighs 2
     assert 'bnproxy_weight_spent_total{market="spot"} 2.0' in text
+
+
+def test_the_compose_file_provisions_the_grafana_dashboard():
+    compose = open(os.path.join(DEPLOY, "..", "docker-compose.yml")).read()
+    mounts = re.findall(r"- \./(grafana/[^:]+):([^:]+):ro", compose)
+    assert ("grafana/bnproxy.json", "/var/lib/grafana/dashboards/bnproxy.json") in mounts
+    assert ("grafana/provisioning", "/etc/grafana/provisioning") in mounts
+    for source, _ in mounts:
+        assert os.path.exists(os.path.join(DEPLOY, "..", source)), source
