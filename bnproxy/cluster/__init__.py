@@ -1,0 +1,2 @@
+"""State shared by bnproxy instances: weight budgets, bans, the client ledger
+and heartbeats (``ISharedState``), in Redis or in-process."""
