@@ -129,14 +129,17 @@ class _Pool(wclient.HTTPConnectionPool):
     _factory = _QuietFactory
 
 
-def make_agent(reactor, deadlines: Deadlines, max_per_host: int = 32) -> IAgent:
+def make_agent(reactor, deadlines: Deadlines, max_per_host: int = 32,
+               bind_address: str | None = None) -> IAgent:
     """The production agent: persistent pool, no automatic retries (we decide
-    what is retried), TLS verified, connect deadline."""
+    what is retried), TLS verified, connect deadline; connections leave from
+    ``bind_address`` when given (an egress address this host owns)."""
     pool = _Pool(reactor, persistent=True)
     pool.maxPersistentPerHost = max_per_host
     pool.cachedConnectionTimeout = 60
     pool.retryAutomatically = False
-    return wclient.Agent(reactor, connectTimeout=deadlines.connect, pool=pool)
+    return wclient.Agent(reactor, connectTimeout=deadlines.connect, pool=pool,
+                         bindAddress=(bind_address, 0) if bind_address else None)
 
 
 class Upstream:
@@ -147,13 +150,20 @@ class Upstream:
 
     def __init__(self, reactor, markets: Mapping[str, Market], agent: IAgent | None = None,
                  deadlines: Deadlines = Deadlines(), max_body: int = 64 * 1024 * 1024,
-                 max_per_host: int = 32) -> None:
+                 max_per_host: int = 32, egress_agents: Mapping[str, IAgent] | None = None,
+                 egress_of: Callable[[ProxyRequest], str | None] | None = None) -> None:
         self._clock = reactor
         self._markets = markets
         self.deadlines = deadlines
         self._max_body = max_body
         base = agent if agent is not None else make_agent(reactor, deadlines, max_per_host)
         self._agent = wclient.ContentDecoderAgent(base, [(b"gzip", wclient.GzipDecoder)])
+        # several egress addresses: one agent (and connection pool) per address,
+        # the address of each request named by ``egress_of`` (None: the default agent)
+        self._egress_agents = {
+            a: wclient.ContentDecoderAgent(g, [(b"gzip", wclient.GzipDecoder)])
+            for a, g in (egress_agents or {}).items()}
+        self._egress_of = egress_of
         # market -> {"ok": time of the last answer, "error": time, "reason": str}
         self.reachability: dict[str, dict[str, Any]] = {}
         self.observe: Callable[[str, float], None] | None = None  # (market, seconds)
@@ -181,7 +191,11 @@ class Upstream:
         headers.setRawHeaders(b"accept-encoding", [b"gzip"])
         body = BytesProducer(request.body) if (
             request.body or request.method in ("POST", "PUT", "PATCH")) else None
-        d = self._agent.request(request.method.encode("ascii"), url, headers, body)
+        agent = self._agent
+        egress = self._egress_of(request) if self._egress_of is not None else None
+        if egress is not None:  # an address without an agent fails closed (502), never
+            agent = self._egress_agents[egress]  # leaves from another address
+        d = agent.request(request.method.encode("ascii"), url, headers, body)
         return d.addTimeout(self.deadlines.headers, self._clock)
 
     async def _forward(self, request: ProxyRequest, url: bytes, retry: bool) -> ProxyResponse:
