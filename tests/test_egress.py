@@ -10,8 +10,12 @@ from bnproxy.binance.endpoints import load_endpoints
 from bnproxy.binance.markets import build_markets
 from bnproxy.chain.messages import ProxyRequest
 from bnproxy.upstream.client import Deadlines, Upstream
-from bnproxy.upstream.egress import (EgressAddressError, EgressChooser, check_egress_address,
-                                     egress_agents)
+from bnproxy.upstream.egress import (
+    EgressAddressError,
+    EgressChooser,
+    check_egress_address,
+    egress_agents,
+)
 
 A, B, C = "127.0.0.2", "127.0.0.3", "127.0.0.4"
 
