@@ -260,6 +260,26 @@ async def test_redis_gone_then_back(redis_server):
 
 
 @pytest_twisted.ensureDeferred
+async def test_slow_redis_degrades_within_the_deadline_then_recovers(redis_server):
+    a = await started(redis_server)
+    try:
+        w = window_now()
+        assert await a.reserve("default", "spot", 10, 100, w)
+        redis_server.pause()  # connected, but no answer
+        # the reservation is decided locally once the 50 ms deadline passes
+        assert await a.reserve("default", "spot", 10, 100, w) is True
+        assert a.status == "degraded" and "within 0.05 s" in a.health()["last_error"]
+        assert await a.used("default", "spot", w) == 20  # answered locally, no wait
+        redis_server.resume()
+        await wait_until(lambda: a.status == "ok", "ok again")
+        assert await a.used("default", "spot", w) >= 20
+        assert "bnproxy_shared_state_ok" in [m.name for m in a.collect_metrics()]
+    finally:
+        redis_server.resume()
+        await a.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_no_redis_at_start_is_degraded_not_fatal(tmp_path):
     from redis_server import free_port
     from twisted.internet import reactor

@@ -11,7 +11,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from bnproxy.chain.interfaces import ISharedState
+from bnproxy.chain.interfaces import IHealthReporter, ISharedState
 
 _log = Logger(namespace="bnproxy.cluster")
 
@@ -91,7 +91,7 @@ class LedgerBuffer:
         return table
 
 
-@implementer(ISharedState)
+@implementer(ISharedState, IHealthReporter)
 class LocalSharedState:
     """Everything in this process: the embedded default. Same semantics as
     ``RedisSharedState`` with one live instance and a store that is always

@@ -74,6 +74,7 @@ from typing import Any
 
 import txredisapi
 from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.service import Service
 from twisted.internet import defer, task
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
@@ -82,7 +83,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from bnproxy.chain.interfaces import ISharedState
+from bnproxy.chain.interfaces import IHealthReporter, IMetricsSource, ISharedState
 from bnproxy.cluster.errors import SharedStateTimeoutError, SharedStateUnavailableError
 from bnproxy.cluster.keys import Keys
 from bnproxy.cluster.local import METRICS, BanBook, BanCallback, LedgerBuffer
@@ -229,16 +230,15 @@ class _Fallback:
         return local
 
 
-@implementer(ISharedState)
-class RedisSharedState:
+@implementer(ISharedState, IHealthReporter, IMetricsSource)
+class RedisSharedState(Service):
     """See the module docstring. ``start()`` connects (firing when ``ok`` or
     after ``connect_timeout``, never failing), ``stop()`` flushes the ledger,
-    removes the heartbeat and disconnects. Also usable as a Twisted service
-    (``startService``/``stopService``)."""
+    removes the heartbeat and disconnects. A Twisted service: add it to the
+    application (``startService``/``stopService`` call them); stop it after
+    the proxy has drained."""
 
-    running = False
     name = "shared-state"
-    parent = None
 
     def __init__(self, reactor, url: RedisURL | str, *, deadline: float = 0.05,
                  background_deadline: float = 1.0, connect_timeout: float = 2.0,
@@ -287,7 +287,7 @@ class RedisSharedState:
         """Connect; fires (with None) once ``ok`` or after
         ``connect_timeout``, whichever is first. Never fails: without Redis
         the state starts ``degraded``."""
-        self.running = True
+        self.running = 1
         policy = backoffPolicy(initialDelay=0.1, maxDelay=self._reconnect_max, factor=2.0)
         main = ClientService(self._endpoint(),
                              _Factory(_Protocol, self._clock, on_lost=self._main_lost),
@@ -348,6 +348,16 @@ class RedisSharedState:
 
     def stopService(self) -> Deferred:  # noqa: N802 (IService)
         return self.stop()
+
+    def collect_metrics(self):
+        from prometheus_client.core import GaugeMetricFamily
+        ok = GaugeMetricFamily("bnproxy_shared_state_ok",
+                               "1 while the shared state (Redis) answers, 0 while degraded.")
+        ok.add_metric([], 1 if self.status == "ok" else 0)
+        live = GaugeMetricFamily("bnproxy_live_instances",
+                                 "Instances heartbeating in the shared state, as last seen.")
+        live.add_metric([], self._live)
+        yield from (ok, live)
 
     # -- connections ----------------------------------------------------------------
     @defer.inlineCallbacks

@@ -128,12 +128,14 @@ class _Child(ProcessProtocol):
 
 class WorkerPool(Service):
     """Runs ``count - 1`` worker processes beside this one (see the module
-    docstring). ``argv``: the worker's command line (``argv[0]`` is run;
+    docstring). ``sock``: the listening socket or its descriptor (a systemd
+    socket, fd 3, works as it is); it must stay open while the pool runs
+    (workers that exit are started again). ``argv``: the worker's command line (``argv[0]`` is run;
     ``sys.executable`` by default when ``argv[0]`` is a script)."""
 
     name = "workers"
 
-    def __init__(self, reactor, count: int, sock: socket.socket, argv: Sequence[str],
+    def __init__(self, reactor, count: int, sock: socket.socket | int, argv: Sequence[str],
                  env: Mapping[str, str] | None = None, drain_timeout: float = 30.0,
                  respawn_delay: float = 1.0) -> None:
         self._reactor = reactor
@@ -156,7 +158,7 @@ class WorkerPool(Service):
     def _spawn(self, index: int) -> None:
         if self._stopping:
             return
-        fd = self._sock.fileno()
+        fd = self._sock if isinstance(self._sock, int) else self._sock.fileno()
         env = {**self._env, WORKER_FD_ENV: str(fd), WORKER_INDEX_ENV: str(index)}
         argv = self._argv
         executable = argv[0]
