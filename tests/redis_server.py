@@ -29,15 +29,17 @@ def ping(port: int, timeout: float = 0.5) -> bool:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
             s.settimeout(timeout)
             s.sendall(b"PING\r\n")
-            return s.recv(64).startswith(b"+PONG")
+            return s.recv(64).startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
         return False
 
 
 class RedisServer:
-    def __init__(self, directory: str, port: int | None = None) -> None:
+    def __init__(self, directory: str, port: int | None = None,
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.directory = directory
         self.port = port or free_port()
+        self.extra_args = extra_args
         self.process: subprocess.Popen | None = None
 
     @property
@@ -49,7 +51,7 @@ class RedisServer:
         log = open(os.path.join(self.directory, "redis.log"), "ab")
         self.process = subprocess.Popen(
             [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.directory],
+             "--appendonly", "no", "--dir", self.directory, *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT)
         log.close()
         deadline = time.monotonic() + START_DEADLINE

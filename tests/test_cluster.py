@@ -280,6 +280,34 @@ async def test_slow_redis_degrades_within_the_deadline_then_recovers(redis_serve
 
 
 @pytest_twisted.ensureDeferred
+async def test_password_and_database_from_the_url(tmp_path):
+    from redis_server import RedisServer
+    from twisted.internet import reactor
+    server = RedisServer(str(tmp_path / "redis"), extra_args=("--requirepass", "s3cr3t-pw"))
+    server.start()
+    states = []
+    try:
+        base = f"127.0.0.1:{server.port}"
+        good = RedisSharedState(reactor, f"redis://:s3cr3t-pw@{base}/2", **FAST)
+        bad = RedisSharedState(reactor, f"redis://:wrong-pw@{base}/2",
+                               **{**FAST, "connect_timeout": 0.5})
+        states = [good, bad]
+        await good.start()
+        await bad.start()
+        assert good.status == "ok"
+        assert bad.status == "degraded"
+        for s in states:
+            text = repr(s.health()) + s.last_error
+            assert "s3cr3t" not in text and "wrong-pw" not in text
+        assert good.health()["store"] == f"redis://:***@{base}/2"
+        assert await good.reserve("default", "spot", 5, 10, window_now())
+    finally:
+        for s in states:
+            await s.stop()
+        server.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_no_redis_at_start_is_degraded_not_fatal(tmp_path):
     from redis_server import free_port
     from twisted.internet import reactor
@@ -293,3 +321,13 @@ async def test_no_redis_at_start_is_degraded_not_fatal(tmp_path):
         assert not await state.reserve("default", "spot", 1, 900, w)  # 900 / 3
     finally:
         await state.stop()
+
+
+def test_open_shared_state():
+    from bnproxy.cluster import open_shared_state
+    clock = Clock()
+    assert isinstance(open_shared_state(clock, None), LocalSharedState)
+    state = open_shared_state(clock, "redis://:pw@127.0.0.1:6390/1", deadline=0.02)
+    assert isinstance(state, RedisSharedState) and state.deadline == 0.02
+    with pytest.raises(RedisURLError):
+        open_shared_state(clock, "http://127.0.0.1/")

@@ -273,6 +273,7 @@ class RedisSharedState(Service):
         self._services: list[ClientService] = []
         self._loops: list[task.LoopingCall] = []
         self._ready_waiters: list[Deferred] = []
+        self._drops: list = []
 
     # -- lifecycle ------------------------------------------------------------------
     def _endpoint(self):
@@ -332,6 +333,9 @@ class RedisSharedState(Service):
             if loop.running:
                 loop.stop()
         self._loops = []
+        for call in self._drops:
+            if call.active():
+                call.cancel()
         if self._status == "ok":
             try:
                 yield self._flush_ledger()
@@ -373,7 +377,8 @@ class RedisSharedState(Service):
                                                              self._connect_timeout)
         except Exception as e:
             self._note_error(f"cannot prepare the connection to {self.url}: {_describe(e)}")
-            raise
+            self._drop_later(proto)
+            return
         self._proto = proto
         self._maybe_resync()
 
@@ -387,9 +392,18 @@ class RedisSharedState(Service):
                                       self._connect_timeout)
         except Exception as e:
             self._note_error(f"cannot subscribe on {self.url}: {_describe(e)}")
-            raise
+            self._drop_later(proto)
+            return
         self._sub = proto
         self._maybe_resync()
+
+    def _drop_later(self, proto) -> None:
+        """A connection that could not be prepared (refused password, say) is
+        closed after ``reconnect_max`` seconds and then reconnected: at most
+        one attempt per ``reconnect_max``. (Failing ClientService's
+        ``prepareConnection`` instead races with stopService in Twisted.)"""
+        call = self._clock.callLater(self._reconnect_max, proto.transport.loseConnection)
+        self._drops = [c for c in self._drops if c.active()] + [call]
 
     def _main_lost(self, proto) -> None:
         if proto is self._proto:
