@@ -307,6 +307,73 @@ async def test_password_and_database_from_the_url(tmp_path):
         server.stop()
 
 
+def make_tls_files(directory) -> tuple[str, str, str]:
+    """A CA and a certificate for 127.0.0.1 signed by it: (ca, cert, key) paths."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bnproxy test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(1)
+          .not_valid_before(now - datetime.timedelta(days=1))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(2)
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = [str(directory / n) for n in ("ca.pem", "cert.pem", "key.pem")]
+    directory.mkdir(parents=True, exist_ok=True)
+    for path, data in zip(paths, (
+            ca.public_bytes(serialization.Encoding.PEM),
+            cert.public_bytes(serialization.Encoding.PEM),
+            key.private_bytes(serialization.Encoding.PEM,
+                              serialization.PrivateFormat.TraditionalOpenSSL,
+                              serialization.NoEncryption()))):
+        with open(path, "wb") as f:
+            f.write(data)
+    return paths[0], paths[1], paths[2]
+
+
+@pytest_twisted.ensureDeferred
+async def test_rediss_verifies_the_server(tmp_path):
+    from redis_server import RedisServer, free_port
+    from twisted.internet import reactor
+    ca, cert, key = make_tls_files(tmp_path / "tls")
+    tls_port = free_port()
+    server = RedisServer(str(tmp_path / "redis"), extra_args=(
+        "--tls-port", str(tls_port), "--tls-cert-file", cert, "--tls-key-file", key,
+        "--tls-ca-cert-file", ca, "--tls-auth-clients", "no"))
+    server.start()
+    states = []
+    try:
+        url = f"rediss://127.0.0.1:{tls_port}/0"
+        trusted = RedisSharedState(reactor, url, **FAST, tls_ca_file=ca)
+        untrusted = RedisSharedState(reactor, url, **{**FAST, "connect_timeout": 0.5})
+        states = [trusted, untrusted]
+        await trusted.start()
+        await untrusted.start()  # the system's roots do not know the test CA
+        assert trusted.status == "ok" and untrusted.status == "degraded"
+        assert await trusted.reserve("default", "spot", 5, 10, window_now())
+    finally:
+        for s in states:
+            await s.stop()
+        server.stop()
+
+
 @pytest_twisted.ensureDeferred
 async def test_no_redis_at_start_is_degraded_not_fatal(tmp_path):
     from redis_server import free_port

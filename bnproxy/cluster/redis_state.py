@@ -245,7 +245,8 @@ class RedisSharedState(Service):
                  heartbeat_interval: float = 2.0, heartbeat_ttl: float = 6.0,
                  ledger_interval: float = 1.0, window: float = 60.0,
                  reconnect_max: float = 2.0, prefix: str = "bnproxy",
-                 min_instances: int = 1, instance_id: str | None = None) -> None:
+                 min_instances: int = 1, instance_id: str | None = None,
+                 tls_ca_file: str | None = None) -> None:
         self._clock = reactor
         self.url = parse_redis_url(url) if isinstance(url, str) else url
         self.deadline = deadline
@@ -258,6 +259,7 @@ class RedisSharedState(Service):
         self._reconnect_max = reconnect_max
         self.keys = Keys(prefix)
         self._min_instances = max(1, min_instances)
+        self._tls_ca_file = tls_ca_file
         self.instance_id = instance_id or (
             f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}")
         self._status: str | None = None  # None until the first decision
@@ -279,9 +281,14 @@ class RedisSharedState(Service):
     def _endpoint(self):
         endpoint = HostnameEndpoint(self._clock, self.url.host, self.url.port,
                                     timeout=self._connect_timeout)
-        if self.url.tls:
-            from twisted.internet.ssl import optionsForClientTLS
-            endpoint = wrapClientTLS(optionsForClientTLS(self.url.host), endpoint)
+        if self.url.tls:  # verified against the system's roots, or tls_ca_file's
+            from twisted.internet.ssl import Certificate, optionsForClientTLS
+            root = None
+            if self._tls_ca_file:
+                with open(self._tls_ca_file, "rb") as f:
+                    root = Certificate.loadPEM(f.read())
+            endpoint = wrapClientTLS(optionsForClientTLS(self.url.host, trustRoot=root),
+                                     endpoint)
         return endpoint
 
     def start(self) -> Deferred:
@@ -660,10 +667,17 @@ class RedisSharedState(Service):
             for (egress, scope), (until, status, cause) in self._book.in_force().items():
                 await self._publish_ban(egress, scope, until, status, cause)
             spent = self._fallback.take()
-            for (egress, pool), (window, _base, mine, reported) in spent.items():
-                await self._script("reconcile", [self.keys.window(egress, pool, window)],
-                                   [reported, self._window_ttl_ms, mine],
-                                   self.background_deadline)
+            while spent:
+                (egress, pool), (window, base, mine, reported) = next(iter(spent.items()))
+                try:
+                    await self._script("reconcile", [self.keys.window(egress, pool, window)],
+                                       [reported, self._window_ttl_ms, mine],
+                                       self.background_deadline)
+                except SharedStateUnavailableError:
+                    for key, entry in spent.items():  # still to be written next time
+                        self._fallback.local.setdefault(key, entry)
+                    raise
+                del spent[(egress, pool)]
             await self._read_bans()
             await self._heartbeat()
         except SharedStateUnavailableError as e:
