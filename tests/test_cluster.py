@@ -92,6 +92,20 @@ def test_fallback_takes_a_share_of_what_is_left():
     # a new window: the whole budget split by the live instances
     assert f.reserve("a", "spot", 500, 1000, 180, live=2)
     assert not f.reserve("a", "spot", 1, 1000, 180, live=2)
+    # never more than a fair share of the window in all, however stale the view
+    f.saw("a", "spot", 300, 300)  # it saw 300 used; the fleet really had 600
+    f.granted("a", "spot", 300, 300)  # 300 of them were its own
+    granted = 0
+    while f.reserve("a", "spot", 10, 1000, 300, live=2):
+        granted += 10
+    assert granted == 200  # 1000 / 2 - 300, not (1000 - 300) / 2
+    # a late answer from Redis showing the fleet full stops local grants
+    assert f.reserve("a", "spot", 10, 1000, 240, live=2, sent=True)
+    f.saw("a", "spot", 240, 995)
+    assert not f.reserve("a", "spot", 10, 1000, 240, live=2, sent=True)
+    # written back later: only what Redis did not count
+    f.uncounted("a", "spot", 240, 10)
+    assert f.take()[("a", "spot")][4] == 10
 
 
 # -- real Redis ------------------------------------------------------------------------

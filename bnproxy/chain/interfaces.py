@@ -162,9 +162,11 @@ class ISharedState(Interface):
 
     Fallback: while degraded, each (egress, pool) gets a local budget of
     ``(budget - fleet use last seen this window) / live instances last
-    seen``; every ban known is kept; when the store answers again, local bans
-    are written back (the later ``until`` wins), remote bans re-read, and
-    the state is ``ok`` again. Each change of ``status`` is logged once.
+    seen``, and never more than ``budget / live instances`` of the window in
+    all (what it spent before counts); every ban known is kept; when the
+    store answers again, local bans are written back (the later ``until``
+    wins), remote bans re-read, and the state is ``ok`` again. Each change
+    of ``status`` is logged once.
     """
 
     status = Attribute('"ok" or "degraded" (str); read it, never cache it.')

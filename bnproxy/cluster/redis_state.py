@@ -50,18 +50,28 @@ plus that much traffic (keep clocks in NTP; the governor's margin absorbs
 milliseconds). Weight Binance counts that nobody reserved (another program on
 the address) is only known after the fact, from ``reconcile``.
 
-While ``degraded``: each instance spends at most ``(budget - U) / N`` per
-window, where ``U`` is the fleet's use of that window it last saw and ``N``
-the live instances it last saw (at least ``min_instances``); it also never
-lets Binance's own reported use (``reconcile``) plus the request pass the
-budget. If every instance saw the same ``U`` and ``N`` is not lower than the
-real number, the fleet stays within the budget. Worst case: instances started
-since the last heartbeat they saw (or started while Redis was already away,
-which count ``N = min_instances``) add their whole share on top, i.e. the
-fleet may spend up to ``real instances / N`` times the budget in a window;
-set ``min_instances`` to the fleet size to bound it. Bans: every ban an
-instance knew is kept; an instance that starts while Redis is away knows
-only the bans in its own state file.
+While ``degraded``: with ``N`` the live instances it last saw (at least
+``min_instances``), ``U`` the fleet's use of the window it last saw and ``own``
+what it spent itself in the window, an instance grants locally at most
+``min((budget - U) / N, budget / N - own)`` more, and never lets the highest
+use it knows of (Binance's ``reconcile`` or a late answer from Redis) plus
+the request pass the budget. So the fleet's window stays within the budget
+when ``N`` is not below the real number of instances and none had spent more
+than ``budget / N`` before Redis went away (a balanced fleet: what a load
+balancer gives), however stale each instance's view of the counter was.
+Otherwise: an instance that had spent more keeps what it spent (the excess is
+the worst case, at most its earlier overshoot of ``budget / N``), and
+instances the others did not count (started since the last heartbeat they
+saw, or started while Redis was away: ``N = min_instances``) add their share
+on top, i.e. up to ``real instances / N`` budgets; set ``min_instances`` to
+the fleet size to bound it. While one instance alone finds Redis slow, its
+local grants also go to Redis (counted there when they run); one Redis
+refuses late is written back at resynchronisation, so the others may have
+spent it too: at most that instance's share, once. Requests still in flight
+at a minute boundary are counted by Binance in the next window (the
+governor's margin covers them). Bans: every ban an instance knew is kept; an
+instance that starts while Redis is away knows only the bans in its own state
+file.
 """
 
 from __future__ import annotations
@@ -190,32 +200,65 @@ class _Factory(Factory):
 
 
 class _Fallback:
-    """Local budgets while Redis is away (see the module docstring)."""
+    """Local budgets while Redis is away or slow (see the module docstring).
+
+    Per (egress, pool): ``[window, base, mine, reported, unsent]``: the
+    fleet's use when the entry began, what this instance granted locally
+    since, Binance's reported use, and the part of ``mine`` Redis has not
+    counted (granted without a connection, or refused by Redis when its
+    late answer came): written back at resynchronisation.
+    """
 
     def __init__(self) -> None:
         self.seen: dict[tuple[str, str], tuple[int, int]] = {}  # -> (window, fleet use)
-        # (egress, pool) -> [window, base, mine, reported]
+        self.own: dict[tuple[str, str], tuple[int, int]] = {}  # -> (window, this one's use)
         self.local: dict[tuple[str, str], list[int]] = {}
+
+    def granted(self, egress: str, pool: str, window: int, weight: int) -> None:
+        """This instance spent ``weight`` in the window (Redis said yes)."""
+        w, u = self.own.get((egress, pool), (None, 0))
+        self.own[(egress, pool)] = (window, (u if w == window else 0) + weight)
 
     def saw(self, egress: str, pool: str, window: int, used: int) -> None:
         w, u = self.seen.get((egress, pool), (None, 0))
         self.seen[(egress, pool)] = (window, max(u, used) if w == window else used)
 
+    def _seen(self, egress: str, pool: str, window: int) -> int:
+        w, u = self.seen.get((egress, pool), (None, 0))
+        return u if w == window else 0
+
     def _entry(self, egress: str, pool: str, window: int) -> list[int]:
         e = self.local.get((egress, pool))
         if e is None or e[0] != window:
-            w, u = self.seen.get((egress, pool), (None, 0))
-            e = self.local[(egress, pool)] = [window, u if w == window else 0, 0, 0]
+            e = self.local[(egress, pool)] = [window, self._seen(egress, pool, window), 0, 0, 0]
         return e
 
     def reserve(self, egress: str, pool: str, weight: int, budget: int, window: int,
-                live: int) -> bool:
+                live: int, sent: bool = False) -> bool:
+        """``sent``: the reservation also went to Redis, which will count it
+        if it fits (a late answer)."""
         e = self._entry(egress, pool, window)
-        share = (budget - e[1]) // max(1, live)
-        if e[2] + weight > share or max(e[3], e[1] + e[2]) + weight > budget:
+        live = max(1, live)
+        w, own = self.own.get((egress, pool), (None, 0))
+        own = own if w == window else 0
+        # a share of what the fleet had left, and never more than a fair share
+        # of the window in all: with every instance doing the same, the fleet
+        # stays within the budget however stale each one's view of the counter
+        left = (budget - e[1]) // live - e[2]
+        fair = budget // live - own
+        fleet = max(e[3], e[1] + e[2], self._seen(egress, pool, window))
+        if weight > min(left, fair) or fleet + weight > budget:
             return False
         e[2] += weight
+        self.granted(egress, pool, window, weight)
+        if not sent:
+            e[4] += weight
         return True
+
+    def uncounted(self, egress: str, pool: str, window: int, weight: int) -> None:
+        """Redis refused (late) a reservation granted locally: write it back."""
+        e = self._entry(egress, pool, window)
+        e[4] += weight
 
     def reconcile(self, egress: str, pool: str, window: int, used: int) -> None:
         e = self._entry(egress, pool, window)
@@ -223,7 +266,7 @@ class _Fallback:
 
     def used(self, egress: str, pool: str, window: int) -> int:
         e = self._entry(egress, pool, window)
-        return max(e[3], e[1] + e[2])
+        return max(e[3], e[1] + e[2], self._seen(egress, pool, window))
 
     def take(self) -> dict[tuple[str, str], list[int]]:
         local, self.local = self.local, {}
@@ -475,11 +518,7 @@ class RedisSharedState(Service):
         return d.addErrback(failed)
 
     def _script(self, name: str, keys: list[str], args: list, seconds: float) -> Deferred:
-        def run(proto):
-            return proto.evalsha(self._shas[name], keys, args).addErrback(
-                lambda f: f.trap(txredisapi.ScriptDoesNotExist) and proto.eval(
-                    SCRIPTS[name], keys, args))
-        return self._call(run, seconds)
+        return self._call(lambda proto: self._evalsha(proto, name, keys, args), seconds)
 
     def _ok(self) -> bool:
         return self._status == "ok" and self._proto is not None
@@ -488,22 +527,95 @@ class RedisSharedState(Service):
     def reserve(self, egress: str, pool: str, weight: int, budget: int,
                 window_start: int) -> Deferred:
         window = int(window_start)
-        if not self._ok():
+        proto = self._proto
+        if proto is None:  # no connection: decided here, written back later
             return succeed(self._fallback.reserve(egress, pool, weight, budget, window,
                                                   self._live))
+        # The script goes to Redis even when it is slow: if it runs late, the
+        # fleet's counter still includes it and its answer updates what this
+        # instance knows of the fleet's use.
+        keys = [self.keys.window(egress, pool, window)]
+        raw = defer.maybeDeferred(self._evalsha, proto, "reserve", keys,
+                                  [int(weight), int(budget), self._window_ttl_ms])
+        granted_here = [False]  # granted locally, counting on Redis to count it
 
-        def done(result) -> bool:
+        def learn(result):
             taken, used = int(result[0]), int(result[1])
             self._fallback.saw(egress, pool, window, used)
-            return bool(taken)
+            if granted_here[0] and not taken:
+                self._fallback.uncounted(egress, pool, window, weight)
+            return result
+
+        raw_failed = [False]
+
+        def lost(f: Failure):
+            raw_failed[0] = True
+            if granted_here[0]:  # perhaps never ran: count it again (errs safe)
+                self._fallback.uncounted(egress, pool, window, weight)
+            return f
+
+        raw.addCallbacks(learn, lost)
+
+        def local(sent: bool) -> bool:
+            sent = sent and not raw_failed[0]
+            granted = self._fallback.reserve(egress, pool, weight, budget, window,
+                                             self._live, sent=sent)
+            granted_here[0] = granted and sent
+            return granted
+
+        if self._status != "ok":  # slow or resynchronising: do not wait for it
+            raw.addErrback(lambda f: None)
+            return succeed(local(sent=True))
 
         def failed(f: Failure) -> bool:
             f.trap(SharedStateUnavailableError)
-            return self._fallback.reserve(egress, pool, weight, budget, window, self._live)
+            return local(sent=f.check(SharedStateTimeoutError) is not None)
 
-        return self._script("reserve", [self.keys.window(egress, pool, window)],
-                            [int(weight), int(budget), self._window_ttl_ms],
-                            self.deadline).addCallbacks(done, failed)
+        def answered(result) -> bool:
+            if int(result[0]):
+                self._fallback.granted(egress, pool, window, weight)
+                return True
+            return False
+
+        return self._race(raw, self.deadline).addCallbacks(answered, failed)
+
+    def _evalsha(self, proto, name: str, keys: list[str], args: list) -> Deferred:
+        return proto.evalsha(self._shas[name], keys, args).addErrback(
+            lambda f: f.trap(txredisapi.ScriptDoesNotExist) and proto.eval(
+                SCRIPTS[name], keys, args))
+
+    def _race(self, d: Deferred, seconds: float) -> Deferred:
+        """``d``'s result if it comes within ``seconds``, else
+        ``SharedStateTimeoutError``; ``d`` itself is not cancelled (a late
+        answer is still used by its own callbacks). Failures degrade."""
+        out: Deferred = Deferred()
+
+        def timeout() -> None:
+            if not out.called:
+                out.errback(SharedStateTimeoutError(
+                    f"no answer from {self.url} within {seconds} s"))
+
+        timer = self._clock.callLater(seconds, timeout)
+
+        def done(result) -> None:
+            if timer.active():
+                timer.cancel()
+            if out.called:
+                return  # too late: the caller was answered locally
+            if not isinstance(result, Failure):
+                out.callback(result)
+            elif result.check(SharedStateUnavailableError):
+                out.errback(result)
+            else:
+                out.errback(SharedStateUnavailableError(f"{self.url}: {_describe(result.value)}"))
+
+        d.addBoth(done)
+
+        def failed(f: Failure):
+            self._degrade(f.getErrorMessage())
+            return f
+
+        return out.addErrback(failed)
 
     def reconcile(self, egress: str, pool: str, window_start: int, used: int) -> Deferred:
         window = int(window_start)
@@ -668,10 +780,11 @@ class RedisSharedState(Service):
                 await self._publish_ban(egress, scope, until, status, cause)
             spent = self._fallback.take()
             while spent:
-                (egress, pool), (window, base, mine, reported) = next(iter(spent.items()))
+                (egress, pool), (window, _base, _mine, reported, unsent) = \
+                    next(iter(spent.items()))
                 try:
                     await self._script("reconcile", [self.keys.window(egress, pool, window)],
-                                       [reported, self._window_ttl_ms, mine],
+                                       [reported, self._window_ttl_ms, unsent],
                                        self.background_deadline)
                 except SharedStateUnavailableError:
                     for key, entry in spent.items():  # still to be written next time
