@@ -156,3 +156,90 @@ class IAccessLog(Interface):
         """Queue ``line`` (bytes, one complete line ending in ``\\n``).
         Called in the reactor thread for every answer: must be cheap (no
         system call per line)."""
+
+
+class ISharedState(Interface):
+    """The weight budget, bans, client ledger and heartbeats shared by every
+    instance (process, replica, host) that names the same store.
+
+    Implemented by ``bnproxy.cluster.redis_state.RedisSharedState`` (Redis,
+    ``--shared-state redis://…``) and ``bnproxy.cluster.local.LocalSharedState``
+    (one process, the embedded default) with the same semantics, so the
+    governor has one code path.
+
+    Keys: ``egress`` is the label of the source address requests leave from
+    (``"default"`` when none is configured: instances behind one NAT address
+    must use the same label); ``pool`` a weight pool name; ``window_start`` the
+    start of the one-minute window in epoch seconds (an int: the caller's
+    clock decides windows). Nothing secret is ever passed in: client labels
+    are addresses or operator labels, never API keys (hash them with
+    ``bnproxy.cluster.keys.hashed_label`` first).
+
+    Deadlines: every method returning a Deferred fires within the store's
+    deadline (50 ms by default). When the store does not answer in time or is
+    unreachable, the state turns ``degraded`` and ``reserve``, ``reconcile``,
+    ``used``, ``set_ban`` and ``bans`` answer from the local fallback at once
+    (no bot request waits on the store longer than the deadline; while degraded
+    none waits at all). ``clients()`` has no local answer for the fleet and
+    fails with ``bnproxy.cluster.errors.SharedStateUnavailableError`` (its subclass
+    ``SharedStateTimeoutError`` when the deadline passed).
+
+    Fallback: while degraded, each (egress, pool) gets a local budget of
+    ``(budget - fleet use last seen this window) / live instances last
+    seen``, and never more than ``budget / live instances`` of the window in
+    all (what it spent before counts); every ban known is kept; when the
+    store answers again, local bans are written back (the later ``until``
+    wins), remote bans re-read, and the state is ``ok`` again. Each change
+    of ``status`` is logged once.
+    """
+
+    status = Attribute('"ok" or "degraded" (str); read it, never cache it.')
+
+    def reserve(egress, pool, weight, budget, window_start):
+        """Atomically add ``weight`` to the window's counter if
+        ``used + weight <= budget``. Deferred[bool]: True if taken (the
+        counter grew by ``weight``), False if it would not fit (unchanged)."""
+
+    def reconcile(egress, pool, window_start, used):
+        """Binance said ``used`` (``X-MBX-USED-WEIGHT-1M``, a /sapi header):
+        the window's counter becomes ``max(counter, used)``. Deferred[None]."""
+
+    def used(egress, pool, window_start):
+        """Deferred[int]: the window's counter (0 when nothing was taken)."""
+
+    def set_ban(egress, scope, until, status, cause):
+        """Record a Binance ban on ``scope`` (a pool, or a host for a 418)
+        from ``egress`` until epoch second ``until`` (HTTP ``status`` 418 or
+        429, a short ``cause`` without secrets). The later ``until`` wins. Every
+        instance hears of it (``on_ban``) within 50 ms. Deferred[None]."""
+
+    def bans():
+        """Deferred[dict]: ``{(egress, scope): (until, status, cause)}`` for
+        every ban in force (read at start and after a reconnection; merged with
+        the bans this instance knows)."""
+
+    def banned_until(egress, scope):
+        """Epoch second the known ban on ``(egress, scope)`` ends (0.0: none);
+        synchronous, from the local copy kept current by notifications."""
+
+    def on_ban(callback):
+        """Call ``callback(egress, scope, until, status, cause)`` whenever a
+        ban becomes known here or is extended (set here or by another
+        instance)."""
+
+    def add(client, weight, requests, rejected):
+        """Add to ``client``'s counters in the fleet's ledger. Cheap and
+        synchronous: batched and written about once a second."""
+
+    def clients():
+        """Deferred[dict]: ``{client: {"weight": int, "requests": int,
+        "rejected": int}}`` for the whole fleet (this instance's unwritten
+        additions included)."""
+
+    def live_instances():
+        """The number of instances that heartbeat recently (at least 1: this
+        one), as last seen; synchronous."""
+
+    def health():
+        """A JSON-able mapping for ``/health``: status, live instances, the
+        store's redacted address, last error; no I/O."""

@@ -185,9 +185,10 @@ class _Pool(wclient.HTTPConnectionPool):
 
 
 def make_agent(reactor, deadlines: Deadlines, max_per_host: int = 32,
-               tls_policy=None, extra_ca=None) -> IAgent:
+               tls_policy=None, extra_ca=None, bind_address: str | None = None) -> IAgent:
     """The production agent: persistent pool, no automatic retries (we decide
-    what is retried), TLS verified, connect deadline.
+    what is retried), TLS verified, connect deadline; connections leave from
+    ``bind_address`` when given (an egress address this host owns).
 
     TLS trust: ``tls_policy`` (an ``IPolicyForHTTPS``), else
     ``bnproxy.upstream.tls.upstream_tls_policy(extra_ca)``: the platform store
@@ -200,7 +201,7 @@ def make_agent(reactor, deadlines: Deadlines, max_per_host: int = 32,
     pool.retryAutomatically = False
     policy = tls_policy if tls_policy is not None else upstream_tls_policy(extra_ca)
     return wclient.Agent(reactor, contextFactory=policy, connectTimeout=deadlines.connect,
-                         pool=pool)
+                         pool=pool, bindAddress=(bind_address, 0) if bind_address else None)
 
 
 class Upstream:
@@ -211,13 +212,20 @@ class Upstream:
 
     def __init__(self, reactor, markets: Mapping[str, Market], agent: IAgent | None = None,
                  deadlines: Deadlines = Deadlines(), max_body: int = 64 * 1024 * 1024,
-                 max_per_host: int = 32) -> None:
+                 max_per_host: int = 32, egress_agents: Mapping[str, IAgent] | None = None,
+                 egress_of: Callable[[ProxyRequest], str | None] | None = None) -> None:
         self._clock = reactor
         self._markets = markets
         self.deadlines = deadlines
         self._max_body = max_body
         base = agent if agent is not None else make_agent(reactor, deadlines, max_per_host)
         self._agent = wclient.ContentDecoderAgent(base, [(b"gzip", wclient.GzipDecoder)])
+        # several egress addresses: one agent (and connection pool) per address,
+        # the address of each request named by ``egress_of`` (None: the default agent)
+        self._egress_agents = {
+            a: wclient.ContentDecoderAgent(g, [(b"gzip", wclient.GzipDecoder)])
+            for a, g in (egress_agents or {}).items()}
+        self._egress_of = egress_of
         # market -> {"ok": time of the last answer, "error": time, "reason": str}
         self.reachability: dict[str, dict[str, Any]] = {}
         self.observe: Callable[[str, float], None] | None = None  # (market, seconds)
@@ -249,7 +257,11 @@ class Upstream:
         headers.setRawHeaders(b"accept-encoding", [b"gzip"])
         body = BytesProducer(request.body) if (
             request.body or request.method in ("POST", "PUT", "PATCH")) else None
-        return self._agent.request(request.method.encode("ascii"), url, headers, body)
+        agent = self._agent
+        egress = self._egress_of(request) if self._egress_of is not None else None
+        if egress is not None:  # an address without an agent fails closed (502), never
+            agent = self._egress_agents[egress]  # leaves from another address
+        return agent.request(request.method.encode("ascii"), url, headers, body)
 
     def _host(self, request: ProxyRequest) -> str:
         market = self._markets.get(request.market)
