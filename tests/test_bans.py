@@ -378,3 +378,59 @@ def test_exchange_restarts_keep_the_ban_or_refuse_to_start(tmp_path):
     with pytest.raises(ConfigError, match="bnproxy-bans.json"):
         exchange_stack(tmp_path, clock=h.clock, exchange=x)
     assert reached(x) == before
+
+
+# -- found in review ---------------------------------------------------------------------
+
+def test_sapi_of_another_market_does_not_take_spot_sapi_off_the_spot_host(tmp_path):
+    h = governed(Scripted((200, {}, b"{}"), (418, {b"Retry-After": b"600"}, b"{}")),
+                 state_dir=tmp_path)
+    h.request("GET", "/usdm/sapi/v1/nosuch")  # not a spot /sapi pool: the futures host's
+    assert h.request("GET", "/api/v3/time").status == 418  # a 418 on the spot host
+    before = len(h.upstream.seen)
+    assert h.request("GET", "/sapi/v1/nosuch").status == 418
+    assert len(h.upstream.seen) == before  # spot /sapi is silenced with the spot host
+
+
+def test_an_order_count_429_bans_nothing_for_the_other_bots(tmp_path):
+    body = b'{"code":-1015,"msg":"Too many new orders; current limit is 100 orders per 10 SECOND."}'
+    h = governed(Scripted((429, {b"Retry-After": b"30"}, body)), state_dir=tmp_path)
+    answer = h.request("POST", "/api/v3/order?symbol=BTCUSDT&timestamp=1&signature=ab",
+                       headers={b"X-MBX-APIKEY": b"k"})
+    assert answer.status == 429 and answer.json()["code"] == -1015  # the bot is told
+    assert h.request("GET", "/api/v3/depth?symbol=BTCUSDT&limit=5").status == 200
+    problems = h.request("GET", "/ready").json().get("problems", [])
+    assert not any("ban" in p for p in problems)
+
+
+def test_418s_of_requests_in_flight_are_one_ban_not_a_doubling(tmp_path):
+    from bnproxy.testing.harness import FakeResponse, controlled_agent
+
+    agent = controlled_agent()
+    h = Harness(agent=agent, middleware=chain("ratelimit", ratelimit={
+        "margin": "0", "state_file": str(tmp_path / "b.json")}), state_dir=str(tmp_path))
+    h.clock.advance(1000.0)
+    for _ in range(5):
+        h.start("GET", "/api/v3/time")
+    h.flush()
+    agent.answer_all(lambda m, u: FakeResponse(418, {}, b'{"code":-1003,"msg":"Way too many."}'))
+    h.flush()
+    assert h.service.middlewares[0].banned_for("spot") == pytest.approx(120.0)
+
+
+def test_the_bans_counter_counts_every_ban(tmp_path):
+    h = governed(Scripted(*[(418, {b"Retry-After": b"60"}, b"{}")] * 3), state_dir=tmp_path)
+    for _ in range(3):
+        assert h.request("GET", "/api/v3/time").status == 418
+        h.clock.advance(61)
+    metrics = h.request("GET", "/metrics").body.decode()
+    assert any(line.startswith("bnproxy_bans_total{") and line.endswith(" 3.0")
+               for line in metrics.splitlines()), metrics
+
+
+def test_the_ledger_keeps_a_bounded_number_of_client_names(tmp_path):
+    h = governed(state_dir=tmp_path)
+    for i in range(1100):
+        h.request("GET", "/api/v3/time", headers={b"X-Bnproxy-Client": f"bot{i}".encode()})
+    ledger = h.service.middlewares[0].state.ledger()
+    assert len(ledger) == 1025 and ledger["other"]["requests"] == 1100 - 1024

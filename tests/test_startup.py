@@ -88,3 +88,15 @@ def test_unknown_middleware_settings_are_one_line():
 
     with pytest.raises(ConfigError, match=r"middleware.cache: unknown setting\(s\) max_byte"):
         ProxyService(task.Clock(), config)
+
+
+def test_kubernetes_service_links_are_not_taken_for_settings():
+    options = Options()
+    options.parseOptions([])
+    config = options.config({
+        "BNPROXY_SERVICE_HOST": "10.0.0.1", "BNPROXY_SERVICE_PORT": "8080",
+        "BNPROXY_SERVICE_PORT_HTTP": "8080", "BNPROXY_PORT": "tcp://10.0.0.1:8080",
+        "BNPROXY_PORT_8080_TCP": "tcp://10.0.0.1:8080", "BNPROXY_PORT_8080_TCP_ADDR": "10.0.0.1",
+        "BNPROXY_PORT_8080_TCP_PORT": "8080", "BNPROXY_PORT_8080_TCP_PROTO": "tcp"})
+    assert config.listen == ("tcp:8080",)
+    assert options.config({"BNPROXY_PORT": "9090"}).listen == ("tcp:9090",)  # a real one

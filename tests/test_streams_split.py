@@ -123,3 +123,18 @@ def test_depth_answers_from_the_book_are_exact():
     assert answer.source == "stream" and body["lastUpdateId"] == 101
     assert body["bids"][0] == ["1000.0", "3"] and len(body["asks"]) == 5
     assert attrs.asdict(answer)["status"] == 200
+
+
+def test_the_message_rate_is_read_from_counts_not_kept_per_message():
+    from bnproxy.middleware.streams.manager import StreamManager
+
+    clock = MemoryReactorClock()
+    manager = StreamManager(clock, PRODUCTION["spot"])
+    assert manager.health()["messages_per_second"] == 0.0
+    for second in range(20):
+        for _ in range(50):
+            manager.dispatch("btcusdt@aggTrade", {}, None)
+        clock.advance(1)
+        rate = manager.health()["messages_per_second"]
+    assert rate == 50.0  # over the last ten seconds or so
+    assert len(manager._rate_samples) <= 12  # a sample per health() call, pruned

@@ -21,6 +21,7 @@ ORDER_COUNT_PREFIX = b"x-mbx-order-count-"
 # answer reports the endpoint's use in one of these headers. Over the limit
 # is always 429: "the 418 IP-ban escalation does not apply".
 SAPI_PREFIX = "/sapi/"
+SAPI_MARKET = "spot"  # /sapi exists on the spot host only (api.binance.com)
 SAPI_IP_LIMIT = 12_000
 SAPI_UID_LIMIT = 180_000
 SAPI_IP_WEIGHT_HEADER = b"x-sapi-used-ip-weight-1m"

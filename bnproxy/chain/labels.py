@@ -15,6 +15,8 @@ from typing import Any
 
 OTHER = "other"
 DEFAULT_LIMIT = 64
+# The header a bot sends to be named (access log, governor ledger, dashboard).
+CLIENT_HEADER = "X-Bnproxy-Client"
 
 
 class BoundedLabels:

@@ -8,6 +8,7 @@ error names the source, the key and the reason, in one line.
 from __future__ import annotations
 
 import difflib
+import re
 import tomllib
 from collections.abc import Mapping
 from typing import Any
@@ -28,6 +29,11 @@ from bnproxy.config.schema import (
 )
 
 ENV_PREFIX = "BNPROXY_"
+# Kubernetes injects these for a Service named "bnproxy" (service links):
+# BNPROXY_SERVICE_HOST, BNPROXY_SERVICE_PORT[_NAME], BNPROXY_PORT_8080_TCP[_ADDR…]
+# and BNPROXY_PORT=tcp://10.0.0.1:8080. They are not settings: skip them.
+_SERVICE_LINK = re.compile(r"BNPROXY_(SERVICE_(HOST|PORT(_\w+)?)|PORT_\d+_(TCP|UDP|SCTP)(_\w+)?)")
+_SERVICE_LINK_VALUE = re.compile(r"(tcp|udp|sctp)://")
 
 
 def coerce(setting: Setting, value: Any, source: str, key: str) -> Any:
@@ -52,7 +58,8 @@ def from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
     unset."""
     out: dict[str, Any] = {}
     for var, raw in environ.items():
-        if not var.startswith(ENV_PREFIX):
+        if not var.startswith(ENV_PREFIX) or _SERVICE_LINK.fullmatch(var) or (
+                var == "BNPROXY_PORT" and _SERVICE_LINK_VALUE.match(raw)):
             continue
         setting = BY_ENV.get(var)
         if setting is None:

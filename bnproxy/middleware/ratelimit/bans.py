@@ -121,12 +121,16 @@ class BanStore:
         return found
 
     def strikes(self, egress: str, scope: str, status: int, now: float) -> int:
-        """The strike number a ban with ``status`` on ``scope`` would be."""
+        """The strike number a ban with ``status`` on ``scope`` would be: a
+        418 after the previous 418 ban ended (within a day) is the next
+        strike; more 418s while it is in force (requests that were in flight
+        when it began) are the same ban."""
         previous = self._bans.get((egress, scope))
-        if (status == IP_BANNED and previous is not None and previous.status == IP_BANNED
-                and previous.until + REPEAT_MEMORY > now):
-            return previous.strikes + 1
-        return 1
+        if status != IP_BANNED or previous is None or previous.status != IP_BANNED:
+            return 1
+        if previous.until > now:
+            return previous.strikes
+        return previous.strikes + 1 if previous.until + REPEAT_MEMORY > now else 1
 
     # -- changes --------------------------------------------------------------------
     def start(self, ban: Ban) -> Ban:

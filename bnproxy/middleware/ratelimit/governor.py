@@ -21,6 +21,7 @@ from twisted.internet.defer import Deferred
 from bnproxy.binance.limits import (
     IP_BANNED,
     SAPI_IP_LIMIT,
+    SAPI_MARKET,
     SAPI_PREFIX,
     SAPI_UID_LIMIT,
     WEIGHT_WINDOW,
@@ -83,7 +84,7 @@ class Governor:
 
     # -- pools ----------------------------------------------------------------------
     def pool_of(self, request: ProxyRequest) -> str:
-        if request.path.startswith(SAPI_PREFIX):
+        if request.market == SAPI_MARKET and request.path.startswith(SAPI_PREFIX):
             return SAPI + request.path if request.endpoint is not None else SAPI_OTHER
         return request.market
 

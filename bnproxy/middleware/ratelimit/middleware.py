@@ -19,18 +19,21 @@ from __future__ import annotations
 
 import math
 import os
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import orjson
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from bnproxy.binance.errors import TOO_MANY_REQUESTS
+from bnproxy.binance.errors import TOO_MANY_ORDERS, TOO_MANY_REQUESTS
 from bnproxy.binance.limits import (
     IP_BANNED,
     ORDER_COUNT_PREFIX,
     RATE_LIMITED,
     SAPI_IP_WEIGHT_HEADER,
+    SAPI_MARKET,
     SAPI_UID_WEIGHT_HEADER,
     USED_WEIGHT_HEADER,
 )
@@ -43,6 +46,7 @@ from bnproxy.chain.interfaces import (
     IReadinessCheck,
     IWeightGovernor,
 )
+from bnproxy.chain.labels import CLIENT_HEADER, BoundedLabels
 from bnproxy.chain.messages import ProxyRequest, ProxyResponse, local_error
 from bnproxy.chain.options import Option
 from bnproxy.middleware.ratelimit.bans import HOST, Ban, BanStore, ban_until
@@ -68,6 +72,8 @@ class RateLimit:
         self._client_header = client_header
         self._client_share = client_share
         self._shares: dict[str, float | None] = {}
+        self.bans_seen: dict[str, int] = defaultdict(int)  # bans started, per scope
+        self._clients = BoundedLabels(LEDGER_CLIENTS)
 
     # -- IWeightGovernor ------------------------------------------------------------
     def pool_of(self, request: ProxyRequest) -> str:
@@ -89,7 +95,9 @@ class RateLimit:
 
     # -- the middleware -------------------------------------------------------------
     def client_of(self, request: ProxyRequest) -> str:
-        return client_of(request, self._client_header)
+        """The ledger's name for the bot: at most LEDGER_CLIENTS distinct
+        names are kept (bots may send anything), the rest count as ``other``."""
+        return self._clients(client_of(request, self._client_header))
 
     def handle(self, request: ProxyRequest, next: Callable) -> Any:
         now = self._clock.seconds()
@@ -138,12 +146,14 @@ class RateLimit:
                   for k, v in response.headers if k.startswith(ORDER_COUNT_PREFIX)}
         if counts:
             self.state.ledger_add(client, now, order_counts=counts)
-        if response.status in (RATE_LIMITED, IP_BANNED):
+        if response.status == IP_BANNED or (response.status == RATE_LIMITED
+                                             and not _order_count_limit(response)):
             self._start_ban(pool, egress, response, now)
         return response
 
     def _start_ban(self, pool: Pool, egress: str, response: ProxyResponse, now: float) -> None:
         status = response.status
+        self.bans_seen[pool.name if status == RATE_LIMITED else HOST + pool.host] += 1
         # /sapi does not escalate to 418 (FACTS.md §1.7); if one comes, it is
         # still an IP ban of the whole host.
         retry = response.header(b"retry-after")
@@ -156,6 +166,12 @@ class RateLimit:
                   scope=self._scope_label(ban), seconds=ban.until - now)
         for waiter in dropped:
             waiter.deferred.callback(self._banned(ban, self.governor.pool(waiter.request), now))
+
+    def _markets_of(self, ban: Ban) -> list[str]:
+        """The markets a ban silences: every market on the host for a 418."""
+        if ban.host_wide:
+            return self.governor.markets_of(ban.scope.removeprefix(HOST))
+        return [SAPI_MARKET] if ban.scope.startswith(SAPI) else [ban.scope]
 
     def _wall(self, now: float) -> float:
         return now  # the reactor's clock is wall time in production
@@ -200,7 +216,8 @@ class RateLimit:
         pools = {name: {k: u[k] for k in ("used", "budget", "limit", "queued", "banned_for")}
                  for name, u in usage.items()}
         bans = [{"scope": b.scope, "egress": b.egress, "status": b.status,
-                 "seconds_left": round(b.until - now, 3), "strikes": b.strikes}
+                 "seconds_left": round(b.until - now, 3), "strikes": b.strikes,
+                 "markets": self._markets_of(b)}
                 for b in self.state.bans() if b.until > now]
         return {"pools": pools, "bans": bans, "clients": self.state.ledger()}
 
@@ -217,9 +234,7 @@ class RateLimit:
                                 "Seconds until a Binance ban ends (0: none).", labels=["pool"])
         bans = CounterMetricFamily("bnproxy_bans", "Bans and 429s received from Binance.",
                                    labels=["pool"])
-        counts: dict[str, int] = {}
-        for b in self.state.bans():
-            counts[b.scope] = counts.get(b.scope, 0) + 1
+        counts = self.bans_seen
         for name, u in usage.items():
             used.add_metric([name], u["used"])
             if u["limit"] is not None:
@@ -255,11 +270,24 @@ OPTIONS = (
            "\"none\": bans are not kept across restarts."),
     Option("discard_ban_state", "bool", False, "Start without the ban state file's bans (the "
            "way out when it is unreadable; --discard-ban-state)."),
-    Option("client_header", "str", None, "Account per bot by this header (e.g. "
-           "X-Bnproxy-Client) instead of by address."),
+    Option("client_header", "str", CLIENT_HEADER, "Account per bot by this header (as the "
+           "access log names bots); a bot that does not send it is accounted by address; "
+           "\"none\": by address only."),
     Option("client_share", "float", 0.0, "Cap each client at this share of a budget (0: no "
            "cap).", minimum=0, maximum=1),
 )
+
+
+LEDGER_CLIENTS = 1024  # names kept in the ledger; /metrics and /health show fewer
+
+
+def _order_count_limit(response: ProxyResponse) -> bool:
+    """A 429 for the account's unfilled-order count (-1015): one account's
+    limit, not the IP's weight; it bans nothing (the bot is told, others go on)."""
+    try:
+        return orjson.loads(response.body).get("code") == TOO_MANY_ORDERS
+    except (orjson.JSONDecodeError, AttributeError):
+        return False
 
 
 def build_ratelimit(name: str, settings: dict[str, Any], context: Any) -> RateLimit:
@@ -270,6 +298,7 @@ def build_ratelimit(name: str, settings: dict[str, Any], context: Any) -> RateLi
     state_file = settings["state_file"] or os.path.join(context.state_dir, "bnproxy-bans.json")
     discard = settings["discard_ban_state"]
     header = settings["client_header"]
+    header = None if header in (None, "", "none") else header
     share = settings["client_share"] or None
     store = BanStore(context.reactor, state_file if state_file not in ("", "none") else None)
     store.check_writable()

@@ -241,7 +241,9 @@ class StreamManager(Service):
         self.connects = 0
         self.reconnects = 0
         self.rotations = 0
-        self._rate_window: deque[float] = deque()
+        # (time, messages) at recent health() calls: the rate is read from
+        # these, nothing is kept per message
+        self._rate_samples: deque[tuple[float, int]] = deque(maxlen=64)
         self._watch = task.LoopingCall(self._check_rotation)
         self._watch.clock = reactor
 
@@ -296,12 +298,10 @@ class StreamManager(Service):
     # -- traffic -------------------------------------------------------------------------
     def dispatch(self, name: str, data: Any, conn: Connection) -> None:
         self.messages += 1
-        now = self.reactor.seconds()
-        self._rate_window.append(now)
         handler = self.handlers.get(name)
         if handler is None:
             return
-        self.last_seen[name] = now
+        self.last_seen[name] = self.reactor.seconds()
         try:
             handler(data)
         except Exception:
@@ -346,8 +346,12 @@ class StreamManager(Service):
     # -- reporting -------------------------------------------------------------------------
     def health(self, stale: set[str] | None = None) -> dict:
         now = self.reactor.seconds()
-        while self._rate_window and now - self._rate_window[0] > 10:
-            self._rate_window.popleft()
+        samples = self._rate_samples
+        samples.append((now, self.messages))
+        while len(samples) > 2 and now - samples[1][0] >= 10:
+            samples.popleft()  # keep one sample at least 10 s old, when there is one
+        then, before = samples[0]
+        rate = (self.messages - before) / (now - then) if now > then else 0.0
         return {
             "connections": len(self.connections),
             "open": sum(c.protocol is not None for c in self.connections),
@@ -357,5 +361,5 @@ class StreamManager(Service):
             "reconnects": self.reconnects,
             "rotations": self.rotations,
             "messages": self.messages,
-            "messages_per_second": round(len(self._rate_window) / 10, 1),
+            "messages_per_second": round(rate, 1),
         }
