@@ -131,7 +131,7 @@ def test_the_message_rate_is_read_from_counts_not_kept_per_message():
     clock = MemoryReactorClock()
     manager = StreamManager(clock, PRODUCTION["spot"])
     assert manager.health()["messages_per_second"] == 0.0
-    for second in range(20):
+    for _second in range(20):
         for _ in range(50):
             manager.dispatch("btcusdt@aggTrade", {}, None)
         clock.advance(1)
