@@ -55,10 +55,13 @@ class _ServerContext:
         return self.context
 
 
-def make_certificates(directory: str | Path, days: int = 7) -> TlsFiles:
-    """Write a new CA and a server certificate signed by it (valid for
-    ``days``, for ``localhost``, ``127.0.0.1`` and ``::1``) under
-    ``directory``; the keys never leave it."""
+def make_certificates(directory: str | Path, days: int = 7,
+                      names: tuple[str, ...] = (*HOSTS, *ADDRESSES),
+                      ca_name: str = "bnproxy fake exchange CA") -> TlsFiles:
+    """Write a new CA called ``ca_name`` and a server certificate signed by
+    it (valid for ``days``, for ``names``: host names and IP addresses; by
+    default ``localhost``, ``127.0.0.1`` and ``::1``) under ``directory``;
+    the keys never leave it."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -70,9 +73,9 @@ def make_certificates(directory: str | Path, days: int = 7) -> TlsFiles:
     not_before, not_after = now - datetime.timedelta(hours=1), now + datetime.timedelta(days=days)
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bnproxy fake exchange CA")])
+    issuer = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ca_name)])
     ca_cert = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+        x509.CertificateBuilder().subject_name(issuer).issuer_name(issuer)
         .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
         .not_valid_before(not_before).not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
@@ -85,15 +88,19 @@ def make_certificates(directory: str | Path, days: int = 7) -> TlsFiles:
         .sign(ca_key, hashes.SHA256()))
 
     key = ec.generate_private_key(ec.SECP256R1())
-    names = [x509.DNSName(h) for h in HOSTS] + [
-        x509.IPAddress(ipaddress.ip_address(a)) for a in ADDRESSES]
+    sans: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            sans.append(x509.DNSName(name))
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca_name).public_key(key.public_key())
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        .issuer_name(issuer).public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before).not_valid_after(not_after)
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),

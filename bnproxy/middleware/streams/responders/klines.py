@@ -120,24 +120,9 @@ class KlinesResponder:
         return ("klines", *key)
 
     def _seed(self, key: Key, series: KlineSeries) -> None:
-        market, symbol, interval = key
-        query = (f"symbol={symbol}&interval={interval}"
-                 f"&limit={self.tools.markets[market].kline_max}").encode()
-        d = self.tools.refetch.fetch(self._job(key), market, rest_path(market, KLINES) or "",
-                                     query, "backfill")
-        if d is None:
-            return
-
-        def done(response: ProxyResponse | None) -> None:
-            ok = series.ready
-            if not ok and response is not None and response.status == 200:
-                try:
-                    ok = series.seed(orjson.loads(response.body), self.tools.now_ms())
-                except _BAD_PAGE:
-                    ok = False
-            if not ok:
-                self.tools.refetch.failed(self._job(key))
-        d.addCallback(done)
+        """A seed page of the newest candles, fetched by the proxy itself."""
+        self._page(key, series, "", lambda rows: series.ready or series.seed(
+            rows, self.tools.now_ms()))
 
     def _on_kline(self, key: Key, series: KlineSeries, data: Any) -> None:
         series.apply(data["k"], data.get("E", 0))
@@ -146,8 +131,16 @@ class KlinesResponder:
             self._backfill(key, series, *span)
 
     def _backfill(self, key: Key, series: KlineSeries, start: int, end: int) -> None:
+        """Exactly the candles missed (after a reconnect), to repair the series."""
+        self._page(key, series, f"&startTime={start}&endTime={end}", series.repair)
+
+    def _page(self, key: Key, series: KlineSeries, span: str,
+              take: Callable[[Any], bool]) -> None:
+        """Fetch a page of ``key``'s klines (``span``: the extra query) and
+        hand its rows to ``take``; a page it cannot take (or none) counts as a
+        failed job, which the refetcher backs off."""
         market, symbol, interval = key
-        query = (f"symbol={symbol}&interval={interval}&startTime={start}&endTime={end}"
+        query = (f"symbol={symbol}&interval={interval}{span}"
                  f"&limit={self.tools.markets[market].kline_max}").encode()
         d = self.tools.refetch.fetch(self._job(key), market, rest_path(market, KLINES) or "",
                                      query, "backfill")
@@ -158,9 +151,11 @@ class KlinesResponder:
             ok = False
             if response is not None and response.status == 200:
                 try:
-                    ok = series.repair(orjson.loads(response.body))
+                    ok = take(orjson.loads(response.body))
                 except _BAD_PAGE:
                     ok = False
+            elif series.ready and span == "":
+                ok = True  # a seed no longer needed
             if not ok:
                 self.tools.refetch.failed(self._job(key))
         d.addCallback(done)
