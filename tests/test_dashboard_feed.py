@@ -262,3 +262,15 @@ def test_weight_spent_is_what_reached_binance_per_sample(tmp_path):
     state = tick(h)
     assert state["history"]["series"]["spent.spot"][-1] == 2
     assert state["weight_15m"]["spent"]["spot"] == 3
+
+
+def test_bans_on_two_hosts_are_shown_under_their_own_markets(tmp_path):
+    body = b'{"code":-1003,"msg":"Way too many requests; IP banned until 9999999999999."}'
+    h = harness(tmp_path, answering(418, {b"Retry-After": b"120"}, body))
+    tick(h)
+    assert h.request("GET", "/fapi/v1/time").status == 418
+    assert h.request("GET", "/api/v3/time").status == 418
+    bans = {b["pool"]: b for b in tick(h)["bans"]}
+    assert set(bans) == {"spot", "usdm"}
+    assert bans["usdm"]["scope"] == "host:usdm.upstream.test"
+    assert bans["spot"]["markets"] == ["spot"]

@@ -62,7 +62,7 @@ upstream, local). A value is null where the series did not exist yet.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -211,7 +211,7 @@ class DashboardFeed(Service):
             key = p["pool"] if not p.get("egress") else f"{p['pool']}@{p['egress']}"
             sample[f"used.{key}"] = p["used"]
         self._note_ban_causes()
-        doc["bans"] = self._bans(pools, now, healths)
+        doc["bans"] = self._bans(healths, now)
         # answers by source, asked weight per market
         answers_total, asked = self._answers()
         for source in set(answers_total) | set(self._answers_prev) | set(SOURCES):
@@ -337,51 +337,35 @@ class DashboardFeed(Service):
                 self._ban_causes[request.market] = (
                     response.status, f"Binance answered {response.status}: {_msg(response)}")
 
-    def _bans(self, pools: Iterable[dict], now: float,
-              healths: Mapping[str, dict] | None = None) -> list[dict]:
-        for h in (healths or {}).values():  # the governor's own list: one row per ban
+    def _bans(self, healths: Mapping[str, dict], now: float) -> list[dict]:
+        """One row per ban in force, from the governor's own list (its
+        ``health()``'s ``bans``): scope ``spot``, ``sapi:/sapi/…`` or
+        ``host:NETLOC`` (a 418: every path of that host), shown under the
+        first market it silences, with the newest Binance message of that
+        market and status as the cause."""
+        for h in healths.values():
             listed = h.get("bans")
             if isinstance(listed, list) and "clients" in h:
                 return [self._ban_row(b, now) for b in listed
                         if float(b.get("seconds_left") or 0) > 0]
-        bans = []
-        for p in pools:
-            left = float(p.get("banned_for") or 0.0)
-            if left <= 0:
-                continue
-            status, cause = p.get("ban_status"), p.get("ban_cause")
-            if cause is None:  # the newest Binance 418/429 for that pool's market
-                seen = self._ban_causes.get("spot" if p["pool"].startswith("sapi")
-                                            else p["pool"])
-                if seen is not None:
-                    status = status or seen[0]
-                    cause = seen[1]
-            if cause is None:
-                cause = f"Binance answered {status}" if status else \
-                    "Binance answered 418 or 429"
-            bans.append({"pool": p["pool"], "egress": p.get("egress"),
-                         "seconds_left": round(left, 1), "until": round(now + left, 3),
-                         "status": status, "cause": cause})
-        return bans
+        return []
 
     def _ban_row(self, ban: Mapping[str, Any], now: float) -> dict:
-        """A row of the governor's ``bans``: scope ``spot``, ``sapi:/sapi/…``
-        or ``host:NETLOC`` (a 418: every path of that host), shown under the
-        market the ban came from."""
         scope, status = str(ban.get("scope")), ban.get("status")
         left = float(ban.get("seconds_left") or 0.0)
-        if scope.startswith("host:"):
-            seen = [m for m, (st, _) in self._ban_causes.items() if st == status]
-            market = seen[-1] if seen else scope
-        else:
-            market = "spot" if scope.startswith("sapi") else scope
-        cause = self._ban_causes.get(market)
+        markets = list(ban.get("markets") or [scope])
+        seen = [m for m in markets if (self._ban_causes.get(m) or (None,))[0] == status]
+        if seen:  # the market the ban came from first
+            markets.remove(seen[0])
+            markets.insert(0, seen[0])
+        cause = self._ban_causes.get(markets[0])
         text = cause[1] if cause is not None and cause[0] == status else (
             f"Binance answered {status}" if status else "Binance answered 418 or 429")
-        if scope.startswith("host:"):
-            text += f" (the whole host {scope.removeprefix('host:')} is silenced)"
+        if len(markets) > 1 or scope != markets[0] and not scope.startswith("sapi"):
+            text += f" (it silences {scope.partition(':')[2] or scope}: " \
+                    f"{', '.join(markets)})"
         egress = ban.get("egress")
-        return {"pool": market, "scope": scope,
+        return {"pool": markets[0], "scope": scope, "markets": markets,
                 "egress": None if egress in (None, "default") else egress,
                 "seconds_left": round(left, 1), "until": round(now + left, 3),
                 "status": status, "cause": text}

@@ -113,7 +113,8 @@ class Governor:
         return [p for p in self.pools.values() if p.host == host]
 
     def markets_of(self, host: str) -> list[str]:
-        return sorted(m for m, h in self._hosts.items() if h == host)
+        """The markets served by ``host``, in the markets' own order."""
+        return [m for m, h in self._hosts.items() if h == host]
 
     # -- bans -----------------------------------------------------------------------
     def ban_on(self, pool: Pool, egress: str, now: float) -> Ban | None:
