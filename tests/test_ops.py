@@ -2,6 +2,7 @@
 
 import json
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -63,6 +64,22 @@ def test_an_unreachable_upstream_makes_the_proxy_not_ready():
     assert answer.status == 503 and "upstream spot unreachable" in answer.json()["problems"][0]
 
 
+def _poll(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.02)
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), 0.2).close()
+    except OSError:
+        return False
+    return True
+
+
 @pytest.mark.integration
 def test_sigterm_drains_an_in_flight_request_then_exits_0(tmp_path):
     xport, pport = free_port(), free_port()
@@ -71,15 +88,15 @@ def test_sigterm_drains_an_in_flight_request_then_exits_0(tmp_path):
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = open(tmp_path / "proxy.log", "w+")
     proxy = None
-    try:
-        wait_listening(xport, exchange)
+    try:  # both start at once: the proxy asks the exchange nothing before the first request
         proxy = subprocess.Popen([TWISTD, "-n", "--pidfile=", "bnproxy", "--port",
                                   f"tcp:{pport}:interface=127.0.0.1", "--upstream",
                                   f"spot=http://127.0.0.1:{xport}/spot", "--drain-timeout", "10",
                                   "--middleware", "logger"], cwd=tmp_path, stdout=log,
                                  stderr=subprocess.STDOUT)
+        wait_listening(xport, exchange)
         wait_listening(pport, proxy)
-        post_json(f"http://127.0.0.1:{xport}/_fake/faults", {"latency": 2.0})
+        post_json(f"http://127.0.0.1:{xport}/_fake/faults", {"latency": 1.0})
         result = {}
 
         def slow_request():
@@ -87,16 +104,20 @@ def test_sigterm_drains_an_in_flight_request_then_exits_0(tmp_path):
                 result["status"] = r.status
                 result["body"] = json.loads(r.read())
 
+        def in_flight() -> bool:
+            with urllib.request.urlopen(f"http://127.0.0.1:{pport}/metrics", timeout=5) as r:
+                return b"bnproxy_inflight_requests 1.0" in r.read()
+
         worker = threading.Thread(target=slow_request)
         worker.start()
-        time.sleep(0.7)  # the request is waiting on the exchange
+        _poll(in_flight, 10, "the request never reached the proxy")  # waiting on the exchange
         proxy.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
-        with pytest.raises(OSError):  # no longer listening
-            urllib.request.urlopen(f"http://127.0.0.1:{pport}/api/v3/ping", timeout=2)
+        _poll(lambda: not _listening(pport), 10, "still listening after SIGTERM")
+        assert "status" not in result  # it stopped listening with the request still in flight
         worker.join(20)
         assert result.get("status") == 200 and result["body"]["serverTime"] > 0
         assert proxy.wait(20) == 0
+        assert not _listening(pport)
         log.seek(0)
         text = log.read()
         assert "draining 1 request(s)" in text and "/api/v3/time" in text

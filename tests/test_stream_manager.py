@@ -1,11 +1,9 @@
 """The stream manager: placement, batching, pacing, rotation (virtual time),
-and serverShutdown handled as a rotation (real sockets)."""
+and serverShutdown handled as a rotation (the fake exchange in memory)."""
 
 import attrs
 import orjson
-import pytest
-import pytest_twisted
-from streamhelpers import ask, sleep, start_proxy, stop, until
+from streamhelpers import VirtualRig
 from twisted.internet.testing import MemoryReactorClock
 
 from bnproxy.binance.markets import PRODUCTION
@@ -94,27 +92,28 @@ def test_a_stream_is_stale_when_silent():
     assert not manager.fresh("btcusdt@ticker", 5)
 
 
-@pytest.mark.integration
-@pytest_twisted.ensureDeferred
-async def test_server_shutdown_is_a_planned_rotation_without_a_gap(fake_exchange):
-    service = start_proxy(fake_exchange)
+def test_server_shutdown_is_a_planned_rotation_without_a_gap():
+    """The proxy's autobahn client and the fake exchange's hub, in memory and
+    virtual time (streamhelpers.VirtualRig)."""
+    rig = VirtualRig()
     try:
         target = "/api/v3/depth?symbol=BTCUSDT&limit=50"
-        await ask(service, target)
-        streams = service.middlewares[0]
-        book = None
-        await until(lambda: ("spot", "BTCUSDT") in streams.books
-                    and streams.books[("spot", "BTCUSDT")].state == "live", 15)
+        rig.ask(target)
+        streams = rig.streams
+        rig.until(lambda: ("spot", "BTCUSDT") in streams.books
+                  and streams.books[("spot", "BTCUSDT")].state == "live", 15)
         book = streams.books[("spot", "BTCUSDT")]
         resyncs = book.resyncs
         manager = streams.managers["spot"]
-        fake_exchange.exchange.hubs["spot"].shutdown()
-        await until(lambda: manager.rotations >= 1, 10)
-        await sleep(3)  # past the exchange's 2 s grace: the old connection is gone
+        old = list(manager.connections)
+        assert rig.exchange.hubs["spot"].shutdown() >= 1
+        rig.until(lambda: manager.rotations >= 1, 10)
+        rig.sleep(3)  # past the exchange's 2 s grace: the old connection is gone
         assert book.state == "live" and book.resyncs == resyncs  # no gap, no resync
         assert len(manager.connections) == 1 and manager.reconnects == 0  # old one retired
-        assert (await ask(service, target)).source == "stream"
-        assert service.health.document()["middleware"]["streams"]["markets"]["spot"][
+        assert manager.connections[0] not in old
+        assert rig.ask(target).source == "stream"
+        assert rig.service.health.document()["middleware"]["streams"]["markets"]["spot"][
             "rotations"] >= 1
     finally:
-        await stop(service)
+        rig.stop()

@@ -125,7 +125,8 @@ class LoopbackReactor(MemoryReactorClock):
             for pump in list(self.pumps):
                 if pump.pump(advanceClock=False):
                     moved = True
-                if pump.clientIO.disconnected and pump.serverIO.disconnected:
+                if (pump.clientIO.disconnected and pump.serverIO.disconnected
+                        and pump in self.pumps):  # a nested flush may have removed it
                     self.pumps.remove(pump)
             if not moved:
                 return
