@@ -9,6 +9,7 @@ Unknown paths are not in the table: callers treat them as private.
 from __future__ import annotations
 
 import csv
+import functools
 import re
 from collections.abc import Callable, Mapping
 from importlib import resources
@@ -248,8 +249,10 @@ class EndpointTable:
         return self._by_key.get((market, method, path))
 
 
+@functools.cache
 def load_endpoints() -> EndpointTable:
-    """Read the packaged ``endpoints.csv`` into an :class:`EndpointTable`."""
+    """The packaged ``endpoints.csv`` as an :class:`EndpointTable` (read once
+    per process: the table is never changed)."""
     text = resources.files("bnproxy.binance").joinpath("endpoints.csv").read_text("utf-8")
     endpoints = []
     for row in csv.DictReader(text.splitlines()):
