@@ -54,6 +54,9 @@ class ProxyService(MultiService):
         self.readiness = proxy.readiness
         self.dashboard = proxy.dashboard
         self.site = proxy.site
+        self.shared_state = proxy.shared_state
+        if IService.providedBy(self.shared_state):  # stopped with the rest, after the drain
+            self.shared_state.setServiceParent(self)
         for middleware in self.middlewares:
             if IService.providedBy(middleware):
                 middleware.setServiceParent(self)
