@@ -190,9 +190,14 @@ def egress_setup(reactor: Any, config: ProxyConfig, deadlines: Deadlines,
                                    config.max_connections_per_host, tls_policy)
 
 
-def build_service(reactor: Any, config: ProxyConfig) -> ProxyService:
+def build_service(reactor: Any, config: ProxyConfig,
+                  argv: list[str] | None = None) -> ProxyService:
     """The service ``twistd bnproxy`` runs, listening already. Raises
-    ConfigError for every mistake a user can make (one line each)."""
+    ConfigError for every mistake a user can make (one line each).
+
+    ``--workers N``: this process binds the socket and starts N-1 workers
+    with the same command line (``argv``; in the foreground, no pid file),
+    each adopting the socket; stopping this one drains every worker."""
     from bnproxy.service import ProxyService
 
     check_state_dir(config.state_dir)
@@ -208,5 +213,23 @@ def build_service(reactor: Any, config: ProxyConfig) -> ProxyService:
         service = with_simulated_exchange(reactor, config, ProxyService)
     else:
         service = ProxyService(reactor, config)
-    service.listen()
+    from bnproxy.server.workers import WorkerPool, watch_parent, worker_fd_from_env
+
+    worker_fd = worker_fd_from_env()
+    service.listen(worker_fd)
+    if worker_fd is not None:  # a worker: stops when its parent goes
+        watch_parent(reactor, reactor.stop)
+    elif config.workers > 1:
+        WorkerPool(reactor, config.workers, service.shared_socket, worker_argv(argv),
+                   drain_timeout=config.server.drain_timeout + 5).setServiceParent(service)
     return service
+
+
+def worker_argv(argv: list[str] | None) -> list[str]:
+    """A worker's command line: this one, in the foreground without a pid
+    file (twistd options go before the ``bnproxy`` subcommand)."""
+    import sys
+
+    argv = list(sys.argv if argv is None else argv)
+    at = argv.index("bnproxy") if "bnproxy" in argv else len(argv)
+    return [*argv[:at], "--nodaemon", "--pidfile=", *argv[at:]]

@@ -28,6 +28,8 @@ from bnproxy.config.schema import (
 )
 
 ENV_PREFIX = "BNPROXY_"
+# Set by a --workers parent for its workers (bnproxy.server.workers), not settings.
+WORKER_VARIABLES = ("BNPROXY_WORKER_FD", "BNPROXY_WORKER")
 
 
 def coerce(setting: Setting, value: Any, source: str, key: str) -> Any:
@@ -52,7 +54,7 @@ def from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
     unset."""
     out: dict[str, Any] = {}
     for var, raw in environ.items():
-        if not var.startswith(ENV_PREFIX):
+        if not var.startswith(ENV_PREFIX) or var in WORKER_VARIABLES:
             continue
         setting = BY_ENV.get(var)
         if setting is None:
