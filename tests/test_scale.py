@@ -12,6 +12,7 @@ import time
 import pytest
 import pytest_twisted
 from twisted.internet import defer, task
+from twisted.internet.error import ConnectionRefusedError
 
 from bnproxy.testing.fake.run import start_exchange
 from bnproxy.testing.processes import TWISTD, free_port
@@ -167,7 +168,7 @@ async def test_two_workers_answer_and_share_one_budget(tmp_path, redis_server, e
         assert parent.wait(20) == 0
         # the worker drained and went with it: nothing accepts any more
         await sleep(0.5)
-        with pytest.raises(Exception):
+        with pytest.raises(ConnectionRefusedError):
             await get(port, "/live")
     finally:
         fleet.stop()
