@@ -40,8 +40,9 @@ until the store has decided (connected and read the fleet's bans, or given
 up after its connect timeout), nothing is granted: requests wait.
 
 Reconciliation: the used-weight headers go to the store's ``reconcile``
-(the counter becomes at least what Binance said); when Binance reports more
-than the fleet counted, this instance's unspent slice shrinks to fit.
+(the counter becomes at least what Binance said; the highest figure at most
+every 0.25 s, not one call per answer); when Binance reports more than the
+fleet counted, this instance's unspent slice shrinks to fit at once.
 
 Ledger: every addition also goes to the store's batched ledger; ``ledger()``
 shows the fleet's table (refreshed in the background at most once a second;
@@ -66,6 +67,7 @@ _log = Logger(namespace="bnproxy.ratelimit")
 CHUNKS = 8  # a slice is about budget / (CHUNKS × live instances)
 REFRESH = 1.0  # fleet figures for /health and the egress choice, at most this often
 RENEW_WAIT = 0.1  # what a request waits for a renewal before it is tried again
+RECONCILE_EVERY = 0.25  # Binance's used-weight figures go to the store this often at most
 
 
 @attrs.define
@@ -77,6 +79,7 @@ class Lease:
     spent: int = 0  # granted from it
     renewing: bool = False
     exhausted: bool = False  # the store refused even the weight wanted
+    reported: int = 0  # the highest use Binance reported in the window
 
 
 class SharedState:
@@ -97,6 +100,7 @@ class SharedState:
         self.wake: Callable[[str, str], Any] = lambda egress, pool: None
         self.heard: Callable[[Ban], Any] = lambda ban: None
         self._budget_hint: Mapping[str, int | None] = {}
+        self._reconciling: dict[tuple[str, str], list[int]] = {}
         self._released = False
         shared.on_ban(self._heard)
         now = clock.seconds()
@@ -127,6 +131,8 @@ class SharedState:
         lease = self._lease(egress, pool, window)
         if not self._decided():
             self._recheck(egress, pool)
+            return False
+        if lease.reported + weight > budget:  # Binance counted more than the fleet did
             return False
         if lease.spent + weight > lease.held:
             self._renew(lease, egress, pool, budget, weight)
@@ -178,7 +184,9 @@ class SharedState:
         time while the store may still give some, else the window's end."""
         lease = self._leases.get((egress, pool))
         end = (window_of(now) + 1) * WEIGHT_WINDOW - now
-        if lease is None or lease.window != window_of(now) or not lease.exhausted:
+        budget = self._budget_hint.get(pool)
+        full = budget is not None and lease is not None and lease.reported >= budget
+        if lease is None or lease.window != window_of(now) or not (lease.exhausted or full):
             return min(end, RENEW_WAIT)
         return end
 
@@ -204,10 +212,23 @@ class SharedState:
         self._fleet_used[(egress, pool)] = (window, max(used, fleet if w == window else 0))
         lease = self._leases.get((egress, pool))
         if lease is not None and lease.window == window:
+            lease.reported = max(lease.reported, used)
             budget = self._budget_hint.get(pool)
             if budget is not None and used + lease.held - lease.spent > budget:
                 lease.held = lease.spent + max(0, budget - used)
-        self.shared.reconcile(egress, pool, window * int(WEIGHT_WINDOW), used).addErrback(
+        # to the store at most every RECONCILE_EVERY per (egress, pool): the
+        # highest figure seen, not one call per answer
+        key = (egress, pool)
+        pending = self._reconciling.get(key)
+        if pending is not None and pending[0] == window:
+            pending[1] = max(pending[1], used)
+            return
+        self._reconciling[key] = [window, used]
+        self._clock.callLater(RECONCILE_EVERY, self._send_reconcile, key)
+
+    def _send_reconcile(self, key: tuple[str, str]) -> None:
+        window, used = self._reconciling.pop(key)
+        self.shared.reconcile(key[0], key[1], window * int(WEIGHT_WINDOW), used).addErrback(
             lambda f: None)
 
     def budgets(self, budgets: Mapping[str, int | None]) -> None:
