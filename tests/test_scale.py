@@ -181,3 +181,124 @@ def test_workers_without_shared_state_are_refused_in_one_line(tmp_path):
         capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert "--workers 2 needs --shared-state" in proc.stderr + proc.stdout
+
+
+def from_ip(exchange, ip: str) -> int:
+    return sum(n for (_, _, source), n in exchange.exchange.counters.requests.items()
+               if source == ip)
+
+
+async def ready(port: int) -> tuple[int, dict]:
+    code, body = await get(port, "/ready")
+    return code, json.loads(body)
+
+
+async def until_live(ports, n: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        docs = [json.loads((await get(p, "/health"))[1]) for p in ports]
+        if all(d["middleware"]["shared-state"]["live_instances"] == n for d in docs):
+            return
+        assert time.monotonic() < deadline, f"never {n} live instances"
+        await sleep(0.2)
+
+
+async def until_ready(ports, status: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        answers = [await ready(p) for p in ports]
+        if all(code == 200 and doc["status"] == status for code, doc in answers):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"/ready never said {status}: {answers}")
+        await sleep(0.2)
+
+
+@pytest.mark.integration
+@pytest_twisted.ensureDeferred
+async def test_redis_stopped_under_load_costs_no_429_and_recovers(tmp_path, redis_server,
+                                                                   exchange):
+    fleet = Fleet(tmp_path, redis_server.url, exchange.rest("spot"))
+    try:
+        ports = [await fleet.start("--egress", EGRESS) for _ in range(3)]
+        await until_ready(ports, "ready")
+        await until_live(ports, 3)  # each divides by the instances it last saw
+        await inside_one_minute()
+        answers: list[int] = []
+
+        async def load(rounds: int) -> None:
+            async def bot(n: int) -> None:
+                for _ in range(rounds):
+                    answers.append((await get(ports[n % 3], DEPTH))[0])
+            await defer.gatherResults([defer.ensureDeferred(bot(n)) for n in range(20)])
+
+        await load(1)
+        redis_server.stop()
+        await until_ready(ports, "degraded")
+        code, doc = await ready(ports[0])
+        assert "shared state degraded" in doc["problems"][0]
+        health = json.loads((await get(ports[0], "/health"))[1])
+        assert health["status"] == "degraded"
+        await load(4)
+        redis_server.start()
+        await until_ready(ports, "ready")
+        await load(2)
+        statuses = exchange.exchange.counters.statuses
+        used = exchange.exchange.limiters["spot"].used(EGRESS, exchange.exchange.market_ms())
+        assert statuses[429] == 0 and statuses[418] == 0
+        assert used <= BUDGET
+        assert answers.count(200) >= 20  # it served throughout
+    finally:
+        fleet.stop()
+
+
+EGRESSES = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+
+
+@pytest.mark.integration
+@pytest_twisted.ensureDeferred
+async def test_three_egress_addresses_give_three_budgets(tmp_path, redis_server, exchange):
+    fleet = Fleet(tmp_path, redis_server.url, exchange.rest("spot"))
+    try:
+        args = [a for e in EGRESSES for a in ("--egress", e)]
+        ports = [await fleet.start(*args) for _ in range(2)]
+        await inside_one_minute()
+        answers: list[int] = []
+
+        async def bot(n: int) -> None:
+            for _ in range(4 * BUDGET // 5 // 20 * 3):
+                answers.append((await get(ports[n % 2], DEPTH))[0])
+
+        await defer.gatherResults([defer.ensureDeferred(bot(n)) for n in range(20)])
+        now = exchange.exchange.market_ms()
+        used = {e: exchange.exchange.limiters["spot"].used(e, now) for e in EGRESSES}
+        assert exchange.exchange.counters.statuses[429] == 0
+        assert all(u <= BUDGET for u in used.values()), used
+        assert sum(used.values()) >= 2 * BUDGET, used  # about three budgets' worth
+        metrics = (await get(ports[0], "/metrics"))[1].decode()
+        assert 'bnproxy_weight_used{egress="127.0.0.3",pool="spot"}' in metrics
+    finally:
+        fleet.stop()
+
+
+@pytest.mark.integration
+@pytest_twisted.ensureDeferred
+async def test_a_ban_on_one_egress_moves_its_traffic_to_the_others(tmp_path, redis_server,
+                                                                   exchange):
+    fleet = Fleet(tmp_path, redis_server.url, exchange.rest("spot"))
+    try:
+        args = [a for e in EGRESSES for a in ("--egress", e)]
+        port = await fleet.start(*args)
+        exchange.exchange.ban("127.0.0.3", 30, "spot")
+        codes = [(await get(port, DEPTH))[0] for _ in range(12)]
+        assert codes.count(418) <= 1  # the one request that met the ban
+        assert from_ip(exchange, "127.0.0.3") <= 1 + 1  # and perhaps a readiness ping
+        before = from_ip(exchange, "127.0.0.3")
+        codes = [(await get(port, DEPTH))[0] for _ in range(12)]
+        assert codes == [200] * 12
+        assert from_ip(exchange, "127.0.0.3") == before
+        assert from_ip(exchange, "127.0.0.2") > 0 and from_ip(exchange, "127.0.0.4") > 0
+        code, doc = await ready(port)
+        assert code == 200  # two addresses still serve
+    finally:
+        fleet.stop()
