@@ -215,10 +215,6 @@ class RateLimit:
                 + ("" if b.egress == DEFAULT_EGRESS else f", egress {b.egress}") + ")"
                 for b in sorted(bans, key=lambda b: b.scope)]
 
-    def degraded(self) -> list[str]:
-        """Why budgets and bans are not shared with the fleet right now."""
-        return self.state.degraded() if isinstance(self.state, SharedState) else []
-
     def health(self) -> dict:
         now = self._clock.seconds()
         usage = self.usage()

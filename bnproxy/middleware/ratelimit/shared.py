@@ -300,12 +300,3 @@ class SharedState:
             out.setdefault(client, {"weight": 0, "requests": 0, "rejected": 0,
                                     "order_counts": {}})["order_counts"] = row["order_counts"]
         return out
-
-    # -- reporting ------------------------------------------------------------------
-    def degraded(self) -> list[str]:
-        """Why the fleet's state is not shared right now (empty: it is)."""
-        if self.shared.status == "ok":
-            return []
-        reason = (self.shared.health() or {}).get("last_error") or "not answering"
-        return [f"shared state degraded ({reason}): local budgets of budget / "
-                f"{self.shared.live_instances()}, bans kept"]
