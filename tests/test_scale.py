@@ -145,6 +145,15 @@ async def test_three_instances_twenty_bots_never_pass_the_budget(tmp_path, redis
         assert used >= BUDGET // 2  # the fleet did use its budget
         health = json.loads((await get(ports[0], "/health"))[1])
         assert health["middleware"]["shared-state"]["live_instances"] == 3
+        # the ledger is the fleet's: one instance shows every bot request
+        deadline = time.monotonic() + 10
+        while True:
+            health = json.loads((await get(ports[0], "/health"))[1])
+            clients = health["middleware"]["ratelimit"]["clients"]
+            if clients.get("127.0.0.1", {}).get("requests") == len(answers):
+                break
+            assert time.monotonic() < deadline, clients
+            await sleep(0.3)
     finally:
         fleet.stop()
 
