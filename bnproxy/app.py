@@ -231,5 +231,5 @@ def worker_argv(argv: list[str] | None) -> list[str]:
     import sys
 
     argv = list(sys.argv if argv is None else argv)
-    at = argv.index("bnproxy") if "bnproxy" in argv else len(argv)
+    at = argv.index("bnproxy") if "bnproxy" in argv else 1  # twistd -ny bnproxy.tac
     return [*argv[:at], "--nodaemon", "--pidfile=", *argv[at:]]

@@ -44,3 +44,12 @@ def test_each_egress_address_gets_its_own_agent(tmp_path):
     assert proxy.context.egresses == ("127.0.0.2", "127.0.0.3")
     assert set(proxy.upstream._egress_agents) == {"127.0.0.2", "127.0.0.3"}
     assert proxy.middlewares[0].governor.egresses == ("127.0.0.2", "127.0.0.3")
+
+
+def test_a_workers_command_line_runs_in_the_foreground_without_a_pid_file():
+    from bnproxy.app import worker_argv
+
+    assert worker_argv(["/v/twistd", "--logfile", "x", "bnproxy", "--workers", "2"]) == [
+        "/v/twistd", "--logfile", "x", "--nodaemon", "--pidfile=", "bnproxy", "--workers", "2"]
+    assert worker_argv(["/v/twistd", "-y", "bnproxy.tac"]) == [
+        "/v/twistd", "--nodaemon", "--pidfile=", "-y", "bnproxy.tac"]
