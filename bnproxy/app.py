@@ -26,13 +26,13 @@ from bnproxy.config.model import ProxyConfig
 from bnproxy.config.reader import ConfigError
 from bnproxy.dashboard.feed import DashboardFeed
 from bnproxy.dashboard.resource import mount_dashboard
-from bnproxy.readiness import Readiness
+from bnproxy.readiness import Readiness, ReadyResource
 from bnproxy.server.accesslog import open_access_log
 from bnproxy.server.admin import AdminGuard
 from bnproxy.server.clientaddr import ClientResolver, parse_networks
 from bnproxy.server.forwarding import ForwardingResource, RootResource
 from bnproxy.server.health import HealthResource
-from bnproxy.server.metrics import LiveResource, Metrics, MetricsResource, ReadyResource
+from bnproxy.server.metrics import LiveResource, Metrics, MetricsResource
 from bnproxy.server.site import ProxySite
 from bnproxy.upstream.client import Deadlines, Upstream, make_agent
 from bnproxy.upstream.tls import upstream_tls_policy
@@ -62,6 +62,7 @@ class Proxy:
     dashboard: DashboardFeed
     access_log: Any
     site: ProxySite
+    shared_state: Any = None
 
 
 def check_state_dir(path: str) -> None:
@@ -95,12 +96,16 @@ def assemble(reactor: Any, config: ProxyConfig, agent: Any = None) -> Proxy:
                           "(--access-log: -, none or a writable file)") from None
     deadlines = Deadlines(config.connect_timeout, config.response_timeout, config.body_timeout)
     tls_policy = upstream_tls_policy(config.upstream_ca or None)
+    shared_state = open_shared(reactor, config)
+    egresses, agents = egress_setup(reactor, config, deadlines, tls_policy)
     if agent is None:
-        agent = make_agent(reactor, deadlines, config.max_connections_per_host,
-                           tls_policy=tls_policy)
+        agent = agents[egresses[0]] if agents else make_agent(
+            reactor, deadlines, config.max_connections_per_host, tls_policy=tls_policy)
     upstream = Upstream(
         reactor, markets, agent=agent,
-        deadlines=deadlines, max_per_host=config.max_connections_per_host)
+        deadlines=deadlines, max_per_host=config.max_connections_per_host,
+        egress_agents=agents or None,
+        egress_of=(lambda request: request.egress) if agents else None)
     upstream.observe = lambda market, s: metrics.upstream_latency.labels(market).observe(s)
 
     admin: dict[str, IResource] = {}
@@ -116,7 +121,8 @@ def assemble(reactor: Any, config: ProxyConfig, agent: Any = None) -> Proxy:
         chain=lambda request: as_deferred(chain_ref[0](request)),
         endpoints=endpoints, markets=markets, add_admin=add_admin,
         state_dir=config.state_dir, log_format=config.log_format,
-        metrics=metrics.registry, tls_policy=tls_policy, access_log=access_log)
+        metrics=metrics.registry, tls_policy=tls_policy, access_log=access_log,
+        shared_state=shared_state, egresses=egresses)
     middlewares = build_middlewares(config.middleware, discover(), context)
     handler = compose(middlewares, upstream)
     chain_ref.append(handler)
@@ -125,37 +131,81 @@ def assemble(reactor: Any, config: ProxyConfig, agent: Any = None) -> Proxy:
     forward = ForwardingResource(handler, markets, endpoints, reactor, resolver,
                                  dashboard.observer(metrics.answered))
     readiness = Readiness(reactor, markets, upstream, handler, endpoints,
-                          lambda: middlewares)
-    metrics.watch(lambda: [m for m in [*middlewares, readiness, dashboard]
+                          lambda: middlewares, shared_state)
+    metrics.watch(lambda: [m for m in [*middlewares, readiness, dashboard, shared_state]
                            if IMetricsSource.providedBy(m)])
     metrics.track_inflight(lambda: forward.inflight)
     metrics.watch_upstream(upstream)
     health = HealthResource(reactor, markets,
-                            [m for m in middlewares if IHealthReporter.providedBy(m)],
+                            [m for m in [*middlewares, shared_state]
+                             if IHealthReporter.providedBy(m)],
                             readiness.problems, [m.name for m in middlewares],
-                            clients=metrics.clients)
+                            clients=metrics.clients, degraded=readiness.degraded)
 
     root = RootResource(forward)
     root.putChild(b"health", AdminGuard(health, admin_allow, resolver))
     root.putChild(b"metrics", AdminGuard(MetricsResource(metrics.registry), admin_allow,
                                          resolver))
     root.putChild(b"live", LiveResource())
-    root.putChild(b"ready", ReadyResource(readiness.problems))
+    root.putChild(b"ready", ReadyResource(readiness.problems, readiness.degraded))
     mount_dashboard(root, dashboard, lambda resource: AdminGuard(resource, admin_allow, resolver))
     for name, resource in admin.items():
         root.putChild(name.encode("ascii"), AdminGuard(resource, admin_allow, resolver))
     site = ProxySite(root, config.server, reactor=reactor)
     site.displayTracebacks = False
     return Proxy(config, reactor, markets, endpoints, metrics, upstream, context, middlewares,
-                 handler, forward, health, readiness, dashboard, access_log, site)
+                 handler, forward, health, readiness, dashboard, access_log, site,
+                 shared_state)
 
 
-def build_service(reactor: Any, config: ProxyConfig) -> ProxyService:
+def open_shared(reactor: Any, config: ProxyConfig) -> Any:
+    """The state shared with the fleet (``--shared-state``), not started
+    yet, or None: everything in-process."""
+    if not config.shared_state:
+        return None
+    from bnproxy.cluster import open_shared_state
+    from bnproxy.cluster.url import RedisURLError
+
+    try:
+        return open_shared_state(reactor, config.shared_state,
+                                 deadline=config.shared_state_deadline,
+                                 min_instances=config.shared_state_min_instances)
+    except RedisURLError as e:
+        raise ConfigError(f"--shared-state: {e}") from None
+
+
+def egress_setup(reactor: Any, config: ProxyConfig, deadlines: Deadlines,
+                 tls_policy: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """The egress addresses (checked: each must be this host's) and one
+    agent bound to each; ``((), {})`` without ``--egress``."""
+    if not config.egress:
+        return (), {}
+    from bnproxy.upstream.egress import EgressAddressError, check_egress_address, egress_agents
+
+    try:
+        egresses = tuple(dict.fromkeys(check_egress_address(a) for a in config.egress))
+    except EgressAddressError as e:
+        raise ConfigError(str(e)) from None
+    return egresses, egress_agents(reactor, egresses, deadlines,
+                                   config.max_connections_per_host, tls_policy)
+
+
+def build_service(reactor: Any, config: ProxyConfig,
+                  argv: list[str] | None = None) -> ProxyService:
     """The service ``twistd bnproxy`` runs, listening already. Raises
-    ConfigError for every mistake a user can make (one line each)."""
+    ConfigError for every mistake a user can make (one line each).
+
+    ``--workers N``: this process binds the socket and starts N-1 workers
+    with the same command line (``argv``; in the foreground, no pid file),
+    each adopting the socket; stopping this one drains every worker."""
     from bnproxy.service import ProxyService
 
     check_state_dir(config.state_dir)
+    from bnproxy.server.workers import WorkersConfigError, check_workers
+    try:
+        check_workers(config.workers, config.shared_state or None)
+    except WorkersConfigError as e:
+        raise ConfigError(str(e)) from None
     service: ProxyService
     if config.simulated_exchange:
         from bnproxy.testing.simulated import with_simulated_exchange
@@ -163,5 +213,23 @@ def build_service(reactor: Any, config: ProxyConfig) -> ProxyService:
         service = with_simulated_exchange(reactor, config, ProxyService)
     else:
         service = ProxyService(reactor, config)
-    service.listen()
+    from bnproxy.server.workers import WorkerPool, watch_parent, worker_fd_from_env
+
+    worker_fd = worker_fd_from_env()
+    service.listen(worker_fd)
+    if worker_fd is not None:  # a worker: stops when its parent goes
+        watch_parent(reactor, reactor.stop)
+    elif config.workers > 1:
+        WorkerPool(reactor, config.workers, service.shared_socket, worker_argv(argv),
+                   drain_timeout=config.server.drain_timeout + 5).setServiceParent(service)
     return service
+
+
+def worker_argv(argv: list[str] | None) -> list[str]:
+    """A worker's command line: this one, in the foreground without a pid
+    file (twistd options go before the ``bnproxy`` subcommand)."""
+    import sys
+
+    argv = list(sys.argv if argv is None else argv)
+    at = argv.index("bnproxy") if "bnproxy" in argv else 1  # twistd -ny bnproxy.tac
+    return [*argv[:at], "--nodaemon", "--pidfile=", *argv[at:]]

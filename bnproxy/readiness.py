@@ -12,7 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import orjson
 from twisted.internet import task
+from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from bnproxy.binance.markets import PING_PATHS, Market
@@ -30,8 +32,9 @@ class Readiness:
 
     def __init__(self, clock: Any, markets: Mapping[str, Market], upstream: Any,
                  handler: Callable[[ProxyRequest], Any], endpoints: Any,
-                 checks: Callable[[], Iterable[Any]]) -> None:
+                 checks: Callable[[], Iterable[Any]], shared_state: Any = None) -> None:
         self._clock = clock
+        self._shared = shared_state
         self._markets = markets
         self._upstream = upstream
         self._handler = handler
@@ -83,6 +86,16 @@ class Readiness:
                 problems += component.readiness_problems()
         return problems
 
+    def degraded(self) -> list[str]:
+        """Why the proxy serves, but not as well as it could (empty: it
+        does): the shared state away (local budgets of budget / instances)."""
+        shared = self._shared
+        if shared is None or shared.status == "ok":
+            return []
+        reason = (shared.health() or {}).get("last_error") or "not answering"
+        return [f"shared state degraded ({reason}): local budgets of budget / "
+                f"{shared.live_instances()} instance(s), every known ban kept"]
+
     def collect_metrics(self) -> Iterable[Any]:
         from prometheus_client.core import GaugeMetricFamily
 
@@ -92,3 +105,29 @@ class Readiness:
         for market in self._upstream.reachability:
             gauge.add_metric([market], 0.0 if self.upstream_down(market) else 1.0)
         yield gauge
+
+
+class ReadyResource(Resource):
+    """``/ready``: 200 when ready to serve (``"ready"``, or ``"degraded"``
+    with the reasons: load balancers keep a degraded instance in rotation),
+    503 with the reasons otherwise."""
+
+    isLeaf = True
+
+    def __init__(self, check: Callable[[], list[str]],
+                 degraded: Callable[[], list[str]] = lambda: []) -> None:
+        super().__init__()
+        self._check = check
+        self._degraded = degraded
+
+    def render_GET(self, request):  # noqa: N802
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        problems = self._check()
+        if problems:
+            request.setResponseCode(503)
+            return orjson.dumps({"status": "not ready", "problems": problems})
+        degraded = self._degraded()
+        if degraded:
+            return orjson.dumps({"status": "degraded", "problems": degraded})
+        return b'{"status":"ready"}'

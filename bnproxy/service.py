@@ -54,17 +54,36 @@ class ProxyService(MultiService):
         self.readiness = proxy.readiness
         self.dashboard = proxy.dashboard
         self.site = proxy.site
+        self.shared_state = proxy.shared_state
+        if IService.providedBy(self.shared_state):  # stopped with the rest, after the drain
+            self.shared_state.setServiceParent(self)
         for middleware in self.middlewares:
             if IService.providedBy(middleware):
                 middleware.setServiceParent(self)
         self.dashboard.setServiceParent(self)
         self.ports: list[IListeningPort] = []
+        self.shared_socket: Any = None  # --workers: the socket the workers share
 
-    def listen(self) -> None:
+    def listen(self, worker_fd: int | None = None) -> None:
         """Bind every configured endpoint now, before anything starts: a port
         in use or a bad endpoint is a ConfigError (one line), not a traceback
-        after start-up."""
-        for description in self.config.listen:
+        after start-up. With ``--workers N`` the first endpoint (tcp) is one
+        socket shared with the workers; a worker (``worker_fd``, from its
+        parent) serves that socket only."""
+        from bnproxy.server.workers import bind_shared_socket, listen_on_socket
+
+        listen = list(self.config.listen)
+        if worker_fd is not None:
+            self.ports.append(listen_on_socket(self.reactor, worker_fd, self.site))
+            return
+        if self.config.workers > 1 and listen:
+            number, interface = _tcp(listen.pop(0))
+            try:
+                self.shared_socket = bind_shared_socket(number, interface)
+            except OSError as e:
+                raise ConfigError(f"cannot listen on tcp:{number}: {e.strerror}") from None
+            self.ports.append(listen_on_socket(self.reactor, self.shared_socket, self.site))
+        for description in listen:
             try:
                 endpoint = serverFromString(self.reactor, description)
             except (ValueError, KeyError, IndexError, TypeError) as e:
@@ -119,6 +138,24 @@ class ProxyService(MultiService):
             # A drained SIGTERM is a clean stop: exit 0 (twistd would otherwise
             # re-raise the signal to report it as the cause of death).
             self.reactor._exitSignal = None
+
+
+def _tcp(description: str) -> tuple[int, str]:
+    """(port, interface) of a ``tcp:PORT[:interface=ADDR]`` endpoint (what
+    ``--workers`` can share)."""
+    kind, *parts = description.split(":")
+    port, interface = None, ""
+    for part in parts:
+        key, sep, value = part.partition("=")
+        if not sep and port is None and key.isdigit():
+            port = int(key)
+        elif key == "port" and value.isdigit():
+            port = int(value)
+        elif key == "interface":
+            interface = value
+    if kind != "tcp" or port is None:
+        raise ConfigError(f"--workers shares a tcp:PORT endpoint, not {description!r}")
+    return port, interface
 
 
 def _reason(error: Any) -> str:

@@ -43,6 +43,8 @@ class MiddlewareContext:
       connection uses (platform trust plus ``--upstream-ca``);
     - ``shared_state``: the state shared by instances (``--shared-state``),
       or None when everything is in-process;
+    - ``egresses``: the source addresses requests may leave from
+      (``--egress``), empty for the host's default;
     - ``access_log``: where access lines go, an ``IAccessLog`` (``write(line:
       bytes)``), or None when the access log is off (``--access-log none``).
     """
@@ -62,6 +64,7 @@ class MiddlewareContext:
     tls_policy: Any = None
     built: dict[str, Any] = attrs.field(factory=dict)
     access_log: Any = None
+    egresses: tuple[str, ...] = ()
 
     def lookup(self, name: str) -> Any:
         """The middleware configured under ``name``, or None."""

@@ -53,6 +53,7 @@ class ProxyRequest:
     client: str
     arrival: float
     endpoint: Endpoint | None = None
+    egress: str | None = None  # the source address chosen by the governor (None: default)
 
     def header(self, name: bytes) -> bytes | None:
         return header_value(self.headers, name)

@@ -490,6 +490,12 @@ class RedisSharedState(Service):
             self._set_status("degraded", reason)
 
     @property
+    def decided(self) -> bool:
+        """True once the first connection succeeded (the fleet's bans read)
+        or ``connect_timeout`` passed without one."""
+        return self._status is not None
+
+    @property
     def status(self) -> str:
         return "ok" if self._status == "ok" else "degraded"
 

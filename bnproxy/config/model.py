@@ -54,4 +54,9 @@ class ProxyConfig:
     access_log: str = "-"  # "-": standard output; "none"; or a file path
     metrics_clients: int = 64  # distinct client labels on /metrics and /health
     simulated_exchange: bool = False
+    shared_state: str = ""  # redis://… or rediss://…; "": in-process
+    shared_state_deadline: float = 0.05
+    shared_state_min_instances: int = 1
+    egress: tuple[str, ...] = ()  # source addresses; () : the host's default
+    workers: int = 1
     server: ServerLimits = ServerLimits()

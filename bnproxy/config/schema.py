@@ -115,6 +115,18 @@ def _markets(schemes: tuple[str, ...]) -> Callable[[Any], dict[str, str]]:
     return coerce
 
 
+def _shared_state(value: Any) -> str:
+    text = _text(value).strip()
+    if text in ("", "none"):
+        return ""
+    from bnproxy.cluster.url import RedisURLError, parse_redis_url
+    try:
+        parse_redis_url(text)
+    except RedisURLError as e:
+        raise SettingError(str(e)) from None
+    return text
+
+
 def _choice(*choices: str) -> Callable[[Any], str]:
     def coerce(value: Any) -> str:
         text = _text(value)
@@ -236,6 +248,22 @@ SETTINGS: tuple[Setting, ...] = (
     _s("send-timeout", _POSITIVE, _SERVER.send_timeout,
        "A bot that stops reading is cut off after this, seconds.", "server.send_timeout",
        "server.send_timeout"),
+    _s("shared-state", _shared_state, "",
+       "redis://[user:password@]HOST:PORT/DB (or rediss://): share the weight budget, bans "
+       "and client ledger with every instance naming the same Redis; default: in-process.",
+       "shared_state", "shared_state", metavar="URL"),
+    _s("shared-state-deadline", _number(False, 0, 1), 0.05,
+       "Longest a budget call waits on the shared state before deciding locally, seconds.",
+       "shared_state_deadline", "shared_state_deadline"),
+    _s("shared-state-min-instances", _number(True, 0, None), 1,
+       "While the shared state is away, divide each budget by at least this many instances.",
+       "shared_state_min_instances", "shared_state_min_instances"),
+    _s("egress", _strings, (),
+       "A source address of this host requests leave from (repeatable; each has its own "
+       "budget and bans).", "egress", "egress", repeatable=True, metavar="ADDRESS"),
+    _s("workers", _number(True, 0, 64), 1,
+       "Processes serving the listening socket (more than 1 needs --shared-state).",
+       "workers", "workers", metavar="N"),
     _s("drain-timeout", _number(False, -1, None), _SERVER.drain_timeout,
        "On SIGTERM, in-flight requests get this long to finish, seconds.",
        "server.drain_timeout", "server.drain_timeout"),

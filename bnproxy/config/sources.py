@@ -34,6 +34,8 @@ ENV_PREFIX = "BNPROXY_"
 # and BNPROXY_PORT=tcp://10.0.0.1:8080. They are not settings: skip them.
 _SERVICE_LINK = re.compile(r"BNPROXY_(SERVICE_(HOST|PORT(_\w+)?)|PORT_\d+_(TCP|UDP|SCTP)(_\w+)?)")
 _SERVICE_LINK_VALUE = re.compile(r"(tcp|udp|sctp)://")
+# Set by a --workers parent for its workers (bnproxy.server.workers), not settings.
+WORKER_VARIABLES = ("BNPROXY_WORKER_FD", "BNPROXY_WORKER")
 
 
 def coerce(setting: Setting, value: Any, source: str, key: str) -> Any:
@@ -58,7 +60,8 @@ def from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
     unset."""
     out: dict[str, Any] = {}
     for var, raw in environ.items():
-        if not var.startswith(ENV_PREFIX) or _SERVICE_LINK.fullmatch(var) or (
+        if not var.startswith(ENV_PREFIX) or var in WORKER_VARIABLES or \
+                _SERVICE_LINK.fullmatch(var) or (
                 var == "BNPROXY_PORT" and _SERVICE_LINK_VALUE.match(raw)):
             continue
         setting = BY_ENV.get(var)

@@ -23,8 +23,10 @@ class HealthResource(Resource):
 
     def __init__(self, clock, markets: Mapping[str, Market], reporters: Sequence[Any],
                  problems: Callable[[], list[str]], chain: Sequence[str],
-                 clients: BoundedLabels | None = None) -> None:
+                 clients: BoundedLabels | None = None,
+                 degraded: Callable[[], list[str]] = lambda: []) -> None:
         super().__init__()
+        self._degraded = degraded
         self._clients = clients if clients is not None else BoundedLabels()
         self._clock = clock
         self._started = clock.seconds()
@@ -35,10 +37,12 @@ class HealthResource(Resource):
 
     def document(self) -> dict[str, Any]:
         problems = self._problems()
+        degraded = [] if problems else self._degraded()
         doc: dict[str, Any] = {
-            # The same verdict as /ready: "ok", or "not ready" with the reasons.
-            "status": "not ready" if problems else "ok",
-            "problems": problems,
+            # The same verdict as /ready: "ok", "degraded" (serving on local
+            # budgets) or "not ready", with the reasons.
+            "status": "not ready" if problems else "degraded" if degraded else "ok",
+            "problems": problems or degraded,
             "version": __version__,
             "uptime_seconds": round(self._clock.seconds() - self._started, 3),
             "markets": {

@@ -48,10 +48,11 @@ def check_egress_address(address: str) -> str:
 
 
 def egress_agents(reactor, addresses: Sequence[str], deadlines: Deadlines = Deadlines(),
-                  max_per_host: int = 32) -> dict[str, IAgent]:
+                  max_per_host: int = 32, tls_policy=None) -> dict[str, IAgent]:
     """One Agent per address (its own persistent pool, connections bound to
     the address), for ``Upstream(egress_agents=…, egress_of=…)``."""
-    return {a: make_agent(reactor, deadlines, max_per_host, bind_address=a)
+    return {a: make_agent(reactor, deadlines, max_per_host, tls_policy=tls_policy,
+                          bind_address=a)
             for a in addresses}
 
 

@@ -81,6 +81,7 @@ class Governor:
             self._pool(name, name)
         self._queues: dict[tuple[str, str], deque[_Waiter]] = {}
         self._timers: dict[tuple[str, str], Any] = {}
+        self._turn = 0
 
     # -- pools ----------------------------------------------------------------------
     def pool_of(self, request: ProxyRequest) -> str:
@@ -191,6 +192,9 @@ class Governor:
                 egress, pool.name, weight, pool.budget, now):
             return send()
         wait = self.window_end(now) - now
+        wait_for = getattr(self.state, "wait_for", None)  # a shared state's renewal
+        if wait_for is not None:
+            wait = min(wait, wait_for(egress, pool.name, now))
         if wait > self.max_wait or pool.budget is None or weight > pool.budget:
             return refuse()
         return self._enqueue(pool, egress, weight, request, send, refuse, now)
@@ -223,6 +227,53 @@ class Governor:
                 max(0.0, self.window_end(now) - now), self._drain,
                 pool, egress)
         return d
+
+    def wake(self, egress: str, pool: str) -> None:
+        """Weight may have become free on (egress, pool) before the window's
+        end (a shared state's slice renewed): serve the queue now."""
+        p = self.pools.get(pool)
+        if p is not None and self._queues.get((egress, pool)):
+            self._drain(p, egress)
+
+    def drop_for(self, ban: Ban) -> list[_Waiter]:
+        """Take out of the queues the waiters ``ban`` silences (a ban heard
+        from another instance), for the caller to answer."""
+        if ban.host_wide:
+            pools = self.host_pools(ban.scope[len(HOST):])
+        else:
+            pools = [p for p in self.pools.values() if p.name == ban.scope]
+        dropped: list[_Waiter] = []
+        for p in pools:
+            queue = self._queues.get((ban.egress, p.name))
+            while queue:
+                waiter = queue.popleft()
+                waiter.deadline.cancel()
+                dropped.append(waiter)
+        return dropped
+
+    def choose_egress(self, pool: Pool, weight: int, now: float) -> str:
+        """The egress address with the most headroom in ``pool`` that no
+        ban silences (ties in turn); when every one is banned, the one
+        whose ban ends first (the request is then answered locally)."""
+        egresses = self.egresses
+        if len(egresses) == 1:
+            return egresses[0]
+        n = len(egresses)
+        self._turn = start = (self._turn + 1) % n
+        best, best_room = None, None
+        soonest, soonest_end = egresses[0], None
+        for i in range(n):
+            e = egresses[(start + i) % n]
+            ban = self.ban_on(pool, e, now)
+            if ban is not None:
+                if soonest_end is None or ban.until < soonest_end:
+                    soonest, soonest_end = e, ban.until
+                continue
+            room = (float("inf") if pool.budget is None
+                    else pool.budget - self.state.used(e, pool.name, now))
+            if best_room is None or room > best_room:
+                best, best_room = e, room
+        return soonest if best is None else best
 
     def _drain(self, pool: Pool, egress: str) -> None:
         now = self._clock.seconds()

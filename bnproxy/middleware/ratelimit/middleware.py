@@ -23,6 +23,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import attrs
 import orjson
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -52,6 +53,7 @@ from bnproxy.chain.options import Option
 from bnproxy.middleware.ratelimit.bans import HOST, Ban, BanStore, ban_until
 from bnproxy.middleware.ratelimit.governor import SAPI, Governor, Pool
 from bnproxy.middleware.ratelimit.ledger import client_of
+from bnproxy.middleware.ratelimit.shared import SharedState
 from bnproxy.middleware.ratelimit.state import DEFAULT_EGRESS, LocalState
 
 _log = Logger(namespace="bnproxy.ratelimit")
@@ -74,6 +76,16 @@ class RateLimit:
         self._shares: dict[str, float | None] = {}
         self.bans_seen: dict[str, int] = defaultdict(int)  # bans started, per scope
         self._clients = BoundedLabels(LEDGER_CLIENTS)
+        if isinstance(self.state, SharedState):
+            self.state.wake = governor.wake
+            self.state.heard = self._heard
+            self.state.budgets({name: p.budget for name, p in governor.pools.items()})
+
+    def _heard(self, ban: Ban) -> None:
+        """A ban another instance heard of: answer what waits for it."""
+        now = self._clock.seconds()
+        for waiter in self.governor.drop_for(ban):
+            waiter.deferred.callback(self._banned(ban, self.governor.pool(waiter.request), now))
 
     # -- IWeightGovernor ------------------------------------------------------------
     def pool_of(self, request: ProxyRequest) -> str:
@@ -102,13 +114,15 @@ class RateLimit:
     def handle(self, request: ProxyRequest, next: Callable) -> Any:
         now = self._clock.seconds()
         pool = self.governor.pool(request)
-        egress = DEFAULT_EGRESS  # the upstream sends from one address for now
+        weight = request.endpoint.weight(request.params) if request.endpoint else 1
+        egress = self.governor.choose_egress(pool, weight, now)
+        if egress != DEFAULT_EGRESS:  # the upstream sends it from that address
+            request = attrs.evolve(request, egress=egress)
         client = self.client_of(request)
         ban = self.governor.ban_on(pool, egress, now)
         if ban is not None:
             self.state.ledger_add(client, now, requests=1, rejected=1)
             return self._banned(ban, pool, now)
-        weight = request.endpoint.weight(request.params) if request.endpoint else 1
         share = self._shares.get(client, self._client_share)
         if (share is not None and pool.budget is not None and weight
                 and self.state.ledger_window(client, now) + weight > pool.budget * share):
@@ -205,42 +219,56 @@ class RateLimit:
     # -- reporting ----------------------------------------------------------------------
     def readiness_problems(self) -> list[str]:
         now = self._clock.seconds()
+        bans = [b for b in self.state.bans() if b.until > now]
+        egresses = self.governor.egresses
+        if len(egresses) > 1:  # not ready only while every address is silenced
+            banned: dict[str, set[str]] = {}
+            for b in bans:
+                banned.setdefault(b.scope, set()).add(b.egress)
+            bans = [b for b in bans if banned[b.scope] >= set(egresses)]
         return [f"Binance ban in force for {self._scope_label(b)} ({b.status}, "
                 f"{b.until - now:.0f} s left"
                 + ("" if b.egress == DEFAULT_EGRESS else f", egress {b.egress}") + ")"
-                for b in sorted(self.state.bans(), key=lambda b: b.scope) if b.until > now]
+                for b in sorted(bans, key=lambda b: b.scope)]
 
     def health(self) -> dict:
         now = self._clock.seconds()
         usage = self.usage()
-        pools = {name: {k: u[k] for k in ("used", "budget", "limit", "queued", "banned_for")}
+        pools = {name: {k: u[k] for k in ("used", "budget", "limit", "queued", "banned_for",
+                                          "egress")}
                  for name, u in usage.items()}
         bans = [{"scope": b.scope, "egress": b.egress, "status": b.status,
                  "seconds_left": round(b.until - now, 3), "strikes": b.strikes,
                  "markets": self._markets_of(b)}
                 for b in self.state.bans() if b.until > now]
-        return {"pools": pools, "bans": bans, "clients": self.state.ledger()}
+        out = {"pools": pools, "bans": bans, "clients": self.state.ledger()}
+        if isinstance(self.state, SharedState):
+            out["shared_state"] = self.state.shared.status
+        return out
 
     def collect_metrics(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
         usage = self.usage()
+        several = len(self.governor.egresses) > 1  # then each figure names its address
+        labels = ["pool", "egress"] if several else ["pool"]
         used = GaugeMetricFamily("bnproxy_weight_used", "Request weight used this minute.",
-                                 labels=["pool"])
+                                 labels=labels)
         limit = GaugeMetricFamily("bnproxy_weight_limit", "Binance's weight limit per minute.",
-                                  labels=["pool"])
+                                  labels=labels)
         budget = GaugeMetricFamily("bnproxy_weight_budget", "The limit less the margin.",
-                                   labels=["pool"])
+                                   labels=labels)
         ban = GaugeMetricFamily("bnproxy_ban_remaining_seconds",
-                                "Seconds until a Binance ban ends (0: none).", labels=["pool"])
+                                "Seconds until a Binance ban ends (0: none).", labels=labels)
         bans = CounterMetricFamily("bnproxy_bans", "Bans and 429s received from Binance.",
                                    labels=["pool"])
         counts = self.bans_seen
         for name, u in usage.items():
-            used.add_metric([name], u["used"])
+            key = [name.split("@")[0], u["egress"]] if several else [name]
+            used.add_metric(key, u["used"])
             if u["limit"] is not None:
-                limit.add_metric([name], u["limit"])
-                budget.add_metric([name], u["budget"] or 0)
-            ban.add_metric([name], max(0.0, u["banned_for"]))
+                limit.add_metric(key, u["limit"])
+                budget.add_metric(key, u["budget"] or 0)
+            ban.add_metric(key, max(0.0, u["banned_for"]))
         for scope, n in counts.items():
             bans.add_metric([scope], n)
         weight = CounterMetricFamily("bnproxy_client_weight", "Weight spent per client.",
@@ -303,12 +331,17 @@ def build_ratelimit(name: str, settings: dict[str, Any], context: Any) -> RateLi
     store = BanStore(context.reactor, state_file if state_file not in ("", "none") else None)
     store.check_writable()
     hosts = {m: market for m, market in context.markets.items()}
-    governor = Governor(context.reactor, LocalState(store), hosts, limits, margin, max_wait)
+    egresses = tuple(getattr(context, "egresses", ()) or ()) or (DEFAULT_EGRESS,)
+    state = LocalState(store)
+    shared = getattr(context, "shared_state", None)
+    governor = Governor(context.reactor, state, hosts, limits, margin, max_wait, egresses)
 
     def upgrade(pool: str, status: int) -> str:
         # Version-1 files kept a 418 under the market's pool: it was an IP ban.
         known = governor.pools.get(pool)
         return HOST + known.host if status == IP_BANNED and known is not None else pool
     store.load(discard, upgrade)
+    if shared is not None:  # budgets, bans and the ledger shared with the fleet
+        governor.state = SharedState(context.reactor, shared, state)
     return RateLimit(name, context.reactor, governor,
                      header.lower().encode() if header else None, share)

@@ -1,8 +1,9 @@
 """Where the governor keeps budgets, bans and the client ledger.
 
 ``State`` is the small interface between the governor and its storage. The
-in-process ``LocalState`` is the embedded default; a shared implementation
-(Redis) keeps the same calls. The calls are synchronous on purpose: the
+in-process ``LocalState`` is the embedded default; ``shared.SharedState``
+(on ``context.shared_state``, Redis with ``--shared-state``) keeps the same
+calls. The calls are synchronous on purpose: the
 governor decides in the reactor thread without waiting on I/O, so a shared
 implementation answers from its local view and synchronises in the
 background (with deadlines); when it cannot, it falls back to its share of

@@ -90,7 +90,8 @@ class Streams(MultiService):
                 continue
             manager = StreamManager(context.reactor, m, legacy_routes=settings.legacy_routes,
                                     rotate_after=settings.rotate_after,
-                                    tls_policy=getattr(context, "tls_policy", None))
+                                    tls_policy=getattr(context, "tls_policy", None),
+                                    egresses=tuple(getattr(context, "egresses", ()) or ()))
             manager.on_lost.append(self._lost_callback(market))
             manager.setServiceParent(self)
             self.managers[market] = manager

@@ -77,8 +77,10 @@ class Connection:
         port = parts.port or (443 if secure else 80)
         reactor = manager.reactor
         host = parts.hostname or ""  # check_base_url made sure there is one
-        endpoint: IStreamClientEndpoint = endpoints.HostnameEndpoint(reactor, host, port,
-                                                                     timeout=10)
+        self.egress = manager.next_egress()  # --egress: connections spread over them
+        endpoint: IStreamClientEndpoint = endpoints.HostnameEndpoint(
+            reactor, host, port, timeout=10,
+            bindAddress=(self.egress, 0) if self.egress else None)
         if secure:  # the same trust as the REST upstream (IPolicyForHTTPS)
             endpoint = endpoints.wrapClientTLS(
                 manager.tls_policy.creatorForNetloc(host.encode("idna"), port), endpoint)
@@ -215,8 +217,9 @@ class StreamManager(Service):
                  message_rate: int | None = None,
                  rotate_after: float = CONNECTION_LIFETIME - 3600,
                  ping_interval: float = 60.0, ping_timeout: float = 30.0,
-                 tls_policy=None) -> None:
+                 tls_policy=None, egresses: tuple[str, ...] = ()) -> None:
         self.reactor = reactor
+        self.egresses = tuple(egresses)  # source addresses (--egress); () : the default
         # wss trust: an IPolicyForHTTPS (bnproxy.upstream.tls.upstream_tls_policy);
         # by default the platform store, SSL_CERT_FILE and SSL_CERT_DIR.
         if tls_policy is None:
@@ -246,6 +249,17 @@ class StreamManager(Service):
         self._rate_samples: deque[tuple[float, int]] = deque(maxlen=64)
         self._watch = task.LoopingCall(self._check_rotation)
         self._watch.clock = reactor
+
+    def next_egress(self) -> str | None:
+        """The egress address with the fewest of this market's connections
+        (None: the host's default)."""
+        if not self.egresses:
+            return None
+        count = {e: 0 for e in self.egresses}
+        for c in self.connections:
+            if c.egress in count and not c.retiring:
+                count[c.egress] += 1
+        return min(self.egresses, key=lambda e: count[e])
 
     def url(self, route: str | None) -> str:
         base = self.market.stream_base or ""
