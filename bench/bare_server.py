@@ -14,7 +14,7 @@ class Bytes(resource.Resource):
         super().__init__()
         self.body = body
 
-    def render_GET(self, request):  # noqa: N802
+    def render_GET(self, request):
         request.setHeader(b"content-type", b"application/json;charset=UTF-8")
         return self.body
 

@@ -61,7 +61,7 @@ class _ServerSide:
     def allowed(self, name: str) -> bool:
         return True
 
-    def sendMessage(self, payload: bytes, isBinary: bool = False) -> None:  # noqa: N802
+    def sendMessage(self, payload: bytes, isBinary: bool = False) -> None:
         if not self.closed:
             self.clock.callLater(0, self._deliver, payload)
 
@@ -69,7 +69,7 @@ class _ServerSide:
         if not self.closed:
             self.conn.received(payload)
 
-    def dropConnection(self, abort: bool = False) -> None:  # noqa: N802
+    def dropConnection(self, abort: bool = False) -> None:
         self.close()
 
     def close(self) -> None:
@@ -84,11 +84,11 @@ class _ClientSide:
     def __init__(self, server: _ServerSide) -> None:
         self.server = server
 
-    def sendMessage(self, payload: bytes, isBinary: bool = False) -> None:  # noqa: N802
+    def sendMessage(self, payload: bytes, isBinary: bool = False) -> None:
         reply = self.server.hub.control(self.server, payload)
         self.server.sendMessage(orjson.dumps(reply))
 
-    def sendClose(self, code: int = 1000) -> None:  # noqa: N802
+    def sendClose(self, code: int = 1000) -> None:
         self.server.close()
 
 

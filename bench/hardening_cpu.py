@@ -30,7 +30,7 @@ REQUEST = (b"GET /api/v3/klines?symbol=BTCUSDT&interval=1h&limit=100 HTTP/1.1\r\
 class Upstream(resource.Resource):
     isLeaf = True
 
-    def render_GET(self, request):  # noqa: N802
+    def render_GET(self, request):
         request.setHeader(b"content-type", b"application/json")
         return BODY
 

@@ -11,15 +11,15 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
-from redis_server import RedisServer  # noqa: E402
-from twisted.internet import defer, reactor, task  # noqa: E402
+from redis_server import RedisServer
+from twisted.internet import defer, reactor, task
 
-from bnproxy.binance.markets import build_markets  # noqa: E402
-from bnproxy.cluster.redis_state import RedisSharedState  # noqa: E402
-from bnproxy.middleware.ratelimit.bans import BanStore  # noqa: E402
-from bnproxy.middleware.ratelimit.governor import Governor  # noqa: E402
-from bnproxy.middleware.ratelimit.shared import SharedState  # noqa: E402
-from bnproxy.middleware.ratelimit.state import LocalState  # noqa: E402
+from bnproxy.binance.markets import build_markets
+from bnproxy.cluster.redis_state import RedisSharedState
+from bnproxy.middleware.ratelimit.bans import BanStore
+from bnproxy.middleware.ratelimit.governor import Governor
+from bnproxy.middleware.ratelimit.shared import SharedState
+from bnproxy.middleware.ratelimit.state import LocalState
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
 LIMIT = 10**9  # never the limit: measure the bookkeeping

@@ -17,7 +17,7 @@ from common import TWISTD, free_port, process, summary, timed_gets
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
-from redis_server import RedisServer  # noqa: E402
+from redis_server import RedisServer
 
 PATH = "/api/v3/depth?symbol=BTCUSDT&limit=5"
 

@@ -16,9 +16,9 @@ import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
-from redis_server import RedisServer  # noqa: E402
+from redis_server import RedisServer
 
-from bnproxy.testing.processes import TWISTD, free_port, stop, wait_listening  # noqa: E402
+from bnproxy.testing.processes import TWISTD, free_port, stop, wait_listening
 
 SECONDS = int(sys.argv[1]) if len(sys.argv) > 1 else 10
 PATHS = ("/api/v3/depth?symbol=BTCUSDT&limit=5", "/api/v3/ticker/24hr?symbol=BTCUSDT")

@@ -11,11 +11,11 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
-from redis_server import RedisServer  # noqa: E402
-from twisted.internet import defer, reactor  # noqa: E402
+from redis_server import RedisServer
+from twisted.internet import defer, reactor
 
-from bnproxy.cluster.local import LocalSharedState  # noqa: E402
-from bnproxy.cluster.redis_state import RedisSharedState  # noqa: E402
+from bnproxy.cluster.local import LocalSharedState
+from bnproxy.cluster.redis_state import RedisSharedState
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
 

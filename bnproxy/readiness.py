@@ -120,7 +120,7 @@ class ReadyResource(Resource):
         self._check = check
         self._degraded = degraded
 
-    def render_GET(self, request):  # noqa: N802
+    def render_GET(self, request):
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
         problems = self._check()

@@ -5,7 +5,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from redis_server import redis_server  # noqa: E402,F401 (a fixture)
+from redis_server import redis_server  # noqa: F401 (a fixture)
 
 pytest_plugins = ["bnproxy.testing.pytest_plugin"]
 

@@ -93,7 +93,7 @@ def test_sigusr1_reopens_the_file_after_logrotate_moved_it(tmp_path):
     class ThreadlessReactor:  # callFromThread from a signal handler, run by the test
         calls = []
 
-        def callFromThread(self, f, *args):  # noqa: N802
+        def callFromThread(self, f, *args):
             self.calls.append((f, args))
 
     reactor = ThreadlessReactor()

@@ -17,7 +17,7 @@ class FakeProtocol:
     def __init__(self):
         self.sent = []
 
-    def sendMessage(self, payload):  # noqa: N802
+    def sendMessage(self, payload):
         self.sent.append(orjson.loads(payload))
 
 

@@ -163,7 +163,7 @@ def test_an_unusable_ca_file_is_one_clear_error(tmp_path):
 class Binanceish(WebSocketServerProtocol):
     """Acknowledges SUBSCRIBE and sends one message per subscribed stream."""
 
-    def onMessage(self, payload, isBinary):  # noqa: N802
+    def onMessage(self, payload, isBinary):
         msg = orjson.loads(payload)
         self.sendMessage(orjson.dumps({"result": None, "id": msg["id"]}))
         for name in msg["params"]:
@@ -209,7 +209,7 @@ async def test_a_wss_connection_without_the_ca_fails_naming_the_certificate(
     lost: defer.Deferred = defer.Deferred()
 
     class Probe(protocol.Protocol):
-        def connectionLost(self, reason):  # noqa: N802
+        def connectionLost(self, reason):
             lost.callback([reason])
 
     # Exactly what the stream manager wraps its websocket endpoint with.

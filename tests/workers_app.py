@@ -26,7 +26,7 @@ IN_FLIGHT = [0]
 class Pid(resource.Resource):
     isLeaf = True
 
-    def render_GET(self, request):  # noqa: N802
+    def render_GET(self, request):
         if request.path == b"/slow":
             IN_FLIGHT[0] += 1
 

@@ -9,16 +9,16 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 
 
 class Collector(WebSocketClientProtocol):
-    def onOpen(self):  # noqa: N802
+    def onOpen(self):
         self.factory.opened.callback(self)
 
-    def onMessage(self, payload, isBinary):  # noqa: N802
+    def onMessage(self, payload, isBinary):
         self.factory.messages.append(orjson.loads(payload))
         waiters, self.factory.waiters = self.factory.waiters, []
         for w in waiters:
             w.callback(None)
 
-    def onClose(self, wasClean, code, reason):  # noqa: N802
+    def onClose(self, wasClean, code, reason):
         self.factory.closed = True
         if not self.factory.opened.called:
             self.factory.opened.errback(ConnectionError(reason))

@@ -163,7 +163,7 @@ SCRIPTS = {"reserve": RESERVE, "reconcile": RECONCILE, "set_ban": SET_BAN,
 class _Protocol(txredisapi.RedisProtocol):
     on_lost: Any = None
 
-    def connectionLost(self, why):  # noqa: N802
+    def connectionLost(self, why):
         super().connectionLost(why)
         if self.on_lost is not None:
             self.on_lost(self)
@@ -173,11 +173,11 @@ class _Subscriber(txredisapi.SubscriberProtocol):
     on_lost: Any = None
     on_message: Any = None
 
-    def messageReceived(self, pattern, channel, message):  # noqa: N802
+    def messageReceived(self, pattern, channel, message):
         if self.on_message is not None:
             self.on_message(message)
 
-    def connectionLost(self, why):  # noqa: N802
+    def connectionLost(self, why):
         super().connectionLost(why)
         if self.on_lost is not None:
             self.on_lost(self)
@@ -191,7 +191,7 @@ class _Factory(Factory):
         self._clock = clock
         self._attributes = attributes
 
-    def buildProtocol(self, addr):  # noqa: N802
+    def buildProtocol(self, addr):
         p = self._class(charset="utf-8", convertNumbers=False)
         p.callLater = self._clock.callLater  # txredisapi defaults to the global reactor
         p.factory = self
@@ -398,10 +398,10 @@ class RedisSharedState(Service):
             yield service.stopService()
         self._services = []
 
-    def startService(self) -> None:  # noqa: N802 (IService)
+    def startService(self) -> None:
         self.start()
 
-    def stopService(self) -> Deferred:  # noqa: N802 (IService)
+    def stopService(self) -> Deferred:
         return self.stop()
 
     def collect_metrics(self):

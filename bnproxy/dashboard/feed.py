@@ -148,11 +148,11 @@ class DashboardFeed(Service):
         self._loop.clock = clock
 
     # -- lifecycle ---------------------------------------------------------------------
-    def startService(self) -> None:  # noqa: N802
+    def startService(self) -> None:
         super().startService()
         self._loop.start(self._interval, now=True)
 
-    def stopService(self):  # noqa: N802
+    def stopService(self):
         if self._loop.running:
             self._loop.stop()
         for close in list(self._closers.values()):

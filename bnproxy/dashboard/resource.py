@@ -57,7 +57,7 @@ class _Static(Resource):
         self._body = body
         self._type = content_type
 
-    def render_GET(self, request):  # noqa: N802
+    def render_GET(self, request):
         _common_headers(request, self._type)
         if self._type.startswith(b"text/html"):
             request.setHeader(b"content-security-policy", CSP)
@@ -67,7 +67,7 @@ class _Static(Resource):
 class _Redirect(Resource):
     isLeaf = True
 
-    def render_GET(self, request):  # noqa: N802
+    def render_GET(self, request):
         request.setResponseCode(302)
         request.setHeader(b"location", b"../dashboard")
         return b""
@@ -82,7 +82,7 @@ class StateResource(Resource):
         super().__init__()
         self._feed = feed
 
-    def render_GET(self, request):  # noqa: N802
+    def render_GET(self, request):
         _common_headers(request, b"application/json")
         return self._feed.state_bytes()
 
@@ -98,7 +98,7 @@ class EventsResource(Resource):
         self._feed = feed
         self.open = 0
 
-    def render_GET(self, request):  # noqa: N802
+    def render_GET(self, request):
         _common_headers(request, b"text/event-stream")
         request.setHeader(b"x-accel-buffering", b"no")  # nginx: do not buffer
         request.write(b"retry: %d\n\n" % RETRY_MS)
@@ -143,7 +143,7 @@ class DashboardResource(Resource):
             vendor.putChild(name, _Static(_read(path), ctype))
         self.putChild(b"vendor", vendor)
 
-    def render_GET(self, request):  # noqa: N802
+    def render_GET(self, request):
         return self._page.render_GET(request)
 
 

@@ -67,7 +67,7 @@ class AccessLogWriter(Service):
 
     @staticmethod
     def _open(path: str) -> IO[bytes]:
-        return open(path, "ab")  # noqa: SIM115 (held open until stopService)
+        return open(path, "ab")
 
     def write(self, line: bytes) -> None:
         self._lines.append(line)
@@ -107,12 +107,12 @@ class AccessLogWriter(Service):
         old.close()
         _log.info("access log {path} reopened", path=self._path)
 
-    def startService(self) -> None:  # noqa: N802
+    def startService(self) -> None:
         super().startService()
         if not self._flusher.running:
             self._flusher.start(self._every, now=False)
 
-    def stopService(self) -> Any:  # noqa: N802
+    def stopService(self) -> Any:
         if self._flusher.running:
             self._flusher.stop()
         self.flush()

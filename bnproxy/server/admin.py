@@ -46,7 +46,7 @@ class AdminGuard(Resource):
                   path=request.path, client=client)
         return False
 
-    def getChildWithDefault(self, path, request):  # noqa: N802
+    def getChildWithDefault(self, path, request):
         if not self._admitted(request):
             return _Denied()
         return self._inner.getChildWithDefault(path, request)

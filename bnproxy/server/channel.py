@@ -53,7 +53,7 @@ class StrictChunkedDecoder(http._ChunkedTransferDecoder):
     """twisted.web's chunked decoder, refusing chunk extensions that do not
     parse (it only checks their characters)."""
 
-    def _dataReceived_CHUNK_LENGTH(self) -> bool:  # noqa: N802 (Twisted's name)
+    def _dataReceived_CHUNK_LENGTH(self) -> bool:
         eol = self._buffer.find(b"\r\n")
         if eol != -1:
             semi = self._buffer.find(b";", 0, eol)
@@ -84,7 +84,7 @@ class HardenedChannel(http.HTTPChannel):
     _counted_as: str | None = None  # the address the connection cap counted it under
 
     # -- parsing -------------------------------------------------------------------
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+    def dataReceived(self, data: bytes) -> None:
         if self._failed:
             return
         # An obs-fold is a line break followed by a space or tab inside the
@@ -114,7 +114,7 @@ class HardenedChannel(http.HTTPChannel):
                     or (tail.endswith(b"\r") and data[:2] in (b"\n ", b"\n\t"))
                     or data.find(b"\r\n ", 0, stop) >= 0 or data.find(b"\r\n\t", 0, stop) >= 0)
 
-    def headerReceived(self, line: bytes) -> bool:  # noqa: N802
+    def headerReceived(self, line: bytes) -> bool:
         if line[:1] not in (b"T", b"t"):  # only Transfer-Encoding needs a look
             return _base_header(self, line)
         name, _, value = line.partition(b":")
@@ -131,7 +131,7 @@ class HardenedChannel(http.HTTPChannel):
             return ok
         return _base_header(self, line)
 
-    def allHeadersReceived(self) -> None:  # noqa: N802
+    def allHeadersReceived(self) -> None:
         if self._header_timer is not None:
             self._cancel("_header_timer")
         if self.length != 0:  # a body follows (None: chunked)
@@ -160,12 +160,12 @@ class HardenedChannel(http.HTTPChannel):
         return True
 
     # -- the send deadline -------------------------------------------------------------
-    def pauseProducing(self) -> None:  # noqa: N802
+    def pauseProducing(self) -> None:
         super().pauseProducing()
         if self._send_timer is None:
             self._send_timer = self.callLater(self.limits.send_timeout, self._send_expired)
 
-    def resumeProducing(self) -> None:  # noqa: N802
+    def resumeProducing(self) -> None:
         super().resumeProducing()
         self._cancel("_send_timer")
 
@@ -198,7 +198,7 @@ class HardenedChannel(http.HTTPChannel):
                 timer.cancel()
             setattr(self, name, None)
 
-    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         for timer in ("_header_timer", "_body_timer", "_send_timer"):
             self._cancel(timer)
         if self._counted_as is not None:
@@ -208,7 +208,7 @@ class HardenedChannel(http.HTTPChannel):
 
 class _Refuse503(http.HTTPChannel):
     transport: Any
-    def connectionMade(self) -> None:  # noqa: N802
+    def connectionMade(self) -> None:
         self.transport.write(error_bytes(503, "too many connections from your address"))
         self.transport.loseConnection()
 
@@ -233,7 +233,7 @@ class HardenedSiteMixin(_SiteBase):
         self._limits = limits
         self._open: dict[str, int] = defaultdict(int)
 
-    def buildProtocol(self, addr):  # noqa: N802
+    def buildProtocol(self, addr):
         host = getattr(addr, "host", None)
         if host is not None and self._open[host] >= self._limits.max_connections_per_client:
             p = _Refuse503()
@@ -254,7 +254,7 @@ class HardenedSiteMixin(_SiteBase):
 class HardenedRequest(_RequestBase):
     """Request mixin: chunked bodies are counted against the cap as they arrive."""
 
-    def handleContentChunk(self, data: bytes) -> None:  # noqa: N802
+    def handleContentChunk(self, data: bytes) -> None:
         channel = self.channel
         if isinstance(channel, HardenedChannel) and not channel.body_chunk(len(data)):
             return

@@ -212,7 +212,7 @@ class RootResource(Resource):
         super().__init__()
         self._forward = forward
 
-    def getChild(self, path: bytes, request: server.Request) -> IResource:  # noqa: N802
+    def getChild(self, path: bytes, request: server.Request) -> IResource:
         request.prepath.pop()  # type: ignore[union-attr]  # lists while traversing
         request.postpath.insert(0, path)  # type: ignore[union-attr]
         return self._forward

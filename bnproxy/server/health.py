@@ -59,7 +59,7 @@ class HealthResource(Resource):
             doc["middleware"][m.name] = section
         return doc
 
-    def render_GET(self, request):  # noqa: N802
+    def render_GET(self, request):
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
         return orjson.dumps(self.document())

@@ -193,7 +193,7 @@ class MetricsResource(Resource):
         super().__init__()
         self._registry = registry
 
-    def render_GET(self, request):  # noqa: N802
+    def render_GET(self, request):
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
         request.setHeader(b"cache-control", b"no-store")
         return generate_latest(self._registry)
@@ -204,7 +204,7 @@ class LiveResource(Resource):
 
     isLeaf = True
 
-    def render_GET(self, request):  # noqa: N802
+    def render_GET(self, request):
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
         return b'{"status":"live"}'
@@ -219,7 +219,7 @@ class ReadyResource(Resource):
         super().__init__()
         self._check = check
 
-    def render_GET(self, request):  # noqa: N802
+    def render_GET(self, request):
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
         problems = self._check()

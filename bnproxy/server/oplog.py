@@ -65,7 +65,7 @@ def event_as_json(event: dict[str, Any]) -> str:
     if failure is not None:
         try:
             record["traceback"] = failure.getTraceback()
-        except Exception:  # noqa: BLE001 (a log line must never raise)
+        except Exception:
             record["traceback"] = repr(failure)
     return orjson.dumps(record, default=repr).decode() + "\n"
 

@@ -15,7 +15,7 @@ from bnproxy.server.channel import HardenedRequest, HardenedSiteMixin
 class UnparsedRequest(server.Request):
     """twisted.web's request, less the parsing the proxy never uses."""
 
-    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:  # noqa: N802
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         """As ``http.Request.requestReceived``, without parsing the query and
         any form body into ``args``: the proxy forwards the bytes as received
         (signatures cover them) and its own resources take no arguments.

@@ -103,7 +103,7 @@ class _ParentPipe(Protocol):
     def __init__(self, on_lost: Callable[[], object]) -> None:
         self._on_lost = on_lost
 
-    def connectionLost(self, reason=None):  # noqa: N802
+    def connectionLost(self, reason=None):
         self._on_lost()
 
 
@@ -122,7 +122,7 @@ class _Child(ProcessProtocol):
         self.index = index
         self.ended: defer.Deferred = defer.Deferred()
 
-    def processEnded(self, reason):  # noqa: N802
+    def processEnded(self, reason):
         self.pool._ended(self, reason)
         self.ended.callback(None)
 
@@ -150,7 +150,7 @@ class WorkerPool(Service):
         self.transports: dict[int, Any] = {}  # IProcessTransport (its pid is not declared)
         self._stopping = False
 
-    def startService(self) -> None:  # noqa: N802
+    def startService(self) -> None:
         super().startService()
         self._stopping = False
         for index in range(1, self.count):
@@ -186,7 +186,7 @@ class WorkerPool(Service):
     def pids(self) -> list[int]:
         return [t.pid for t in self.transports.values() if t.pid]
 
-    def stopService(self) -> defer.Deferred:  # noqa: N802
+    def stopService(self) -> defer.Deferred:
         """SIGTERM to every worker; fires when all have exited (SIGKILL
         after ``drain_timeout``)."""
         super().stopService()

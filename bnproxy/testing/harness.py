@@ -231,7 +231,7 @@ class FakeResponse:
         self.body = body
         self.length = len(body)
 
-    def deliverBody(self, protocol):  # noqa: N802
+    def deliverBody(self, protocol):
         from twisted.python.failure import Failure
         from twisted.web.client import ResponseDone
 
@@ -254,7 +254,7 @@ class ControlledAgent:
         self.pending: list[tuple[bytes, bytes, Any, Deferred]] = []
         self.calls: list[tuple[bytes, bytes, Any]] = []
 
-    def request(self, method, uri, headers=None, bodyProducer=None):  # noqa: N803
+    def request(self, method, uri, headers=None, bodyProducer=None):
         d: Deferred = Deferred()
         self.pending.append((method, uri, headers, d))
         self.calls.append((method, uri, headers))

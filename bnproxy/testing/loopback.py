@@ -31,7 +31,7 @@ from zope.interface import implementer
 __all__ = ["LoopbackReactor", "TimeoutError"]
 
 
-class TimeoutError(AssertionError):  # noqa: A001 - the test's word for it
+class TimeoutError(AssertionError):
     """A condition did not hold within its virtual deadline."""
 
 
@@ -39,8 +39,8 @@ class TimeoutError(AssertionError):  # noqa: A001 - the test's word for it
 class _LoopbackResolver:
     """Every name is 127.0.0.1 (an IP literal is itself)."""
 
-    def resolveHostName(self, receiver, hostName, portNumber=0,  # noqa: N802, N803
-                        addressTypes=None, transportSemantics="TCP"):  # noqa: N803
+    def resolveHostName(self, receiver, hostName, portNumber=0,
+                        addressTypes=None, transportSemantics="TCP"):
         import ipaddress
 
         try:
@@ -68,12 +68,12 @@ class LoopbackReactor(MemoryReactorClock):
         self._next_port = 40000
         self._next_client_port = 50000
 
-    def installNameResolver(self, resolver):  # noqa: N802
+    def installNameResolver(self, resolver):
         old, self.nameResolver = self.nameResolver, resolver
         return old
 
     # -- listening ------------------------------------------------------------------
-    def listenTCP(self, port, factory, backlog=50, interface=""):  # noqa: N802
+    def listenTCP(self, port, factory, backlog=50, interface=""):
         if port == 0:
             self._next_port += 1
             port = self._next_port
@@ -90,7 +90,7 @@ class LoopbackReactor(MemoryReactorClock):
         return listening
 
     # -- connecting -----------------------------------------------------------------
-    def connectTCP(self, host, port, factory, timeout=30, bindAddress=None):  # noqa: N802
+    def connectTCP(self, host, port, factory, timeout=30, bindAddress=None):
         connector = super().connectTCP(host, port, factory, timeout, bindAddress)
         server_factory = self.servers.get(port)
         if server_factory is None:

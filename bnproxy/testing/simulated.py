@@ -21,7 +21,7 @@ class _StopsExchange(Service):
     def __init__(self, handle) -> None:
         self.handle = handle  # not "running": Service uses that name
 
-    def stopService(self) -> None:  # noqa: N802
+    def stopService(self) -> None:
         self.handle.exchange.stop()
         super().stopService()
         return self.handle.exchange.port.stopListening()

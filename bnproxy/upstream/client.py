@@ -48,17 +48,17 @@ class BytesProducer:
         self._body = body
         self.length = len(body)
 
-    def startProducing(self, consumer):  # noqa: N802 (Twisted interface)
+    def startProducing(self, consumer):
         consumer.write(self._body)
         return succeed(None)
 
-    def pauseProducing(self) -> None:  # noqa: N802
+    def pauseProducing(self) -> None:
         pass
 
-    def resumeProducing(self) -> None:  # noqa: N802
+    def resumeProducing(self) -> None:
         pass
 
-    def stopProducing(self) -> None:  # noqa: N802
+    def stopProducing(self) -> None:
         pass
 
 
@@ -75,7 +75,7 @@ class _Collect(Protocol):
         self._parts: list[bytes] = []
         self._size = 0
 
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+    def dataReceived(self, data: bytes) -> None:
         if self._finished.called:
             return
         self._size += len(data)
@@ -94,7 +94,7 @@ class _Collect(Protocol):
             if stop is not None:
                 stop()
 
-    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._finished.called:
             return
         if reason.check(wclient.ResponseDone, wclient.PotentialDataLoss):

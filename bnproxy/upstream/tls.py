@@ -92,7 +92,7 @@ class _PlatformPlus:
         self._platform = platformTrust()
         self._extra = extra
 
-    def _addCACertsToContext(self, context: SSL.Context) -> None:  # noqa: N802
+    def _addCACertsToContext(self, context: SSL.Context) -> None:
         self._platform._addCACertsToContext(context)
         self._extra._addCACertsToContext(context)
 
@@ -153,7 +153,7 @@ class _Explaining:
         self._host = host
         self._netloc = f"{host}:{port}"
 
-    def clientConnectionForTLS(self, tlsProtocol):  # noqa: N802 (Twisted interface)
+    def clientConnectionForTLS(self, tlsProtocol):
         connection = self._inner.clientConnectionForTLS(tlsProtocol)
         failed: list[str] = []
 
@@ -194,7 +194,7 @@ class UpstreamTLSPolicy:
     def __init__(self, root: IOpenSSLTrustRoot | None = None) -> None:
         self.trust_root = root if root is not None else platformTrust()
 
-    def creatorForNetloc(self, hostname: bytes | str, port: int):  # noqa: N802
+    def creatorForNetloc(self, hostname: bytes | str, port: int):
         """A client connection creator for ``hostname:port`` (also usable
         with ``wrapClientTLS`` for wss)."""
         host = hostname.decode("ascii") if isinstance(hostname, bytes) else hostname

@@ -18,17 +18,17 @@ class CacheAdmin(Resource):
         super().__init__()
         self._cache = cache
 
-    def getChild(self, path, request):  # noqa: N802
+    def getChild(self, path, request):
         return self
 
-    def render_GET(self, request):  # noqa: N802
+    def render_GET(self, request):
         request.setHeader(b"content-type", b"application/json")
         if request.prepath[-1:] != [b"stats"]:
             request.setResponseCode(404)
             return b'{"code":-1000,"msg":"try /cache/stats"}'
         return orjson.dumps(self._cache.snapshot())
 
-    def render_POST(self, request):  # noqa: N802
+    def render_POST(self, request):
         request.setHeader(b"content-type", b"application/json")
         if request.prepath[-1:] != [b"clear"]:
             request.setResponseCode(404)

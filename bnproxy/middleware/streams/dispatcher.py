@@ -122,12 +122,12 @@ class Streams(MultiService):
     def values(self) -> dict[tuple[str, str], StreamValue]:
         return self.tickers.values
 
-    def startService(self) -> None:  # noqa: N802
+    def startService(self) -> None:
         super().startService()
         self._sweeper.start(SWEEP_EVERY, now=False)
         self._refresher.start(self.settings.info_refresh, now=False)
 
-    def stopService(self):  # noqa: N802
+    def stopService(self):
         for loop in (self._sweeper, self._refresher):
             if loop.running:
                 loop.stop()

@@ -45,13 +45,13 @@ route_of = usdm_route
 class _Protocol(WebSocketClientProtocol):
     connection: Connection
 
-    def onOpen(self) -> None:  # noqa: N802
+    def onOpen(self) -> None:
         self.factory.connection.opened(self)
 
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:  # noqa: N802
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
         self.factory.connection.received(payload)
 
-    def onClose(self, wasClean: bool, code: int, reason: str) -> None:  # noqa: N802
+    def onClose(self, wasClean: bool, code: int, reason: str) -> None:
         self.factory.connection.closed(self)
 
 
@@ -266,13 +266,13 @@ class StreamManager(Service):
         return f"{base}/{route}/stream" if route else f"{base}/stream"
 
     # -- lifecycle ---------------------------------------------------------------------
-    def startService(self) -> None:  # noqa: N802
+    def startService(self) -> None:
         super().startService()
         self._watch.start(30.0, now=False)
         for c in self.connections:
             c.start()
 
-    def stopService(self):  # noqa: N802
+    def stopService(self):
         from twisted.internet.defer import gatherResults, maybeDeferred
         if self._watch.running:
             self._watch.stop()

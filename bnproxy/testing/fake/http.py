@@ -96,7 +96,7 @@ class AdminResource(Resource):
         super().__init__()
         self.exchange = exchange
 
-    def render_GET(self, request):  # noqa: N802
+    def render_GET(self, request):
         x = self.exchange
         request.setHeader(b"content-type", b"application/json")
         c = x.counters
@@ -112,7 +112,7 @@ class AdminResource(Resource):
             "faults": x.faults.public(), "server_time": x.server_ms(),
             "paused": x.paused})
 
-    def render_POST(self, request):  # noqa: N802
+    def render_POST(self, request):
         x = self.exchange
         action = request.postpath[-1].decode() if request.postpath else ""
         request.content.seek(0)
@@ -167,7 +167,7 @@ class _Mount(Resource):
         super().__init__()
         self._rest = rest
 
-    def getChild(self, path, request):  # noqa: N802
+    def getChild(self, path, request):
         return self._rest
 
     def render(self, request):

@@ -27,7 +27,7 @@ class Options(usage.Options):
                       "127.0.0.1/localhost unless --tls-cert/--tls-key are given)."],
     ]
 
-    def postOptions(self) -> None:  # noqa: N802
+    def postOptions(self) -> None:
         if bool(self["tls-cert"]) != bool(self["tls-key"]):
             raise usage.UsageError("--tls-cert and --tls-key go together")
         if self["tls-cert"]:
@@ -63,7 +63,7 @@ class ExchangeService(service.Service):
             else:
                 self.tls = make_certificates(options["tls-dir"])
 
-    def startService(self) -> None:  # noqa: N802
+    def startService(self) -> None:
         from twisted.internet.endpoints import serverFromString
 
         super().startService()
@@ -77,14 +77,14 @@ class ExchangeService(service.Service):
             Logger(namespace="bnproxy.testing.fake").info(
                 "serving https/wss; clients must trust {ca}", ca=self.tls.ca)
 
-    def stopService(self) -> None:  # noqa: N802
+    def stopService(self) -> None:
         self.exchange.stop()
         if self.exchange.port is not None:
             return self.exchange.port.stopListening()
         return super().stopService()
 
 
-def makeService(options: Options):  # noqa: N802
+def makeService(options: Options):
     from twisted.internet import reactor
 
     return ExchangeService(reactor, options)

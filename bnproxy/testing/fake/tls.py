@@ -51,7 +51,7 @@ class TlsFiles:
 class _ServerContext:
     context: object
 
-    def getContext(self):  # noqa: N802
+    def getContext(self):
         return self.context
 
 

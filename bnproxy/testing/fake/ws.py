@@ -35,7 +35,7 @@ def stream_route(name: str) -> str:
 class FakeStreamProtocol(WebSocketServerProtocol):
     hub: StreamHub
 
-    def onConnect(self, request):  # noqa: N802
+    def onConnect(self, request):
         path = urlsplit(request.path).path if "?" in request.path else request.path
         parts = [p for p in path.split("/") if p]
         if parts and parts[0] in ("spot", "usdm", "coinm"):
@@ -57,7 +57,7 @@ class FakeStreamProtocol(WebSocketServerProtocol):
         self.in_window = 0
         return None
 
-    def onOpen(self):  # noqa: N802
+    def onOpen(self):
         self.opened_ms = self.hub.markets.now()
         self.hub.register(self)
         self.hub.subscribe(self, self.initial)
@@ -68,7 +68,7 @@ class FakeStreamProtocol(WebSocketServerProtocol):
         route = stream_route(name)
         return route == self.route or (self.route is None and route == "public")
 
-    def onMessage(self, payload, isBinary):  # noqa: N802
+    def onMessage(self, payload, isBinary):
         now = self.hub.markets.now()
         if now // 1000 != self.window:
             self.window, self.in_window = now // 1000, 0
@@ -80,7 +80,7 @@ class FakeStreamProtocol(WebSocketServerProtocol):
         self.hub.counters.ws_control_messages += 1
         self.sendMessage(orjson.dumps(self.hub.control(self, payload)))
 
-    def onClose(self, wasClean, code, reason):  # noqa: N802
+    def onClose(self, wasClean, code, reason):
         self.hub.unregister(self)
 
 
