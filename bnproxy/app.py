@@ -1,7 +1,7 @@
 """The composition root: everything the proxy is made of, built from a
 ``ProxyConfig``.
 
-``assemble`` builds the parts (markets, upstream, middlewares, chain, site,
+``build_proxy`` builds the parts (markets, upstream, middlewares, chain, site,
 admin resources, readiness) for a reactor; ``build_service`` is what
 ``twistd bnproxy`` runs: the assembled proxy (with the offline fake exchange
 when asked) as a service, its listening ports bound before anything starts so
@@ -26,13 +26,18 @@ from bnproxy.config.model import ProxyConfig
 from bnproxy.config.reader import ConfigError
 from bnproxy.dashboard.feed import DashboardFeed
 from bnproxy.dashboard.resource import mount_dashboard
-from bnproxy.readiness import Readiness, ReadyResource
+from bnproxy.readiness import Readiness
 from bnproxy.server.accesslog import open_access_log
-from bnproxy.server.admin import AdminGuard
+from bnproxy.server.admin import (
+    AdminGuard,
+    HealthResource,
+    LiveResource,
+    MetricsResource,
+    ReadyResource,
+)
 from bnproxy.server.clientaddr import ClientResolver, parse_networks
 from bnproxy.server.forwarding import ForwardingResource, RootResource
-from bnproxy.server.health import HealthResource
-from bnproxy.server.metrics import LiveResource, Metrics, MetricsResource
+from bnproxy.server.metrics import Metrics
 from bnproxy.server.site import ProxySite
 from bnproxy.upstream.client import Deadlines, Upstream, make_agent
 from bnproxy.upstream.tls import upstream_tls_policy
@@ -78,7 +83,7 @@ def check_state_dir(path: str) -> None:
         raise ConfigError(f"--state-dir {path}: not writable by this user")
 
 
-def assemble(reactor: Any, config: ProxyConfig, agent: Any = None) -> Proxy:
+def build_proxy(config: ProxyConfig, reactor: Any, agent: Any = None) -> Proxy:
     """Build every part of the proxy for ``reactor``. Raises ConfigError."""
     try:
         markets = build_markets(config.testnet, config.upstreams, config.stream_upstreams)

@@ -12,9 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import orjson
 from twisted.internet import task
-from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from bnproxy.binance.markets import PING_PATHS, Market
@@ -105,29 +103,3 @@ class Readiness:
         for market in self._upstream.reachability:
             gauge.add_metric([market], 0.0 if self.upstream_down(market) else 1.0)
         yield gauge
-
-
-class ReadyResource(Resource):
-    """``/ready``: 200 when ready to serve (``"ready"``, or ``"degraded"``
-    with the reasons: load balancers keep a degraded instance in rotation),
-    503 with the reasons otherwise."""
-
-    isLeaf = True
-
-    def __init__(self, check: Callable[[], list[str]],
-                 degraded: Callable[[], list[str]] = lambda: []) -> None:
-        super().__init__()
-        self._check = check
-        self._degraded = degraded
-
-    def render_GET(self, request):
-        request.setHeader(b"content-type", b"application/json")
-        request.setHeader(b"cache-control", b"no-store")
-        problems = self._check()
-        if problems:
-            request.setResponseCode(503)
-            return orjson.dumps({"status": "not ready", "problems": problems})
-        degraded = self._degraded()
-        if degraded:
-            return orjson.dumps({"status": "degraded", "problems": degraded})
-        return b'{"status":"ready"}'

@@ -1,7 +1,7 @@
 """The proxy's lifecycle: listen, start, drain, stop.
 
 ``ProxyService(reactor, config, agent=None)`` assembles the proxy
-(``bnproxy.app.assemble``) and runs it: middlewares that are services start
+(``bnproxy.app.build_proxy``) and runs it: middlewares that are services start
 and stop with it; stopping drains (listeners close first, in-flight requests
 get ``server.drain_timeout`` seconds, waited for on a Deferred fired by the
 last of them, then the rest stops: stream connections close cleanly, logs
@@ -20,7 +20,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
-from bnproxy.app import assemble
+from bnproxy.app import build_proxy
 from bnproxy.config.model import ProxyConfig
 from bnproxy.config.reader import ConfigError
 
@@ -36,7 +36,7 @@ class ProxyService(MultiService):
 
     def __init__(self, reactor: Any, config: ProxyConfig, agent: Any = None) -> None:
         super().__init__()
-        self.proxy = proxy = assemble(reactor, config, agent)
+        self.proxy = proxy = build_proxy(config, reactor, agent)
         self.access_log = proxy.access_log
         if self.access_log is not None:
             self.access_log.setServiceParent(self)  # first in: stopped last, after the drain

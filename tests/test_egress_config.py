@@ -3,7 +3,7 @@
 import pytest
 from twisted.internet import task
 
-from bnproxy.app import assemble
+from bnproxy.app import build_proxy
 from bnproxy.config.model import ProxyConfig
 from bnproxy.config.reader import ConfigError
 from bnproxy.tap import Options
@@ -33,14 +33,14 @@ def test_a_shared_state_that_is_not_redis_is_refused():
 def test_an_egress_address_this_host_does_not_own_is_refused(tmp_path):
     # 192.0.2.0/24 is TEST-NET-1: never an address of this host
     with pytest.raises(ConfigError, match="192.0.2.7 is not an address of this host"):
-        assemble(task.Clock(), ProxyConfig(listen=(), state_dir=str(tmp_path),
-                                           egress=("192.0.2.7",), middleware=()))
+        build_proxy(ProxyConfig(listen=(), state_dir=str(tmp_path), egress=("192.0.2.7",),
+                                middleware=()), task.Clock())
 
 
 def test_each_egress_address_gets_its_own_agent(tmp_path):
-    proxy = assemble(task.Clock(), ProxyConfig(
+    proxy = build_proxy(ProxyConfig(
         listen=(), state_dir=str(tmp_path), egress=("127.0.0.2", "127.0.0.3"),
-        middleware=(("ratelimit", {}),)))
+        middleware=(("ratelimit", {}),)), task.Clock())
     assert proxy.context.egresses == ("127.0.0.2", "127.0.0.3")
     assert set(proxy.upstream._egress_agents) == {"127.0.0.2", "127.0.0.3"}
     assert proxy.middlewares[0].governor.egresses == ("127.0.0.2", "127.0.0.3")

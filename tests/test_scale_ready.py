@@ -4,7 +4,7 @@ import json
 
 from twisted.web.test.requesthelper import DummyRequest
 
-from bnproxy.readiness import ReadyResource
+from bnproxy.server.admin import ReadyResource
 
 
 def render(resource):

@@ -1,13 +1,29 @@
-"""Admin resources sit behind their own address allowlist (default: loopback)."""
+"""The admin resources: ``/health``, ``/metrics`` (behind their own address
+allowlist, ``AdminGuard``; default loopback), ``/live`` and ``/ready`` (open
+to every address: orchestrators probe them). The dashboard's resources are in
+``bnproxy.dashboard.resource``, behind the same guard.
+
+``/health`` says what the proxy is, how long it has run, where it sends what,
+and each ``IHealthReporter``'s section; its status agrees with ``/ready``. A
+middleware's per-client table (a ``clients`` mapping in its section) is pruned
+as ``/metrics`` prunes its ``client`` label: the first N clients by name, the
+rest summed under ``other``."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
+import orjson
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from twisted.logger import Logger
 from twisted.web.resource import IResource, Resource
 
+from bnproxy import __version__
 from bnproxy.binance.errors import error_body
+from bnproxy.binance.markets import Market
+from bnproxy.chain.labels import BoundedLabels
 from bnproxy.server.clientaddr import ClientResolver, Network, in_networks
 
 _log = Logger(namespace="bnproxy.server.admin")
@@ -55,3 +71,100 @@ class AdminGuard(Resource):
         if not self._admitted(request):
             return _Denied().render(request)
         return self._inner.render(request)
+
+
+class HealthResource(Resource):
+    isLeaf = True
+
+    def __init__(self, clock, markets: Mapping[str, Market], reporters: Sequence[Any],
+                 problems: Callable[[], list[str]], chain: Sequence[str],
+                 clients: BoundedLabels | None = None,
+                 degraded: Callable[[], list[str]] = lambda: []) -> None:
+        super().__init__()
+        self._degraded = degraded
+        self._clients = clients if clients is not None else BoundedLabels()
+        self._clock = clock
+        self._started = clock.seconds()
+        self._markets = markets
+        self._reporters = reporters
+        self._problems = problems
+        self._chain = chain
+
+    def document(self) -> dict[str, Any]:
+        problems = self._problems()
+        degraded = [] if problems else self._degraded()
+        doc: dict[str, Any] = {
+            # The same verdict as /ready: "ok", "degraded" (serving on local
+            # budgets) or "not ready", with the reasons.
+            "status": "not ready" if problems else "degraded" if degraded else "ok",
+            "problems": problems or degraded,
+            "version": __version__,
+            "uptime_seconds": round(self._clock.seconds() - self._started, 3),
+            "markets": {
+                name: {"rest": m.rest_base, "stream": m.stream_base}
+                for name, m in self._markets.items()
+            },
+            "chain": list(self._chain),
+            "middleware": {},
+        }
+        for m in self._reporters:
+            section = m.health()
+            if isinstance(section, Mapping) and isinstance(section.get("clients"), Mapping):
+                section = {**section, "clients": self._clients.fold(section["clients"])}
+            doc["middleware"][m.name] = section
+        return doc
+
+    def render_GET(self, request):
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        return orjson.dumps(self.document())
+
+
+class MetricsResource(Resource):
+    isLeaf = True
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__()
+        self._registry = registry
+
+    def render_GET(self, request):
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+        request.setHeader(b"cache-control", b"no-store")
+        return generate_latest(self._registry)
+
+
+class LiveResource(Resource):
+    """``/live``: the process answers."""
+
+    isLeaf = True
+
+    def render_GET(self, request):
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        return b'{"status":"live"}'
+
+
+class ReadyResource(Resource):
+    """``/ready``: 200 when ready to serve (``"ready"``, or ``"degraded"``
+    with the reasons: load balancers keep a degraded instance in rotation),
+    503 with the reasons otherwise."""
+
+    isLeaf = True
+
+    def __init__(self, check: Callable[[], list[str]],
+                 degraded: Callable[[], list[str]] = lambda: []) -> None:
+        super().__init__()
+        self._check = check
+        self._degraded = degraded
+
+    def render_GET(self, request):
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        problems = self._check()
+        if problems:
+            request.setResponseCode(503)
+            return orjson.dumps({"status": "not ready", "problems": problems})
+        degraded = self._degraded()
+        if degraded:
+            return orjson.dumps({"status": "degraded", "problems": degraded})
+        return b'{"status":"ready"}'

@@ -32,7 +32,6 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-import orjson
 from prometheus_client import (
     CollectorRegistry,
     Gauge,
@@ -41,10 +40,8 @@ from prometheus_client import (
     ProcessCollector,
 )
 from prometheus_client.core import CounterMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 from twisted.copyright import version as twisted_version
-from twisted.web.resource import Resource
 
 from bnproxy import __version__
 from bnproxy.chain.labels import DEFAULT_LIMIT, BoundedLabels
@@ -184,46 +181,3 @@ class _StateCollector(Collector):
             for labels, value in self._clients.fold_samples(pairs):
                 folded.add_sample(name, labels, value)
         return folded
-
-
-class MetricsResource(Resource):
-    isLeaf = True
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        super().__init__()
-        self._registry = registry
-
-    def render_GET(self, request):
-        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
-        request.setHeader(b"cache-control", b"no-store")
-        return generate_latest(self._registry)
-
-
-class LiveResource(Resource):
-    """``/live``: the process answers."""
-
-    isLeaf = True
-
-    def render_GET(self, request):
-        request.setHeader(b"content-type", b"application/json")
-        request.setHeader(b"cache-control", b"no-store")
-        return b'{"status":"live"}'
-
-
-class ReadyResource(Resource):
-    """``/ready``: 200 when ready to serve, 503 with the reasons otherwise."""
-
-    isLeaf = True
-
-    def __init__(self, check: Callable[[], list[str]]) -> None:
-        super().__init__()
-        self._check = check
-
-    def render_GET(self, request):
-        request.setHeader(b"content-type", b"application/json")
-        request.setHeader(b"cache-control", b"no-store")
-        problems = self._check()
-        if problems:
-            request.setResponseCode(503)
-            return orjson.dumps({"status": "not ready", "problems": problems})
-        return b'{"status":"ready"}'
