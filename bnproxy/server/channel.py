@@ -91,7 +91,10 @@ class HardenedChannel(http.HTTPChannel):
         # headers; the precise look (headers only, straddling reads) is taken
         # only when such bytes are there at all. line_mode is LineReceiver's:
         # 1 while a request line or headers are being read.
-        if (self._tail or b"\n " in data or b"\n\t" in data) and self.line_mode \
+        # (find, not ``in``: ``bytes in bytes`` formats and clears a TypeError
+        # first, ~1,800 instructions each time.)
+        if (self._tail or data.find(b"\n ") != -1 or data.find(b"\n\t") != -1) \
+                and self.line_mode \
                 and not self._handlingRequest and self._folded(data):
             return self.refuse(400, "obsolete line folding in a header")
         _base_data(self, data)
