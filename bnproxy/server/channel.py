@@ -25,6 +25,7 @@ from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
+from twisted.web.http_headers import Headers
 
 from bnproxy.binance.errors import error_body
 from bnproxy.config.model import ServerLimits
@@ -66,6 +67,7 @@ class StrictChunkedDecoder(http._ChunkedTransferDecoder):
 _base_data = http.HTTPChannel.dataReceived
 _base_header = http.HTTPChannel.headerReceived
 _base_all_headers = http.HTTPChannel.allHeadersReceived
+_base_write_headers = http.HTTPChannel.writeHeaders
 
 
 class HardenedChannel(http.HTTPChannel):
@@ -161,6 +163,22 @@ class HardenedChannel(http.HTTPChannel):
             self.refuse(413, f"request body over {self.limits.max_body} bytes")
             return False
         return True
+
+    # -- writing -----------------------------------------------------------------------
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes,  # noqa: N802
+                     headers: Any) -> None:
+        """As ``HTTPChannel.writeHeaders``, the same bytes handed to the
+        transport joined: one ``write`` where twisted.web's ``writeSequence``
+        checks every name, separator and value (four items a header) one by one."""
+        if not isinstance(headers, Headers):
+            return _base_write_headers(self, version, code, reason, headers)
+        lines = [version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                lines.extend((name, b": ", value, b"\r\n"))
+        lines.append(b"\r\n")
+        self.transport.write(b"".join(lines))
+        return None
 
     # -- the send deadline -------------------------------------------------------------
     def pauseProducing(self) -> None:  # noqa: N802

@@ -15,6 +15,7 @@ from twisted.web.resource import IResource, Resource
 from bnproxy.binance.endpoints import EndpointTable
 from bnproxy.binance.errors import ILLEGAL_CHARS, UNKNOWN
 from bnproxy.binance.markets import MARKET_NAMES, Market, implicit_market
+from bnproxy.chain.addresses import normalise
 from bnproxy.chain.messages import INTERNAL, ProxyRequest, ProxyResponse, local_error
 from bnproxy.server.clientaddr import ClientResolver
 
@@ -145,6 +146,10 @@ class ForwardingResource(Resource):
         # callable instance costs per call.
         self._resolve_client = (resolve_client.__call__
                                 if isinstance(resolve_client, ClientResolver) else resolve_client)
+        # With no trusted proxy the client is the peer, normalised: what the
+        # resolver returns, without its call (the same list: changes are seen).
+        self._trusted = resolve_client.trusted if isinstance(resolve_client, ClientResolver) \
+            else None
         self._routes: dict[tuple[bytes, bytes], tuple] = {}
 
     def _route(self, method_raw: bytes, raw_path: bytes) -> tuple | ProxyResponse:
@@ -201,9 +206,11 @@ class ForwardingResource(Resource):
         peer = getattr(request.getClientAddress(), "host", None) or "unix"
         content: Any = request.content
         content.seek(0)
+        trusted = self._trusted
+        client = normalise(peer) if trusted is not None and not trusted \
+            else self._resolve_client(peer, headers)
         proxy_request = ProxyRequest(method, market, binance_path, query, headers,
-                                     content.read(), self._resolve_client(peer, headers),
-                                     self._clock.seconds(), endpoint)
+                                     content.read(), client, self._clock.seconds(), endpoint)
         answer = self._handler(proxy_request)
         if isinstance(answer, ProxyResponse):  # answered at once: no Deferred made
             try:
