@@ -10,6 +10,10 @@ under callgrind: instructions per answer, deterministic (``--instructions``
 answers each; 0 skips).
 
     python cache_hit.py [--rounds 7] [--seconds 4] [--instructions 1000] [--path ...]
+
+The default path is a large body (klines, 16.7 kB); issue 13's small-body
+case is ``--path "/api/v3/ticker/24hr?symbol=BTCUSDT"`` (or
+``"/api/v3/depth?symbol=BTCUSDT&limit=5"``).
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ def main() -> None:
     parser.add_argument("--path", default="/api/v3/klines?symbol=BTCUSDT&interval=1h&limit=100")
     args = parser.parse_args()
     tmp = tempfile.mkdtemp()
-    cache = "cache:ttl.klines=3600"
+    # Every answer a hit (one miss to fill) for the large body (klines) and
+    # the small ones (``ticker/24hr?symbol=``, ``depth?limit=5``).
+    cache = "cache:ttl.klines=3600,ttl.ticker24hr=3600,ttl.depth=3600"
     chains = {
         # The default chain with the default access log: its own buffered
         # writer on standard output (here /dev/null), not twistd's log.

@@ -93,6 +93,7 @@ _NAMES: dict[bytes, bytes] = {}
 _SOURCE = _canonical(SOURCE_HEADER)
 _LENGTH = _canonical(b"content-length")
 _SOURCES: dict[str, bytes] = {}
+_CLEAN: set[bytes] = set()  # short header values known to hold no line break
 
 
 def write_response(request: server.Request, response: ProxyResponse) -> None:
@@ -104,12 +105,18 @@ def write_response(request: server.Request, response: ProxyResponse) -> None:
     # spelling, line breaks in a value folded to a space), without their
     # calls per header: this runs for every answer.
     raw = request.responseHeaders._rawHeaders
+    clean = _CLEAN
     for k, v in response.headers:
         name = _NAMES.get(k) or _canonical(k)
-        # (find, not ``in``: ``bytes in bytes`` first tries the needle as an
-        # int and formats a TypeError, ~1,800 instructions, every time)
-        if v.find(b"\n") != -1 or v.find(b"\r") != -1:
-            v = b" ".join(v.splitlines())
+        if v not in clean:  # a value seen before is known to hold no line break
+            # (find, not ``in``: ``bytes in bytes`` first tries the needle as
+            # an int and formats a TypeError, ~1,800 instructions, every time)
+            if v.find(b"\n") != -1 or v.find(b"\r") != -1:
+                v = b" ".join(v.splitlines())
+            elif len(v) <= 256:
+                if len(clean) >= ROUTES_REMEMBERED:
+                    clean.clear()
+                clean.add(v)
         values = raw.get(name)
         if values is None:
             raw[name] = [v]
