@@ -166,6 +166,7 @@ def main() -> None:
     if args.instructions:
         counts = results["instructions_per_answer"]
         results["instruction_ratio"] = round(counts["bare"] / counts["proxy"], 3)
+        results["instruction_ratio_net"] = round(counts["bare"] / counts["proxy_net"], 3)
     print(json.dumps(results, indent=2))
 
 
