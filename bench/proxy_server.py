@@ -14,7 +14,7 @@ from twisted.internet import reactor
 from twisted.web import server
 
 from bnproxy.config.model import ProxyConfig
-from bnproxy.server.forwarding import UnparsedRequest
+from bnproxy.server.site import UnparsedRequest
 from bnproxy.service import ProxyService
 
 port, mode, upstream, chain = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]

@@ -39,9 +39,11 @@ def as_deferred(result: object) -> Deferred:
 def then(answer: Answer, f: Callable[..., ProxyResponse], *args: object) -> Answer:
     """``f(response, *args)`` now for a plain answer, or when a Deferred one
     fires: what a ``plain_next`` middleware uses on what ``next`` returns."""
-    if isinstance(answer, Deferred):
-        return answer.addCallback(f, *args)
-    return f(answer, *args)
+    # A ProxyResponse first: isinstance of a Deferred (an ABC, Awaitable)
+    # goes through ABCMeta.__instancecheck__, slow for the common case.
+    if isinstance(answer, ProxyResponse) or not isinstance(answer, Deferred):
+        return f(answer, *args)
+    return answer.addCallback(f, *args)
 
 
 def _internal_error(name: str, request: ProxyRequest, failure: Failure) -> ProxyResponse:

@@ -45,7 +45,10 @@ class Allowlist:
         return decision
 
     def handle(self, request: ProxyRequest, next: Callable) -> Answer:
-        if self.admits(request.client) or request.header(INTERNAL) is not None:
+        admitted = self._decided.get(request.client)  # admits(), its memo inline
+        if admitted is None:
+            admitted = self.admits(request.client)
+        if admitted or request.header(INTERNAL) is not None:
             return next(request)
         self.denied += 1
         _log.warn("denied {client}: not in the allowlist", client=request.client)

@@ -25,6 +25,7 @@ from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
+from twisted.web.http_headers import Headers
 
 from bnproxy.binance.errors import error_body
 from bnproxy.config.model import ServerLimits
@@ -66,6 +67,7 @@ class StrictChunkedDecoder(http._ChunkedTransferDecoder):
 _base_data = http.HTTPChannel.dataReceived
 _base_header = http.HTTPChannel.headerReceived
 _base_all_headers = http.HTTPChannel.allHeadersReceived
+_base_write_headers = http.HTTPChannel.writeHeaders
 
 
 class HardenedChannel(http.HTTPChannel):
@@ -91,7 +93,10 @@ class HardenedChannel(http.HTTPChannel):
         # headers; the precise look (headers only, straddling reads) is taken
         # only when such bytes are there at all. line_mode is LineReceiver's:
         # 1 while a request line or headers are being read.
-        if (self._tail or b"\n " in data or b"\n\t" in data) and self.line_mode \
+        # (find, not ``in``: ``bytes in bytes`` formats and clears a TypeError
+        # first, ~1,800 instructions each time.)
+        if (self._tail or data.find(b"\n ") != -1 or data.find(b"\n\t") != -1) \
+                and self.line_mode \
                 and not self._handlingRequest and self._folded(data):
             return self.refuse(400, "obsolete line folding in a header")
         _base_data(self, data)
@@ -158,6 +163,22 @@ class HardenedChannel(http.HTTPChannel):
             self.refuse(413, f"request body over {self.limits.max_body} bytes")
             return False
         return True
+
+    # -- writing -----------------------------------------------------------------------
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes,
+                     headers: Any) -> None:
+        """As ``HTTPChannel.writeHeaders``, the same bytes handed to the
+        transport joined: one ``write`` where twisted.web's ``writeSequence``
+        checks every name, separator and value (four items a header) one by one."""
+        if not isinstance(headers, Headers):
+            return _base_write_headers(self, version, code, reason, headers)
+        lines = [version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                lines.extend((name, b": ", value, b"\r\n"))
+        lines.append(b"\r\n")
+        self.transport.write(b"".join(lines))
+        return None
 
     # -- the send deadline -------------------------------------------------------------
     def pauseProducing(self) -> None:

@@ -9,11 +9,13 @@ from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
+from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource, Resource
 
 from bnproxy.binance.endpoints import EndpointTable
 from bnproxy.binance.errors import ILLEGAL_CHARS, UNKNOWN
 from bnproxy.binance.markets import MARKET_NAMES, Market, implicit_market
+from bnproxy.chain.addresses import normalise
 from bnproxy.chain.messages import INTERNAL, ProxyRequest, ProxyResponse, local_error
 from bnproxy.server.clientaddr import ClientResolver
 
@@ -27,7 +29,7 @@ def split_target(uri: bytes) -> tuple[bytes, bytes]:
     """(raw path, raw query) of a request target. An absolute-form target
     (``http://elsewhere/path``) contributes only its path: the authority never
     steers the proxy."""
-    if uri[:1] == b"/" and b"#" not in uri:  # origin form, as bots send it
+    if uri[:1] == b"/" and uri.find(b"#") == -1:  # origin form, as bots send it
         path, _, query = uri.partition(b"?")
         return path, query
     lower = uri[:8].lower()
@@ -76,16 +78,55 @@ def resolve_market(path: str) -> tuple[str | None, str]:
     return implicit_market(path), path
 
 
+def _canonical(name: bytes) -> bytes:
+    """twisted.web's own spelling of a header name (``x-cache`` is
+    ``X-Cache``), as its ``Headers`` keys it; remembered."""
+    spelled = _NAMES.get(name)
+    if spelled is None:
+        spelled = next(iter(Headers({name: [b""]}).getAllRawHeaders()))[0]
+        if len(_NAMES) < ROUTES_REMEMBERED:
+            _NAMES[name] = spelled
+    return spelled
+
+
+_NAMES: dict[bytes, bytes] = {}
+_SOURCE = _canonical(SOURCE_HEADER)
+_LENGTH = _canonical(b"content-length")
+_SOURCES: dict[str, bytes] = {}
+_CLEAN: set[bytes] = set()  # short header values known to hold no line break
+
+
 def write_response(request: server.Request, response: ProxyResponse) -> None:
     """Send ``response`` to the bot, unless it has gone."""
     if request.finished or getattr(request, "_disconnected", False):
         return
     request.setResponseCode(response.status)
-    headers = request.responseHeaders
+    # What Headers.addRawHeader / setRawHeaders do (the name in twisted.web's
+    # spelling, line breaks in a value folded to a space), without their
+    # calls per header: this runs for every answer.
+    raw = request.responseHeaders._rawHeaders
+    clean = _CLEAN
     for k, v in response.headers:
-        headers.addRawHeader(k, v)
-    headers.setRawHeaders(SOURCE_HEADER, [response.source.encode("ascii")])
-    headers.setRawHeaders(b"content-length", [b"%d" % len(response.body)])
+        name = _NAMES.get(k) or _canonical(k)
+        if v not in clean:  # a value seen before is known to hold no line break
+            # (find, not ``in``: ``bytes in bytes`` first tries the needle as
+            # an int and formats a TypeError, ~1,800 instructions, every time)
+            if v.find(b"\n") != -1 or v.find(b"\r") != -1:
+                v = b" ".join(v.splitlines())
+            elif len(v) <= 256:
+                if len(clean) >= ROUTES_REMEMBERED:
+                    clean.clear()
+                clean.add(v)
+        values = raw.get(name)
+        if values is None:
+            raw[name] = [v]
+        else:
+            values.append(v)
+    source = _SOURCES.get(response.source)
+    if source is None:
+        source = _SOURCES.setdefault(response.source, response.source.encode("ascii"))
+    raw[_SOURCE] = [source]
+    raw[_LENGTH] = [b"%d" % len(response.body)]
     if request.method != b"HEAD":
         request.write(response.body)
     request.finish()
@@ -108,7 +149,14 @@ class ForwardingResource(Resource):
         self._markets = markets
         self._endpoints = endpoints
         self._clock = clock
-        self._resolve_client = resolve_client
+        # A bound method is called without the lookup of ``__call__`` a
+        # callable instance costs per call.
+        self._resolve_client = (resolve_client.__call__
+                                if isinstance(resolve_client, ClientResolver) else resolve_client)
+        # With no trusted proxy the client is the peer, normalised: what the
+        # resolver returns, without its call (the same list: changes are seen).
+        self._trusted = resolve_client.trusted if isinstance(resolve_client, ClientResolver) \
+            else None
         self._routes: dict[tuple[bytes, bytes], tuple] = {}
 
     def _route(self, method_raw: bytes, raw_path: bytes) -> tuple | ProxyResponse:
@@ -139,27 +187,43 @@ class ForwardingResource(Resource):
         return route
 
     def render(self, request: server.Request):
+        # The common case inline (one call each less per answer): an
+        # origin-form target, a route seen before.
         request.defaultContentType = None
-        raw_path, query = split_target(request.uri)
-        route = self._route(request.method, raw_path)
+        uri = request.uri
+        if uri[:1] == b"/" and uri.find(b"#") == -1:
+            raw_path, _, query = uri.partition(b"?")
+        else:
+            raw_path, query = split_target(uri)
+        route = self._routes.get((request.method, raw_path)) or \
+            self._route(request.method, raw_path)
         if isinstance(route, ProxyResponse):
             if self._answered is not None:
                 self._answered(None, route)  # counted as unrouted
             write_response(request, route)
             return server.NOT_DONE_YET
         method, market, binance_path, endpoint = route
-        headers = tuple([(lower, v) for k, vs in request.requestHeaders.getAllRawHeaders()
-                         if (lower := k.lower()) != INTERNAL for v in vs])
+        pairs = []
+        for k, vs in request.requestHeaders.getAllRawHeaders():
+            lower = k.lower()
+            if lower != INTERNAL:
+                for v in vs:
+                    pairs.append((lower, v))
+        headers = tuple(pairs)
         peer = getattr(request.getClientAddress(), "host", None) or "unix"
         content: Any = request.content
         content.seek(0)
+        trusted = self._trusted
+        client = normalise(peer) if trusted is not None and not trusted \
+            else self._resolve_client(peer, headers)
         proxy_request = ProxyRequest(method, market, binance_path, query, headers,
-                                     content.read(), self._resolve_client(peer, headers),
-                                     self._clock.seconds(), endpoint)
+                                     content.read(), client, self._clock.seconds(), endpoint)
         answer = self._handler(proxy_request)
         if isinstance(answer, ProxyResponse):  # answered at once: no Deferred made
             try:
-                self._write(request, proxy_request, answer)
+                if self._answered is not None:
+                    self._answered(proxy_request, answer)
+                write_response(request, answer)
             except Exception:
                 self._failed(Failure(), request, binance_path)
             return server.NOT_DONE_YET
@@ -211,6 +275,16 @@ class RootResource(Resource):
     def __init__(self, forward: IResource) -> None:
         super().__init__()
         self._forward = forward
+
+    def getChildWithDefault(self, path: bytes, request: server.Request) -> IResource:
+        """As ``Resource.getChildWithDefault`` (an admin child by name, else
+        ``getChild``), with ``getChild``'s work inline: once per request."""
+        child = self.children.get(path)
+        if child is not None:
+            return child
+        request.prepath.pop()  # type: ignore[union-attr]  # lists while traversing
+        request.postpath.insert(0, path)  # type: ignore[union-attr]
+        return self._forward
 
     def getChild(self, path: bytes, request: server.Request) -> IResource:
         request.prepath.pop()  # type: ignore[union-attr]  # lists while traversing

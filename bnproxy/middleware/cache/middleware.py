@@ -8,7 +8,6 @@ coalesces or serves a stored answer to a request with any private marker.
 from __future__ import annotations
 
 import gzip
-import math
 from collections import defaultdict
 from collections.abc import Callable
 from functools import lru_cache
@@ -36,12 +35,8 @@ KEY_HEADERS = frozenset((*PRIVATE_HEADERS, *VARYING_HEADERS))
 DEFAULT_TTL = {"depth": 1.0, "bookTicker": 1.0, "price": 1.0, "ticker24hr": 2.0,
                "klines": 2.0, "exchangeInfo": 60.0, "public": 1.0}
 GZIP_MIN = 256
+ACCEPT_ENCODING = b"accept-encoding"
 _DETAIL = {b"HIT": "HIT", b"STALE": "STALE"}
-
-
-def _accepts_gzip(request: ProxyRequest) -> bool:
-    value = request.header(b"accept-encoding")
-    return bool(value) and _gzip_acceptable(value)
 
 
 @lru_cache(maxsize=256)  # bots send a handful of distinct values
@@ -85,10 +80,19 @@ class Cache:
     def _key(self, request: ProxyRequest) -> tuple | None:
         """``cache_key``, memoised on everything it reads: the raw request
         line parts and the headers that matter (privacy or variation)."""
+        return self._keyed(request)[0]
+
+    def _keyed(self, request: ProxyRequest) -> tuple[tuple | None, bytes | None]:
+        """(``_key``, the first Accept-Encoding value): one pass over the headers."""
+        accept = None
         if request.body or request.method != "GET":
-            return None
-        marked = [(k, v if k in VARYING_HEADERS else b"")
-                  for k, v in request.headers if k in KEY_HEADERS]
+            return None, accept
+        marked = []
+        for k, v in request.headers:
+            if k in KEY_HEADERS:
+                marked.append((k, v if k in VARYING_HEADERS else b""))
+            elif k == ACCEPT_ENCODING and accept is None:
+                accept = v
         memo = (request.market, request.path, request.query, *marked)
         key = self._keys.get(memo)
         if key is None:
@@ -97,10 +101,10 @@ class Cache:
                 if len(self._keys) > 100_000:
                     self._keys.clear()
                 self._keys[memo] = key
-        return key
+        return key, accept
 
     def handle(self, request: ProxyRequest, next: Callable) -> Answer:
-        key = self._key(request)
+        key, accept = self._keyed(request)
         endpoint = request.path
         if key is None:
             self.stats.count("bypassed", endpoint)
@@ -109,8 +113,9 @@ class Cache:
         entry = self._store.get(key)
         if entry is not None and now - entry.stored < entry.ttl:
             self._store.move_to_end(key)
-            self.stats.count("hits", endpoint)
-            return self._served(entry, request, b"HIT", now)
+            self.stats.counts["hits"] += 1  # stats.count, inline
+            self.stats.per_endpoint[endpoint]["hits"] += 1
+            return self._served(entry, accept, b"HIT", now)
         waiters = self._inflight.get(key)
         if waiters is not None:
             self.stats.count("coalesced", endpoint)
@@ -125,19 +130,28 @@ class Cache:
         fetch.addBoth(self._filled, key, request, followers, own)
         return own
 
-    def _served(self, entry: Entry, request: ProxyRequest, status: bytes,
+    def _served(self, entry: Entry, accept: bytes | None, status: bytes,
                 now: float) -> ProxyResponse:
+        """The answer from ``entry``; ``accept``: the request's Accept-Encoding."""
         response = entry.response
-        age = (b"age", str(max(0, math.floor(now - entry.stored))).encode())
+        age = int(now - entry.stored) if now > entry.stored else 0  # floor
         body = response.body
-        if len(body) >= GZIP_MIN and _accepts_gzip(request):
+        gzipped = len(body) >= GZIP_MIN and bool(accept) and _gzip_acceptable(accept)
+        served_as = (status, gzipped, age)
+        if entry.served_as == served_as:  # the same answer as the last hit's
+            return entry.served  # type: ignore[return-value]
+        # (%d of an int: of a float, bytes formatting raises and clears a TypeError first)
+        age_header = (b"age", b"%d" % age)
+        if gzipped:
             if entry.gzipped is None:
                 entry.gzipped = gzip.compress(body, 6)
             body = entry.gzipped
-            headers = (*entry.gzip_headers, age, (b"x-cache", status))
+            headers = (*entry.gzip_headers, age_header, (b"x-cache", status))
         else:
-            headers = (*entry.plain_headers, age, (b"x-cache", status))
-        return ProxyResponse(response.status, headers, body, "cache", _DETAIL[status])
+            headers = (*entry.plain_headers, age_header, (b"x-cache", status))
+        served = ProxyResponse(response.status, headers, body, "cache", _DETAIL[status])
+        entry.served_as, entry.served = served_as, served
+        return served
 
     @staticmethod
     def _mark(response: ProxyResponse, status: bytes) -> ProxyResponse:
@@ -159,7 +173,7 @@ class Cache:
             self.stats.count("stale", request.path)
             for d in [own, *followers]:
                 if not d.called:
-                    d.callback(self._served(stale, request, b"STALE", now))
+                    d.callback(self._served(stale, request.header(ACCEPT_ENCODING), b"STALE", now))
             return None
         # cache_key() only admits requests whose endpoint has a cache class
         cache_class = request.endpoint.cache_class if request.endpoint else None

@@ -21,6 +21,10 @@ class Entry:
     gzipped: bytes | None = None
     plain_headers: tuple = ()
     gzip_headers: tuple = ()
+    # The last answer served from this entry, by (status, gzipped, age): hits
+    # within the same second get the same (immutable) value.
+    served_as: tuple | None = None
+    served: ProxyResponse | None = None
 
     def __attrs_post_init__(self) -> None:
         headers = self.response.headers
