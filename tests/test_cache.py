@@ -239,3 +239,25 @@ def test_valid_percent_encoding_and_utf8_are_still_cached():
     h.request("GET", "/api/v3/ticker/price?symbol=%E4%B8%ADUSDT")
     again = h.request("GET", "/api/v3/ticker/price?symbol=%E4%B8%ADUSDT")
     assert again.header(b"x-cache") == b"HIT" and len(h.upstream.seen) == 1
+
+
+# -- found in review ---------------------------------------------------------------------
+
+def test_invented_paths_do_not_grow_the_cache_statistics():
+    h = cached()
+    for i in range(300):
+        h.request("GET", f"/api/v3/nosuch{i}")
+    stats = h.request("GET", "/cache/stats").json()
+    assert set(stats["endpoints"]) == {"other"}
+    assert stats["endpoints"]["other"]["bypassed"] == 300
+
+
+@pytest.mark.parametrize("value", [b"gzip;q=high", b"gzip;q=0.5;x=1", b"gzip;q="])
+def test_a_malformed_accept_encoding_is_answered_plain(value):
+    h = cached()
+    h.request("GET", "/api/v3/depth?symbol=BTCUSDT&limit=5")
+    hit = h.request("GET", "/api/v3/depth?symbol=BTCUSDT&limit=5",
+                    headers={b"Accept-Encoding": value})
+    assert hit.status == 200 and hit.header(b"x-cache") == b"HIT"
+    assert hit.header(b"content-encoding") is None
+    json.loads(hit.body)

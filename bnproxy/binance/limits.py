@@ -26,12 +26,16 @@ SAPI_IP_LIMIT = 12_000
 SAPI_UID_LIMIT = 180_000
 SAPI_IP_WEIGHT_HEADER = b"x-sapi-used-ip-weight-1m"
 SAPI_UID_WEIGHT_HEADER = b"x-sapi-used-uid-weight-1m"
+# Every header that reports the IP's (or account's) use right now: a stored
+# answer replayed later must not carry one (it would be stale).
+USAGE_HEADER_PREFIXES = (b"x-mbx-used-weight", b"x-sapi-used-")
 
 # Ban signals. 429: a limit was crossed (that pool); 418: the IP is banned
 # (the whole host). Both carry Retry-After in seconds; the body of a 418 says
 # "IP banned until <epoch ms>". Repeat bans grow from 2 minutes to 3 days.
 RATE_LIMITED = 429
 IP_BANNED = 418
+BAN_STATUSES = (RATE_LIMITED, IP_BANNED)
 FIRST_IP_BAN = 120.0
 LONGEST_BAN = 3 * 86_400.0
 BANNED_UNTIL = re.compile(rb"banned until (\d+)")

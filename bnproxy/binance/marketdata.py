@@ -93,3 +93,8 @@ def depth_snapshot_limit(endpoint: Endpoint, allowed: tuple[int, ...] | None, la
         else:
             hi = mid - 1
     return lo
+
+
+# Request headers that change the format of Binance's answer (the time unit
+# of timestamps, SBE instead of JSON): part of a cached answer's key.
+VARYING_HEADERS = (b"x-mbx-time-unit", b"x-mbx-sbe", b"accept")

@@ -4,11 +4,14 @@ retried, logged in full, or shown to another client."""
 from __future__ import annotations
 
 import re
-from urllib.parse import parse_qsl
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, quote
 
-from bnproxy.chain.messages import ProxyRequest
+if TYPE_CHECKING:
+    from bnproxy.chain.messages import ProxyRequest
 
-PRIVATE_HEADERS = (b"x-mbx-apikey", b"authorization", b"cookie")
+API_KEY_HEADER = b"x-mbx-apikey"
+PRIVATE_HEADERS = (API_KEY_HEADER, b"authorization", b"cookie")
 PRIVATE_PARAMS = frozenset({"signature", "timestamp", "recvwindow", "listenkey", "apikey"})
 SECRET_PARAMS = frozenset({"signature", "listenkey", "apikey"})
 
@@ -39,3 +42,34 @@ def is_private(request: ProxyRequest) -> bool:
     if any(k in PRIVATE_HEADERS for k, _ in request.headers):
         return True
     return _has_private_param(request.query) or _has_private_param(request.body)
+
+
+# -- redaction, for anything shown to people (the access log, the dashboard) -----------------
+
+REDACTED = "[redacted]"
+_SECRET_NAME = re.compile(b"|".join(re.escape(n.encode()) for n in SECRET_PARAMS), re.IGNORECASE)
+_plain_queries: dict[bytes, str] = {}  # raw query -> itself as text, when it hides no secret
+_REMEMBERED = 1024
+
+
+def redact_query(request: ProxyRequest) -> str:
+    """The query as sent, unless it names a secret parameter (``signature``,
+    ``listenKey``, ``apiKey``): then rebuilt with those values replaced by
+    ``[redacted]``."""
+    raw = request.query
+    if not raw:
+        return ""
+    text = _plain_queries.get(raw)
+    if text is not None:  # a query seen before (a cache hit's) is not searched again
+        return text
+    if raw.find(b"%") == -1 and _SECRET_NAME.search(raw) is None:  # no secret can hide in it
+        if len(_plain_queries) >= _REMEMBERED:
+            _plain_queries.clear()
+        text = _plain_queries[raw] = raw.decode("latin-1")
+        return text
+    pairs = request.param_list
+    if not any(k.lower() in SECRET_PARAMS for k, _ in pairs):
+        return request.query.decode("latin-1")
+    return "&".join(f"{quote(k, safe='')}="
+                    f"{REDACTED if k.lower() in SECRET_PARAMS else quote(v, safe=',[]')}"
+                    for k, v in pairs)

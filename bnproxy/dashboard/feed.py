@@ -71,9 +71,10 @@ from twisted.internet import task
 from twisted.logger import Logger
 
 from bnproxy import __version__
+from bnproxy.binance.limits import BAN_STATUSES
+from bnproxy.binance.privacy import redact_query
 from bnproxy.chain.interfaces import IHealthReporter, IWeightGovernor
 from bnproxy.chain.messages import ProxyRequest, ProxyResponse
-from bnproxy.middleware.logger import redact_query
 
 _log = Logger(namespace="bnproxy.dashboard")
 
@@ -333,7 +334,7 @@ class DashboardFeed(Service):
         new = min(self._errors_added - self._causes_scanned, len(self._raw_errors))
         self._causes_scanned = self._errors_added
         for _t, request, response in list(self._raw_errors)[len(self._raw_errors) - new:]:
-            if response.status in (418, 429) and response.source == "upstream":
+            if response.status in BAN_STATUSES and response.source == "upstream":
                 self._ban_causes[request.market] = (
                     response.status, f"Binance answered {response.status}: {_msg(response)}")
 

@@ -21,51 +21,27 @@ import re
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote
 
 import orjson
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from bnproxy.binance.privacy import SECRET_PARAMS
+from bnproxy.binance.privacy import API_KEY_HEADER, REDACTED, redact_query
 from bnproxy.chain.compose import Answer
 from bnproxy.chain.interfaces import IAccessLog, IMiddleware
+from bnproxy.chain.labels import CLIENT_HEADER as _CLIENT_HEADER
 from bnproxy.chain.messages import ProxyRequest, ProxyResponse
 from bnproxy.chain.options import Option
 
-REDACTED = "[redacted]"
-_SECRET_BYTES = tuple(name.encode() for name in SECRET_PARAMS)
-CLIENT_HEADER = b"x-bnproxy-client"
-_APIKEY = b"x-mbx-apikey"
+__all__ = ["REDACTED", "AccessLogger", "build_logger", "redact_query", "safe_name"]
+
+CLIENT_HEADER = _CLIENT_HEADER.lower().encode()
+_APIKEY = API_KEY_HEADER
 _USER_AGENT = b"user-agent"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._:@+=~-]")
 _REMEMBERED = 1024  # bot names and products kept formatted
 
 
-_SECRET_NAME = re.compile(b"|".join(re.escape(n) for n in _SECRET_BYTES), re.IGNORECASE)
-_plain_queries: dict[bytes, str] = {}  # raw query -> itself as text, when it hides no secret
-
-
-def redact_query(request: ProxyRequest) -> str:
-    """The query as sent, unless it names a secret parameter: then rebuilt
-    with those values replaced."""
-    raw = request.query
-    if not raw:
-        return ""
-    text = _plain_queries.get(raw)
-    if text is not None:  # a query seen before (a cache hit's) is not searched again
-        return text
-    if b"%" not in raw and _SECRET_NAME.search(raw) is None:  # no secret can hide in it
-        if len(_plain_queries) >= _REMEMBERED:
-            _plain_queries.clear()
-        text = _plain_queries[raw] = raw.decode("latin-1")
-        return text
-    pairs = request.param_list
-    if not any(k.lower() in SECRET_PARAMS for k, _ in pairs):
-        return request.query.decode("latin-1")
-    return "&".join(f"{quote(k, safe='')}="
-                    f"{REDACTED if k.lower() in SECRET_PARAMS else quote(v, safe=',[]')}"
-                    for k, v in pairs)
 
 
 def safe_name(raw: bytes, limit: int = 64) -> str:
@@ -158,7 +134,7 @@ class AccessLogger:
             self._second = second
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
         us = max(0, int((now - request.arrival) * 1_000_000))
-        query = _plain_queries.get(request.query) or redact_query(request)
+        query = redact_query(request)
         if key_raw is None:
             # What repeats (a cache hit's request and answer) is formatted
             # once; never a keyed request's (no key is kept, even here).

@@ -7,11 +7,9 @@ from urllib.parse import unquote_to_bytes
 
 import orjson
 
+from bnproxy.binance.marketdata import VARYING_HEADERS
 from bnproxy.binance.privacy import is_private
 from bnproxy.chain.messages import ProxyRequest
-
-# Request headers that change Binance's answer.
-VARYING_HEADERS = (b"x-mbx-time-unit", b"x-mbx-sbe", b"accept")
 
 _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 

@@ -19,13 +19,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from bnproxy.binance.limits import BAN_STATUSES
+from bnproxy.binance.marketdata import VARYING_HEADERS
 from bnproxy.binance.privacy import PRIVATE_HEADERS
 from bnproxy.chain.compose import Answer, as_deferred, then
 from bnproxy.chain.interfaces import IHealthReporter, IMetricsSource, IMiddleware
 from bnproxy.chain.messages import ProxyRequest, ProxyResponse
 from bnproxy.chain.options import Option
 from bnproxy.middleware.cache.admin import CacheAdmin
-from bnproxy.middleware.cache.key import VARYING_HEADERS, cache_key
+from bnproxy.middleware.cache.key import cache_key
 from bnproxy.middleware.cache.store import Entry, Store, storable, stored_copy
 
 _log = Logger(namespace="bnproxy.cache")
@@ -45,7 +47,12 @@ def _gzip_acceptable(value: bytes) -> bool:
         name, _, params = item.strip().partition(b";")
         if name.strip() in (b"gzip", b"*"):
             q = params.strip()
-            return not (q.startswith(b"q=") and float(q[2:] or b"0") == 0)
+            if not q.startswith(b"q="):
+                return True
+            try:
+                return float(q[2:] or b"0") != 0
+            except ValueError:  # a q-value that is not a number: take it as not accepted
+                return False
     return False
 
 
@@ -105,7 +112,8 @@ class Cache:
 
     def handle(self, request: ProxyRequest, next: Callable) -> Answer:
         key, accept = self._keyed(request)
-        endpoint = request.path
+        # counted per documented endpoint: bots may invent any number of paths
+        endpoint = request.endpoint.path if request.endpoint is not None else "other"
         if key is None:
             self.stats.count("bypassed", endpoint)
             return then(next(request), self._mark, b"BYPASS")
@@ -168,9 +176,9 @@ class Cache:
             return None
         response = result
         stale = self._store.get(key)
-        if (response.status >= 500 or response.status in (418, 429)) and \
+        if (response.status >= 500 or response.status in BAN_STATUSES) and \
                 stale is not None and now - stale.stored <= self._stale:
-            self.stats.count("stale", request.path)
+            self.stats.count("stale", request.endpoint.path if request.endpoint else "other")
             for d in [own, *followers]:
                 if not d.called:
                     d.callback(self._served(stale, request.header(ACCEPT_ENCODING), b"STALE", now))

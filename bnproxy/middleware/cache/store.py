@@ -8,6 +8,7 @@ from collections import OrderedDict
 
 import attrs
 
+from bnproxy.binance.limits import USAGE_HEADER_PREFIXES
 from bnproxy.chain.messages import ProxyResponse, header_value, without_headers
 
 
@@ -49,7 +50,7 @@ def storable(response: ProxyResponse) -> bool:
 
 def stored_copy(response: ProxyResponse) -> ProxyResponse:
     headers = tuple((k, v) for k, v in response.headers
-                    if k != b"set-cookie" and not k.startswith(b"x-mbx-used-weight"))
+                    if k != b"set-cookie" and not k.startswith(USAGE_HEADER_PREFIXES))
     return attrs.evolve(response, headers=headers, weight=0)
 
 

@@ -11,6 +11,7 @@ import attrs
 import orjson
 from twisted.internet.defer import Deferred, succeed
 
+from bnproxy.binance.limits import USAGE_HEADER_PREFIXES
 from bnproxy.binance.marketdata import EXCHANGE_INFO, rest_path
 from bnproxy.chain.compose import Answer, then
 from bnproxy.chain.messages import ProxyRequest, ProxyResponse
@@ -21,7 +22,7 @@ InfoKey = tuple[str, str, bytes]  # (market, path, query)
 
 def _held(response: ProxyResponse) -> ProxyResponse:
     return attrs.evolve(response, weight=0, headers=tuple(
-        (k, v) for k, v in response.headers if not k.startswith(b"x-mbx-used-weight")))
+        (k, v) for k, v in response.headers if not k.startswith(USAGE_HEADER_PREFIXES)))
 
 
 class ExchangeInfoResponder:
