@@ -77,6 +77,7 @@ async def run_fleet(redis_server, during=None):
 
 
 @pytest.mark.integration
+@pytest.mark.e2e  # real Redis and several real proxy processes, minutes of the budget
 @pytest_twisted.ensureDeferred
 async def test_three_instances_one_address_never_a_429(redis_server):
     statuses, rejected, used, _ = await run_fleet(redis_server)
@@ -87,6 +88,7 @@ async def test_three_instances_one_address_never_a_429(redis_server):
 
 
 @pytest.mark.integration
+@pytest.mark.e2e  # real Redis and several real proxy processes, minutes of the budget
 @pytest_twisted.ensureDeferred
 async def test_redis_stopped_during_the_load_still_no_429(redis_server):
     def stop_redis(instances):

@@ -98,6 +98,7 @@ async def inside_one_minute() -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.e2e  # real Redis and several real proxy processes, minutes of the budget
 @pytest_twisted.ensureDeferred
 async def test_a_418_through_one_instance_silences_every_instance(tmp_path, redis_server,
                                                                  exchange):
@@ -121,6 +122,7 @@ async def test_a_418_through_one_instance_silences_every_instance(tmp_path, redi
 
 
 @pytest.mark.integration
+@pytest.mark.e2e  # real Redis and several real proxy processes, minutes of the budget
 @pytest_twisted.ensureDeferred
 async def test_three_instances_twenty_bots_never_pass_the_budget(tmp_path, redis_server,
                                                                  exchange):
@@ -159,6 +161,7 @@ async def test_three_instances_twenty_bots_never_pass_the_budget(tmp_path, redis
 
 
 @pytest.mark.integration
+@pytest.mark.e2e  # real Redis and several real proxy processes, minutes of the budget
 @pytest_twisted.ensureDeferred
 async def test_two_workers_answer_and_share_one_budget(tmp_path, redis_server, exchange):
     fleet = Fleet(tmp_path, redis_server.url, exchange.rest("spot"))
@@ -224,6 +227,7 @@ async def until_ready(ports, status: str, timeout: float = 15.0) -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.e2e  # real Redis and several real proxy processes, minutes of the budget
 @pytest_twisted.ensureDeferred
 async def test_redis_stopped_under_load_costs_no_429_and_recovers(tmp_path, redis_server,
                                                                    exchange):
@@ -265,6 +269,7 @@ EGRESSES = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 
 
 @pytest.mark.integration
+@pytest.mark.e2e  # real Redis and several real proxy processes, minutes of the budget
 @pytest_twisted.ensureDeferred
 async def test_three_egress_addresses_give_three_budgets(tmp_path, redis_server, exchange):
     fleet = Fleet(tmp_path, redis_server.url, exchange.rest("spot"))
@@ -291,6 +296,7 @@ async def test_three_egress_addresses_give_three_budgets(tmp_path, redis_server,
 
 
 @pytest.mark.integration
+@pytest.mark.e2e  # real Redis and several real proxy processes, minutes of the budget
 @pytest_twisted.ensureDeferred
 async def test_a_ban_on_one_egress_moves_its_traffic_to_the_others(tmp_path, redis_server,
                                                                    exchange):

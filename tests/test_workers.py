@@ -34,6 +34,7 @@ def get(port: int, path: str, timeout: float = 10) -> bytes:
 
 
 @pytest.mark.integration
+@pytest.mark.e2e  # real Redis and several real proxy processes, minutes of the budget
 def test_two_workers_answer_on_one_port_and_drain():
     proc = subprocess.Popen([sys.executable, APP, "2"], stdout=subprocess.PIPE,
                             env={**os.environ, "PYTHONPATH": os.getcwd()})
