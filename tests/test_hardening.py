@@ -188,29 +188,23 @@ def test_a_request_split_across_reads_is_fine():
     assert b"200 OK" in transport.value()
 
 
-@pytest.mark.parametrize("extension", [b';name="unterminated', b';a="x\\"', b";=v", b";a=",
-                                       b';a="ok" junk'])
-def test_a_malformed_chunk_extension_is_refused(extension):
+@pytest.mark.parametrize("extension,accepted", [
+    (b';name="unterminated', False), (b';a="x\\"', False), (b";=v", False), (b";a=", False),
+    (b';a="ok" junk', False),
+    (b"", True), (b";a", True), (b';a="q;x"', True), (b';a = b ; c="d e"', True)])
+def test_chunk_extensions_must_follow_the_grammar(extension, accepted):
     h = harness()
     protocol, transport = connect(h)
     protocol.dataReceived(b"POST /api/v3/order HTTP/1.1\r\nHost: x\r\n"
                           b"Transfer-Encoding: chunked\r\n\r\n4" + extension + b"\r\nabcd\r\n"
                           b"0\r\n\r\n")
     h.flush()
-    assert status_of(transport) == 400
-    assert h.upstream.seen == []
-
-
-@pytest.mark.parametrize("extension", [b"", b";a", b';a="q;x"', b';a = b ; c="d e"'])
-def test_well_formed_chunk_extensions_pass(extension):
-    h = harness()
-    protocol, transport = connect(h)
-    protocol.dataReceived(b"POST /api/v3/order HTTP/1.1\r\nHost: x\r\n"
-                          b"Transfer-Encoding: chunked\r\n\r\n4" + extension + b"\r\nabcd\r\n"
-                          b"0\r\n\r\n")
-    h.flush()
-    assert status_of(transport) == 200
-    assert h.upstream.seen[0].body == b"abcd"
+    if accepted:
+        assert status_of(transport) == 200
+        assert h.upstream.seen[0].body == b"abcd"
+    else:
+        assert status_of(transport) == 400
+        assert h.upstream.seen == []
 
 
 @pytest.mark.parametrize("target", [
