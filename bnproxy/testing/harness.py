@@ -206,13 +206,16 @@ class Harness:
         return urlsplit(seen.uri.decode()).path
 
 
-def raw_exchange(harness: Harness, data: bytes, peer: str = "127.0.0.1") -> bytes:
-    """Feed raw bytes to the proxy's HTTP server; return what it wrote back."""
+def raw_exchange(harness: Harness, data: bytes, peer: Any = "127.0.0.1") -> bytes:
+    """Feed raw bytes to the proxy's HTTP server; return what it wrote back.
+    ``peer``: an IPv4 address's text, or an ``IAddress`` (a
+    ``UNIXAddress`` for a bot on a unix socket)."""
     from twisted.internet.address import IPv4Address
     from twisted.internet.testing import StringTransport
 
-    protocol = harness.service.site.buildProtocol(IPv4Address("TCP", peer, 40000))
-    transport = StringTransport(peerAddress=IPv4Address("TCP", peer, 40000))
+    address = IPv4Address("TCP", peer, 40000) if isinstance(peer, str) else peer
+    protocol = harness.service.site.buildProtocol(address)
+    transport = StringTransport(peerAddress=address)
     protocol.makeConnection(transport)
     protocol.dataReceived(data)
     harness.flush()
