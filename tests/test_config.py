@@ -115,3 +115,86 @@ def test_environment_errors_name_the_variable():
 def test_a_missing_file_is_one_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="No such file"):
         config(["--config", str(tmp_path / "nope.toml")])
+
+
+# -- --middleware adds to the chain; --middleware-chain replaces it ----------------------------
+
+DEFAULT_NAMES = ["logger", "allowlist", "streams", "cache", "ratelimit"]
+
+
+def names(c):
+    return [name for name, _ in c.middleware]
+
+
+def test_the_readme_plugin_example_keeps_the_allowlist_and_the_rate_limiter():
+    """README: ``twistd -n bnproxy --middleware stamp:value=xyz`` adds the
+    stamp; it used to replace the whole chain (no allowlist, no budget)."""
+    c = config(["--middleware", "stamp:value=xyz"])
+    assert names(c) == ["logger", "allowlist", "stamp", "streams", "cache", "ratelimit"]
+    assert dict(c.middleware)["stamp"] == {"value": "xyz"}
+
+
+def test_the_readme_environment_example_sets_the_cache_and_drops_nothing():
+    c = config([], {"BNPROXY_MIDDLEWARE": "logger allowlist cache:ttl.depth=0.5"})
+    assert names(c) == DEFAULT_NAMES
+    assert dict(c.middleware)["cache"] == {"ttl.depth": "0.5"}
+    # the README's example now: a setting and a removal, the rest kept
+    c = config([], {"BNPROXY_MIDDLEWARE": "cache:ttl.depth=0.5 -streams"})
+    assert names(c) == ["logger", "allowlist", "cache", "ratelimit"]
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    assert 'BNPROXY_MIDDLEWARE="cache:ttl.depth=0.5 -streams"' in readme
+
+
+def test_a_middleware_is_removed_only_by_name():
+    c = config(["--middleware", "-ratelimit", "--middleware", "-streams"])
+    assert names(c) == ["logger", "allowlist", "cache"]
+    c = config([], {"BNPROXY_MIDDLEWARE": "-allowlist stamp"})
+    assert names(c) == ["logger", "stamp", "streams", "cache", "ratelimit"]
+    with pytest.raises(ConfigError, match="'nope' is not in the chain"):
+        config(["--middleware", "-nope"])
+    with pytest.raises(SystemExit, match="a removal takes no settings"):
+        config(["--middleware", "-cache:max_bytes=1"])
+
+
+def test_the_whole_chain_is_given_with_middleware_chain(tmp_path):
+    assert names(config(["--middleware-chain", "logger cache"])) == ["logger", "cache"]
+    assert names(config(["--middleware-chain", "cache", "--middleware-chain", "ratelimit",
+                         "--middleware", "stamp"])) == ["stamp", "cache", "ratelimit"]
+    c = config([], {"BNPROXY_MIDDLEWARE_CHAIN": "allowlist cache:max_bytes=5",
+                    "BNPROXY_MIDDLEWARE": "logger"})
+    assert c.middleware == (("allowlist", {}), ("logger", {}), ("cache", {"max_bytes": "5"}))
+    path = write(tmp_path, 'chain = ["cache", "ratelimit"]\n')
+    assert names(config(["--config", path, "--middleware", "stamp"])) == [
+        "stamp", "cache", "ratelimit"]
+    with pytest.raises(SystemExit, match="middleware-chain names a middleware twice"):
+        config(["--middleware-chain", "cache cache"])
+
+
+def test_a_chain_without_its_guards_warns_at_start_and_in_health(tmp_path):
+    from twisted.internet import task
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    from bnproxy.service import ProxyService
+
+    def start(args):
+        import attrs
+        c = attrs.evolve(config([*args, "--state-dir", str(tmp_path)]), listen=(),
+                         middleware=tuple((n, s) for n, s in config(args).middleware
+                                          if n != "streams"))
+        seen = []
+        globalLogPublisher.addObserver(seen.append)
+        try:
+            service = ProxyService(task.Clock(), c)
+        finally:
+            globalLogPublisher.removeObserver(seen.append)
+        warnings = [formatEvent(e) for e in seen if "middleware chain has" in formatEvent(e)]
+        return service.health.document()["middleware"]["guards"], warnings
+
+    guards, warnings = start([])
+    assert guards == {"missing": []} and not warnings
+    guards, warnings = start(["--middleware", "-ratelimit"])
+    assert guards["missing"] == ["ratelimit"] and "weight limits" in guards["warning"]
+    assert len(warnings) == 1 and "no ratelimit" in warnings[0]
+    guards, warnings = start(["--middleware-chain", "logger cache"])
+    assert guards["missing"] == ["allowlist", "ratelimit"]
+    assert "every address" in warnings[0]

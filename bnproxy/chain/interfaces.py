@@ -112,6 +112,16 @@ class IReadinessCheck(Interface):
         not here."""
 
 
+class IAdmission(Interface):
+    """Decides which clients may use the proxy at all (the ``allowlist``
+    middleware). A chain without a provider is open to every address that
+    reaches the port: start-up warns and ``/health`` says so."""
+
+    def admits(client):
+        """Whether ``client`` (a normalised address, or ``"unix"`` for a
+        unix-socket peer) may send requests through the proxy."""
+
+
 class IWeightGovernor(Interface):
     """The fleet's request-weight budget, per (egress address, weight pool).
 

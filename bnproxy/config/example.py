@@ -92,9 +92,9 @@ def render(factories: Mapping[str, Any] | None = None) -> str:
             tables.setdefault(table, [f"[{table}]"]).extend(_setting_lines(setting, key))
         else:
             top += [*_setting_lines(setting, setting.toml), ""]
-    top += ["# The middleware chain, in order. Third-party plugins go here too; each has a",
-            "# [middleware.NAME] table below (`twistd bnproxy --help-middleware NAME`).",
-            f"chain = {toml_value(list(DEFAULT_CHAIN))}", ""]
+        if setting.toml == "chain":  # each middleware's settings: a table below
+            top[-1:] = ["# Each middleware has a [middleware.NAME] table below "
+                        "(`twistd bnproxy --help-middleware NAME`).", ""]
     body = [*top]
     for lines in tables.values():
         body += [*lines, ""]

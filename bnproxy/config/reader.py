@@ -104,11 +104,14 @@ class SettingsReader:
 
 
 def parse_middleware_spec(spec: str) -> tuple[str, dict[str, str]]:
-    """``NAME[:key=value,key=value]`` → (name, settings)."""
+    """``NAME[:key=value,key=value]`` → (name, settings); ``-NAME`` (a
+    removal from the chain) → (``-NAME``, {})."""
     name, _, rest = spec.partition(":")
     name = name.strip()
-    if not name:
+    if not name.lstrip("-"):
         raise ConfigError(f"--middleware {spec!r}: no middleware name")
+    if name.startswith("-") and rest:
+        raise ConfigError(f"--middleware {spec!r}: a removal takes no settings")
     settings: dict[str, str] = {}
     if rest:
         for item in rest.split(","):

@@ -18,6 +18,7 @@ import attrs
 
 from bnproxy.binance.markets import MARKET_NAMES, check_base_url
 from bnproxy.config.model import DEFAULT_CHAIN, ProxyConfig, ServerLimits
+from bnproxy.config.reader import ConfigError, parse_middleware_spec
 
 _SERVER = ServerLimits()
 _MODEL = ProxyConfig()
@@ -127,6 +128,20 @@ def _shared_state(value: Any) -> str:
     return text
 
 
+def _chain(value: Any) -> tuple[str, ...]:
+    specs = tuple(spec for item in _strings(value) for spec in item.split())
+    for spec in specs:
+        try:
+            name, _ = parse_middleware_spec(spec)
+        except ConfigError as e:
+            raise SettingError(str(e).partition(": ")[2]) from None
+        if name.startswith("-"):
+            raise SettingError(f"{spec!r}: the chain lists middlewares to run, not removals")
+    if len({parse_middleware_spec(s)[0] for s in specs}) != len(specs):
+        raise SettingError("names a middleware twice")
+    return specs
+
+
 def _choice(*choices: str) -> Callable[[Any], str]:
     def coerce(value: Any) -> str:
         text = _text(value)
@@ -192,8 +207,13 @@ SETTINGS: tuple[Setting, ...] = (
        "Start an in-process fake exchange and use it as every market's upstream "
        "(try bnproxy offline).", "simulated_exchange", "simulated_exchange", flag=True),
     _s("middleware", _strings, (),
-       "NAME[:key=value,...]: a middleware, in chain order (repeatable; replaces the "
-       "default chain).", None, None, repeatable=True, metavar="SPEC"),
+       "NAME[:key=value,...]: set a middleware's settings, adding it to the chain (after the "
+       "allowlist) when it is not there yet; -NAME removes one (repeatable).", None, None,
+       repeatable=True, metavar="SPEC"),
+    _s("middleware-chain", _chain, DEFAULT_CHAIN,
+       "The whole middleware chain, in order (NAME[:key=value,...] each; repeatable or "
+       "space-separated): replaces the default chain.", None, "chain", repeatable=True,
+       metavar="NAMES"),
     _s("trusted-proxy", _strings, (),
        "CIDR of a proxy in front of bnproxy whose forwarding header is believed (repeatable).",
        "trusted_proxies", "trusted_proxies", repeatable=True, metavar="CIDR"),
@@ -273,7 +293,7 @@ BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 BY_ENV: dict[str, Setting] = {s.env: s for s in SETTINGS}
 BY_TOML: dict[str, Setting] = {s.toml: s for s in SETTINGS if s.toml}
 # The file's own keys beside the settings: the chain and the middleware tables.
-FILE_KEYS = ("chain", "middleware")
+FILE_KEYS = ("middleware",)
 
 
 def tables() -> list[str]:

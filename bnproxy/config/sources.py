@@ -10,12 +10,12 @@ from __future__ import annotations
 import difflib
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
 
-from bnproxy.config.model import DEFAULT_CHAIN, ProxyConfig, ServerLimits
+from bnproxy.config.model import ProxyConfig, ServerLimits
 from bnproxy.config.reader import ConfigError, parse_middleware_spec
 from bnproxy.config.schema import (
     BY_ENV,
@@ -85,7 +85,6 @@ def from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
 @attrs.frozen
 class FileSettings:
     values: dict[str, Any]
-    chain: tuple[str, ...] | None
     middleware: dict[str, dict[str, Any]]
 
 
@@ -115,7 +114,6 @@ def _toml_type_ok(setting: Setting, value: Any) -> str | None:
 def parse(data: Mapping[str, Any], path: str = "config") -> FileSettings:
     source = f"config {path}"
     values: dict[str, Any] = {}
-    chain: tuple[str, ...] | None = None
     middleware: dict[str, dict[str, Any]] = {}
 
     def fail(key: str, reason: str) -> ConfigError:
@@ -145,10 +143,6 @@ def parse(data: Mapping[str, Any], path: str = "config") -> FileSettings:
                 if f"{key}.{sub}" not in BY_TOML:
                     raise fail(f"{key}.{sub}", "unknown setting")
                 setting_value(f"{key}.{sub}", v)
-        elif key == "chain":
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise fail(key, "expected a list of middleware names")
-            chain = tuple(value)
         elif key == "middleware":
             if not isinstance(value, Mapping) or not all(isinstance(v, Mapping)
                                                          for v in value.values()):
@@ -158,7 +152,7 @@ def parse(data: Mapping[str, Any], path: str = "config") -> FileSettings:
             close = difflib.get_close_matches(
                 key, [*[k.split(".")[0] for k in BY_TOML], *FILE_KEYS], n=1, cutoff=0.75)
             raise fail(key, "unknown setting" + (f" (did you mean {close[0]}?)" if close else ""))
-    return FileSettings(values, chain, middleware)
+    return FileSettings(values, middleware)
 
 
 # -- resolving ---------------------------------------------------------------------------------
@@ -168,7 +162,7 @@ def resolve(cli: Mapping[str, Any], environ: Mapping[str, str]) -> ProxyConfig:
     checked), the environment and the file; precedence in that order."""
     env = from_environment(environ)
     path = cli.get("config") or env.get("config")
-    file = load(path) if path else FileSettings({}, None, {})
+    file = load(path) if path else FileSettings({}, {})
 
     def pick(name: str) -> Any:
         for given in (cli, env, file.values):
@@ -184,10 +178,9 @@ def resolve(cli: Mapping[str, Any], environ: Mapping[str, str]) -> ProxyConfig:
     if simulated and (upstreams or testnet):
         raise ConfigError("--simulated-exchange replaces --upstream and --testnet")
 
-    if "middleware" in cli or "middleware" in env:
-        specs = list(cli.get("middleware") or env["middleware"])
-    else:
-        specs = [(name, {}) for name in (file.chain or DEFAULT_CHAIN)]
+    specs = [parse_middleware_spec(spec) for spec in pick("middleware-chain")]
+    edits = cli["middleware"] if "middleware" in cli else env.get("middleware", ())
+    specs = edit_chain(specs, edits)
     chain = tuple((name, {**file.middleware.get(name, {}), **inline}) for name, inline in specs)
     if pick("discard-ban-state"):  # a shortcut for the governor's own setting
         chain = tuple((name, {**settings, "discard_ban_state": True} if name == "ratelimit"
@@ -209,6 +202,37 @@ def resolve(cli: Mapping[str, Any], environ: Mapping[str, str]) -> ProxyConfig:
             top[setting.attr] = value
     return ProxyConfig(listen=tuple(listen), middleware=chain, server=ServerLimits(**server),
                        **top)
+
+
+# Where --middleware adds a middleware the chain does not have: after these
+# (so it sees only admitted requests, and every answer the chain makes).
+_ADD_AFTER = ("logger", "allowlist")
+
+
+def edit_chain(chain: list[tuple[str, dict[str, Any]]],
+               edits: Sequence[tuple[str, Mapping[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """The chain after ``--middleware`` edits, in order: ``-NAME`` removes
+    NAME; ``NAME[:settings]`` sets the settings of a middleware in the chain,
+    or adds it after the logger and the allowlist (the allowlist and the rate
+    limiter stay unless removed by name, or the whole chain is given with
+    ``--middleware-chain``)."""
+    out = [(name, dict(settings)) for name, settings in chain]
+    at = max((i + 1 for i, (name, _) in enumerate(out) if name in _ADD_AFTER), default=0)
+    for name, settings in edits:
+        names = [n for n, _ in out]
+        if name.startswith("-"):
+            if name[1:] not in names:
+                raise ConfigError(f"--middleware {name}: {name[1:]!r} is not in the chain "
+                                  f"({' '.join(names) or 'empty'})")
+            i = names.index(name[1:])
+            del out[i]
+            at -= i < at
+        elif name in names:
+            out[names.index(name)][1].update(settings)
+        else:
+            out.insert(at, (name, dict(settings)))
+            at += 1
+    return out
 
 
 def _check_endpoints(listen: list[str]) -> None:
