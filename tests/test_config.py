@@ -198,3 +198,42 @@ def test_a_chain_without_its_guards_warns_at_start_and_in_health(tmp_path):
     guards, warnings = start(["--middleware-chain", "logger cache"])
     assert guards["missing"] == ["allowlist", "ratelimit"]
     assert "every address" in warnings[0]
+
+
+@pytest.mark.parametrize("option,refused,accepted", [
+    ("--response-timeout", "1e308", "3600"),
+    ("--connect-timeout", "3601", "0.5"),
+    ("--body-timeout", "inf", "30"),
+    ("--header-timeout", "86400", "60"),
+    ("--client-body-timeout", "0", "60"),
+    ("--keepalive-timeout", "1e9", "75"),
+    ("--send-timeout", "-1", "60"),
+    ("--drain-timeout", "-0.5", "0"),
+    ("--drain-timeout", "1e300", "30"),
+    ("--metrics-clients", "1000000000000", "10000"),
+    ("--metrics-clients", "1e12", "64"),
+    ("--max-body", str(2**40), str(2**20)),
+    ("--max-headers", "1000000", "100"),
+    ("--max-header-bytes", str(2**30), "32768"),
+    ("--max-connections-per-client", "10000000", "256"),
+    ("--shared-state-deadline", "5", "0.1"),
+    ("--shared-state-min-instances", "0", "3"),
+    ("--workers", "65", "2"),
+])
+def test_every_number_has_sensible_bounds(option, refused, accepted):
+    with pytest.raises(SystemExit) as e:
+        config([option, refused])
+    assert option in str(e.value) and "\n" not in str(e.value)
+    config([option, accepted])
+
+
+def test_every_numeric_setting_has_an_upper_bound():
+    """A number without a ceiling let --response-timeout 1e308 through."""
+    from bnproxy.config.schema import SETTINGS, SettingError
+
+    numeric = [s for s in SETTINGS if isinstance(s.default, (int, float))
+               and not isinstance(s.default, bool)]
+    assert len(numeric) >= 15
+    for setting in numeric:
+        with pytest.raises(SettingError):
+            setting.coerce("1e300" if isinstance(setting.default, float) else str(10**20))

@@ -10,6 +10,7 @@ environment and the TOML reader (``bnproxy.config.sources``), the model
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -38,7 +39,8 @@ def endpoint_description(value: str) -> str:
 # Each coerces a raw value (a string from argv or the environment, or a TOML
 # value) to the model's type, or raises SettingError.
 
-def _number(integer: bool, above: float | None, at_most: float | None) -> Callable[[Any], Any]:
+def _number(integer: bool, above: float | None = None, at_most: float | None = None,
+            at_least: float | None = None) -> Callable[[Any], Any]:
     def coerce(value: Any) -> float | int:
         if isinstance(value, bool):
             raise SettingError(f"expected a number, got {value!r}")
@@ -51,6 +53,8 @@ def _number(integer: bool, above: float | None, at_most: float | None) -> Callab
             raise SettingError(f"expects a finite number, got {value!r}")
         if above is not None and not number > above:
             raise SettingError(f"must be greater than {above:g}, got {value!r}")
+        if at_least is not None and number < at_least:
+            raise SettingError(f"must be at least {at_least:g}, got {value!r}")
         if at_most is not None and number > at_most:
             raise SettingError(f"must be at most {at_most:g}, got {value!r}")
         return number
@@ -116,16 +120,50 @@ def _markets(schemes: tuple[str, ...]) -> Callable[[Any], dict[str, str]]:
     return coerce
 
 
+#: Redis's own range for a database number (its ``databases`` setting is at
+#: most INT_MAX).
+_REDIS_DB_MAX = 2**31 - 2
+
+
 def _shared_state(value: Any) -> str:
     text = _text(value).strip()
     if text in ("", "none"):
         return ""
+    from urllib.parse import urlsplit
+
     from bnproxy.cluster.url import RedisURLError, parse_redis_url
     try:
-        parse_redis_url(text)
+        url = parse_redis_url(text)
     except RedisURLError as e:
         raise SettingError(str(e)) from None
+    if urlsplit(text).port == 0:  # (parse_redis_url reads 0 as "no port": 6379)
+        raise SettingError("the shared-state URL's port must be from 1 to 65535, not 0")
+    if url.db > _REDIS_DB_MAX:
+        raise SettingError(f"the shared-state URL's database must be from 0 to "
+                           f"{_REDIS_DB_MAX}, not {url.db}")
     return text
+
+
+def _egress(value: Any) -> tuple[str, ...]:
+    """Source addresses: each an IP address of its own (not the unspecified
+    ``0.0.0.0``/``::``, which is every address and so no budget's owner),
+    each once. Whether this host owns them is checked at start-up."""
+    out: list[str] = []
+    for item in _strings(value):
+        try:
+            ip = ipaddress.ip_address(item.strip().strip("[]"))
+        except ValueError:
+            raise SettingError(f"{item!r} is not an IP address") from None
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if ip.is_unspecified or ip.is_multicast:
+            kind = "the unspecified address" if ip.is_unspecified else "a multicast address"
+            raise SettingError(f"{item} is {kind}, not one source address of this host "
+                               "(name each address requests leave from)")
+        if str(ip) in out:
+            raise SettingError(f"{ip} is given twice (each address has one budget)")
+        out.append(str(ip))
+    return tuple(out)
 
 
 def _chain(value: Any) -> tuple[str, ...]:
@@ -180,7 +218,10 @@ def _s(name: str, coerce: Callable[[Any], Any], default: Any, help: str, attr: s
     return Setting(name, coerce, default, help, attr, toml, **kw)
 
 
-_POSITIVE = _number(False, 0, None)
+_HOUR = 3600.0
+#: Every deadline: more than 0 and at most an hour (a longer wait is a
+#: mistake, and 1e308 overflowed the reactor's timers).
+_SECONDS = _number(False, 0, _HOUR)
 
 SETTINGS: tuple[Setting, ...] = (
     _s("config", _text, None, "A TOML configuration file (see bnproxy.example.toml).", None, None,
@@ -235,37 +276,37 @@ SETTINGS: tuple[Setting, ...] = (
     _s("access-log", _text, "-",
        "Where access lines go: - (standard output), none, or a file (reopened on SIGUSR1).",
        "access_log", "access_log", metavar="TARGET"),
-    _s("metrics-clients", _number(True, 0, None), 64,
+    _s("metrics-clients", _number(True, 0, 10_000), 64,
        "Distinct clients named on /metrics and in /health's tables; the rest are 'other'.",
        "metrics_clients", "metrics_clients"),
-    _s("connect-timeout", _POSITIVE, 5.0, "Upstream connect deadline, seconds.",
+    _s("connect-timeout", _SECONDS, 5.0, "Upstream connect deadline, seconds.",
        "connect_timeout", "timeouts.connect"),
-    _s("response-timeout", _POSITIVE, 10.0, "Deadline for upstream response headers, seconds.",
+    _s("response-timeout", _SECONDS, 10.0, "Deadline for upstream response headers, seconds.",
        "response_timeout", "timeouts.response"),
-    _s("body-timeout", _POSITIVE, 30.0, "Deadline for a whole upstream response body, seconds.",
+    _s("body-timeout", _SECONDS, 30.0, "Deadline for a whole upstream response body, seconds.",
        "body_timeout", "timeouts.body"),
-    _s("header-timeout", _POSITIVE, _SERVER.header_timeout,
+    _s("header-timeout", _SECONDS, _SERVER.header_timeout,
        "Absolute deadline for a bot's request line and headers, seconds (slowloris).",
        "server.header_timeout", "server.header_timeout"),
-    _s("client-body-timeout", _POSITIVE, _SERVER.body_timeout,
+    _s("client-body-timeout", _SECONDS, _SERVER.body_timeout,
        "Absolute deadline for a bot's request body, seconds.", "server.body_timeout",
        "server.body_timeout"),
-    _s("max-body", _number(True, 0, None), _SERVER.max_body,
+    _s("max-body", _number(True, 0, 2**30), _SERVER.max_body,
        "Largest request body accepted, bytes (413 beyond).", "server.max_body",
        "server.max_body"),
-    _s("max-headers", _number(True, 0, None), _SERVER.max_headers,
+    _s("max-headers", _number(True, 0, 10_000), _SERVER.max_headers,
        "Most request headers accepted (400 beyond).", "server.max_headers",
        "server.max_headers"),
-    _s("max-header-bytes", _number(True, 0, None), _SERVER.max_header_bytes,
+    _s("max-header-bytes", _number(True, 0, 16 * 2**20), _SERVER.max_header_bytes,
        "Largest request line plus headers, bytes (400 beyond).", "server.max_header_bytes",
        "server.max_header_bytes"),
-    _s("max-connections-per-client", _number(True, 0, None),
+    _s("max-connections-per-client", _number(True, 0, 1_000_000),
        _SERVER.max_connections_per_client, "Open connections allowed per client address.",
        "server.max_connections_per_client", "server.max_connections_per_client"),
-    _s("keepalive-timeout", _POSITIVE, _SERVER.keepalive_timeout,
+    _s("keepalive-timeout", _SECONDS, _SERVER.keepalive_timeout,
        "Idle keep-alive connections close after this, seconds.", "server.keepalive_timeout",
        "server.keepalive_timeout"),
-    _s("send-timeout", _POSITIVE, _SERVER.send_timeout,
+    _s("send-timeout", _SECONDS, _SERVER.send_timeout,
        "A bot that stops reading is cut off after this, seconds.", "server.send_timeout",
        "server.send_timeout"),
     _s("shared-state", _shared_state, "",
@@ -275,16 +316,16 @@ SETTINGS: tuple[Setting, ...] = (
     _s("shared-state-deadline", _number(False, 0, 1), 0.05,
        "Longest a budget call waits on the shared state before deciding locally, seconds.",
        "shared_state_deadline", "shared_state_deadline"),
-    _s("shared-state-min-instances", _number(True, 0, None), 1,
+    _s("shared-state-min-instances", _number(True, 0, 256), 1,
        "While the shared state is away, divide each budget by at least this many instances.",
        "shared_state_min_instances", "shared_state_min_instances"),
-    _s("egress", _strings, (),
+    _s("egress", _egress, (),
        "A source address of this host requests leave from (repeatable; each has its own "
        "budget and bans).", "egress", "egress", repeatable=True, metavar="ADDRESS"),
     _s("workers", _number(True, 0, 64), 1,
        "Processes serving the listening socket (more than 1 needs --shared-state).",
        "workers", "workers", metavar="N"),
-    _s("drain-timeout", _number(False, -1, None), _SERVER.drain_timeout,
+    _s("drain-timeout", _number(False, at_least=0, at_most=_HOUR), _SERVER.drain_timeout,
        "On SIGTERM, in-flight requests get this long to finish, seconds.",
        "server.drain_timeout", "server.drain_timeout"),
 )
