@@ -237,3 +237,50 @@ def test_every_numeric_setting_has_an_upper_bound():
     for setting in numeric:
         with pytest.raises(SettingError):
             setting.coerce("1e300" if isinstance(setting.default, float) else str(10**20))
+
+
+def test_each_default_is_declared_once_in_the_schema():
+    """The model takes every setting's default from the schema: a literal
+    default in config/model.py (a second declaration, which drifts) fails
+    here, and so does a model default different from the schema's."""
+    import ast
+    import inspect
+
+    import attrs
+
+    from bnproxy.config import model
+    from bnproxy.config.schema import BY_ATTR, DEFAULT_CHAIN, DEFAULT_LISTEN
+    from bnproxy.testing.harness import DEFAULT
+
+    tree = ast.parse(inspect.getsource(model))
+    module_names = {t.id: node.value for node in tree.body if isinstance(node, ast.AnnAssign)
+                    and isinstance(t := node.target, ast.Name) and node.value is not None}
+    own = {"ProxyConfig.max_connections_per_host", "ProxyConfig.middleware",
+           "ProxyConfig.server"}
+    checked = 0
+    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+        prefix = "server." if cls.name == "ServerLimits" else ""
+        for field in (n for n in cls.body if isinstance(n, ast.AnnAssign)):
+            name = f"{cls.name}.{field.target.id}"
+            value = field.value
+            if isinstance(value, ast.Name) and value.id in module_names:
+                value = module_names[value.id]
+            calls = [n for n in ast.walk(value) if isinstance(n, ast.Call)
+                     and isinstance(n.func, ast.Name) and n.func.id == "default"]
+            names = {id(a) for c in calls for a in c.args}
+            literals = [n for n in ast.walk(value) if isinstance(n, ast.Constant)
+                        and id(n) not in names]
+            if name in own or ast.unparse(field.value) == "DEFAULT_LISTEN":
+                continue
+            assert calls and not literals, f"{name} declares its default again: " \
+                f"{ast.unparse(field.value)} (use default({prefix + field.target.id!r}))"
+            checked += 1
+    assert checked >= 25
+    for attr, setting in BY_ATTR.items():
+        holder = model.ProxyConfig()
+        for part in attr.split("."):
+            holder = getattr(holder, part)
+        assert holder == setting.default or dict(holder) == setting.default, attr
+    assert model.ProxyConfig().listen == DEFAULT_LISTEN
+    assert [n for n, _ in model.ProxyConfig().middleware] == list(DEFAULT_CHAIN) == list(DEFAULT)
+    assert attrs.fields(model.ServerLimits)  # (nested settings are covered above)

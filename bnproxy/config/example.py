@@ -9,8 +9,7 @@ import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bnproxy.config.model import DEFAULT_CHAIN
-from bnproxy.config.schema import SETTINGS, Setting
+from bnproxy.config.schema import DEFAULT_CHAIN, SETTINGS, Setting
 
 HEADER = """\
 # bnproxy configuration: every setting, with its default.

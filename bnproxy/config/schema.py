@@ -18,11 +18,10 @@ from typing import Any
 import attrs
 
 from bnproxy.binance.markets import MARKET_NAMES, check_base_url
-from bnproxy.config.model import DEFAULT_CHAIN, ProxyConfig, ServerLimits
 from bnproxy.config.reader import ConfigError, parse_middleware_spec
 
-_SERVER = ServerLimits()
-_MODEL = ProxyConfig()
+#: The default chain, in order. Built-in middlewares register as plugins.
+DEFAULT_CHAIN: tuple[str, ...] = ("logger", "allowlist", "streams", "cache", "ratelimit")
 
 
 class SettingError(ValueError):
@@ -261,7 +260,7 @@ SETTINGS: tuple[Setting, ...] = (
     _s("forwarded-header", _choice("x-forwarded-for", "forwarded"), "x-forwarded-for",
        "Header read from trusted proxies: x-forwarded-for or forwarded.", "forwarded_header",
        "forwarded_header"),
-    _s("admin-allow", _strings, _MODEL.admin_allow,
+    _s("admin-allow", _strings, ("127.0.0.0/8", "::1/128"),
        "CIDR admitted to admin resources (/health, /metrics, /cache, /dashboard); "
        "repeatable.", "admin_allow", "admin_allow", repeatable=True, metavar="CIDR"),
     _s("state-dir", _text, ".", "Directory for state files (the ban state); must be writable.",
@@ -285,28 +284,30 @@ SETTINGS: tuple[Setting, ...] = (
        "response_timeout", "timeouts.response"),
     _s("body-timeout", _SECONDS, 30.0, "Deadline for a whole upstream response body, seconds.",
        "body_timeout", "timeouts.body"),
-    _s("header-timeout", _SECONDS, _SERVER.header_timeout,
+    _s("header-timeout", _SECONDS, 60.0,
        "Absolute deadline for a bot's request line and headers, seconds (slowloris).",
        "server.header_timeout", "server.header_timeout"),
-    _s("client-body-timeout", _SECONDS, _SERVER.body_timeout,
+    _s("client-body-timeout", _SECONDS, 60.0,
        "Absolute deadline for a bot's request body, seconds.", "server.body_timeout",
        "server.body_timeout"),
-    _s("max-body", _number(True, 0, 2**30), _SERVER.max_body,
+    # The server limits' defaults are nginx's: client_max_body_size 1m,
+    # large_client_header_buffers 4 8k, keepalive_timeout 75 s.
+    _s("max-body", _number(True, 0, 2**30), 1024 * 1024,
        "Largest request body accepted, bytes (413 beyond).", "server.max_body",
        "server.max_body"),
-    _s("max-headers", _number(True, 0, 10_000), _SERVER.max_headers,
+    _s("max-headers", _number(True, 0, 10_000), 100,
        "Most request headers accepted (400 beyond).", "server.max_headers",
        "server.max_headers"),
-    _s("max-header-bytes", _number(True, 0, 16 * 2**20), _SERVER.max_header_bytes,
+    _s("max-header-bytes", _number(True, 0, 16 * 2**20), 32 * 1024,
        "Largest request line plus headers, bytes (400 beyond).", "server.max_header_bytes",
        "server.max_header_bytes"),
     _s("max-connections-per-client", _number(True, 0, 1_000_000),
-       _SERVER.max_connections_per_client, "Open connections allowed per client address.",
+       256, "Open connections allowed per client address.",
        "server.max_connections_per_client", "server.max_connections_per_client"),
-    _s("keepalive-timeout", _SECONDS, _SERVER.keepalive_timeout,
+    _s("keepalive-timeout", _SECONDS, 75.0,
        "Idle keep-alive connections close after this, seconds.", "server.keepalive_timeout",
        "server.keepalive_timeout"),
-    _s("send-timeout", _SECONDS, _SERVER.send_timeout,
+    _s("send-timeout", _SECONDS, 60.0,
        "A bot that stops reading is cut off after this, seconds.", "server.send_timeout",
        "server.send_timeout"),
     _s("shared-state", _shared_state, "",
@@ -325,7 +326,7 @@ SETTINGS: tuple[Setting, ...] = (
     _s("workers", _number(True, 0, 64), 1,
        "Processes serving the listening socket (more than 1 needs --shared-state).",
        "workers", "workers", metavar="N"),
-    _s("drain-timeout", _number(False, at_least=0, at_most=_HOUR), _SERVER.drain_timeout,
+    _s("drain-timeout", _number(False, at_least=0, at_most=_HOUR), 30.0,
        "On SIGTERM, in-flight requests get this long to finish, seconds.",
        "server.drain_timeout", "server.drain_timeout"),
 )
@@ -342,5 +343,17 @@ def tables() -> list[str]:
     return sorted({key.split(".")[0] for key in BY_TOML if "." in key})
 
 
+BY_ATTR: dict[str, Setting] = {s.attr: s for s in SETTINGS if s.attr}
+#: Where the proxy listens when neither --port nor --listen is given.
+DEFAULT_LISTEN: tuple[str, ...] = (endpoint_description(BY_NAME["port"].default),)
+
+
 def default_chain() -> Sequence[str]:
     return DEFAULT_CHAIN
+
+
+def default(attr: str) -> Any:
+    """The default of the setting that fills ``ProxyConfig.<attr>``
+    (``server.max_body`` for a nested one): what the model declares its
+    fields with, so that each default is written once, here."""
+    return BY_ATTR[attr].default

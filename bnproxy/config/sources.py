@@ -21,6 +21,7 @@ from bnproxy.config.schema import (
     BY_ENV,
     BY_NAME,
     BY_TOML,
+    DEFAULT_LISTEN,
     FILE_KEYS,
     SETTINGS,
     Setting,
@@ -171,7 +172,7 @@ def resolve(cli: Mapping[str, Any], environ: Mapping[str, str]) -> ProxyConfig:
         return BY_NAME[name].default
 
     listen = [*((pick("port"),) if any("port" in g for g in (cli, env, file.values)) else ()),
-              *pick("listen")] or ["tcp:8080"]
+              *pick("listen")] or list(DEFAULT_LISTEN)
     _check_endpoints(listen)
 
     simulated, testnet, upstreams = pick("simulated-exchange"), pick("testnet"), pick("upstream")

@@ -32,6 +32,7 @@ from zope.interface import implementer
 
 from bnproxy.binance.markets import MARKET_NAMES
 from bnproxy.config.model import ProxyConfig
+from bnproxy.config.schema import DEFAULT_CHAIN
 from bnproxy.service import ProxyService
 from bnproxy.upstream.client import BytesProducer
 
@@ -45,8 +46,10 @@ API_KEY = b"test-key-abcdef"
 #: Where the harness points every market: never resolved, never contacted.
 UPSTREAM_HOSTS = {m: f"http://{m}.upstream.test" for m in MARKET_NAMES}
 
-#: The built-in chain in its default order.
-DEFAULT = ("logger", "allowlist", "cache", "ratelimit")
+#: The built-in chain in its default order (the proxy's own default: streams
+#: included; a harness whose markets have no websocket upstream leaves it out
+#: with ``chain(*(n for n in DEFAULT if n != "streams"))``).
+DEFAULT = DEFAULT_CHAIN
 
 
 @attrs.define
