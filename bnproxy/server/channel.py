@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.http_headers import Headers
 
-from bnproxy.binance.errors import error_body
+from bnproxy.binance.errors import UNKNOWN, UNREAD_PARAMETERS, error_body
 from bnproxy.config.model import ServerLimits
 
 _log = Logger(namespace="bnproxy.server")
@@ -37,7 +37,7 @@ REASONS = {400: b"Bad Request", 408: b"Request Timeout", 413: b"Payload Too Larg
 
 
 def error_bytes(status: int, msg: str) -> bytes:
-    body = error_body(-1000 if status != 413 else -1104, f"bnproxy: {msg}")
+    body = error_body(UNKNOWN if status != 413 else UNREAD_PARAMETERS, f"bnproxy: {msg}")
     return (b"HTTP/1.1 %d %s\r\nContent-Type: application/json;charset=UTF-8\r\n"
             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
             % (status, REASONS[status], len(body), body))

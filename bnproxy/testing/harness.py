@@ -30,6 +30,7 @@ from twisted.web.iweb import IAgent
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
+from bnproxy.binance.limits import USED_WEIGHT_HEADER
 from bnproxy.binance.markets import MARKET_NAMES
 from bnproxy.config.model import ProxyConfig
 from bnproxy.config.schema import DEFAULT_CHAIN
@@ -108,7 +109,7 @@ class RecordingUpstream(Resource):
         if self.respond is not None:
             return self.respond(request, seen)
         request.setHeader(b"content-type", b"application/json")
-        request.setHeader(b"x-mbx-used-weight-1m", b"7")
+        request.setHeader(USED_WEIGHT_HEADER, b"7")
         return json.dumps({"uri": seen.uri.decode(), "method": seen.method}).encode()
 
 
