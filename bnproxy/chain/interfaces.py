@@ -126,9 +126,9 @@ class IWeightGovernor(Interface):
     """The fleet's request-weight budget, per (egress address, weight pool).
 
     Provided by the ``ratelimit`` middleware (in-process, or backed by shared
-    state). Other middlewares find it with ``context.lookup("ratelimit")`` and
-    ``IWeightGovernor.providedBy`` and use it to size or defer their own
-    requests (snapshots, backfills, refreshes).
+    state). Other middlewares find it with ``context.find(IWeightGovernor)``
+    (when handling: it may be built after them) and use it to size or defer
+    their own requests (snapshots, backfills, refreshes).
     """
 
     def pool_of(request):

@@ -11,6 +11,7 @@ from zope.interface import implementer
 from bnproxy.binance.errors import UNAUTHORIZED
 from bnproxy.chain.addresses import Network, in_networks, parse_networks
 from bnproxy.chain.compose import Answer
+from bnproxy.chain.context import MiddlewareContext
 from bnproxy.chain.interfaces import IAdmission, IHealthReporter, IMiddleware
 from bnproxy.chain.messages import INTERNAL, ProxyRequest, local_error
 from bnproxy.chain.options import ConfigError, Option
@@ -66,7 +67,8 @@ OPTIONS = (
 )
 
 
-def build_allowlist(name: str, settings: dict[str, Any], context: Any) -> Allowlist:
+def build_allowlist(name: str, settings: dict[str, Any],
+                    context: MiddlewareContext) -> Allowlist:
     try:
         networks = parse_networks(settings["allow"])
     except ValueError as e:
