@@ -156,6 +156,10 @@ def parse(data: Mapping[str, Any], path: str = "config") -> FileSettings:
     return FileSettings(values, middleware)
 
 
+#: What endpoint parsing is given instead of a reactor (never called).
+_NOT_A_REACTOR: Any = object()
+
+
 # -- resolving ---------------------------------------------------------------------------------
 
 def resolve(cli: Mapping[str, Any], environ: Mapping[str, str]) -> ProxyConfig:
@@ -237,11 +241,13 @@ def edit_chain(chain: list[tuple[str, dict[str, Any]]],
 
 
 def _check_endpoints(listen: list[str]) -> None:
-    from twisted.internet import reactor  # the entry point may touch it
+    """Each endpoint string parses. Parsing only stores the reactor (nothing
+    listens yet), so none is given: reading the configuration must not
+    install the global reactor."""
     from twisted.internet.endpoints import serverFromString
 
     for description in listen:
         try:
-            serverFromString(reactor, description)
-        except (ValueError, KeyError, IndexError, TypeError) as e:
+            serverFromString(_NOT_A_REACTOR, description)
+        except (ValueError, KeyError, IndexError, TypeError, OSError) as e:
             raise ConfigError(f"bad listen endpoint {description!r}: {e}") from None

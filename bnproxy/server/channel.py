@@ -29,6 +29,7 @@ from twisted.web.http_headers import Headers
 
 from bnproxy.binance.errors import UNKNOWN, UNREAD_PARAMETERS, error_body
 from bnproxy.config.model import ServerLimits
+from bnproxy.twistedcompat import ChunkedTransferDecoder, MalformedChunkedDataError
 
 _log = Logger(namespace="bnproxy.server")
 
@@ -50,7 +51,7 @@ _CHUNK_EXT = re.compile(rb"(?:[ \t]*;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:" 
                         + rb"|" + _QUOTED + rb"))?)*[ \t]*")
 
 
-class StrictChunkedDecoder(http._ChunkedTransferDecoder):
+class StrictChunkedDecoder(ChunkedTransferDecoder):
     """twisted.web's chunked decoder, refusing chunk extensions that do not
     parse (it only checks their characters)."""
 
@@ -59,7 +60,7 @@ class StrictChunkedDecoder(http._ChunkedTransferDecoder):
         if eol != -1:
             semi = self._buffer.find(b";", 0, eol)
             if semi != -1 and not _CHUNK_EXT.fullmatch(bytes(self._buffer[semi:eol])):
-                raise http._MalformedChunkedDataError("malformed chunk extension")
+                raise MalformedChunkedDataError("malformed chunk extension")
         return super()._dataReceived_CHUNK_LENGTH()
 
 
@@ -131,7 +132,8 @@ class HardenedChannel(http.HTTPChannel):
                 self.refuse(400, "only chunked Transfer-Encoding is accepted")
                 return False
             ok = _base_header(self, line)
-            if ok and type(self._transferDecoder) is http._ChunkedTransferDecoder:
+            if ok and type(self._transferDecoder) is ChunkedTransferDecoder:
+                # (twistedcompat: no factory to override; a subclass without state)
                 self._transferDecoder.__class__ = StrictChunkedDecoder
             return ok
         return _base_header(self, line)
