@@ -64,7 +64,7 @@ def main() -> None:
                                     f"tcp:{xport}:interface=127.0.0.1", port=xport, cpu=1))
         for name, chain in chains.items():
             port = free_port()
-            specs = [a for m in chain for a in ("--middleware", m)]
+            specs = [a for m in chain for a in ("--middleware-chain", m)]
             pids[name] = stack.enter_context(process(
                 TWISTD, "-n", "--pidfile=", "--logfile=/dev/null", "bnproxy",
                 "--port", f"tcp:{port}:interface=127.0.0.1", "--state-dir", tmp,
@@ -98,7 +98,7 @@ def main() -> None:
         if args.instructions:
             for name, chain in chains.items():
                 port = free_port()
-                specs = [a for m in chain for a in ("--middleware", m)]
+                specs = [a for m in chain for a in ("--middleware-chain", m)]
                 with counted(sys.executable, TWISTD, "-n", "--pidfile=",
                              "--logfile=/dev/null", "bnproxy", "--port",
                              f"tcp:{port}:interface=127.0.0.1", "--state-dir", tmp,

@@ -76,7 +76,7 @@ def args_for(port: int, xport: int, tmp: str) -> list[str]:
     chain = ["logger", "allowlist", "streams", "cache:ttl.klines=3600", "ratelimit"]
     return ["-n", "--pidfile=", "--logfile=/dev/null", "bnproxy", "--port",
             f"tcp:{port}:interface=127.0.0.1", "--state-dir", tmp, "--upstream",
-            f"spot=http://127.0.0.1:{xport}/spot", *[a for m in chain for a in ("--middleware", m)]]
+            f"spot=http://127.0.0.1:{xport}/spot", *[a for m in chain for a in ("--middleware-chain", m)]]
 
 
 @contextlib.contextmanager

@@ -66,7 +66,7 @@ def main() -> None:
     rng = random.Random(7)
     with running(["bnproxy-exchange", "--port", f"tcp:{xport}:interface=127.0.0.1"], xport, cwd), \
             running(["bnproxy", "--port", f"tcp:{pport}:interface=127.0.0.1", "--state-dir", cwd,
-                     *upstreams, *[a for m in chain for a in ("--middleware", m)]], pport, cwd), \
+                     *upstreams, *[a for m in chain for a in ("--middleware-chain", m)]], pport, cwd), \
             sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})

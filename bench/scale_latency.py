@@ -32,7 +32,7 @@ def main() -> None:
         redis = RedisServer(os.path.join(tmp, "redis"))
         redis.start()
         proxy = [TWISTD, "-n", "--pidfile=", "bnproxy", "--upstream",
-                 f"spot=http://127.0.0.1:{xport}/spot", "--middleware",
+                 f"spot=http://127.0.0.1:{xport}/spot", "--middleware-chain",
                  "ratelimit:limit.spot=100000000", "--access-log", "none"]
         try:
             with process(TWISTD, "-n", "--pidfile=", "bnproxy-exchange", "--port",

@@ -82,7 +82,7 @@ def count_instructions(args, xport: int, klines: str, body_path: str) -> dict[st
                  "--upstream", f"spot=http://127.0.0.1:{xport}/spot",
                  "--stream-upstream", f"spot=ws://127.0.0.1:{xport}/spot",
                  *[a for m in (args.chain.split(",") if args.chain else [])
-                   for a in ("--middleware", m)], port=port) as measure:
+                   for a in ("--middleware-chain", m)], port=port) as measure:
         url = f"http://127.0.0.1:{port}{klines}"
         deadline = time.monotonic() + 120
         while True:  # until the answers come from the stream
@@ -123,7 +123,7 @@ def main() -> None:
                  "--upstream", f"spot=http://127.0.0.1:{xport}/spot",
                  "--stream-upstream", f"spot=ws://127.0.0.1:{xport}/spot",
                  *[a for m in (args.chain.split(",") if args.chain else [])
-                   for a in ("--middleware", m)],
+                   for a in ("--middleware-chain", m)],
                  port=pport, cpu=0):
         url = f"http://127.0.0.1:{pport}{klines}"
         urllib.request.urlopen(url).read()

@@ -20,6 +20,7 @@ from bnproxy.binance.endpoints import EndpointTable, load_endpoints
 from bnproxy.binance.markets import Market, build_markets
 from bnproxy.chain.compose import as_deferred, compose
 from bnproxy.chain.context import MiddlewareContext
+from bnproxy.chain.guards import ChainGuards
 from bnproxy.chain.interfaces import IHealthReporter, IMetricsSource
 from bnproxy.chain.registry import build_middlewares, discover
 from bnproxy.config.model import ProxyConfig
@@ -129,6 +130,8 @@ def build_proxy(config: ProxyConfig, reactor: Any, agent: Any = None) -> Proxy:
         metrics=metrics.registry, tls_policy=tls_policy, access_log=access_log,
         shared_state=shared_state, egresses=egresses)
     middlewares = build_middlewares(config.middleware, discover(), context)
+    guards = ChainGuards(middlewares)
+    guards.warn()
     handler = compose(middlewares, upstream)
     chain_ref.append(handler)
 
@@ -142,7 +145,7 @@ def build_proxy(config: ProxyConfig, reactor: Any, agent: Any = None) -> Proxy:
     metrics.track_inflight(lambda: forward.inflight)
     metrics.watch_upstream(upstream)
     health = HealthResource(reactor, markets,
-                            [m for m in [*middlewares, shared_state]
+                            [m for m in [*middlewares, shared_state, guards]
                              if IHealthReporter.providedBy(m)],
                             readiness.problems, [m.name for m in middlewares],
                             clients=metrics.clients, degraded=readiness.degraded)

@@ -8,13 +8,16 @@ See README.md, "Writing a middleware plugin", and ``tests/plugin_pkg``.
 """
 
 from bnproxy.chain.compose import Answer, as_deferred, then
-from bnproxy.chain.context import MiddlewareContext
+from bnproxy.chain.context import MiddlewareContext, Send
 from bnproxy.chain.interfaces import (
+    IAccessLog,
+    IAdmission,
     IHealthReporter,
     IMetricsSource,
     IMiddleware,
     IMiddlewareFactory,
     IReadinessCheck,
+    ISharedState,
     IWeightGovernor,
 )
 from bnproxy.chain.messages import (
@@ -26,22 +29,26 @@ from bnproxy.chain.messages import (
     without_headers,
 )
 from bnproxy.chain.options import Option
-from bnproxy.config.reader import ConfigError, SettingsReader
+from bnproxy.settings import ConfigError, SettingsReader
 
 __all__ = [
     "INTERNAL",
     "Answer",
     "ConfigError",
+    "IAccessLog",
+    "IAdmission",
     "IHealthReporter",
     "IMetricsSource",
     "IMiddleware",
     "IMiddlewareFactory",
     "IReadinessCheck",
+    "ISharedState",
     "IWeightGovernor",
     "MiddlewareContext",
     "Option",
     "ProxyRequest",
     "ProxyResponse",
+    "Send",
     "SettingsReader",
     "as_deferred",
     "header_value",

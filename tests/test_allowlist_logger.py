@@ -3,7 +3,8 @@
 import json
 
 import pytest
-from helpers import API_KEY, SECRET, Harness, chain, sign
+from helpers import API_KEY, SECRET, Harness, chain, raw_exchange, sign
+from twisted.internet.address import UNIXAddress
 from twisted.logger import formatEvent, globalLogPublisher
 
 from bnproxy.server.clientaddr import ClientResolver, normalise, parse_networks
@@ -40,6 +41,33 @@ def test_the_default_admits_loopback_and_private_networks_only():
     for ok in (b"192.168.1.5", b"172.20.0.1", b"fd00::1", b"127.0.0.1"):
         assert h.request("GET", "/api/v3/ping", headers=via(ok)).status == 200
     assert h.request("GET", "/api/v3/ping", headers=via(b"8.8.8.8")).status == 403
+
+
+PING = b"GET /api/v3/ping HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n"
+
+
+def test_a_bot_on_the_unix_socket_is_admitted_like_loopback():
+    """``--port unix:/path``: the peer has no IP address; the default
+    allowlist (which admits loopback) admits it, as the admin guard does."""
+    h = Harness(middleware=chain("allowlist"))
+    written = raw_exchange(h, PING, UNIXAddress(b"/run/bnproxy.sock"))
+    assert written.startswith(b"HTTP/1.1 200"), written[:200]
+    assert raw_exchange(h, PING, UNIXAddress(None)).startswith(b"HTTP/1.1 200")
+    assert len(h.upstream.seen) == 2
+
+
+def test_a_unix_socket_peer_is_refused_when_loopback_is():
+    h = Harness(middleware=chain("allowlist", allowlist={"allow": "10.0.0.0/8"}))
+    written = raw_exchange(h, PING, UNIXAddress(b"/run/bnproxy.sock"))
+    assert written.startswith(b"HTTP/1.1 403") and b"-1002" in written
+    assert not h.upstream.seen
+
+
+def test_a_proxy_on_the_unix_socket_is_trusted_like_loopback():
+    resolve = ClientResolver(parse_networks(["127.0.0.1/32"]))
+    assert resolve("unix", [(b"x-forwarded-for", b"198.51.100.7")]) == "198.51.100.7"
+    assert ClientResolver(parse_networks(["10.0.0.1/32"]))(
+        "unix", [(b"x-forwarded-for", b"198.51.100.7")]) == "unix"
 
 
 def test_a_forged_forwarded_header_from_an_untrusted_peer_changes_nothing():

@@ -37,7 +37,7 @@ def proxy_args(pport: int, xport: int) -> list[str]:
     chain = ["logger", "allowlist", "streams", "cache",
              "ratelimit:client_header=X-Bnproxy-Client"]
     return ["bnproxy", "--port", f"tcp:{pport}:interface=127.0.0.1", "--state-dir", ".",
-            *upstreams, *[a for m in chain for a in ("--middleware", m)]]
+            *upstreams, *[a for m in chain for a in ("--middleware-chain", m)]]
 
 
 @pytest.fixture(scope="module")

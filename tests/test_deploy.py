@@ -263,7 +263,7 @@ def _run_as_the_unit(tmp_path, name: str, upstream_port: int, ca: str, mdwe: boo
     argv[0] = os.path.join(os.path.dirname(sys.executable), "twistd")
     # Test-only additions: the upstream is the loopback https server, and the
     # chain has no streams middleware (it would dial Binance's websockets).
-    argv += ["--upstream", f"spot=https://127.0.0.1:{upstream_port}", "--middleware", "cache"]
+    argv += ["--upstream", f"spot=https://127.0.0.1:{upstream_port}", "--middleware-chain", "cache"]
     env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "STATE_DIRECTORY": str(state),
            "PYTHONPATH": os.environ.get("PYTHONPATH", ROOT),
            # A private CA through the platform store, as an operator's

@@ -53,3 +53,33 @@ def test_a_workers_command_line_runs_in_the_foreground_without_a_pid_file():
         "/v/twistd", "--logfile", "x", "--nodaemon", "--pidfile=", "bnproxy", "--workers", "2"]
     assert worker_argv(["/v/twistd", "-y", "bnproxy.tac"]) == [
         "/v/twistd", "--nodaemon", "--pidfile=", "-y", "bnproxy.tac"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--shared-state", "redis://127.0.0.1:0/0"], "port must be from 1 to 65535, not 0"),
+    (["--shared-state", "redis://127.0.0.1:6379/" + "1" + "0" * 20],
+     "database must be from 0 to 2147483646"),
+    (["--shared-state-min-instances", "1000000000"], "must be at most 256"),
+    (["--egress", "0.0.0.0"], "0.0.0.0 is the unspecified address"),
+    (["--egress", "::"], ":: is the unspecified address"),
+    (["--egress", "[::]"], "is the unspecified address"),
+    (["--egress", "::ffff:0.0.0.0"], "is the unspecified address"),
+    (["--egress", "224.0.0.1"], "is a multicast address"),
+    (["--egress", "127.0.0.2", "--egress", "127.0.0.2"], "127.0.0.2 is given twice"),
+    (["--egress", "127.0.0.2", "--egress", "::ffff:127.0.0.2"], "127.0.0.2 is given twice"),
+    (["--egress", "eth0"], "'eth0' is not an IP address"),
+])
+def test_scale_options_that_cannot_work_are_refused_in_one_line(args, message):
+    with pytest.raises(SystemExit) as e:
+        config(args)
+    assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_scale_options_are_refused_from_the_environment_and_the_file_too(tmp_path):
+    from bnproxy.config import sources
+    with pytest.raises(ConfigError, match="BNPROXY_EGRESS: 0.0.0.0 is the unspecified"):
+        sources.resolve({}, {"BNPROXY_EGRESS": "0.0.0.0"})
+    path = tmp_path / "bnproxy.toml"
+    path.write_text('egress = ["127.0.0.2", "127.0.0.2"]\n')
+    with pytest.raises(ConfigError, match="egress: 127.0.0.2 is given twice"):
+        sources.resolve({"config": str(path)}, {})

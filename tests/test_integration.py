@@ -23,7 +23,7 @@ def stack(tmp_path_factory):
         for m in ("spot", "usdm", "coinm"):
             upstreams += ["--upstream", f"{m}=http://127.0.0.1:{xport}/{m}"]
         with twistd("bnproxy", "--port", f"tcp:{pport}:interface=127.0.0.1", *upstreams,
-                    "--middleware", "stamp:value=integration",
+                    "--middleware-chain", "stamp:value=integration",
                     port=pport, cwd=cwd) as proxy:
             yield {"exchange": f"http://127.0.0.1:{xport}", "proxy": f"http://127.0.0.1:{pport}",
                    "procs": (exchange, proxy), "cwd": cwd}

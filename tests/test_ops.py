@@ -92,7 +92,7 @@ def test_sigterm_drains_an_in_flight_request_then_exits_0(tmp_path):
         proxy = subprocess.Popen([TWISTD, "-n", "--pidfile=", "bnproxy", "--port",
                                   f"tcp:{pport}:interface=127.0.0.1", "--upstream",
                                   f"spot=http://127.0.0.1:{xport}/spot", "--drain-timeout", "10",
-                                  "--middleware", "logger"], cwd=tmp_path, stdout=log,
+                                  "--middleware-chain", "logger"], cwd=tmp_path, stdout=log,
                                  stderr=subprocess.STDOUT)
         wait_listening(xport, exchange)
         wait_listening(pport, proxy)

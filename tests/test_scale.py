@@ -53,7 +53,7 @@ class Fleet:
             [TWISTD, "-n", "--pidfile=", "bnproxy", "--port", f"tcp:{port}:interface=127.0.0.1",
              "--upstream", f"spot={self.spot}", "--shared-state", self.redis_url,
              "--state-dir", str(state), "--access-log", "none",
-             "--middleware", f"ratelimit:limit.spot={LIMIT}", *extra],
+             "--middleware-chain", f"ratelimit:limit.spot={LIMIT}", *extra],
             stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
         log.close()
         self.procs.append(proc)

@@ -41,7 +41,7 @@ def test_upstreams_per_market_and_testnet():
 
 
 def test_middleware_specs_keep_order_and_settings():
-    config = parse("--middleware", "stamp:value=a,header=x-a", "--middleware", "other")
+    config = parse("--middleware-chain", "stamp:value=a,header=x-a", "--middleware-chain", "other")
     assert config.middleware == (("stamp", {"value": "a", "header": "x-a"}), ("other", {}))
 
 

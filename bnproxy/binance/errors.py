@@ -11,6 +11,9 @@ TOO_MANY_REQUESTS = -1003
 TIMEOUT = -1007
 UNAUTHORIZED = -1002
 ILLEGAL_CHARS = -1100
+# UNREAD_PARAMETERS ("not all sent parameters were read"): what a body over
+# the proxy's size limit (413) answers, since it is not read.
+UNREAD_PARAMETERS = -1104
 # A 429 with this code is the account's unfilled-order count (per account,
 # FACTS.md §1): not the IP's request weight.
 TOO_MANY_ORDERS = -1015

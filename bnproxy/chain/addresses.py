@@ -11,6 +11,11 @@ from functools import lru_cache
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
+#: The client of a connection on a unix socket (no IP address): treated like
+#: loopback, since only processes of this host reach the socket.
+UNIX_PEER = "unix"
+_LOOPBACK = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
+
 
 @lru_cache(maxsize=8192)
 def parse_address(text: str) -> Address | None:
@@ -56,5 +61,9 @@ def parse_networks(items: Iterable[str]) -> list[Network]:
 
 
 def in_networks(text: str, networks: Sequence[Network]) -> bool:
+    """Whether the client ``text`` is in one of ``networks``; a unix-socket
+    peer (:data:`UNIX_PEER`) is in them when loopback is."""
+    if text == UNIX_PEER:
+        return any(a in n for a in _LOOPBACK for n in networks)
     addr = parse_address(text)
     return addr is not None and any(addr in n for n in networks)

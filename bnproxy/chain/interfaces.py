@@ -112,13 +112,23 @@ class IReadinessCheck(Interface):
         not here."""
 
 
+class IAdmission(Interface):
+    """Decides which clients may use the proxy at all (the ``allowlist``
+    middleware). A chain without a provider is open to every address that
+    reaches the port: start-up warns and ``/health`` says so."""
+
+    def admits(client):
+        """Whether ``client`` (a normalised address, or ``"unix"`` for a
+        unix-socket peer) may send requests through the proxy."""
+
+
 class IWeightGovernor(Interface):
     """The fleet's request-weight budget, per (egress address, weight pool).
 
     Provided by the ``ratelimit`` middleware (in-process, or backed by shared
-    state). Other middlewares find it with ``context.lookup("ratelimit")`` and
-    ``IWeightGovernor.providedBy`` and use it to size or defer their own
-    requests (snapshots, backfills, refreshes).
+    state). Other middlewares find it with ``context.find(IWeightGovernor)``
+    (when handling: it may be built after them) and use it to size or defer
+    their own requests (snapshots, backfills, refreshes).
     """
 
     def pool_of(request):

@@ -12,7 +12,7 @@ from typing import Any
 
 import attrs
 
-from bnproxy.config.reader import ConfigError, SettingsReader
+from bnproxy.settings import ConfigError, SettingsReader
 
 __all__ = ["ConfigError", "Option", "SettingsReader", "describe", "read_options"]
 

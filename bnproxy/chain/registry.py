@@ -11,9 +11,10 @@ from twisted.plugin import getPlugins
 from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyObject
 
+from bnproxy.chain.context import MiddlewareContext
 from bnproxy.chain.interfaces import IMiddleware, IMiddlewareFactory
 from bnproxy.chain.options import describe, read_options
-from bnproxy.config.reader import ConfigError
+from bnproxy.settings import ConfigError
 
 ENTRY_POINT_GROUP = "bnproxy.middleware"
 
@@ -64,8 +65,10 @@ def discover(package: ModuleType | None = None,
 
 
 def build_middlewares(specs: Sequence[tuple[str, Mapping[str, Any]]],
-                      factories: Mapping[str, Any], context: Any) -> list[Any]:
-    """Build the configured middlewares, in order."""
+                      factories: Mapping[str, Any],
+                      context: MiddlewareContext | None) -> list[IMiddleware]:
+    """Build the configured middlewares, in order, each recorded in
+    ``context.built`` (what ``context.find`` and ``lookup`` read)."""
     seen: set[str] = set()
     built = []
     for name, settings in specs:
@@ -91,7 +94,7 @@ def build_middlewares(specs: Sequence[tuple[str, Mapping[str, Any]]],
             raise ConfigError(f"middleware {name!r} built an object that does not "
                               f"provide IMiddleware: {e}") from None
         built.append(middleware)
-        if hasattr(context, "built"):
+        if context is not None:
             context.built[name] = middleware
     return built
 

@@ -9,8 +9,7 @@ import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bnproxy.config.model import DEFAULT_CHAIN
-from bnproxy.config.schema import SETTINGS, Setting
+from bnproxy.config.schema import DEFAULT_CHAIN, SETTINGS, Setting
 
 HEADER = """\
 # bnproxy configuration: every setting, with its default.
@@ -92,9 +91,9 @@ def render(factories: Mapping[str, Any] | None = None) -> str:
             tables.setdefault(table, [f"[{table}]"]).extend(_setting_lines(setting, key))
         else:
             top += [*_setting_lines(setting, setting.toml), ""]
-    top += ["# The middleware chain, in order. Third-party plugins go here too; each has a",
-            "# [middleware.NAME] table below (`twistd bnproxy --help-middleware NAME`).",
-            f"chain = {toml_value(list(DEFAULT_CHAIN))}", ""]
+        if setting.toml == "chain":  # each middleware's settings: a table below
+            top[-1:] = ["# Each middleware has a [middleware.NAME] table below "
+                        "(`twistd bnproxy --help-middleware NAME`).", ""]
     body = [*top]
     for lines in tables.values():
         body += [*lines, ""]

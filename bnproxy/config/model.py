@@ -1,4 +1,10 @@
-"""The proxy's configuration in one model."""
+"""The proxy's configuration in one model.
+
+Every field a setting fills takes its default from
+:mod:`bnproxy.config.schema` (``default("attr")``): a default is written
+once, in the schema; a test refuses a literal here. The fields below without
+a setting (``max_connections_per_host``, the resolved ``listen`` and
+``middleware``) are the model's own."""
 
 from __future__ import annotations
 
@@ -7,26 +13,27 @@ from typing import Any
 
 import attrs
 
-DEFAULT_ADMIN_ALLOW = ("127.0.0.0/8", "::1/128")  # admin resources: loopback only
+from bnproxy.config.schema import DEFAULT_CHAIN, DEFAULT_LISTEN, default
 
-# The default chain, in order. Built-in middlewares register as plugins.
-DEFAULT_CHAIN: tuple[str, ...] = ("logger", "allowlist", "streams", "cache", "ratelimit")
+__all__ = ["DEFAULT_ADMIN_ALLOW", "DEFAULT_CHAIN", "ProxyConfig", "ServerLimits"]
+
+DEFAULT_ADMIN_ALLOW: tuple[str, ...] = default("admin_allow")  # admin resources: loopback
 
 
 @attrs.frozen
 class ServerLimits:
     """Limits on bots' connections, where stock twisted.web has none
-    (defaults like nginx's)."""
+    (defaults like nginx's; see the schema's ``server.*`` settings)."""
 
-    header_timeout: float = 60.0  # absolute, for the request line and headers
-    body_timeout: float = 60.0  # absolute, for the request body
-    max_body: int = 1024 * 1024  # client_max_body_size 1m
-    max_headers: int = 100
-    max_header_bytes: int = 32 * 1024  # large_client_header_buffers 4 8k
-    max_connections_per_client: int = 256
-    keepalive_timeout: float = 75.0
-    send_timeout: float = 60.0
-    drain_timeout: float = 30.0
+    header_timeout: float = default("server.header_timeout")  # absolute: request line, headers
+    body_timeout: float = default("server.body_timeout")  # absolute, for the request body
+    max_body: int = default("server.max_body")
+    max_headers: int = default("server.max_headers")
+    max_header_bytes: int = default("server.max_header_bytes")
+    max_connections_per_client: int = default("server.max_connections_per_client")
+    keepalive_timeout: float = default("server.keepalive_timeout")
+    send_timeout: float = default("server.send_timeout")
+    drain_timeout: float = default("server.drain_timeout")
 
 
 @attrs.frozen
@@ -34,29 +41,30 @@ class ProxyConfig:
     """Everything ``makeService`` needs. Built from the command line (and,
     by ``bnproxy.tac``, from ``BNPROXY_*`` environment variables)."""
 
-    listen: tuple[str, ...] = ("tcp:8080",)
-    testnet: bool = False
-    upstream_ca: tuple[str, ...] = ()
-    upstreams: Mapping[str, str] = attrs.field(factory=dict)
-    stream_upstreams: Mapping[str, str] = attrs.field(factory=dict)
+    listen: tuple[str, ...] = DEFAULT_LISTEN
+    testnet: bool = default("testnet")
+    upstream_ca: tuple[str, ...] = default("upstream_ca")
+    upstreams: Mapping[str, str] = attrs.field(factory=lambda: dict(default("upstreams")))
+    stream_upstreams: Mapping[str, str] = attrs.field(
+        factory=lambda: dict(default("stream_upstreams")))
     middleware: tuple[tuple[str, Mapping[str, Any]], ...] = tuple(
         (name, {}) for name in DEFAULT_CHAIN)
-    trusted_proxies: tuple[str, ...] = ()
-    forwarded_header: str = "x-forwarded-for"
+    trusted_proxies: tuple[str, ...] = default("trusted_proxies")
+    forwarded_header: str = default("forwarded_header")
     admin_allow: tuple[str, ...] = DEFAULT_ADMIN_ALLOW
-    connect_timeout: float = 5.0
-    response_timeout: float = 10.0
-    body_timeout: float = 30.0
+    connect_timeout: float = default("connect_timeout")
+    response_timeout: float = default("response_timeout")
+    body_timeout: float = default("body_timeout")
     max_connections_per_host: int = 32
-    state_dir: str = "."
-    log_format: str = "text"
-    log_level: str = "info"  # operational events: debug, info, warn, error
-    access_log: str = "-"  # "-": standard output; "none"; or a file path
-    metrics_clients: int = 64  # distinct client labels on /metrics and /health
-    simulated_exchange: bool = False
-    shared_state: str = ""  # redis://… or rediss://…; "": in-process
-    shared_state_deadline: float = 0.05
-    shared_state_min_instances: int = 1
-    egress: tuple[str, ...] = ()  # source addresses; () : the host's default
-    workers: int = 1
+    state_dir: str = default("state_dir")
+    log_format: str = default("log_format")
+    log_level: str = default("log_level")
+    access_log: str = default("access_log")
+    metrics_clients: int = default("metrics_clients")
+    simulated_exchange: bool = default("simulated_exchange")
+    shared_state: str = default("shared_state")
+    shared_state_deadline: float = default("shared_state_deadline")
+    shared_state_min_instances: int = default("shared_state_min_instances")
+    egress: tuple[str, ...] = default("egress")
+    workers: int = default("workers")
     server: ServerLimits = ServerLimits()

@@ -10,6 +10,7 @@ environment and the TOML reader (``bnproxy.config.sources``), the model
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -17,10 +18,10 @@ from typing import Any
 import attrs
 
 from bnproxy.binance.markets import MARKET_NAMES, check_base_url
-from bnproxy.config.model import DEFAULT_CHAIN, ProxyConfig, ServerLimits
+from bnproxy.config.reader import ConfigError, parse_middleware_spec
 
-_SERVER = ServerLimits()
-_MODEL = ProxyConfig()
+#: The default chain, in order. Built-in middlewares register as plugins.
+DEFAULT_CHAIN: tuple[str, ...] = ("logger", "allowlist", "streams", "cache", "ratelimit")
 
 
 class SettingError(ValueError):
@@ -37,7 +38,8 @@ def endpoint_description(value: str) -> str:
 # Each coerces a raw value (a string from argv or the environment, or a TOML
 # value) to the model's type, or raises SettingError.
 
-def _number(integer: bool, above: float | None, at_most: float | None) -> Callable[[Any], Any]:
+def _number(integer: bool, above: float | None = None, at_most: float | None = None,
+            at_least: float | None = None) -> Callable[[Any], Any]:
     def coerce(value: Any) -> float | int:
         if isinstance(value, bool):
             raise SettingError(f"expected a number, got {value!r}")
@@ -50,6 +52,8 @@ def _number(integer: bool, above: float | None, at_most: float | None) -> Callab
             raise SettingError(f"expects a finite number, got {value!r}")
         if above is not None and not number > above:
             raise SettingError(f"must be greater than {above:g}, got {value!r}")
+        if at_least is not None and number < at_least:
+            raise SettingError(f"must be at least {at_least:g}, got {value!r}")
         if at_most is not None and number > at_most:
             raise SettingError(f"must be at most {at_most:g}, got {value!r}")
         return number
@@ -115,16 +119,64 @@ def _markets(schemes: tuple[str, ...]) -> Callable[[Any], dict[str, str]]:
     return coerce
 
 
+#: Redis's own range for a database number (its ``databases`` setting is at
+#: most INT_MAX).
+_REDIS_DB_MAX = 2**31 - 2
+
+
 def _shared_state(value: Any) -> str:
     text = _text(value).strip()
     if text in ("", "none"):
         return ""
+    from urllib.parse import urlsplit
+
     from bnproxy.cluster.url import RedisURLError, parse_redis_url
     try:
-        parse_redis_url(text)
+        url = parse_redis_url(text)
     except RedisURLError as e:
         raise SettingError(str(e)) from None
+    if urlsplit(text).port == 0:  # (parse_redis_url reads 0 as "no port": 6379)
+        raise SettingError("the shared-state URL's port must be from 1 to 65535, not 0")
+    if url.db > _REDIS_DB_MAX:
+        raise SettingError(f"the shared-state URL's database must be from 0 to "
+                           f"{_REDIS_DB_MAX}, not {url.db}")
     return text
+
+
+def _egress(value: Any) -> tuple[str, ...]:
+    """Source addresses: each an IP address of its own (not the unspecified
+    ``0.0.0.0``/``::``, which is every address and so no budget's owner),
+    each once. Whether this host owns them is checked at start-up."""
+    out: list[str] = []
+    for item in _strings(value):
+        try:
+            ip = ipaddress.ip_address(item.strip().strip("[]"))
+        except ValueError:
+            raise SettingError(f"{item!r} is not an IP address") from None
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if ip.is_unspecified or ip.is_multicast:
+            kind = "the unspecified address" if ip.is_unspecified else "a multicast address"
+            raise SettingError(f"{item} is {kind}, not one source address of this host "
+                               "(name each address requests leave from)")
+        if str(ip) in out:
+            raise SettingError(f"{ip} is given twice (each address has one budget)")
+        out.append(str(ip))
+    return tuple(out)
+
+
+def _chain(value: Any) -> tuple[str, ...]:
+    specs = tuple(spec for item in _strings(value) for spec in item.split())
+    for spec in specs:
+        try:
+            name, _ = parse_middleware_spec(spec)
+        except ConfigError as e:
+            raise SettingError(str(e).partition(": ")[2]) from None
+        if name.startswith("-"):
+            raise SettingError(f"{spec!r}: the chain lists middlewares to run, not removals")
+    if len({parse_middleware_spec(s)[0] for s in specs}) != len(specs):
+        raise SettingError("names a middleware twice")
+    return specs
 
 
 def _choice(*choices: str) -> Callable[[Any], str]:
@@ -165,7 +217,10 @@ def _s(name: str, coerce: Callable[[Any], Any], default: Any, help: str, attr: s
     return Setting(name, coerce, default, help, attr, toml, **kw)
 
 
-_POSITIVE = _number(False, 0, None)
+_HOUR = 3600.0
+#: Every deadline: more than 0 and at most an hour (a longer wait is a
+#: mistake, and 1e308 overflowed the reactor's timers).
+_SECONDS = _number(False, 0, _HOUR)
 
 SETTINGS: tuple[Setting, ...] = (
     _s("config", _text, None, "A TOML configuration file (see bnproxy.example.toml).", None, None,
@@ -192,15 +247,20 @@ SETTINGS: tuple[Setting, ...] = (
        "Start an in-process fake exchange and use it as every market's upstream "
        "(try bnproxy offline).", "simulated_exchange", "simulated_exchange", flag=True),
     _s("middleware", _strings, (),
-       "NAME[:key=value,...]: a middleware, in chain order (repeatable; replaces the "
-       "default chain).", None, None, repeatable=True, metavar="SPEC"),
+       "NAME[:key=value,...]: set a middleware's settings, adding it to the chain (after the "
+       "allowlist) when it is not there yet; -NAME removes one (repeatable).", None, None,
+       repeatable=True, metavar="SPEC"),
+    _s("middleware-chain", _chain, DEFAULT_CHAIN,
+       "The whole middleware chain, in order (NAME[:key=value,...] each; repeatable or "
+       "space-separated): replaces the default chain.", None, "chain", repeatable=True,
+       metavar="NAMES"),
     _s("trusted-proxy", _strings, (),
        "CIDR of a proxy in front of bnproxy whose forwarding header is believed (repeatable).",
        "trusted_proxies", "trusted_proxies", repeatable=True, metavar="CIDR"),
     _s("forwarded-header", _choice("x-forwarded-for", "forwarded"), "x-forwarded-for",
        "Header read from trusted proxies: x-forwarded-for or forwarded.", "forwarded_header",
        "forwarded_header"),
-    _s("admin-allow", _strings, _MODEL.admin_allow,
+    _s("admin-allow", _strings, ("127.0.0.0/8", "::1/128"),
        "CIDR admitted to admin resources (/health, /metrics, /cache, /dashboard); "
        "repeatable.", "admin_allow", "admin_allow", repeatable=True, metavar="CIDR"),
     _s("state-dir", _text, ".", "Directory for state files (the ban state); must be writable.",
@@ -215,37 +275,39 @@ SETTINGS: tuple[Setting, ...] = (
     _s("access-log", _text, "-",
        "Where access lines go: - (standard output), none, or a file (reopened on SIGUSR1).",
        "access_log", "access_log", metavar="TARGET"),
-    _s("metrics-clients", _number(True, 0, None), 64,
+    _s("metrics-clients", _number(True, 0, 10_000), 64,
        "Distinct clients named on /metrics and in /health's tables; the rest are 'other'.",
        "metrics_clients", "metrics_clients"),
-    _s("connect-timeout", _POSITIVE, 5.0, "Upstream connect deadline, seconds.",
+    _s("connect-timeout", _SECONDS, 5.0, "Upstream connect deadline, seconds.",
        "connect_timeout", "timeouts.connect"),
-    _s("response-timeout", _POSITIVE, 10.0, "Deadline for upstream response headers, seconds.",
+    _s("response-timeout", _SECONDS, 10.0, "Deadline for upstream response headers, seconds.",
        "response_timeout", "timeouts.response"),
-    _s("body-timeout", _POSITIVE, 30.0, "Deadline for a whole upstream response body, seconds.",
+    _s("body-timeout", _SECONDS, 30.0, "Deadline for a whole upstream response body, seconds.",
        "body_timeout", "timeouts.body"),
-    _s("header-timeout", _POSITIVE, _SERVER.header_timeout,
+    _s("header-timeout", _SECONDS, 60.0,
        "Absolute deadline for a bot's request line and headers, seconds (slowloris).",
        "server.header_timeout", "server.header_timeout"),
-    _s("client-body-timeout", _POSITIVE, _SERVER.body_timeout,
+    _s("client-body-timeout", _SECONDS, 60.0,
        "Absolute deadline for a bot's request body, seconds.", "server.body_timeout",
        "server.body_timeout"),
-    _s("max-body", _number(True, 0, None), _SERVER.max_body,
+    # The server limits' defaults are nginx's: client_max_body_size 1m,
+    # large_client_header_buffers 4 8k, keepalive_timeout 75 s.
+    _s("max-body", _number(True, 0, 2**30), 1024 * 1024,
        "Largest request body accepted, bytes (413 beyond).", "server.max_body",
        "server.max_body"),
-    _s("max-headers", _number(True, 0, None), _SERVER.max_headers,
+    _s("max-headers", _number(True, 0, 10_000), 100,
        "Most request headers accepted (400 beyond).", "server.max_headers",
        "server.max_headers"),
-    _s("max-header-bytes", _number(True, 0, None), _SERVER.max_header_bytes,
+    _s("max-header-bytes", _number(True, 0, 16 * 2**20), 32 * 1024,
        "Largest request line plus headers, bytes (400 beyond).", "server.max_header_bytes",
        "server.max_header_bytes"),
-    _s("max-connections-per-client", _number(True, 0, None),
-       _SERVER.max_connections_per_client, "Open connections allowed per client address.",
+    _s("max-connections-per-client", _number(True, 0, 1_000_000),
+       256, "Open connections allowed per client address.",
        "server.max_connections_per_client", "server.max_connections_per_client"),
-    _s("keepalive-timeout", _POSITIVE, _SERVER.keepalive_timeout,
+    _s("keepalive-timeout", _SECONDS, 75.0,
        "Idle keep-alive connections close after this, seconds.", "server.keepalive_timeout",
        "server.keepalive_timeout"),
-    _s("send-timeout", _POSITIVE, _SERVER.send_timeout,
+    _s("send-timeout", _SECONDS, 60.0,
        "A bot that stops reading is cut off after this, seconds.", "server.send_timeout",
        "server.send_timeout"),
     _s("shared-state", _shared_state, "",
@@ -255,16 +317,16 @@ SETTINGS: tuple[Setting, ...] = (
     _s("shared-state-deadline", _number(False, 0, 1), 0.05,
        "Longest a budget call waits on the shared state before deciding locally, seconds.",
        "shared_state_deadline", "shared_state_deadline"),
-    _s("shared-state-min-instances", _number(True, 0, None), 1,
+    _s("shared-state-min-instances", _number(True, 0, 256), 1,
        "While the shared state is away, divide each budget by at least this many instances.",
        "shared_state_min_instances", "shared_state_min_instances"),
-    _s("egress", _strings, (),
+    _s("egress", _egress, (),
        "A source address of this host requests leave from (repeatable; each has its own "
        "budget and bans).", "egress", "egress", repeatable=True, metavar="ADDRESS"),
     _s("workers", _number(True, 0, 64), 1,
        "Processes serving the listening socket (more than 1 needs --shared-state).",
        "workers", "workers", metavar="N"),
-    _s("drain-timeout", _number(False, -1, None), _SERVER.drain_timeout,
+    _s("drain-timeout", _number(False, at_least=0, at_most=_HOUR), 30.0,
        "On SIGTERM, in-flight requests get this long to finish, seconds.",
        "server.drain_timeout", "server.drain_timeout"),
 )
@@ -273,7 +335,7 @@ BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 BY_ENV: dict[str, Setting] = {s.env: s for s in SETTINGS}
 BY_TOML: dict[str, Setting] = {s.toml: s for s in SETTINGS if s.toml}
 # The file's own keys beside the settings: the chain and the middleware tables.
-FILE_KEYS = ("chain", "middleware")
+FILE_KEYS = ("middleware",)
 
 
 def tables() -> list[str]:
@@ -281,5 +343,17 @@ def tables() -> list[str]:
     return sorted({key.split(".")[0] for key in BY_TOML if "." in key})
 
 
+BY_ATTR: dict[str, Setting] = {s.attr: s for s in SETTINGS if s.attr}
+#: Where the proxy listens when neither --port nor --listen is given.
+DEFAULT_LISTEN: tuple[str, ...] = (endpoint_description(BY_NAME["port"].default),)
+
+
 def default_chain() -> Sequence[str]:
     return DEFAULT_CHAIN
+
+
+def default(attr: str) -> Any:
+    """The default of the setting that fills ``ProxyConfig.<attr>``
+    (``server.max_body`` for a nested one): what the model declares its
+    fields with, so that each default is written once, here."""
+    return BY_ATTR[attr].default

@@ -10,17 +10,18 @@ from __future__ import annotations
 import difflib
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
 
-from bnproxy.config.model import DEFAULT_CHAIN, ProxyConfig, ServerLimits
+from bnproxy.config.model import ProxyConfig, ServerLimits
 from bnproxy.config.reader import ConfigError, parse_middleware_spec
 from bnproxy.config.schema import (
     BY_ENV,
     BY_NAME,
     BY_TOML,
+    DEFAULT_LISTEN,
     FILE_KEYS,
     SETTINGS,
     Setting,
@@ -85,7 +86,6 @@ def from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
 @attrs.frozen
 class FileSettings:
     values: dict[str, Any]
-    chain: tuple[str, ...] | None
     middleware: dict[str, dict[str, Any]]
 
 
@@ -115,7 +115,6 @@ def _toml_type_ok(setting: Setting, value: Any) -> str | None:
 def parse(data: Mapping[str, Any], path: str = "config") -> FileSettings:
     source = f"config {path}"
     values: dict[str, Any] = {}
-    chain: tuple[str, ...] | None = None
     middleware: dict[str, dict[str, Any]] = {}
 
     def fail(key: str, reason: str) -> ConfigError:
@@ -145,10 +144,6 @@ def parse(data: Mapping[str, Any], path: str = "config") -> FileSettings:
                 if f"{key}.{sub}" not in BY_TOML:
                     raise fail(f"{key}.{sub}", "unknown setting")
                 setting_value(f"{key}.{sub}", v)
-        elif key == "chain":
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise fail(key, "expected a list of middleware names")
-            chain = tuple(value)
         elif key == "middleware":
             if not isinstance(value, Mapping) or not all(isinstance(v, Mapping)
                                                          for v in value.values()):
@@ -158,7 +153,11 @@ def parse(data: Mapping[str, Any], path: str = "config") -> FileSettings:
             close = difflib.get_close_matches(
                 key, [*[k.split(".")[0] for k in BY_TOML], *FILE_KEYS], n=1, cutoff=0.75)
             raise fail(key, "unknown setting" + (f" (did you mean {close[0]}?)" if close else ""))
-    return FileSettings(values, chain, middleware)
+    return FileSettings(values, middleware)
+
+
+#: What endpoint parsing is given instead of a reactor (never called).
+_NOT_A_REACTOR: Any = object()
 
 
 # -- resolving ---------------------------------------------------------------------------------
@@ -168,7 +167,7 @@ def resolve(cli: Mapping[str, Any], environ: Mapping[str, str]) -> ProxyConfig:
     checked), the environment and the file; precedence in that order."""
     env = from_environment(environ)
     path = cli.get("config") or env.get("config")
-    file = load(path) if path else FileSettings({}, None, {})
+    file = load(path) if path else FileSettings({}, {})
 
     def pick(name: str) -> Any:
         for given in (cli, env, file.values):
@@ -177,17 +176,16 @@ def resolve(cli: Mapping[str, Any], environ: Mapping[str, str]) -> ProxyConfig:
         return BY_NAME[name].default
 
     listen = [*((pick("port"),) if any("port" in g for g in (cli, env, file.values)) else ()),
-              *pick("listen")] or ["tcp:8080"]
+              *pick("listen")] or list(DEFAULT_LISTEN)
     _check_endpoints(listen)
 
     simulated, testnet, upstreams = pick("simulated-exchange"), pick("testnet"), pick("upstream")
     if simulated and (upstreams or testnet):
         raise ConfigError("--simulated-exchange replaces --upstream and --testnet")
 
-    if "middleware" in cli or "middleware" in env:
-        specs = list(cli.get("middleware") or env["middleware"])
-    else:
-        specs = [(name, {}) for name in (file.chain or DEFAULT_CHAIN)]
+    specs = [parse_middleware_spec(spec) for spec in pick("middleware-chain")]
+    edits = cli["middleware"] if "middleware" in cli else env.get("middleware", ())
+    specs = edit_chain(specs, edits)
     chain = tuple((name, {**file.middleware.get(name, {}), **inline}) for name, inline in specs)
     if pick("discard-ban-state"):  # a shortcut for the governor's own setting
         chain = tuple((name, {**settings, "discard_ban_state": True} if name == "ratelimit"
@@ -211,12 +209,45 @@ def resolve(cli: Mapping[str, Any], environ: Mapping[str, str]) -> ProxyConfig:
                        **top)
 
 
+# Where --middleware adds a middleware the chain does not have: after these
+# (so it sees only admitted requests, and every answer the chain makes).
+_ADD_AFTER = ("logger", "allowlist")
+
+
+def edit_chain(chain: list[tuple[str, dict[str, Any]]],
+               edits: Sequence[tuple[str, Mapping[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """The chain after ``--middleware`` edits, in order: ``-NAME`` removes
+    NAME; ``NAME[:settings]`` sets the settings of a middleware in the chain,
+    or adds it after the logger and the allowlist (the allowlist and the rate
+    limiter stay unless removed by name, or the whole chain is given with
+    ``--middleware-chain``)."""
+    out = [(name, dict(settings)) for name, settings in chain]
+    at = max((i + 1 for i, (name, _) in enumerate(out) if name in _ADD_AFTER), default=0)
+    for name, settings in edits:
+        names = [n for n, _ in out]
+        if name.startswith("-"):
+            if name[1:] not in names:
+                raise ConfigError(f"--middleware {name}: {name[1:]!r} is not in the chain "
+                                  f"({' '.join(names) or 'empty'})")
+            i = names.index(name[1:])
+            del out[i]
+            at -= i < at
+        elif name in names:
+            out[names.index(name)][1].update(settings)
+        else:
+            out.insert(at, (name, dict(settings)))
+            at += 1
+    return out
+
+
 def _check_endpoints(listen: list[str]) -> None:
-    from twisted.internet import reactor  # the entry point may touch it
+    """Each endpoint string parses. Parsing only stores the reactor (nothing
+    listens yet), so none is given: reading the configuration must not
+    install the global reactor."""
     from twisted.internet.endpoints import serverFromString
 
     for description in listen:
         try:
-            serverFromString(reactor, description)
-        except (ValueError, KeyError, IndexError, TypeError) as e:
+            serverFromString(_NOT_A_REACTOR, description)
+        except (ValueError, KeyError, IndexError, TypeError, OSError) as e:
             raise ConfigError(f"bad listen endpoint {description!r}: {e}") from None

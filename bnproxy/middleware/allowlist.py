@@ -11,7 +11,8 @@ from zope.interface import implementer
 from bnproxy.binance.errors import UNAUTHORIZED
 from bnproxy.chain.addresses import Network, in_networks, parse_networks
 from bnproxy.chain.compose import Answer
-from bnproxy.chain.interfaces import IHealthReporter, IMiddleware
+from bnproxy.chain.context import MiddlewareContext
+from bnproxy.chain.interfaces import IAdmission, IHealthReporter, IMiddleware
 from bnproxy.chain.messages import INTERNAL, ProxyRequest, local_error
 from bnproxy.chain.options import ConfigError, Option
 
@@ -21,7 +22,7 @@ DEFAULT_ALLOW = ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.1
                  "fc00::/7")
 
 
-@implementer(IHealthReporter, IMiddleware)
+@implementer(IAdmission, IHealthReporter, IMiddleware)
 class Allowlist:
     """Admits ``request.client`` (normalised: IPv4-mapped IPv6 is IPv4, scope
     ids dropped; behind a trusted proxy, the first untrusted forwarded hop)
@@ -66,7 +67,8 @@ OPTIONS = (
 )
 
 
-def build_allowlist(name: str, settings: dict[str, Any], context: Any) -> Allowlist:
+def build_allowlist(name: str, settings: dict[str, Any],
+                    context: MiddlewareContext) -> Allowlist:
     try:
         networks = parse_networks(settings["allow"])
     except ValueError as e:

@@ -28,6 +28,7 @@ from zope.interface import implementer
 
 from bnproxy.binance.privacy import API_KEY_HEADER, REDACTED, redact_query
 from bnproxy.chain.compose import Answer
+from bnproxy.chain.context import MiddlewareContext
 from bnproxy.chain.interfaces import IAccessLog, IMiddleware
 from bnproxy.chain.labels import CLIENT_HEADER as _CLIENT_HEADER
 from bnproxy.chain.messages import ProxyRequest, ProxyResponse
@@ -197,7 +198,8 @@ OPTIONS = (
 )
 
 
-def build_logger(name: str, settings: dict[str, Any], context: Any) -> AccessLogger:
+def build_logger(name: str, settings: dict[str, Any],
+                 context: MiddlewareContext) -> AccessLogger:
     fmt = settings["format"] or getattr(context, "log_format", "text")
     salt = (settings["key_salt"] or "").encode() or os.urandom(16)
     header = settings["client_header"] or CLIENT_HEADER.decode()

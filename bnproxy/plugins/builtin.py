@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
+
 from zope.interface import implementer
 
-from bnproxy.chain.interfaces import IMiddlewareFactory
+from bnproxy.chain.context import MiddlewareContext
+from bnproxy.chain.interfaces import IMiddleware, IMiddlewareFactory
+from bnproxy.chain.options import Option
 
 
 @implementer(IMiddlewareFactory)
@@ -15,18 +21,21 @@ class _Factory:
         self._module = module
         self._builder = builder
 
-    def _loaded(self):
+    def _loaded(self) -> ModuleType:
         import importlib
 
         return importlib.import_module(self._module)
 
     @property
-    def options(self):
+    def options(self) -> Sequence[Option] | None:
         """The module's ``OPTIONS`` when it declares them (typed settings)."""
         return getattr(self._loaded(), "OPTIONS", None)
 
-    def build(self, settings, context):
-        return getattr(self._loaded(), self._builder)(self.name, settings, context)
+    def build(self, settings: dict[str, Any], context: MiddlewareContext) -> IMiddleware:
+        """``build_NAME(name, settings, context)`` of the module."""
+        build = getattr(self._loaded(), self._builder)
+        middleware: IMiddleware = build(self.name, settings, context)
+        return middleware
 
 
 logger = _Factory("logger", "Access log (text or JSON) with secrets redacted.",

@@ -27,8 +27,9 @@ from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.http_headers import Headers
 
-from bnproxy.binance.errors import error_body
+from bnproxy.binance.errors import UNKNOWN, UNREAD_PARAMETERS, error_body
 from bnproxy.config.model import ServerLimits
+from bnproxy.twistedcompat import ChunkedTransferDecoder, MalformedChunkedDataError
 
 _log = Logger(namespace="bnproxy.server")
 
@@ -37,7 +38,7 @@ REASONS = {400: b"Bad Request", 408: b"Request Timeout", 413: b"Payload Too Larg
 
 
 def error_bytes(status: int, msg: str) -> bytes:
-    body = error_body(-1000 if status != 413 else -1104, f"bnproxy: {msg}")
+    body = error_body(UNKNOWN if status != 413 else UNREAD_PARAMETERS, f"bnproxy: {msg}")
     return (b"HTTP/1.1 %d %s\r\nContent-Type: application/json;charset=UTF-8\r\n"
             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
             % (status, REASONS[status], len(body), body))
@@ -50,7 +51,7 @@ _CHUNK_EXT = re.compile(rb"(?:[ \t]*;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:" 
                         + rb"|" + _QUOTED + rb"))?)*[ \t]*")
 
 
-class StrictChunkedDecoder(http._ChunkedTransferDecoder):
+class StrictChunkedDecoder(ChunkedTransferDecoder):
     """twisted.web's chunked decoder, refusing chunk extensions that do not
     parse (it only checks their characters)."""
 
@@ -59,7 +60,7 @@ class StrictChunkedDecoder(http._ChunkedTransferDecoder):
         if eol != -1:
             semi = self._buffer.find(b";", 0, eol)
             if semi != -1 and not _CHUNK_EXT.fullmatch(bytes(self._buffer[semi:eol])):
-                raise http._MalformedChunkedDataError("malformed chunk extension")
+                raise MalformedChunkedDataError("malformed chunk extension")
         return super()._dataReceived_CHUNK_LENGTH()
 
 
@@ -131,7 +132,8 @@ class HardenedChannel(http.HTTPChannel):
                 self.refuse(400, "only chunked Transfer-Encoding is accepted")
                 return False
             ok = _base_header(self, line)
-            if ok and type(self._transferDecoder) is http._ChunkedTransferDecoder:
+            if ok and type(self._transferDecoder) is ChunkedTransferDecoder:
+                # (twistedcompat: no factory to override; a subclass without state)
                 self._transferDecoder.__class__ = StrictChunkedDecoder
             return ok
         return _base_header(self, line)

@@ -30,8 +30,10 @@ from twisted.web.iweb import IAgent
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
+from bnproxy.binance.limits import USED_WEIGHT_HEADER
 from bnproxy.binance.markets import MARKET_NAMES
 from bnproxy.config.model import ProxyConfig
+from bnproxy.config.schema import DEFAULT_CHAIN
 from bnproxy.service import ProxyService
 from bnproxy.upstream.client import BytesProducer
 
@@ -45,8 +47,10 @@ API_KEY = b"test-key-abcdef"
 #: Where the harness points every market: never resolved, never contacted.
 UPSTREAM_HOSTS = {m: f"http://{m}.upstream.test" for m in MARKET_NAMES}
 
-#: The built-in chain in its default order.
-DEFAULT = ("logger", "allowlist", "cache", "ratelimit")
+#: The built-in chain in its default order (the proxy's own default: streams
+#: included; a harness whose markets have no websocket upstream leaves it out
+#: with ``chain(*(n for n in DEFAULT if n != "streams"))``).
+DEFAULT = DEFAULT_CHAIN
 
 
 @attrs.define
@@ -105,7 +109,7 @@ class RecordingUpstream(Resource):
         if self.respond is not None:
             return self.respond(request, seen)
         request.setHeader(b"content-type", b"application/json")
-        request.setHeader(b"x-mbx-used-weight-1m", b"7")
+        request.setHeader(USED_WEIGHT_HEADER, b"7")
         return json.dumps({"uri": seen.uri.decode(), "method": seen.method}).encode()
 
 
@@ -206,13 +210,16 @@ class Harness:
         return urlsplit(seen.uri.decode()).path
 
 
-def raw_exchange(harness: Harness, data: bytes, peer: str = "127.0.0.1") -> bytes:
-    """Feed raw bytes to the proxy's HTTP server; return what it wrote back."""
+def raw_exchange(harness: Harness, data: bytes, peer: Any = "127.0.0.1") -> bytes:
+    """Feed raw bytes to the proxy's HTTP server; return what it wrote back.
+    ``peer``: an IPv4 address's text, or an ``IAddress`` (a
+    ``UNIXAddress`` for a bot on a unix socket)."""
     from twisted.internet.address import IPv4Address
     from twisted.internet.testing import StringTransport
 
-    protocol = harness.service.site.buildProtocol(IPv4Address("TCP", peer, 40000))
-    transport = StringTransport(peerAddress=IPv4Address("TCP", peer, 40000))
+    address = IPv4Address("TCP", peer, 40000) if isinstance(peer, str) else peer
+    protocol = harness.service.site.buildProtocol(address)
+    transport = StringTransport(peerAddress=address)
     protocol.makeConnection(transport)
     protocol.dataReceived(data)
     harness.flush()

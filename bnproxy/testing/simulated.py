@@ -18,10 +18,10 @@ _log = Logger(namespace="bnproxy.simulated")
 
 
 class _StopsExchange(Service):
-    def __init__(self, handle) -> None:
+    def __init__(self, handle: Any) -> None:
         self.handle = handle  # not "running": Service uses that name
 
-    def stopService(self) -> None:
+    def stopService(self) -> Any:
         self.handle.exchange.stop()
         super().stopService()
         return self.handle.exchange.port.stopListening()
@@ -41,6 +41,6 @@ def with_simulated_exchange(reactor: Any, config: ProxyConfig,
         upstreams={m: running.rest(m) for m in MARKET_NAMES},
         stream_upstreams={m: running.stream(m) for m in MARKET_NAMES})
     proxy = proxy_factory(reactor, config)
-    proxy.exchange = running.exchange
+    proxy.exchange = running.exchange  # type: ignore[attr-defined]  # for tests and demos
     _StopsExchange(running).setServiceParent(proxy)
     return proxy

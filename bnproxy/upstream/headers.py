@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from bnproxy.binance import headers as binance_headers
+
 HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"te", b"trailer", b"trailers",
     b"transfer-encoding", b"upgrade", b"proxy-connection", b"proxy-authenticate",
@@ -17,10 +19,9 @@ HOP_BY_HOP = frozenset({
 
 # To Binance: the key, content type, and the headers that change its answer.
 REQUEST_ALLOWED = frozenset({
-    b"x-mbx-apikey", b"content-type", b"accept", b"accept-language", b"user-agent",
-    b"x-mbx-time-unit", b"x-mbx-sbe",
+    b"content-type", b"accept-language", b"user-agent", *binance_headers.REQUEST_HEADERS,
 })
-REQUEST_ALLOWED_PREFIXES = (b"x-mbx-",)
+REQUEST_ALLOWED_PREFIXES = binance_headers.REQUEST_PREFIXES
 
 # To the bot: content headers, Binance's X-MBX-*/X-SAPI-*, Retry-After,
 # caching metadata, the redirect target of a relayed 3xx.
@@ -29,7 +30,7 @@ RESPONSE_ALLOWED = frozenset({
     b"location", b"cache-control", b"expires", b"last-modified", b"etag", b"vary",
     b"set-cookie",
 })
-RESPONSE_ALLOWED_PREFIXES = (b"x-mbx-", b"x-sapi-")
+RESPONSE_ALLOWED_PREFIXES = binance_headers.RESPONSE_PREFIXES
 
 
 def _connection_named(pairs: list[tuple[bytes, bytes]]) -> set[bytes]:

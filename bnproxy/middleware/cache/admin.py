@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 import orjson
 from twisted.web.resource import Resource
 
+from bnproxy.binance.errors import UNKNOWN, error_body
+
 if TYPE_CHECKING:
     from bnproxy.middleware.cache.middleware import Cache
 
@@ -25,12 +27,12 @@ class CacheAdmin(Resource):
         request.setHeader(b"content-type", b"application/json")
         if request.prepath[-1:] != [b"stats"]:
             request.setResponseCode(404)
-            return b'{"code":-1000,"msg":"try /cache/stats"}'
+            return error_body(UNKNOWN, "try /cache/stats")
         return orjson.dumps(self._cache.snapshot())
 
     def render_POST(self, request):
         request.setHeader(b"content-type", b"application/json")
         if request.prepath[-1:] != [b"clear"]:
             request.setResponseCode(404)
-            return b'{"code":-1000,"msg":"try POST /cache/clear"}'
+            return error_body(UNKNOWN, "try POST /cache/clear")
         return orjson.dumps({"cleared": self._cache.clear()})

@@ -23,6 +23,7 @@ from bnproxy.binance.limits import BAN_STATUSES
 from bnproxy.binance.marketdata import VARYING_HEADERS
 from bnproxy.binance.privacy import PRIVATE_HEADERS
 from bnproxy.chain.compose import Answer, as_deferred, then
+from bnproxy.chain.context import MiddlewareContext
 from bnproxy.chain.interfaces import IHealthReporter, IMetricsSource, IMiddleware
 from bnproxy.chain.messages import ProxyRequest, ProxyResponse
 from bnproxy.chain.options import Option
@@ -242,7 +243,7 @@ OPTIONS = (
 )
 
 
-def build_cache(name: str, settings: dict[str, Any], context: Any) -> Cache:
+def build_cache(name: str, settings: dict[str, Any], context: MiddlewareContext) -> Cache:
     cache = Cache(name, context.reactor, settings["ttl"], settings["max_bytes"],
                   settings["stale_if_error"])
     context.add_admin("cache", CacheAdmin(cache))

@@ -40,6 +40,7 @@ from bnproxy.binance.limits import (
 )
 from bnproxy.binance.markets import MARKET_NAMES
 from bnproxy.chain.compose import then
+from bnproxy.chain.context import MiddlewareContext
 from bnproxy.chain.interfaces import (
     IHealthReporter,
     IMetricsSource,
@@ -318,7 +319,8 @@ def _order_count_limit(response: ProxyResponse) -> bool:
         return False
 
 
-def build_ratelimit(name: str, settings: dict[str, Any], context: Any) -> RateLimit:
+def build_ratelimit(name: str, settings: dict[str, Any],
+                    context: MiddlewareContext) -> RateLimit:
     limits: dict[str, int | None] = {m: market.weight_limit
                                      for m, market in context.markets.items()}
     limits.update(settings["limit"])

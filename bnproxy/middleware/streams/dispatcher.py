@@ -35,6 +35,7 @@ from bnproxy.binance.marketdata import (
 )
 from bnproxy.binance.privacy import is_private
 from bnproxy.chain.compose import Answer, then
+from bnproxy.chain.context import MiddlewareContext
 from bnproxy.chain.interfaces import (
     IHealthReporter,
     IMetricsSource,
@@ -262,5 +263,5 @@ class Streams(MultiService):
 __all__ = ["OPTIONS", "Streams", "build_streams"]
 
 
-def build_streams(name: str, settings, context) -> Streams:
+def build_streams(name: str, settings: dict[str, Any], context: MiddlewareContext) -> Streams:
     return Streams(name, context, read_settings(name, settings))

@@ -4,6 +4,8 @@ counters. Both are reset in place, so every part holding them stays current."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
+from typing import Any
 
 import attrs
 
@@ -35,6 +37,61 @@ class Faults:
 
     def public(self) -> dict:
         return {k: v for k, v in attrs.asdict(self).items() if not k.startswith("_")}
+
+    def update(self, args: Mapping[str, Any]) -> None:
+        """Set the faults named in ``args`` (JSON values or query-string
+        text), each checked against its field's type; ``refuse`` is left to
+        the caller (it closes the port). AdminError on an unknown name or a
+        bad value, before anything changes."""
+        kinds = {f.name: type(f.default) for f in attrs.fields(Faults)
+                 if not f.name.startswith("_")}
+        values = {}
+        for key, value in args.items():
+            if key not in kinds or key == "refuse":
+                raise AdminError(f"unknown fault {key} (faults: {', '.join(sorted(kinds))})")
+            values[key] = typed(key, value, kinds[key])
+        for key, value in values.items():
+            setattr(self, key, value)
+
+
+class AdminError(ValueError):
+    """A request to the fake's admin API it cannot do: answered 400 with the
+    message."""
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+
+
+def typed(key: str, value: Any, kind: type) -> Any:
+    """``value`` (a JSON value, or text from a query string) as ``kind``
+    (bool, int, float or str), or AdminError naming ``key``."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).strip().lower() in _TRUE + _FALSE:
+            return str(value).strip().lower() in _TRUE
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    elif not isinstance(value, bool):
+        try:
+            number = kind(value)
+            if number == number and abs(number) != float("inf"):
+                return number
+        except (TypeError, ValueError):
+            pass
+    raise AdminError(f"{key}: expected {kind.__name__}, got {value!r}")
+
+
+def required(args: Mapping[str, Any], key: str, kind: type, action: str) -> Any:
+    """``args[key]`` as ``kind``; AdminError when it is missing."""
+    if key not in args:
+        raise AdminError(f"{action} needs {key} (as JSON {{\"{key}\": ...}} or ?{key}=...)")
+    return typed(key, args[key], kind)
+
+
+def optional(args: Mapping[str, Any], key: str, kind: type, default: Any) -> Any:
+    return typed(key, args[key], kind) if key in args else default
 
 
 @attrs.define

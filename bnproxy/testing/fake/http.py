@@ -10,7 +10,7 @@ USD-M's ``/usdm/public`` and ``/usdm/market``; the admin API at ``/_fake/``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from autobahn.twisted.resource import WebSocketResource
@@ -19,7 +19,7 @@ from twisted.web.resource import Resource
 
 from bnproxy.binance.errors import error_body
 from bnproxy.binance.markets import implicit_market
-from bnproxy.testing.fake.control import Counters, Faults
+from bnproxy.testing.fake.control import AdminError, Counters, Faults, optional, required
 from bnproxy.testing.fake.state import MARKETS
 
 if TYPE_CHECKING:
@@ -113,23 +113,27 @@ class AdminResource(Resource):
             "paused": x.paused})
 
     def render_POST(self, request):
-        x = self.exchange
         action = request.postpath[-1].decode() if request.postpath else ""
-        request.content.seek(0)
-        raw = request.content.read()
-        args = orjson.loads(raw) if raw.strip() else {}
         request.setHeader(b"content-type", b"application/json")
+        try:
+            self._act(action, admin_args(request))
+        except AdminError as e:
+            request.setResponseCode(400)
+            return orjson.dumps({"error": str(e)})
+        except LookupError as e:
+            request.setResponseCode(404)
+            return orjson.dumps({"error": str(e)})
+        return b'{"ok":true}'
+
+    def _act(self, action: str, args: dict[str, Any]) -> None:
+        x = self.exchange
         if action == "faults":
-            refuse = args.pop("refuse", None)
-            for k, v in args.items():
-                if k.startswith("_") or not hasattr(x.faults, k):
-                    request.setResponseCode(400)
-                    return orjson.dumps({"error": f"unknown fault {k}"})
-                setattr(x.faults, k, v)
+            refuse = optional(args, "refuse", bool, None)
+            x.faults.update({k: v for k, v in args.items() if k != "refuse"})
             if refuse is not None:
-                x.set_refuse(bool(refuse))
+                x.set_refuse(refuse)
         elif action == "skew":
-            x.skew_ms = int(args.get("ms", 0))
+            x.skew_ms = optional(args, "ms", int, 0)
         elif action == "reset":
             x.reset()
         elif action == "pause":
@@ -137,10 +141,17 @@ class AdminResource(Resource):
         elif action == "resume":
             x.resume()
         elif action == "ban":
-            x.ban(args["ip"], float(args.get("seconds", 120)), args.get("market"))
+            market = optional(args, "market", str, None)
+            if market is not None and market not in MARKETS:
+                raise AdminError(f"market: unknown market {market!r} ({', '.join(MARKETS)})")
+            x.ban(required(args, "ip", str, "ban"), optional(args, "seconds", float, 120.0),
+                  market)
         elif action in ("ws-drop", "ws-silence", "ws-unsilence", "ws-shutdown"):
-            hubs = [x.hubs[args["market"]]] if args.get("market") else list(x.hubs.values())
-            stream = args.get("stream")
+            market = optional(args, "market", str, None)
+            if market and market not in x.hubs:
+                raise AdminError(f"market: unknown market {market!r} ({', '.join(x.hubs)})")
+            hubs = [x.hubs[market]] if market else list(x.hubs.values())
+            stream = optional(args, "stream", str, None)
             for hub in hubs:
                 if action == "ws-drop":
                     hub.drop(stream)
@@ -155,9 +166,26 @@ class AdminResource(Resource):
                 else:
                     hub.shutdown()
         else:
-            request.setResponseCode(404)
-            return orjson.dumps({"error": f"unknown action {action}"})
-        return b'{"ok":true}'
+            raise LookupError(f"unknown action {action}")
+
+
+def admin_args(request) -> dict[str, Any]:
+    """An admin action's arguments: a JSON object in the body and the query
+    string's parameters (``?ip=127.0.0.1&seconds=5``); the query wins."""
+    request.content.seek(0)
+    raw = request.content.read()
+    args: dict[str, Any] = {}
+    if raw.strip():
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise AdminError("the body must be a JSON object (or send ?key=value)") from None
+        if not isinstance(body, dict):
+            raise AdminError("the body must be a JSON object (or send ?key=value)")
+        args.update(body)
+    for key, values in (request.args or {}).items():
+        args[key.decode("utf-8", "replace")] = values[-1].decode("utf-8", "replace")
+    return args
 
 
 class _Mount(Resource):
