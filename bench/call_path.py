@@ -51,7 +51,7 @@ def main() -> None:
         warm()  # first request builds lazily made state
         seen: dict[tuple[str, str], None] = {}
 
-        def prof(frame, event, arg):  # noqa: ARG001
+        def prof(frame, event, arg):
             if event != "call":
                 return
             fn = frame.f_code.co_filename
