@@ -299,3 +299,13 @@ def test_a_middleware_number_must_be_finite(tmp_path):
         with pytest.raises(ConfigError, match="middleware.cache.stale_if_error: expected a "
                                               "finite number"):
             ProxyService(task.Clock(), c)
+
+
+def test_removing_a_middleware_keeps_the_files_table_quiet():
+    """The example file has a [middleware.streams] table; ``-streams``
+    removes the middleware, its table is left unused (a table for a
+    middleware never in the chain is still an error)."""
+    c = config(["--config", EXAMPLE, "--middleware", "-streams"])
+    assert names(c) == ["logger", "allowlist", "cache", "ratelimit"]
+    with pytest.raises(ConfigError, match=r"\[middleware.streams\] is not in the chain"):
+        config(["--config", EXAMPLE, "--middleware-chain", "logger cache ratelimit allowlist"])
