@@ -6,6 +6,7 @@ so that neither imports the other. ``bnproxy.config.reader`` re-exports it."""
 from __future__ import annotations
 
 import builtins
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -57,8 +58,8 @@ class SettingsReader:
             number = float(value)
         except (TypeError, ValueError):
             raise self._fail(key, f"expected a number, got {value!r}") from None
-        if number != number:
-            raise self._fail(key, "expected a number, got NaN")
+        if not math.isfinite(number):
+            raise self._fail(key, f"expected a finite number, got {value!r}")
         if minimum is not None and number < minimum:
             raise self._fail(key, f"must be at least {minimum}, got {value!r}")
         if maximum is not None and number > maximum:

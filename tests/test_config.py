@@ -284,3 +284,28 @@ def test_each_default_is_declared_once_in_the_schema():
     assert model.ProxyConfig().listen == DEFAULT_LISTEN
     assert [n for n, _ in model.ProxyConfig().middleware] == list(DEFAULT_CHAIN) == list(DEFAULT)
     assert attrs.fields(model.ServerLimits)  # (nested settings are covered above)
+
+
+def test_a_middleware_number_must_be_finite(tmp_path):
+    """``inf`` passed every minimum (and 1e999 is inf in TOML's float)."""
+    import attrs
+    from twisted.internet import task
+
+    from bnproxy.service import ProxyService
+
+    for value in ("inf", "-inf", "nan", "1e999"):
+        c = attrs.evolve(config(["--middleware-chain", f"cache:stale_if_error={value}",
+                                 "--state-dir", str(tmp_path)]), listen=())
+        with pytest.raises(ConfigError, match="middleware.cache.stale_if_error: expected a "
+                                              "finite number"):
+            ProxyService(task.Clock(), c)
+
+
+def test_removing_a_middleware_keeps_the_files_table_quiet():
+    """The example file has a [middleware.streams] table; ``-streams``
+    removes the middleware, its table is left unused (a table for a
+    middleware never in the chain is still an error)."""
+    c = config(["--config", EXAMPLE, "--middleware", "-streams"])
+    assert names(c) == ["logger", "allowlist", "cache", "ratelimit"]
+    with pytest.raises(ConfigError, match=r"\[middleware.streams\] is not in the chain"):
+        config(["--config", EXAMPLE, "--middleware-chain", "logger cache ratelimit allowlist"])

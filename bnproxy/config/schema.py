@@ -20,6 +20,9 @@ import attrs
 from bnproxy.binance.markets import MARKET_NAMES, check_base_url
 from bnproxy.config.reader import ConfigError, parse_middleware_spec
 
+#: The headers a trusted proxy may name the client in (the first: the default).
+FORWARDED_HEADERS = ("x-forwarded-for", "forwarded")
+
 #: The default chain, in order. Built-in middlewares register as plugins.
 DEFAULT_CHAIN: tuple[str, ...] = ("logger", "allowlist", "streams", "cache", "ratelimit")
 
@@ -257,7 +260,7 @@ SETTINGS: tuple[Setting, ...] = (
     _s("trusted-proxy", _strings, (),
        "CIDR of a proxy in front of bnproxy whose forwarding header is believed (repeatable).",
        "trusted_proxies", "trusted_proxies", repeatable=True, metavar="CIDR"),
-    _s("forwarded-header", _choice("x-forwarded-for", "forwarded"), "x-forwarded-for",
+    _s("forwarded-header", _choice(*FORWARDED_HEADERS), FORWARDED_HEADERS[0],
        "Header read from trusted proxies: x-forwarded-for or forwarded.", "forwarded_header",
        "forwarded_header"),
     _s("admin-allow", _strings, ("127.0.0.0/8", "::1/128"),

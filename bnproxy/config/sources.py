@@ -190,7 +190,8 @@ def resolve(cli: Mapping[str, Any], environ: Mapping[str, str]) -> ProxyConfig:
     if pick("discard-ban-state"):  # a shortcut for the governor's own setting
         chain = tuple((name, {**settings, "discard_ban_state": True} if name == "ratelimit"
                        else settings) for name, settings in chain)
-    unused = set(file.middleware) - {name for name, _ in chain}
+    removed = {name[1:] for name, _ in edits if name.startswith("-")}  # tables kept, unused
+    unused = set(file.middleware) - {name for name, _ in chain} - removed
     if unused:
         raise ConfigError(f"config {path}: [middleware.{sorted(unused)[0]}] is not in the "
                           "chain")

@@ -12,6 +12,7 @@ from bnproxy.chain.addresses import (  # re-exported: the server's callers use t
     parse_address,
     parse_networks,
 )
+from bnproxy.config.schema import FORWARDED_HEADERS, default
 
 __all__ = ["Address", "ClientResolver", "Network", "in_networks", "normalise", "parse_address",
            "parse_networks"]
@@ -41,8 +42,9 @@ class ClientResolver:
     ends the walk and becomes the client (which no allowlist admits).
     """
 
-    def __init__(self, trusted: Sequence[Network] = (), header: str = "x-forwarded-for") -> None:
-        if header not in ("x-forwarded-for", "forwarded"):
+    def __init__(self, trusted: Sequence[Network] = (),
+                 header: str = default("forwarded_header")) -> None:
+        if header not in FORWARDED_HEADERS:
             raise ValueError(
                 f"forwarded header must be x-forwarded-for or forwarded, not {header!r}")
         self.trusted = list(trusted)
