@@ -1,9 +1,12 @@
 """The one table of Binance REST endpoints: security type, weight, cache class.
 
 Built from ``endpoints.csv`` (every documented REST operation, see
-``shared/binance/endpoints.csv``) plus hand-written weight rules for the
-market-data endpoints whose weight depends on parameters (FACTS.md §1).
-Unknown paths are not in the table: callers treat them as private.
+``shared/binance/endpoints.csv``; its ``weight_doc`` column is the page's
+weight text, whose first IP weight is a plain row's weight) plus a
+hand-written rule for every operation whose documented weight depends on
+the request (symbol sent or not, ``limit`` bands, ``symbols`` counts,
+``orderId``, ``computeCommissionRates``, ...): ``WEIGHTS.md`` names the page
+of each. Unknown paths are not in the table: callers treat them as private.
 """
 
 from __future__ import annotations
