@@ -1,9 +1,12 @@
 """The one table of Binance REST endpoints: security type, weight, cache class.
 
 Built from ``endpoints.csv`` (every documented REST operation, see
-``shared/binance/endpoints.csv``) plus hand-written weight rules for the
-market-data endpoints whose weight depends on parameters (FACTS.md §1).
-Unknown paths are not in the table: callers treat them as private.
+``shared/binance/endpoints.csv``; its ``weight_doc`` column is the page's
+weight text, whose first IP weight is a plain row's weight) plus a
+hand-written rule for every operation whose documented weight depends on
+the request (symbol sent or not, ``limit`` bands, ``symbols`` counts,
+``orderId``, ``computeCommissionRates``, ...): ``WEIGHTS.md`` names the page
+of each. Unknown paths are not in the table: callers treat them as private.
 """
 
 from __future__ import annotations
@@ -75,52 +78,61 @@ def _int(p: Params, name: str, default: int) -> int:
 
 
 def symbols_count(p: Params) -> int | None:
-    """Number of symbols in a ``symbols`` JSON array parameter, or None."""
+    """Number of symbols in a ``symbols`` JSON array parameter, or None.
+
+    A list Binance would refuse as JSON but that still names symbols
+    (``[BTCUSDT,ETHUSDT]``) is counted by its commas: a weight is never
+    predicted below what the names in it would cost."""
     raw = p.get("symbols")
     if raw is None:
         return None
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return None
+        inner = raw.strip().removeprefix("[").removesuffix("]").strip()
+        return len(inner.split(",")) if inner else None
     return len(value) if isinstance(value, list) else None
 
 
-def _spot_depth(p: Params) -> int:
-    limit = _int(p, "limit", 100)
-    if limit <= 100:
-        return 5
-    if limit <= 500:
-        return 25
-    if limit <= 1000:
-        return 50
-    return 250
+def _given(p: Params, name: str) -> bool:
+    return bool(p.get(name))
 
 
-def _futures_depth(p: Params) -> int:
-    limit = _int(p, "limit", 500)
-    if limit <= 50:
-        return 2
-    if limit <= 100:
-        return 5
-    if limit <= 500:
-        return 10
-    return 20
+def _with(name: str, with_: int, without: int) -> WeightFn:
+    """``with_`` when the parameter ``name`` is sent (not empty), else ``without``."""
+    return lambda p: with_ if _given(p, name) else without
 
 
-def _futures_klines(p: Params) -> int:
-    limit = _int(p, "limit", 500)
-    if limit < 100:
-        return 1
-    if limit < 500:
-        return 2
-    if limit <= 1000:
-        return 5
-    return 10
+def _with_symbol(with_: int, without: int) -> WeightFn:
+    return _with("symbol", with_, without)
+
+
+def _flag(name: str, on: int, off: int) -> WeightFn:
+    """``on`` when the boolean parameter ``name`` is sent and not ``false``."""
+    return lambda p: on if name in p and p[name].strip().lower() != "false" else off
+
+
+def _limit_bands(default: int, bands: tuple[tuple[int, int], ...], above: int) -> WeightFn:
+    """By ``limit`` (``default`` when absent): the weight of the first band
+    whose upper bound (inclusive) holds it, ``above`` past the last."""
+    def fn(p: Params) -> int:
+        limit = _int(p, "limit", default)
+        return next((w for upper, w in bands if limit <= upper), above)
+    return fn
+
+
+# Spot /api/v3/depth: 1-100 → 5, 101-500 → 25, 501-1000 → 50, 1001-5000 → 250.
+_spot_depth = _limit_bands(100, ((100, 5), (500, 25), (1000, 50)), 250)
+# USD-M and COIN-M depth: 5/10/20/50 → 2, 100 → 5, 500 → 10, 1000 → 20 (default 500).
+_futures_depth = _limit_bands(500, ((50, 2), (100, 5), (500, 10)), 20)
+# Options depth: 10/20/50 → 1, 100 → 5, 500 → 10, 1000 → 20 (default 100).
+_options_depth = _limit_bands(100, ((50, 1), (100, 5), (500, 10)), 20)
+# Futures klines family: [1,100) → 1, [100,500) → 2, [500,1000] → 5, above → 10.
+_futures_klines = _limit_bands(500, ((99, 1), (499, 2), (1000, 5)), 10)
 
 
 def _spot_ticker24(p: Params) -> int:
-    if "symbol" in p:
+    if _given(p, "symbol"):
         return 2
     n = symbols_count(p)
     if n is None:
@@ -129,18 +141,20 @@ def _spot_ticker24(p: Params) -> int:
 
 
 def _per_symbol(each: int, cap: int, above: int) -> WeightFn:
+    """``each`` per symbol asked (``symbol`` or ``symbols``), ``cap`` once
+    more than ``above`` are asked; an unreadable ``symbols`` costs ``cap``."""
     def fn(p: Params) -> int:
-        n = 1 if "symbol" in p else (symbols_count(p) or 1)
-        return cap if n > above else each * n
+        if _given(p, "symbol"):
+            return each
+        n = symbols_count(p)
+        if n is None:
+            return cap if "symbols" in p else each
+        return cap if n > above else each * max(1, n)
     return fn
 
 
-def _with_symbol(with_: int, without: int) -> WeightFn:
-    return lambda p: with_ if "symbol" in p else without
-
-
 def _execution_rules(p: Params) -> int:
-    if "symbol" in p:
+    if _given(p, "symbol"):
         return 2
     n = symbols_count(p)
     if n is not None:
@@ -172,6 +186,8 @@ _MARKET_DATA: dict[tuple[str, str], tuple[WeightFn, str | None]] = {
     ("spot", "/api/v3/ticker"): (_per_symbol(4, 200, 50), "ticker24hr"),
     ("spot", "/api/v3/referencePrice"): (_const(2), "price"),
     ("spot", "/api/v3/referencePrice/calculation"): (_const(2), "price"),
+    ("options", "/eapi/v1/depth"): (_options_depth, "public"),
+    ("options", "/eapi/v1/ticker"): (_with_symbol(1, 40), "public"),
 }
 
 
@@ -184,11 +200,12 @@ def _futures_table(market: str, prefix: str) -> None:
         "depth": (_futures_depth, "depth"),
         "rpiDepth": (_const(20), "depth"),
         "trades": (_const(5), "public"),
-        "historicalTrades": (_const(20), None),
+        "historicalTrades": (_const(200), None),
         "aggTrades": (_const(20), "public"),
         "premiumIndex": (_const(10) if coinm else _with_symbol(1, 10), "price"),
         "fundingRate": (_const(1) if coinm else _const(0), "public"),
-        "fundingInfo": (_const(0), "exchangeInfo"),
+        # COIN-M's page gives no weight: 1, as its fundingRate (WEIGHTS.md).
+        "fundingInfo": (_const(1) if coinm else _const(0), "exchangeInfo"),
         "ticker/24hr": (_with_symbol(1, 40), "ticker24hr"),
         "ticker/price": (_with_symbol(1, 2), "price"),
         "ticker/bookTicker": (_with_symbol(2, 5), "bookTicker"),
@@ -211,7 +228,65 @@ def _futures_table(market: str, prefix: str) -> None:
 _futures_table("usdm", "/fapi/v1")
 _futures_table("coinm", "/dapi/v1")
 
-_WEIGHT_RE = re.compile(r"Weight[^0-9]{0,40}?(\d+)")
+# Signed and other non-market-data operations whose weight is not one plain
+# number in Binance's docs (WEIGHTS.md names the page of each), by
+# (market, method, path).
+_RULES: dict[tuple[str, str, str], WeightFn] = {
+    ("spot", "GET", "/api/v3/openOrders"): _with_symbol(6, 80),
+    ("spot", "GET", "/api/v3/myTrades"): _with("orderId", 5, 20),
+    ("spot", "GET", "/api/v3/myPreventedMatches"): _with("preventedMatchId", 2, 20),
+    ("spot", "POST", "/api/v3/order/test"): _flag("computeCommissionRates", 20, 1),
+    ("spot", "POST", "/api/v3/sor/order/test"): _flag("computeCommissionRates", 20, 1),
+    # Futures orders cost order-count, not IP weight; the test order's page
+    # gives no weight: 1.
+    ("usdm", "POST", "/fapi/v1/order"): _const(0),
+    ("usdm", "PUT", "/fapi/v1/order"): _const(0),
+    ("usdm", "POST", "/fapi/v1/algoOrder"): _const(0),
+    ("usdm", "POST", "/fapi/v1/order/test"): _const(1),
+    ("coinm", "POST", "/dapi/v1/order"): _const(0),
+    ("usdm", "GET", "/fapi/v1/openOrders"): _with_symbol(1, 40),
+    ("usdm", "GET", "/fapi/v1/openAlgoOrders"): _with_symbol(1, 40),
+    ("usdm", "GET", "/fapi/v1/forceOrders"): _with_symbol(20, 50),
+    ("usdm", "GET", "/fapi/v1/apiTradingStatus"): _with_symbol(1, 10),
+    ("coinm", "GET", "/dapi/v1/openOrders"): _with_symbol(1, 40),
+    # COIN-M's pages give the weight before and after the "CM migration":
+    # the larger of the two (WEIGHTS.md).
+    ("coinm", "GET", "/dapi/v1/allOrders"): _with_symbol(20, 40),
+    ("coinm", "GET", "/dapi/v1/userTrades"): _with_symbol(20, 40),
+    ("coinm", "GET", "/dapi/v1/forceOrders"): _with_symbol(20, 50),
+    ("coinm", "GET", "/dapi/v2/leverageBracket"): _with_symbol(1, 2),
+    ("options", "GET", "/eapi/v1/openOrders"): _with_symbol(1, 40),
+    ("pm", "GET", "/papi/v1/um/openOrders"): _with_symbol(1, 40),
+    ("pm", "GET", "/papi/v1/cm/openOrders"): _with_symbol(1, 40),
+    ("pm", "GET", "/papi/v1/um/conditional/openOrders"): _with_symbol(1, 40),
+    ("pm", "GET", "/papi/v1/cm/conditional/openOrders"): _with_symbol(1, 40),
+    ("pm", "GET", "/papi/v1/um/conditional/allOrders"): _with_symbol(1, 40),
+    ("pm", "GET", "/papi/v1/cm/conditional/allOrders"): _with_symbol(1, 40),
+    ("pm", "GET", "/papi/v1/um/algo/openAlgoOrders"): _with_symbol(1, 40),
+    ("pm", "GET", "/papi/v1/um/forceOrders"): _with_symbol(20, 50),
+    ("pm", "GET", "/papi/v1/cm/forceOrders"): _with_symbol(20, 50),
+    ("pm", "GET", "/papi/v1/cm/allOrders"): _with_symbol(20, 40),
+    ("pm", "GET", "/papi/v1/cm/userTrades"): _with_symbol(20, 40),
+    ("pm", "GET", "/papi/v1/um/apiTradingStatus"): _with_symbol(1, 10),
+    ("spot", "GET", "/sapi/v1/margin/crossMarginData"): _with("coin", 1, 5),
+    ("spot", "GET", "/sapi/v1/margin/isolatedMarginData"): _with_symbol(1, 10),
+    ("spot", "GET", "/sapi/v1/portfolio/asset-index-price"): _with("asset", 1, 50),
+}
+
+
+def weight_rule(market: str, method: str, path: str) -> WeightFn | None:
+    """The hand-written weight rule of an operation, or None when its
+    documented weight is one plain number (read from ``endpoints.csv``)."""
+    if method == "GET" and (market, path) in _MARKET_DATA:
+        return _MARKET_DATA[(market, path)][0]
+    return _RULES.get((market, method, path))
+
+
+# The IP weight of a plain ``weight_doc``: "Weight: 20", "Weight(IP): 10",
+# "Weight: 50(IP)"; a UID weight ("Weight(UID): 3000", "6(UID)") is another
+# pool (FACTS.md §1.7), so such a row costs the IP pool what an undocumented
+# one does, 1.
+_WEIGHT_RE = re.compile(r"Weight(?:\(IP\))?:\s*\**(\d+)(?!\d|\**\s*\(UID\))")
 
 
 def _doc_weight(text: str) -> int:
@@ -261,13 +336,11 @@ def load_endpoints() -> EndpointTable:
         method = row["method"]
         security = _security(path, row["security"], row["signature_required"] == "yes")
         rule = _MARKET_DATA.get((market, path)) if method == "GET" else None
-        if rule is not None:
-            weight_fn, cache_class = rule
-        else:
-            weight_fn = _const(_doc_weight(row["weight_doc"]))
-            if path.startswith("/futures/data/"):
-                weight_fn = _const(1 if market == "coinm" else 0)
-            cache_class = "public" if security == NONE and method == "GET" else None
+        cache_class = rule[1] if rule is not None else (
+            "public" if security == NONE and method == "GET" else None)
+        weight_fn = weight_rule(market, method, path) or _const(_doc_weight(row["weight_doc"]))
+        if rule is None and path.startswith("/futures/data/"):
+            weight_fn = _const(1 if market == "coinm" else 0)
         if security != NONE:
             cache_class = None
         endpoints.append(Endpoint(market, method, path, security, row["title"],

@@ -20,7 +20,6 @@ from twisted.internet.defer import Deferred
 from twisted.web import server
 from twisted.web.resource import Resource
 
-from bnproxy.binance.endpoints import load_endpoints
 from bnproxy.binance.errors import error_body
 from bnproxy.binance.markets import PRODUCTION
 from bnproxy.testing.fake import formats
@@ -32,13 +31,12 @@ from bnproxy.testing.fake.limits import WeightLimiter
 from bnproxy.testing.fake.orders import OrderBookKeeper
 from bnproxy.testing.fake.rest import ApiError, Call, RestApi
 from bnproxy.testing.fake.state import MARKETS, Account, Accounts, Market, SymbolState
+from bnproxy.testing.fake.weights import ZERO_ON_SUCCESS, charged
 from bnproxy.testing.fake.ws import StreamHub
 
 __all__ = ["DEFAULT_WEIGHT_LIMITS", "MARKETS", "Counters", "FakeExchange", "Faults"]
 
 DEFAULT_WEIGHT_LIMITS = {m: PRODUCTION[m].weight_limit or 2400 for m in MARKETS}
-ZERO_WEIGHT_ON_SUCCESS = {("spot", "POST", "/api/v3/order"), ("spot", "DELETE", "/api/v3/order"),
-                          ("spot", "DELETE", "/api/v3/openOrders")}
 
 
 class FakeExchange:
@@ -52,7 +50,6 @@ class FakeExchange:
         self.clock = reactor
         self.tick_seconds = tick
         self.keys = dict(keys or DEFAULT_KEYS)
-        self.endpoints = load_endpoints()
         self.markets = Market(reactor, instruments or default_instruments(), seed, start_ms,
                              trade_rate)
         limits = {**DEFAULT_WEIGHT_LIMITS, **(weight_limits or {})}
@@ -150,8 +147,7 @@ class FakeExchange:
         now = self.server_ms()
         market_now = self.market_ms()
         limiter = self.limiters[market]
-        endpoint = self.endpoints.lookup(market, method, path)
-        weight = endpoint.weight(params) if endpoint is not None else 1
+        weight = charged(market, method, path, params)  # the fake's own table
         status, info = limiter.check(ip, market_now, weight)
         extra: list[tuple[bytes, bytes]] = []
         if status == 429:
@@ -166,7 +162,7 @@ class FakeExchange:
                         headers.get(b"x-mbx-apikey", b"").decode("latin-1") or None, ip, now)
             try:
                 result = self.rest.handle(call)
-                if (market, method, path) in ZERO_WEIGHT_ON_SUCCESS:
+                if (market, method, path) in ZERO_ON_SUCCESS:
                     limiter.state(ip, market_now).used -= weight
             except ApiError as e:
                 result = (e.status, error_body(e.code, e.msg), [])
