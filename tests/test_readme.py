@@ -20,16 +20,21 @@ TOC_START, TOC_END = "<!-- contents -->\n", "<!-- end of contents -->\n"
 TOC_TITLE = "Contents"
 
 
-def headings(text: str, level: str = "##") -> list[str]:
-    """The file's headings of exactly ``level``, in order; lines inside
-    fenced code blocks are not headings."""
+def all_headings(text: str) -> list[tuple[str, str]]:
+    """The file's headings as (``#``s, title), in order; lines inside fenced
+    code blocks are not headings."""
     found, fenced = [], False
     for line in text.splitlines():
         if line.startswith("```"):
             fenced = not fenced
-        elif not fenced and line.startswith(level + " "):
-            found.append(line[len(level) + 1:].strip())
+        elif not fenced and (m := re.match(r"(#{1,6}) (.+)", line)):
+            found.append((m.group(1), m.group(2).strip()))
     return found
+
+
+def headings(text: str, level: str = "##") -> list[str]:
+    """The titles of the headings of exactly ``level``, in order."""
+    return [title for hashes, title in all_headings(text) if hashes == level]
 
 
 def anchor(heading: str) -> str:
@@ -43,12 +48,11 @@ def anchors(text: str) -> set[str]:
     as GitHub numbers them."""
     seen: dict[str, int] = {}
     result = set()
-    for level in ("#", "##", "###", "####"):
-        for heading in headings(text, level):
-            base = anchor(heading)
-            n = seen.get(base, 0)
-            seen[base] = n + 1
-            result.add(base if n == 0 else f"{base}-{n}")
+    for _, heading in all_headings(text):
+        base = anchor(heading)
+        n = seen.get(base, 0)
+        seen[base] = n + 1
+        result.add(base if n == 0 else f"{base}-{n}")
     return result
 
 
@@ -94,6 +98,12 @@ def test_the_contents_list_every_section_and_only_those():
     links = re.findall(r"\]\(#([^)]+)\)", toc)
     assert len(links) == len(headings(text)) - 1 > 10
     assert set(links) <= anchors(text)  # every link lands on a heading
+
+
+def test_every_link_inside_the_readme_lands_on_a_heading():
+    text = readme()
+    links = set(re.findall(r"\]\(#([^)]+)\)", text))
+    assert links and links - anchors(text) == set()
 
 
 def test_a_heading_in_a_code_block_is_not_a_section():
