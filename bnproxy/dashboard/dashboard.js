@@ -173,7 +173,31 @@ function renderBans() {
     " left — ", el("span", {class: "cause"}, b.cause || ""))));
 }
 
+function cls(status) { return String(status || "").replace(/[^a-z]+/g, "-"); }
+
+function renderVerdict() {
+  const v = document.getElementById("verdict");
+  v.textContent = doc.status || "?";
+  v.className = "verdict " + cls(doc.status);
+  document.body.dataset.status = doc.status || "";
+  const issues = doc.issues || [];
+  document.getElementById("problems").replaceChildren(...issues.map((p) =>
+    el("div", {class: "problem " + cls(p.severity), "data-name": p.name},
+      `${p.severity}: ${p.text}`, el("span", {class: "since"}, `since ${fmtTime(p.since)} UTC`))));
+}
+
+let lastEvent = 0;       // browser time of the newest event, ms
+const STALE_AFTER = 2500;
+function markStale() {
+  if (!doc || document.body.classList.contains("stale")) return;
+  document.body.classList.add("stale");
+  const link = document.getElementById("link");
+  link.textContent = `no data since ${fmtTime(doc.time)} UTC`;
+  link.className = "link down";
+}
+
 function tickCountdowns() {
+  if (lastEvent && Date.now() - lastEvent > STALE_AFTER) markStale();
   for (const b of document.querySelectorAll(".ban")) {
     const left = Number(b.dataset.until) - nowProxy();
     b.querySelector(".countdown").textContent = fmtDuration(left);
@@ -257,6 +281,7 @@ function renderInstances() {
 function render() {
   document.getElementById("version").textContent = "v" + doc.version;
   document.getElementById("uptime").textContent = "up " + fmtDuration(doc.uptime_seconds);
+  renderVerdict();
   renderBans();
   renderPools();
   renderSaving();
@@ -289,6 +314,8 @@ async function fetchState() {
     const state = await r.json();
     clockOffset = state.time - Date.now() / 1000;
     loadHistory(state);
+    lastEvent = Date.now();
+    document.body.classList.remove("stale");
     doc = state;
     render();
   } catch (e) {
@@ -301,9 +328,11 @@ async function fetchState() {
 function connect() {
   const source = new EventSource("dashboard/events");
   source.addEventListener("open", () => { setLink(true); fetchState(); });
-  source.addEventListener("error", () => setLink(false));
+  source.addEventListener("error", () => { setLink(false); markStale(); });
   source.addEventListener("state", (ev) => {
     const state = JSON.parse(ev.data);
+    lastEvent = Date.now();
+    if (document.body.classList.contains("stale")) { document.body.classList.remove("stale"); setLink(true); }
     clockOffset = state.time - Date.now() / 1000;
     if (doc && state.uptime_seconds < doc.uptime_seconds) { times = []; series = {}; }  // restarted
     pushSample(state.time, state.sample || {});

@@ -20,6 +20,11 @@ point, as one ``state`` event a second)::
 
     {
       "schema": 1,
+      "status": "ok",                # the proxy's verdict (bnproxy.verdict): ok,
+                                     # degraded, banned or not ready, as /health
+      "problems": ["…"],             # its reasons, as sentences
+      "issues": [{"name": "streams-stale:spot", "severity": "degraded",
+                  "text": "…", "since": 1764299990.0}],
       "time": 1764300000.0,          # the proxy's clock (Unix seconds)
       "version": "0.x", "uptime_seconds": 12.0,
       "pools": [{"pool": "spot", "egress": null, "used": 40, "budget": 5400,
@@ -75,6 +80,7 @@ from bnproxy.binance.limits import BAN_STATUSES
 from bnproxy.binance.privacy import redact_query
 from bnproxy.chain.interfaces import IHealthReporter, IWeightGovernor
 from bnproxy.chain.messages import ProxyRequest, ProxyResponse
+from bnproxy.verdict import OK, Verdict
 
 _log = Logger(namespace="bnproxy.dashboard")
 
@@ -114,8 +120,10 @@ class DashboardFeed(Service):
     """
 
     def __init__(self, clock, reporters: Callable[[], Sequence[Any]], metrics,
-                 endpoints=None, history: int = HISTORY, interval: float = 1.0) -> None:
+                 endpoints=None, history: int = HISTORY, interval: float = 1.0,
+                 verdict: Callable[[], Verdict] | None = None) -> None:
         self._clock = clock
+        self._verdict = verdict
         self._reporters = reporters
         self._metrics = metrics
         self._endpoints = endpoints
@@ -204,7 +212,9 @@ class DashboardFeed(Service):
         now = self._clock.seconds()
         healths = self._healths()
         sample: dict[str, float | None] = {}
-        doc: dict[str, Any] = {"schema": 1, "time": round(now, 3), "version": __version__,
+        verdict = self._verdict() if self._verdict is not None else Verdict(OK, ())
+        doc: dict[str, Any] = {"schema": 1, **verdict.document(), "time": round(now, 3),
+                               "version": __version__,
                                "uptime_seconds": round(now - self._started, 3)}
         pools = self._pools(healths)
         doc["pools"] = pools
