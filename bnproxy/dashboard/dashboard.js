@@ -258,8 +258,9 @@ function renderHits() {
 
 function renderErrors() {
   const rows = (doc.errors || []).map((e) => el("tr", {},
-    el("td", {}, fmtTime(e.time)), el("td", {}, e.client),
-    el("td", {}, `${e.method} /${e.market}${e.path}${e.query ? "?" + e.query : ""}`),
+    el("td", {}, fmtTime(e.time)), el("td", {class: "wrap"}, e.client),
+    el("td", {class: "wrap", title: `${e.method} /${e.market}${e.path}${e.query ? "?" + e.query : ""}`},
+       `${e.method} /${e.market}${e.path}${e.query ? "?" + e.query : ""}` + (e.count > 1 ? ` ×${e.count}` : "")),
     el("td", {class: e.status >= 500 || e.status === 418 ? "status-5xx" : "status-4xx"}, String(e.status)),
     el("td", {}, e.source), el("td", {class: "msg"}, e.msg)));
   if (!rows.length) rows.push(el("tr", {}, el("td", {class: "empty", colspan: "6"}, "none")));

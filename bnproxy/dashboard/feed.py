@@ -77,7 +77,7 @@ from twisted.logger import Logger
 
 from bnproxy import __version__
 from bnproxy.binance.limits import BAN_STATUSES
-from bnproxy.binance.privacy import redact_query
+from bnproxy.binance.privacy import redact_query, redact_text
 from bnproxy.chain.interfaces import IHealthReporter, IWeightGovernor
 from bnproxy.chain.messages import ProxyRequest, ProxyResponse
 from bnproxy.verdict import OK, Verdict
@@ -89,6 +89,9 @@ ERRORS = 20
 LATENCY_WINDOW = 10  # seconds of histogram deltas behind each latency point
 SOURCES = ("stream", "cache", "upstream", "local")
 MAX_CLIENTS = 500  # rows in the per-bot table (the busiest by weight)
+EVENT_CLIENTS = 50  # of which the live events carry the first (the page's table)
+MAX_REFUSED = 64  # (bot, status, reason, market) kinds of local refusals summed
+TEXT = 200  # characters of a path, query or message shown
 
 
 def quantile(q: float, bounds: Sequence[float], counts: Sequence[float]) -> float | None:
@@ -136,6 +139,8 @@ class DashboardFeed(Service):
             maxlen=ERRORS)
         self._errors: list[dict] = []
         self._errors_seen = 0
+        self._upstream_errors = 0  # of which answered upstream (the ring)
+        self._refused: dict[tuple[str, int, str, str], list[Any]] = {}
         self._errors_added = 0
         self._answers_prev: dict[str, int] = {}
         self._asked_prev: dict[str, float] = {}
@@ -192,12 +197,29 @@ class DashboardFeed(Service):
         errors = self._raw_errors
         clock = self._clock
 
+        refused = self._refused
+
         def observe(request: ProxyRequest | None, response: ProxyResponse) -> None:
             if answered is not None:
                 answered(request, response)
             if response.status >= 400 and request is not None:
-                errors.append((clock.seconds(), request, response))
                 self._errors_added += 1
+                if response.source != "local":
+                    errors.append((clock.seconds(), request, response))
+                    self._upstream_errors += 1
+                    return
+                # refused here (allowlist, budget, ban, bad request): summed per
+                # (bot, status, reason), never each kept: any client could
+                # otherwise fill the list and set every event's size
+                key = (request.client, response.status, response.detail or "", request.market)
+                row = refused.get(key)
+                if row is None:
+                    if len(refused) >= MAX_REFUSED:
+                        del refused[min(refused, key=lambda k: refused[k][1])]
+                    row = refused[key] = [0, 0.0, request, response]
+                row[0] += 1
+                row[1] = clock.seconds()
+                row[2], row[3] = request, response
 
         return observe
 
@@ -257,7 +279,7 @@ class DashboardFeed(Service):
         self.document = doc
         self._state = None
         self.event = b"event: state\ndata: " + orjson.dumps(
-            {**doc, "sample": sample}) + b"\n\n"
+            {**doc, "clients": doc["clients"][:EVENT_CLIENTS], "sample": sample}) + b"\n\n"
         for listener in list(self._listeners):
             try:
                 listener(self.event)
@@ -341,8 +363,8 @@ class DashboardFeed(Service):
     def _note_ban_causes(self) -> None:
         """Remember the newest upstream 418/429 per market (the error ring
         may lose it under a flood of refusals)."""
-        new = min(self._errors_added - self._causes_scanned, len(self._raw_errors))
-        self._causes_scanned = self._errors_added
+        new = min(self._upstream_errors - self._causes_scanned, len(self._raw_errors))
+        self._causes_scanned = self._upstream_errors
         for _t, request, response in list(self._raw_errors)[len(self._raw_errors) - new:]:
             if response.status in BAN_STATUSES and response.source == "upstream":
                 self._ban_causes[request.market] = (
@@ -466,13 +488,27 @@ class DashboardFeed(Service):
         return None
 
     def _error_rows(self) -> list[dict]:
+        """The newest errors: upstream failures each, local refusals summed
+        per (bot, status, reason, market) with a ``count``; at most ERRORS
+        rows, every text bounded and redacted."""
         if self._errors_added != self._errors_seen:  # formatted only when new ones came
             self._errors_seen = self._errors_added
-            self._errors = [{"time": round(t, 3), "client": r.client, "method": r.method,
-                             "market": r.market, "path": r.path, "query": redact_query(r),
-                             "status": a.status, "source": a.source, "msg": _msg(a)}
-                            for t, r, a in reversed(self._raw_errors)]
+            rows = [_error_row(t, r, a, 1) for t, r, a in reversed(self._raw_errors)]
+            rows += [_error_row(t, r, a, n) for n, t, r, a in self._refused.values()]
+            rows.sort(key=lambda row: -row["time"])
+            self._errors = rows[:ERRORS]
         return self._errors
+
+
+def _error_row(t: float, r: ProxyRequest, a: ProxyResponse, count: int) -> dict:
+    return {"time": round(t, 3), "client": r.client[:64], "method": r.method[:16],
+            "market": r.market, "path": _cut(r.path), "query": _cut(redact_query(r)),
+            "status": a.status, "source": a.source, "reason": (a.detail or "")[:40],
+            "msg": _msg(a), "count": count}
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= TEXT else text[:TEXT] + "…"
 
 
 def _msg(response: ProxyResponse) -> str:
@@ -484,5 +520,5 @@ def _msg(response: ProxyResponse) -> str:
         except orjson.JSONDecodeError:
             value = None
         if isinstance(value, dict) and isinstance(value.get("msg"), str):
-            return value["msg"][:300]
-    return response.detail or ""
+            return redact_text(value["msg"], TEXT)
+    return redact_text(response.detail or "", TEXT)
