@@ -32,8 +32,10 @@ point, as one ``state`` event a second)::
       "bans": [{"pool": "spot", "egress": null, "seconds_left": 88.2,
                 "until": 1764300088.2, "status": 418, "cause": "…"}],
       "weight_15m": {"asked": {"spot": 1200}, "spent": {"spot": 80},
-                     "saving_percent": {"spot": 93.3},
-                     "total": {"asked": 1200, "spent": 80, "saving_percent": 93.3}},
+                     "refused": {"spot": 30},       # refused here or failed: not saved
+                     "saving_percent": {"spot": 93.3},   # 1 - spent / asked (answered)
+                     "total": {"asked": 1200, "spent": 80, "refused": 30,
+                               "saving_percent": 93.3}},
       "clients": [{"client": "bot-a", "requests": 10, "weight": 20,
                    "refused": 0, "last_seen": 1764299990.0}],
       "answers": {"total": {"cache": 5, …}, "last_15m": {"cache": 5, …}},
@@ -54,12 +56,13 @@ point, as one ``state`` event a second)::
 
 History series: ``used.<pool>`` (``used.<pool>@<egress>`` when the governor
 reports an egress address): weight used this minute; ``asked.<market>``:
-weight the bots' answers would have cost upstream, per second, predicted
-from the endpoint table with the endpoints' default parameters (the metrics
-have no "asked" figure); ``spent.<market>``: weight the governor counted
-upstream that second (bots' and the proxy's own requests; ``sapi`` counts
-under ``spot``); ``latency.p50``/``latency.p99``: upstream latency over the
-last 10 s from histogram bucket deltas (null: no upstream answer);
+weight the bots' answered requests would have cost upstream, per second
+(``bnproxy_weight_asked_total``); ``refused.<market>``: the weight of those
+refused here or failed (``bnproxy_weight_refused_total``);
+``spent.<market>``: weight the governor counted upstream that second
+(bots' and the proxy's own requests; ``sapi`` counts under ``spot``);
+``latency.p50``/``latency.p99``: upstream latency over the last 10 s from
+histogram bucket deltas (null: no upstream answer);
 ``answers.<source>``: answers per second by source (stream, cache,
 upstream, local). A value is null where the series did not exist yet.
 """
@@ -144,6 +147,7 @@ class DashboardFeed(Service):
         self._errors_added = 0
         self._answers_prev: dict[str, int] = {}
         self._asked_prev: dict[str, float] = {}
+        self._refused_prev: dict[str, int] = {}
         self._spent_prev: dict[str, int] = {}
         self._buckets: deque[tuple[list[float], list[float]]] = deque(
             maxlen=LATENCY_WINDOW + 1)
@@ -254,6 +258,10 @@ class DashboardFeed(Service):
         for market, w in asked.items():
             sample[f"asked.{market}"] = w - self._asked_prev.get(market, 0)
         self._asked_prev = asked
+        refused = dict(getattr(self._metrics, "refused", {}))
+        for market, w in refused.items():
+            sample[f"refused.{market}"] = w - self._refused_prev.get(market, 0)
+        self._refused_prev = refused
         for market, w in self._spent().items():
             sample[f"spent.{market}"] = w
             self.spent_total[market] = self.spent_total.get(market, 0) + w
@@ -421,18 +429,20 @@ class DashboardFeed(Service):
         return delta
 
     def _weight_15m(self) -> dict[str, Any]:
-        asked, spent = self._sums("asked."), self._sums("spent.")
+        asked, spent, refused = self._sums("asked."), self._sums("spent."), self._sums("refused.")
 
         def saving(a: float, s: float) -> float | None:
             return round(100.0 * (a - s) / a, 1) if a > 0 else None
 
-        markets = sorted(set(asked) | set(spent))
+        markets = sorted(set(asked) | set(spent) | set(refused))
         ta, ts = sum(asked.values()), sum(spent.values())
         return {"asked": {m: asked.get(m, 0) for m in markets},
                 "spent": {m: spent.get(m, 0) for m in markets},
+                "refused": {m: refused.get(m, 0) for m in markets},
                 "saving_percent": {m: saving(asked.get(m, 0), spent.get(m, 0))
                                    for m in markets},
-                "total": {"asked": ta, "spent": ts, "saving_percent": saving(ta, ts)}}
+                "total": {"asked": ta, "spent": ts, "refused": sum(refused.values()),
+                          "saving_percent": saving(ta, ts)}}
 
     def _latency(self) -> tuple[float | None, float | None]:
         hist = getattr(self._metrics, "upstream_latency", None)

@@ -276,18 +276,19 @@ def render(state: dict[str, Any], out: TextIO, bots: int = 10) -> None:
     _table(rows, out)
     w = _dict(state, "weight_15m")
     out.write("\nAsked by the bots vs spent upstream, last 15 min\n")
-    rows = [["market", "asked", "spent", "saving"]]
+    rows = [["market", "asked", "spent", "saving", "refused"]]
     spent_by, saving_by = _dict(w, "spent"), _dict(w, "saving_percent")
+    refused_by = _dict(w, "refused")
     for m, asked in _dict(w, "asked").items():
-        spent = spent_by.get(m, 0)
-        if _num(asked) or _num(spent):
+        spent, refused = spent_by.get(m, 0), refused_by.get(m, 0)
+        if _num(asked) or _num(spent) or _num(refused):
             saving = _num(saving_by.get(m), None)
             rows.append([clean(m, 40), _int(asked), _int(spent),
-                         "-" if saving is None else f"{saving:.1f} %"])
+                         "-" if saving is None else f"{saving:.1f} %", _int(refused)])
     total = _dict(w, "total")
     saving = _num(total.get("saving_percent"), None)
     rows.append(["total", _int(total.get("asked", 0)), _int(total.get("spent", 0)),
-                 "-" if saving is None else f"{saving:.1f} %"])
+                 "-" if saving is None else f"{saving:.1f} %", _int(total.get("refused", 0))])
     _table(rows, out)
     clients = _list(state, "clients")
     out.write(f"\nBots ({len(clients)})\n")
