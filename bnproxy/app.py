@@ -135,11 +135,12 @@ def build_proxy(config: ProxyConfig, reactor: Any, agent: Any = None) -> Proxy:
     handler = compose(middlewares, upstream)
     chain_ref.append(handler)
 
-    dashboard = DashboardFeed(reactor, lambda: middlewares, metrics, endpoints)
+    dashboard = DashboardFeed(reactor, lambda: middlewares, metrics, endpoints,
+                              verdict=lambda: readiness.verdict())
     forward = ForwardingResource(handler, markets, endpoints, reactor, resolver,
                                  dashboard.observer(metrics.answered))
     readiness = Readiness(reactor, markets, upstream, handler, endpoints,
-                          lambda: middlewares, shared_state)
+                          lambda: [*middlewares, access_log], shared_state)
     metrics.watch(lambda: [m for m in [*middlewares, readiness, dashboard, shared_state]
                            if IMetricsSource.providedBy(m)])
     metrics.track_inflight(lambda: forward.inflight)
@@ -147,15 +148,15 @@ def build_proxy(config: ProxyConfig, reactor: Any, agent: Any = None) -> Proxy:
     health = HealthResource(reactor, markets,
                             [m for m in [*middlewares, shared_state, guards]
                              if IHealthReporter.providedBy(m)],
-                            readiness.problems, [m.name for m in middlewares],
-                            clients=metrics.clients, degraded=readiness.degraded)
+                            readiness.verdict, [m.name for m in middlewares],
+                            clients=metrics.clients)
 
     root = RootResource(forward)
     root.putChild(b"health", AdminGuard(health, admin_allow, resolver))
     root.putChild(b"metrics", AdminGuard(MetricsResource(metrics.registry), admin_allow,
                                          resolver))
     root.putChild(b"live", LiveResource())
-    root.putChild(b"ready", ReadyResource(readiness.problems, readiness.degraded))
+    root.putChild(b"ready", ReadyResource(readiness.verdict))
     mount_dashboard(root, dashboard, lambda resource: AdminGuard(resource, admin_allow, resolver))
     for name, resource in admin.items():
         root.putChild(name.encode("ascii"), AdminGuard(resource, admin_allow, resolver))

@@ -7,6 +7,7 @@ import json
 import pytest
 from helpers import Harness, RecordingUpstream, chain
 from twisted.internet import task
+from twisted.internet.address import IPv4Address
 from twisted.web.test.requesthelper import DummyRequest
 
 from bnproxy.dashboard.feed import HISTORY, DashboardFeed, quantile
@@ -166,12 +167,28 @@ def test_instances_appear_when_a_reporter_has_them():
     assert "instances" not in alone.document
 
 
+class Page(DummyRequest):
+    """A page holding an event stream (twisted's DummyRequest pulls from a
+    producer in a loop: the stream registers a push producer)."""
+
+    def __init__(self, *args, host: str = "127.0.0.1", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.client = IPv4Address("TCP", host, 5000)
+        self.producer = None
+
+    def registerProducer(self, producer, streaming):
+        self.producer = producer
+
+    def unregisterProducer(self):
+        self.producer = None
+
+
 def test_every_open_page_gets_the_same_bytes_and_the_stream_ends_on_stop():
     clock = task.Clock()
     feed = DashboardFeed(clock, lambda: [], Metrics())
     feed.startService()
     events = EventsResource(feed)
-    pages = [DummyRequest([b"events"]) for _ in range(3)]
+    pages = [Page([b"events"]) for _ in range(3)]
     for page in pages:
         events.render_GET(page)
     assert events.open == 3
@@ -274,3 +291,68 @@ def test_bans_on_two_hosts_are_shown_under_their_own_markets(tmp_path):
     assert set(bans) == {"spot", "usdm"}
     assert bans["usdm"]["scope"] == "host:usdm.upstream.test"
     assert bans["spot"]["markets"] == ["spot"]
+
+
+def test_event_streams_are_capped_in_all_and_per_address():
+    clock = task.Clock()
+    feed = DashboardFeed(clock, lambda: [], Metrics())
+    events = EventsResource(feed, max_streams=6, per_address=2)
+    mine = [Page([b"events"], host="127.0.0.2") for _ in range(3)]
+    bodies = [events.render_GET(page) for page in mine]
+    assert events.open == 2
+    assert mine[2].responseCode == 429 and mine[2].responseHeaders.getRawHeaders(
+        b"retry-after") == [b"10"]
+    assert json.loads(bodies[2])["code"] == -1003
+    others = [Page([b"events"], host=f"127.0.1.{i}") for i in range(6)]
+    for page in others:
+        events.render_GET(page)
+    assert events.open == 6 and [p.responseCode for p in others][-2:] == [429, 429]
+    mine[0].processingFailed(Exception("gone"))  # a tab closed: room for one more
+    again = Page([b"events"], host="127.0.0.2")
+    events.render_GET(again)
+    assert again.responseCode is None and events.open == 6
+
+
+def test_a_page_that_stops_reading_is_closed_when_its_transport_pauses():
+    clock = task.Clock()
+    feed = DashboardFeed(clock, lambda: [], Metrics())
+    feed.startService()
+    events = EventsResource(feed)
+    page = Page([b"events"])
+    aborted = []
+
+    class Transport:
+        def abortConnection(self):
+            aborted.append(True)
+            page.processingFailed(Exception("aborted"))
+
+    page.channel = type("Channel", (), {"transport": Transport()})()
+    events.render_GET(page)
+    clock.advance(1)
+    written = len(page.written)
+    page.producer.pauseProducing()  # more than 64 KiB wait unsent: the page stopped reading
+    assert aborted == [True] and events.open == 0 and events.closed_unread == 1
+    clock.advance(5)
+    assert len(page.written) == written  # nothing more is queued for it
+
+
+def test_refusals_are_summed_and_upstream_messages_redacted(tmp_path):
+    key = "vmPUZE6mv9SD5VNHk4HlWFsOr6aKE2zvsw0MuIgwCIPy6utIco14y7Ju91duEh8A"
+    body = ('{"code":-1022,"msg":"Signature for this request is not valid: signature=abc123 '
+            f'apiKey={key}"}}').encode()
+    h = Harness(answering(400, body=body), state_dir=str(tmp_path),
+                trusted_proxies=("127.0.0.1/32",),
+                middleware=chain("allowlist", allowlist={"allow": ["127.0.0.1/32"]}))
+    for i in range(500):  # one client floods with refused requests, each unique
+        h.request("GET", f"/api/v3/depth?symbol=X{i}&pad={'p' * 3000}",
+                  headers={b"X-Forwarded-For": b"10.9.9.9"})
+    h.request("GET", "/api/v3/order?symbol=S&timestamp=1&signature=deadbeef")
+    state = tick(h)
+    errors = state["errors"]
+    assert len(errors) == 2
+    refused = next(e for e in errors if e["source"] == "local")
+    assert refused["count"] == 500 and len(refused["query"]) <= 201
+    upstream = next(e for e in errors if e["source"] == "upstream")
+    assert "abc123" not in upstream["msg"] and key not in upstream["msg"]
+    assert "signature=[redacted]" in upstream["msg"]
+    assert len(h.service.dashboard.event) < 16 * 1024

@@ -34,11 +34,12 @@ def test_weight_asked_beside_weight_spent_shows_what_the_cache_saved():
     assert value(metrics["bnproxy_weight_spent"], market="usdm") == 1
 
 
-def test_an_answer_made_locally_was_asked_but_not_spent():
+def test_a_refused_request_is_not_asked_weight_and_so_never_a_saving():
     h = Harness(middleware=chain("allowlist", allowlist={"allow": "10.0.0.0/8"}))
     assert h.request("GET", "/api/v3/exchangeInfo").status == 403
     metrics = scrape(h)
-    assert value(metrics["bnproxy_weight_asked"], market="spot") == 20
+    assert value(metrics["bnproxy_weight_refused"], market="spot") == 20
+    assert not [s for s in metrics["bnproxy_weight_asked"] if s.labels["market"] == "spot"]
     assert not [s for s in metrics["bnproxy_weight_spent"] if s.labels["market"] == "spot"]
 
 

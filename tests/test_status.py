@@ -62,5 +62,5 @@ def test_status_prints_the_summary_of_a_running_proxy(proxy):
 
 def test_status_says_why_when_it_cannot_read(tmp_path):
     done = status(f"http://127.0.0.1:{free_port()}", "--timeout", "2", cwd=str(tmp_path))
-    assert done.returncode == 1
+    assert done.returncode == 2  # CRITICAL: a monitoring check's unreachable
     assert "cannot read" in done.stderr and done.stdout == ""

@@ -73,3 +73,16 @@ def redact_query(request: ProxyRequest) -> str:
     return "&".join(f"{quote(k, safe='')}="
                     f"{REDACTED if k.lower() in SECRET_PARAMS else quote(v, safe=',[]')}"
                     for k, v in pairs)
+
+
+_SECRET_IN_TEXT = re.compile(
+    r"(?i)\b(" + "|".join(sorted(SECRET_PARAMS)) + r")(\s*[=:]\s*\"?)[^\s&\"',;]+")
+_LONG_TOKEN = re.compile(r"\b[A-Za-z0-9]{40,}\b")  # API keys, listenKeys, signatures
+
+
+def redact_text(text: str, limit: int = 300) -> str:
+    """Free text from outside (an upstream's error message) as it may be
+    shown to people: the values of secret parameters and any long
+    key-like token replaced by ``[redacted]``, at most ``limit`` characters."""
+    text = _LONG_TOKEN.sub(REDACTED, _SECRET_IN_TEXT.sub(r"\1\2" + REDACTED, text[:4 * limit]))
+    return text if len(text) <= limit else text[:limit] + "…"

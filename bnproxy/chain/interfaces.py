@@ -122,6 +122,21 @@ class IAdmission(Interface):
         unix-socket peer) may send requests through the proxy."""
 
 
+class IProblemReporter(Interface):
+    """Something whose trouble belongs in the proxy's one verdict (``ok``,
+    ``degraded``, ``not ready``, ``banned``; ``bnproxy.verdict``), shown by
+    ``/ready``, ``/health``, the dashboard's banner and ``status``."""
+
+    def health_problems():
+        """A list of ``(key, severity, text)`` tuples, one per problem now
+        (empty: none). ``key`` is stable while the problem lasts (the verdict
+        tells since when from it: ``"streams-stale:spot"``); ``severity`` is
+        ``"degraded"`` (serving, less well), ``"banned"`` (Binance refuses;
+        bots are answered locally) or ``"not ready"`` (cannot serve);
+        ``text`` a short sentence without secrets. A provider's problems
+        replace its ``IReadinessCheck`` reasons in the verdict. Cheap, no I/O."""
+
+
 class IWeightGovernor(Interface):
     """The fleet's request-weight budget, per (egress address, weight pool).
 

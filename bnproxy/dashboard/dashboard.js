@@ -173,7 +173,31 @@ function renderBans() {
     " left — ", el("span", {class: "cause"}, b.cause || ""))));
 }
 
+function cls(status) { return String(status || "").replace(/[^a-z]+/g, "-"); }
+
+function renderVerdict() {
+  const v = document.getElementById("verdict");
+  v.textContent = doc.status || "?";
+  v.className = "verdict " + cls(doc.status);
+  document.body.dataset.status = doc.status || "";
+  const issues = doc.issues || [];
+  document.getElementById("problems").replaceChildren(...issues.map((p) =>
+    el("div", {class: "problem " + cls(p.severity), "data-name": p.name},
+      `${p.severity}: ${p.text}`, el("span", {class: "since"}, `since ${fmtTime(p.since)} UTC`))));
+}
+
+let lastEvent = 0;       // browser time of the newest event, ms
+const STALE_AFTER = 2500;
+function markStale() {
+  if (!doc || document.body.classList.contains("stale")) return;
+  document.body.classList.add("stale");
+  const link = document.getElementById("link");
+  link.textContent = `no data since ${fmtTime(doc.time)} UTC`;
+  link.className = "link down";
+}
+
 function tickCountdowns() {
+  if (lastEvent && Date.now() - lastEvent > STALE_AFTER) markStale();
   for (const b of document.querySelectorAll(".ban")) {
     const left = Number(b.dataset.until) - nowProxy();
     b.querySelector(".countdown").textContent = fmtDuration(left);
@@ -183,13 +207,16 @@ function tickCountdowns() {
 
 function renderSaving() {
   const w = doc.weight_15m || {asked: {}, spent: {}, saving_percent: {}, total: {}};
-  const rows = Object.keys(w.asked).filter((m) => w.asked[m] > 0 || w.spent[m] > 0).map((m) => el("tr", {"data-market": m}, el("td", {}, m),
+  const refused = w.refused || {};
+  const rows = Object.keys(w.asked).filter((m) => w.asked[m] > 0 || w.spent[m] > 0 || refused[m] > 0).map((m) => el("tr", {"data-market": m}, el("td", {}, m),
     el("td", {}, fmtNum(w.asked[m])), el("td", {}, fmtNum(w.spent[m])),
-    el("td", {class: "saving"}, w.saving_percent[m] === null ? "–" : w.saving_percent[m] + " %")));
+    el("td", {class: "saving"}, w.saving_percent[m] === null ? "–" : w.saving_percent[m] + " %"),
+    el("td", {class: "refused"}, fmtNum(refused[m] || 0))));
   const t = w.total || {};
   rows.push(el("tr", {"data-market": "total"}, el("th", {}, "total"), el("th", {}, fmtNum(t.asked)),
     el("th", {}, fmtNum(t.spent)),
-    el("th", {class: "saving"}, t.saving_percent === null || t.saving_percent === undefined ? "–" : t.saving_percent + " %")));
+    el("th", {class: "saving"}, t.saving_percent === null || t.saving_percent === undefined ? "–" : t.saving_percent + " %"),
+    el("th", {class: "refused"}, fmtNum(t.refused || 0))));
   fill(document.querySelector("#saving tbody"), rows);
   const markets = Object.keys(w.asked).filter((m) => w.asked[m] > 0 || w.spent[m] > 0);
   const keys = [], labels = [];
@@ -234,8 +261,9 @@ function renderHits() {
 
 function renderErrors() {
   const rows = (doc.errors || []).map((e) => el("tr", {},
-    el("td", {}, fmtTime(e.time)), el("td", {}, e.client),
-    el("td", {}, `${e.method} /${e.market}${e.path}${e.query ? "?" + e.query : ""}`),
+    el("td", {}, fmtTime(e.time)), el("td", {class: "wrap"}, e.client),
+    el("td", {class: "wrap", title: `${e.method} /${e.market}${e.path}${e.query ? "?" + e.query : ""}`},
+       `${e.method} /${e.market}${e.path}${e.query ? "?" + e.query : ""}` + (e.count > 1 ? ` ×${e.count}` : "")),
     el("td", {class: e.status >= 500 || e.status === 418 ? "status-5xx" : "status-4xx"}, String(e.status)),
     el("td", {}, e.source), el("td", {class: "msg"}, e.msg)));
   if (!rows.length) rows.push(el("tr", {}, el("td", {class: "empty", colspan: "6"}, "none")));
@@ -257,6 +285,7 @@ function renderInstances() {
 function render() {
   document.getElementById("version").textContent = "v" + doc.version;
   document.getElementById("uptime").textContent = "up " + fmtDuration(doc.uptime_seconds);
+  renderVerdict();
   renderBans();
   renderPools();
   renderSaving();
@@ -289,6 +318,8 @@ async function fetchState() {
     const state = await r.json();
     clockOffset = state.time - Date.now() / 1000;
     loadHistory(state);
+    lastEvent = Date.now();
+    document.body.classList.remove("stale");
     doc = state;
     render();
   } catch (e) {
@@ -301,9 +332,11 @@ async function fetchState() {
 function connect() {
   const source = new EventSource("dashboard/events");
   source.addEventListener("open", () => { setLink(true); fetchState(); });
-  source.addEventListener("error", () => setLink(false));
+  source.addEventListener("error", () => { setLink(false); markStale(); });
   source.addEventListener("state", (ev) => {
     const state = JSON.parse(ev.data);
+    lastEvent = Date.now();
+    if (document.body.classList.contains("stale")) { document.body.classList.remove("stale"); setLink(true); }
     clockOffset = state.time - Date.now() / 1000;
     if (doc && state.uptime_seconds < doc.uptime_seconds) { times = []; series = {}; }  // restarted
     pushSample(state.time, state.sample || {});

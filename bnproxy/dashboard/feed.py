@@ -20,6 +20,11 @@ point, as one ``state`` event a second)::
 
     {
       "schema": 1,
+      "status": "ok",                # the proxy's verdict (bnproxy.verdict): ok,
+                                     # degraded, banned or not ready, as /health
+      "problems": ["…"],             # its reasons, as sentences
+      "issues": [{"name": "streams-stale:spot", "severity": "degraded",
+                  "text": "…", "since": 1764299990.0}],
       "time": 1764300000.0,          # the proxy's clock (Unix seconds)
       "version": "0.x", "uptime_seconds": 12.0,
       "pools": [{"pool": "spot", "egress": null, "used": 40, "budget": 5400,
@@ -27,8 +32,10 @@ point, as one ``state`` event a second)::
       "bans": [{"pool": "spot", "egress": null, "seconds_left": 88.2,
                 "until": 1764300088.2, "status": 418, "cause": "…"}],
       "weight_15m": {"asked": {"spot": 1200}, "spent": {"spot": 80},
-                     "saving_percent": {"spot": 93.3},
-                     "total": {"asked": 1200, "spent": 80, "saving_percent": 93.3}},
+                     "refused": {"spot": 30},       # refused here or failed: not saved
+                     "saving_percent": {"spot": 93.3},   # 1 - spent / asked (answered)
+                     "total": {"asked": 1200, "spent": 80, "refused": 30,
+                               "saving_percent": 93.3}},
       "clients": [{"client": "bot-a", "requests": 10, "weight": 20,
                    "refused": 0, "last_seen": 1764299990.0}],
       "answers": {"total": {"cache": 5, …}, "last_15m": {"cache": 5, …}},
@@ -49,12 +56,13 @@ point, as one ``state`` event a second)::
 
 History series: ``used.<pool>`` (``used.<pool>@<egress>`` when the governor
 reports an egress address): weight used this minute; ``asked.<market>``:
-weight the bots' answers would have cost upstream, per second, predicted
-from the endpoint table with the endpoints' default parameters (the metrics
-have no "asked" figure); ``spent.<market>``: weight the governor counted
-upstream that second (bots' and the proxy's own requests; ``sapi`` counts
-under ``spot``); ``latency.p50``/``latency.p99``: upstream latency over the
-last 10 s from histogram bucket deltas (null: no upstream answer);
+weight the bots' answered requests would have cost upstream, per second
+(``bnproxy_weight_asked_total``); ``refused.<market>``: the weight of those
+refused here or failed (``bnproxy_weight_refused_total``);
+``spent.<market>``: weight the governor counted upstream that second
+(bots' and the proxy's own requests; ``sapi`` counts under ``spot``);
+``latency.p50``/``latency.p99``: upstream latency over the last 10 s from
+histogram bucket deltas (null: no upstream answer);
 ``answers.<source>``: answers per second by source (stream, cache,
 upstream, local). A value is null where the series did not exist yet.
 """
@@ -72,9 +80,10 @@ from twisted.logger import Logger
 
 from bnproxy import __version__
 from bnproxy.binance.limits import BAN_STATUSES
-from bnproxy.binance.privacy import redact_query
+from bnproxy.binance.privacy import redact_query, redact_text
 from bnproxy.chain.interfaces import IHealthReporter, IWeightGovernor
 from bnproxy.chain.messages import ProxyRequest, ProxyResponse
+from bnproxy.verdict import OK, Verdict
 
 _log = Logger(namespace="bnproxy.dashboard")
 
@@ -83,6 +92,9 @@ ERRORS = 20
 LATENCY_WINDOW = 10  # seconds of histogram deltas behind each latency point
 SOURCES = ("stream", "cache", "upstream", "local")
 MAX_CLIENTS = 500  # rows in the per-bot table (the busiest by weight)
+EVENT_CLIENTS = 50  # of which the live events carry the first (the page's table)
+MAX_REFUSED = 64  # (bot, status, reason, market) kinds of local refusals summed
+TEXT = 200  # characters of a path, query or message shown
 
 
 def quantile(q: float, bounds: Sequence[float], counts: Sequence[float]) -> float | None:
@@ -114,8 +126,10 @@ class DashboardFeed(Service):
     """
 
     def __init__(self, clock, reporters: Callable[[], Sequence[Any]], metrics,
-                 endpoints=None, history: int = HISTORY, interval: float = 1.0) -> None:
+                 endpoints=None, history: int = HISTORY, interval: float = 1.0,
+                 verdict: Callable[[], Verdict] | None = None) -> None:
         self._clock = clock
+        self._verdict = verdict
         self._reporters = reporters
         self._metrics = metrics
         self._endpoints = endpoints
@@ -128,9 +142,12 @@ class DashboardFeed(Service):
             maxlen=ERRORS)
         self._errors: list[dict] = []
         self._errors_seen = 0
+        self._upstream_errors = 0  # of which answered upstream (the ring)
+        self._refused: dict[tuple[str, int, str, str], list[Any]] = {}
         self._errors_added = 0
         self._answers_prev: dict[str, int] = {}
         self._asked_prev: dict[str, float] = {}
+        self._refused_prev: dict[str, int] = {}
         self._spent_prev: dict[str, int] = {}
         self._buckets: deque[tuple[list[float], list[float]]] = deque(
             maxlen=LATENCY_WINDOW + 1)
@@ -184,12 +201,29 @@ class DashboardFeed(Service):
         errors = self._raw_errors
         clock = self._clock
 
+        refused = self._refused
+
         def observe(request: ProxyRequest | None, response: ProxyResponse) -> None:
             if answered is not None:
                 answered(request, response)
             if response.status >= 400 and request is not None:
-                errors.append((clock.seconds(), request, response))
                 self._errors_added += 1
+                if response.source != "local":
+                    errors.append((clock.seconds(), request, response))
+                    self._upstream_errors += 1
+                    return
+                # refused here (allowlist, budget, ban, bad request): summed per
+                # (bot, status, reason), never each kept: any client could
+                # otherwise fill the list and set every event's size
+                key = (request.client, response.status, response.detail or "", request.market)
+                row = refused.get(key)
+                if row is None:
+                    if len(refused) >= MAX_REFUSED:
+                        del refused[min(refused, key=lambda k: refused[k][1])]
+                    row = refused[key] = [0, 0.0, request, response]
+                row[0] += 1
+                row[1] = clock.seconds()
+                row[2], row[3] = request, response
 
         return observe
 
@@ -204,7 +238,9 @@ class DashboardFeed(Service):
         now = self._clock.seconds()
         healths = self._healths()
         sample: dict[str, float | None] = {}
-        doc: dict[str, Any] = {"schema": 1, "time": round(now, 3), "version": __version__,
+        verdict = self._verdict() if self._verdict is not None else Verdict(OK, ())
+        doc: dict[str, Any] = {"schema": 1, **verdict.document(), "time": round(now, 3),
+                               "version": __version__,
                                "uptime_seconds": round(now - self._started, 3)}
         pools = self._pools(healths)
         doc["pools"] = pools
@@ -222,6 +258,10 @@ class DashboardFeed(Service):
         for market, w in asked.items():
             sample[f"asked.{market}"] = w - self._asked_prev.get(market, 0)
         self._asked_prev = asked
+        refused = dict(getattr(self._metrics, "refused", {}))
+        for market, w in refused.items():
+            sample[f"refused.{market}"] = w - self._refused_prev.get(market, 0)
+        self._refused_prev = refused
         for market, w in self._spent().items():
             sample[f"spent.{market}"] = w
             self.spent_total[market] = self.spent_total.get(market, 0) + w
@@ -247,7 +287,7 @@ class DashboardFeed(Service):
         self.document = doc
         self._state = None
         self.event = b"event: state\ndata: " + orjson.dumps(
-            {**doc, "sample": sample}) + b"\n\n"
+            {**doc, "clients": doc["clients"][:EVENT_CLIENTS], "sample": sample}) + b"\n\n"
         for listener in list(self._listeners):
             try:
                 listener(self.event)
@@ -331,8 +371,8 @@ class DashboardFeed(Service):
     def _note_ban_causes(self) -> None:
         """Remember the newest upstream 418/429 per market (the error ring
         may lose it under a flood of refusals)."""
-        new = min(self._errors_added - self._causes_scanned, len(self._raw_errors))
-        self._causes_scanned = self._errors_added
+        new = min(self._upstream_errors - self._causes_scanned, len(self._raw_errors))
+        self._causes_scanned = self._upstream_errors
         for _t, request, response in list(self._raw_errors)[len(self._raw_errors) - new:]:
             if response.status in BAN_STATUSES and response.source == "upstream":
                 self._ban_causes[request.market] = (
@@ -389,18 +429,20 @@ class DashboardFeed(Service):
         return delta
 
     def _weight_15m(self) -> dict[str, Any]:
-        asked, spent = self._sums("asked."), self._sums("spent.")
+        asked, spent, refused = self._sums("asked."), self._sums("spent."), self._sums("refused.")
 
         def saving(a: float, s: float) -> float | None:
             return round(100.0 * (a - s) / a, 1) if a > 0 else None
 
-        markets = sorted(set(asked) | set(spent))
+        markets = sorted(set(asked) | set(spent) | set(refused))
         ta, ts = sum(asked.values()), sum(spent.values())
         return {"asked": {m: asked.get(m, 0) for m in markets},
                 "spent": {m: spent.get(m, 0) for m in markets},
+                "refused": {m: refused.get(m, 0) for m in markets},
                 "saving_percent": {m: saving(asked.get(m, 0), spent.get(m, 0))
                                    for m in markets},
-                "total": {"asked": ta, "spent": ts, "saving_percent": saving(ta, ts)}}
+                "total": {"asked": ta, "spent": ts, "refused": sum(refused.values()),
+                          "saving_percent": saving(ta, ts)}}
 
     def _latency(self) -> tuple[float | None, float | None]:
         hist = getattr(self._metrics, "upstream_latency", None)
@@ -456,13 +498,27 @@ class DashboardFeed(Service):
         return None
 
     def _error_rows(self) -> list[dict]:
+        """The newest errors: upstream failures each, local refusals summed
+        per (bot, status, reason, market) with a ``count``; at most ERRORS
+        rows, every text bounded and redacted."""
         if self._errors_added != self._errors_seen:  # formatted only when new ones came
             self._errors_seen = self._errors_added
-            self._errors = [{"time": round(t, 3), "client": r.client, "method": r.method,
-                             "market": r.market, "path": r.path, "query": redact_query(r),
-                             "status": a.status, "source": a.source, "msg": _msg(a)}
-                            for t, r, a in reversed(self._raw_errors)]
+            rows = [_error_row(t, r, a, 1) for t, r, a in reversed(self._raw_errors)]
+            rows += [_error_row(t, r, a, n) for n, t, r, a in self._refused.values()]
+            rows.sort(key=lambda row: -row["time"])
+            self._errors = rows[:ERRORS]
         return self._errors
+
+
+def _error_row(t: float, r: ProxyRequest, a: ProxyResponse, count: int) -> dict:
+    return {"time": round(t, 3), "client": r.client[:64], "method": r.method[:16],
+            "market": r.market, "path": _cut(r.path), "query": _cut(redact_query(r)),
+            "status": a.status, "source": a.source, "reason": (a.detail or "")[:40],
+            "msg": _msg(a), "count": count}
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= TEXT else text[:TEXT] + "…"
 
 
 def _msg(response: ProxyResponse) -> str:
@@ -474,5 +530,5 @@ def _msg(response: ProxyResponse) -> str:
         except orjson.JSONDecodeError:
             value = None
         if isinstance(value, dict) and isinstance(value.get("msg"), str):
-            return value["msg"][:300]
-    return response.detail or ""
+            return redact_text(value["msg"], TEXT)
+    return redact_text(response.detail or "", TEXT)

@@ -5,6 +5,7 @@
 - ``/dashboard/events``: server-sent events, one ``state`` event a second
   (the bytes the feed encoded once for every open page), with ``retry:`` so
   the browser's ``EventSource`` reconnects by itself after a restart;
+  bounded in number (in all and per address) and in unsent bytes;
 - ``/dashboard/dashboard.js``, ``dashboard.css``, ``vendor/…``: the page's
   static files, read once from the package (no external asset).
 
@@ -15,11 +16,15 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable
 
+from twisted.internet.interfaces import IPushProducer
 from twisted.web import server
 from twisted.web.resource import IResource, Resource
+from zope.interface import implementer
 
+from bnproxy.binance.errors import TOO_MANY_REQUESTS, error_body
 from bnproxy.dashboard.feed import DashboardFeed
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -34,6 +39,10 @@ VENDOR = {
     b"VERSION": ("vendor/VERSION", b"text/plain; charset=utf-8"),
 }
 RETRY_MS = 1000
+MAX_STREAMS = 32  # open event streams in all (a tab holds one)
+MAX_STREAMS_PER_ADDRESS = 4
+SEND_BUFFER = 16 * 1024  # bytes the kernel may hold unsent per event stream
+UNSENT = 32 * 1024  # bytes waiting in the transport past which a stream is closed
 CSP = (b"default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
        b"connect-src 'self'; frame-ancestors 'none'")
 
@@ -87,43 +96,116 @@ class StateResource(Resource):
         return self._feed.state_bytes()
 
 
+@implementer(IPushProducer)
+class _Reader:
+    """One event stream's producer: the transport pauses it when more than
+    its buffer (``UNSENT``) waits unsent, that is, when the page stopped
+    reading; the stream is then closed (the events it missed are stale
+    anyway, and a page that reads again reconnects by itself)."""
+
+    def __init__(self, request) -> None:
+        self._request = request
+        self.closed = False
+
+    def pauseProducing(self) -> None:
+        self.close()
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        transport = getattr(getattr(self._request, "channel", None), "transport", None)
+        if transport is not None:
+            transport.abortConnection()  # what waits unsent is dropped now
+
+
 class EventsResource(Resource):
     """``/dashboard/events``: ``text/event-stream``, one ``state`` event a
-    second, the newest at once on connecting."""
+    second, the newest at once on connecting.
+
+    Bounded: at most ``max_streams`` open in all and ``per_address`` from
+    one address (others get 429 with Retry-After); each stream's kernel send
+    buffer is small (``SEND_BUFFER``) and the stream is closed as soon as
+    more than ``UNSENT`` bytes wait in the transport."""
 
     isLeaf = True
 
-    def __init__(self, feed: DashboardFeed) -> None:
+    def __init__(self, feed: DashboardFeed, max_streams: int = MAX_STREAMS,
+                 per_address: int = MAX_STREAMS_PER_ADDRESS) -> None:
         super().__init__()
         self._feed = feed
+        self._max = max_streams
+        self._per_address = per_address
+        self._by_address: dict[str, int] = {}
         self.open = 0
+        self.closed_unread = 0  # streams closed because the page stopped reading
 
     def render_GET(self, request):
+        address = str(getattr(request.getClientAddress(), "host", None) or "unix")
+        if self.open >= self._max or self._by_address.get(address, 0) >= self._per_address:
+            request.setResponseCode(429)
+            _common_headers(request, b"application/json;charset=UTF-8")
+            request.setHeader(b"retry-after", b"10")
+            return error_body(TOO_MANY_REQUESTS, (
+                f"bnproxy: too many dashboard event streams open ({self._max} in all, "
+                f"{self._per_address} per address); close a tab"))
         _common_headers(request, b"text/event-stream")
         request.setHeader(b"x-accel-buffering", b"no")  # nginx: do not buffer
+        _small_send_buffer(request)
+        reader = _Reader(request)
+        request.registerProducer(reader, True)
         request.write(b"retry: %d\n\n" % RETRY_MS)
         if self._feed.event:
             request.write(self._feed.event)
 
         def send(event: bytes) -> None:
-            request.write(event)
+            if not reader.closed:
+                request.write(event)
 
         ended: list[bool] = []
 
         def close() -> None:
             if not ended:
+                request.unregisterProducer()
                 request.finish()
 
         unsubscribe = self._feed.subscribe(send, close)
         self.open += 1
+        self._by_address[address] = self._by_address.get(address, 0) + 1
 
         def gone(_):
             ended.append(True)
             unsubscribe()
             self.open -= 1
+            self.closed_unread += reader.closed
+            left = self._by_address.pop(address, 1) - 1
+            if left:
+                self._by_address[address] = left
 
         request.notifyFinish().addBoth(gone)
         return server.NOT_DONE_YET
+
+
+def _small_send_buffer(request) -> None:
+    """The kernel keeps at most about ``SEND_BUFFER`` unsent bytes of this
+    stream (without it, a page that stops reading holds megabytes there),
+    and the transport pauses (closes, ``_Reader``) past ``UNSENT``."""
+    transport = getattr(getattr(request, "channel", None), "transport", None)
+    if transport is not None and hasattr(transport, "bufferSize"):
+        transport.bufferSize = UNSENT
+    handle = getattr(transport, "getHandle", None)
+    sock = handle() if handle is not None else None
+    if isinstance(sock, socket.socket):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        except OSError:
+            pass
 
 
 class DashboardResource(Resource):

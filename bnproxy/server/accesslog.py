@@ -23,7 +23,7 @@ from twisted.internet import task
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from bnproxy.chain.interfaces import IAccessLog
+from bnproxy.chain.interfaces import IAccessLog, IProblemReporter
 
 _log = Logger(namespace="bnproxy.server.accesslog")
 
@@ -40,7 +40,7 @@ def _stdout() -> IO[bytes]:
     return cast(IO[bytes], stream)
 
 
-@implementer(IAccessLog)
+@implementer(IAccessLog, IProblemReporter)
 class AccessLogWriter(Service):
     """Buffers access lines and writes them out in blocks.
 
@@ -64,6 +64,7 @@ class AccessLogWriter(Service):
         self._flusher = task.LoopingCall(self.flush)
         self._flusher.clock = clock
         self.lost = 0  # lines that could not be written (a full disk, a closed pipe)
+        self._failing: str | None = None  # the last write's error, until one succeeds
 
     @staticmethod
     def _open(path: str) -> IO[bytes]:
@@ -86,10 +87,19 @@ class AccessLogWriter(Service):
         try:
             self._out.write(block)
             self._out.flush()
+            self._failing = None
         except (OSError, ValueError) as e:  # ValueError: the stream was closed
             self.lost += n
+            self._failing = str(e)[:200]
             _log.error("access log {target}: {n} line(s) lost: {e}", target=self.target,
                        n=n, e=e)
+
+    def health_problems(self) -> list[tuple[str, str, str]]:
+        """``degraded`` while the last write failed (lines are being lost)."""
+        if self._failing is None:
+            return []
+        return [("access-log", "degraded", f"access log {self.target} failing, "
+                 f"{self.lost} line(s) lost: {self._failing}")]
 
     def reopen(self) -> None:
         """Flush, then reopen the file by its path (logrotate has moved the

@@ -4,7 +4,8 @@ to every address: orchestrators probe them). The dashboard's resources are in
 ``bnproxy.dashboard.resource``, behind the same guard.
 
 ``/health`` says what the proxy is, how long it has run, where it sends what,
-and each ``IHealthReporter``'s section; its status agrees with ``/ready``. A
+and each ``IHealthReporter``'s section; its ``status`` is the proxy's one
+verdict (``bnproxy.verdict``), the one ``/ready`` reads. A
 middleware's per-client table (a ``clients`` mapping in its section) is pruned
 as ``/metrics`` prunes its ``client`` label: the first N clients by name, the
 rest summed under ``other``."""
@@ -25,6 +26,7 @@ from bnproxy.binance.errors import error_body
 from bnproxy.binance.markets import Market
 from bnproxy.chain.labels import BoundedLabels
 from bnproxy.server.clientaddr import ClientResolver, Network, in_networks
+from bnproxy.verdict import OK, Verdict
 
 _log = Logger(namespace="bnproxy.server.admin")
 
@@ -74,30 +76,31 @@ class AdminGuard(Resource):
 
 
 class HealthResource(Resource):
+    """``/health``: the verdict (``status``, ``problems`` as sentences,
+    ``issues`` with name, severity and since-when), version, uptime, markets,
+    chain, and each ``IHealthReporter``'s section under ``middleware``.
+    Other keys may be added (``extra``: a callable returning a mapping merged
+    in)."""
+
     isLeaf = True
 
     def __init__(self, clock, markets: Mapping[str, Market], reporters: Sequence[Any],
-                 problems: Callable[[], list[str]], chain: Sequence[str],
+                 verdict: Callable[[], Verdict], chain: Sequence[str],
                  clients: BoundedLabels | None = None,
-                 degraded: Callable[[], list[str]] = lambda: []) -> None:
+                 extra: Callable[[], Mapping[str, Any]] = dict) -> None:
         super().__init__()
-        self._degraded = degraded
         self._clients = clients if clients is not None else BoundedLabels()
         self._clock = clock
         self._started = clock.seconds()
         self._markets = markets
         self._reporters = reporters
-        self._problems = problems
+        self._verdict = verdict
         self._chain = chain
+        self._extra = extra
 
     def document(self) -> dict[str, Any]:
-        problems = self._problems()
-        degraded = [] if problems else self._degraded()
         doc: dict[str, Any] = {
-            # The same verdict as /ready: "ok", "degraded" (serving on local
-            # budgets) or "not ready", with the reasons.
-            "status": "not ready" if problems else "degraded" if degraded else "ok",
-            "problems": problems or degraded,
+            **self._verdict().document(),
             "version": __version__,
             "uptime_seconds": round(self._clock.seconds() - self._started, 3),
             "markets": {
@@ -112,6 +115,7 @@ class HealthResource(Resource):
             if isinstance(section, Mapping) and isinstance(section.get("clients"), Mapping):
                 section = {**section, "clients": self._clients.fold(section["clients"])}
             doc["middleware"][m.name] = section
+        doc.update(self._extra())
         return doc
 
     def render_GET(self, request):
@@ -145,26 +149,23 @@ class LiveResource(Resource):
 
 
 class ReadyResource(Resource):
-    """``/ready``: 200 when ready to serve (``"ready"``, or ``"degraded"``
-    with the reasons: load balancers keep a degraded instance in rotation),
-    503 with the reasons otherwise."""
+    """``/ready``: 200 while the proxy can answer bots (``"ready"``, or
+    ``"degraded"`` or ``"banned"`` with the reasons: a banned proxy still
+    answers every bot correctly, so load balancers keep it in rotation), 503
+    ``"not ready"`` with the reasons when it cannot answer at all."""
 
     isLeaf = True
 
-    def __init__(self, check: Callable[[], list[str]],
-                 degraded: Callable[[], list[str]] = lambda: []) -> None:
+    def __init__(self, verdict: Callable[[], Verdict]) -> None:
         super().__init__()
-        self._check = check
-        self._degraded = degraded
+        self._verdict = verdict
 
     def render_GET(self, request):
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
-        problems = self._check()
-        if problems:
+        verdict = self._verdict()
+        if verdict.status == OK:
+            return b'{"status":"ready"}'
+        if not verdict.ready:
             request.setResponseCode(503)
-            return orjson.dumps({"status": "not ready", "problems": problems})
-        degraded = self._degraded()
-        if degraded:
-            return orjson.dumps({"status": "degraded", "problems": degraded})
-        return b'{"status":"ready"}'
+        return orjson.dumps({"status": verdict.status, "problems": verdict.texts()})

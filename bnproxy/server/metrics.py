@@ -4,9 +4,11 @@ Answers are counted per (market, endpoint, status, source) in a plain dict
 and exported at scrape time (requests no market serves as
 ``market="none",endpoint="unrouted"``), with the weight each answered bot
 request would have cost sent direct (``bnproxy_weight_asked_total``, by the
-endpoint table, whatever answered it) beside the weight the upstream
-actually charged (``bnproxy_weight_spent_total``, read from the upstream
-client), so that the saving is one PromQL expression::
+endpoint table, whatever answered it; a request refused here or failed with a
+5xx counts in ``bnproxy_weight_refused_total`` instead: never as saved)
+beside the weight the upstream actually charged
+(``bnproxy_weight_spent_total``, read from the upstream client), so that the
+saving is one PromQL expression::
 
     1 - sum by (market) (rate(bnproxy_weight_spent_total[5m]))
       / sum by (market) (rate(bnproxy_weight_asked_total[5m]))
@@ -70,12 +72,13 @@ class Metrics:
         # writer) and exported as a counter family when scraped: a labelled
         # prometheus_client Counter takes a lock and three calls per answer.
         self.answers: dict[tuple[str, str, int, str], int] = defaultdict(int)
-        self.asked: dict[str, int] = defaultdict(int)
+        self.asked: dict[str, int] = defaultdict(int)  # answered requests
+        self.refused: dict[str, int] = defaultdict(int)  # refused here or failed
         self.upstream: Any = None  # set by watch_upstream
         # (endpoint, raw query) -> predicted weight: a repeated
         # request (a cache hit) is not parsed again
         self._weights: dict[tuple[int, bytes], int] = {}
-        self.registry.register(_AnswerCollector(self.answers, self.asked))
+        self.registry.register(_AnswerCollector(self.answers, self.asked, self.refused))
 
     def answered(self, request: ProxyRequest | None, response: ProxyResponse) -> None:
         """Count one answer to a bot; ``request`` None: no market serves its path."""
@@ -86,8 +89,11 @@ class Metrics:
         market = request.market
         self.answers[(market, endpoint.path if endpoint is not None else "other",
                       response.status, response.source)] += 1
+        unanswered = response.status >= 500 or (
+            response.status >= 400 and response.source == "local")
+        asked = self.refused if unanswered else self.asked
         if endpoint is None:
-            self.asked[market] += 1
+            asked[market] += 1
             return
         query = request.query
         key = (id(endpoint), query)  # endpoints live as long as the process
@@ -97,7 +103,7 @@ class Metrics:
             if len(self._weights) >= _WEIGHTS_REMEMBERED:
                 self._weights.clear()
             self._weights[key] = weight
-        self.asked[market] += weight
+        asked[market] += weight
 
     def watch(self, sources: Callable[[], Sequence[Any]]) -> None:
         """Collect ``collect_metrics()`` of every ``IMetricsSource`` that
@@ -117,9 +123,10 @@ class Metrics:
 
 class _AnswerCollector(Collector):
     def __init__(self, answers: dict[tuple[str, str, int, str], int],
-                 asked: dict[str, int]) -> None:
+                 asked: dict[str, int], refused: dict[str, int]) -> None:
         self._answers = answers
         self._asked = asked
+        self._refused = refused
 
     def collect(self) -> Iterable:
         family = CounterMetricFamily("bnproxy_requests", "Answers to bots.",
@@ -130,10 +137,18 @@ class _AnswerCollector(Collector):
         asked = CounterMetricFamily(
             "bnproxy_weight_asked",
             "Request weight the bots' answered requests would have cost sent direct "
-            "(the endpoint table's prediction, whatever answered them).", labels=["market"])
+            "(the endpoint table's prediction, whatever answered them; refused and "
+            "failed requests are not in it).", labels=["market"])
         for market, n in sorted(self._asked.items()):
             asked.add_metric([market], n)
         yield asked
+        refused = CounterMetricFamily(
+            "bnproxy_weight_refused",
+            "Request weight of the bots' requests refused here (budget, ban, allowlist, "
+            "bad request) or failed (5xx): never counted as saved.", labels=["market"])
+        for market, n in sorted(self._refused.items()):
+            refused.add_metric([market], n)
+        yield refused
 
 
 class _UpstreamCollector(Collector):

@@ -40,6 +40,7 @@ from bnproxy.chain.interfaces import (
     IHealthReporter,
     IMetricsSource,
     IMiddleware,
+    IProblemReporter,
     IReadinessCheck,
 )
 from bnproxy.chain.messages import INTERNAL, ProxyRequest, ProxyResponse
@@ -64,7 +65,7 @@ SWEEP_EVERY = 10.0
 READINESS_PING = b"ready"  # the INTERNAL marker of the service's readiness probes
 
 
-@implementer(IMiddleware, IHealthReporter, IMetricsSource, IReadinessCheck)
+@implementer(IMiddleware, IHealthReporter, IMetricsSource, IReadinessCheck, IProblemReporter)
 class Streams(MultiService):
     plain_next = True
 
@@ -220,6 +221,20 @@ class Streams(MultiService):
     def readiness_problems(self) -> list[str]:
         return [f"stream manager {name} not running"
                 for name, manager in self.managers.items() if not manager.running]
+
+    def health_problems(self) -> list[tuple[str, str, str]]:
+        """A manager down: not ready; subscribed streams gone silent: degraded
+        (their requests go upstream, never served stale)."""
+        out = [(f"streams-down:{name}", "not ready", f"stream manager {name} not running")
+               for name, manager in self.managers.items() if not manager.running]
+        for market in self.managers:
+            stale = self.stale_streams(market)
+            if stale:
+                total = len(self.managers[market].placed)
+                out.append((f"streams-stale:{market}", "degraded",
+                            f"{len(stale)} of {total} {market} streams stale "
+                            f"(e.g. {min(stale)}): answered upstream meanwhile"))
+        return out
 
     def collect_metrics(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
