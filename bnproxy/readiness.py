@@ -3,8 +3,14 @@
 Not ready while draining, while an upstream the proxy uses is unreachable
 (each market used in the last five minutes, and spot, is pinged through the
 whole chain every 15 s: weight 1), or while a component providing
-``IReadinessCheck`` (a Binance ban in force, a stream manager down) has a
-reason. ``/health``'s status says the same.
+``IReadinessCheck`` (a stream manager down) has a reason. ``/health``'s
+status says the same.
+
+A Binance ban is not unreadiness: a banned proxy still answers every bot
+correctly (a local 418/429 with Retry-After, streams, the cache), so a load
+balancer must keep it in rotation. The weight governor's reasons (its bans)
+are therefore reported by ``degraded`` (``/ready`` 200, ``banned: …`` in the
+body), and a market whose pool is banned is not "not reached yet".
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from zope.interface import implementer
 
 from bnproxy.binance.markets import PING_PATHS, Market
 from bnproxy.chain.compose import as_deferred
-from bnproxy.chain.interfaces import IMetricsSource, IReadinessCheck
+from bnproxy.chain.interfaces import IMetricsSource, IReadinessCheck, IWeightGovernor
 from bnproxy.chain.messages import INTERNAL, ProxyRequest
 
 PROBE_EVERY = 15.0
@@ -77,21 +83,34 @@ class Readiness:
             state = self._upstream.reachability.get(market) or {"ok": None, "error": None}
             if self.upstream_down(market):
                 problems.append(f"upstream {market} unreachable: {state['reason']}")
-            elif state["ok"] is None:
+            elif state["ok"] is None and not self._banned(market):
                 problems.append(f"upstream {market} not reached yet")
         for component in self._checks():
-            if IReadinessCheck.providedBy(component):
+            if IReadinessCheck.providedBy(component) and not IWeightGovernor.providedBy(
+                    component):
                 problems += component.readiness_problems()
         return problems
 
+    def banned(self) -> list[str]:
+        """The bans in force (each ``banned: …``): served locally, not unready."""
+        return [f"banned: {p}" for c in self._checks()
+                if IReadinessCheck.providedBy(c) and IWeightGovernor.providedBy(c)
+                for p in c.readiness_problems()]
+
+    def _banned(self, market: str) -> bool:
+        return any(IWeightGovernor.providedBy(c) and c.banned_for(market) > 0
+                   for c in self._checks())
+
     def degraded(self) -> list[str]:
         """Why the proxy serves, but not as well as it could (empty: it
-        does): the shared state away (local budgets of budget / instances)."""
+        does): a Binance ban in force (answered locally), the shared state
+        away (local budgets of budget / instances)."""
+        banned = self.banned()
         shared = self._shared
         if shared is None or shared.status == "ok":
-            return []
+            return banned
         reason = (shared.health() or {}).get("last_error") or "not answering"
-        return [f"shared state degraded ({reason}): local budgets of budget / "
+        return [*banned, f"shared state degraded ({reason}): local budgets of budget / "
                 f"{shared.live_instances()} instance(s), every known ban kept"]
 
     def collect_metrics(self) -> Iterable[Any]:
