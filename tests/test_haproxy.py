@@ -89,6 +89,14 @@ class HAProxy:
         self.proc = subprocess.Popen([HAPROXY, "-db", "-f", str(path)], cwd=str(tmp_path),
                                      stdout=self.log, stderr=subprocess.STDOUT)
         wait_listening(self.port, self.proc)
+        deadline = time.monotonic() + 10  # the stats socket may come a moment later
+        while True:
+            try:
+                self.stats()
+                break
+            except OSError:
+                assert self.proc.poll() is None and time.monotonic() < deadline, "no stats"
+                time.sleep(0.02)
 
     def stats(self) -> dict[str, dict[str, str]]:
         """``show stat`` by server name (BACKEND and FRONTEND too)."""
