@@ -230,7 +230,7 @@ def build_service(reactor: Any, config: ProxyConfig,
         watch_parent(reactor, reactor.stop)
     elif config.workers > 1:
         WorkerPool(reactor, config.workers, service.shared_socket, worker_argv(argv),
-                   drain_timeout=config.server.drain_timeout + 5).setServiceParent(service)
+                   drain_timeout=config.server.drain_timeout).setServiceParent(service)
     return service
 
 

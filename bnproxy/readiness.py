@@ -98,7 +98,7 @@ class Readiness:
             if self.upstream_down(market):
                 found.append((f"upstream:{market}", NOT_READY,
                               f"upstream {market} unreachable: {state['reason']}"))
-            elif state["ok"] is None:
+            elif state["ok"] is None and not self._banned(market):
                 found.append((f"upstream:{market}", NOT_READY,
                               f"upstream {market} not reached yet"))
         shared = self._shared
@@ -120,6 +120,12 @@ class Readiness:
         verdict = self._since.verdict(now, found)
         self.last = verdict
         return verdict
+
+    def _banned(self, market: str) -> bool:
+        """A ban in force on ``market``: it cannot be reached, and need not be
+        (bots are answered locally until the ban ends)."""
+        return any(IWeightGovernor.providedBy(c) and c.banned_for(market) > 0
+                   for c in self._checks())
 
     def problems(self) -> list[str]:
         """Every reason the proxy cannot serve now (empty: ready)."""

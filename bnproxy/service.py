@@ -6,10 +6,16 @@ and stop with it; stopping drains (listeners close first, in-flight requests
 get ``server.drain_timeout`` seconds, waited for on a Deferred fired by the
 last of them, then the rest stops: stream connections close cleanly, logs
 flush). A drained SIGTERM exits 0.
+
+With ``--workers N`` every process drains at once: the parent's stop first
+tells the workers (``WorkerPool``) and closes its copies of the shared
+socket, so no process accepts after SIGTERM, and the parent's drain runs
+beside theirs (see ``bnproxy.server.workers``).
 """
 
 from __future__ import annotations
 
+import os
 import signal
 from typing import Any
 
@@ -75,6 +81,9 @@ class ProxyService(MultiService):
         listen = list(self.config.listen)
         if worker_fd is not None:
             self.ports.append(listen_on_socket(self.reactor, worker_fd, self.site))
+            # the port holds its own copy: with this one closed, the socket
+            # closes here when the port stops listening (the drain)
+            os.close(worker_fd)
             return
         if self.config.workers > 1 and listen:
             number, interface = _tcp(listen.pop(0))
@@ -106,10 +115,17 @@ class ProxyService(MultiService):
     def stopService(self) -> Deferred:
         Service.stopService(self)
         self.readiness.stop()
-        return Deferred.fromCoroutine(self._drain())
+        from bnproxy.server.workers import WorkerPool
 
-    async def _drain(self) -> None:
+        # --workers: every worker stops accepting and drains now, beside us
+        workers = [maybeDeferred(s.stopService) for s in self
+                   if isinstance(s, WorkerPool) and s.running]
+        return Deferred.fromCoroutine(self._drain(workers))
+
+    async def _drain(self, workers: list[Deferred]) -> None:
         await gatherResults([maybeDeferred(p.stopListening) for p in self.ports])
+        if self.shared_socket is not None:  # the workers are stopping: nothing respawns
+            self.shared_socket.close()
         limit = self.config.server.drain_timeout
         forward = self.forward
         if forward.inflight:
@@ -127,6 +143,11 @@ class ProxyService(MultiService):
             # reactor a moment to write it out (the shutdown that follows drops
             # unsent bytes).
             await task.deferLater(self.reactor, FLUSH_GRACE, lambda: None)
+        if workers:
+            try:
+                await gatherResults(workers, consumeErrors=True)
+            except Exception:
+                _log.failure("the workers did not stop cleanly")
         rest = [s for s in reversed(list(self)) if s.running]
         try:
             await gatherResults([maybeDeferred(s.stopService) for s in rest],

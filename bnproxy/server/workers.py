@@ -23,12 +23,20 @@ connections (stream messages cost no weight); they share the weight budget,
 bans and the ledger through the shared state, which is therefore required
 when N > 1 (``check_workers``).
 
-Shutdown: SIGTERM to the parent stops it; ``WorkerPool.stopService`` sends
-SIGTERM to every child, which drains like a single proxy, and waits for them
-up to ``drain_timeout`` seconds (then SIGKILL). A child whose parent
-disappears stops by itself (``watch_parent``: its stdin is a pipe from the
-parent). A child that exits while the pool runs is started again after
-``respawn_delay``.
+Shutdown, all together: SIGTERM to the parent starts its drain
+(``bnproxy.service.ProxyService``), which first stops the pool
+(``WorkerPool.stopService``: SIGTERM to every child, no more respawns), then
+stops its own listening and closes its copy of the shared socket. Each child,
+on its SIGTERM, stops listening and closes its copies, so within moments
+nothing holds the socket and new connections are refused (none waits in an
+accept queue nobody serves); every process then drains its in-flight requests
+in parallel, each for ``drain_timeout`` seconds. A child still running
+``KILL_GRACE`` seconds after that is killed: the whole stop is bounded by
+``drain_timeout`` plus about a second. A child whose parent disappears stops
+by itself (``watch_parent``: its stdin is a pipe from the parent); one that
+exits while the pool runs is started again after ``respawn_delay``.
+Under systemd, ``KillMode=mixed`` (deploy/bnproxy.service) leaves the
+children's SIGTERM to the parent.
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ _log = Logger(namespace="bnproxy.workers")
 
 WORKER_FD_ENV = "BNPROXY_WORKER_FD"
 WORKER_INDEX_ENV = "BNPROXY_WORKER"
+KILL_GRACE = 0.9  # seconds past the drain before a worker still running is killed
 
 
 class WorkersConfigError(ValueError):
@@ -104,12 +113,17 @@ class _ParentPipe(Protocol):
         self._on_lost = on_lost
 
     def connectionLost(self, reason=None):
-        self._on_lost()
+        try:
+            self._on_lost()
+        except error.ReactorNotRunning:
+            pass  # stopping already (SIGTERM): the reactor closed the pipe itself
 
 
 def watch_parent(reactor, on_lost: Callable[[], object]) -> None:
     """In a worker: call ``on_lost`` (say, ``reactor.stop``) when the parent
-    goes away (the stdin pipe it holds reaches end of file)."""
+    goes away (the stdin pipe it holds reaches end of file). The pipe also
+    closes when the reactor stops for another reason (SIGTERM): a
+    ``ReactorNotRunning`` from ``on_lost`` then is expected and ignored."""
     from twisted.internet import stdio
 
     stdio.StandardIO(_ParentPipe(on_lost), stdin=0,  # type: ignore[call-arg]  # posix keywords
@@ -131,8 +145,10 @@ class WorkerPool(Service):
     """Runs ``count - 1`` worker processes beside this one (see the module
     docstring). ``sock``: the listening socket or its descriptor (a systemd
     socket, fd 3, works as it is); it must stay open while the pool runs
-    (workers that exit are started again). ``argv``: the worker's command line (``argv[0]`` is run;
-    ``sys.executable`` by default when ``argv[0]`` is a script)."""
+    (workers that exit are started again). ``argv``: the worker's command
+    line (``argv[0]`` is run; ``sys.executable`` by default when ``argv[0]``
+    is a script). ``drain_timeout``: the workers' own drain deadline; one
+    still running ``KILL_GRACE`` seconds after it is killed."""
 
     name = "workers"
 
@@ -187,8 +203,9 @@ class WorkerPool(Service):
         return [t.pid for t in self.transports.values() if t.pid]
 
     def stopService(self) -> defer.Deferred:
-        """SIGTERM to every worker; fires when all have exited (SIGKILL
-        after ``drain_timeout``)."""
+        """SIGTERM to every worker at once (each stops accepting and drains);
+        fires when all have exited (SIGKILL after ``drain_timeout`` +
+        ``KILL_GRACE``)."""
         super().stopService()
         self._stopping = True
         children = list(self.children.values())
@@ -205,7 +222,7 @@ class WorkerPool(Service):
                 except error.ProcessExitedAlready:
                     pass
 
-        timer = self._reactor.callLater(self.drain_timeout, kill)
+        timer = self._reactor.callLater(max(0.0, self.drain_timeout) + KILL_GRACE, kill)
         done = defer.gatherResults([c.ended for c in children])
 
         def finished(result):
@@ -216,6 +233,6 @@ class WorkerPool(Service):
         return done.addBoth(finished)
 
 
-__all__ = ["WORKER_FD_ENV", "WORKER_INDEX_ENV", "WorkerPool", "WorkersConfigError",
+__all__ = ["KILL_GRACE", "WORKER_FD_ENV", "WORKER_INDEX_ENV", "WorkerPool", "WorkersConfigError",
            "bind_shared_socket", "check_workers", "listen_on_socket", "watch_parent",
            "worker_fd_from_env"]
