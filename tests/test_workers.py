@@ -162,3 +162,49 @@ async def test_sigterm_stops_every_worker_at_once_and_they_drain_together(
         assert "critical" not in log and "Traceback" not in log, log
     finally:
         fleet.stop()
+
+
+@pytest.mark.integration
+@pytest_twisted.ensureDeferred
+async def test_requests_outlasting_the_drain_do_not_outlast_the_bound(
+        tmp_path, redis_server, exchange):  # noqa: F811 (the fixture)
+    drain = 4.0
+    fleet = Fleet(tmp_path, redis_server.url, exchange.rest("spot"))
+    try:
+        port = await fleet.start("--egress", EGRESS, "--workers", "3",
+                                 "--drain-timeout", str(drain))
+        parent = fleet.procs[0]
+        deadline = time.monotonic() + 20
+        while True:
+            health = json.loads((await aget(port, "/health"))[1])
+            if health["middleware"]["shared-state"]["live_instances"] == 3:
+                break
+            assert time.monotonic() < deadline, health["middleware"]["shared-state"]
+            await sleep(0.2)
+        exchange.exchange.faults.path_prefix = TIME
+        exchange.exchange.faults.latency = 60.0  # not answered within the drain
+        stuck = [defer.ensureDeferred(aget(port, TIME)) for _ in range(12)]
+        for d in stuck:
+            d.addErrback(lambda f: None)
+        deadline = time.monotonic() + 10
+        while exchange.exchange.counters.requests[(TIME, "GET", EGRESS)] < 12:
+            assert time.monotonic() < deadline, exchange.exchange.counters.requests
+            await sleep(0.05)
+        started = time.monotonic()
+        parent.send_signal(signal.SIGTERM)
+        while parent.poll() is None:
+            assert time.monotonic() < started + drain + 10, "the parent did not exit"
+            await sleep(0.05)
+        stopped = time.monotonic() - started
+        # bounded by --drain-timeout + 1 s; loose here (a loaded 2-core machine)
+        assert stopped < drain + 3, stopped
+        print(f"stop took {stopped:.2f} s (drain-timeout {drain} s, requests 60 s)")
+        log = (tmp_path / "proxy0.log").read_text()
+        workers = [int(p) for p in re.findall(r"worker \d started \(pid (\d+)\)", log)]
+        assert len(workers) == 2
+        for pid in workers:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+        assert "critical" not in log and "Traceback" not in log, log
+    finally:
+        fleet.stop()
