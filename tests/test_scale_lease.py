@@ -152,3 +152,61 @@ def test_a_report_above_the_fleets_count_shrinks_the_slice():
     assert ask(governor) is SENT
     governor.state.reconcile("default", "spot", BUDGET, clock.seconds())
     assert ask(governor) is not SENT
+
+
+def test_requests_queued_before_the_store_decides_are_all_served_once():
+    # the store decides (Redis unreachable: after its connect timeout) while
+    # several requests wait; waking them must not re-enter the queue's drain
+    clock = task.Clock()
+    clock.advance(600)
+    store = SlowStore(clock, delay=0)
+    store.decided = False
+    governor = instance(clock, store)
+    got: list = []
+    for _ in range(5):
+        waiting = ask(governor)
+        assert isinstance(waiting, Deferred)
+        waiting.addCallback(got.append)
+    clock.advance(0.5)
+    assert got == []
+    store.decided = True
+    for _ in range(10):
+        clock.advance(0.1)
+    assert got == [SENT] * 5
+
+
+def test_redis_unreachable_at_start_with_requests_queued(tmp_path):
+    # the real RedisSharedState, no Redis listening: it decides "degraded"
+    # after its connect timeout and the queue is served from the local share
+    from redis_server import free_port
+    from twisted.internet.testing import MemoryReactorClock
+    from twisted.logger import globalLogPublisher
+
+    from bnproxy.cluster.redis_state import RedisSharedState
+    clock = MemoryReactorClock()  # connections are attempted, never made
+    clock.advance(600)
+    redis = RedisSharedState(clock, f"redis://127.0.0.1:{free_port()}/0",
+                             connect_timeout=0.3, min_instances=2)
+    failures: list = []
+
+    def observe(event):
+        if event.get("log_failure") is not None or event.get("isError"):
+            failures.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        redis.start()
+        governor = instance(clock, redis)
+        got: list = []
+        for _ in range(5):
+            waiting = ask(governor)
+            assert isinstance(waiting, Deferred)
+            waiting.addCallback(got.append)
+        for _ in range(10):
+            clock.advance(0.1)
+        assert redis.decided and redis.status == "degraded"
+        assert got == [SENT] * 5
+        assert failures == []
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        redis.stop()

@@ -12,6 +12,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from bnproxy.chain.interfaces import IHealthReporter, ISharedState
+from bnproxy.cluster.validate import ban_end, ban_status
 
 _log = Logger(namespace="bnproxy.cluster")
 
@@ -34,10 +35,13 @@ class BanBook:
     def merge(self, egress: str, scope: str, until: float, status: int, cause: str) -> bool:
         """Record a ban; True (and callbacks called) if it is new or later."""
         key = (egress, scope)
+        now = self._clock.seconds()
+        if ban_end(until, now) is None or ban_status(status) is None:
+            return False  # never Binance's (see bnproxy.cluster.validate)
         known = self.bans.get(key)
         if known is not None and known[0] >= until:
             return False
-        if until <= self._clock.seconds():
+        if until <= now:
             return False
         self.bans[key] = (float(until), int(status), cause)
         for callback in list(self._callbacks):

@@ -76,6 +76,7 @@ file.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -94,71 +95,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from bnproxy.binance.limits import LONGEST_BAN_HEARD, WEIGHT_WINDOW
 from bnproxy.chain.interfaces import IHealthReporter, IMetricsSource, ISharedState
+from bnproxy.cluster import validate
 from bnproxy.cluster.errors import SharedStateTimeoutError, SharedStateUnavailableError
 from bnproxy.cluster.keys import Keys
 from bnproxy.cluster.local import METRICS, BanBook, BanCallback, LedgerBuffer
+from bnproxy.cluster.scripts import SCRIPTS
 from bnproxy.cluster.url import RedisURL, parse_redis_url
 
 _log = Logger(namespace="bnproxy.cluster")
-
-# KEYS[1] window counter; ARGV weight, budget, ttl ms -> {taken 0/1, counter}
-RESERVE = """
-local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-local weight = tonumber(ARGV[1])
-if used + weight > tonumber(ARGV[2]) then return {0, used} end
-used = redis.call('INCRBY', KEYS[1], weight)
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return {1, used}
-"""
-
-# KEYS[1] window counter; ARGV seen, ttl ms, added -> counter
-# counter = max(counter, seen) + added (added: weight spent while degraded)
-RECONCILE = """
-local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-local value = math.max(used, tonumber(ARGV[1])) + tonumber(ARGV[3])
-if value ~= used then redis.call('SET', KEYS[1], value, 'PX', ARGV[2]) end
-return value
-"""
-
-# KEYS[1] bans hash; ARGV field, until, value json, channel, message, now
-SET_BAN = """
-local now = tonumber(ARGV[6])
-local all = redis.call('HGETALL', KEYS[1])
-for i = 1, #all, 2 do
-  local ok, ban = pcall(cjson.decode, all[i + 1])
-  if not ok or tonumber(ban[1]) <= now then redis.call('HDEL', KEYS[1], all[i]) end
-end
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if cur then
-  local ok, ban = pcall(cjson.decode, cur)
-  if ok and tonumber(ban[1]) >= tonumber(ARGV[2]) then return 0 end
-end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-redis.call('PUBLISH', ARGV[4], ARGV[5])
-return 1
-"""
-
-# KEYS[1] ledger hash; ARGV field, increment, field, increment, ...
-LEDGER = """
-for i = 1, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('PEXPIRE', KEYS[1], 604800000)
-return 1
-"""
-
-# KEYS[1] instances zset; ARGV id, ttl ms -> live count (Redis's clock)
-HEARTBEAT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[1], now, ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
-return redis.call('ZCARD', KEYS[1])
-"""
-
-SCRIPTS = {"reserve": RESERVE, "reconcile": RECONCILE, "set_ban": SET_BAN,
-           "ledger": LEDGER, "heartbeat": HEARTBEAT}
-
 
 class _Protocol(txredisapi.RedisProtocol):
     on_lost: Any = None
@@ -214,6 +160,37 @@ class _Fallback:
         self.seen: dict[tuple[str, str], tuple[int, int]] = {}  # -> (window, fleet use)
         self.own: dict[tuple[str, str], tuple[int, int]] = {}  # -> (window, this one's use)
         self.local: dict[tuple[str, str], list[int]] = {}
+        # -> (window, epoch, granted count, reported): the last view of the
+        # window's counter in Redis (see ``bnproxy.cluster.scripts``)
+        self.views: dict[tuple[str, str], tuple[int, str, int, int]] = {}
+
+    def view(self, egress: str, pool: str, window: int) -> tuple[str, int, int]:
+        """(epoch, granted, reported) last seen of the window: what re-seeds
+        a counter Redis lost."""
+        v = self.views.get((egress, pool))
+        if v is None or v[0] != window:
+            return "", 0, 0
+        return v[1], v[2], v[3]
+
+    def learn(self, egress: str, pool: str, window: int, reply: Any) -> int:
+        """A window script's ``[granted, reported, epoch]`` (the tail of its
+        reply); returns the fleet's use, ``max(granted, reported)``."""
+        try:
+            granted, reported, epoch = reply[-3], reply[-2], reply[-1]
+        except (TypeError, IndexError, KeyError):
+            return self._seen(egress, pool, window)
+        granted = validate.count(granted) or 0
+        reported = validate.count(reported) or 0
+        epoch = epoch if isinstance(epoch, str) else ""
+        w, e, g, r = self.views.get((egress, pool), (None, "", 0, 0))
+        if w == window and e == epoch:
+            granted, reported = max(g, granted), max(r, reported)
+        elif w == window:
+            reported = max(r, reported)
+        self.views[(egress, pool)] = (window, epoch, granted, reported)
+        used = max(granted, reported)
+        self.saw(egress, pool, window, used)
+        return used
 
     def granted(self, egress: str, pool: str, window: int, weight: int) -> None:
         """This instance spent ``weight`` in the window (Redis said yes)."""
@@ -287,7 +264,7 @@ class RedisSharedState(Service):
     def __init__(self, reactor, url: RedisURL | str, *, deadline: float = 0.05,
                  background_deadline: float = 1.0, connect_timeout: float = 2.0,
                  heartbeat_interval: float = 2.0, heartbeat_ttl: float = 6.0,
-                 ledger_interval: float = 1.0, window: float = 60.0,
+                 ledger_interval: float = 1.0, window: float = WEIGHT_WINDOW,
                  reconnect_max: float = 2.0, prefix: str = "bnproxy",
                  min_instances: int = 1, instance_id: str | None = None,
                  tls_ca_file: str | None = None) -> None:
@@ -320,6 +297,16 @@ class RedisSharedState(Service):
         self._loops: list[task.LoopingCall] = []
         self._ready_waiters: list[Deferred] = []
         self._drops: list = []
+        self._epochs = itertools.count(1)
+        self._rejected = validate.Rejected()
+
+    def _window_args(self, egress: str, pool: str, window: int,
+                     reported: int = 0) -> list:
+        """The caller's view of a window and a new epoch, for the window
+        scripts (``bnproxy.cluster.scripts``)."""
+        epoch, granted, seen = self._fallback.view(egress, pool, window)
+        return [epoch, granted, max(seen, int(reported)),
+                f"{self.instance_id}:{next(self._epochs)}"]
 
     # -- lifecycle ------------------------------------------------------------------
     def _endpoint(self):
@@ -543,12 +530,13 @@ class RedisSharedState(Service):
         # instance knows of the fleet's use.
         keys = [self.keys.window(egress, pool, window)]
         raw = defer.maybeDeferred(self._evalsha, proto, "reserve", keys,
-                                  [int(weight), int(budget), self._window_ttl_ms])
+                                  [int(weight), int(budget), self._window_ttl_ms,
+                                   *self._window_args(egress, pool, window)])
         granted_here = [False]  # granted locally, counting on Redis to count it
 
         def learn(result):
-            taken, used = int(result[0]), int(result[1])
-            self._fallback.saw(egress, pool, window, used)
+            taken = isinstance(result, list) and bool(result) and result[0] == 1
+            self._fallback.learn(egress, pool, window, result)
             if granted_here[0] and not taken:
                 self._fallback.uncounted(egress, pool, window, weight)
             return result
@@ -579,7 +567,7 @@ class RedisSharedState(Service):
             return local(sent=f.check(SharedStateTimeoutError) is not None)
 
         def answered(result) -> bool:
-            if int(result[0]):
+            if result[0] == 1:
                 self._fallback.granted(egress, pool, window, weight)
                 return True
             return False
@@ -636,25 +624,26 @@ class RedisSharedState(Service):
             self._fallback.reconcile(egress, pool, window, int(used))
 
         return self._script("reconcile", [self.keys.window(egress, pool, window)],
-                            [int(used), self._window_ttl_ms, 0], self.deadline).addCallbacks(
-            lambda value: self._fallback.saw(egress, pool, window, int(value)), failed)
+                            [self._window_ttl_ms,
+                             *self._window_args(egress, pool, window, int(used)), 0],
+                            self.deadline).addCallbacks(
+            lambda reply: (self._fallback.learn(egress, pool, window, reply), None)[1],
+            failed)
 
     def used(self, egress: str, pool: str, window_start: int) -> Deferred:
         window = int(window_start)
         if not self._ok():
             return succeed(self._fallback.used(egress, pool, window))
 
-        def done(value) -> int:
-            used = int(value or 0)
-            self._fallback.saw(egress, pool, window, used)
-            return used
+        def done(reply) -> int:
+            return self._fallback.learn(egress, pool, window, reply)
 
         def failed(f: Failure) -> int:
             f.trap(SharedStateUnavailableError)
             return self._fallback.used(egress, pool, window)
 
-        return self._call(lambda p: p.get(self.keys.window(egress, pool, window)),
-                          self.deadline).addCallbacks(done, failed)
+        return self._script("read_window", [self.keys.window(egress, pool, window)], [],
+                            self.deadline).addCallbacks(done, failed)
 
     # -- bans -----------------------------------------------------------------------
     def _publish_ban(self, egress: str, scope: str, until: float, status: int,
@@ -664,12 +653,21 @@ class RedisSharedState(Service):
                               "status": status, "cause": cause, "from": self.instance_id})
         return self._script("set_ban", [self.keys.bans],
                             [self.keys.field(egress, scope), repr(float(until)), value,
-                             self.keys.ban_channel, message, repr(self._clock.seconds())],
+                             self.keys.ban_channel, message, repr(self._clock.seconds()),
+                             repr(LONGEST_BAN_HEARD)],
                             self.background_deadline)
 
     def set_ban(self, egress: str, scope: str, until: float, status: int,
                 cause: str) -> Deferred:
-        until, status, cause = float(until), int(status), str(cause)[:200]
+        checked = validate.ban_message(json.dumps(
+            {"egress": egress, "scope": scope, "until": until, "status": status,
+             "cause": str(cause)}), self._clock.seconds())
+        if checked is None:  # never Binance's: not kept, not spread
+            _log.error("refusing to record a malformed ban: {egress} {scope} until "
+                       "{until!r} ({status!r})", egress=egress, scope=scope, until=until,
+                       status=status)
+            return succeed(None)
+        egress, scope, until, status, cause = checked
         self._book.merge(egress, scope, until, status, cause)
         if not self._ok():
             return succeed(None)  # written back when Redis returns
@@ -677,26 +675,26 @@ class RedisSharedState(Service):
             lambda _: None, lambda f: f.trap(SharedStateUnavailableError) and None)
 
     def _message(self, raw) -> None:
-        try:
-            m = json.loads(raw)
-            self._book.merge(str(m["egress"]), str(m["scope"]), float(m["until"]),
-                             int(m["status"]), str(m.get("cause", "")))
-        except (ValueError, KeyError, TypeError):
-            _log.warn("ignoring a malformed ban notification on {channel}",
-                      channel=self.keys.ban_channel)
+        m = validate.ban_message(raw, self._clock.seconds())
+        if m is None:
+            self._rejected("ban notification", f"channel {self.keys.ban_channel}: "
+                           f"{str(raw)[:100]}")
+            return
+        self._book.merge(*m)
 
     def _read_bans(self) -> Deferred:
-        def merge(table) -> None:
-            for field, value in (table or {}).items():
-                try:
-                    until, status, cause = json.loads(value)
-                except (ValueError, TypeError):
+        def merge(flat) -> None:
+            now = self._clock.seconds()
+            for field, value in validate.pairs(flat):
+                where = validate.ban_field(field)
+                ban = validate.ban_entry(value, now)
+                if where is None or ban is None:
+                    self._rejected("ban entry", f"{self.keys.bans} {str(field)[:100]}")
                     continue
-                egress, scope = self.keys.split(field)
-                self._book.merge(egress, scope, float(until), int(status), str(cause))
+                self._book.merge(where[0], where[1], *ban)
 
-        return self._call(lambda p: p.hgetall(self.keys.bans),
-                          self.background_deadline).addCallback(merge)
+        return self._script("read_hash", [self.keys.bans], [],
+                            self.background_deadline).addCallback(merge)
 
     def bans(self) -> Deferred:
         if not self._ok():
@@ -735,19 +733,22 @@ class RedisSharedState(Service):
                             self.background_deadline).addCallbacks(lambda _: None, failed)
 
     def clients(self) -> Deferred:
-        def table(raw) -> dict:
+        def table(flat) -> dict:
             out: dict[str, dict[str, int]] = {}
-            for field, value in (raw or {}).items():
-                client, _, metric = field.rpartition("|")
-                if metric in METRICS:
-                    out.setdefault(client, dict.fromkeys(METRICS, 0))[metric] = int(value)
+            for field, value in validate.pairs(flat):
+                client, _, metric = str(field).rpartition("|")
+                n = validate.count(value)
+                if metric not in METRICS or not client or n is None:
+                    self._rejected("ledger entry", f"{self.keys.ledger} {str(field)[:100]}")
+                    continue
+                out.setdefault(client, dict.fromkeys(METRICS, 0))[metric] = n
             return self._ledger.merged_into(out)
 
         if not self._ok():
             return defer.fail(SharedStateUnavailableError(
                 f"the fleet's ledger is in {self.url}, which is not answering"))
-        return self._call(lambda p: p.hgetall(self.keys.ledger),
-                          self.background_deadline).addCallback(table)
+        return self._script("read_hash", [self.keys.ledger], [],
+                            self.background_deadline).addCallback(table)
 
     # -- heartbeats, probes, resynchronisation -----------------------------------------
     def live_instances(self) -> int:
@@ -755,7 +756,7 @@ class RedisSharedState(Service):
 
     def _heartbeat(self) -> Deferred:
         def seen(count) -> int:
-            self._live = max(self._min_instances, int(count))
+            self._live = max(self._min_instances, validate.count(count) or 1)
             return self._live
 
         return self._script("heartbeat", [self.keys.instances],
@@ -790,9 +791,12 @@ class RedisSharedState(Service):
                 (egress, pool), (window, _base, _mine, reported, unsent) = \
                     next(iter(spent.items()))
                 try:
-                    await self._script("reconcile", [self.keys.window(egress, pool, window)],
-                                       [reported, self._window_ttl_ms, unsent],
-                                       self.background_deadline)
+                    reply = await self._script(
+                        "reconcile", [self.keys.window(egress, pool, window)],
+                        [self._window_ttl_ms,
+                         *self._window_args(egress, pool, window, reported), unsent],
+                        self.background_deadline)
+                    self._fallback.learn(egress, pool, window, reply)
                 except SharedStateUnavailableError:
                     for key, entry in spent.items():  # still to be written next time
                         self._fallback.local.setdefault(key, entry)

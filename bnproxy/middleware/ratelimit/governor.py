@@ -81,6 +81,7 @@ class Governor:
             self._pool(name, name)
         self._queues: dict[tuple[str, str], deque[_Waiter]] = {}
         self._timers: dict[tuple[str, str], Any] = {}
+        self._draining: set[tuple[str, str]] = set()
         self._turn = 0
 
     # -- pools ----------------------------------------------------------------------
@@ -276,6 +277,16 @@ class Governor:
         return soonest if best is None else best
 
     def _drain(self, pool: Pool, egress: str) -> None:
+        key = (egress, pool.name)
+        if key in self._draining:  # re-entered (a send or the state woke it): the
+            return                  # running drain goes on with the queue
+        self._draining.add(key)
+        try:
+            self._drain_queue(pool, egress)
+        finally:
+            self._draining.discard(key)
+
+    def _drain_queue(self, pool: Pool, egress: str) -> None:
         now = self._clock.seconds()
         key = (egress, pool.name)
         queue = self._queues.get(key)
@@ -283,6 +294,8 @@ class Governor:
             w = queue[0]
             if not self.state.reserve(egress, pool.name, w.weight, pool.budget, now):
                 break
+            if not queue or queue[0] is not w:  # answered meanwhile: the weight
+                continue                         # stays counted (errs safe)
             queue.popleft()
             w.deadline.cancel()
             result = w.send()

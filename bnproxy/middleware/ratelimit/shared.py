@@ -52,13 +52,14 @@ this instance's own while the store is away). A client's share of a budget
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
 from twisted.logger import Logger
 
-from bnproxy.binance.limits import WEIGHT_WINDOW
+from bnproxy.binance.limits import BAN_STATUSES, LONGEST_BAN_HEARD, WEIGHT_WINDOW
 from bnproxy.middleware.ratelimit.bans import Ban
 from bnproxy.middleware.ratelimit.state import LocalState, window_of
 
@@ -67,6 +68,7 @@ _log = Logger(namespace="bnproxy.ratelimit")
 CHUNKS = 8  # a slice is about budget / (CHUNKS × live instances)
 REFRESH = 1.0  # fleet figures for /health and the egress choice, at most this often
 RENEW_WAIT = 0.1  # what a request waits for a renewal before it is tried again
+MAX_STRIKES = 64  # a strike count heard from the fleet is capped here
 RECONCILE_EVERY = 0.25  # Binance's used-weight figures go to the store this often at most
 
 
@@ -112,8 +114,9 @@ class SharedState:
     def _decided(self) -> bool:
         if not self._released and getattr(self.shared, "decided", True):
             self._released = True
+            # later, not here: this runs inside the governor's drain of a queue
             for egress, pool in list(self._leases):
-                self.wake(egress, pool)
+                self._clock.callLater(0, self.wake, egress, pool)
         return self._released
 
     # -- budget ---------------------------------------------------------------------
@@ -247,13 +250,20 @@ class SharedState:
 
     def _heard(self, egress: str, scope: str, until: float, status: int, cause: str) -> None:
         now = self._clock.seconds()
+        if isinstance(until, bool) or not isinstance(until, int | float) \
+                or not math.isfinite(until) or until > now + LONGEST_BAN_HEARD \
+                or status not in BAN_STATUSES:
+            _log.warn("ignoring a ban heard from the fleet that cannot be Binance's: "
+                      "{scope} ({egress}) until {until!r}, status {status!r}",
+                      scope=scope, egress=egress, until=until, status=status)
+            return
         known = self.store.in_force(egress, (scope,), now)
         if known is not None and known.until >= until:
             return
         strikes = 1
         if cause.startswith("strikes="):
             try:
-                strikes = max(1, int(cause[len("strikes="):]))
+                strikes = min(MAX_STRIKES, max(1, int(cause[len("strikes="):])))
             except ValueError:
                 pass
         ban = self.store.start(Ban(egress, scope, float(until), int(status), strikes))
