@@ -5,9 +5,13 @@ How it works
 ------------
 - Budget: one counter per (egress, pool, minute window) under
   ``PREFIX:w:EGRESS|POOL|WINDOW``, changed only by Lua scripts run with
-  EVALSHA: ``reserve`` adds the weight if ``used + weight <= budget``
-  (check and add in one script: Redis runs scripts one at a time), reconcile
-  sets ``max(counter, used)``. Keys expire two windows after their last write.
+  EVALSHA (``bnproxy.cluster.scripts``): ``reserve`` adds the weight if the
+  fleet's use plus the weight stays within the budget (check and add in one
+  script: Redis runs scripts one at a time); ``reconcile`` raises the
+  reported use (Binance's header, never added to the grants) and adds what
+  was granted while Redis was away. Each call carries this instance's last
+  view of the counter, which re-seeds a counter Redis lost (restarted empty):
+  every grant is counted once. Keys expire two windows after their last write.
 - Bans: a hash ``PREFIX:bans`` (``EGRESS|SCOPE`` -> ``[until, status,
   cause]``), written by a script that keeps the later ``until`` and
   PUBLISHes the ban on the channel ``PREFIX:bans``; every instance
@@ -19,7 +23,9 @@ How it works
   in the sorted set ``PREFIX:instances`` scored by Redis's own clock; live
   instances are the ids seen within ``heartbeat_ttl``.
 - Nothing secret is written: pools, egress addresses, client labels and ban
-  causes only.
+  causes only. Nothing read is trusted (``bnproxy.cluster.validate``): a
+  malformed entry is skipped and logged once, a key of the wrong type is
+  replaced by the next write.
 
 Deadlines and failure
 ---------------------
@@ -525,46 +531,27 @@ class RedisSharedState(Service):
         if proto is None:  # no connection: decided here, written back later
             return succeed(self._fallback.reserve(egress, pool, weight, budget, window,
                                                   self._live))
-        # The script goes to Redis even when it is slow: if it runs late, the
-        # fleet's counter still includes it and its answer updates what this
-        # instance knows of the fleet's use.
-        keys = [self.keys.window(egress, pool, window)]
-        raw = defer.maybeDeferred(self._evalsha, proto, "reserve", keys,
-                                  [int(weight), int(budget), self._window_ttl_ms,
-                                   *self._window_args(egress, pool, window)])
-        granted_here = [False]  # granted locally, counting on Redis to count it
-
-        def learn(result):
-            taken = isinstance(result, list) and bool(result) and result[0] == 1
-            self._fallback.learn(egress, pool, window, result)
-            if granted_here[0] and not taken:
-                self._fallback.uncounted(egress, pool, window, weight)
-            return result
-
-        raw_failed = [False]
-
-        def lost(f: Failure):
-            raw_failed[0] = True
-            if granted_here[0]:  # perhaps never ran: count it again (errs safe)
-                self._fallback.uncounted(egress, pool, window, weight)
-            return f
-
-        raw.addCallbacks(learn, lost)
-
-        def local(sent: bool) -> bool:
-            sent = sent and not raw_failed[0]
+        if self._status != "ok":  # slow or resynchronising: decided here, at once;
+            # a grant also goes to Redis, which counts it when it runs (or it is
+            # written back at the resynchronisation): nothing refused is counted
             granted = self._fallback.reserve(egress, pool, weight, budget, window,
-                                             self._live, sent=sent)
-            granted_here[0] = granted and sent
-            return granted
-
-        if self._status != "ok":  # slow or resynchronising: do not wait for it
-            raw.addErrback(lambda f: None)
-            return succeed(local(sent=True))
+                                             self._live, sent=True)
+            if granted:
+                self._send_reserve(proto, egress, pool, weight, budget, window,
+                                   [True]).addErrback(lambda f: None)
+            return succeed(granted)
+        # Redis decides unless it misses the deadline; then the decision is
+        # local, and a late answer still updates what this instance knows.
+        decided: list[bool | None] = [None]  # None: Redis's answer decides
+        raw = self._send_reserve(proto, egress, pool, weight, budget, window, decided)
 
         def failed(f: Failure) -> bool:
             f.trap(SharedStateUnavailableError)
-            return local(sent=f.check(SharedStateTimeoutError) is not None)
+            sent = f.check(SharedStateTimeoutError) is not None and not raw.called
+            granted = self._fallback.reserve(egress, pool, weight, budget, window,
+                                             self._live, sent=sent)
+            decided[0] = granted
+            return granted
 
         def answered(result) -> bool:
             if result[0] == 1:
@@ -573,6 +560,40 @@ class RedisSharedState(Service):
             return False
 
         return self._race(raw, self.deadline).addCallbacks(answered, failed)
+
+    def _send_reserve(self, proto, egress: str, pool: str, weight: int, budget: int,
+                      window: int, decided: list) -> Deferred:
+        """The reserve script; its answer (whenever it comes) updates the view
+        of the window, and squares a local decision taken meanwhile
+        (``decided[0]``: True granted, False refused, None not yet): a grant
+        Redis did not count is written back later, a weight Redis counted for
+        a refused request is released."""
+        key = self.keys.window(egress, pool, window)
+        raw = defer.maybeDeferred(self._evalsha, proto, "reserve", [key],
+                                  [int(weight), int(budget), self._window_ttl_ms,
+                                   *self._window_args(egress, pool, window)])
+
+        def learn(result):
+            taken = isinstance(result, list) and bool(result) and result[0] == 1
+            self._fallback.learn(egress, pool, window, result)
+            if decided[0] is True and not taken:
+                self._fallback.uncounted(egress, pool, window, weight)
+            elif decided[0] is False and taken:
+                self._release(key, weight, result[-1])
+            return result
+
+        def lost(f: Failure):
+            if decided[0] is True:  # perhaps never ran: count it again (errs safe)
+                self._fallback.uncounted(egress, pool, window, weight)
+            return f
+
+        return raw.addCallbacks(learn, lost)
+
+    def _release(self, key: str, weight: int, epoch: object) -> None:
+        if not isinstance(epoch, str) or self._proto is None:
+            return
+        self._script("release", [key], [int(weight), epoch],
+                     self.background_deadline).addErrback(lambda f: None)
 
     def _evalsha(self, proto, name: str, keys: list[str], args: list) -> Deferred:
         return proto.evalsha(self._shas[name], keys, args).addErrback(

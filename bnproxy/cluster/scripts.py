@@ -76,6 +76,17 @@ save(KEYS[1], b, a, r, e, ARGV[1])
 return {b + a, r, e}
 """
 
+# KEYS[1] window; ARGV weight, epoch -> 1 if the weight was taken back (a
+# reservation Redis counted after the caller had been answered "no" locally)
+RELEASE = """
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then return 0 end
+if redis.call('HGET', KEYS[1], 'e') ~= ARGV[2] then return 0 end
+local a = tonumber(redis.call('HGET', KEYS[1], 'a'))
+if a == nil or a ~= a or a < 0 then return 0 end
+redis.call('HSET', KEYS[1], 'a', math.max(0, math.floor(a - tonumber(ARGV[1]))))
+return 1
+"""
+
 # KEYS[1] window -> {b + a, r, epoch} (nothing written)
 READ_WINDOW = """
 local function count(v)
@@ -153,6 +164,7 @@ redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
 return redis.call('ZCARD', KEYS[1])
 """
 
-SCRIPTS = {"reserve": RESERVE, "reconcile": RECONCILE, "read_window": READ_WINDOW,
+SCRIPTS = {"reserve": RESERVE, "reconcile": RECONCILE, "release": RELEASE,
+           "read_window": READ_WINDOW,
            "set_ban": SET_BAN, "read_hash": READ_HASH, "ledger": LEDGER,
            "heartbeat": HEARTBEAT}

@@ -13,9 +13,12 @@ below half a chunk, the next chunk is reserved in the background; a request
 that finds the slice empty waits in the governor's queue (at most
 ``max_wait``) and is released as soon as the renewal lands. When the store
 refuses a chunk, one of just the weight wanted is tried; when that is refused
-too, the window is spent for this instance (requests wait for the next
-window, as with a local budget). What is left of a slice at the window's end
-is simply lost.
+too by a store that answers, the window is spent for this instance (requests
+wait for the next window, as with a local budget). A refusal while the store
+is away (only the local share answered: a missed deadline) is not final: the
+next grant tries again after ``RENEW_WAIT``, so a hiccup at a minute's start
+costs at most the slice in flight, not the rest of the minute. What is left
+of a slice at the window's end is simply lost.
 
 Guarantee: every weight granted anywhere was first counted in the store's
 window counter, whose reservations never pass the budget (one Lua script,
@@ -80,7 +83,8 @@ class Lease:
     held: int = 0  # reserved in the store for this instance
     spent: int = 0  # granted from it
     renewing: bool = False
-    exhausted: bool = False  # the store refused even the weight wanted
+    exhausted: bool = False  # the store (answering) refused even the weight wanted
+    retry_at: float = 0.0  # refused while the store was away: not before this
     reported: int = 0  # the highest use Binance reported in the window
 
 
@@ -153,7 +157,7 @@ class SharedState:
 
     def _renew(self, lease: Lease, egress: str, pool: str, budget: int, weight: int,
                chunk: int | None = None) -> None:
-        if lease.renewing or lease.exhausted:
+        if lease.renewing or lease.exhausted or self._clock.seconds() < lease.retry_at:
             return
         size = self._chunk(budget, weight) if chunk is None else chunk
         lease.renewing = True
@@ -168,8 +172,12 @@ class SharedState:
                 self._clock.callLater(0, self.wake, egress, pool)
             elif size > weight:
                 self._renew(lease, egress, pool, budget, weight, weight)
-            else:
-                lease.exhausted = True
+            elif self.shared.status == "ok":
+                lease.exhausted = True  # the fleet's window is spent
+            else:  # only the local share while the store is away: not for the
+                # rest of the window; tried again at the next grant after a pause
+                lease.retry_at = self._clock.seconds() + RENEW_WAIT
+                self._recheck(egress, pool)
 
         def failed(failure: Any) -> None:
             lease.renewing = False
