@@ -3,11 +3,11 @@ governors share one in-process ``ISharedState`` as instances share Redis."""
 
 from __future__ import annotations
 
+from memory_shared import MemorySharedState
 from twisted.internet import task
 from twisted.internet.defer import Deferred
 
 from bnproxy.binance.markets import build_markets
-from bnproxy.cluster.local import LocalSharedState
 from bnproxy.middleware.ratelimit.bans import Ban, BanStore
 from bnproxy.middleware.ratelimit.governor import Governor
 from bnproxy.middleware.ratelimit.shared import SharedState
@@ -18,7 +18,7 @@ SENT = object()
 REFUSED = object()
 
 
-class SlowStore(LocalSharedState):
+class SlowStore(MemorySharedState):
     """A shared state whose answers come ``delay`` seconds later."""
 
     def __init__(self, clock, delay: float = 0.01) -> None:
@@ -52,7 +52,7 @@ def ask(governor, weight=1, egress="default"):
 def test_the_fleet_never_grants_more_than_the_budget_and_wastes_little():
     clock = task.Clock()
     clock.advance(600)  # the start of a window
-    store = LocalSharedState(clock)
+    store = MemorySharedState(clock)
     fleet = [instance(clock, store) for _ in range(3)]
     sent = 0
     for i in range(5 * BUDGET):
@@ -101,7 +101,7 @@ def test_nothing_is_granted_before_the_store_has_decided():
 def test_a_ban_set_by_one_instance_silences_the_others_at_once():
     clock = task.Clock()
     clock.advance(600)
-    store = LocalSharedState(clock)
+    store = MemorySharedState(clock)
     a, b = instance(clock, store), instance(clock, store)
     pool = a.pools["spot"]
     a.start_ban(pool, "default", 418, lambda strikes: clock.seconds() + 120)
@@ -113,7 +113,7 @@ def test_a_ban_set_by_one_instance_silences_the_others_at_once():
 def test_a_banned_egress_gets_no_traffic_until_its_ban_ends():
     clock = task.Clock()
     clock.advance(600)
-    store = LocalSharedState(clock)
+    store = MemorySharedState(clock)
     governor = instance(clock, store, egresses=("127.0.0.2", "127.0.0.3"))
     pool = governor.pools["spot"]
     chosen = [governor.choose_egress(pool, 1, clock.seconds()) for _ in range(10)]
@@ -129,7 +129,7 @@ def test_a_banned_egress_gets_no_traffic_until_its_ban_ends():
 def test_each_egress_has_its_own_budget():
     clock = task.Clock()
     clock.advance(600)
-    store = LocalSharedState(clock)
+    store = MemorySharedState(clock)
     governor = instance(clock, store, egresses=("127.0.0.2", "127.0.0.3"))
     pool = governor.pools["spot"]
     sent = {"127.0.0.2": 0, "127.0.0.3": 0}
@@ -147,7 +147,7 @@ def test_each_egress_has_its_own_budget():
 def test_a_report_above_the_fleets_count_shrinks_the_slice():
     clock = task.Clock()
     clock.advance(600)
-    store = LocalSharedState(clock)
+    store = MemorySharedState(clock)
     governor = instance(clock, store)
     assert ask(governor) is SENT
     governor.state.reconcile("default", "spot", BUDGET, clock.seconds())
