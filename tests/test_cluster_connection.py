@@ -49,3 +49,12 @@ async def test_stop_during_a_connect_is_clean():
     finally:
         globalLogPublisher.removeObserver(observe)
         await port.stopListening()
+
+
+def test_importing_the_shared_state_leaves_the_global_reactor_alone():
+    import subprocess
+    import sys
+    code = ("import sys, bnproxy.cluster.redis_state; "
+            "assert 'twisted.internet.reactor' not in sys.modules; "
+            "assert 'txredisapi' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

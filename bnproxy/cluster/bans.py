@@ -14,7 +14,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
-from bnproxy.binance.limits import LONGEST_BAN_HEARD
+from bnproxy.binance.limits import BAN_STATUSES, LONGEST_BAN_HEARD
 from bnproxy.cluster import validate
 from bnproxy.cluster.connection import Connection
 from bnproxy.cluster.errors import SharedStateUnavailableError
@@ -94,7 +94,8 @@ class Bans:
         return self._conn.script("set_ban", [self.keys.bans],
                                  [self.keys.field(egress, scope), repr(float(until)), value,
                                   self.keys.ban_channel, message,
-                                  repr(self._clock.seconds()), repr(LONGEST_BAN_HEARD)],
+                                  repr(self._clock.seconds()), repr(LONGEST_BAN_HEARD),
+                                  *BAN_STATUSES],
                                  self._conn.background_deadline)
 
     def set_ban(self, egress: str, scope: str, until: float, status: int,

@@ -102,17 +102,18 @@ return {b + a, count(v[3]) or 0, e}
 """
 
 # KEYS[1] bans hash; ARGV field, until, value json, channel, message, now,
-# longest ban in seconds -> 1 stored and published, 0 a later ban was known.
-# Entries that are not [finite until, 418|429, cause] ending within the
-# longest ban are dropped, as are ended ones.
+# longest ban in seconds, the two ban statuses -> 1 stored and published, 0
+# a later ban was known. Entries that are not [finite until, a ban status,
+# cause] ending within the longest ban are dropped, as are ended ones.
 SET_BAN = """
 local now, longest = tonumber(ARGV[6]), tonumber(ARGV[7])
+local status_a, status_b = tonumber(ARGV[8]), tonumber(ARGV[9])
 local function ends(raw)
   local ok, ban = pcall(cjson.decode, raw)
   if not ok or type(ban) ~= 'table' then return nil end
   local u, s = ban[1], ban[2]
   if type(u) ~= 'number' or u ~= u or u <= now or u > now + longest then return nil end
-  if s ~= 418 and s ~= 429 then return nil end
+  if s ~= status_a and s ~= status_b then return nil end
   if type(ban[3]) ~= 'string' then return nil end
   return u
 end

@@ -211,7 +211,7 @@ class RateLimit:
     def _too_many(self, pool: Pool, egress: str, now: float, what: str) -> ProxyResponse:
         retry = max(1, math.ceil(self.governor.window_end(now) - now))
         return local_error(
-            429, TOO_MANY_REQUESTS,
+            RATE_LIMITED, TOO_MANY_REQUESTS,
             f"bnproxy: {what} for {pool.name} is spent ({pool.budget} of {pool.limit} "
             f"request weight per 1 MINUTE); retry in {retry} s.",
             headers=((b"retry-after", str(retry).encode()),), detail="budget")
