@@ -132,3 +132,39 @@ def test_validation_table():
     assert validate.ban_field("default|host:api.binance.com") == (
         "default", "host:api.binance.com")
     assert validate.ban_field("nofield") is None and validate.ban_field(5) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_readmes_acl_user_is_enough(tmp_path):
+    # the README's recommended ACL: default user off, one user on the fleet's
+    # keys and channel, nothing dangerous
+    from redis_server import RedisServer
+    from test_cluster import FAST
+    from twisted.internet import reactor
+
+    from bnproxy.cluster.redis_state import RedisSharedState
+    acl = tmp_path / "users.acl"
+    acl.write_text("user default off\n"
+                   "user bnproxy on >s3cr3t-pw ~bnproxy:* &bnproxy:* +@all -@dangerous\n")
+    server = RedisServer(str(tmp_path / "redis"), extra_args=("--aclfile", str(acl)))
+    server.start()
+    states: list = []
+    try:
+        url = f"redis://bnproxy:s3cr3t-pw@127.0.0.1:{server.port}/0"
+        a = RedisSharedState(reactor, url, **FAST)
+        b = RedisSharedState(reactor, url, **FAST)
+        states = [a, b]
+        await a.start()
+        await b.start()
+        assert a.status == b.status == "ok", (a.last_error, b.last_error)
+        assert await a.reserve("default", "spot", 5, 10, window_now())
+        until = reactor.seconds() + 60
+        await a.set_ban("default", "spot", until, 429, "429")
+        await wait_until(lambda: b.banned_until("default", "spot") == until, "the ban")
+        a.add("bot", 1, 1, 0)
+        await wait_until(lambda: a.live_instances() == 2, "two live instances")
+        assert "s3cr3t" not in repr(a.health())
+    finally:
+        for s in states:
+            await s.stop()
+        server.stop()
