@@ -14,7 +14,7 @@ from twisted.internet import defer
 
 from bnproxy.binance.markets import build_markets
 from bnproxy.middleware.ratelimit.bans import BanStore
-from bnproxy.middleware.ratelimit.governor import Governor
+from bnproxy.middleware.ratelimit.governor import GRANTED, Governor
 from bnproxy.middleware.ratelimit.shared import CHUNKS, SharedState
 from bnproxy.middleware.ratelimit.state import LocalState
 
@@ -32,7 +32,10 @@ def governed(store, budget: int) -> Governor:
 
 def ask(governor: Governor, weight: int = 1):
     pool = governor.pools["spot"]
-    return governor.admit(pool, "default", weight, None, lambda: SENT, lambda: REFUSED)
+    decision = governor.admit(pool, "default", weight)
+    if isinstance(decision, defer.Deferred):
+        return decision.addCallback(lambda d: SENT if d == GRANTED else REFUSED)
+    return SENT if decision == GRANTED else REFUSED
 
 
 async def inside_one_minute(seconds: float = 20.0) -> None:

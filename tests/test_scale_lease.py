@@ -9,7 +9,7 @@ from twisted.internet.defer import Deferred
 
 from bnproxy.binance.markets import build_markets
 from bnproxy.middleware.ratelimit.bans import Ban, BanStore
-from bnproxy.middleware.ratelimit.governor import Governor
+from bnproxy.middleware.ratelimit.governor import GRANTED, Governor
 from bnproxy.middleware.ratelimit.shared import SharedState
 from bnproxy.middleware.ratelimit.state import LocalState
 
@@ -46,7 +46,10 @@ def instance(clock, store, egresses=("default",)):
 
 def ask(governor, weight=1, egress="default"):
     pool = governor.pools["spot"]
-    return governor.admit(pool, egress, weight, None, lambda: SENT, lambda: REFUSED)
+    decision = governor.admit(pool, egress, weight)
+    if isinstance(decision, Deferred):
+        return decision.addCallback(lambda d: SENT if d == GRANTED else REFUSED)
+    return SENT if decision == GRANTED else REFUSED
 
 
 def test_the_fleet_never_grants_more_than_the_budget_and_wastes_little():
@@ -104,7 +107,7 @@ def test_a_ban_set_by_one_instance_silences_the_others_at_once():
     store = MemorySharedState(clock)
     a, b = instance(clock, store), instance(clock, store)
     pool = a.pools["spot"]
-    a.start_ban(pool, "default", 418, lambda strikes: clock.seconds() + 120)
+    a.start_ban(pool, "default", 418, b"120", b"", clock.seconds())
     assert b.ban_on(b.pools["spot"], "default", clock.seconds()) is not None
     # the ban's end is kept on b's own store (its state file) too
     assert b.state.bans()[0].until == 720
@@ -116,13 +119,13 @@ def test_a_banned_egress_gets_no_traffic_until_its_ban_ends():
     store = MemorySharedState(clock)
     governor = instance(clock, store, egresses=("127.0.0.2", "127.0.0.3"))
     pool = governor.pools["spot"]
-    chosen = [governor.choose_egress(pool, 1, clock.seconds()) for _ in range(10)]
+    chosen = [governor.route(pool, clock.seconds())[0] for _ in range(10)]
     assert set(chosen) == {"127.0.0.2", "127.0.0.3"}
     governor.state.ban(Ban("127.0.0.2", "spot", clock.seconds() + 30, 429))
-    chosen = [governor.choose_egress(pool, 1, clock.seconds()) for _ in range(10)]
+    chosen = [governor.route(pool, clock.seconds())[0] for _ in range(10)]
     assert set(chosen) == {"127.0.0.3"}
     clock.advance(31)
-    chosen = [governor.choose_egress(pool, 1, clock.seconds()) for _ in range(10)]
+    chosen = [governor.route(pool, clock.seconds())[0] for _ in range(10)]
     assert "127.0.0.2" in chosen
 
 
@@ -134,7 +137,7 @@ def test_each_egress_has_its_own_budget():
     pool = governor.pools["spot"]
     sent = {"127.0.0.2": 0, "127.0.0.3": 0}
     for _ in range(3 * BUDGET):
-        egress = governor.choose_egress(pool, 1, clock.seconds())
+        egress = governor.route(pool, clock.seconds())[0]
         if ask(governor, egress=egress) is SENT:
             sent[egress] += 1
         clock.advance(0.001)
