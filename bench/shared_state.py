@@ -1,5 +1,5 @@
 """Round trip of one shared-state reservation (what a forwarded request adds
-with --shared-state): LocalSharedState vs RedisSharedState against a
+with --shared-state): an in-memory ISharedState vs RedisSharedState against a
 redis-server on loopback.  python bench/shared_state.py [N]"""
 
 import os
@@ -11,10 +11,10 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
+from memory_shared import MemorySharedState
 from redis_server import RedisServer
 from twisted.internet import defer, reactor
 
-from bnproxy.cluster.local import LocalSharedState
 from bnproxy.cluster.redis_state import RedisSharedState
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
@@ -35,7 +35,7 @@ async def main() -> None:
         server = RedisServer(d)
         server.start()
         try:
-            local = await measure(LocalSharedState(reactor))
+            local = await measure(MemorySharedState(reactor))
             redis = RedisSharedState(reactor, server.url)
             await redis.start()
             remote = await measure(redis)

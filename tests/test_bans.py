@@ -434,3 +434,58 @@ def test_the_ledger_keeps_a_bounded_number_of_client_names(tmp_path):
         h.request("GET", "/api/v3/time", headers={b"X-Bnproxy-Client": f"bot{i}".encode()})
     ledger = h.service.middlewares[0].state.ledger()
     assert len(ledger) == 1025 and ledger["other"]["requests"] == 1100 - 1024
+
+
+# -- what is not a ban state file --------------------------------------------------------
+@pytest.mark.parametrize("make,what", [
+    (lambda p: os.mkfifo(p), "not a regular file: a FIFO"),
+    (lambda p: os.symlink("/dev/zero", p), "not a regular file: a device"),
+    (lambda p: p.write_bytes(b" " * (1 << 20) + b"{}"), "too large"),
+])
+def test_a_state_file_that_is_not_a_small_regular_file_refuses_start_in_one_line(
+        tmp_path, make, what):
+    path = tmp_path / "bnproxy-bans.json"
+    make(path)
+    upstream = Scripted()
+    with pytest.raises(ConfigError) as e:  # at once: a FIFO does not hang it
+        governed(upstream, state_dir=tmp_path)
+    message = str(e.value)
+    assert "\n" not in message and what in message and str(path) in message
+    assert upstream.seen == []
+
+
+def test_a_ban_that_cannot_be_binances_never_reaches_the_state_file(tmp_path):
+    from twisted.internet.task import Clock
+
+    from bnproxy.middleware.ratelimit.bans import BanStore
+    from bnproxy.middleware.ratelimit.shared import SharedState
+    from bnproxy.middleware.ratelimit.state import LocalState
+
+    class Fleet:  # the fleet's notifications, whatever another client published
+        status = "ok"
+
+        def on_ban(self, callback):
+            self.tell = callback
+
+    clock = Clock()
+    clock.advance(1_000_000)
+    path = tmp_path / "bans.json"
+    store = BanStore(clock, str(path))
+    fleet = Fleet()
+    SharedState(clock, fleet, LocalState(store))
+    for until in (math.inf, math.nan, clock.seconds() + 10 * 365 * 86_400):
+        fleet.tell("default", "spot", until, 418, "strikes=1")
+    fleet.tell("default", "spot", clock.seconds() + 60, 200, "strikes=1")
+    assert store.all() == [] and not path.exists()
+    fleet.tell("default", "spot", clock.seconds() + 60, 418, "strikes=99999999")
+    saved = path.read_text()
+    assert "Infinity" not in saved and "NaN" not in saved
+    assert json.loads(saved)["bans"][0]["until"] == clock.seconds() + 60
+    # and a state file holding a far too long ban (an older version heard it) is kept
+    # for Binance's longest, not refused
+    data = json.loads(saved)
+    data["bans"][0]["until"] = clock.seconds() + 10 * 365 * 86_400
+    path.write_text(json.dumps(data))
+    again = BanStore(clock, str(path))
+    again.load()
+    assert again.all()[0].until == clock.seconds() + 3 * 86_400

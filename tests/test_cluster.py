@@ -14,8 +14,8 @@ from zope.interface.verify import verifyObject
 from bnproxy.chain.interfaces import ISharedState
 from bnproxy.cluster.errors import SharedStateUnavailableError
 from bnproxy.cluster.keys import hashed_label
-from bnproxy.cluster.local import LocalSharedState
-from bnproxy.cluster.redis_state import RedisSharedState, _Fallback
+from bnproxy.cluster.leases import Fallback
+from bnproxy.cluster.redis_state import RedisSharedState
 from bnproxy.cluster.url import RedisURLError, parse_redis_url
 
 # -- the URL ------------------------------------------------------------------------
@@ -49,37 +49,8 @@ def test_hashed_label_hides_the_key():
 # -- in-process ---------------------------------------------------------------------
 
 
-def test_local_state_semantics():
-    clock = Clock()
-    clock.advance(1000)
-    s = LocalSharedState(clock)
-    verifyObject(ISharedState, s)
-    assert s.reserve("default", "spot", 600, 1000, 960).result is True
-    assert s.reserve("default", "spot", 500, 1000, 960).result is False
-    assert s.used("default", "spot", 960).result == 600
-    s.reconcile("default", "spot", 960, 900)
-    assert s.used("default", "spot", 960).result == 900
-    s.reconcile("default", "spot", 960, 10)
-    assert s.used("default", "spot", 960).result == 900
-    assert s.used("default", "spot", 1020).result == 0  # the next window
-    assert s.reserve("default", "spot", 1000, 1000, 1020).result is True
-    heard = []
-    s.on_ban(lambda *a: heard.append(a))
-    s.set_ban("default", "spot", 1100.0, 418, "418 from /api/v3/depth")
-    s.set_ban("default", "spot", 1050.0, 429, "earlier: ignored")
-    assert s.banned_until("default", "spot") == 1100.0
-    assert s.bans().result == {("default", "spot"): (1100.0, 418, "418 from /api/v3/depth")}
-    assert len(heard) == 1
-    clock.advance(100)
-    assert s.banned_until("default", "spot") == 0.0 and s.bans().result == {}
-    s.add("bot1", 5, 1, 0)
-    s.add("bot1", 1, 1, 1)
-    assert s.clients().result == {"bot1": {"weight": 6, "requests": 2, "rejected": 1}}
-    assert s.live_instances() == 1 and s.status == "ok"
-
-
 def test_fallback_takes_a_share_of_what_is_left():
-    f = _Fallback()
+    f = Fallback()
     f.saw("a", "spot", 60, 400)  # the fleet had used 400 of 1000 when Redis went away
     granted = 0
     while f.reserve("a", "spot", 10, 1000, 60, live=3):
@@ -407,7 +378,7 @@ async def test_no_redis_at_start_is_degraded_not_fatal(tmp_path):
 def test_open_shared_state():
     from bnproxy.cluster import open_shared_state
     clock = Clock()
-    assert isinstance(open_shared_state(clock, None), LocalSharedState)
+    assert open_shared_state(clock, None) is None  # the rate limiter's own LocalState
     state = open_shared_state(clock, "redis://:pw@127.0.0.1:6390/1", deadline=0.02)
     assert isinstance(state, RedisSharedState) and state.deadline == 0.02
     with pytest.raises(RedisURLError):

@@ -38,4 +38,11 @@ IP_BANNED = 418
 BAN_STATUSES = (RATE_LIMITED, IP_BANNED)
 FIRST_IP_BAN = 120.0
 LONGEST_BAN = 3 * 86_400.0
+# A ban heard from another instance (Redis) ending later than this after now
+# cannot be Binance's: it is refused as malformed (the margin covers clock
+# skew between hosts and a ban's time in flight).
+LONGEST_BAN_HEARD = LONGEST_BAN + 600.0
+# Binance counts a 418 as a repeat of an earlier IP ban for a while after
+# that one ended (the bans grow from 2 minutes to 3 days); a day is kept.
+REPEAT_BAN_MEMORY = 86_400.0
 BANNED_UNTIL = re.compile(rb"banned until (\d+)")

@@ -188,9 +188,8 @@ class ISharedState(Interface):
     instance (process, replica, host) that names the same store.
 
     Implemented by ``bnproxy.cluster.redis_state.RedisSharedState`` (Redis,
-    ``--shared-state redis://…``) and ``bnproxy.cluster.local.LocalSharedState``
-    (one process, the embedded default) with the same semantics, so the
-    governor has one code path.
+    ``--shared-state redis://…``). Without a store there is nothing to share:
+    the rate limiter keeps its own in-process state.
 
     Keys: ``egress`` is the label of the source address requests leave from
     (``"default"`` when none is configured: instances behind one NAT address

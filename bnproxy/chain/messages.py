@@ -82,6 +82,13 @@ class ProxyRequest:
             out.setdefault(k, v)
         return out
 
+    @cached_property
+    def weight(self) -> int:
+        """The request weight Binance charges for it (the endpoint's rule on
+        these parameters; 1 for a path Binance does not document), computed
+        once per request."""
+        return self.endpoint.weight(self.params) if self.endpoint is not None else 1
+
     @property
     def target(self) -> bytes:
         """Path plus raw query, as sent upstream."""

@@ -1,13 +1,20 @@
 """``RedisSharedState``: the ``ISharedState`` every instance naming the same
-Redis shares (``--shared-state redis://…``), on txredisapi.
+Redis shares (``--shared-state redis://…``), on txredisapi. One module a
+job: ``connection`` (the connections, deadlines, status), ``leases`` (the
+budget), ``bans``, ``ledger``, ``heartbeats``; this one composes them,
+starts and stops them, and resynchronises after an outage.
 
 How it works
 ------------
 - Budget: one counter per (egress, pool, minute window) under
   ``PREFIX:w:EGRESS|POOL|WINDOW``, changed only by Lua scripts run with
-  EVALSHA: ``reserve`` adds the weight if ``used + weight <= budget``
-  (check and add in one script: Redis runs scripts one at a time), reconcile
-  sets ``max(counter, used)``. Keys expire two windows after their last write.
+  EVALSHA (``bnproxy.cluster.scripts``): ``reserve`` adds the weight if the
+  fleet's use plus the weight stays within the budget (check and add in one
+  script: Redis runs scripts one at a time); ``reconcile`` raises the
+  reported use (Binance's header, never added to the grants) and adds what
+  was granted while Redis was away. Each call carries this instance's last
+  view of the counter, which re-seeds a counter Redis lost (restarted empty):
+  every grant is counted once. Keys expire two windows after their last write.
 - Bans: a hash ``PREFIX:bans`` (``EGRESS|SCOPE`` -> ``[until, status,
   cause]``), written by a script that keeps the later ``until`` and
   PUBLISHes the ban on the channel ``PREFIX:bans``; every instance
@@ -19,7 +26,9 @@ How it works
   in the sorted set ``PREFIX:instances`` scored by Redis's own clock; live
   instances are the ids seen within ``heartbeat_ttl``.
 - Nothing secret is written: pools, egress addresses, client labels and ban
-  causes only.
+  causes only. Nothing read is trusted (``bnproxy.cluster.validate``): a
+  malformed entry is skipped and logged once, a key of the wrong type is
+  replaced by the next write.
 
 Deadlines and failure
 ---------------------
@@ -76,202 +85,31 @@ file.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
-import txredisapi
-from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
 from twisted.internet import defer, task
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.internet.protocol import Factory
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from bnproxy.binance.limits import WEIGHT_WINDOW
 from bnproxy.chain.interfaces import IHealthReporter, IMetricsSource, ISharedState
-from bnproxy.cluster.errors import SharedStateTimeoutError, SharedStateUnavailableError
+from bnproxy.cluster import validate
+from bnproxy.cluster.bans import BanCallback, Bans
+from bnproxy.cluster.connection import Connection
+from bnproxy.cluster.errors import SharedStateUnavailableError
+from bnproxy.cluster.heartbeats import Heartbeats
 from bnproxy.cluster.keys import Keys
-from bnproxy.cluster.local import METRICS, BanBook, BanCallback, LedgerBuffer
+from bnproxy.cluster.leases import Budget
+from bnproxy.cluster.ledger import Ledger
 from bnproxy.cluster.url import RedisURL, parse_redis_url
 
 _log = Logger(namespace="bnproxy.cluster")
-
-# KEYS[1] window counter; ARGV weight, budget, ttl ms -> {taken 0/1, counter}
-RESERVE = """
-local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-local weight = tonumber(ARGV[1])
-if used + weight > tonumber(ARGV[2]) then return {0, used} end
-used = redis.call('INCRBY', KEYS[1], weight)
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return {1, used}
-"""
-
-# KEYS[1] window counter; ARGV seen, ttl ms, added -> counter
-# counter = max(counter, seen) + added (added: weight spent while degraded)
-RECONCILE = """
-local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-local value = math.max(used, tonumber(ARGV[1])) + tonumber(ARGV[3])
-if value ~= used then redis.call('SET', KEYS[1], value, 'PX', ARGV[2]) end
-return value
-"""
-
-# KEYS[1] bans hash; ARGV field, until, value json, channel, message, now
-SET_BAN = """
-local now = tonumber(ARGV[6])
-local all = redis.call('HGETALL', KEYS[1])
-for i = 1, #all, 2 do
-  local ok, ban = pcall(cjson.decode, all[i + 1])
-  if not ok or tonumber(ban[1]) <= now then redis.call('HDEL', KEYS[1], all[i]) end
-end
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if cur then
-  local ok, ban = pcall(cjson.decode, cur)
-  if ok and tonumber(ban[1]) >= tonumber(ARGV[2]) then return 0 end
-end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-redis.call('PUBLISH', ARGV[4], ARGV[5])
-return 1
-"""
-
-# KEYS[1] ledger hash; ARGV field, increment, field, increment, ...
-LEDGER = """
-for i = 1, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('PEXPIRE', KEYS[1], 604800000)
-return 1
-"""
-
-# KEYS[1] instances zset; ARGV id, ttl ms -> live count (Redis's clock)
-HEARTBEAT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[1], now, ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
-return redis.call('ZCARD', KEYS[1])
-"""
-
-SCRIPTS = {"reserve": RESERVE, "reconcile": RECONCILE, "set_ban": SET_BAN,
-           "ledger": LEDGER, "heartbeat": HEARTBEAT}
-
-
-class _Protocol(txredisapi.RedisProtocol):
-    on_lost: Any = None
-
-    def connectionLost(self, why):
-        super().connectionLost(why)
-        if self.on_lost is not None:
-            self.on_lost(self)
-
-
-class _Subscriber(txredisapi.SubscriberProtocol):
-    on_lost: Any = None
-    on_message: Any = None
-
-    def messageReceived(self, pattern, channel, message):
-        if self.on_message is not None:
-            self.on_message(message)
-
-    def connectionLost(self, why):
-        super().connectionLost(why)
-        if self.on_lost is not None:
-            self.on_lost(self)
-
-
-class _Factory(Factory):
-    noisy = False
-
-    def __init__(self, protocol_class, clock, **attributes) -> None:
-        self._class = protocol_class
-        self._clock = clock
-        self._attributes = attributes
-
-    def buildProtocol(self, addr):
-        p = self._class(charset="utf-8", convertNumbers=False)
-        p.callLater = self._clock.callLater  # txredisapi defaults to the global reactor
-        p.factory = self
-        for k, v in self._attributes.items():
-            setattr(p, k, v)
-        return p
-
-
-class _Fallback:
-    """Local budgets while Redis is away or slow (see the module docstring).
-
-    Per (egress, pool): ``[window, base, mine, reported, unsent]``: the
-    fleet's use when the entry began, what this instance granted locally
-    since, Binance's reported use, and the part of ``mine`` Redis has not
-    counted (granted without a connection, or refused by Redis when its
-    late answer came): written back at resynchronisation.
-    """
-
-    def __init__(self) -> None:
-        self.seen: dict[tuple[str, str], tuple[int, int]] = {}  # -> (window, fleet use)
-        self.own: dict[tuple[str, str], tuple[int, int]] = {}  # -> (window, this one's use)
-        self.local: dict[tuple[str, str], list[int]] = {}
-
-    def granted(self, egress: str, pool: str, window: int, weight: int) -> None:
-        """This instance spent ``weight`` in the window (Redis said yes)."""
-        w, u = self.own.get((egress, pool), (None, 0))
-        self.own[(egress, pool)] = (window, (u if w == window else 0) + weight)
-
-    def saw(self, egress: str, pool: str, window: int, used: int) -> None:
-        w, u = self.seen.get((egress, pool), (None, 0))
-        self.seen[(egress, pool)] = (window, max(u, used) if w == window else used)
-
-    def _seen(self, egress: str, pool: str, window: int) -> int:
-        w, u = self.seen.get((egress, pool), (None, 0))
-        return u if w == window else 0
-
-    def _entry(self, egress: str, pool: str, window: int) -> list[int]:
-        e = self.local.get((egress, pool))
-        if e is None or e[0] != window:
-            e = self.local[(egress, pool)] = [window, self._seen(egress, pool, window), 0, 0, 0]
-        return e
-
-    def reserve(self, egress: str, pool: str, weight: int, budget: int, window: int,
-                live: int, sent: bool = False) -> bool:
-        """``sent``: the reservation also went to Redis, which will count it
-        if it fits (a late answer)."""
-        e = self._entry(egress, pool, window)
-        live = max(1, live)
-        w, own = self.own.get((egress, pool), (None, 0))
-        own = own if w == window else 0
-        # a share of what the fleet had left, and never more than a fair share
-        # of the window in all: with every instance doing the same, the fleet
-        # stays within the budget however stale each one's view of the counter
-        left = (budget - e[1]) // live - e[2]
-        fair = budget // live - own
-        fleet = max(e[3], e[1] + e[2], self._seen(egress, pool, window))
-        if weight > min(left, fair) or fleet + weight > budget:
-            return False
-        e[2] += weight
-        self.granted(egress, pool, window, weight)
-        if not sent:
-            e[4] += weight
-        return True
-
-    def uncounted(self, egress: str, pool: str, window: int, weight: int) -> None:
-        """Redis refused (late) a reservation granted locally: write it back."""
-        e = self._entry(egress, pool, window)
-        e[4] += weight
-
-    def reconcile(self, egress: str, pool: str, window: int, used: int) -> None:
-        e = self._entry(egress, pool, window)
-        e[3] = max(e[3], used)
-
-    def used(self, egress: str, pool: str, window: int) -> int:
-        e = self._entry(egress, pool, window)
-        return max(e[3], e[1] + e[2], self._seen(egress, pool, window))
-
-    def take(self) -> dict[tuple[str, str], list[int]]:
-        local, self.local = self.local, {}
-        return local
 
 
 @implementer(ISharedState, IHealthReporter, IMetricsSource)
@@ -287,74 +125,66 @@ class RedisSharedState(Service):
     def __init__(self, reactor, url: RedisURL | str, *, deadline: float = 0.05,
                  background_deadline: float = 1.0, connect_timeout: float = 2.0,
                  heartbeat_interval: float = 2.0, heartbeat_ttl: float = 6.0,
-                 ledger_interval: float = 1.0, window: float = 60.0,
+                 ledger_interval: float = 1.0, window: float = WEIGHT_WINDOW,
                  reconnect_max: float = 2.0, prefix: str = "bnproxy",
                  min_instances: int = 1, instance_id: str | None = None,
                  tls_ca_file: str | None = None) -> None:
         self._clock = reactor
         self.url = parse_redis_url(url) if isinstance(url, str) else url
-        self.deadline = deadline
-        self.background_deadline = background_deadline
-        self._connect_timeout = connect_timeout
-        self._heartbeat_interval = heartbeat_interval
-        self._heartbeat_ttl_ms = int(heartbeat_ttl * 1000)
-        self._ledger_interval = ledger_interval
-        self._window_ttl_ms = int(window * 2 * 1000)
-        self._reconnect_max = reconnect_max
         self.keys = Keys(prefix)
-        self._min_instances = max(1, min_instances)
-        self._tls_ca_file = tls_ca_file
         self.instance_id = instance_id or (
             f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}")
-        self._status: str | None = None  # None until the first decision
-        self.last_error = ""
-        self._live = self._min_instances
-        self._proto: _Protocol | None = None  # ready: authenticated, scripts loaded
-        self._sub: _Subscriber | None = None  # subscribed
-        self._shas: dict[str, str] = {}
-        self._book = BanBook(reactor)
-        self._ledger = LedgerBuffer()
-        self._fallback = _Fallback()
+        self._heartbeat_interval = heartbeat_interval
+        self._ledger_interval = ledger_interval
+        rejected = validate.Rejected()
+        self.conn = Connection(
+            reactor, self.url, self.keys.ban_channel, deadline=deadline,
+            background_deadline=background_deadline, connect_timeout=connect_timeout,
+            reconnect_max=reconnect_max, tls_ca_file=tls_ca_file,
+            on_message=lambda raw: self._bans.message(raw), on_ready=self._maybe_resync,
+            live=self.live_instances)
+        self._heartbeats = Heartbeats(self.conn, self.keys, self.instance_id, heartbeat_ttl,
+                                      min_instances)
+        self._budget = Budget(self.conn, self.keys, self.instance_id,
+                              int(window * 2 * 1000), self.live_instances)
+        self._bans = Bans(reactor, self.conn, self.keys, self.instance_id, rejected)
+        self._ledger = Ledger(self.conn, self.keys, rejected)
         self._resyncing: Deferred | None = None
-        self._services: list[ClientService] = []
         self._loops: list[task.LoopingCall] = []
         self._ready_waiters: list[Deferred] = []
-        self._drops: list = []
+
+    # -- settings and state, as read by callers and tests ------------------------------------
+    @property
+    def deadline(self) -> float:
+        return self.conn.deadline
+
+    @property
+    def background_deadline(self) -> float:
+        return self.conn.background_deadline
+
+    @property
+    def decided(self) -> bool:
+        """True once the first connection succeeded (the fleet's bans read)
+        or ``connect_timeout`` passed without one."""
+        return self.conn.decided
+
+    @property
+    def status(self) -> str:
+        return self.conn.status
+
+    @property
+    def last_error(self) -> str:
+        return self.conn.last_error
 
     # -- lifecycle ------------------------------------------------------------------
-    def _endpoint(self):
-        endpoint: IStreamClientEndpoint = HostnameEndpoint(
-            self._clock, self.url.host, self.url.port, timeout=self._connect_timeout)
-        if self.url.tls:  # verified against the system's roots, or tls_ca_file's
-            from twisted.internet.ssl import Certificate, optionsForClientTLS
-            root = None
-            if self._tls_ca_file:
-                with open(self._tls_ca_file, "rb") as f:
-                    root = Certificate.loadPEM(f.read())
-            endpoint = wrapClientTLS(optionsForClientTLS(self.url.host, trustRoot=root),
-                                     endpoint)
-        return endpoint
-
     def start(self) -> Deferred:
         """Connect; fires (with None) once ``ok`` or after
         ``connect_timeout``, whichever is first. Never fails: without Redis
         the state starts ``degraded``."""
         self.running = 1
-        policy = backoffPolicy(initialDelay=0.1, maxDelay=self._reconnect_max, factor=2.0)
-        main = ClientService(self._endpoint(),
-                             _Factory(_Protocol, self._clock, on_lost=self._main_lost),
-                             retryPolicy=policy, clock=self._clock,
-                             prepareConnection=self._prepare_main)  # type: ignore[arg-type]
-        sub = ClientService(self._endpoint(),
-                            _Factory(_Subscriber, self._clock, on_lost=self._sub_lost,
-                                     on_message=self._message),
-                            retryPolicy=policy, clock=self._clock,
-                            prepareConnection=self._prepare_sub)  # type: ignore[arg-type]
-        self._services = [main, sub]
-        for service in self._services:
-            service.startService()
+        self.conn.start()
         for interval, fn in ((self._heartbeat_interval, self._tick),
-                             (self._ledger_interval, self._flush_ledger)):
+                             (self._ledger_interval, self._ledger.flush)):
             loop = task.LoopingCall(fn)
             loop.clock = self._clock
             loop.start(interval, now=False).addErrback(
@@ -366,37 +196,33 @@ class RedisSharedState(Service):
         def give_up() -> None:
             if not d.called:
                 self._ready_waiters.remove(d)
-                self._set_status("degraded", self.last_error or
-                                 f"no answer from {self.url} within "
-                                 f"{self._connect_timeout} s")
+                self.conn.give_up()
                 d.callback(None)
 
-        timer = self._clock.callLater(self._connect_timeout, give_up)
+        timer = self._clock.callLater(self.conn.connect_timeout, give_up)
         d.addBoth(lambda r: (timer.cancel() if timer.active() else None, r)[1])
         return d
 
     @defer.inlineCallbacks
     def stop(self):
         """Write the ledger, leave the heartbeat set, disconnect (each step
-        within ``background_deadline``)."""
+        within ``background_deadline``). Safe while a connection is being
+        made."""
         self.running = False
         for loop in self._loops:
             if loop.running:
                 loop.stop()
         self._loops = []
-        for call in self._drops:
-            if call.active():
-                call.cancel()
-        if self._status == "ok":
+        if self.conn.ok():
             try:
-                yield self._flush_ledger()
-                yield self._call(lambda p: p.execute_command(
-                    "ZREM", self.keys.instances, self.instance_id), self.background_deadline)
+                yield self._ledger.flush()
+                yield self._heartbeats.leave()
             except SharedStateUnavailableError:
                 pass
-        for service in self._services:
-            yield service.stopService()
-        self._services = []
+        yield self.conn.stop()
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for d in waiters:
+            d.callback(None)
 
     def startService(self) -> None:
         self.start()
@@ -404,374 +230,49 @@ class RedisSharedState(Service):
     def stopService(self) -> Deferred:
         return self.stop()
 
-    def collect_metrics(self):
-        from prometheus_client.core import GaugeMetricFamily
-        ok = GaugeMetricFamily("bnproxy_shared_state_ok",
-                               "1 while the shared state (Redis) answers, 0 while degraded.")
-        ok.add_metric([], 1 if self.status == "ok" else 0)
-        live = GaugeMetricFamily("bnproxy_live_instances",
-                                 "Instances heartbeating in the shared state, as last seen.")
-        live.add_metric([], self._live)
-        yield from (ok, live)
-
-    # -- connections ----------------------------------------------------------------
-    @defer.inlineCallbacks
-    def _prepare_main(self, proto: _Protocol):
-        try:
-            if self.url.password is not None:
-                yield self._with_deadline(proto.auth(self.url.password, self.url.username),
-                                          self._connect_timeout)
-            if self.url.db:
-                yield self._with_deadline(proto.select(self.url.db), self._connect_timeout)
-            for name, script in SCRIPTS.items():
-                self._shas[name] = yield self._with_deadline(proto.script_load(script),
-                                                             self._connect_timeout)
-        except Exception as e:
-            self._note_error(f"cannot prepare the connection to {self.url}: {_describe(e)}")
-            self._drop_later(proto)
-            return
-        self._proto = proto
-        self._maybe_resync()
-
-    @defer.inlineCallbacks
-    def _prepare_sub(self, proto: _Subscriber):
-        try:
-            if self.url.password is not None:
-                yield self._with_deadline(proto.auth(self.url.password, self.url.username),
-                                          self._connect_timeout)
-            yield self._with_deadline(proto.subscribe(self.keys.ban_channel),
-                                      self._connect_timeout)
-        except Exception as e:
-            self._note_error(f"cannot subscribe on {self.url}: {_describe(e)}")
-            self._drop_later(proto)
-            return
-        self._sub = proto
-        self._maybe_resync()
-
-    def _drop_later(self, proto) -> None:
-        """A connection that could not be prepared (refused password, say) is
-        closed after ``reconnect_max`` seconds and then reconnected: at most
-        one attempt per ``reconnect_max``. (Failing ClientService's
-        ``prepareConnection`` instead races with stopService in Twisted.)"""
-        call = self._clock.callLater(self._reconnect_max, proto.transport.loseConnection)
-        self._drops = [c for c in self._drops if c.active()] + [call]
-
-    def _main_lost(self, proto) -> None:
-        if proto is self._proto:
-            self._proto = None
-            self._degrade(f"lost the connection to {self.url}")
-
-    def _sub_lost(self, proto) -> None:
-        if proto is self._sub:
-            self._sub = None
-            self._degrade(f"lost the notification connection to {self.url}")
-
-    def _note_error(self, text: str) -> None:
-        self.last_error = text
-
-    def _set_status(self, status: str, reason: str) -> None:
-        if status == self._status:
-            return
-        first = self._status is None
-        self._status = status
-        if status == "ok":
-            _log.info("shared state ok: {url}, {live} live instance(s)", url=str(self.url),
-                      live=self._live)
-        elif first:
-            _log.warn("shared state degraded from the start: {reason}; local budgets "
-                      "(budget / {live}) until Redis answers", reason=reason, live=self._live)
-        else:
-            _log.warn("shared state degraded: {reason}; local budgets (budget / {live}), "
-                      "bans kept, until Redis answers", reason=reason, live=self._live)
-
-    def _degrade(self, reason: str) -> None:
-        self.last_error = reason
-        if self.running:
-            self._set_status("degraded", reason)
-
-    @property
-    def decided(self) -> bool:
-        """True once the first connection succeeded (the fleet's bans read)
-        or ``connect_timeout`` passed without one."""
-        return self._status is not None
-
-    @property
-    def status(self) -> str:
-        return "ok" if self._status == "ok" else "degraded"
-
-    # -- calls ----------------------------------------------------------------------
-    def _with_deadline(self, d: Deferred, seconds: float) -> Deferred:
-        def translate(f: Failure):
-            if f.check(defer.TimeoutError, defer.CancelledError):
-                raise SharedStateTimeoutError(f"no answer from {self.url} within {seconds} s")
-            if f.check(SharedStateUnavailableError):
-                return f
-            raise SharedStateUnavailableError(f"{self.url}: {_describe(f.value)}")
-
-        return d.addTimeout(seconds, self._clock).addErrback(translate)
-
-    def _call(self, fn, seconds: float) -> Deferred:
-        """``fn(protocol)`` within ``seconds``; failures become
-        ``SharedStateUnavailableError``/``SharedStateTimeoutError`` and degrade."""
-        proto = self._proto
-        if proto is None:
-            return defer.fail(SharedStateUnavailableError(f"not connected to {self.url}"))
-        d = self._with_deadline(defer.maybeDeferred(fn, proto), seconds)
-
-        def failed(f: Failure):
-            self._degrade(f.getErrorMessage())
-            return f
-
-        return d.addErrback(failed)
-
-    def _script(self, name: str, keys: list[str], args: list, seconds: float) -> Deferred:
-        return self._call(lambda proto: self._evalsha(proto, name, keys, args), seconds)
-
-    def _ok(self) -> bool:
-        return self._status == "ok" and self._proto is not None
-
-    # -- budget ---------------------------------------------------------------------
+    # -- ISharedState -------------------------------------------------------------------
     def reserve(self, egress: str, pool: str, weight: int, budget: int,
                 window_start: int) -> Deferred:
-        window = int(window_start)
-        proto = self._proto
-        if proto is None:  # no connection: decided here, written back later
-            return succeed(self._fallback.reserve(egress, pool, weight, budget, window,
-                                                  self._live))
-        # The script goes to Redis even when it is slow: if it runs late, the
-        # fleet's counter still includes it and its answer updates what this
-        # instance knows of the fleet's use.
-        keys = [self.keys.window(egress, pool, window)]
-        raw = defer.maybeDeferred(self._evalsha, proto, "reserve", keys,
-                                  [int(weight), int(budget), self._window_ttl_ms])
-        granted_here = [False]  # granted locally, counting on Redis to count it
-
-        def learn(result):
-            taken, used = int(result[0]), int(result[1])
-            self._fallback.saw(egress, pool, window, used)
-            if granted_here[0] and not taken:
-                self._fallback.uncounted(egress, pool, window, weight)
-            return result
-
-        raw_failed = [False]
-
-        def lost(f: Failure):
-            raw_failed[0] = True
-            if granted_here[0]:  # perhaps never ran: count it again (errs safe)
-                self._fallback.uncounted(egress, pool, window, weight)
-            return f
-
-        raw.addCallbacks(learn, lost)
-
-        def local(sent: bool) -> bool:
-            sent = sent and not raw_failed[0]
-            granted = self._fallback.reserve(egress, pool, weight, budget, window,
-                                             self._live, sent=sent)
-            granted_here[0] = granted and sent
-            return granted
-
-        if self._status != "ok":  # slow or resynchronising: do not wait for it
-            raw.addErrback(lambda f: None)
-            return succeed(local(sent=True))
-
-        def failed(f: Failure) -> bool:
-            f.trap(SharedStateUnavailableError)
-            return local(sent=f.check(SharedStateTimeoutError) is not None)
-
-        def answered(result) -> bool:
-            if int(result[0]):
-                self._fallback.granted(egress, pool, window, weight)
-                return True
-            return False
-
-        return self._race(raw, self.deadline).addCallbacks(answered, failed)
-
-    def _evalsha(self, proto, name: str, keys: list[str], args: list) -> Deferred:
-        return proto.evalsha(self._shas[name], keys, args).addErrback(
-            lambda f: f.trap(txredisapi.ScriptDoesNotExist) and proto.eval(
-                SCRIPTS[name], keys, args))
-
-    def _race(self, d: Deferred, seconds: float) -> Deferred:
-        """``d``'s result if it comes within ``seconds``, else
-        ``SharedStateTimeoutError``; ``d`` itself is not cancelled (a late
-        answer is still used by its own callbacks). Failures degrade."""
-        out: Deferred = Deferred()
-
-        def timeout() -> None:
-            if not out.called:
-                out.errback(SharedStateTimeoutError(
-                    f"no answer from {self.url} within {seconds} s"))
-
-        timer = self._clock.callLater(seconds, timeout)
-
-        def done(result) -> None:
-            if timer.active():
-                timer.cancel()
-            if out.called:
-                return  # too late: the caller was answered locally
-            if not isinstance(result, Failure):
-                out.callback(result)
-            elif result.check(SharedStateUnavailableError):
-                out.errback(result)
-            else:
-                out.errback(SharedStateUnavailableError(f"{self.url}: {_describe(result.value)}"))
-
-        d.addBoth(done)
-
-        def failed(f: Failure):
-            self._degrade(f.getErrorMessage())
-            return f
-
-        return out.addErrback(failed)
+        return self._budget.reserve(egress, pool, weight, budget, window_start)
 
     def reconcile(self, egress: str, pool: str, window_start: int, used: int) -> Deferred:
-        window = int(window_start)
-        self._fallback.saw(egress, pool, window, int(used))
-        if not self._ok():
-            self._fallback.reconcile(egress, pool, window, int(used))
-            return succeed(None)
-
-        def failed(f: Failure) -> None:
-            f.trap(SharedStateUnavailableError)
-            self._fallback.reconcile(egress, pool, window, int(used))
-
-        return self._script("reconcile", [self.keys.window(egress, pool, window)],
-                            [int(used), self._window_ttl_ms, 0], self.deadline).addCallbacks(
-            lambda value: self._fallback.saw(egress, pool, window, int(value)), failed)
+        return self._budget.reconcile(egress, pool, window_start, used)
 
     def used(self, egress: str, pool: str, window_start: int) -> Deferred:
-        window = int(window_start)
-        if not self._ok():
-            return succeed(self._fallback.used(egress, pool, window))
-
-        def done(value) -> int:
-            used = int(value or 0)
-            self._fallback.saw(egress, pool, window, used)
-            return used
-
-        def failed(f: Failure) -> int:
-            f.trap(SharedStateUnavailableError)
-            return self._fallback.used(egress, pool, window)
-
-        return self._call(lambda p: p.get(self.keys.window(egress, pool, window)),
-                          self.deadline).addCallbacks(done, failed)
-
-    # -- bans -----------------------------------------------------------------------
-    def _publish_ban(self, egress: str, scope: str, until: float, status: int,
-                     cause: str) -> Deferred:
-        value = json.dumps([until, status, cause])
-        message = json.dumps({"egress": egress, "scope": scope, "until": until,
-                              "status": status, "cause": cause, "from": self.instance_id})
-        return self._script("set_ban", [self.keys.bans],
-                            [self.keys.field(egress, scope), repr(float(until)), value,
-                             self.keys.ban_channel, message, repr(self._clock.seconds())],
-                            self.background_deadline)
+        return self._budget.used(egress, pool, window_start)
 
     def set_ban(self, egress: str, scope: str, until: float, status: int,
                 cause: str) -> Deferred:
-        until, status, cause = float(until), int(status), str(cause)[:200]
-        self._book.merge(egress, scope, until, status, cause)
-        if not self._ok():
-            return succeed(None)  # written back when Redis returns
-        return self._publish_ban(egress, scope, until, status, cause).addCallbacks(
-            lambda _: None, lambda f: f.trap(SharedStateUnavailableError) and None)
-
-    def _message(self, raw) -> None:
-        try:
-            m = json.loads(raw)
-            self._book.merge(str(m["egress"]), str(m["scope"]), float(m["until"]),
-                             int(m["status"]), str(m.get("cause", "")))
-        except (ValueError, KeyError, TypeError):
-            _log.warn("ignoring a malformed ban notification on {channel}",
-                      channel=self.keys.ban_channel)
-
-    def _read_bans(self) -> Deferred:
-        def merge(table) -> None:
-            for field, value in (table or {}).items():
-                try:
-                    until, status, cause = json.loads(value)
-                except (ValueError, TypeError):
-                    continue
-                egress, scope = self.keys.split(field)
-                self._book.merge(egress, scope, float(until), int(status), str(cause))
-
-        return self._call(lambda p: p.hgetall(self.keys.bans),
-                          self.background_deadline).addCallback(merge)
+        return self._bans.set_ban(egress, scope, until, status, cause)
 
     def bans(self) -> Deferred:
-        if not self._ok():
-            return succeed(self._book.in_force())
-        return self._read_bans().addCallbacks(
-            lambda _: self._book.in_force(),
-            lambda f: (f.trap(SharedStateUnavailableError), self._book.in_force())[1])
+        return self._bans.bans()
 
     def banned_until(self, egress: str, scope: str) -> float:
-        return self._book.until(egress, scope)
+        return self._bans.book.until(egress, scope)
 
     def on_ban(self, callback: BanCallback) -> None:
-        self._book.on_ban(callback)
+        self._bans.book.on_ban(callback)
 
-    # -- ledger ---------------------------------------------------------------------
     def add(self, client: str, weight: int, requests: int, rejected: int) -> None:
         self._ledger.add(client, weight, requests, rejected)
 
-    def _flush_ledger(self) -> Deferred:
-        if not self._ok() or not self._ledger.pending:
-            return succeed(None)
-        taken = self._ledger.take()
-        args: list = []
-        for client, row in taken.items():
-            for metric, value in zip(METRICS, row):
-                if value:
-                    args += [f"{client}|{metric}", int(value)]
-        if not args:
-            return succeed(None)
-
-        def failed(f: Failure) -> None:
-            f.trap(SharedStateUnavailableError)
-            self._ledger.put_back(taken)
-
-        return self._script("ledger", [self.keys.ledger], args,
-                            self.background_deadline).addCallbacks(lambda _: None, failed)
-
     def clients(self) -> Deferred:
-        def table(raw) -> dict:
-            out: dict[str, dict[str, int]] = {}
-            for field, value in (raw or {}).items():
-                client, _, metric = field.rpartition("|")
-                if metric in METRICS:
-                    out.setdefault(client, dict.fromkeys(METRICS, 0))[metric] = int(value)
-            return self._ledger.merged_into(out)
+        return self._ledger.clients()
 
-        if not self._ok():
-            return defer.fail(SharedStateUnavailableError(
-                f"the fleet's ledger is in {self.url}, which is not answering"))
-        return self._call(lambda p: p.hgetall(self.keys.ledger),
-                          self.background_deadline).addCallback(table)
+    def live_instances(self) -> int:
+        return self._heartbeats.live
 
     # -- heartbeats, probes, resynchronisation -----------------------------------------
-    def live_instances(self) -> int:
-        return self._live
-
-    def _heartbeat(self) -> Deferred:
-        def seen(count) -> int:
-            self._live = max(self._min_instances, int(count))
-            return self._live
-
-        return self._script("heartbeat", [self.keys.instances],
-                            [self.instance_id, self._heartbeat_ttl_ms],
-                            self.background_deadline).addCallback(seen)
-
     def _tick(self) -> Deferred | None:
-        if self._ok():
-            return self._heartbeat().addErrback(lambda f: f.trap(SharedStateUnavailableError))
+        if self.conn.ok():
+            return self._heartbeats.beat().addErrback(
+                lambda f: f.trap(SharedStateUnavailableError))
         self._maybe_resync()  # Redis slow, or connections coming back
         return None
 
     def _maybe_resync(self) -> None:
-        if self._proto is None or self._sub is None or self._resyncing is not None:
-            return
-        if not self.running:
+        if not self.running or not self.conn.up() or self._resyncing is not None:
             return
         self._resyncing = Deferred.fromCoroutine(self._resync())
 
@@ -783,28 +284,15 @@ class RedisSharedState(Service):
     async def _resync(self) -> None:
         """Write back what was decided locally, read what others decided."""
         try:
-            for (egress, scope), (until, status, cause) in self._book.in_force().items():
-                await self._publish_ban(egress, scope, until, status, cause)
-            spent = self._fallback.take()
-            while spent:
-                (egress, pool), (window, _base, _mine, reported, unsent) = \
-                    next(iter(spent.items()))
-                try:
-                    await self._script("reconcile", [self.keys.window(egress, pool, window)],
-                                       [reported, self._window_ttl_ms, unsent],
-                                       self.background_deadline)
-                except SharedStateUnavailableError:
-                    for key, entry in spent.items():  # still to be written next time
-                        self._fallback.local.setdefault(key, entry)
-                    raise
-                del spent[(egress, pool)]
-            await self._read_bans()
-            await self._heartbeat()
+            await self._bans.write_back()
+            await self._budget.write_back()
+            await self._bans.read()
+            await self._heartbeats.beat()
         except SharedStateUnavailableError as e:
-            self._degrade(str(e))
+            self.conn.degrade(str(e))
             return
-        if self._proto is not None and self._sub is not None:
-            self._set_status("ok", "")
+        if self.running and self.conn.up():
+            self.conn.set_status("ok")
             waiters, self._ready_waiters = self._ready_waiters, []
             for d in waiters:
                 d.callback(None)
@@ -812,11 +300,16 @@ class RedisSharedState(Service):
     # -- reporting ------------------------------------------------------------------
     def health(self) -> dict:
         return {"status": self.status, "store": str(self.url),
-                "instance": self.instance_id, "live_instances": self._live,
-                "bans": len(self._book.in_force()),
+                "instance": self.instance_id, "live_instances": self.live_instances(),
+                "bans": len(self._bans.book.in_force()),
                 "last_error": self.last_error if self.status != "ok" else ""}
 
-
-def _describe(e: BaseException | None) -> str:
-    text = str(e) or type(e).__name__
-    return text[:200]
+    def collect_metrics(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+        ok = GaugeMetricFamily("bnproxy_shared_state_ok",
+                               "1 while the shared state (Redis) answers, 0 while degraded.")
+        ok.add_metric([], 1 if self.status == "ok" else 0)
+        live = GaugeMetricFamily("bnproxy_live_instances",
+                                 "Instances heartbeating in the shared state, as last seen.")
+        live.add_metric([], self.live_instances())
+        yield from (ok, live)

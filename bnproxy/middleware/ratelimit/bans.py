@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterable
 
@@ -25,7 +26,9 @@ from bnproxy.binance.limits import (
     FIRST_IP_BAN,
     IP_BANNED,
     LONGEST_BAN,
+    LONGEST_BAN_HEARD,
     RATE_LIMITED,
+    REPEAT_BAN_MEMORY,
     WEIGHT_WINDOW,
 )
 from bnproxy.config.reader import ConfigError
@@ -35,8 +38,6 @@ _log = Logger(namespace="bnproxy.ratelimit")
 FORMAT = "bnproxy-bans"
 VERSION = 2
 HOST = "host:"
-# A 418 within this long after the previous IP ban ended counts as a repeat.
-REPEAT_MEMORY = 86_400.0
 WAY_OUT = ("set discard_ban_state = true in [middleware.ratelimit] "
            "(--discard-ban-state) to start without it, or repair or remove the file")
 
@@ -130,7 +131,7 @@ class BanStore:
             return 1
         if previous.until > now:
             return previous.strikes
-        return previous.strikes + 1 if previous.until + REPEAT_MEMORY > now else 1
+        return previous.strikes + 1 if previous.until + REPEAT_BAN_MEMORY > now else 1
 
     # -- changes --------------------------------------------------------------------
     def start(self, ban: Ban) -> Ban:
@@ -138,6 +139,8 @@ class BanStore:
         end time. Returns the ban now recorded."""
         key = (ban.egress, ban.scope)
         previous = self._bans.get(key)
+        if not math.isfinite(ban.until):  # never Binance's: the longest it gives
+            ban = attrs.evolve(ban, until=self._clock.seconds() + LONGEST_BAN_HEARD)
         if previous is not None and previous.until > ban.until:
             ban = attrs.evolve(ban, until=previous.until,
                                status=max(previous.status, ban.status))
@@ -168,8 +171,10 @@ class BanStore:
         if self.path is None:
             return
         now = self._clock.seconds()
-        keep = [attrs.asdict(b) for b in self._bans.values() if b.until + REPEAT_MEMORY > now]
-        data = json.dumps({"format": FORMAT, "version": VERSION, "bans": keep}).encode()
+        keep = [attrs.asdict(b) for b in self._bans.values()
+                if math.isfinite(b.until) and b.until + REPEAT_BAN_MEMORY > now]
+        data = json.dumps({"format": FORMAT, "version": VERSION, "bans": keep},
+                          allow_nan=False).encode()
         directory = os.path.dirname(os.path.abspath(self.path))
         tmp = None
         try:
@@ -224,6 +229,11 @@ class BanStore:
             return
         now = self._clock.seconds()
         for ban in bans:
+            if ban.until > now + LONGEST_BAN_HEARD:  # never Binance's: its longest
+                _log.warn("a ban on {scope} ({egress}) in {path} ends later than any "
+                          "Binance gives; kept for {seconds:.0f} s", scope=ban.scope,
+                          egress=ban.egress, path=self.path, seconds=LONGEST_BAN)
+                ban = attrs.evolve(ban, until=now + LONGEST_BAN)
             self._bans[(ban.egress, ban.scope)] = ban
             if ban.until > now:
                 _log.warn("Binance ban on {scope} ({egress}) restored from {path}: "
@@ -235,11 +245,7 @@ class BanStore:
         self.save()
 
     def _read(self, upgrade: Callable[[str, int], str]) -> list[Ban]:
-        try:
-            with open(self.path, "rb") as f:  # type: ignore[arg-type]
-                raw = f.read()
-        except OSError as e:
-            raise _UnreadableError(f"unreadable ({e.strerror or e})") from None
+        raw = _read_bounded(self.path)  # type: ignore[arg-type]
         if not raw.strip():
             raise _UnreadableError("empty")
         try:
@@ -268,6 +274,39 @@ class BanStore:
 
 class _UnreadableError(Exception):
     pass
+
+
+MAX_STATE_BYTES = 1 << 20  # a state file holds a few bans: far less than this
+
+
+def _read_bounded(path: str) -> bytes:
+    """The file's bytes, if it is a regular file of at most MAX_STATE_BYTES
+    (opened without blocking: a FIFO in its place must not hang start-up)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise _UnreadableError(f"unreadable ({e.strerror or e})") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                    else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                    else "a socket" if stat.S_ISSOCK(mode) else "not a file")
+            raise _UnreadableError(f"unreadable (not a regular file: {kind})")
+        chunks, size = [], 0
+        while size <= MAX_STATE_BYTES:
+            chunk = os.read(fd, MAX_STATE_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as e:
+        raise _UnreadableError(f"unreadable ({e.strerror or e})") from None
+    finally:
+        os.close(fd)
+    if size > MAX_STATE_BYTES:
+        raise _UnreadableError(f"too large (over {MAX_STATE_BYTES} bytes)")
+    return b"".join(chunks)
 
 
 def _status(entry: object) -> int:

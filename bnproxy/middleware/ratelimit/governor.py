@@ -11,7 +11,7 @@ whole host (every pool of it) from that egress address, a 429 the pool.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,7 +28,7 @@ from bnproxy.binance.limits import (
 )
 from bnproxy.binance.markets import Market
 from bnproxy.chain.messages import ProxyRequest
-from bnproxy.middleware.ratelimit.bans import HOST, Ban
+from bnproxy.middleware.ratelimit.bans import HOST, Ban, ban_until
 from bnproxy.middleware.ratelimit.state import DEFAULT_EGRESS, State, window_of
 
 SAPI = "sapi:"
@@ -46,14 +46,16 @@ class Pool:
     uid_limited: bool = False
 
 
+GRANTED = "granted"  # the weight is reserved: send the request
+REFUSED = "refused"  # the wait would be too long (or was): answer locally
+Decision = str | Ban  # GRANTED, REFUSED, or the ban that silenced the pool
+
+
 @attrs.define
 class _Waiter:
-    request: ProxyRequest
     weight: int
-    deferred: Deferred
+    deferred: Deferred  # fires with a Decision
     deadline: Any
-    send: Callable[[], Any]
-    refuse: Callable[[], Any]
 
 
 class Governor:
@@ -81,6 +83,7 @@ class Governor:
             self._pool(name, name)
         self._queues: dict[tuple[str, str], deque[_Waiter]] = {}
         self._timers: dict[tuple[str, str], Any] = {}
+        self._draining: set[tuple[str, str]] = set()
         self._turn = 0
 
     # -- pools ----------------------------------------------------------------------
@@ -130,24 +133,19 @@ class Governor:
                  if (b := self.ban_on(p, e, now)) is not None]
         return max(lefts, default=0.0)
 
-    def start_ban(self, pool: Pool, egress: str, status: int,
-                  until: Callable[[int], float]) -> tuple[Ban, list[_Waiter]]:
-        """Record a ban from ``status`` (418: the host; 429: the pool);
-        ``until(strikes)`` gives its end. Returns the ban and the waiters it
-        takes out of the queues (to be answered by the caller)."""
+    def start_ban(self, pool: Pool, egress: str, status: int, retry_after: bytes | None,
+                  body: bytes, wall: float) -> Ban:
+        """Record the ban Binance's ``status`` (418: the host; 429: the pool)
+        signals, ending as ``ban_until`` says from its ``Retry-After`` and
+        ``body`` (``wall``: the wall time now). The requests waiting for what
+        it silences are answered with it."""
         now = self._clock.seconds()
         scope = HOST + pool.host if status == IP_BANNED else pool.name
         strikes = self.state.strikes(egress, scope, status, now)
-        ban = self.state.ban(Ban(egress, scope, until(strikes), status, strikes))
-        pools = self.host_pools(pool.host) if ban.host_wide else [pool]
-        dropped: list[_Waiter] = []
-        for p in pools:
-            queue = self._queues.get((egress, p.name))
-            while queue:
-                waiter = queue.popleft()
-                waiter.deadline.cancel()
-                dropped.append(waiter)
-        return ban, dropped
+        until = ban_until(status, retry_after, body, now, wall, strikes)
+        ban = self.state.ban(Ban(egress, scope, until, status, strikes))
+        self.drop_for(ban)
+        return ban
 
     # -- budget ---------------------------------------------------------------------
     def _egresses(self, egress: str | None) -> tuple[str, ...]:
@@ -180,27 +178,27 @@ class Governor:
                             "queued": len(self._queues.get((e, p.name)) or ())}
         return out
 
-    def admit(self, pool: Pool, egress: str, weight: int, request: ProxyRequest,
-              send: Callable[[], Any], refuse: Callable[[], Any]) -> Any:
-        """Send now (``send()``, the weight reserved), or queue for the next
-        minute (a Deferred firing with what ``send`` or ``refuse`` gives), or
-        refuse now (``refuse()``) when the wait would be too long."""
+    def admit(self, pool: Pool, egress: str, weight: int) -> Decision | Deferred:
+        """GRANTED (the weight reserved: send now), REFUSED (the wait for
+        the next minute would be too long), or a Deferred firing with the
+        decision once taken: GRANTED, REFUSED after ``max_wait``, or the
+        ``Ban`` that silenced the pool meanwhile. The caller checked the ban
+        in force (``route``)."""
         now = self._clock.seconds()
         key = (egress, pool.name)
         free = pool.budget is None or weight == 0  # nothing to wait for: never queued
         if (free or not self._queues.get(key)) and self.state.reserve(
                 egress, pool.name, weight, pool.budget, now):
-            return send()
+            return GRANTED
         wait = self.window_end(now) - now
         wait_for = getattr(self.state, "wait_for", None)  # a shared state's renewal
         if wait_for is not None:
             wait = min(wait, wait_for(egress, pool.name, now))
         if wait > self.max_wait or pool.budget is None or weight > pool.budget:
-            return refuse()
-        return self._enqueue(pool, egress, weight, request, send, refuse, now)
+            return REFUSED
+        return self._enqueue(pool, egress, weight, now)
 
-    def _enqueue(self, pool: Pool, egress: str, weight: int, request: ProxyRequest,
-                 send: Callable[[], Any], refuse: Callable[[], Any], now: float) -> Deferred:
+    def _enqueue(self, pool: Pool, egress: str, weight: int, now: float) -> Deferred:
         key = (egress, pool.name)
         queue = self._queues.setdefault(key, deque())
 
@@ -216,9 +214,9 @@ class Governor:
         def expire() -> None:
             if waiter in queue:
                 queue.remove(waiter)
-                d.callback(refuse())
+                d.callback(REFUSED)
 
-        waiter = _Waiter(request, weight, d, None, send, refuse)
+        waiter = _Waiter(weight, d, None)
         waiter.deadline = self._clock.callLater(self.max_wait, expire)
         queue.append(waiter)
         timer = self._timers.get(key)
@@ -235,29 +233,28 @@ class Governor:
         if p is not None and self._queues.get((egress, pool)):
             self._drain(p, egress)
 
-    def drop_for(self, ban: Ban) -> list[_Waiter]:
-        """Take out of the queues the waiters ``ban`` silences (a ban heard
-        from another instance), for the caller to answer."""
+    def drop_for(self, ban: Ban) -> None:
+        """Answer the waiters ``ban`` silences with it (a ban received here
+        or heard from another instance)."""
         if ban.host_wide:
             pools = self.host_pools(ban.scope[len(HOST):])
         else:
             pools = [p for p in self.pools.values() if p.name == ban.scope]
-        dropped: list[_Waiter] = []
         for p in pools:
             queue = self._queues.get((ban.egress, p.name))
             while queue:
                 waiter = queue.popleft()
                 waiter.deadline.cancel()
-                dropped.append(waiter)
-        return dropped
+                waiter.deferred.callback(ban)
 
-    def choose_egress(self, pool: Pool, weight: int, now: float) -> str:
-        """The egress address with the most headroom in ``pool`` that no
-        ban silences (ties in turn); when every one is banned, the one
-        whose ban ends first (the request is then answered locally)."""
+    def route(self, pool: Pool, now: float) -> tuple[str, Ban | None]:
+        """Where a request for ``pool`` goes, and the ban that silences it
+        there, if any (the one ban check of a request): the egress address
+        with the most headroom that no ban silences (ties in turn); when
+        every one is banned, the one whose ban ends first."""
         egresses = self.egresses
         if len(egresses) == 1:
-            return egresses[0]
+            return egresses[0], self.ban_on(pool, egresses[0], now)
         n = len(egresses)
         self._turn = start = (self._turn + 1) % n
         best, best_room = None, None
@@ -273,9 +270,21 @@ class Governor:
                     else pool.budget - self.state.used(e, pool.name, now))
             if best_room is None or room > best_room:
                 best, best_room = e, room
-        return soonest if best is None else best
+        if best is None:
+            return soonest, self.ban_on(pool, soonest, now)
+        return best, None
 
     def _drain(self, pool: Pool, egress: str) -> None:
+        key = (egress, pool.name)
+        if key in self._draining:  # re-entered (a send or the state woke it): the
+            return                  # running drain goes on with the queue
+        self._draining.add(key)
+        try:
+            self._drain_queue(pool, egress)
+        finally:
+            self._draining.discard(key)
+
+    def _drain_queue(self, pool: Pool, egress: str) -> None:
         now = self._clock.seconds()
         key = (egress, pool.name)
         queue = self._queues.get(key)
@@ -283,13 +292,11 @@ class Governor:
             w = queue[0]
             if not self.state.reserve(egress, pool.name, w.weight, pool.budget, now):
                 break
+            if not queue or queue[0] is not w:  # answered meanwhile: the weight
+                continue                         # stays counted (errs safe)
             queue.popleft()
             w.deadline.cancel()
-            result = w.send()
-            if isinstance(result, Deferred):
-                result.chainDeferred(w.deferred)
-            else:
-                w.deferred.callback(result)
+            w.deferred.callback(GRANTED)
         if queue:
             self._timers[key] = self._clock.callLater(
                 max(0.0, self.window_end(now) - now), self._drain, pool, egress)

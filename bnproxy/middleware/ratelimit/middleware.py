@@ -25,6 +25,7 @@ from typing import Any
 
 import attrs
 import orjson
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -51,8 +52,8 @@ from bnproxy.chain.interfaces import (
 from bnproxy.chain.labels import CLIENT_HEADER, BoundedLabels
 from bnproxy.chain.messages import ProxyRequest, ProxyResponse, local_error
 from bnproxy.chain.options import Option
-from bnproxy.middleware.ratelimit.bans import HOST, Ban, BanStore, ban_until
-from bnproxy.middleware.ratelimit.governor import SAPI, Governor, Pool
+from bnproxy.middleware.ratelimit.bans import HOST, Ban, BanStore
+from bnproxy.middleware.ratelimit.governor import GRANTED, SAPI, Decision, Governor, Pool
 from bnproxy.middleware.ratelimit.ledger import client_of
 from bnproxy.middleware.ratelimit.shared import SharedState
 from bnproxy.middleware.ratelimit.state import DEFAULT_EGRESS, LocalState
@@ -79,14 +80,8 @@ class RateLimit:
         self._clients = BoundedLabels(LEDGER_CLIENTS)
         if isinstance(self.state, SharedState):
             self.state.wake = governor.wake
-            self.state.heard = self._heard
+            self.state.heard = governor.drop_for  # a ban from the fleet answers its waiters
             self.state.budgets({name: p.budget for name, p in governor.pools.items()})
-
-    def _heard(self, ban: Ban) -> None:
-        """A ban another instance heard of: answer what waits for it."""
-        now = self._clock.seconds()
-        for waiter in self.governor.drop_for(ban):
-            waiter.deferred.callback(self._banned(ban, self.governor.pool(waiter.request), now))
 
     # -- IWeightGovernor ------------------------------------------------------------
     def pool_of(self, request: ProxyRequest) -> str:
@@ -113,34 +108,39 @@ class RateLimit:
         return self._clients(client_of(request, self._client_header))
 
     def handle(self, request: ProxyRequest, next: Callable) -> Any:
+        """One path: the route and the ban on it (checked once), the
+        client's share, the governor's decision (now or after a wait), then
+        one ledger entry and the answer: sent, or local."""
         now = self._clock.seconds()
         pool = self.governor.pool(request)
-        weight = request.endpoint.weight(request.params) if request.endpoint else 1
-        egress = self.governor.choose_egress(pool, weight, now)
+        egress, ban = self.governor.route(pool, now)
         if egress != DEFAULT_EGRESS:  # the upstream sends it from that address
             request = attrs.evolve(request, egress=egress)
         client = self.client_of(request)
-        ban = self.governor.ban_on(pool, egress, now)
         if ban is not None:
-            self.state.ledger_add(client, now, requests=1, rejected=1)
-            return self._banned(ban, pool, now)
+            return self._decided(ban, request, next, pool, client)
+        weight = request.weight
         share = self._shares.get(client, self._client_share)
         if (share is not None and pool.budget is not None and weight
                 and self.state.ledger_window(client, now) + weight > pool.budget * share):
             self.state.ledger_add(client, now, requests=1, rejected=1)
-            return self._too_many(pool, egress, now, "this client's share of the budget")
-        self.state.ledger_add(client, now, requests=1)
+            return self._too_many(pool, now, "this client's share of the budget")
+        decision = self.governor.admit(pool, egress, weight)
+        if isinstance(decision, Deferred):  # waits for weight: decided later
+            return decision.addCallback(self._decided, request, next, pool, client)
+        return self._decided(decision, request, next, pool, client)
 
-        def send() -> Any:
-            self.state.ledger_add(client, self._clock.seconds(), weight=weight)
-            return then(next(request), self._observe, pool, egress, client)
-
-        def refuse() -> ProxyResponse:
-            at = self._clock.seconds()
-            self.state.ledger_add(client, at, rejected=1)
-            return self._too_many(pool, egress, at, "the fleet's weight budget")
-
-        return self.governor.admit(pool, egress, weight, request, send, refuse)
+    def _decided(self, decision: Decision, request: ProxyRequest, next: Callable, pool: Pool,
+                 client: str) -> Any:
+        now = self._clock.seconds()
+        if decision == GRANTED:
+            self.state.ledger_add(client, now, weight=request.weight, requests=1)
+            return then(next(request), self._observe, pool, request.egress or DEFAULT_EGRESS,
+                        client)
+        self.state.ledger_add(client, now, requests=1, rejected=1)
+        if isinstance(decision, Ban):
+            return self._banned(decision, pool, now)
+        return self._too_many(pool, now, "the fleet's weight budget")
 
     def _observe(self, response: ProxyResponse, pool: Pool, egress: str,
                  client: str) -> ProxyResponse:
@@ -171,16 +171,11 @@ class RateLimit:
         self.bans_seen[pool.name if status == RATE_LIMITED else HOST + pool.host] += 1
         # /sapi does not escalate to 418 (FACTS.md §1.7); if one comes, it is
         # still an IP ban of the whole host.
-        retry = response.header(b"retry-after")
-        ban, dropped = self.governor.start_ban(
-            pool, egress, status,
-            lambda strikes: ban_until(status, retry, response.body, now, self._wall(now),
-                                      strikes))
+        ban = self.governor.start_ban(pool, egress, status, response.header(b"retry-after"),
+                                      response.body, self._wall(now))
         _log.warn("Binance answered {status} for {pool} ({egress}): nothing is sent to "
                   "{scope} for {seconds:.0f} s", status=status, pool=pool.name, egress=egress,
                   scope=self._scope_label(ban), seconds=ban.until - now)
-        for waiter in dropped:
-            waiter.deferred.callback(self._banned(ban, self.governor.pool(waiter.request), now))
 
     def _markets_of(self, ban: Ban) -> list[str]:
         """The markets a ban silences: every market on the host for a 418."""
@@ -209,10 +204,10 @@ class RateLimit:
             f"the request ({pool.name}) was not sent.",
             headers=((b"retry-after", str(retry).encode()),), detail="banned")
 
-    def _too_many(self, pool: Pool, egress: str, now: float, what: str) -> ProxyResponse:
+    def _too_many(self, pool: Pool, now: float, what: str) -> ProxyResponse:
         retry = max(1, math.ceil(self.governor.window_end(now) - now))
         return local_error(
-            429, TOO_MANY_REQUESTS,
+            RATE_LIMITED, TOO_MANY_REQUESTS,
             f"bnproxy: {what} for {pool.name} is spent ({pool.budget} of {pool.limit} "
             f"request weight per 1 MINUTE); retry in {retry} s.",
             headers=((b"retry-after", str(retry).encode()),), detail="budget")

@@ -13,9 +13,12 @@ below half a chunk, the next chunk is reserved in the background; a request
 that finds the slice empty waits in the governor's queue (at most
 ``max_wait``) and is released as soon as the renewal lands. When the store
 refuses a chunk, one of just the weight wanted is tried; when that is refused
-too, the window is spent for this instance (requests wait for the next
-window, as with a local budget). What is left of a slice at the window's end
-is simply lost.
+too by a store that answers, the window is spent for this instance (requests
+wait for the next window, as with a local budget). A refusal while the store
+is away (only the local share answered: a missed deadline) is not final: the
+next grant tries again after ``RENEW_WAIT``, so a hiccup at a minute's start
+costs at most the slice in flight, not the rest of the minute. What is left
+of a slice at the window's end is simply lost.
 
 Guarantee: every weight granted anywhere was first counted in the store's
 window counter, whose reservations never pass the budget (one Lua script,
@@ -52,13 +55,14 @@ this instance's own while the store is away). A client's share of a budget
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
 from twisted.logger import Logger
 
-from bnproxy.binance.limits import WEIGHT_WINDOW
+from bnproxy.binance.limits import BAN_STATUSES, LONGEST_BAN_HEARD, WEIGHT_WINDOW
 from bnproxy.middleware.ratelimit.bans import Ban
 from bnproxy.middleware.ratelimit.state import LocalState, window_of
 
@@ -67,6 +71,7 @@ _log = Logger(namespace="bnproxy.ratelimit")
 CHUNKS = 8  # a slice is about budget / (CHUNKS × live instances)
 REFRESH = 1.0  # fleet figures for /health and the egress choice, at most this often
 RENEW_WAIT = 0.1  # what a request waits for a renewal before it is tried again
+MAX_STRIKES = 64  # a strike count heard from the fleet is capped here
 RECONCILE_EVERY = 0.25  # Binance's used-weight figures go to the store this often at most
 
 
@@ -78,7 +83,8 @@ class Lease:
     held: int = 0  # reserved in the store for this instance
     spent: int = 0  # granted from it
     renewing: bool = False
-    exhausted: bool = False  # the store refused even the weight wanted
+    exhausted: bool = False  # the store (answering) refused even the weight wanted
+    retry_at: float = 0.0  # refused while the store was away: not before this
     reported: int = 0  # the highest use Binance reported in the window
 
 
@@ -112,8 +118,9 @@ class SharedState:
     def _decided(self) -> bool:
         if not self._released and getattr(self.shared, "decided", True):
             self._released = True
+            # later, not here: this runs inside the governor's drain of a queue
             for egress, pool in list(self._leases):
-                self.wake(egress, pool)
+                self._clock.callLater(0, self.wake, egress, pool)
         return self._released
 
     # -- budget ---------------------------------------------------------------------
@@ -150,7 +157,7 @@ class SharedState:
 
     def _renew(self, lease: Lease, egress: str, pool: str, budget: int, weight: int,
                chunk: int | None = None) -> None:
-        if lease.renewing or lease.exhausted:
+        if lease.renewing or lease.exhausted or self._clock.seconds() < lease.retry_at:
             return
         size = self._chunk(budget, weight) if chunk is None else chunk
         lease.renewing = True
@@ -165,8 +172,12 @@ class SharedState:
                 self._clock.callLater(0, self.wake, egress, pool)
             elif size > weight:
                 self._renew(lease, egress, pool, budget, weight, weight)
-            else:
-                lease.exhausted = True
+            elif self.shared.status == "ok":
+                lease.exhausted = True  # the fleet's window is spent
+            else:  # only the local share while the store is away: not for the
+                # rest of the window; tried again at the next grant after a pause
+                lease.retry_at = self._clock.seconds() + RENEW_WAIT
+                self._recheck(egress, pool)
 
         def failed(failure: Any) -> None:
             lease.renewing = False
@@ -247,13 +258,20 @@ class SharedState:
 
     def _heard(self, egress: str, scope: str, until: float, status: int, cause: str) -> None:
         now = self._clock.seconds()
+        if isinstance(until, bool) or not isinstance(until, int | float) \
+                or not math.isfinite(until) or until > now + LONGEST_BAN_HEARD \
+                or status not in BAN_STATUSES:
+            _log.warn("ignoring a ban heard from the fleet that cannot be Binance's: "
+                      "{scope} ({egress}) until {until!r}, status {status!r}",
+                      scope=scope, egress=egress, until=until, status=status)
+            return
         known = self.store.in_force(egress, (scope,), now)
         if known is not None and known.until >= until:
             return
         strikes = 1
         if cause.startswith("strikes="):
             try:
-                strikes = max(1, int(cause[len("strikes="):]))
+                strikes = min(MAX_STRIKES, max(1, int(cause[len("strikes="):])))
             except ValueError:
                 pass
         ban = self.store.start(Ban(egress, scope, float(until), int(status), strikes))
