@@ -267,3 +267,18 @@ def test_a_sapi_call_costs_the_fakes_api_pool_nothing():
     assert fake.weight("spot", "GET", "/sapi/v1/capital/config/getall", {}) == 10
     assert fake.charged("spot", "GET", "/sapi/v1/capital/config/getall", {}) == 0
     assert fake.charged("spot", "GET", "/api/v3/openOrders", {}) == 80
+
+
+@pytest.mark.parametrize(("query", "body", "weight"), [
+    (b"", b"symbol=BTCUSDT&computeCommissionRates=true", 20),
+    (b"computeCommissionRates=true", b"", 20),
+    (b"", b"symbol=BTCUSDT", 1),
+    (b"computeCommissionRates=false", b"computeCommissionRates=true", 1),  # the query wins
+])
+def test_a_parameter_in_a_form_body_counts_as_binance_reads_it(query, body, weight):
+    from bnproxy.chain.messages import ProxyRequest
+
+    endpoint = TABLE.lookup("spot", "POST", "/api/v3/order/test")
+    request = ProxyRequest("POST", "spot", "/api/v3/order/test", query, (), body,
+                           "127.0.0.1", 0.0, endpoint)
+    assert request.weight == weight

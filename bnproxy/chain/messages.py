@@ -85,9 +85,18 @@ class ProxyRequest:
     @cached_property
     def weight(self) -> int:
         """The request weight Binance charges for it (the endpoint's rule on
-        these parameters; 1 for a path Binance does not document), computed
-        once per request."""
-        return self.endpoint.weight(self.params) if self.endpoint is not None else 1
+        its parameters; 1 for a path Binance does not document), computed
+        once per request. Binance reads a parameter from the query string or
+        from a form body (the query's wins when both send it), so a
+        ``computeCommissionRates`` or ``symbol`` in a POST body counts."""
+        if self.endpoint is None:
+            return 1
+        params = self.params
+        if self.body and self.method != "GET":
+            params = dict(params)
+            for k, v in parse_qsl(self.body.decode("latin-1"), keep_blank_values=True):
+                params.setdefault(k, v)
+        return self.endpoint.weight(params)
 
     @property
     def target(self) -> bytes:
