@@ -21,7 +21,8 @@ from bnproxy.cluster.keys import Keys
 
 
 class Fallback:
-    """Local budgets while Redis is away or slow (see the module docstring).
+    """Local budgets while Redis is away or slow (the rule and its worst case:
+    ``bnproxy.cluster.redis_state``'s docstring).
 
     Per (egress, pool): ``[window, base, mine, reported, unsent]``: the
     fleet's use when the entry began, what this instance granted locally
@@ -119,7 +120,6 @@ class Fallback:
     def used(self, egress: str, pool: str, window: int) -> int:
         e = self._entry(egress, pool, window)
         return max(e[3], e[1] + e[2], self._seen(egress, pool, window))
-
 
 
 class Budget:
