@@ -76,7 +76,7 @@ def test_fallback_takes_a_share_of_what_is_left():
     assert not f.reserve("a", "spot", 10, 1000, 240, live=2, sent=True)
     # written back later: only what Redis did not count
     f.uncounted("a", "spot", 240, 10)
-    assert f.take()[("a", "spot")][4] == 10
+    assert f.local[("a", "spot")][4] == 10
 
 
 # -- real Redis ------------------------------------------------------------------------
@@ -383,3 +383,32 @@ def test_open_shared_state():
     assert isinstance(state, RedisSharedState) and state.deadline == 0.02
     with pytest.raises(RedisURLError):
         open_shared_state(clock, "http://127.0.0.1/")
+
+
+def test_grants_made_during_a_write_back_are_written_next_time():
+    from types import SimpleNamespace
+
+    from bnproxy.cluster.keys import Keys
+    from bnproxy.cluster.leases import Budget
+
+    calls: list = []
+
+    def script(name, keys, args, seconds):
+        d = defer.Deferred()
+        calls.append((name, args, d))
+        return d
+
+    conn = SimpleNamespace(script=script, background_deadline=1.0)
+    budget = Budget(conn, Keys(), "me", 120_000, lambda: 2)
+    f = budget.fallback
+    assert f.reserve("a", "spot", 10, 1000, 60, live=2)  # granted while Redis was away
+    resync = defer.ensureDeferred(budget.write_back())
+    (name, args, d), = calls
+    assert name == "reconcile" and args[-1] == 10  # the unsent weight
+    assert f.reserve("a", "spot", 20, 1000, 60, live=2)  # meanwhile, still away
+    d.callback([30, 0, "e1"])
+    assert resync.called
+    assert f.local[("a", "spot")][4] == 20  # kept for the next write-back
+    resync = defer.ensureDeferred(budget.write_back())
+    calls[-1][2].callback([50, 0, "e1"])
+    assert calls[-1][1][-1] == 20 and f.local == {}

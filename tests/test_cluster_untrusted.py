@@ -168,3 +168,19 @@ async def test_the_readmes_acl_user_is_enough(tmp_path):
         for s in states:
             await s.stop()
         server.stop()
+
+
+def test_each_malformed_key_is_logged_once():
+    from twisted.logger import globalLogPublisher
+    events: list = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        rejected = validate.Rejected(limit=3)
+        for key in ("bnproxy:bans default|x", "bnproxy:bans default|x", "b", "c", "d", "e",
+                    "b"):
+            rejected("ban entry", key)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    logged = [e for e in events if e.get("log_namespace") == "bnproxy.cluster"]
+    assert [e.get("key") for e in logged] == ["bnproxy:bans default|x", "b", "c", None]
+    assert "no more are logged" in logged[-1]["log_format"]

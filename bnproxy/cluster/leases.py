@@ -21,7 +21,8 @@ from bnproxy.cluster.keys import Keys
 
 
 class Fallback:
-    """Local budgets while Redis is away or slow (see the module docstring).
+    """Local budgets while Redis is away or slow (the rule and its worst case:
+    ``bnproxy.cluster.redis_state``'s docstring).
 
     Per (egress, pool): ``[window, base, mine, reported, unsent]``: the
     fleet's use when the entry began, what this instance granted locally
@@ -119,10 +120,6 @@ class Fallback:
     def used(self, egress: str, pool: str, window: int) -> int:
         e = self._entry(egress, pool, window)
         return max(e[3], e[1] + e[2], self._seen(egress, pool, window))
-
-    def take(self) -> dict[tuple[str, str], list[int]]:
-        local, self.local = self.local, {}
-        return local
 
 
 class Budget:
@@ -255,20 +252,20 @@ class Budget:
     async def write_back(self) -> None:
         """What was granted or reported while Redis was away, added to its
         counters (each grant once; Binance's report a floor). Raises
-        ``SharedStateUnavailableError`` (what is left is kept for next time)."""
-        spent = self.fallback.take()
-        while spent:
-            (egress, pool), (window, _base, _mine, reported, unsent) = \
-                next(iter(spent.items()))
-            try:
-                reply = await self._conn.script(
-                    "reconcile", [self.keys.window(egress, pool, window)],
-                    [self._window_ttl_ms,
-                     *self._window_args(egress, pool, window, reported), unsent],
-                    self._conn.background_deadline)
-                self.fallback.learn(egress, pool, window, reply)
-            except SharedStateUnavailableError:
-                for key, entry in spent.items():  # still to be written next time
-                    self.fallback.local.setdefault(key, entry)
-                raise
-            del spent[(egress, pool)]
+        ``SharedStateUnavailableError``; what is not written yet stays, and
+        grants made meanwhile are written next time."""
+        local = self.fallback.local
+        for key in list(local):
+            entry = local.get(key)
+            if entry is None:
+                continue
+            (egress, pool), (window, _base, _mine, reported, unsent) = key, entry
+            reply = await self._conn.script(
+                "reconcile", [self.keys.window(egress, pool, window)],
+                [self._window_ttl_ms,
+                 *self._window_args(egress, pool, window, reported), unsent],
+                self._conn.background_deadline)
+            self.fallback.learn(egress, pool, window, reply)
+            entry[4] -= unsent
+            if local.get(key) is entry and entry[4] <= 0:
+                del local[key]  # the next outage starts from what Redis says

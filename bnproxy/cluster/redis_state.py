@@ -50,8 +50,13 @@ The guarantee, and its worst case
 While ``ok``: for each (egress, pool, window) the weights ``reserve`` granted
 over the whole fleet add up to at most ``budget`` (Redis's single-threaded
 script execution is the one point of atomicity). A reservation whose reply
-missed the deadline may have been counted in Redis and is then also decided
-locally: that errs on the safe side (counted twice, sent once at most).
+missed the deadline is decided locally; when its late answer comes, a weight
+Redis counted for a request refused here is released, one granted here that
+Redis refused is written back. A counter Redis lost (restarted empty) is
+re-seeded by each instance's next call from what it had seen; grants decided
+before the instance that had seen the most has called are checked against a
+lower count (at most what the fleet granted since the others' last views) but
+are counted all the same.
 Windows are decided by each instance's clock: with a skew of ``s`` seconds
 between hosts, requests in the ``s`` seconds around a minute boundary can be
 counted in the neighbouring window, so Binance's minute may see the budget

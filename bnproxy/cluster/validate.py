@@ -127,9 +127,12 @@ class Rejected:
 
     def __call__(self, what: str, key: str) -> None:
         key = str(key)[:NAME_MAX]
-        if key in self._seen:
+        if key in self._seen or len(self._seen) > self._limit:
             return
-        if len(self._seen) < self._limit:
-            self._seen.add(key)
+        self._seen.add(key)
+        if len(self._seen) > self._limit:
+            _log.warn("more than {n} malformed values in Redis: no more are logged",
+                      n=self._limit)
+            return
         _log.warn("ignoring a malformed {what} in Redis: {key!r} (written by another "
                   "client? see the README on protecting Redis)", what=what, key=key)

@@ -134,9 +134,11 @@ class BanStore:
         return previous.strikes + 1 if previous.until + REPEAT_BAN_MEMORY > now else 1
 
     # -- changes --------------------------------------------------------------------
-    def start(self, ban: Ban) -> Ban:
+    def start(self, ban: Ban, save: bool = True) -> Ban:
         """Record ``ban``; a ban already in force that ends later wins the
-        end time. Returns the ban now recorded."""
+        end time. Returns the ban now recorded. ``save=False``: the caller
+        calls ``save()`` itself (after telling the fleet: the file's fsync
+        can take milliseconds)."""
         key = (ban.egress, ban.scope)
         previous = self._bans.get(key)
         if not math.isfinite(ban.until):  # never Binance's: the longest it gives
@@ -145,7 +147,8 @@ class BanStore:
             ban = attrs.evolve(ban, until=previous.until,
                                status=max(previous.status, ban.status))
         self._bans[key] = ban
-        self.save()
+        if save:
+            self.save()
         return ban
 
     # -- the file -----------------------------------------------------------------

@@ -34,12 +34,14 @@ from bnproxy.binance.limits import (
     IP_BANNED,
     ORDER_COUNT_PREFIX,
     RATE_LIMITED,
+    SAPI_IP_LIMIT,
     SAPI_IP_WEIGHT_HEADER,
     SAPI_MARKET,
+    SAPI_UID_LIMIT,
     SAPI_UID_WEIGHT_HEADER,
     USED_WEIGHT_HEADER,
 )
-from bnproxy.binance.markets import MARKET_NAMES
+from bnproxy.binance.markets import MARKET_NAMES, PRODUCTION
 from bnproxy.chain.compose import then
 from bnproxy.chain.context import MiddlewareContext
 from bnproxy.chain.interfaces import (
@@ -283,8 +285,11 @@ class RateLimit:
 
 OPTIONS = (
     Option("limit", "table", {}, "Request weight per minute per pool, overriding Binance's "
-           "documented limits (spot 6000, usdm 2400, coinm 2400; sapi 12000 for each "
-           "IP-limited /sapi endpoint, sapi_uid 180000 for each UID-limited one).",
+           "documented limits ("
+           + ", ".join(f"{m.name} {m.weight_limit}" for m in PRODUCTION.values()
+                       if m.weight_limit is not None)
+           + f"; sapi {SAPI_IP_LIMIT} for each IP-limited /sapi endpoint, sapi_uid "
+           f"{SAPI_UID_LIMIT} for each UID-limited one).",
            minimum=1, item="int", keys=(*MARKET_NAMES, "sapi", "sapi_uid")),
     Option("margin", "float", 0.10, "Keep this share of every budget unused.", minimum=0,
            maximum=0.9),

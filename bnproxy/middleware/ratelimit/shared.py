@@ -252,8 +252,9 @@ class SharedState:
                             f"strikes={ban.strikes}").addErrback(lambda f: None)
 
     def ban(self, ban: Ban) -> Ban:
-        recorded = self.local.ban(ban)
-        self._spread(recorded)
+        recorded = self.store.start(ban, save=False)  # in force here at once
+        self._spread(recorded)  # the fleet first (sent when this turn ends),
+        self._clock.callLater(0, self.store.save)  # then the state file (an fsync)
         return recorded
 
     def _heard(self, egress: str, scope: str, until: float, status: int, cause: str) -> None:
