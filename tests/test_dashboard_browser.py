@@ -124,9 +124,8 @@ def test_the_page_loads_without_console_errors_and_agrees_with_health(page, stac
     gauge = card.locator(".gauge svg text").text_content()
     assert gauge == f"{100 * health['used'] / health['budget']:.0f} %"
     row = page.locator('#clients tr[data-client="agree"] td')
-    clients = get_json(stack["proxy"] + "/health")["middleware"]["ratelimit"]["clients"]
-    assert row.nth(1).inner_text() == str(clients["agree"]["requests"])
-    assert row.nth(2).inner_text() == str(clients["agree"]["weight"])
+    clients = {c["client"]: c for c in get_json(stack["proxy"] + "/dashboard/state")["clients"]}
+    assert row.nth(4).inner_text() == str(clients["agree"]["last_15m"]["requests"]) == "5"
     assert page.locator("#link").inner_text() == "live"
     page.click('#clients th[data-key="client"]')  # sortable: by name, A to Z
     names = page.locator("#clients tbody tr td:first-child").all_inner_texts()

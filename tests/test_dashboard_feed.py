@@ -110,19 +110,41 @@ def test_a_ban_shows_its_countdown_and_cause_then_goes(tmp_path):
 
 
 def test_bots_show_requests_weight_refusals_and_last_seen(tmp_path):
-    h = harness(tmp_path, names=("ratelimit",),
-                ratelimit={"client_header": "X-Bnproxy-Client"})
+    h = harness(tmp_path, names=("logger", "ratelimit"))
     tick(h)
     h.request("GET", "/api/v3/time", headers={b"X-Bnproxy-Client": b"bot-a"})
     first = tick(h)["clients"]
     row = next(c for c in first if c["client"] == "bot-a")
-    assert (row["requests"], row["weight"], row["refused"]) == (1, 1, 0)
+    assert (row["requests"], row["asked"], row["spent"]) == (1, 1, 1)
+    assert row["answered"]["upstream"] == 1 and sum(row["refused"].values()) == 0
+    assert row["last_minute"]["requests"] == row["last_15m"]["requests"] == 1
     seen = row["last_seen"]
     later = tick(h, 5)
     assert next(c for c in later["clients"] if c["client"] == "bot-a")["last_seen"] == seen
     h.request("GET", "/api/v3/time", headers={b"X-Bnproxy-Client": b"bot-a"})
     again = next(c for c in tick(h)["clients"] if c["client"] == "bot-a")
     assert again["requests"] == 2 and again["last_seen"] == seen + 6
+
+
+def test_a_bot_served_from_the_cache_is_counted_with_every_request(tmp_path):
+    h = harness(tmp_path, names=("logger", "cache", "ratelimit"))
+    target = "/api/v3/klines?symbol=BTCUSDT&interval=1h&limit=100"  # weight 2
+    for _ in range(5):
+        h.request("GET", target, headers={b"X-Bnproxy-Client": b"cached-bot"})
+    row = next(c for c in tick(h)["clients"] if c["client"] == "cached-bot")
+    assert (row["requests"], row["asked"], row["spent"]) == (5, 10, 2)
+    assert row["answered"] == {"stream": 0, "cache": 4, "upstream": 1, "local": 0}
+    later = next(c for c in tick(h, 70)["clients"] if c["client"] == "cached-bot")
+    assert later["last_minute"]["requests"] == 0 and later["last_15m"]["requests"] == 5
+
+
+def test_refusals_are_counted_by_reason_and_not_asked(tmp_path):
+    h = Harness(state_dir=str(tmp_path), middleware=chain(
+        "logger", "allowlist", allowlist={"allow": "10.0.0.0/8"}))
+    h.request("GET", "/api/v3/exchangeInfo")
+    [row] = tick(h)["clients"]
+    assert row["client"] == "127.0.0.1"  # no name, no key: the address, as the access log
+    assert row["refused"]["allowlist"] == 1 and row["asked"] == 0
 
 
 def test_upstream_latency_quantiles_come_from_the_last_ten_seconds():

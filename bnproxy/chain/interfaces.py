@@ -127,6 +127,20 @@ class IProblemReporter(Interface):
         replace its ``IReadinessCheck`` reasons in the verdict. Cheap, no I/O."""
 
 
+class IBotLedger(Interface):
+    """Every request of every bot, counted where it enters the chain (the
+    ``logger`` middleware provides it); the dashboard's Bots table."""
+
+    def bots():
+        """A list of rows, busiest first: ``{"client": name (as the access
+        log names the bot), "requests", "asked" (weight of its answered
+        requests, predicted), "spent" (weight spent upstream on its behalf),
+        "answered": {"stream", "cache", "upstream", "local"}, "refused":
+        {"budget", "ban", "allowlist", "bad_request", "failed"},
+        "last_minute": {...}, "last_15m": {...} (the same counts over those
+        windows), "last_seen"}``. Cheap enough to call once a second."""
+
+
 class IWeightGovernor(Interface):
     """The fleet's request-weight budget, per (egress address, weight pool).
 

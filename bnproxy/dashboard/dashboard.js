@@ -13,7 +13,7 @@ let times = [];          // history: seconds
 let series = {};         // history: name -> values (aligned with times)
 let clockOffset = 0;     // proxy time - browser time, seconds
 const charts = {};       // key -> {plot, keys, el}
-let sortKey = "weight", sortDir = -1;
+let sortKey = "req15", sortDir = -1;
 
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
@@ -224,16 +224,26 @@ function renderSaving() {
   if (keys.length) chart("saving", document.getElementById("saving-chart"), keys, {labels});
 }
 
+function clientRow(c) {
+  const m = c.last_minute || {}, q = c.last_15m || {}, a = q.answered || {}, r = q.refused || {};
+  const refused = Object.values(r).reduce((x, y) => x + y, 0);
+  return {client: c.client, req1: m.requests || 0, asked1: m.asked || 0, spent1: m.spent || 0,
+          req15: q.requests || 0, stream: a.stream || 0, cache: a.cache || 0, upstream: a.upstream || 0,
+          refused, reasons: Object.entries(r).filter(([, n]) => n).map(([k, n]) => `${k} ${n}`).join(", "),
+          last_seen: c.last_seen};
+}
+
 function renderClients() {
-  const rows = (doc.clients || []).slice();
+  const rows = (doc.clients || []).map(clientRow);
   rows.sort((a, b) => {
     const x = a[sortKey], y = b[sortKey];
     return (typeof x === "string" ? (x < y ? -1 : x > y ? 1 : 0) : x - y) * sortDir;
   });
-  const body = rows.map((c) => el("tr", {"data-client": c.client}, el("td", {}, c.client),
-    el("td", {}, String(c.requests)), el("td", {}, String(c.weight)), el("td", {}, String(c.refused)),
-    el("td", {title: fmtTime(c.last_seen)}, ago(c.last_seen))));
-  if (!body.length) body.push(el("tr", {}, el("td", {class: "empty", colspan: "5"}, "no bot yet")));
+  const body = rows.map((c) => el("tr", {"data-client": c.client}, el("td", {class: "wrap"}, c.client),
+    ...["req1", "asked1", "spent1", "req15", "stream", "cache", "upstream"].map((k) => el("td", {"data-key": k}, fmtNum(c[k]))),
+    el("td", {"data-key": "refused", title: c.reasons || "none"}, fmtNum(c.refused) + (c.reasons ? ` (${c.reasons})` : "")),
+    el("td", {title: fmtTime(c.last_seen) + " UTC"}, ago(c.last_seen))));
+  if (!body.length) body.push(el("tr", {}, el("td", {class: "empty", colspan: "10"}, "no bot yet")));
   fill(document.querySelector("#clients tbody"), body);
   for (const th of document.querySelectorAll("#clients th")) {
     th.classList.toggle("asc", th.dataset.key === sortKey && sortDir > 0);

@@ -36,8 +36,13 @@ point, as one ``state`` event a second)::
                      "saving_percent": {"spot": 93.3},   # 1 - spent / asked (answered)
                      "total": {"asked": 1200, "spent": 80, "refused": 30,
                                "saving_percent": 93.3}},
-      "clients": [{"client": "bot-a", "requests": 10, "weight": 20,
-                   "refused": 0, "last_seen": 1764299990.0}],
+      "clients": [{"client": "bot-a",   # named as in the access log
+                   "requests": 10, "asked": 20, "spent": 4,   # since start
+                   "answered": {"stream": 6, "cache": 2, "upstream": 2, "local": 0},
+                   "refused": {"budget": 0, "ban": 0, "allowlist": 0,
+                               "bad_request": 0, "failed": 0},
+                   "last_minute": {…the same counts…}, "last_15m": {…},
+                   "last_seen": 1764299990.0}],   # IBotLedger.bots(), busiest first
       "answers": {"total": {"cache": 5, …}, "last_15m": {"cache": 5, …}},
       "hit_ratio_15m": {"cache": 0.8, "stream": 0.1},   # share of answers
       "cache": {"entries": 3, "bytes": 9000, "hit_ratio": 0.8},  # the cache's own
@@ -81,7 +86,7 @@ from twisted.logger import Logger
 from bnproxy import __version__
 from bnproxy.binance.limits import BAN_STATUSES
 from bnproxy.binance.privacy import redact_query, redact_text
-from bnproxy.chain.interfaces import IHealthReporter, IWeightGovernor
+from bnproxy.chain.interfaces import IBotLedger, IHealthReporter, IWeightGovernor
 from bnproxy.chain.messages import ProxyRequest, ProxyResponse
 from bnproxy.verdict import OK, Verdict
 
@@ -151,10 +156,9 @@ class DashboardFeed(Service):
         self._spent_prev: dict[str, int] = {}
         self._buckets: deque[tuple[list[float], list[float]]] = deque(
             maxlen=LATENCY_WINDOW + 1)
-        self._requests_seen: dict[str, int] = {}
-        self._last_seen: dict[str, float] = {}
         self._listeners: list[Callable[[bytes], None]] = []
         self._governors: list[Any] = []
+        self._ledgers: list[Any] = []
         self._closers: dict[Callable, Callable[[], None]] = {}
         self._ban_causes: dict[str, tuple[int, str]] = {}
         self.spent_total: dict[str, int] = {}  # since start, per market
@@ -333,6 +337,7 @@ class DashboardFeed(Service):
         out: dict[str, dict] = {}
         reporters = self._reporters()
         self._governors = [m for m in reporters if IWeightGovernor.providedBy(m)]
+        self._ledgers = [m for m in reporters if IBotLedger.providedBy(m)]
         for m in reporters:
             if IHealthReporter.providedBy(m) or callable(getattr(m, "health", None)):
                 try:
@@ -468,22 +473,11 @@ class DashboardFeed(Service):
                 None if p99 is None else round(p99, 6))
 
     def _clients(self, healths: Mapping[str, dict], now: float) -> list[dict]:
-        rows = []
-        for h in healths.values():
-            clients = h.get("clients")
-            if not isinstance(clients, dict):
-                continue
-            for client, st in clients.items():
-                requests = st.get("requests", 0)
-                if self._requests_seen.get(client) != requests:
-                    self._requests_seen[client] = requests
-                    self._last_seen[client] = st.get("last_seen") or now
-                rows.append({"client": client, "requests": requests,
-                             "weight": st.get("weight", 0),
-                             "refused": st.get("rejected", st.get("refused", 0)),
-                             "last_seen": round(self._last_seen[client], 3)})
-        rows.sort(key=lambda r: (-r["weight"], -r["requests"], r["client"]))
-        return rows[:MAX_CLIENTS]
+        """The per-bot ledger (``IBotLedger``: the logger, first in the
+        chain, counts every request), busiest first."""
+        for ledger in self._ledgers:
+            return list(ledger.bots()[:MAX_CLIENTS])
+        return []
 
     def _streams(self, healths: Mapping[str, dict]) -> dict | None:
         for h in healths.values():
