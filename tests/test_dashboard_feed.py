@@ -378,3 +378,17 @@ def test_refusals_are_summed_and_upstream_messages_redacted(tmp_path):
     assert "abc123" not in upstream["msg"] and key not in upstream["msg"]
     assert "signature=[redacted]" in upstream["msg"]
     assert len(h.service.dashboard.event) < 16 * 1024
+
+
+def test_pools_come_busiest_first_and_idle_sapi_endpoints_fold_into_one_row():
+    from bnproxy.dashboard.feed import fold_idle, pressure_order
+
+    def pool(name, used, budget=5400, banned=0.0, egress=None):
+        return {"pool": name, "egress": egress, "used": used, "budget": budget,
+                "limit": budget, "queued": 0, "banned_for": banned}
+    rows = [pool("coinm", 100, 2160), pool("spot", 5400), pool("usdm", 2000, 2160),
+            *[pool(f"sapi:/sapi/v1/e{i}", 0, 10800) for i in range(30)],
+            pool("sapi:/sapi/v1/busy", 50, 10800), pool("options", 0, 0, banned=30.0)]
+    names = [r["pool"] for r in pressure_order(fold_idle(rows))]
+    assert names == ["options", "spot", "usdm", "coinm", "sapi:/sapi/v1/busy",
+                     "sapi (30 idle endpoints)"]

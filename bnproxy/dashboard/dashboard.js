@@ -159,8 +159,9 @@ function renderPools() {
       el("span", {class: "budget"}, budget === null || budget === undefined ? "∞" : String(budget)),
       el("br"), p.limit ? `limit ${p.limit}` : "no documented limit",
       p.queued ? ` · ${p.queued} queued` : "");
-    chart("pool:" + key, card.querySelector(".chart"), [`used.${key}`],
+    if (!p.folded) chart("pool:" + key, card.querySelector(".chart"), [`used.${key}`],
           {labels: ["used"], height: 110, y: budget ? {range: (u, mn, mx) => [0, Math.max(mx, budget)]} : {}});
+    box.append(card);  // in the feed's order: the busiest first
   }
 }
 

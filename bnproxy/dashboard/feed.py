@@ -249,6 +249,8 @@ class DashboardFeed(Service):
         pools = self._pools(healths)
         doc["pools"] = pools
         for p in pools:
+            if p.get("folded"):
+                continue
             key = p["pool"] if not p.get("egress") else f"{p['pool']}@{p['egress']}"
             sample[f"used.{key}"] = p["used"]
         self._note_ban_causes()
@@ -350,28 +352,19 @@ class DashboardFeed(Service):
         return out
 
     def _pools(self, healths: Mapping[str, dict]) -> list[dict]:
-        for g in self._governors:  # the interface, when a governor provides it
-            usage = g.usage()
+        """Every pool of the governor (``IWeightGovernor.usage()``), the
+        busiest first (banned, then by share of the budget used); the idle
+        ``sapi:…`` pools of each egress address folded into one row."""
+        rows: list[dict] = []
+        for g in self._governors[:1]:
             # keys are "pool" or "pool@egress"; the default egress is shown as none
-            return [{"pool": name.split("@", 1)[0],
+            rows = [{"pool": name.split("@", 1)[0],
                      "egress": None if u.get("egress") in (None, "default") else u["egress"],
                      "used": u.get("used", 0),
                      "budget": u.get("budget"), "limit": u.get("limit"),
-                     "queued": u.get("queued", 0), "banned_for": u.get("banned_for", 0.0),
-                     "ban_status": u.get("ban_status"), "ban_cause": u.get("ban_cause")}
-                    for name, u in sorted(usage.items())]
-        rows = []
-        for h in healths.values():
-            pools = h.get("pools")
-            if isinstance(pools, dict) and "clients" in h:
-                for name, p in sorted(pools.items()):
-                    rows.append({"pool": name, "egress": p.get("egress"),
-                                 "used": p.get("used", 0), "budget": p.get("budget"),
-                                 "limit": p.get("limit"), "queued": p.get("queued", 0),
-                                 "banned_for": p.get("banned_for", 0.0),
-                                 "ban_status": p.get("ban_status"),
-                                 "ban_cause": p.get("ban_cause")})
-        return rows
+                     "queued": u.get("queued", 0), "banned_for": u.get("banned_for", 0.0)}
+                    for name, u in g.usage().items()]
+        return pressure_order(fold_idle(rows))
 
     def _note_ban_causes(self) -> None:
         """Remember the newest upstream 418/429 per market (the error ring
@@ -502,6 +495,37 @@ class DashboardFeed(Service):
             rows.sort(key=lambda row: -row["time"])
             self._errors = rows[:ERRORS]
         return self._errors
+
+
+def fold_idle(rows: list[dict], family: str = "sapi") -> list[dict]:
+    """The pools of ``family`` (``sapi:/sapi/…``, one per IP-limited
+    endpoint) with nothing used, queued or banned, as one row per egress
+    address: ``{"pool": "sapi", "folded": N, …}``."""
+    out, idle = [], {}
+    for row in rows:
+        if row["pool"].startswith(family + ":") and not (
+                row["used"] or row["queued"] or row["banned_for"] > 0):
+            idle.setdefault(row["egress"], []).append(row)
+        else:
+            out.append(row)
+    for egress, folded in idle.items():
+        if len(folded) == 1:
+            out.append(folded[0])
+            continue
+        out.append({"pool": f"{family} ({len(folded)} idle endpoints)", "egress": egress,
+                    "used": 0, "budget": folded[0]["budget"], "limit": folded[0]["limit"],
+                    "queued": 0, "banned_for": 0.0, "folded": len(folded)})
+    return out
+
+
+def pressure_order(rows: list[dict]) -> list[dict]:
+    """Banned first (longest ban first), then by share of the budget used."""
+    def key(row: dict) -> tuple:
+        budget = row.get("budget") or 0
+        share = row["used"] / budget if budget else 0.0
+        return (-(row.get("banned_for") or 0.0 > 0), -(row.get("banned_for") or 0.0),
+                -share, -row["used"], row["pool"], row["egress"] or "")
+    return sorted(rows, key=key)
 
 
 def _error_row(t: float, r: ProxyRequest, a: ProxyResponse, count: int) -> dict:
