@@ -501,7 +501,8 @@ def fold_idle(rows: list[dict], family: str = "sapi") -> list[dict]:
     """The pools of ``family`` (``sapi:/sapi/…``, one per IP-limited
     endpoint) with nothing used, queued or banned, as one row per egress
     address: ``{"pool": "sapi", "folded": N, …}``."""
-    out, idle = [], {}
+    out: list[dict] = []
+    idle: dict[str | None, list[dict]] = {}
     for row in rows:
         if row["pool"].startswith(family + ":") and not (
                 row["used"] or row["queued"] or row["banned_for"] > 0):
