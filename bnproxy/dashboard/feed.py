@@ -88,6 +88,7 @@ from bnproxy.binance.limits import BAN_STATUSES
 from bnproxy.binance.privacy import redact_query, redact_text
 from bnproxy.chain.interfaces import IBotLedger, IHealthReporter, IWeightGovernor
 from bnproxy.chain.messages import ProxyRequest, ProxyResponse
+from bnproxy.dashboard.firstpaint import readable_times
 from bnproxy.verdict import OK, Verdict
 
 _log = Logger(namespace="bnproxy.dashboard")
@@ -403,6 +404,7 @@ class DashboardFeed(Service):
         if len(markets) > 1 or scope != markets[0] and not scope.startswith("sapi"):
             text += f" (it silences {scope.partition(':')[2] or scope}: " \
                     f"{', '.join(markets)})"
+        text = readable_times(text)
         egress = ban.get("egress")
         return {"pool": markets[0], "scope": scope, "markets": markets,
                 "egress": None if egress in (None, "default") else egress,
@@ -549,5 +551,5 @@ def _msg(response: ProxyResponse) -> str:
         except orjson.JSONDecodeError:
             value = None
         if isinstance(value, dict) and isinstance(value.get("msg"), str):
-            return redact_text(value["msg"], TEXT)
+            return readable_times(redact_text(value["msg"], TEXT))
     return redact_text(response.detail or "", TEXT)

@@ -1,6 +1,7 @@
 """The dashboard's twisted.web resources.
 
-- ``/dashboard``: the page (``/dashboard/`` redirects there);
+- ``/dashboard``: the page, its first paint rendered from the state
+  (``/dashboard/`` redirects there);
 - ``/dashboard/state``: the state document (``bnproxy.dashboard.feed``);
 - ``/dashboard/events``: server-sent events, one ``state`` event a second
   (the bytes the feed encoded once for every open page), with ``retry:`` so
@@ -26,6 +27,7 @@ from zope.interface import implementer
 
 from bnproxy.binance.errors import TOO_MANY_REQUESTS, error_body
 from bnproxy.dashboard.feed import DashboardFeed
+from bnproxy.dashboard.firstpaint import first_paint
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STATIC = {
@@ -213,7 +215,8 @@ class DashboardResource(Resource):
 
     def __init__(self, feed: DashboardFeed) -> None:
         super().__init__()
-        self._page = _Static(_read("index.html"), b"text/html; charset=utf-8")
+        self._feed = feed
+        self._template = _read("index.html").decode("utf-8")
         self.putChild(b"", _Redirect())
         self.putChild(b"state", StateResource(feed))
         self.events = EventsResource(feed)
@@ -226,7 +229,13 @@ class DashboardResource(Resource):
         self.putChild(b"vendor", vendor)
 
     def render_GET(self, request):
-        return self._page.render_GET(request)
+        """The page, its first paint rendered from the newest state
+        (``bnproxy.dashboard.firstpaint``): readable without JavaScript."""
+        _common_headers(request, b"text/html; charset=utf-8")
+        request.setHeader(b"content-security-policy", CSP)
+        if not self._feed.document:
+            self._feed.tick()
+        return first_paint(self._template, self._feed.document)
 
 
 def mount_dashboard(root: Resource, feed: DashboardFeed,
