@@ -218,8 +218,9 @@ def test_every_open_page_gets_the_same_bytes_and_the_stream_ends_on_stop():
         assert page.written[0] == b"retry: 1000\n\n"
         assert page.responseHeaders.getRawHeaders(b"content-type") == [b"text/event-stream"]
     clock.advance(1)
+    assert all(page.written[1].startswith(b"event: state\ndata: {") for page in pages)
     sent = [page.written[-1] for page in pages]
-    assert sent[0].startswith(b"event: state\ndata: {")
+    assert sent[0].startswith(b"event: patch\ndata: {")
     assert sent[0] is sent[1] is sent[2]  # encoded once, shared
     pages[0].processingFailed(Exception("gone"))  # a page closed
     assert events.open == 2
@@ -392,3 +393,36 @@ def test_pools_come_busiest_first_and_idle_sapi_endpoints_fold_into_one_row():
     names = [r["pool"] for r in pressure_order(fold_idle(rows))]
     assert names == ["options", "spot", "usdm", "coinm", "sapi:/sapi/v1/busy",
                      "sapi (30 idle endpoints)"]
+
+
+def test_after_the_first_event_only_what_changed_is_sent_gzip_compressed_once():
+    import zlib
+
+    from bnproxy.dashboard.feed import merge_patch
+
+    clock = task.Clock()
+    feed = DashboardFeed(clock, lambda: [], Metrics())
+    feed.startService()
+    events = EventsResource(feed)
+    pages = [Page([b"events"]) for _ in range(2)]
+    for page in pages:
+        page.requestHeaders.setRawHeaders(b"accept-encoding", [b"gzip, deflate, br"])
+        events.render_GET(page)
+    plain = Page([b"events"])
+    events.render_GET(plain)
+    for _ in range(5):
+        clock.advance(1)
+    assert pages[0].responseHeaders.getRawHeaders(b"content-encoding") == [b"gzip"]
+    assert pages[0].written[-1] is pages[1].written[-1]  # compressed once for both
+    text = zlib.decompressobj(31).decompress(b"".join(pages[0].written))
+    assert text == b"".join(plain.written)  # the same events, as a browser reads them
+    first, *later = text.split(b"\n\n")[1:-1]
+    assert first.startswith(b"event: state\ndata: ")
+    assert all(e.startswith(b"event: patch\ndata: ") for e in later) and len(later) == 5
+    patch = json.loads(later[-1].split(b"data: ", 1)[1])
+    assert set(patch) <= {"time", "uptime_seconds", "sample"}  # an idle proxy
+    assert len(later[-1]) < 400
+    assert merge_patch({"a": 1, "b": {"c": 1, "d": 2}, "e": [1]},
+                       {"a": 1, "b": {"c": 2, "d": 2}, "e": [1, 2]}) == {
+                           "b": {"c": 2}, "e": [1, 2]}
+    assert merge_patch({"a": 1}, {}) == {"a": None}

@@ -331,7 +331,7 @@ async function fetchState() {
     loadHistory(state);
     lastEvent = Date.now();
     document.body.classList.remove("stale");
-    doc = state;
+    if (!doc || state.time >= doc.time) doc = state;  // patches apply to the newest
     render();
   } catch (e) {
     /* the event stream says when the proxy is back */
@@ -340,10 +340,32 @@ async function fetchState() {
   }
 }
 
+function isObject(x) { return x !== null && typeof x === "object" && !Array.isArray(x); }
+/* RFC 7386: members set, objects merged, null removes */
+function applyPatch(target, patch) {
+  for (const [k, v] of Object.entries(patch)) {
+    if (v === null) delete target[k];
+    else if (isObject(v) && isObject(target[k])) applyPatch(target[k], v);
+    else target[k] = v;
+  }
+}
+
 function connect() {
   const source = new EventSource("dashboard/events");
   source.addEventListener("open", () => { setLink(true); fetchState(); });
   source.addEventListener("error", () => { setLink(false); markStale(); });
+  source.addEventListener("patch", (ev) => {
+    if (!doc) return;  // the first event of a stream is a whole "state"
+    const patch = JSON.parse(ev.data);
+    lastEvent = Date.now();
+    if (document.body.classList.contains("stale")) { document.body.classList.remove("stale"); setLink(true); }
+    const uptime = doc.uptime_seconds;
+    applyPatch(doc, patch);
+    clockOffset = doc.time - Date.now() / 1000;
+    if (doc.uptime_seconds < uptime) { times = []; series = {}; }  // restarted
+    pushSample(doc.time, doc.sample || {});
+    render();
+  });
   source.addEventListener("state", (ev) => {
     const state = JSON.parse(ev.data);
     lastEvent = Date.now();

@@ -16,7 +16,9 @@ request except the error check.
 
 The state document (``/dashboard/state``; ``/dashboard/events`` sends the
 same document without ``history`` and with ``sample``, the newest history
-point, as one ``state`` event a second)::
+point, as a ``state`` event when a page connects, then once a second a
+``patch`` event: the JSON merge patch (RFC 7386) from the previous second's
+document, ``null`` for a member that went)::
 
     {
       "schema": 1,
@@ -165,7 +167,9 @@ class DashboardFeed(Service):
         self.spent_total: dict[str, int] = {}  # since start, per market
         self._causes_scanned = 0
         self.document: dict[str, Any] = {}
-        self.event: bytes = b""
+        self.event: bytes = b""  # the whole live document: a page's first event
+        self.delta: bytes = b""  # what changed since the last tick: every later one
+        self._live: dict[str, Any] | None = None
         self._state: bytes | None = None
         self._loop = task.LoopingCall(self.tick)
         self._loop.clock = clock
@@ -293,11 +297,16 @@ class DashboardFeed(Service):
             doc["instances"] = instances
         self.document = doc
         self._state = None
-        self.event = b"event: state\ndata: " + orjson.dumps(
-            {**doc, "clients": doc["clients"][:EVENT_CLIENTS], "sample": sample}) + b"\n\n"
+        live = {**doc, "clients": doc["clients"][:EVENT_CLIENTS], "sample": sample}
+        self.event = b"event: state\ndata: " + orjson.dumps(live) + b"\n\n"
+        # what changed since the last event (an open page has it): a JSON
+        # merge patch (RFC 7386), usually a few hundred bytes
+        self.delta = self.event if self._live is None else (
+            b"event: patch\ndata: " + orjson.dumps(merge_patch(self._live, live)) + b"\n\n")
+        self._live = live
         for listener in list(self._listeners):
             try:
-                listener(self.event)
+                listener(self.delta)
             except Exception:
                 _log.failure("dashboard listener failed")
 
@@ -497,6 +506,26 @@ class DashboardFeed(Service):
             rows.sort(key=lambda row: -row["time"])
             self._errors = rows[:ERRORS]
         return self._errors
+
+
+def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) that turns ``old`` into ``new``:
+    changed members (objects recursively, lists whole), removed ones null."""
+    patch: dict[str, Any] = {}
+    for key, value in new.items():
+        before = old.get(key, _MISSING)
+        if before is _MISSING or before != value:
+            if isinstance(value, dict) and isinstance(before, dict):
+                patch[key] = merge_patch(before, value)
+            else:
+                patch[key] = value
+    for key in old:
+        if key not in new:
+            patch[key] = None
+    return patch
+
+
+_MISSING = object()
 
 
 def fold_idle(rows: list[dict], family: str = "sapi") -> list[dict]:

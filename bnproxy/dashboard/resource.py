@@ -6,7 +6,9 @@
 - ``/dashboard/events``: server-sent events, one ``state`` event a second
   (the bytes the feed encoded once for every open page), with ``retry:`` so
   the browser's ``EventSource`` reconnects by itself after a restart;
-  bounded in number (in all and per address) and in unsent bytes;
+  bounded in number (in all and per address) and in unsent bytes; after the
+  first, each event is what changed (a merge patch), gzip-compressed once for
+  every page that accepts it;
 - ``/dashboard/dashboard.js``, ``dashboard.css``, ``vendor/…``: the page's
   static files, read once from the package (no external asset).
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import os
 import socket
+import zlib
 from collections.abc import Callable
 
 from twisted.internet.interfaces import IPushProducer
@@ -147,6 +150,13 @@ class EventsResource(Resource):
         self._by_address: dict[str, int] = {}
         self.open = 0
         self.closed_unread = 0  # streams closed because the page stopped reading
+        self._last: tuple[bytes, bytes] = (b"", b"")  # an event and its deflated bytes
+
+    def _deflated(self, event: bytes) -> bytes:
+        """``deflated(event)``, once for every page (the same event)."""
+        if self._last[0] is not event:
+            self._last = (event, deflated(event))
+        return self._last[1]
 
     def render_GET(self, request):
         address = str(getattr(request.getClientAddress(), "host", None) or "unix")
@@ -162,13 +172,20 @@ class EventsResource(Resource):
         _small_send_buffer(request)
         reader = _Reader(request)
         request.registerProducer(reader, True)
-        request.write(b"retry: %d\n\n" % RETRY_MS)
-        if self._feed.event:
-            request.write(self._feed.event)
+        gzip = _accepts_gzip(request)
+        if gzip:
+            request.setHeader(b"content-encoding", b"gzip")
+            request.setHeader(b"vary", b"accept-encoding")
+            request.write(GZIP_HEADER + deflated(b"retry: %d\n\n%s" % (
+                RETRY_MS, self._feed.event)))
+        else:
+            request.write(b"retry: %d\n\n" % RETRY_MS)
+            if self._feed.event:
+                request.write(self._feed.event)
 
         def send(event: bytes) -> None:
             if not reader.closed:
-                request.write(event)
+                request.write(self._deflated(event) if gzip else event)
 
         ended: list[bool] = []
 
@@ -192,6 +209,29 @@ class EventsResource(Resource):
 
         request.notifyFinish().addBoth(gone)
         return server.NOT_DONE_YET
+
+
+GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # no name, no time
+
+
+def deflated(data: bytes) -> bytes:
+    """``data`` as deflate blocks of their own (a fresh compressor, ended
+    with a sync flush, never the final block): any number of them, from any
+    compressor, after ``GZIP_HEADER`` make one gzip stream a browser reads as
+    it comes. So an event is compressed once for every open page."""
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+    return compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+
+
+def _accepts_gzip(request) -> bool:
+    accepted = b",".join(request.requestHeaders.getRawHeaders(b"accept-encoding") or ())
+    for item in accepted.lower().split(b","):
+        name, _, params = item.strip().partition(b";")
+        if name.strip() == b"gzip":
+            q = params.strip()
+            return not (q.startswith(b"q=") and q[2:].strip() in (b"0", b"0.0", b"0.00",
+                                                                  b"0.000"))
+    return False
 
 
 def _small_send_buffer(request) -> None:
