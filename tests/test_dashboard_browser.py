@@ -260,3 +260,17 @@ def test_an_upstream_killed_shows_a_banner_and_not_ready(browser, own_stack):
     assert "upstream spot unreachable" in banner.inner_text()
     assert page.locator("#verdict").inner_text() == "not ready"
     context.close()
+
+
+def test_legends_show_the_newest_values_and_times_say_utc(page, stack):
+    get(stack["proxy"] + "/api/v3/time")
+    wait_newer(page, updated(page))
+    wait_newer(page, updated(page))
+    legend = page.locator("#answers-chart .u-legend").inner_text()
+    assert " UTC" in legend  # the time of the newest point, labelled
+    values = page.locator("#answers-chart .u-legend .u-value").all_inner_texts()
+    assert values and all(v not in ("--", "–", "") for v in values), values
+    assert "UTC" in page.locator("#answers-chart .u-axis").first.inner_text() or \
+        page.locator("#answers-chart").inner_text().count("UTC") >= 2
+    assert page.locator("#errors th").first.inner_text() == "time (UTC)"
+    assert page.problems == []

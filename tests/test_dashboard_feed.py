@@ -420,7 +420,8 @@ def test_after_the_first_event_only_what_changed_is_sent_gzip_compressed_once():
     assert first.startswith(b"event: state\ndata: ")
     assert all(e.startswith(b"event: patch\ndata: ") for e in later) and len(later) == 5
     patch = json.loads(later[-1].split(b"data: ", 1)[1])
-    assert set(patch) <= {"time", "uptime_seconds", "sample"}  # an idle proxy
+    assert set(patch) == {"time", "uptime_seconds", "sample"}  # an idle proxy
+    assert patch["sample"]["answers.cache"] == 0  # the whole new point
     assert len(later[-1]) < 400
     assert merge_patch({"a": 1, "b": {"c": 1, "d": 2}, "e": [1]},
                        {"a": 1, "b": {"c": 2, "d": 2}, "e": [1, 2]}) == {

@@ -86,9 +86,12 @@ function chart(key, container, keys, opts) {
       legend: {show: true},
       cursor: {drag: {x: false, y: false}},
       scales: {x: {time: true}, y: opts.y || {}},
-      axes: [{values: (u, vs) => vs.map((v) => fmtTime(v).slice(0, v % 60 ? 8 : 5)), space: 60},
+      axes: [{values: (u, vs) => vs.map((v) => fmtTime(v).slice(0, v % 60 ? 8 : 5)), space: 60,
+              label: "UTC", labelSize: 14, labelGap: 0},
              {size: opts.axisSize || 60, values: opts.values || ((u, v) => v.map(fmtNum))}],
-      series: [{}, ...keys.map((k, i) => ({
+      hooks: {setCursor: [showNewest]},
+      series: [{label: "time (UTC)", value: (u, v) => v === null || v === undefined ? "–" : fmtTime(v) + " UTC"},
+               ...keys.map((k, i) => ({
         label: (opts.labels && opts.labels[i]) || k,
         stroke: (opts.colors && opts.colors[i]) || COLORS[i % COLORS.length],
         width: 1.5, spanGaps: false, points: {show: false},
@@ -96,9 +99,19 @@ function chart(key, container, keys, opts) {
       }))],
     }, data, container);
     c = charts[key] = {plot, keys};
+    showNewest(plot);
   } else {
     if (Math.abs(c.plot.width - width) > 4) c.plot.setSize({width, height: opts.height || 160});
     c.plot.setData(data);
+    showNewest(c.plot);
+  }
+}
+
+/* the legend shows the newest values unless the pointer is on the chart */
+function showNewest(u) {
+  if (u.cursor.idx === null || u.cursor.idx === undefined) {
+    const n = u.data[0].length;
+    if (n) u.setLegend({idx: n - 1});
   }
 }
 
@@ -360,6 +373,7 @@ function connect() {
     lastEvent = Date.now();
     if (document.body.classList.contains("stale")) { document.body.classList.remove("stale"); setLink(true); }
     const uptime = doc.uptime_seconds;
+    delete doc.sample;  // a patch carries the whole new sample
     applyPatch(doc, patch);
     clockOffset = doc.time - Date.now() / 1000;
     if (doc.uptime_seconds < uptime) { times = []; series = {}; }  // restarted

@@ -301,8 +301,10 @@ class DashboardFeed(Service):
         self.event = b"event: state\ndata: " + orjson.dumps(live) + b"\n\n"
         # what changed since the last event (an open page has it): a JSON
         # merge patch (RFC 7386), usually a few hundred bytes
+        # (``sample`` whole: it is the new point of every series)
         self.delta = self.event if self._live is None else (
-            b"event: patch\ndata: " + orjson.dumps(merge_patch(self._live, live)) + b"\n\n")
+            b"event: patch\ndata: " + orjson.dumps(
+                {**merge_patch(self._live, live), "sample": sample}) + b"\n\n")
         self._live = live
         for listener in list(self._listeners):
             try:
