@@ -427,3 +427,16 @@ def test_after_the_first_event_only_what_changed_is_sent_gzip_compressed_once():
                        {"a": 1, "b": {"c": 2, "d": 2}, "e": [1, 2]}) == {
                            "b": {"c": 2}, "e": [1, 2]}
     assert merge_patch({"a": 1}, {}) == {"a": None}
+
+
+def test_errors_name_the_bot_as_the_access_log_does(tmp_path):
+    h = harness(tmp_path, answering(400, body=b'{"code":-1100,"msg":"bad"}'),
+                names=("logger", "ratelimit"))
+    h.request("GET", "/api/v3/depth?symbol=X", headers={b"X-Bnproxy-Client": b"named-bot"})
+    h.request("GET", "/api/v3/depth?symbol=Y", headers={b"X-MBX-APIKEY": b"k" * 64})
+    errors = tick(h)["errors"]
+    named = next(e for e in errors if e["query"] == "symbol=X")
+    assert (named["client"], named["address"]) == ("named-bot", "127.0.0.1")
+    keyed = next(e for e in errors if e["query"] == "symbol=Y")
+    bots = {c["client"] for c in tick(h)["clients"]}
+    assert keyed["client"] in bots and len(keyed["client"]) == 10  # the key's hash, never it

@@ -140,6 +140,11 @@ class IBotLedger(Interface):
         "last_minute": {...}, "last_15m": {...} (the same counts over those
         windows), "last_seen"}``. Cheap enough to call once a second."""
 
+    def name_of(request):
+        """The bot's name for a ``ProxyRequest``, as the access log and
+        ``bots()`` give it (the client header, else the key's salted hash,
+        else the address)."""
+
 
 class IWeightGovernor(Interface):
     """The fleet's request-weight budget, per (egress address, weight pool).

@@ -224,12 +224,13 @@ class DashboardFeed(Service):
                 # refused here (allowlist, budget, ban, bad request): summed per
                 # (bot, status, reason), never each kept: any client could
                 # otherwise fill the list and set every event's size
-                key = (request.client, response.status, response.detail or "", request.market)
+                key = (self._name_of(request), response.status, response.detail or "",
+                       request.market)
                 row = refused.get(key)
                 if row is None:
                     if len(refused) >= MAX_REFUSED:
                         del refused[min(refused, key=lambda k: refused[k][1])]
-                    row = refused[key] = [0, 0.0, request, response]
+                    row = refused[key] = [0, 0.0, request, response, key[0]]
                 row[0] += 1
                 row[1] = clock.seconds()
                 row[2], row[3] = request, response
@@ -478,6 +479,15 @@ class DashboardFeed(Service):
         return (None if p50 is None else round(p50, 6),
                 None if p99 is None else round(p99, 6))
 
+    def _name_of(self, request: ProxyRequest) -> str:
+        """The bot's name as the access log gives it (``IBotLedger``), else
+        its address."""
+        if not self._ledgers:
+            self._ledgers = [m for m in self._reporters() if IBotLedger.providedBy(m)]
+        for ledger in self._ledgers:
+            return str(ledger.name_of(request))
+        return request.client
+
     def _clients(self, healths: Mapping[str, dict], now: float) -> list[dict]:
         """The per-bot ledger (``IBotLedger``: the logger, first in the
         chain, counts every request), busiest first."""
@@ -503,8 +513,9 @@ class DashboardFeed(Service):
         rows, every text bounded and redacted."""
         if self._errors_added != self._errors_seen:  # formatted only when new ones came
             self._errors_seen = self._errors_added
-            rows = [_error_row(t, r, a, 1) for t, r, a in reversed(self._raw_errors)]
-            rows += [_error_row(t, r, a, n) for n, t, r, a in self._refused.values()]
+            rows = [_error_row(t, r, a, 1, self._name_of(r))
+                    for t, r, a in reversed(self._raw_errors)]
+            rows += [_error_row(t, r, a, n, bot) for n, t, r, a, bot in self._refused.values()]
             rows.sort(key=lambda row: -row["time"])
             self._errors = rows[:ERRORS]
         return self._errors
@@ -562,8 +573,9 @@ def pressure_order(rows: list[dict]) -> list[dict]:
     return sorted(rows, key=key)
 
 
-def _error_row(t: float, r: ProxyRequest, a: ProxyResponse, count: int) -> dict:
-    return {"time": round(t, 3), "client": r.client[:64], "method": r.method[:16],
+def _error_row(t: float, r: ProxyRequest, a: ProxyResponse, count: int, bot: str) -> dict:
+    return {"time": round(t, 3), "client": bot[:64], "address": r.client[:64],
+            "method": r.method[:16],
             "market": r.market, "path": _cut(r.path), "query": _cut(redact_query(r)),
             "status": a.status, "source": a.source, "reason": (a.detail or "")[:40],
             "msg": _msg(a), "count": count}

@@ -212,6 +212,12 @@ class AccessLogger:
     def bots(self) -> list[dict[str, Any]]:
         return self.ledger.bots()
 
+    def name_of(self, request: ProxyRequest) -> str:
+        label = request.header(self._client_header)
+        if label:
+            return self._remembered(self._bots, label, safe_name)
+        return self.key_id(request) or request.client
+
     def collect_metrics(self) -> Any:
         from prometheus_client.core import CounterMetricFamily
 
