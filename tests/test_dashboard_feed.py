@@ -440,3 +440,57 @@ def test_errors_name_the_bot_as_the_access_log_does(tmp_path):
     keyed = next(e for e in errors if e["query"] == "symbol=Y")
     bots = {c["client"] for c in tick(h)["clients"]}
     assert keyed["client"] in bots and len(keyed["client"]) == 10  # the key's hash, never it
+
+
+def test_history_and_ban_causes_survive_a_restart(tmp_path):
+    saved = str(tmp_path / "dashboard.json")
+    statuses = iter([200, 418])
+
+    def respond(request, seen):
+        request.setResponseCode(next(statuses, 200))
+        request.setHeader(b"retry-after", b"600")
+        return b'{"code":-1003,"msg":"Way too much request weight used; IP banned."}'
+    h = harness(tmp_path, RecordingUpstream(respond), names=("ratelimit",))
+    clock = h.clock
+    first = DashboardFeed(clock, lambda: h.service.middlewares, h.service.metrics,
+                          state_file=saved)
+    first.startService()
+    for _ in range(10):
+        h.request("GET", "/api/v3/time")
+        clock.advance(1)
+    first._raw_errors.append((clock.seconds(), *_ban_answer(h)))
+    first._upstream_errors += 1
+    clock.advance(1)
+    cause = json.loads(first.state_bytes())["bans"][0]["cause"]
+    assert "Way too much request weight used" in cause
+    before = json.loads(first.state_bytes())["history"]
+    first.stopService()
+    clock.advance(30)  # restarted 30 s later
+    second = DashboardFeed(clock, lambda: h.service.middlewares, h.service.metrics,
+                           state_file=saved)
+    second.startService()
+    after = json.loads(second.state_bytes())
+    assert after["history"]["time"][:len(before["time"])] == before["time"]
+    assert after["history"]["series"]["answers.upstream"][:11] == \
+        before["series"]["answers.upstream"][:11]
+    assert after["bans"][0]["cause"] == cause  # not "Binance answered 418"
+    second.stopService()
+
+
+def _ban_answer(h):
+    from bnproxy.chain.messages import ProxyRequest, ProxyResponse
+    request = ProxyRequest("GET", "spot", "/api/v3/time", b"", (), b"", "127.0.0.1",
+                           h.clock.seconds(), None)
+    body = b'{"code":-1003,"msg":"Way too much request weight used; IP banned."}'
+    return request, ProxyResponse(418, (), body, "upstream")
+
+
+def test_a_malformed_saved_history_is_skipped(tmp_path):
+    for content in (b"[1, 2]", b'{"schema": 1, "times": [1e999]}', b"\xff",
+                    b'{"schema": 1, "times": [1], "series": {"a": [1, 2]}, "ban_causes": {}}'):
+        saved = tmp_path / "dashboard.json"
+        saved.write_bytes(content)
+        feed = DashboardFeed(task.Clock(), lambda: [], Metrics(), state_file=str(saved))
+        feed.startService()  # no exception: an empty history
+        assert json.loads(feed.state_bytes())["history"]["time"] == [0.0]
+        feed.stopService()

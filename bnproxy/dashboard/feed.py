@@ -76,6 +76,9 @@ upstream, local). A value is null where the series did not exist yet.
 
 from __future__ import annotations
 
+import math
+import os
+import stat
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -103,6 +106,7 @@ MAX_CLIENTS = 500  # rows in the per-bot table (the busiest by weight)
 EVENT_CLIENTS = 50  # of which the live events carry the first (the page's table)
 MAX_REFUSED = 64  # (bot, status, reason, market) kinds of local refusals summed
 TEXT = 200  # characters of a path, query or message shown
+MAX_SAVED = 64 * 1024 * 1024  # bytes of a saved history read at start
 
 
 def quantile(q: float, bounds: Sequence[float], counts: Sequence[float]) -> float | None:
@@ -135,8 +139,10 @@ class DashboardFeed(Service):
 
     def __init__(self, clock, reporters: Callable[[], Sequence[Any]], metrics,
                  endpoints=None, history: int = HISTORY, interval: float = 1.0,
-                 verdict: Callable[[], Verdict] | None = None) -> None:
+                 verdict: Callable[[], Verdict] | None = None,
+                 state_file: str | None = None) -> None:
         self._clock = clock
+        self._state_file = state_file
         self._verdict = verdict
         self._reporters = reporters
         self._metrics = metrics
@@ -177,6 +183,8 @@ class DashboardFeed(Service):
     # -- lifecycle ---------------------------------------------------------------------
     def startService(self) -> None:
         super().startService()
+        if self._state_file is not None:
+            self.restore(self._state_file)
         self._loop.start(self._interval, now=True)
 
     def stopService(self):
@@ -184,7 +192,53 @@ class DashboardFeed(Service):
             self._loop.stop()
         for close in list(self._closers.values()):
             close()  # open event streams end: the pages reconnect to the next process
+        if self._state_file is not None:
+            self.save(self._state_file)
         return super().stopService()
+
+    # -- history across restarts -----------------------------------------------------------
+    def save(self, path: str) -> None:
+        """Write the history and the ban causes to ``path`` (atomically;
+        a failure is logged, never raised: the history is not a promise)."""
+        doc = {"schema": 1, "times": list(self._times),
+               "series": {k: list(v) for k, v in self._series.items()},
+               "ban_causes": {m: list(c) for m, c in self._ban_causes.items()}}
+        tmp = f"{path}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(orjson.dumps(doc))
+            os.replace(tmp, path)
+        except OSError as e:
+            _log.warn("dashboard history not saved to {path}: {e}", path=path, e=e)
+
+    def restore(self, path: str) -> None:
+        """Read what ``save`` wrote: the points of the last ``HISTORY``
+        seconds and the ban causes. Anything unreadable or malformed is
+        skipped with one log line (a regular file, read up to a bound)."""
+        try:
+            if not os.path.exists(path):
+                return
+            if not stat.S_ISREG(os.stat(path).st_mode):
+                raise ValueError("not a regular file")
+            with open(path, "rb") as f:
+                raw = f.read(MAX_SAVED + 1)
+            if len(raw) > MAX_SAVED:
+                raise ValueError(f"larger than {MAX_SAVED} bytes")
+            doc = orjson.loads(raw)
+            times, series, causes = _checked_history(doc)
+        except (OSError, ValueError) as e:
+            _log.warn("dashboard history in {path} not read: {e}", path=path, e=e)
+            return
+        now = self._clock.seconds()
+        keep = [i for i, t in enumerate(times) if now - self._times.maxlen < t <= now]
+        self._times.clear()
+        self._times.extend(times[i] for i in keep)
+        self._series, self._totals = {}, {}
+        for key, values in series.items():
+            ring: deque = deque((values[i] for i in keep), maxlen=self._times.maxlen)
+            self._series[key] = ring
+            self._totals[key] = sum(v for v in ring if v is not None)
+        self._ban_causes.update(causes)
 
     def subscribe(self, listener: Callable[[bytes], None],
                   close: Callable[[], None] | None = None) -> Callable[[], None]:
@@ -519,6 +573,26 @@ class DashboardFeed(Service):
             rows.sort(key=lambda row: -row["time"])
             self._errors = rows[:ERRORS]
         return self._errors
+
+
+def _checked_history(doc: Any) -> tuple[list[float], dict[str, list], dict[str, tuple]]:
+    """The parts of a saved history, each checked (ValueError otherwise)."""
+    if not isinstance(doc, dict) or doc.get("schema") != 1:
+        raise ValueError("not a saved dashboard history")
+    times, series, causes = doc.get("times"), doc.get("series"), doc.get("ban_causes")
+    if not isinstance(times, list) or not all(
+            isinstance(t, (int, float)) and math.isfinite(t) for t in times):
+        raise ValueError("malformed times")
+    if not isinstance(series, dict) or not all(
+            isinstance(k, str) and isinstance(v, list) and len(v) == len(times)
+            and all(x is None or (isinstance(x, (int, float)) and math.isfinite(x)) for x in v)
+            for k, v in series.items()):
+        raise ValueError("malformed series")
+    if not isinstance(causes, dict) or not all(
+            isinstance(m, str) and isinstance(c, list) and len(c) == 2
+            and isinstance(c[0], int) and isinstance(c[1], str) for m, c in causes.items()):
+        raise ValueError("malformed ban causes")
+    return times, series, {m: (c[0], c[1][:TEXT * 2]) for m, c in causes.items()}
 
 
 def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
