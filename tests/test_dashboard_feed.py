@@ -410,8 +410,15 @@ def test_after_the_first_event_only_what_changed_is_sent_gzip_compressed_once():
         events.render_GET(page)
     plain = Page([b"events"])
     events.render_GET(plain)
-    for _ in range(5):
+    for _ in range(2):
         clock.advance(1)
+    late = Page([b"events"])  # joins later: its dictionary is the whole state it read
+    late.requestHeaders.setRawHeaders(b"accept-encoding", [b"gzip"])
+    events.render_GET(late)
+    for _ in range(3):
+        clock.advance(1)
+    late_text = zlib.decompressobj(31).decompress(b"".join(late.written))
+    assert late_text.split(b"\n\n")[-2] == b"".join(plain.written).split(b"\n\n")[-2]
     assert pages[0].responseHeaders.getRawHeaders(b"content-encoding") == [b"gzip"]
     assert pages[0].written[-1] is pages[1].written[-1]  # compressed once for both
     text = zlib.decompressobj(31).decompress(b"".join(pages[0].written))

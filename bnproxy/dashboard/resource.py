@@ -150,13 +150,20 @@ class EventsResource(Resource):
         self._by_address: dict[str, int] = {}
         self.open = 0
         self.closed_unread = 0  # streams closed because the page stopped reading
-        self._last: tuple[bytes, bytes] = (b"", b"")  # an event and its deflated bytes
+        # (previous event, event) -> deflated bytes, for the events of this tick
+        self._deflated_now: dict[tuple[bytes, bytes], bytes] = {}
 
-    def _deflated(self, event: bytes) -> bytes:
-        """``deflated(event)``, once for every page (the same event)."""
-        if self._last[0] is not event:
-            self._last = (event, deflated(event))
-        return self._last[1]
+    def _deflated(self, previous: bytes, event: bytes) -> bytes:
+        """``deflated(event, previous)``, once for every page that read
+        the same previous event (all but those that joined this second)."""
+        key = (previous, event)
+        out = self._deflated_now.get(key)
+        if out is None:
+            if len(self._deflated_now) >= 4 or all(e is not event
+                                                   for _, e in self._deflated_now):
+                self._deflated_now.clear()
+            out = self._deflated_now[key] = deflated(event, previous)
+        return out
 
     def render_GET(self, request):
         address = str(getattr(request.getClientAddress(), "host", None) or "unix")
@@ -173,6 +180,7 @@ class EventsResource(Resource):
         reader = _Reader(request)
         request.registerProducer(reader, True)
         gzip = _accepts_gzip(request)
+        last = [self._feed.event]  # what this page has just read, uncompressed
         if gzip:
             request.setHeader(b"content-encoding", b"gzip")
             request.setHeader(b"vary", b"accept-encoding")
@@ -185,7 +193,8 @@ class EventsResource(Resource):
 
         def send(event: bytes) -> None:
             if not reader.closed:
-                request.write(self._deflated(event) if gzip else event)
+                request.write(self._deflated(last[0], event) if gzip else event)
+                last[0] = event
 
         ended: list[bool] = []
 
@@ -214,12 +223,16 @@ class EventsResource(Resource):
 GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # no name, no time
 
 
-def deflated(data: bytes) -> bytes:
+def deflated(data: bytes, previous: bytes = b"") -> bytes:
     """``data`` as deflate blocks of their own (a fresh compressor, ended
     with a sync flush, never the final block): any number of them, from any
     compressor, after ``GZIP_HEADER`` make one gzip stream a browser reads as
-    it comes. So an event is compressed once for every open page."""
-    compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+    it comes. ``previous``: the bytes the reader decoded just before (its
+    window holds them), given as the compressor's dictionary, so an event
+    much like the last one costs little. So an event is compressed once for
+    every open page that read the same previous event."""
+    compressor = (zlib.compressobj(6, zlib.DEFLATED, -15, zdict=previous[-32768:])
+                  if previous else zlib.compressobj(6, zlib.DEFLATED, -15))
     return compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
 
 
