@@ -71,6 +71,8 @@ FIELDS = ("requests", "asked", "spent", *ANSWERS, *REFUSALS)
 _N = len(FIELDS)
 _AT = {name: i for i, name in enumerate(FIELDS)}
 _LOCAL_REASONS = {"banned": _AT["ban"], "budget": _AT["budget"], "denied": _AT["allowlist"]}
+_SOURCE_AT = {name: _AT[name] for name in ANSWERS}
+_LOCAL_AT = _AT["local"]
 BUCKET = 10  # seconds per bucket of the windows
 WINDOW_15M = 90  # buckets
 WINDOW_1M = 6
@@ -102,6 +104,8 @@ class BotLedger:
         self._seen: dict[str, float] = {}
         self._buckets: deque[tuple[int, dict[str, list[int]]]] = deque(maxlen=WINDOW_15M)
         self._weights: dict[tuple[int, bytes], int] = {}
+        self._rows: dict[str, list[int]] = {}  # the newest bucket's
+        self._bucket_end = float("-inf")
 
     def _asked(self, request: ProxyRequest) -> int:
         endpoint = request.endpoint
@@ -125,23 +129,41 @@ class BotLedger:
             total = self._total.get(bot)
             if total is None:
                 total = self._total[bot] = [0] * _N
-        where = answered_where(response)
-        asked = self._asked(request) if where < _AT["budget"] else 0
+        if response.status < 400:  # the common case: answered, asked weight counts
+            where = _SOURCE_AT.get(response.source, _LOCAL_AT)
+            endpoint = request.endpoint
+            if endpoint is None:
+                asked = 1
+            else:
+                key = (id(endpoint), request.query)  # endpoints live as long as the process
+                asked = self._weights.get(key)  # type: ignore[assignment]
+                if asked is None:
+                    asked = self._asked(request)
+        else:
+            where = answered_where(response)
+            asked = self._asked(request) if where < _AT["budget"] else 0
         spent = response.weight if response.source == "upstream" else 0
-        bucket = int(now // BUCKET)
-        buckets = self._buckets
-        if not buckets or buckets[-1][0] != bucket:
-            buckets.append((bucket, {}))
-        rows = buckets[-1][1]
+        if now >= self._bucket_end:
+            self._new_bucket(now)
+        rows = self._rows
         row = rows.get(bot)
         if row is None:
             row = rows[bot] = [0] * _N
-        for r in (row, total):
-            r[0] += 1
-            r[1] += asked
-            r[2] += spent
-            r[where] += 1
+        row[0] += 1
+        row[1] += asked
+        row[2] += spent
+        row[where] += 1
+        total[0] += 1
+        total[1] += asked
+        total[2] += spent
+        total[where] += 1
         self._seen[bot] = now
+
+    def _new_bucket(self, now: float) -> None:
+        bucket = int(now // BUCKET)
+        self._rows = {}
+        self._buckets.append((bucket, self._rows))
+        self._bucket_end = (bucket + 1) * BUCKET
 
     def bots(self) -> list[dict[str, Any]]:
         now_bucket = int(self._clock.seconds() // BUCKET)
