@@ -173,17 +173,29 @@ def test_quantile_interpolates_within_the_bucket():
     assert quantile(0.5, [1.0, inf], [0, 0]) is None
 
 
-def test_instances_appear_when_a_reporter_has_them():
+def test_sections_come_from_their_interface_not_from_the_shape_of_a_health():
+    from zope.interface import implementer
+
+    from bnproxy.chain.interfaces import IDashboardSection
+
+    @implementer(IDashboardSection)
     class Shared:
         name = "shared"
 
+        def dashboard_section(self):
+            return "instances", [{"id": "a", "used": 3}, {"id": "b", "used": 4}]
+
+    class LooksLikeACache:  # a health() of the right shape, no interface: ignored
+        name = "impostor"
+
         def health(self):
-            return {"instances": [{"id": "a", "used": 3}, {"id": "b", "used": 4}]}
+            return {"entries": 1, "bytes": 2, "hit_ratio": 0.5, "instances": []}
 
     clock = task.Clock()
-    feed = DashboardFeed(clock, lambda: [Shared()], Metrics())
+    feed = DashboardFeed(clock, lambda: [Shared(), LooksLikeACache()], Metrics())
     feed.tick()
     assert feed.document["instances"] == [{"id": "a", "used": 3}, {"id": "b", "used": 4}]
+    assert feed.document["cache"] is None
     alone = DashboardFeed(clock, lambda: [], Metrics())
     alone.tick()
     assert "instances" not in alone.document

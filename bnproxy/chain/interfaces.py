@@ -146,6 +146,17 @@ class IBotLedger(Interface):
         else the address)."""
 
 
+class IDashboardSection(Interface):
+    """A section of the dashboard's state document (``/dashboard/state``),
+    read once a second. The built-in ones: ``streams`` (the streams
+    middleware), ``cache`` (the cache middleware)."""
+
+    def dashboard_section():
+        """``(key, value)``: the document's member ``key`` (``"streams"``,
+        ``"cache"``, or a plugin's own name) and its JSON-able value. Cheap,
+        no I/O."""
+
+
 class IWeightGovernor(Interface):
     """The fleet's request-weight budget, per (egress address, weight pool).
 

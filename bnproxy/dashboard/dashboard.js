@@ -269,8 +269,7 @@ function renderHits() {
   const c = doc.cache, h = doc.hit_ratio_15m || {}, s = doc.streams;
   const items = [["cache hits (15 min, of answers)", fmtPct(h.cache)],
                  ["stream answers (15 min, of answers)", fmtPct(h.stream)]];
-  if (c) items.push(["cache hit ratio (since start)", fmtPct(c.hit_ratio)],
-                    ["cache entries", fmtNum(c.entries)], ["cache bytes", fmtNum(c.bytes)]);
+  if (c) items.push(["cache entries", fmtNum(c.entries)], ["cache bytes", fmtNum(c.bytes)]);
   if (s) items.push(["answered from streams (since start)", fmtNum(s.served)]);
   const totals = (doc.answers || {}).last_15m || {};
   for (const src of ["stream", "cache", "upstream", "local"]) items.push([`${src} answers (15 min)`, fmtNum(totals[src] || 0)]);

@@ -1,9 +1,11 @@
 """The dashboard's state feed: what the proxy is doing, once a second.
 
-``DashboardFeed`` samples what the proxy already exposes, found by interface:
-every middleware providing ``IHealthReporter`` (or, for now, any middleware
-with a ``health()`` method), the answers counter and the upstream latency
-histogram of ``bnproxy.server.metrics.Metrics``, and answers with a status of
+``DashboardFeed`` samples what the proxy already exposes, found by interface
+(never by the shape of a ``health()``): the ``IWeightGovernor`` (pools, and
+its ``IHealthReporter`` section's bans), the ``IBotLedger`` (bots), each
+``IDashboardSection`` (streams, cache, a plugin's own), the verdict, the
+answers counter and the upstream latency histogram of
+``bnproxy.server.metrics.Metrics``, and answers with a status of
 400 or more (``observer(answered)`` wraps the forwarding resource's
 ``answered`` callback; a successful answer costs one comparison).
 
@@ -47,14 +49,14 @@ document, ``null`` for a member that went)::
                    "last_seen": 1764299990.0}],   # IBotLedger.bots(), busiest first
       "answers": {"total": {"cache": 5, …}, "last_15m": {"cache": 5, …}},
       "hit_ratio_15m": {"cache": 0.8, "stream": 0.1},   # share of answers
-      "cache": {"entries": 3, "bytes": 9000, "hit_ratio": 0.8},  # the cache's own
+      "cache": {"entries": 3, "bytes": 9000},  # the cache's IDashboardSection
       "streams": {"served": 4, "markets": {"spot": {"connections": 1, "open": 1,
                   "streams": 3, "stale": 0, "reconnects": 0, "messages_per_second": 2.0}}},
       "latency": {"p50": 0.004, "p99": 0.02},   # upstream, seconds, last 10 s
       "errors": [{"time": …, "client": "127.0.0.1", "method": "GET",
                   "market": "spot", "path": "/api/v3/depth", "query": "symbol=X",
                   "status": 418, "source": "local", "msg": "…"}],   # newest first
-      "instances": [...],            # only with shared state (a reporter's "instances")
+      "instances": [...],            # any other IDashboardSection's (key, value)
       "history": {"time": [t0, t1, …],               # one a second, up to 15 minutes
                   "series": {"used.spot": [...], "asked.spot": [...],
                              "spent.spot": [...], "latency.p50": [...],
@@ -91,7 +93,12 @@ from twisted.logger import Logger
 from bnproxy import __version__
 from bnproxy.binance.limits import BAN_STATUSES
 from bnproxy.binance.privacy import redact_query, redact_text
-from bnproxy.chain.interfaces import IBotLedger, IHealthReporter, IWeightGovernor
+from bnproxy.chain.interfaces import (
+    IBotLedger,
+    IDashboardSection,
+    IHealthReporter,
+    IWeightGovernor,
+)
 from bnproxy.chain.messages import ProxyRequest, ProxyResponse
 from bnproxy.dashboard.firstpaint import readable_times
 from bnproxy.verdict import OK, Verdict
@@ -300,13 +307,13 @@ class DashboardFeed(Service):
 
     def _tick(self) -> None:
         now = self._clock.seconds()
-        healths = self._healths()
+        sections = self._sources()
         sample: dict[str, float | None] = {}
         verdict = self._verdict() if self._verdict is not None else Verdict(OK, ())
         doc: dict[str, Any] = {"schema": 1, **verdict.document(), "time": round(now, 3),
                                "version": __version__,
                                "uptime_seconds": round(now - self._started, 3)}
-        pools = self._pools(healths)
+        pools = self._pools()
         doc["pools"] = pools
         for p in pools:
             if p.get("folded"):
@@ -314,7 +321,7 @@ class DashboardFeed(Service):
             key = p["pool"] if not p.get("egress") else f"{p['pool']}@{p['egress']}"
             sample[f"used.{key}"] = p["used"]
         self._note_ban_causes()
-        doc["bans"] = self._bans(healths, now)
+        doc["bans"] = self._bans(now)
         # answers by source, asked weight per market
         answers_total, asked = self._answers()
         for source in set(answers_total) | set(self._answers_prev) | set(SOURCES):
@@ -340,16 +347,13 @@ class DashboardFeed(Service):
         n = sum(last.values())
         doc["hit_ratio_15m"] = {"cache": round(last.get("cache", 0) / n, 4) if n else None,
                                 "stream": round(last.get("stream", 0) / n, 4) if n else None}
-        doc["clients"] = self._clients(healths, now)
-        doc["cache"] = next((h for h in healths.values() if "hit_ratio" in h
-                             and "entries" in h), None)
-        doc["streams"] = self._streams(healths)
+        doc["clients"] = self._clients()
+        doc["cache"] = sections.pop("cache", None)
+        doc["streams"] = sections.pop("streams", None)
         doc["latency"] = {"p50": p50, "p99": p99}
         doc["errors"] = self._error_rows()
-        instances = next((h["instances"] for h in healths.values()
-                          if isinstance(h.get("instances"), (list, dict))), None)
-        if instances is not None:
-            doc["instances"] = instances
+        for key, value in sections.items():  # a plugin's (or "instances")
+            doc.setdefault(key, value)
         self.document = doc
         self._state = None
         live = {**doc, "clients": doc["clients"][:EVENT_CLIENTS], "sample": sample}
@@ -402,23 +406,24 @@ class DashboardFeed(Service):
                 for k, v in self._totals.items() if k.startswith(prefix)}
 
     # -- sources ---------------------------------------------------------------------------
-    def _healths(self) -> dict[str, dict]:
-        out: dict[str, dict] = {}
+    def _sources(self) -> dict[str, Any]:
+        """Find the parts by interface; the sections (``IDashboardSection``)."""
         reporters = self._reporters()
         self._governors = [m for m in reporters if IWeightGovernor.providedBy(m)]
         self._ledgers = [m for m in reporters if IBotLedger.providedBy(m)]
+        sections: dict[str, Any] = {}
         for m in reporters:
-            if IHealthReporter.providedBy(m) or callable(getattr(m, "health", None)):
+            if IDashboardSection.providedBy(m):
                 try:
-                    h = m.health()
+                    key, value = m.dashboard_section()
                 except Exception:
-                    _log.failure("health() of {name} failed", name=getattr(m, "name", m))
+                    _log.failure("dashboard_section() of {name} failed",
+                                 name=getattr(m, "name", m))
                     continue
-                if isinstance(h, dict):
-                    out[getattr(m, "name", type(m).__name__)] = h
-        return out
+                sections[str(key)] = value
+        return sections
 
-    def _pools(self, healths: Mapping[str, dict]) -> list[dict]:
+    def _pools(self) -> list[dict]:
         """Every pool of the governor (``IWeightGovernor.usage()``), the
         busiest first (banned, then by share of the budget used); the idle
         ``sapi:…`` pools of each egress address folded into one row."""
@@ -443,15 +448,15 @@ class DashboardFeed(Service):
                 self._ban_causes[request.market] = (
                     response.status, f"Binance answered {response.status}: {_msg(response)}")
 
-    def _bans(self, healths: Mapping[str, dict], now: float) -> list[dict]:
-        """One row per ban in force, from the governor's own list (its
-        ``health()``'s ``bans``): scope ``spot``, ``sapi:/sapi/…`` or
-        ``host:NETLOC`` (a 418: every path of that host), shown under the
-        first market it silences, with the newest Binance message of that
-        market and status as the cause."""
-        for h in healths.values():
-            listed = h.get("bans")
-            if isinstance(listed, list) and "clients" in h:
+    def _bans(self, now: float) -> list[dict]:
+        """One row per ban in force, from the governor's own list (the
+        ``bans`` of the ``IWeightGovernor``'s ``IHealthReporter`` section):
+        scope ``spot``, ``sapi:/sapi/…`` or ``host:NETLOC`` (a 418: every path
+        of that host), shown under the first market it silences, with the
+        newest Binance message of that market and status as the cause."""
+        for g in self._governors[:1]:
+            listed = g.health().get("bans") if IHealthReporter.providedBy(g) else None
+            if isinstance(listed, list):
                 return [self._ban_row(b, now) for b in listed
                         if float(b.get("seconds_left") or 0) > 0]
         return []
@@ -542,24 +547,12 @@ class DashboardFeed(Service):
             return str(ledger.name_of(request))
         return request.client
 
-    def _clients(self, healths: Mapping[str, dict], now: float) -> list[dict]:
+    def _clients(self) -> list[dict]:
         """The per-bot ledger (``IBotLedger``: the logger, first in the
         chain, counts every request), busiest first."""
         for ledger in self._ledgers:
             return list(ledger.bots()[:MAX_CLIENTS])
         return []
-
-    def _streams(self, healths: Mapping[str, dict]) -> dict | None:
-        for h in healths.values():
-            markets = h.get("markets")
-            if "served" in h and isinstance(markets, dict):
-                return {"served": h["served"], "markets": {
-                    m: {"connections": s.get("connections", 0), "open": s.get("open", 0),
-                        "streams": s.get("streams", 0), "stale": len(s.get("stale", ())),
-                        "reconnects": s.get("reconnects", 0),
-                        "messages_per_second": s.get("messages_per_second", 0.0)}
-                    for m, s in markets.items()}}
-        return None
 
     def _error_rows(self) -> list[dict]:
         """The newest errors: upstream failures each, local refusals summed
