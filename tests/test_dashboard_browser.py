@@ -242,7 +242,8 @@ def own_stack(tmp_path):
     with twistd("bnproxy-exchange", "--port", f"tcp:{xport}:interface=127.0.0.1",
                 port=xport, cwd=cwd) as exchange, twistd(*proxy_args(pport, xport),
                                                          port=pport, cwd=cwd):
-        yield {"exchange": exchange, "proxy": f"http://127.0.0.1:{pport}"}
+        yield {"exchange": exchange, "proxy": f"http://127.0.0.1:{pport}",
+               "exchange_url": f"http://127.0.0.1:{xport}"}
 
 
 def test_an_upstream_killed_shows_a_banner_and_not_ready(browser, own_stack):
@@ -274,3 +275,29 @@ def test_legends_show_the_newest_values_and_times_say_utc(page, stack):
         page.locator("#answers-chart").inner_text().count("UTC") >= 2
     assert page.locator("#errors th").first.inner_text() == "time (UTC)"
     assert page.problems == []
+
+
+def test_streams_silenced_show_a_degraded_banner(browser, own_stack):
+    proxy = own_stack["proxy"]
+    exchange = own_stack["exchange_url"]
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    page.goto(proxy + "/dashboard")
+    page.wait_for_selector("body[data-updated]")
+    deadline = time.monotonic() + 20
+    while True:  # demand subscribes the book's stream
+        get(proxy + "/api/v3/depth?symbol=BTCUSDT&limit=5", {"X-Bnproxy-Client": "depth-bot"})
+        streams = get_json(proxy + "/dashboard/state")["streams"]
+        if streams and streams["markets"]["spot"]["streams"] > 0:
+            break
+        assert time.monotonic() < deadline, streams
+        time.sleep(0.5)
+    wait_until(page, "document.body.dataset.status === 'ok'")
+    post_json(exchange + "/_fake/ws-silence", {"market": "spot"})
+    banner = page.wait_for_selector('.problem.degraded[data-name="streams-stale:spot"]')
+    assert "spot streams stale" in banner.inner_text() and "since " in banner.inner_text()
+    assert page.locator("#verdict").inner_text() == "degraded"
+    row = page.locator('#clients tr[data-client="depth-bot"] td')
+    assert int(row.nth(4).inner_text()) > 0  # every request of the bot counted
+    context.close()
