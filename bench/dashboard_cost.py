@@ -63,7 +63,7 @@ class Page:
                 if not line:
                     return
                 self.bytes += len(line)
-                if line.startswith(b"event: state"):
+                if line.startswith((b"event: state", b"event: patch")):
                     self.events += 1
 
     def close(self) -> None:
@@ -137,7 +137,7 @@ def in_process(bots: int = 50, endpoints: int = 40) -> dict:
     clock = task.Clock()
     service = ProxyService(clock, ProxyConfig(listen=(), state_dir=tempfile.mkdtemp()))
     feed = service.dashboard
-    ratelimit = next(m for m in service.middlewares if m.name == "ratelimit")
+    logger = next(m for m in service.middlewares if m.name == "logger")  # the bot ledger
     paths = [e.path for e in service.endpoints if e.market == "spot"][:endpoints]
     feed.subscribe(lambda event: None)  # one open page
     request = ProxyRequest("GET", "spot", "/api/v3/klines", b"symbol=BTCUSDT", (), b"",
@@ -153,9 +153,8 @@ def in_process(bots: int = 50, endpoints: int = 40) -> dict:
             for source in ("cache", "stream", "upstream", "local"):
                 service.metrics.answers[("spot", path, 200, source)] += n % 3
         for b in range(bots):
-            stats = ratelimit.clients[f"bot-{b}"]
-            stats.requests += b % 4
-            stats.weight += b % 7
+            for _ in range(b % 4):
+                logger.ledger.count(f"bot-{b}", request, ok)
         clock.advance(1)
         start = time.perf_counter()
         feed.tick()

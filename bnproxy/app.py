@@ -136,7 +136,8 @@ def build_proxy(config: ProxyConfig, reactor: Any, agent: Any = None) -> Proxy:
     chain_ref.append(handler)
 
     dashboard = DashboardFeed(reactor, lambda: middlewares, metrics, endpoints,
-                              verdict=lambda: readiness.verdict())
+                              verdict=lambda: readiness.verdict(),
+                              state_file=os.path.join(config.state_dir, "bnproxy-dashboard.json"))
     forward = ForwardingResource(handler, markets, endpoints, reactor, resolver,
                                  dashboard.observer(metrics.answered))
     readiness = Readiness(reactor, markets, upstream, handler, endpoints,

@@ -28,6 +28,7 @@ BANNED = "banned"
 NOT_READY = "not ready"
 STATUSES = (OK, DEGRADED, BANNED, NOT_READY)  # best first
 _RANK = {s: i for i, s in enumerate(STATUSES)}
+TEXT = 300  # characters of a problem's text kept
 EXIT_CODES = {OK: 0, DEGRADED: 1, BANNED: 2, NOT_READY: 2}  # Nagios: OK, WARNING, CRITICAL
 
 
@@ -85,7 +86,9 @@ class Since:
                 severity = DEGRADED  # an unknown severity is not ignored
             since = seen.get(key) or self._first.get(key, now)
             seen[key] = since
-            problems.append(Problem(key, severity, text, since))
+            if len(text) > TEXT:
+                text = text[:TEXT] + "…"
+            problems.append(Problem(key[:100], severity, text, since))
         self._first = seen
         problems.sort(key=lambda p: (-_RANK[p.severity], p.since, p.key))
         return Verdict(worst(p.severity for p in problems), tuple(problems))

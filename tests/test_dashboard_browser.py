@@ -124,9 +124,8 @@ def test_the_page_loads_without_console_errors_and_agrees_with_health(page, stac
     gauge = card.locator(".gauge svg text").text_content()
     assert gauge == f"{100 * health['used'] / health['budget']:.0f} %"
     row = page.locator('#clients tr[data-client="agree"] td')
-    clients = get_json(stack["proxy"] + "/health")["middleware"]["ratelimit"]["clients"]
-    assert row.nth(1).inner_text() == str(clients["agree"]["requests"])
-    assert row.nth(2).inner_text() == str(clients["agree"]["weight"])
+    clients = {c["client"]: c for c in get_json(stack["proxy"] + "/dashboard/state")["clients"]}
+    assert row.nth(4).inner_text() == str(clients["agree"]["last_15m"]["requests"]) == "5"
     assert page.locator("#link").inner_text() == "live"
     page.click('#clients th[data-key="client"]')  # sortable: by name, A to Z
     names = page.locator("#clients tbody tr td:first-child").all_inner_texts()
@@ -179,8 +178,12 @@ def test_the_page_keeps_updating_across_a_proxy_restart(page, stack):
         proc = subprocess.Popen([TWISTD, "-n", "--pidfile=", *stack["args"]], cwd=stack["cwd"],
                                 stdout=out, stderr=subprocess.STDOUT)
         try:
+            # the stopped proxy's last numbers are greyed, and say since when
+            page.wait_for_selector("body.stale")
+            assert page.locator("#link").inner_text().startswith("no data since ")
             wait_listening(stack["port"], proc)
             page.wait_for_selector("#link.up")
+            wait_until(page, "!document.body.classList.contains('stale')")
             after = updated(page)
             wait_newer(page, after)
             assert updated(page) > before
@@ -190,3 +193,111 @@ def test_the_page_keeps_updating_across_a_proxy_restart(page, stack):
             stack["proc"] = proc  # the fixture stops whichever runs
     # only the event stream's own connection failures while the proxy was away
     assert [p for p in page.problems if not p.endswith("/dashboard/events)")] == []
+
+
+def test_no_horizontal_scroll_on_a_phone(browser, stack):
+    # a long signed request in the errors table, a long bot name
+    long = "&".join(f"p{i}={'x' * 20}" for i in range(30))
+    get(stack["proxy"] + f"/api/v3/order?{long}&signature={'a' * 64}",
+        {"X-Bnproxy-Client": "a-bot-with-a-rather-long-name-" + "y" * 30})
+    for width in (390, 360):
+        context = browser.new_context(viewport={"width": width, "height": 800})
+        page = context.new_page()
+        page.set_default_timeout(WAIT_MS)
+        page.goto(stack["proxy"] + "/dashboard")
+        page.wait_for_selector("body[data-updated]")
+        wait_newer(page, updated(page))
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"{overflow} px of horizontal scroll at {width} px"
+        context.close()
+
+
+def test_without_javascript_the_page_shows_the_verdict_pools_and_bans(browser, stack):
+    post_json(stack["exchange"] + "/_fake/ban", {"ip": "127.0.0.1", "seconds": 4,
+                                                 "market": "spot"})
+    assert get(stack["proxy"] + "/api/v3/time") == 418
+    deadline = time.monotonic() + 5
+    while not get_json(stack["proxy"] + "/dashboard/state")["bans"]:  # the next tick
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    context = browser.new_context(java_script_enabled=False, viewport={"width": 1400,
+                                                                        "height": 1000})
+    page = context.new_page()
+    page.goto(stack["proxy"] + "/dashboard")
+    assert page.locator("#verdict").inner_text() == "banned"
+    assert "Binance ban in force for spot" in page.locator("#problems").inner_text()
+    ban = page.locator('.ban[data-pool="spot"]').inner_text()
+    assert "left (until " in ban and " UTC)" in ban and "418" in ban
+    assert page.locator('.pool[data-pool="spot"] .budget').inner_text().isdigit()
+    assert page.locator("#link").inner_text().startswith("as of ")
+    context.close()
+    time.sleep(4)  # the ban ends before the next test
+
+
+@pytest.fixture
+def own_stack(tmp_path):
+    """An exchange and a proxy of this test's own (it kills the exchange)."""
+    cwd = str(tmp_path)
+    xport, pport = free_port(), free_port()
+    with twistd("bnproxy-exchange", "--port", f"tcp:{xport}:interface=127.0.0.1",
+                port=xport, cwd=cwd) as exchange, twistd(*proxy_args(pport, xport),
+                                                         port=pport, cwd=cwd):
+        yield {"exchange": exchange, "proxy": f"http://127.0.0.1:{pport}",
+               "exchange_url": f"http://127.0.0.1:{xport}"}
+
+
+def test_an_upstream_killed_shows_a_banner_and_not_ready(browser, own_stack):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    page.goto(own_stack["proxy"] + "/dashboard")
+    page.wait_for_selector("body[data-updated]")
+    wait_until(page, "document.body.dataset.status === 'ok'")
+    stop(own_stack["exchange"])
+    killed = time.time()
+    assert get(own_stack["proxy"] + "/api/v3/time") >= 500  # a bot finds it gone
+    banner = page.wait_for_selector('.problem.not-ready[data-name="upstream:spot"]')
+    assert updated(page) - killed <= 3.0  # the first update after it shows it
+    assert "upstream spot unreachable" in banner.inner_text()
+    assert page.locator("#verdict").inner_text() == "not ready"
+    context.close()
+
+
+def test_legends_show_the_newest_values_and_times_say_utc(page, stack):
+    get(stack["proxy"] + "/api/v3/time")
+    wait_newer(page, updated(page))
+    wait_newer(page, updated(page))
+    legend = page.locator("#answers-chart .u-legend").inner_text()
+    assert " UTC" in legend  # the time of the newest point, labelled
+    values = page.locator("#answers-chart .u-legend .u-value").all_inner_texts()
+    assert values and all(v not in ("--", "–", "") for v in values), values
+    assert "UTC" in page.locator("#answers-chart .u-axis").first.inner_text() or \
+        page.locator("#answers-chart").inner_text().count("UTC") >= 2
+    assert page.locator("#errors th").first.inner_text() == "time (UTC)"
+    assert page.problems == []
+
+
+def test_streams_silenced_show_a_degraded_banner(browser, own_stack):
+    proxy = own_stack["proxy"]
+    exchange = own_stack["exchange_url"]
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    page.goto(proxy + "/dashboard")
+    page.wait_for_selector("body[data-updated]")
+    deadline = time.monotonic() + 20
+    while True:  # demand subscribes the book's stream
+        get(proxy + "/api/v3/depth?symbol=BTCUSDT&limit=5", {"X-Bnproxy-Client": "depth-bot"})
+        streams = get_json(proxy + "/dashboard/state")["streams"]
+        if streams and streams["markets"]["spot"]["streams"] > 0:
+            break
+        assert time.monotonic() < deadline, streams
+        time.sleep(0.5)
+    wait_until(page, "document.body.dataset.status === 'ok'")
+    post_json(exchange + "/_fake/ws-silence", {"market": "spot"})
+    banner = page.wait_for_selector('.problem.degraded[data-name="streams-stale:spot"]')
+    assert "spot streams stale" in banner.inner_text() and "since " in banner.inner_text()
+    assert page.locator("#verdict").inner_text() == "degraded"
+    row = page.locator('#clients tr[data-client="depth-bot"] td')
+    assert int(row.nth(4).inner_text()) > 0  # every request of the bot counted
+    context.close()

@@ -110,19 +110,41 @@ def test_a_ban_shows_its_countdown_and_cause_then_goes(tmp_path):
 
 
 def test_bots_show_requests_weight_refusals_and_last_seen(tmp_path):
-    h = harness(tmp_path, names=("ratelimit",),
-                ratelimit={"client_header": "X-Bnproxy-Client"})
+    h = harness(tmp_path, names=("logger", "ratelimit"))
     tick(h)
     h.request("GET", "/api/v3/time", headers={b"X-Bnproxy-Client": b"bot-a"})
     first = tick(h)["clients"]
     row = next(c for c in first if c["client"] == "bot-a")
-    assert (row["requests"], row["weight"], row["refused"]) == (1, 1, 0)
+    assert (row["requests"], row["asked"], row["spent"]) == (1, 1, 1)
+    assert row["answered"]["upstream"] == 1 and sum(row["refused"].values()) == 0
+    assert row["last_minute"]["requests"] == row["last_15m"]["requests"] == 1
     seen = row["last_seen"]
     later = tick(h, 5)
     assert next(c for c in later["clients"] if c["client"] == "bot-a")["last_seen"] == seen
     h.request("GET", "/api/v3/time", headers={b"X-Bnproxy-Client": b"bot-a"})
     again = next(c for c in tick(h)["clients"] if c["client"] == "bot-a")
     assert again["requests"] == 2 and again["last_seen"] == seen + 6
+
+
+def test_a_bot_served_from_the_cache_is_counted_with_every_request(tmp_path):
+    h = harness(tmp_path, names=("logger", "cache", "ratelimit"))
+    target = "/api/v3/klines?symbol=BTCUSDT&interval=1h&limit=100"  # weight 2
+    for _ in range(5):
+        h.request("GET", target, headers={b"X-Bnproxy-Client": b"cached-bot"})
+    row = next(c for c in tick(h)["clients"] if c["client"] == "cached-bot")
+    assert (row["requests"], row["asked"], row["spent"]) == (5, 10, 2)
+    assert row["answered"] == {"stream": 0, "cache": 4, "upstream": 1, "local": 0}
+    later = next(c for c in tick(h, 70)["clients"] if c["client"] == "cached-bot")
+    assert later["last_minute"]["requests"] == 0 and later["last_15m"]["requests"] == 5
+
+
+def test_refusals_are_counted_by_reason_and_not_asked(tmp_path):
+    h = Harness(state_dir=str(tmp_path), middleware=chain(
+        "logger", "allowlist", allowlist={"allow": "10.0.0.0/8"}))
+    h.request("GET", "/api/v3/exchangeInfo")
+    [row] = tick(h)["clients"]
+    assert row["client"] == "127.0.0.1"  # no name, no key: the address, as the access log
+    assert row["refused"]["allowlist"] == 1 and row["asked"] == 0
 
 
 def test_upstream_latency_quantiles_come_from_the_last_ten_seconds():
@@ -151,17 +173,29 @@ def test_quantile_interpolates_within_the_bucket():
     assert quantile(0.5, [1.0, inf], [0, 0]) is None
 
 
-def test_instances_appear_when_a_reporter_has_them():
+def test_sections_come_from_their_interface_not_from_the_shape_of_a_health():
+    from zope.interface import implementer
+
+    from bnproxy.chain.interfaces import IDashboardSection
+
+    @implementer(IDashboardSection)
     class Shared:
         name = "shared"
 
+        def dashboard_section(self):
+            return "instances", [{"id": "a", "used": 3}, {"id": "b", "used": 4}]
+
+    class LooksLikeACache:  # a health() of the right shape, no interface: ignored
+        name = "impostor"
+
         def health(self):
-            return {"instances": [{"id": "a", "used": 3}, {"id": "b", "used": 4}]}
+            return {"entries": 1, "bytes": 2, "hit_ratio": 0.5, "instances": []}
 
     clock = task.Clock()
-    feed = DashboardFeed(clock, lambda: [Shared()], Metrics())
+    feed = DashboardFeed(clock, lambda: [Shared(), LooksLikeACache()], Metrics())
     feed.tick()
     assert feed.document["instances"] == [{"id": "a", "used": 3}, {"id": "b", "used": 4}]
+    assert feed.document["cache"] is None
     alone = DashboardFeed(clock, lambda: [], Metrics())
     alone.tick()
     assert "instances" not in alone.document
@@ -196,8 +230,9 @@ def test_every_open_page_gets_the_same_bytes_and_the_stream_ends_on_stop():
         assert page.written[0] == b"retry: 1000\n\n"
         assert page.responseHeaders.getRawHeaders(b"content-type") == [b"text/event-stream"]
     clock.advance(1)
+    assert all(page.written[1].startswith(b"event: state\ndata: {") for page in pages)
     sent = [page.written[-1] for page in pages]
-    assert sent[0].startswith(b"event: state\ndata: {")
+    assert sent[0].startswith(b"event: patch\ndata: {")
     assert sent[0] is sent[1] is sent[2]  # encoded once, shared
     pages[0].processingFailed(Exception("gone"))  # a page closed
     assert events.open == 2
@@ -356,3 +391,125 @@ def test_refusals_are_summed_and_upstream_messages_redacted(tmp_path):
     assert "abc123" not in upstream["msg"] and key not in upstream["msg"]
     assert "signature=[redacted]" in upstream["msg"]
     assert len(h.service.dashboard.event) < 16 * 1024
+
+
+def test_pools_come_busiest_first_and_idle_sapi_endpoints_fold_into_one_row():
+    from bnproxy.dashboard.feed import fold_idle, pressure_order
+
+    def pool(name, used, budget=5400, banned=0.0, egress=None):
+        return {"pool": name, "egress": egress, "used": used, "budget": budget,
+                "limit": budget, "queued": 0, "banned_for": banned}
+    rows = [pool("coinm", 100, 2160), pool("spot", 5400), pool("usdm", 2000, 2160),
+            *[pool(f"sapi:/sapi/v1/e{i}", 0, 10800) for i in range(30)],
+            pool("sapi:/sapi/v1/busy", 50, 10800), pool("options", 0, 0, banned=30.0)]
+    names = [r["pool"] for r in pressure_order(fold_idle(rows))]
+    assert names == ["options", "spot", "usdm", "coinm", "sapi:/sapi/v1/busy",
+                     "sapi (30 idle endpoints)"]
+
+
+def test_after_the_first_event_only_what_changed_is_sent_gzip_compressed_once():
+    import zlib
+
+    from bnproxy.dashboard.feed import merge_patch
+
+    clock = task.Clock()
+    feed = DashboardFeed(clock, lambda: [], Metrics())
+    feed.startService()
+    events = EventsResource(feed)
+    pages = [Page([b"events"]) for _ in range(2)]
+    for page in pages:
+        page.requestHeaders.setRawHeaders(b"accept-encoding", [b"gzip, deflate, br"])
+        events.render_GET(page)
+    plain = Page([b"events"])
+    events.render_GET(plain)
+    for _ in range(2):
+        clock.advance(1)
+    late = Page([b"events"])  # joins later: its dictionary is the whole state it read
+    late.requestHeaders.setRawHeaders(b"accept-encoding", [b"gzip"])
+    events.render_GET(late)
+    for _ in range(3):
+        clock.advance(1)
+    late_text = zlib.decompressobj(31).decompress(b"".join(late.written))
+    assert late_text.split(b"\n\n")[-2] == b"".join(plain.written).split(b"\n\n")[-2]
+    assert pages[0].responseHeaders.getRawHeaders(b"content-encoding") == [b"gzip"]
+    assert pages[0].written[-1] is pages[1].written[-1]  # compressed once for both
+    text = zlib.decompressobj(31).decompress(b"".join(pages[0].written))
+    assert text == b"".join(plain.written)  # the same events, as a browser reads them
+    first, *later = text.split(b"\n\n")[1:-1]
+    assert first.startswith(b"event: state\ndata: ")
+    assert all(e.startswith(b"event: patch\ndata: ") for e in later) and len(later) == 5
+    patch = json.loads(later[-1].split(b"data: ", 1)[1])
+    assert set(patch) == {"time", "uptime_seconds", "sample"}  # an idle proxy
+    assert patch["sample"]["answers.cache"] == 0  # the whole new point
+    assert len(later[-1]) < 400
+    assert merge_patch({"a": 1, "b": {"c": 1, "d": 2}, "e": [1]},
+                       {"a": 1, "b": {"c": 2, "d": 2}, "e": [1, 2]}) == {
+                           "b": {"c": 2}, "e": [1, 2]}
+    assert merge_patch({"a": 1}, {}) == {"a": None}
+
+
+def test_errors_name_the_bot_as_the_access_log_does(tmp_path):
+    h = harness(tmp_path, answering(400, body=b'{"code":-1100,"msg":"bad"}'),
+                names=("logger", "ratelimit"))
+    h.request("GET", "/api/v3/depth?symbol=X", headers={b"X-Bnproxy-Client": b"named-bot"})
+    h.request("GET", "/api/v3/depth?symbol=Y", headers={b"X-MBX-APIKEY": b"k" * 64})
+    errors = tick(h)["errors"]
+    named = next(e for e in errors if e["query"] == "symbol=X")
+    assert (named["client"], named["address"]) == ("named-bot", "127.0.0.1")
+    keyed = next(e for e in errors if e["query"] == "symbol=Y")
+    bots = {c["client"] for c in tick(h)["clients"]}
+    assert keyed["client"] in bots and len(keyed["client"]) == 10  # the key's hash, never it
+
+
+def test_history_and_ban_causes_survive_a_restart(tmp_path):
+    saved = str(tmp_path / "dashboard.json")
+    statuses = iter([200, 418])
+
+    def respond(request, seen):
+        request.setResponseCode(next(statuses, 200))
+        request.setHeader(b"retry-after", b"600")
+        return b'{"code":-1003,"msg":"Way too much request weight used; IP banned."}'
+    h = harness(tmp_path, RecordingUpstream(respond), names=("ratelimit",))
+    clock = h.clock
+    first = DashboardFeed(clock, lambda: h.service.middlewares, h.service.metrics,
+                          state_file=saved)
+    first.startService()
+    for _ in range(10):
+        h.request("GET", "/api/v3/time")
+        clock.advance(1)
+    first._raw_errors.append((clock.seconds(), *_ban_answer(h)))
+    first._upstream_errors += 1
+    clock.advance(1)
+    cause = json.loads(first.state_bytes())["bans"][0]["cause"]
+    assert "Way too much request weight used" in cause
+    before = json.loads(first.state_bytes())["history"]
+    first.stopService()
+    clock.advance(30)  # restarted 30 s later
+    second = DashboardFeed(clock, lambda: h.service.middlewares, h.service.metrics,
+                           state_file=saved)
+    second.startService()
+    after = json.loads(second.state_bytes())
+    assert after["history"]["time"][:len(before["time"])] == before["time"]
+    assert after["history"]["series"]["answers.upstream"][:11] == \
+        before["series"]["answers.upstream"][:11]
+    assert after["bans"][0]["cause"] == cause  # not "Binance answered 418"
+    second.stopService()
+
+
+def _ban_answer(h):
+    from bnproxy.chain.messages import ProxyRequest, ProxyResponse
+    request = ProxyRequest("GET", "spot", "/api/v3/time", b"", (), b"", "127.0.0.1",
+                           h.clock.seconds(), None)
+    body = b'{"code":-1003,"msg":"Way too much request weight used; IP banned."}'
+    return request, ProxyResponse(418, (), body, "upstream")
+
+
+def test_a_malformed_saved_history_is_skipped(tmp_path):
+    for content in (b"[1, 2]", b'{"schema": 1, "times": [1e999]}', b"\xff",
+                    b'{"schema": 1, "times": [1], "series": {"a": [1, 2]}, "ban_causes": {}}'):
+        saved = tmp_path / "dashboard.json"
+        saved.write_bytes(content)
+        feed = DashboardFeed(task.Clock(), lambda: [], Metrics(), state_file=str(saved))
+        feed.startService()  # no exception: an empty history
+        assert json.loads(feed.state_bytes())["history"]["time"] == [0.0]
+        feed.stopService()

@@ -27,7 +27,8 @@ def proxy(tmp_path_factory):
     cwd = str(tmp_path_factory.mktemp("status"))
     port = free_port()
     with twistd("bnproxy", "--port", f"tcp:{port}:interface=127.0.0.1", "--state-dir", ".",
-                "--simulated-exchange", "--middleware-chain", "cache", "--middleware-chain",
+                "--simulated-exchange", "--middleware-chain", "logger", "--middleware-chain",
+                "cache", "--middleware-chain",
                 "ratelimit:client_header=X-Bnproxy-Client", port=port, cwd=cwd):
         yield {"url": f"http://127.0.0.1:{port}", "cwd": cwd}
 

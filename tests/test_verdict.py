@@ -27,6 +27,8 @@ def test_since_is_when_a_problem_was_first_seen_and_resets_when_it_ends():
     assert since.verdict(140.0, []).status == "ok"
     assert since.verdict(150.0, [("streams-stale:spot", "degraded", "x")]).problems[0].since == 150
     assert EXIT_CODES == {"ok": 0, "degraded": 1, "banned": 2, "not ready": 2}
+    [long] = since.verdict(160.0, [("x", "degraded", "y" * 10_000)]).problems
+    assert len(long.text) <= 301
 
 
 def test_a_ban_on_one_of_two_egress_addresses_is_degraded_on_both_banned():

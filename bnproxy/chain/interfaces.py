@@ -137,6 +137,36 @@ class IProblemReporter(Interface):
         replace its ``IReadinessCheck`` reasons in the verdict. Cheap, no I/O."""
 
 
+class IBotLedger(Interface):
+    """Every request of every bot, counted where it enters the chain (the
+    ``logger`` middleware provides it); the dashboard's Bots table."""
+
+    def bots():
+        """A list of rows, busiest first: ``{"client": name (as the access
+        log names the bot), "requests", "asked" (weight of its answered
+        requests, predicted), "spent" (weight spent upstream on its behalf),
+        "answered": {"stream", "cache", "upstream", "local"}, "refused":
+        {"budget", "ban", "allowlist", "bad_request", "failed"},
+        "last_minute": {...}, "last_15m": {...} (the same counts over those
+        windows), "last_seen"}``. Cheap enough to call once a second."""
+
+    def name_of(request):
+        """The bot's name for a ``ProxyRequest``, as the access log and
+        ``bots()`` give it (the client header, else the key's salted hash,
+        else the address)."""
+
+
+class IDashboardSection(Interface):
+    """A section of the dashboard's state document (``/dashboard/state``),
+    read once a second. The built-in ones: ``streams`` (the streams
+    middleware), ``cache`` (the cache middleware)."""
+
+    def dashboard_section():
+        """``(key, value)``: the document's member ``key`` (``"streams"``,
+        ``"cache"``, or a plugin's own name) and its JSON-able value. Cheap,
+        no I/O."""
+
+
 class IWeightGovernor(Interface):
     """The fleet's request-weight budget, per (egress address, weight pool).
 

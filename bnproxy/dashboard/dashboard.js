@@ -13,7 +13,7 @@ let times = [];          // history: seconds
 let series = {};         // history: name -> values (aligned with times)
 let clockOffset = 0;     // proxy time - browser time, seconds
 const charts = {};       // key -> {plot, keys, el}
-let sortKey = "weight", sortDir = -1;
+let sortKey = "req15", sortDir = -1;
 
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
@@ -86,9 +86,12 @@ function chart(key, container, keys, opts) {
       legend: {show: true},
       cursor: {drag: {x: false, y: false}},
       scales: {x: {time: true}, y: opts.y || {}},
-      axes: [{values: (u, vs) => vs.map((v) => fmtTime(v).slice(0, v % 60 ? 8 : 5)), space: 60},
+      axes: [{values: (u, vs) => vs.map((v) => fmtTime(v).slice(0, v % 60 ? 8 : 5)), space: 60,
+              label: "UTC", labelSize: 14, labelGap: 0},
              {size: opts.axisSize || 60, values: opts.values || ((u, v) => v.map(fmtNum))}],
-      series: [{}, ...keys.map((k, i) => ({
+      hooks: {setCursor: [showNewest]},
+      series: [{label: "time (UTC)", value: (u, v) => v === null || v === undefined ? "–" : fmtTime(v) + " UTC"},
+               ...keys.map((k, i) => ({
         label: (opts.labels && opts.labels[i]) || k,
         stroke: (opts.colors && opts.colors[i]) || COLORS[i % COLORS.length],
         width: 1.5, spanGaps: false, points: {show: false},
@@ -96,9 +99,19 @@ function chart(key, container, keys, opts) {
       }))],
     }, data, container);
     c = charts[key] = {plot, keys};
+    showNewest(plot);
   } else {
     if (Math.abs(c.plot.width - width) > 4) c.plot.setSize({width, height: opts.height || 160});
     c.plot.setData(data);
+    showNewest(c.plot);
+  }
+}
+
+/* the legend shows the newest values unless the pointer is on the chart */
+function showNewest(u) {
+  if (u.cursor.idx === null || u.cursor.idx === undefined) {
+    const n = u.data[0].length;
+    if (n) u.setLegend({idx: n - 1});
   }
 }
 
@@ -159,8 +172,9 @@ function renderPools() {
       el("span", {class: "budget"}, budget === null || budget === undefined ? "∞" : String(budget)),
       el("br"), p.limit ? `limit ${p.limit}` : "no documented limit",
       p.queued ? ` · ${p.queued} queued` : "");
-    chart("pool:" + key, card.querySelector(".chart"), [`used.${key}`],
+    if (!p.folded) chart("pool:" + key, card.querySelector(".chart"), [`used.${key}`],
           {labels: ["used"], height: 110, y: budget ? {range: (u, mn, mx) => [0, Math.max(mx, budget)]} : {}});
+    box.append(card);  // in the feed's order: the busiest first
   }
 }
 
@@ -224,16 +238,26 @@ function renderSaving() {
   if (keys.length) chart("saving", document.getElementById("saving-chart"), keys, {labels});
 }
 
+function clientRow(c) {
+  const m = c.last_minute || {}, q = c.last_15m || {}, a = q.answered || {}, r = q.refused || {};
+  const refused = Object.values(r).reduce((x, y) => x + y, 0);
+  return {client: c.client, req1: m.requests || 0, asked1: m.asked || 0, spent1: m.spent || 0,
+          req15: q.requests || 0, stream: a.stream || 0, cache: a.cache || 0, upstream: a.upstream || 0,
+          refused, reasons: Object.entries(r).filter(([, n]) => n).map(([k, n]) => `${k} ${n}`).join(", "),
+          last_seen: c.last_seen};
+}
+
 function renderClients() {
-  const rows = (doc.clients || []).slice();
+  const rows = (doc.clients || []).map(clientRow);
   rows.sort((a, b) => {
     const x = a[sortKey], y = b[sortKey];
     return (typeof x === "string" ? (x < y ? -1 : x > y ? 1 : 0) : x - y) * sortDir;
   });
-  const body = rows.map((c) => el("tr", {"data-client": c.client}, el("td", {}, c.client),
-    el("td", {}, String(c.requests)), el("td", {}, String(c.weight)), el("td", {}, String(c.refused)),
-    el("td", {title: fmtTime(c.last_seen)}, ago(c.last_seen))));
-  if (!body.length) body.push(el("tr", {}, el("td", {class: "empty", colspan: "5"}, "no bot yet")));
+  const body = rows.map((c) => el("tr", {"data-client": c.client}, el("td", {class: "wrap"}, c.client),
+    ...["req1", "asked1", "spent1", "req15", "stream", "cache", "upstream"].map((k) => el("td", {"data-key": k}, fmtNum(c[k]))),
+    el("td", {"data-key": "refused", title: c.reasons || "none"}, fmtNum(c.refused) + (c.reasons ? ` (${c.reasons})` : "")),
+    el("td", {title: fmtTime(c.last_seen) + " UTC"}, ago(c.last_seen))));
+  if (!body.length) body.push(el("tr", {}, el("td", {class: "empty", colspan: "10"}, "no bot yet")));
   fill(document.querySelector("#clients tbody"), body);
   for (const th of document.querySelectorAll("#clients th")) {
     th.classList.toggle("asc", th.dataset.key === sortKey && sortDir > 0);
@@ -245,8 +269,7 @@ function renderHits() {
   const c = doc.cache, h = doc.hit_ratio_15m || {}, s = doc.streams;
   const items = [["cache hits (15 min, of answers)", fmtPct(h.cache)],
                  ["stream answers (15 min, of answers)", fmtPct(h.stream)]];
-  if (c) items.push(["cache hit ratio (since start)", fmtPct(c.hit_ratio)],
-                    ["cache entries", fmtNum(c.entries)], ["cache bytes", fmtNum(c.bytes)]);
+  if (c) items.push(["cache entries", fmtNum(c.entries)], ["cache bytes", fmtNum(c.bytes)]);
   if (s) items.push(["answered from streams (since start)", fmtNum(s.served)]);
   const totals = (doc.answers || {}).last_15m || {};
   for (const src of ["stream", "cache", "upstream", "local"]) items.push([`${src} answers (15 min)`, fmtNum(totals[src] || 0)]);
@@ -320,7 +343,7 @@ async function fetchState() {
     loadHistory(state);
     lastEvent = Date.now();
     document.body.classList.remove("stale");
-    doc = state;
+    if (!doc || state.time >= doc.time) doc = state;  // patches apply to the newest
     render();
   } catch (e) {
     /* the event stream says when the proxy is back */
@@ -329,10 +352,33 @@ async function fetchState() {
   }
 }
 
+function isObject(x) { return x !== null && typeof x === "object" && !Array.isArray(x); }
+/* RFC 7386: members set, objects merged, null removes */
+function applyPatch(target, patch) {
+  for (const [k, v] of Object.entries(patch)) {
+    if (v === null) delete target[k];
+    else if (isObject(v) && isObject(target[k])) applyPatch(target[k], v);
+    else target[k] = v;
+  }
+}
+
 function connect() {
   const source = new EventSource("dashboard/events");
   source.addEventListener("open", () => { setLink(true); fetchState(); });
   source.addEventListener("error", () => { setLink(false); markStale(); });
+  source.addEventListener("patch", (ev) => {
+    if (!doc) return;  // the first event of a stream is a whole "state"
+    const patch = JSON.parse(ev.data);
+    lastEvent = Date.now();
+    if (document.body.classList.contains("stale")) { document.body.classList.remove("stale"); setLink(true); }
+    const uptime = doc.uptime_seconds;
+    delete doc.sample;  // a patch carries the whole new sample
+    applyPatch(doc, patch);
+    clockOffset = doc.time - Date.now() / 1000;
+    if (doc.uptime_seconds < uptime) { times = []; series = {}; }  // restarted
+    pushSample(doc.time, doc.sample || {});
+    render();
+  });
   source.addEventListener("state", (ev) => {
     const state = JSON.parse(ev.data);
     lastEvent = Date.now();

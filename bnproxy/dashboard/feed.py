@@ -1,9 +1,11 @@
 """The dashboard's state feed: what the proxy is doing, once a second.
 
-``DashboardFeed`` samples what the proxy already exposes, found by interface:
-every middleware providing ``IHealthReporter`` (or, for now, any middleware
-with a ``health()`` method), the answers counter and the upstream latency
-histogram of ``bnproxy.server.metrics.Metrics``, and answers with a status of
+``DashboardFeed`` samples what the proxy already exposes, found by interface
+(never by the shape of a ``health()``): the ``IWeightGovernor`` (pools, and
+its ``IHealthReporter`` section's bans), the ``IBotLedger`` (bots), each
+``IDashboardSection`` (streams, cache, a plugin's own), the verdict, the
+answers counter and the upstream latency histogram of
+``bnproxy.server.metrics.Metrics``, and answers with a status of
 400 or more (``observer(answered)`` wraps the forwarding resource's
 ``answered`` callback; a successful answer costs one comparison).
 
@@ -16,7 +18,9 @@ request except the error check.
 
 The state document (``/dashboard/state``; ``/dashboard/events`` sends the
 same document without ``history`` and with ``sample``, the newest history
-point, as one ``state`` event a second)::
+point, as a ``state`` event when a page connects, then once a second a
+``patch`` event: the JSON merge patch (RFC 7386) from the previous second's
+document, ``null`` for a member that went)::
 
     {
       "schema": 1,
@@ -36,18 +40,23 @@ point, as one ``state`` event a second)::
                      "saving_percent": {"spot": 93.3},   # 1 - spent / asked (answered)
                      "total": {"asked": 1200, "spent": 80, "refused": 30,
                                "saving_percent": 93.3}},
-      "clients": [{"client": "bot-a", "requests": 10, "weight": 20,
-                   "refused": 0, "last_seen": 1764299990.0}],
+      "clients": [{"client": "bot-a",   # named as in the access log
+                   "requests": 10, "asked": 20, "spent": 4,   # since start
+                   "answered": {"stream": 6, "cache": 2, "upstream": 2, "local": 0},
+                   "refused": {"budget": 0, "ban": 0, "allowlist": 0,
+                               "bad_request": 0, "failed": 0},
+                   "last_minute": {…the same counts…}, "last_15m": {…},
+                   "last_seen": 1764299990.0}],   # IBotLedger.bots(), busiest first
       "answers": {"total": {"cache": 5, …}, "last_15m": {"cache": 5, …}},
       "hit_ratio_15m": {"cache": 0.8, "stream": 0.1},   # share of answers
-      "cache": {"entries": 3, "bytes": 9000, "hit_ratio": 0.8},  # the cache's own
+      "cache": {"entries": 3, "bytes": 9000},  # the cache's IDashboardSection
       "streams": {"served": 4, "markets": {"spot": {"connections": 1, "open": 1,
                   "streams": 3, "stale": 0, "reconnects": 0, "messages_per_second": 2.0}}},
       "latency": {"p50": 0.004, "p99": 0.02},   # upstream, seconds, last 10 s
       "errors": [{"time": …, "client": "127.0.0.1", "method": "GET",
                   "market": "spot", "path": "/api/v3/depth", "query": "symbol=X",
                   "status": 418, "source": "local", "msg": "…"}],   # newest first
-      "instances": [...],            # only with shared state (a reporter's "instances")
+      "instances": [...],            # any other IDashboardSection's (key, value)
       "history": {"time": [t0, t1, …],               # one a second, up to 15 minutes
                   "series": {"used.spot": [...], "asked.spot": [...],
                              "spent.spot": [...], "latency.p50": [...],
@@ -69,6 +78,9 @@ upstream, local). A value is null where the series did not exist yet.
 
 from __future__ import annotations
 
+import math
+import os
+import stat
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -81,8 +93,14 @@ from twisted.logger import Logger
 from bnproxy import __version__
 from bnproxy.binance.limits import BAN_STATUSES
 from bnproxy.binance.privacy import redact_query, redact_text
-from bnproxy.chain.interfaces import IHealthReporter, IWeightGovernor
+from bnproxy.chain.interfaces import (
+    IBotLedger,
+    IDashboardSection,
+    IHealthReporter,
+    IWeightGovernor,
+)
 from bnproxy.chain.messages import ProxyRequest, ProxyResponse
+from bnproxy.dashboard.firstpaint import readable_times
 from bnproxy.verdict import OK, Verdict
 
 _log = Logger(namespace="bnproxy.dashboard")
@@ -95,6 +113,7 @@ MAX_CLIENTS = 500  # rows in the per-bot table (the busiest by weight)
 EVENT_CLIENTS = 50  # of which the live events carry the first (the page's table)
 MAX_REFUSED = 64  # (bot, status, reason, market) kinds of local refusals summed
 TEXT = 200  # characters of a path, query or message shown
+MAX_SAVED = 64 * 1024 * 1024  # bytes of a saved history read at start
 
 
 def quantile(q: float, bounds: Sequence[float], counts: Sequence[float]) -> float | None:
@@ -127,8 +146,10 @@ class DashboardFeed(Service):
 
     def __init__(self, clock, reporters: Callable[[], Sequence[Any]], metrics,
                  endpoints=None, history: int = HISTORY, interval: float = 1.0,
-                 verdict: Callable[[], Verdict] | None = None) -> None:
+                 verdict: Callable[[], Verdict] | None = None,
+                 state_file: str | None = None) -> None:
         self._clock = clock
+        self._state_file = state_file
         self._verdict = verdict
         self._reporters = reporters
         self._metrics = metrics
@@ -151,16 +172,17 @@ class DashboardFeed(Service):
         self._spent_prev: dict[str, int] = {}
         self._buckets: deque[tuple[list[float], list[float]]] = deque(
             maxlen=LATENCY_WINDOW + 1)
-        self._requests_seen: dict[str, int] = {}
-        self._last_seen: dict[str, float] = {}
         self._listeners: list[Callable[[bytes], None]] = []
         self._governors: list[Any] = []
+        self._ledgers: list[Any] = []
         self._closers: dict[Callable, Callable[[], None]] = {}
         self._ban_causes: dict[str, tuple[int, str]] = {}
         self.spent_total: dict[str, int] = {}  # since start, per market
         self._causes_scanned = 0
         self.document: dict[str, Any] = {}
-        self.event: bytes = b""
+        self.event: bytes = b""  # the whole live document: a page's first event
+        self.delta: bytes = b""  # what changed since the last tick: every later one
+        self._live: dict[str, Any] | None = None
         self._state: bytes | None = None
         self._loop = task.LoopingCall(self.tick)
         self._loop.clock = clock
@@ -168,6 +190,8 @@ class DashboardFeed(Service):
     # -- lifecycle ---------------------------------------------------------------------
     def startService(self) -> None:
         super().startService()
+        if self._state_file is not None:
+            self.restore(self._state_file)
         self._loop.start(self._interval, now=True)
 
     def stopService(self):
@@ -175,7 +199,53 @@ class DashboardFeed(Service):
             self._loop.stop()
         for close in list(self._closers.values()):
             close()  # open event streams end: the pages reconnect to the next process
+        if self._state_file is not None:
+            self.save(self._state_file)
         return super().stopService()
+
+    # -- history across restarts -----------------------------------------------------------
+    def save(self, path: str) -> None:
+        """Write the history and the ban causes to ``path`` (atomically;
+        a failure is logged, never raised: the history is not a promise)."""
+        doc = {"schema": 1, "times": list(self._times),
+               "series": {k: list(v) for k, v in self._series.items()},
+               "ban_causes": {m: list(c) for m, c in self._ban_causes.items()}}
+        tmp = f"{path}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(orjson.dumps(doc))
+            os.replace(tmp, path)
+        except OSError as e:
+            _log.warn("dashboard history not saved to {path}: {e}", path=path, e=e)
+
+    def restore(self, path: str) -> None:
+        """Read what ``save`` wrote: the points of the last ``HISTORY``
+        seconds and the ban causes. Anything unreadable or malformed is
+        skipped with one log line (a regular file, read up to a bound)."""
+        try:
+            if not os.path.exists(path):
+                return
+            if not stat.S_ISREG(os.stat(path).st_mode):
+                raise ValueError("not a regular file")
+            with open(path, "rb") as f:
+                raw = f.read(MAX_SAVED + 1)
+            if len(raw) > MAX_SAVED:
+                raise ValueError(f"larger than {MAX_SAVED} bytes")
+            doc = orjson.loads(raw)
+            times, series, causes = _checked_history(doc)
+        except (OSError, ValueError) as e:
+            _log.warn("dashboard history in {path} not read: {e}", path=path, e=e)
+            return
+        now = self._clock.seconds()
+        keep = [i for i, t in enumerate(times) if now - self._times.maxlen < t <= now]
+        self._times.clear()
+        self._times.extend(times[i] for i in keep)
+        self._series, self._totals = {}, {}
+        for key, values in series.items():
+            ring: deque = deque((values[i] for i in keep), maxlen=self._times.maxlen)
+            self._series[key] = ring
+            self._totals[key] = sum(v for v in ring if v is not None)
+        self._ban_causes.update(causes)
 
     def subscribe(self, listener: Callable[[bytes], None],
                   close: Callable[[], None] | None = None) -> Callable[[], None]:
@@ -215,12 +285,13 @@ class DashboardFeed(Service):
                 # refused here (allowlist, budget, ban, bad request): summed per
                 # (bot, status, reason), never each kept: any client could
                 # otherwise fill the list and set every event's size
-                key = (request.client, response.status, response.detail or "", request.market)
+                key = (self._name_of(request), response.status, response.detail or "",
+                       request.market)
                 row = refused.get(key)
                 if row is None:
                     if len(refused) >= MAX_REFUSED:
                         del refused[min(refused, key=lambda k: refused[k][1])]
-                    row = refused[key] = [0, 0.0, request, response]
+                    row = refused[key] = [0, 0.0, request, response, key[0]]
                 row[0] += 1
                 row[1] = clock.seconds()
                 row[2], row[3] = request, response
@@ -236,19 +307,21 @@ class DashboardFeed(Service):
 
     def _tick(self) -> None:
         now = self._clock.seconds()
-        healths = self._healths()
+        sections = self._sources()
         sample: dict[str, float | None] = {}
         verdict = self._verdict() if self._verdict is not None else Verdict(OK, ())
         doc: dict[str, Any] = {"schema": 1, **verdict.document(), "time": round(now, 3),
                                "version": __version__,
                                "uptime_seconds": round(now - self._started, 3)}
-        pools = self._pools(healths)
+        pools = self._pools()
         doc["pools"] = pools
         for p in pools:
+            if p.get("folded"):
+                continue
             key = p["pool"] if not p.get("egress") else f"{p['pool']}@{p['egress']}"
             sample[f"used.{key}"] = p["used"]
         self._note_ban_causes()
-        doc["bans"] = self._bans(healths, now)
+        doc["bans"] = self._bans(now)
         # answers by source, asked weight per market
         answers_total, asked = self._answers()
         for source in set(answers_total) | set(self._answers_prev) | set(SOURCES):
@@ -274,23 +347,27 @@ class DashboardFeed(Service):
         n = sum(last.values())
         doc["hit_ratio_15m"] = {"cache": round(last.get("cache", 0) / n, 4) if n else None,
                                 "stream": round(last.get("stream", 0) / n, 4) if n else None}
-        doc["clients"] = self._clients(healths, now)
-        doc["cache"] = next((h for h in healths.values() if "hit_ratio" in h
-                             and "entries" in h), None)
-        doc["streams"] = self._streams(healths)
+        doc["clients"] = self._clients()
+        doc["cache"] = sections.pop("cache", None)
+        doc["streams"] = sections.pop("streams", None)
         doc["latency"] = {"p50": p50, "p99": p99}
         doc["errors"] = self._error_rows()
-        instances = next((h["instances"] for h in healths.values()
-                          if isinstance(h.get("instances"), (list, dict))), None)
-        if instances is not None:
-            doc["instances"] = instances
+        for key, value in sections.items():  # a plugin's (or "instances")
+            doc.setdefault(key, value)
         self.document = doc
         self._state = None
-        self.event = b"event: state\ndata: " + orjson.dumps(
-            {**doc, "clients": doc["clients"][:EVENT_CLIENTS], "sample": sample}) + b"\n\n"
+        live = {**doc, "clients": doc["clients"][:EVENT_CLIENTS], "sample": sample}
+        self.event = b"event: state\ndata: " + orjson.dumps(live) + b"\n\n"
+        # what changed since the last event (an open page has it): a JSON
+        # merge patch (RFC 7386), usually a few hundred bytes
+        # (``sample`` whole: it is the new point of every series)
+        self.delta = self.event if self._live is None else (
+            b"event: patch\ndata: " + orjson.dumps(
+                {**merge_patch(self._live, live), "sample": sample}) + b"\n\n")
+        self._live = live
         for listener in list(self._listeners):
             try:
-                listener(self.event)
+                listener(self.delta)
             except Exception:
                 _log.failure("dashboard listener failed")
 
@@ -329,44 +406,37 @@ class DashboardFeed(Service):
                 for k, v in self._totals.items() if k.startswith(prefix)}
 
     # -- sources ---------------------------------------------------------------------------
-    def _healths(self) -> dict[str, dict]:
-        out: dict[str, dict] = {}
+    def _sources(self) -> dict[str, Any]:
+        """Find the parts by interface; the sections (``IDashboardSection``)."""
         reporters = self._reporters()
         self._governors = [m for m in reporters if IWeightGovernor.providedBy(m)]
+        self._ledgers = [m for m in reporters if IBotLedger.providedBy(m)]
+        sections: dict[str, Any] = {}
         for m in reporters:
-            if IHealthReporter.providedBy(m) or callable(getattr(m, "health", None)):
+            if IDashboardSection.providedBy(m):
                 try:
-                    h = m.health()
+                    key, value = m.dashboard_section()
                 except Exception:
-                    _log.failure("health() of {name} failed", name=getattr(m, "name", m))
+                    _log.failure("dashboard_section() of {name} failed",
+                                 name=getattr(m, "name", m))
                     continue
-                if isinstance(h, dict):
-                    out[getattr(m, "name", type(m).__name__)] = h
-        return out
+                sections[str(key)] = value
+        return sections
 
-    def _pools(self, healths: Mapping[str, dict]) -> list[dict]:
-        for g in self._governors:  # the interface, when a governor provides it
-            usage = g.usage()
+    def _pools(self) -> list[dict]:
+        """Every pool of the governor (``IWeightGovernor.usage()``), the
+        busiest first (banned, then by share of the budget used); the idle
+        ``sapi:…`` pools of each egress address folded into one row."""
+        rows: list[dict] = []
+        for g in self._governors[:1]:
             # keys are "pool" or "pool@egress"; the default egress is shown as none
-            return [{"pool": name.split("@", 1)[0],
+            rows = [{"pool": name.split("@", 1)[0],
                      "egress": None if u.get("egress") in (None, "default") else u["egress"],
                      "used": u.get("used", 0),
                      "budget": u.get("budget"), "limit": u.get("limit"),
-                     "queued": u.get("queued", 0), "banned_for": u.get("banned_for", 0.0),
-                     "ban_status": u.get("ban_status"), "ban_cause": u.get("ban_cause")}
-                    for name, u in sorted(usage.items())]
-        rows = []
-        for h in healths.values():
-            pools = h.get("pools")
-            if isinstance(pools, dict) and "clients" in h:
-                for name, p in sorted(pools.items()):
-                    rows.append({"pool": name, "egress": p.get("egress"),
-                                 "used": p.get("used", 0), "budget": p.get("budget"),
-                                 "limit": p.get("limit"), "queued": p.get("queued", 0),
-                                 "banned_for": p.get("banned_for", 0.0),
-                                 "ban_status": p.get("ban_status"),
-                                 "ban_cause": p.get("ban_cause")})
-        return rows
+                     "queued": u.get("queued", 0), "banned_for": u.get("banned_for", 0.0)}
+                    for name, u in g.usage().items()]
+        return pressure_order(fold_idle(rows))
 
     def _note_ban_causes(self) -> None:
         """Remember the newest upstream 418/429 per market (the error ring
@@ -378,15 +448,15 @@ class DashboardFeed(Service):
                 self._ban_causes[request.market] = (
                     response.status, f"Binance answered {response.status}: {_msg(response)}")
 
-    def _bans(self, healths: Mapping[str, dict], now: float) -> list[dict]:
-        """One row per ban in force, from the governor's own list (its
-        ``health()``'s ``bans``): scope ``spot``, ``sapi:/sapi/…`` or
-        ``host:NETLOC`` (a 418: every path of that host), shown under the
-        first market it silences, with the newest Binance message of that
-        market and status as the cause."""
-        for h in healths.values():
-            listed = h.get("bans")
-            if isinstance(listed, list) and "clients" in h:
+    def _bans(self, now: float) -> list[dict]:
+        """One row per ban in force, from the governor's own list (the
+        ``bans`` of the ``IWeightGovernor``'s ``IHealthReporter`` section):
+        scope ``spot``, ``sapi:/sapi/…`` or ``host:NETLOC`` (a 418: every path
+        of that host), shown under the first market it silences, with the
+        newest Binance message of that market and status as the cause."""
+        for g in self._governors[:1]:
+            listed = g.health().get("bans") if IHealthReporter.providedBy(g) else None
+            if isinstance(listed, list):
                 return [self._ban_row(b, now) for b in listed
                         if float(b.get("seconds_left") or 0) > 0]
         return []
@@ -405,6 +475,7 @@ class DashboardFeed(Service):
         if len(markets) > 1 or scope != markets[0] and not scope.startswith("sapi"):
             text += f" (it silences {scope.partition(':')[2] or scope}: " \
                     f"{', '.join(markets)})"
+        text = readable_times(text)
         egress = ban.get("egress")
         return {"pool": markets[0], "scope": scope, "markets": markets,
                 "egress": None if egress in (None, "default") else egress,
@@ -467,35 +538,21 @@ class DashboardFeed(Service):
         return (None if p50 is None else round(p50, 6),
                 None if p99 is None else round(p99, 6))
 
-    def _clients(self, healths: Mapping[str, dict], now: float) -> list[dict]:
-        rows = []
-        for h in healths.values():
-            clients = h.get("clients")
-            if not isinstance(clients, dict):
-                continue
-            for client, st in clients.items():
-                requests = st.get("requests", 0)
-                if self._requests_seen.get(client) != requests:
-                    self._requests_seen[client] = requests
-                    self._last_seen[client] = st.get("last_seen") or now
-                rows.append({"client": client, "requests": requests,
-                             "weight": st.get("weight", 0),
-                             "refused": st.get("rejected", st.get("refused", 0)),
-                             "last_seen": round(self._last_seen[client], 3)})
-        rows.sort(key=lambda r: (-r["weight"], -r["requests"], r["client"]))
-        return rows[:MAX_CLIENTS]
+    def _name_of(self, request: ProxyRequest) -> str:
+        """The bot's name as the access log gives it (``IBotLedger``), else
+        its address."""
+        if not self._ledgers:
+            self._ledgers = [m for m in self._reporters() if IBotLedger.providedBy(m)]
+        for ledger in self._ledgers:
+            return str(ledger.name_of(request))
+        return request.client
 
-    def _streams(self, healths: Mapping[str, dict]) -> dict | None:
-        for h in healths.values():
-            markets = h.get("markets")
-            if "served" in h and isinstance(markets, dict):
-                return {"served": h["served"], "markets": {
-                    m: {"connections": s.get("connections", 0), "open": s.get("open", 0),
-                        "streams": s.get("streams", 0), "stale": len(s.get("stale", ())),
-                        "reconnects": s.get("reconnects", 0),
-                        "messages_per_second": s.get("messages_per_second", 0.0)}
-                    for m, s in markets.items()}}
-        return None
+    def _clients(self) -> list[dict]:
+        """The per-bot ledger (``IBotLedger``: the logger, first in the
+        chain, counts every request), busiest first."""
+        for ledger in self._ledgers:
+            return list(ledger.bots()[:MAX_CLIENTS])
+        return []
 
     def _error_rows(self) -> list[dict]:
         """The newest errors: upstream failures each, local refusals summed
@@ -503,15 +560,89 @@ class DashboardFeed(Service):
         rows, every text bounded and redacted."""
         if self._errors_added != self._errors_seen:  # formatted only when new ones came
             self._errors_seen = self._errors_added
-            rows = [_error_row(t, r, a, 1) for t, r, a in reversed(self._raw_errors)]
-            rows += [_error_row(t, r, a, n) for n, t, r, a in self._refused.values()]
+            rows = [_error_row(t, r, a, 1, self._name_of(r))
+                    for t, r, a in reversed(self._raw_errors)]
+            rows += [_error_row(t, r, a, n, bot) for n, t, r, a, bot in self._refused.values()]
             rows.sort(key=lambda row: -row["time"])
             self._errors = rows[:ERRORS]
         return self._errors
 
 
-def _error_row(t: float, r: ProxyRequest, a: ProxyResponse, count: int) -> dict:
-    return {"time": round(t, 3), "client": r.client[:64], "method": r.method[:16],
+def _checked_history(doc: Any) -> tuple[list[float], dict[str, list], dict[str, tuple]]:
+    """The parts of a saved history, each checked (ValueError otherwise)."""
+    if not isinstance(doc, dict) or doc.get("schema") != 1:
+        raise ValueError("not a saved dashboard history")
+    times, series, causes = doc.get("times"), doc.get("series"), doc.get("ban_causes")
+    if not isinstance(times, list) or not all(
+            isinstance(t, (int, float)) and math.isfinite(t) for t in times):
+        raise ValueError("malformed times")
+    if not isinstance(series, dict) or not all(
+            isinstance(k, str) and isinstance(v, list) and len(v) == len(times)
+            and all(x is None or (isinstance(x, (int, float)) and math.isfinite(x)) for x in v)
+            for k, v in series.items()):
+        raise ValueError("malformed series")
+    if not isinstance(causes, dict) or not all(
+            isinstance(m, str) and isinstance(c, list) and len(c) == 2
+            and isinstance(c[0], int) and isinstance(c[1], str) for m, c in causes.items()):
+        raise ValueError("malformed ban causes")
+    return times, series, {m: (c[0], c[1][:TEXT * 2]) for m, c in causes.items()}
+
+
+def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) that turns ``old`` into ``new``:
+    changed members (objects recursively, lists whole), removed ones null."""
+    patch: dict[str, Any] = {}
+    for key, value in new.items():
+        before = old.get(key, _MISSING)
+        if before is _MISSING or before != value:
+            if isinstance(value, dict) and isinstance(before, dict):
+                patch[key] = merge_patch(before, value)
+            else:
+                patch[key] = value
+    for key in old:
+        if key not in new:
+            patch[key] = None
+    return patch
+
+
+_MISSING = object()
+
+
+def fold_idle(rows: list[dict], family: str = "sapi") -> list[dict]:
+    """The pools of ``family`` (``sapi:/sapi/…``, one per IP-limited
+    endpoint) with nothing used, queued or banned, as one row per egress
+    address: ``{"pool": "sapi", "folded": N, …}``."""
+    out: list[dict] = []
+    idle: dict[str | None, list[dict]] = {}
+    for row in rows:
+        if row["pool"].startswith(family + ":") and not (
+                row["used"] or row["queued"] or row["banned_for"] > 0):
+            idle.setdefault(row["egress"], []).append(row)
+        else:
+            out.append(row)
+    for egress, folded in idle.items():
+        if len(folded) == 1:
+            out.append(folded[0])
+            continue
+        out.append({"pool": f"{family} ({len(folded)} idle endpoints)", "egress": egress,
+                    "used": 0, "budget": folded[0]["budget"], "limit": folded[0]["limit"],
+                    "queued": 0, "banned_for": 0.0, "folded": len(folded)})
+    return out
+
+
+def pressure_order(rows: list[dict]) -> list[dict]:
+    """Banned first (longest ban first), then by share of the budget used."""
+    def key(row: dict) -> tuple:
+        budget = row.get("budget") or 0
+        share = row["used"] / budget if budget else 0.0
+        return (-(row.get("banned_for") or 0.0 > 0), -(row.get("banned_for") or 0.0),
+                -share, -row["used"], row["pool"], row["egress"] or "")
+    return sorted(rows, key=key)
+
+
+def _error_row(t: float, r: ProxyRequest, a: ProxyResponse, count: int, bot: str) -> dict:
+    return {"time": round(t, 3), "client": bot[:64], "address": r.client[:64],
+            "method": r.method[:16],
             "market": r.market, "path": _cut(r.path), "query": _cut(redact_query(r)),
             "status": a.status, "source": a.source, "reason": (a.detail or "")[:40],
             "msg": _msg(a), "count": count}
@@ -530,5 +661,5 @@ def _msg(response: ProxyResponse) -> str:
         except orjson.JSONDecodeError:
             value = None
         if isinstance(value, dict) and isinstance(value.get("msg"), str):
-            return redact_text(value["msg"], TEXT)
+            return readable_times(redact_text(value["msg"], TEXT))
     return redact_text(response.detail or "", TEXT)

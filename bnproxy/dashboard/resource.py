@@ -1,11 +1,14 @@
 """The dashboard's twisted.web resources.
 
-- ``/dashboard``: the page (``/dashboard/`` redirects there);
+- ``/dashboard``: the page, its first paint rendered from the state
+  (``/dashboard/`` redirects there);
 - ``/dashboard/state``: the state document (``bnproxy.dashboard.feed``);
 - ``/dashboard/events``: server-sent events, one ``state`` event a second
   (the bytes the feed encoded once for every open page), with ``retry:`` so
   the browser's ``EventSource`` reconnects by itself after a restart;
-  bounded in number (in all and per address) and in unsent bytes;
+  bounded in number (in all and per address) and in unsent bytes; after the
+  first, each event is what changed (a merge patch), gzip-compressed once for
+  every page that accepts it;
 - ``/dashboard/dashboard.js``, ``dashboard.css``, ``vendor/…``: the page's
   static files, read once from the package (no external asset).
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import os
 import socket
+import zlib
 from collections.abc import Callable
 
 from twisted.internet.interfaces import IPushProducer
@@ -26,6 +30,7 @@ from zope.interface import implementer
 
 from bnproxy.binance.errors import TOO_MANY_REQUESTS, error_body
 from bnproxy.dashboard.feed import DashboardFeed
+from bnproxy.dashboard.firstpaint import first_paint
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STATIC = {
@@ -145,6 +150,20 @@ class EventsResource(Resource):
         self._by_address: dict[str, int] = {}
         self.open = 0
         self.closed_unread = 0  # streams closed because the page stopped reading
+        # (previous event, event) -> deflated bytes, for the events of this tick
+        self._deflated_now: dict[tuple[bytes, bytes], bytes] = {}
+
+    def _deflated(self, previous: bytes, event: bytes) -> bytes:
+        """``deflated(event, previous)``, once for every page that read
+        the same previous event (all but those that joined this second)."""
+        key = (previous, event)
+        out = self._deflated_now.get(key)
+        if out is None:
+            if len(self._deflated_now) >= 4 or all(e is not event
+                                                   for _, e in self._deflated_now):
+                self._deflated_now.clear()
+            out = self._deflated_now[key] = deflated(event, previous)
+        return out
 
     def render_GET(self, request):
         address = str(getattr(request.getClientAddress(), "host", None) or "unix")
@@ -160,13 +179,22 @@ class EventsResource(Resource):
         _small_send_buffer(request)
         reader = _Reader(request)
         request.registerProducer(reader, True)
-        request.write(b"retry: %d\n\n" % RETRY_MS)
-        if self._feed.event:
-            request.write(self._feed.event)
+        gzip = _accepts_gzip(request)
+        last = [self._feed.event]  # what this page has just read, uncompressed
+        if gzip:
+            request.setHeader(b"content-encoding", b"gzip")
+            request.setHeader(b"vary", b"accept-encoding")
+            request.write(GZIP_HEADER + deflated(b"retry: %d\n\n%s" % (
+                RETRY_MS, self._feed.event)))
+        else:
+            request.write(b"retry: %d\n\n" % RETRY_MS)
+            if self._feed.event:
+                request.write(self._feed.event)
 
         def send(event: bytes) -> None:
             if not reader.closed:
-                request.write(event)
+                request.write(self._deflated(last[0], event) if gzip else event)
+                last[0] = event
 
         ended: list[bool] = []
 
@@ -192,6 +220,33 @@ class EventsResource(Resource):
         return server.NOT_DONE_YET
 
 
+GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # no name, no time
+
+
+def deflated(data: bytes, previous: bytes = b"") -> bytes:
+    """``data`` as deflate blocks of their own (a fresh compressor, ended
+    with a sync flush, never the final block): any number of them, from any
+    compressor, after ``GZIP_HEADER`` make one gzip stream a browser reads as
+    it comes. ``previous``: the bytes the reader decoded just before (its
+    window holds them), given as the compressor's dictionary, so an event
+    much like the last one costs little. So an event is compressed once for
+    every open page that read the same previous event."""
+    compressor = (zlib.compressobj(6, zlib.DEFLATED, -15, zdict=previous[-32768:])
+                  if previous else zlib.compressobj(6, zlib.DEFLATED, -15))
+    return compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+
+
+def _accepts_gzip(request) -> bool:
+    accepted = b",".join(request.requestHeaders.getRawHeaders(b"accept-encoding") or ())
+    for item in accepted.lower().split(b","):
+        name, _, params = item.strip().partition(b";")
+        if name.strip() == b"gzip":
+            q = params.strip()
+            return not (q.startswith(b"q=") and q[2:].strip() in (b"0", b"0.0", b"0.00",
+                                                                  b"0.000"))
+    return False
+
+
 def _small_send_buffer(request) -> None:
     """The kernel keeps at most about ``SEND_BUFFER`` unsent bytes of this
     stream (without it, a page that stops reading holds megabytes there),
@@ -213,7 +268,8 @@ class DashboardResource(Resource):
 
     def __init__(self, feed: DashboardFeed) -> None:
         super().__init__()
-        self._page = _Static(_read("index.html"), b"text/html; charset=utf-8")
+        self._feed = feed
+        self._template = _read("index.html").decode("utf-8")
         self.putChild(b"", _Redirect())
         self.putChild(b"state", StateResource(feed))
         self.events = EventsResource(feed)
@@ -226,7 +282,13 @@ class DashboardResource(Resource):
         self.putChild(b"vendor", vendor)
 
     def render_GET(self, request):
-        return self._page.render_GET(request)
+        """The page, its first paint rendered from the newest state
+        (``bnproxy.dashboard.firstpaint``): readable without JavaScript."""
+        _common_headers(request, b"text/html; charset=utf-8")
+        request.setHeader(b"content-security-policy", CSP)
+        if not self._feed.document:
+            self._feed.tick()
+        return first_paint(self._template, self._feed.document)
 
 
 def mount_dashboard(root: Resource, feed: DashboardFeed,

@@ -7,10 +7,14 @@ and the User-Agent's product. The API key appears only as a short salted
 hash (to tell bots apart); bodies are never logged.
 
 The bot is named by its ``X-Bnproxy-Client`` header when it sends one, else
-by its key's hash, else by its address. Lines are formatted here and handed
-to the proxy's access log writer (``context.access_log``, an ``IAccessLog``:
-standard output by default, a file, or none with ``--access-log``), which
-writes them in blocks. No writer: no line is even formatted.
+by its key's hash, else by its address. Every answer is also counted in the
+per-bot ledger (``BotLedger``, ``IBotLedger``: the dashboard's Bots table and
+``bnproxy_bot_*`` on ``/metrics``), with or without an access log: the
+logger is first in the chain, so it sees every request, however answered.
+Lines are formatted here and handed to the proxy's access log writer
+(``context.access_log``, an ``IAccessLog``: standard output by default, a
+file, or none with ``--access-log``), which writes them in blocks. No writer:
+no line is even formatted.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import hashlib
 import os
 import re
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +34,7 @@ from zope.interface import implementer
 from bnproxy.binance.privacy import API_KEY_HEADER, REDACTED, redact_query
 from bnproxy.chain.compose import Answer
 from bnproxy.chain.context import MiddlewareContext
-from bnproxy.chain.interfaces import IAccessLog, IMiddleware
+from bnproxy.chain.interfaces import IAccessLog, IBotLedger, IMetricsSource, IMiddleware
 from bnproxy.chain.labels import CLIENT_HEADER as _CLIENT_HEADER
 from bnproxy.chain.messages import ProxyRequest, ProxyResponse
 from bnproxy.chain.options import Option
@@ -59,10 +64,153 @@ def product_of(user_agent: bytes) -> str:
     return safe_name(first.split(b"/", 1)[0], 32) or "-"
 
 
-@implementer(IMiddleware)
+# -- the per-bot ledger -----------------------------------------------------------------
+
+ANSWERS = ("stream", "cache", "upstream", "local")
+REFUSALS = ("budget", "ban", "allowlist", "bad_request", "failed")
+FIELDS = ("requests", "asked", "spent", *ANSWERS, *REFUSALS)
+_N = len(FIELDS)
+_AT = {name: i for i, name in enumerate(FIELDS)}
+_LOCAL_REASONS = {"banned": _AT["ban"], "budget": _AT["budget"], "denied": _AT["allowlist"]}
+_SOURCE_AT = {name: _AT[name] for name in ANSWERS}
+_LOCAL_AT = _AT["local"]
+BUCKET = 10  # seconds per bucket of the windows
+WINDOW_15M = 90  # buckets
+WINDOW_1M = 6
+MAX_BOTS = 1000  # named bots; the rest are counted as "other"
+OTHER = "other"
+
+
+def answered_where(response: ProxyResponse) -> int:
+    """The ledger's column for an answer: where it came from, or why it was
+    refused. A refusal here (``local`` with 4xx) or a failure (5xx) is not
+    an answer: its weight is never asked (the rule of ``/metrics``'s
+    ``bnproxy_weight_asked_total``)."""
+    status, source = response.status, response.source
+    if status >= 500:
+        return _AT["failed"]
+    if source == "local" and status >= 400:
+        return _LOCAL_REASONS.get(response.detail, _AT["bad_request"])
+    return _AT.get(source, _AT["local"])
+
+
+class BotLedger:
+    """Counts every request of every bot: since start, and in 10-second
+    buckets for the last minute and the last 15 minutes. Per request: a few
+    dict lookups and additions."""
+
+    def __init__(self, clock) -> None:
+        self._clock = clock
+        self._total: dict[str, list[int]] = {}
+        self._seen: dict[str, float] = {}
+        self._buckets: deque[tuple[int, dict[str, list[int]]]] = deque(maxlen=WINDOW_15M)
+        self._weights: dict[tuple[int, bytes], int] = {}
+        self._rows: dict[str, list[int]] = {}  # the newest bucket's
+        self._bucket_end = float("-inf")
+
+    def _asked(self, request: ProxyRequest) -> int:
+        endpoint = request.endpoint
+        if endpoint is None:
+            return 1
+        key = (id(endpoint), request.query)  # endpoints live as long as the process
+        weight = self._weights.get(key)
+        if weight is None:
+            weight = endpoint.weight(request.params)
+            if len(self._weights) >= _REMEMBERED * 4:
+                self._weights.clear()
+            self._weights[key] = weight
+        return weight
+
+    def count(self, bot: str, request: ProxyRequest, response: ProxyResponse) -> None:
+        now = self._clock.seconds()
+        total = self._total.get(bot)
+        if total is None:
+            if len(self._total) >= MAX_BOTS:
+                bot = OTHER
+            total = self._total.get(bot)
+            if total is None:
+                total = self._total[bot] = [0] * _N
+        if response.status < 400:  # the common case: answered, asked weight counts
+            where = _SOURCE_AT.get(response.source, _LOCAL_AT)
+            endpoint = request.endpoint
+            if endpoint is None:
+                asked = 1
+            else:
+                key = (id(endpoint), request.query)  # endpoints live as long as the process
+                asked = self._weights.get(key)  # type: ignore[assignment]
+                if asked is None:
+                    asked = self._asked(request)
+        else:
+            where = answered_where(response)
+            asked = self._asked(request) if where < _AT["budget"] else 0
+        spent = response.weight if response.source == "upstream" else 0
+        if now >= self._bucket_end:
+            self._new_bucket(now)
+        rows = self._rows
+        row = rows.get(bot)
+        if row is None:
+            row = rows[bot] = [0] * _N
+        row[0] += 1
+        row[1] += asked
+        row[2] += spent
+        row[where] += 1
+        total[0] += 1
+        total[1] += asked
+        total[2] += spent
+        total[where] += 1
+        self._seen[bot] = now
+
+    def _new_bucket(self, now: float) -> None:
+        bucket = int(now // BUCKET)
+        self._rows = {}
+        self._buckets.append((bucket, self._rows))
+        self._bucket_end = (bucket + 1) * BUCKET
+
+    def bots(self) -> list[dict[str, Any]]:
+        now_bucket = int(self._clock.seconds() // BUCKET)
+        minute: dict[str, list[int]] = {}
+        quarter: dict[str, list[int]] = {}
+        for bucket, rows in self._buckets:
+            age = now_bucket - bucket
+            if age >= WINDOW_15M:
+                continue
+            for bot, row in rows.items():
+                _add(quarter, bot, row)
+                if age < WINDOW_1M:
+                    _add(minute, bot, row)
+        zero = [0] * _N
+        out = [{**_named(total), "last_minute": _named(minute.get(bot, zero)),
+                "last_15m": _named(quarter.get(bot, zero)), "client": bot,
+                "last_seen": round(self._seen[bot], 3)}
+               for bot, total in self._total.items()]
+        out.sort(key=lambda r: (-r["last_15m"]["requests"], -r["requests"], r["client"]))
+        return out
+
+    def totals(self) -> dict[str, list[int]]:
+        """Since start, per bot, in ``FIELDS`` order (for ``/metrics``)."""
+        return self._total
+
+
+def _add(table: dict[str, list[int]], bot: str, row: list[int]) -> None:
+    into = table.get(bot)
+    if into is None:
+        table[bot] = list(row)
+    else:
+        for i, n in enumerate(row):
+            into[i] += n
+
+
+def _named(row: list[int]) -> dict[str, Any]:
+    return {"requests": row[0], "asked": row[1], "spent": row[2],
+            "answered": {name: row[_AT[name]] for name in ANSWERS},
+            "refused": {name: row[_AT[name]] for name in REFUSALS}}
+
+
+@implementer(IMiddleware, IBotLedger, IMetricsSource)
 class AccessLogger:
     """Formats one access line per answer and hands it to ``output``, an
-    ``IAccessLog`` (None: no access log)."""
+    ``IAccessLog`` (None: no access log), and counts every answer in the
+    per-bot ledger (``IBotLedger``, with or without an access log)."""
 
     plain_next = True
 
@@ -82,6 +230,36 @@ class AccessLogger:
         self._shapes: dict[tuple, Any] = {}
         self._last_response: ProxyResponse | None = None  # and its X-Cache value:
         self._last_cache = b"-"  # the cache hands out one answer per entry and second
+        self.ledger = BotLedger(clock)
+
+    def bots(self) -> list[dict[str, Any]]:
+        return self.ledger.bots()
+
+    def name_of(self, request: ProxyRequest) -> str:
+        label = request.header(self._client_header)
+        if label:
+            return self._remembered(self._bots, label, safe_name)
+        return self.key_id(request) or request.client
+
+    def collect_metrics(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily
+
+        answers = CounterMetricFamily(
+            "bnproxy_bot_requests", "Requests per bot (named as in the access log), by where "
+            "they were answered or why refused.", labels=["client", "answer"])
+        asked = CounterMetricFamily("bnproxy_bot_weight_asked",
+                                    "Weight of each bot's answered requests (predicted).",
+                                    labels=["client"])
+        spent = CounterMetricFamily("bnproxy_bot_weight_spent",
+                                    "Weight spent upstream on each bot's behalf.",
+                                    labels=["client"])
+        for bot, row in self.ledger.totals().items():
+            for name in (*ANSWERS, *REFUSALS):
+                if row[_AT[name]]:
+                    answers.add_metric([bot, name], row[_AT[name]])
+            asked.add_metric([bot], row[1])
+            spent.add_metric([bot], row[2])
+        yield from (answers, asked, spent)
 
     def key_id(self, request: ProxyRequest) -> str | None:
         key = request.header(_APIKEY)
@@ -94,8 +272,6 @@ class AccessLogger:
 
     def handle(self, request: ProxyRequest, next: Callable) -> Answer:
         answer = next(request)
-        if self.output is None:
-            return answer
         # as compose.then, one call less per hit (a ProxyResponse tested first:
         # isinstance of Deferred, an ABC, is slow)
         if isinstance(answer, ProxyResponse) or not isinstance(answer, Deferred):
@@ -120,6 +296,14 @@ class AccessLogger:
                 label = v
             elif k == _USER_AGENT:
                 agent = v
+        key = self._hash(key_raw) if key_raw else None
+        if label:
+            bot = self._remembered(self._bots, label, safe_name)
+        else:
+            bot = key or request.client
+        self.ledger.count(bot, request, response)
+        if self.output is None:
+            return response
         if response is self._last_response:  # a cache hit's answer, served again
             cache = self._last_cache
         else:
@@ -144,12 +328,12 @@ class AccessLogger:
                      response.weight, response.detail, label or request.client, agent)
             middle = self._shapes.get(shape)
             if middle is None:
-                middle = self._shape(request, response, query, cache, None, label, agent)
+                middle = self._shape(request, response, query, cache, None, bot, agent)
                 if len(self._shapes) >= _REMEMBERED:
                     self._shapes.clear()
                 self._shapes[shape] = middle
         else:
-            middle = self._shape(request, response, query, cache, key_raw, label, agent)
+            middle = self._shape(request, response, query, cache, key, bot, agent)
         if self._json:
             line = (b'{"time":"%s.%03dZ","client":%s,"ms":%d.%03d,%s}\n' % (
                 self._stamp, int((now - second) * 1000), orjson.dumps(request.client),
@@ -162,15 +346,10 @@ class AccessLogger:
         return response
 
     def _shape(self, request: ProxyRequest, response: ProxyResponse, query: str,
-               cache: bytes, key_raw: bytes | None, label: bytes | None,
-               agent: bytes | None):
+               cache: bytes, key: str | None, bot: str, agent: bytes | None):
         """The line less its time, client address and duration: JSON members
         (bytes), or the text before and after the duration."""
-        key = self._hash(key_raw) if key_raw else "-"
-        if label:
-            bot = self._remembered(self._bots, label, safe_name)
-        else:
-            bot = key if key_raw else request.client
+        key = key or "-"
         product = self._remembered(self._products, agent, product_of) if agent else "-"
         cache_text = cache.decode("latin-1")
         if self._json:

@@ -292,11 +292,17 @@ def render(state: dict[str, Any], out: TextIO, bots: int = 10) -> None:
     _table(rows, out)
     clients = _list(state, "clients")
     out.write(f"\nBots ({len(clients)})\n")
-    rows = [["bot", "requests", "weight", "refused", "last seen"]]
+    rows = [["bot", "req/min", "asked/min", "spent/min", "req 15 min", "streams", "cache",
+             "upstream", "refused", "last seen"]]
     for c in clients[:bots]:
         seen = _num(c.get("last_seen"), None)
-        rows.append([clean(c.get("client"), 64), _int(c.get("requests")), _int(c.get("weight")),
-                     _int(c.get("refused")),
+        minute, quarter = _dict(c, "last_minute"), _dict(c, "last_15m")
+        answered, refused = _dict(quarter, "answered"), _dict(quarter, "refused")
+        rows.append([clean(c.get("client"), 64), _int(minute.get("requests")),
+                     _int(minute.get("asked")), _int(minute.get("spent")),
+                     _int(quarter.get("requests")),
+                     *(_int(answered.get(k)) for k in ("stream", "cache", "upstream")),
+                     _int(sum(_num(v) or 0.0 for v in refused.values())),
                      "-" if seen is None else f"{max(0.0, now - seen):.0f} s ago"])
     _table(rows, out)
     hits = _dict(state, "hit_ratio_15m")

@@ -24,7 +24,12 @@ from bnproxy.binance.marketdata import VARYING_HEADERS
 from bnproxy.binance.privacy import PRIVATE_HEADERS
 from bnproxy.chain.compose import Answer, as_deferred, then
 from bnproxy.chain.context import MiddlewareContext
-from bnproxy.chain.interfaces import IHealthReporter, IMetricsSource, IMiddleware
+from bnproxy.chain.interfaces import (
+    IDashboardSection,
+    IHealthReporter,
+    IMetricsSource,
+    IMiddleware,
+)
 from bnproxy.chain.messages import ProxyRequest, ProxyResponse
 from bnproxy.chain.options import Option
 from bnproxy.middleware.cache.admin import CacheAdmin
@@ -67,7 +72,7 @@ class _Stats:
         self.per_endpoint[endpoint][what] += 1
 
 
-@implementer(IHealthReporter, IMetricsSource, IMiddleware)
+@implementer(IHealthReporter, IMetricsSource, IMiddleware, IDashboardSection)
 class Cache:
     """The response cache. See the module docstring."""
 
@@ -231,6 +236,10 @@ class Cache:
     def health(self) -> dict:
         snap = self.snapshot()
         return {k: snap[k] for k in ("entries", "bytes", "hit_ratio")}
+
+    def dashboard_section(self) -> tuple[str, dict]:
+        """What the cache holds (its hits are the answers counter's)."""
+        return "cache", {"entries": len(self._store), "bytes": self._store.bytes}
 
 
 OPTIONS = (

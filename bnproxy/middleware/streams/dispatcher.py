@@ -37,6 +37,7 @@ from bnproxy.binance.privacy import is_private
 from bnproxy.chain.compose import Answer, then
 from bnproxy.chain.context import MiddlewareContext
 from bnproxy.chain.interfaces import (
+    IDashboardSection,
     IHealthReporter,
     IMetricsSource,
     IMiddleware,
@@ -65,7 +66,8 @@ SWEEP_EVERY = 10.0
 READINESS_PING = b"ready"  # the INTERNAL marker of the service's readiness probes
 
 
-@implementer(IMiddleware, IHealthReporter, IMetricsSource, IReadinessCheck, IProblemReporter)
+@implementer(IMiddleware, IHealthReporter, IMetricsSource, IReadinessCheck, IProblemReporter,
+             IDashboardSection)
 class Streams(MultiService):
     plain_next = True
 
@@ -264,6 +266,18 @@ class Streams(MultiService):
             for purpose in PURPOSES:
                 own.add_metric([market, purpose], self.refetch.total.get((market, purpose), 0))
         yield own
+
+    def dashboard_section(self) -> tuple[str, dict]:
+        """The dashboard's streams table: per market connections, open ones,
+        subscriptions, stale ones, reconnects, messages a second."""
+        markets = {}
+        for m, mgr in self.managers.items():
+            h = mgr.health(self.stale_streams(m))
+            markets[m] = {"connections": h.get("connections", 0), "open": h.get("open", 0),
+                          "streams": h.get("streams", 0), "stale": len(h.get("stale", ())),
+                          "reconnects": h.get("reconnects", 0),
+                          "messages_per_second": h.get("messages_per_second", 0.0)}
+        return "streams", {"served": self.served, "markets": markets}
 
     def health(self) -> dict:
         return {"served": self.served,
