@@ -34,14 +34,18 @@ from bnproxy.binance.marketdata import (
     rest_path,
 )
 from bnproxy.binance.privacy import is_private
+from bnproxy.binance.streams import parse_stream_path
 from bnproxy.chain.compose import Answer, then
 from bnproxy.chain.interfaces import (
     IHealthReporter,
     IMetricsSource,
     IMiddleware,
     IReadinessCheck,
+    IStreamHub,
 )
 from bnproxy.chain.messages import INTERNAL, ProxyRequest, ProxyResponse
+from bnproxy.middleware.streams.egress import ban_reader, move_banned
+from bnproxy.middleware.streams.hub import Hub
 from bnproxy.middleware.streams.klines import KlineSeries
 from bnproxy.middleware.streams.manager import StreamManager
 from bnproxy.middleware.streams.orderbook import OrderBook
@@ -61,9 +65,20 @@ SERVED = {"spot": (KLINES, DEPTH, TICKER_24HR, BOOK_TICKER, PRICE, EXCHANGE_INFO
           "coinm": (KLINES, DEPTH, EXCHANGE_INFO)}
 SWEEP_EVERY = 10.0
 READINESS_PING = b"ready"  # the INTERNAL marker of the service's readiness probes
+# The answer that admits a bot's websocket upgrade on a stream path (the
+# gateway, server/websocket.py, takes the connection over).
+UPGRADE = ProxyResponse(101, (), b"", "stream", "websocket")
 
 
-@implementer(IMiddleware, IHealthReporter, IMetricsSource, IReadinessCheck)
+def is_stream_upgrade(request: ProxyRequest) -> bool:
+    """A websocket upgrade to one of Binance's public stream paths."""
+    upgrade = request.header(b"upgrade")
+    return upgrade is not None and upgrade.strip().lower() == b"websocket" and \
+        parse_stream_path(f"/{request.market}{request.path}",
+                          request.query.decode("latin-1")) is not None
+
+
+@implementer(IMiddleware, IHealthReporter, IMetricsSource, IReadinessCheck, IStreamHub)
 class Streams(MultiService):
     plain_next = True
 
@@ -93,6 +108,7 @@ class Streams(MultiService):
                                     tls_policy=getattr(context, "tls_policy", None),
                                     egresses=tuple(getattr(context, "egresses", ()) or ()))
             manager.on_lost.append(self._lost_callback(market))
+            manager.egress_banned = ban_reader(market, lambda: context.lookup("ratelimit"))
             manager.setServiceParent(self)
             self.managers[market] = manager
             context.streams[market] = manager
@@ -100,6 +116,10 @@ class Streams(MultiService):
             (market, rest_path(market, family) or ""): family
             for market in self.managers for family in SERVED[market]}
         self._parsed: dict[bytes, dict[str, str] | None] = {}
+        # The bots' websocket gateway (IStreamHub, below)
+        self.hub = Hub(context.reactor, self.managers, self.subscriptions,
+                       self.exchange_info.listed, self.exchange_info.when_known,
+                       self._idle_for)
         self.served = 0
         self._sweeper = task.LoopingCall(self._sweep)
         self._sweeper.clock = context.reactor
@@ -146,6 +166,8 @@ class Streams(MultiService):
             return next(request)
         family = self._routes.get((request.market, request.path))
         if family is None or request.endpoint is None or is_private(request):
+            if request.endpoint is None and is_stream_upgrade(request):
+                return UPGRADE  # the websocket gateway takes the connection
             return next(request)
         p = self._params(request.query)
         if p is None:  # a parameter given twice: ambiguous, Binance decides
@@ -186,13 +208,17 @@ class Streams(MultiService):
 
     # -- housekeeping ---------------------------------------------------------------
     def _idle_for(self, stream: str) -> float:
-        kind = stream.split("@", 1)[1]
+        kind = stream.partition("@")[2]
         if kind.startswith("kline_"):
             return self.klines.idle_for(kind[len("kline_"):])
         return self.settings.idle_depth
 
     def _sweep(self) -> None:
-        """End subscriptions nobody used lately; resync silent books."""
+        """End subscriptions nobody used lately; resync silent books; move
+        connections off banned egress addresses."""
+        self.hub.sweep()
+        for manager in self.managers.values():
+            move_banned(manager)
         for market, stream in self.subscriptions.idle(self._idle_for):
             kind = stream.split("@", 1)[1]
             if kind.startswith("kline_"):
@@ -204,6 +230,12 @@ class Streams(MultiService):
         self.depth.check_fresh()
 
     # -- capabilities ---------------------------------------------------------------
+    def stream_markets(self) -> tuple[str, ...]:
+        return self.hub.stream_markets()
+
+    def subscribe(self, market: str, stream: str, listener: Callable[[bytes], None]) -> Any:
+        return self.hub.subscribe(market, stream, listener)
+
     def stale_streams(self, market: str) -> set[str]:
         manager = self.managers[market]
         s = self.settings

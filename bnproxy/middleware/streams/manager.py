@@ -34,6 +34,7 @@ from bnproxy.binance.marketdata import (
     usdm_route,
 )
 from bnproxy.binance.markets import Market
+from bnproxy.binance.streams import STREAMS_PER_CONNECTION as STREAMS_PER_MARKET
 
 _log = Logger(namespace="bnproxy.streams")
 
@@ -100,7 +101,7 @@ class Connection:
 
     @property
     def free(self) -> int:
-        return MAX_STREAMS - len(self.streams)
+        return self.manager.max_streams - len(self.streams)
 
     def start(self) -> None:
         self.service.startService()
@@ -149,6 +150,9 @@ class Connection:
                 if stream == "!serverShutdown":
                     self.manager.rotate(self, "serverShutdown")
                     return
+                relay = self.manager.relay
+                if relay is not None and self.manager.relays_from(stream, self):
+                    relay(stream, payload)
                 self.manager.dispatch(stream, msg.get("data"), self)
                 return
             if msg.get("e") == "serverShutdown":
@@ -240,6 +244,11 @@ class StreamManager(Service):
         self.placed: dict[str, Connection] = {}
         self.last_seen: dict[str, float] = {}
         self.on_lost: list[Callable[[set[str]], None]] = []
+        # The bots' gateway: each stream frame as received (Binance's bytes).
+        self.relay: Callable[[str, bytes], None] | None = None
+        self.max_streams = STREAMS_PER_MARKET.get(market.name, MAX_STREAMS)
+        # Whether an egress address is banned on this market's host now.
+        self.egress_banned: Callable[[str], bool] = lambda egress: False
         self.messages = 0
         self.connects = 0
         self.reconnects = 0
@@ -259,7 +268,15 @@ class StreamManager(Service):
         for c in self.connections:
             if c.egress in count and not c.retiring:
                 count[c.egress] += 1
-        return min(self.egresses, key=lambda e: count[e])
+        usable = [e for e in self.egresses if not self.egress_banned(e)] or self.egresses
+        return min(usable, key=lambda e: count[e])
+
+    def relays_from(self, name: str, conn: Connection) -> bool:
+        """Whether ``conn``'s frames of ``name`` go to bots: the connection the
+        stream is placed on, or the one it replaces until that is acknowledged
+        (a rotation neither drops nor repeats frames)."""
+        placed = self.placed.get(name)
+        return placed is conn or (placed is not None and not placed.acked and conn.retiring)
 
     def url(self, route: str | None) -> str:
         base = self.market.stream_base or ""
