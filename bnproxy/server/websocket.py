@@ -278,12 +278,12 @@ class Tap:
 class Gateway:
     """The bots' stream connections and their fan-out (module docstring)."""
 
-    def __init__(self, clock, hub: Any, limits: Limits = Limits()) -> None:
+    def __init__(self, clock, hub: Any, limits: Limits | None = None) -> None:
         if not IStreamHub.providedBy(hub):
             raise TypeError("the gateway needs an IStreamHub")
         self.clock = clock
         self.hub = hub
-        self.limits = limits
+        self.limits = limits or Limits()
         self.markets = tuple(hub.stream_markets())
         self.taps: dict[tuple[str, str], Tap] = {}
         self.bots: set[BotProtocol] = set()
@@ -307,6 +307,7 @@ class Gateway:
                 autoPingInterval=bs.PING_INTERVAL[market], autoPingTimeout=bs.PONG_TIMEOUT[market],
                 maxFramePayloadSize=65536, maxMessagePayloadSize=65536,
                 openHandshakeTimeout=10, closeHandshakeTimeout=5)
+            factory._batched_timer = clock_timer(clock)  # pings and deadlines on ``clock``
             self.factories[market] = factory
 
     # -- admission --------------------------------------------------------------------
@@ -470,6 +471,16 @@ class GatewayResource:
             self._refuse(request, 404, -1, bs.ILLEGAL_PATH)
             return
         take_over(request, bot)
+
+
+def clock_timer(clock: Any) -> Any:
+    """An autobahn factory's timer (pings, pong and handshake deadlines) on
+    ``clock``: autobahn's own reads txaio's global loop, not the reactor it
+    was given."""
+    from txaio._common import _BatchedTimer
+
+    return _BatchedTimer(200.0, 1000, seconds_provider=clock.seconds,
+                         delayed_call_creator=clock.callLater)
 
 
 def take_over(request: server.Request, protocol: Any) -> None:
