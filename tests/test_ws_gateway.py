@@ -189,3 +189,20 @@ def test_the_allowlist_applies_to_the_upgrade():
         assert not rig.streams.managers["spot"].placed
     finally:
         rig.stop()
+
+
+def test_metrics_show_bots_subscriptions_frames_and_upstream_control_messages(rig):
+    from prometheus_client import generate_latest
+
+    bots = [rig.via_proxy("/ws/btcusdt@trade/ethusdt@trade") for _ in range(2)]
+    rig.until(lambda: all(b.data_frames() for b in bots), 60)
+    text = generate_latest(rig.service.metrics.registry).decode()
+    lines = dict(line.rsplit(" ", 1) for line in text.splitlines()
+                 if line and not line.startswith("#"))
+    assert float(lines['bnproxy_ws_bot_connections{market="spot"}']) == 2
+    assert float(lines['bnproxy_ws_bot_subscriptions{market="spot"}']) == 4
+    assert float(lines["bnproxy_ws_frames_delivered_total"]) >= 2
+    assert float(lines["bnproxy_ws_relayed_frames_total"]) >= 1
+    assert float(lines["bnproxy_ws_relayed_bytes_total"]) > 0
+    assert float(lines['bnproxy_stream_control_messages_total{egress="default",'
+                       'market="spot"}']) >= 1

@@ -120,7 +120,8 @@ class BotProtocol(WebSocketServerProtocol):
         self.in_window = 0
         self.transport.registerProducer(_Backpressure(self), True)
         self.gateway.opened(self)
-        self.subscribe(list(self.initial))
+        for name in dict.fromkeys(self.initial):  # the URL's names, as given
+            self.streams[name] = self.gateway.join(self, name)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.gateway.closed(self)
@@ -426,8 +427,9 @@ class GatewayResource:
         if any(_LISTEN_KEY.match(n) for n in parsed.streams):
             return self._refuse(request, 400, UNKNOWN, "bnproxy: user-data streams "
                                 "(/ws/<listenKey>) are not relayed; connect them to Binance")
-        if any(not bs.valid_stream(n) for n in parsed.streams) or \
-                len(parsed.streams) > bs.STREAMS_PER_CONNECTION[parsed.market]:
+        # Names in the URL are taken as given (ccxt opens ``/ws/0``, ``/ws/1``…:
+        # Binance accepts them and sends nothing for them).
+        if len(parsed.streams) > bs.STREAMS_PER_CONNECTION[parsed.market]:
             return self._refuse(request, 400, -1, bs.ILLEGAL_PATH)
         peer = getattr(request.getClientAddress(), "host", None) or "unix"
         headers = tuple((k.lower(), v) for k, vs in request.requestHeaders.getAllRawHeaders()

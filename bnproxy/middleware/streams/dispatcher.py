@@ -16,6 +16,7 @@ subscriptions end after their idle time.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import parse_qsl
@@ -271,6 +272,25 @@ class Streams(MultiService):
             reconnects.add_metric([market], mgr.reconnects)
             messages.add_metric([market], mgr.messages)
         yield from (active, stale, conns, reconnects, messages)
+        control = CounterMetricFamily(
+            "bnproxy_stream_control_messages", "Control messages (SUBSCRIBE, UNSUBSCRIBE) "
+            "sent upstream.", labels=["market", "egress"])
+        by_egress = GaugeMetricFamily("bnproxy_stream_connections_by_egress",
+                                      "Stream connections by egress address.",
+                                      labels=["market", "egress"])
+        for market, mgr in self.managers.items():
+            for egress, n in mgr.control_sent.items():
+                control.add_metric([market, egress or "default"], n)
+            spread = Counter(c.egress or "default" for c in mgr.connections
+                             if c.protocol is not None)
+            for egress, n in spread.items():
+                by_egress.add_metric([market, egress], n)
+        yield control
+        yield by_egress
+        yield CounterMetricFamily("bnproxy_ws_relayed_frames", "Upstream stream frames "
+                                  "relayed to the bots' gateway.", value=self.hub.frames)
+        yield CounterMetricFamily("bnproxy_ws_relayed_bytes", "Bytes of upstream stream "
+                                  "frames relayed to the bots' gateway.", value=self.hub.bytes)
         yield CounterMetricFamily("bnproxy_stream_answers", "Answers served from streams.",
                                   value=self.served)
         own = CounterMetricFamily(
@@ -288,7 +308,8 @@ class Streams(MultiService):
                 "series": len(self.series), "books": len(self.books),
                 "exchange_info_held": len(self.exchange_info.held),
                 "own_weight": self.refetch.health(),
-                "subscriptions_refused": self.subscriptions.refused}
+                "subscriptions_refused": self.subscriptions.refused,
+                "gateway": self.hub.health()}
 
 
 __all__ = ["OPTIONS", "Streams", "build_streams"]

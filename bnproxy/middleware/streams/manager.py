@@ -14,7 +14,7 @@ ticker) or ``/market`` (everything else) paths unless ``legacy`` is set.
 from __future__ import annotations
 
 import random
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -210,6 +210,7 @@ class Connection:
                 return
             self.protocol.sendMessage(self._outbox.popleft())
             self._sent.append(now)
+            self.manager.control_sent[self.egress or ""] += 1
 
 
 class StreamManager(Service):
@@ -247,6 +248,7 @@ class StreamManager(Service):
         # The bots' gateway: each stream frame as received (Binance's bytes).
         self.relay: Callable[[str, bytes], None] | None = None
         self.max_streams = STREAMS_PER_MARKET.get(market.name, MAX_STREAMS)
+        self.control_sent: Counter[str] = Counter()  # by egress address ("": default)
         # Whether an egress address is banned on this market's host now.
         self.egress_banned: Callable[[str], bool] = lambda egress: False
         self.messages = 0
