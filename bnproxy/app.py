@@ -39,7 +39,7 @@ from bnproxy.server.clientaddr import ClientResolver, parse_networks
 from bnproxy.server.forwarding import ForwardingResource, RootResource
 from bnproxy.server.metrics import Metrics
 from bnproxy.server.site import ProxySite
-from bnproxy.server.websocket import Gateway, GatewayResource, StreamRoot, find_hub
+from bnproxy.server.websocket import Gateway, GatewayResource, Limits, StreamRoot, find_hub
 from bnproxy.upstream.client import Deadlines, Upstream, make_agent
 from bnproxy.upstream.tls import upstream_tls_policy
 
@@ -152,7 +152,8 @@ def build_proxy(config: ProxyConfig, reactor: Any, agent: Any = None) -> Proxy:
     hub = find_hub(middlewares)
     gateway = None
     if hub is not None:  # the bots' websocket gateway (server/websocket.py)
-        gateway = Gateway(reactor, hub)
+        gateway = Gateway(reactor, hub, Limits(
+            per_client=config.server.max_connections_per_client))
         metrics.watch(lambda: [gateway])
         root: RootResource = StreamRoot(forward, GatewayResource(gateway, handler, reactor,
                                                                  resolver))

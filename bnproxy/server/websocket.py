@@ -69,9 +69,11 @@ def is_upgrade(request: server.Request) -> bool:
 
 
 class Limits:
-    """Per-bot and gateway-wide bounds."""
+    """Per-bot and gateway-wide bounds: open connections per client address
+    (``--max-connections-per-client``, as for HTTP) and in total, and the
+    bytes that may wait for one bot."""
 
-    def __init__(self, per_client: int = 64, total: int = 10_000,
+    def __init__(self, per_client: int = 256, total: int = 10_000,
                  max_backlog: int = 4 * 1024 * 1024) -> None:
         self.per_client = per_client
         self.total = total
