@@ -274,9 +274,10 @@ class StreamManager(Service):
         return min(usable, key=lambda e: count[e])
 
     def relays_from(self, name: str, conn: Connection) -> bool:
-        """Whether ``conn``'s frames of ``name`` go to bots: the connection the
-        stream is placed on, or the one it replaces until that is acknowledged
-        (a rotation neither drops nor repeats frames)."""
+        """Whether ``conn``'s frames of ``name`` go to bots: one connection's at
+        a time. During a rotation the old one's until the new one's
+        ``SUBSCRIBE`` is acknowledged, then the new one's (what the old one
+        still delivers then, the new one delivers too: no duplicate)."""
         placed = self.placed.get(name)
         return placed is conn or (placed is not None and not placed.acked and conn.retiring)
 
