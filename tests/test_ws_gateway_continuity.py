@@ -47,3 +47,17 @@ def test_a_rotation_is_invisible_to_a_bot(rig, how):
     ids = [orjson.loads(f)["t"] for f in trades.data_frames()]
     assert ids == sorted(set(ids))
     assert bot.factory.closed is None
+
+
+def test_a_dropped_upstream_connection_closes_its_bots_with_a_frame_they_reconnect_from(rig):
+    depth = rig.via_proxy("/ws/btcusdt@depth@100ms")
+    other = rig.via_proxy("/usdm/market/ws/btcusdt@markPrice@1s")  # another connection
+    rig.until(lambda: depth.data_frames() and other.data_frames(), 60)
+    assert rig.exchange.hubs["spot"].drop() == 1  # the proxy's spot connection
+    rig.sleep(2)
+    assert depth.factory.closed is not None and depth.factory.closed[0] == 1001
+    assert other.factory.closed is None  # its upstream did not drop
+    again = rig.via_proxy("/ws/btcusdt@depth@100ms")  # the bot reconnects
+    rig.until(lambda: len(again.data_frames()) > 5, 60)
+    assert_continuous(again.data_frames())
+    assert rig.gateway.upstream_closes == 1

@@ -260,8 +260,10 @@ class IStreamHub(Interface):
         """The market names (``spot``, ``usdm``, ``coinm``) whose streams can
         be relayed."""
 
-    def subscribe(market, stream, listener):
+    def subscribe(market, stream, listener, lost=None):
         """Start relaying ``stream`` of ``market`` to ``listener``, a callable
         taking each upstream frame as Binance's combined-stream bytes
-        (``{"stream":…,"data":…}``, exactly as received). Returns a handle
-        with ``close()`` to stop. Called in the reactor thread."""
+        (``{"stream":…,"data":…}``, exactly as received). ``lost()``, if
+        given, is called when the upstream connection carrying the stream
+        dropped: frames were missed (the reconnect resubscribes). Returns a
+        handle with ``close()`` to stop. Called in the reactor thread."""

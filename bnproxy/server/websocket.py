@@ -58,6 +58,8 @@ UPGRADE_STATUS = 101  # the chain's "admitted" answer to an upgrade request
 SLOW_CLIENT = 1008
 SLOW_CLIENT_REASON = "bnproxy: client too slow, send buffer full"
 GOING_AWAY = 1001
+UPSTREAM_LOST = 1001
+UPSTREAM_LOST_REASON = "bnproxy: upstream stream connection lost, reconnect"
 # A path segment that is a listenKey (user-data stream), not a stream name.
 _LISTEN_KEY = re.compile(r"^[A-Za-z0-9]{32,}$")
 
@@ -245,13 +247,22 @@ class Tap:
         self.gateway = gateway
         self.key = (market, stream)
         self.bots: set[BotProtocol] = set()
-        self.handle = gateway.hub.subscribe(market, stream, self.frame)
+        self.handle = gateway.hub.subscribe(market, stream, self.frame, self.lost)
 
     def leave(self, bot: BotProtocol) -> None:
         self.bots.discard(bot)
         if not self.bots:
             self.handle.close()
             self.gateway.taps.pop(self.key, None)
+
+    def lost(self) -> None:
+        """The upstream connection dropped: frames were missed. Every bot on
+        the stream gets a close frame it reconnects from (as a bot straight at
+        Binance would have seen its connection drop), never a silent gap."""
+        for bot in tuple(self.bots):
+            if bot.state == bot.STATE_OPEN:
+                self.gateway.upstream_closes += 1
+                bot.close(UPSTREAM_LOST, UPSTREAM_LOST_REASON)
 
     def frame(self, payload: bytes) -> None:
         raw: PreparedMessage | None = None
@@ -297,6 +308,7 @@ class Gateway:
         self.rate_closes = 0
         self.control_messages = 0
         self.refused = 0
+        self.upstream_closes = 0
         self.factories: dict[str, WebSocketServerFactory] = {}
         gateway = self
         for market in self.markets:
@@ -391,6 +403,9 @@ class Gateway:
                                   "sent.", value=self.control_messages)
         yield CounterMetricFamily("bnproxy_ws_refused", "Websocket upgrades refused.",
                                   value=self.refused)
+        yield CounterMetricFamily("bnproxy_ws_upstream_lost_closes", "Bots closed because the "
+                                  "upstream connection of one of their streams dropped.",
+                                  value=self.upstream_closes)
 
 
 @implementer(IResource)

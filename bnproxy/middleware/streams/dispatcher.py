@@ -234,8 +234,9 @@ class Streams(MultiService):
     def stream_markets(self) -> tuple[str, ...]:
         return self.hub.stream_markets()
 
-    def subscribe(self, market: str, stream: str, listener: Callable[[bytes], None]) -> Any:
-        return self.hub.subscribe(market, stream, listener)
+    def subscribe(self, market: str, stream: str, listener: Callable[[bytes], None],
+                  lost: Callable[[], None] | None = None) -> Any:
+        return self.hub.subscribe(market, stream, listener, lost)
 
     def stale_streams(self, market: str) -> set[str]:
         manager = self.managers[market]

@@ -34,12 +34,14 @@ def _no_handler(data: Any) -> None:
 class Handle:
     """One listener's subscription; ``close()`` ends it (idempotent)."""
 
-    __slots__ = ("_hub", "key", "listener")
+    __slots__ = ("_hub", "key", "listener", "lost")
 
-    def __init__(self, hub: Hub, key: tuple[str, str], listener: Listener) -> None:
+    def __init__(self, hub: Hub, key: tuple[str, str], listener: Listener,
+                 lost: Callable[[], None] | None) -> None:
         self._hub = hub
         self.key = key
         self.listener = listener
+        self.lost = lost
 
     def close(self) -> None:
         hub, self._hub = self._hub, None  # type: ignore[assignment]
@@ -72,6 +74,7 @@ class Hub:
         self.bytes = 0
         for market, manager in managers.items():
             manager.relay = self._relay_for(market)
+            manager.on_lost.append(self._lost_for(market))
 
     def _relay_for(self, market: str) -> Callable[[str, bytes], None]:
         listeners = self.listeners
@@ -88,15 +91,27 @@ class Hub:
                         _log.failure("stream listener for {stream} failed", stream=stream)
         return relay
 
+    def _lost_for(self, market: str) -> Callable[[set[str]], None]:
+        def lost(names: set[str]) -> None:
+            for name in names:
+                for handle in list(self.handles.get((market, name), ())):
+                    if handle.lost is not None:
+                        try:
+                            handle.lost()
+                        except Exception:
+                            _log.failure("stream listener for {stream} failed", stream=name)
+        return lost
+
     # -- IStreamHub -------------------------------------------------------------------
     def stream_markets(self) -> tuple[str, ...]:
         return tuple(self.managers)
 
-    def subscribe(self, market: str, stream: str, listener: Listener) -> Handle:
+    def subscribe(self, market: str, stream: str, listener: Listener,
+                  lost: Callable[[], None] | None = None) -> Handle:
         if market not in self.managers:
             raise KeyError(market)
         key = (market, stream)
-        handle = Handle(self, key, listener)
+        handle = Handle(self, key, listener, lost)
         self.handles.setdefault(key, set()).add(handle)
         self.listeners.setdefault(key, []).append(listener)
         self.left.pop(key, None)
