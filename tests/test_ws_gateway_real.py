@@ -5,6 +5,13 @@ websocket gateway equal the same calls straight at the fake exchange
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
 
 import orjson
 import pytest
@@ -13,6 +20,8 @@ from processes import free_port, get_json, twistd
 from bnproxy.tools.freqtrade_config import ccxt_urls, ccxt_ws_urls
 
 pytestmark = pytest.mark.integration
+
+BIN = os.path.dirname(sys.executable)
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +135,61 @@ def test_binance_connector_websocket_client_through_the_proxy(stack):
     finally:
         client.stop()
     assert orjson.loads(got[0])["result"] is None  # the SUBSCRIBE answer
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not os.path.exists(os.path.join(BIN, "freqtrade")),
+                    reason="freqtrade is not installed")
+def test_freqtrade_spot_bots_keep_websockets_on_through_the_proxy(tmp_path):
+    """Two Freqtrade spot dry-run bots configured by ``freqtrade-config``
+    (``enable_ws: true``) run a minute through the proxy: their candles come
+    over the proxy's gateway, nothing 1008 or falls back, and the fake sees
+    only the proxy's stream connections."""
+    from test_e2e import STRATEGY
+
+    port = free_port()
+    with twistd("bnproxy", "--port", f"tcp:{port}:interface=127.0.0.1",
+                "--simulated-exchange", "--state-dir", str(tmp_path), port=port,
+                cwd=str(tmp_path)):
+        url = f"http://127.0.0.1:{port}"
+        block = json.loads(subprocess.run(
+            [sys.executable, "-m", "bnproxy", "freqtrade-config", "--url", url],
+            capture_output=True, text=True, check=True, timeout=30).stdout)["exchange"]
+        assert block["enable_ws"] is True
+        block["pair_whitelist"] = ["BTC/USDT", "ETH/USDT", "BNB/USDT"]
+        (tmp_path / "AlwaysIn.py").write_text(STRATEGY)
+        bots = []
+        for n in range(2):
+            home = tmp_path / f"bot{n}"
+            (home / "user_data").mkdir(parents=True)
+            config = {
+                "max_open_trades": 3, "stake_currency": "USDT", "stake_amount": 100,
+                "dry_run": True, "dry_run_wallet": 1000, "trading_mode": "spot",
+                "unfilledtimeout": {"entry": 10, "exit": 10, "unit": "minutes"},
+                "entry_pricing": {"price_side": "same"}, "exit_pricing": {"price_side": "same"},
+                "exchange": block, "pairlists": [{"method": "StaticPairList"}],
+                "bot_name": f"ws{n}", "initial_state": "running",
+                "internals": {"process_throttle_secs": 5}}
+            (home / "config.json").write_text(json.dumps(config))
+            bots.append(subprocess.Popen(
+                [os.path.join(BIN, "freqtrade"), "trade", "-c", str(home / "config.json"),
+                 "--strategy", "AlwaysIn", "--strategy-path", str(tmp_path), "--userdir",
+                 str(home / "user_data"), "--db-url", f"sqlite:///{home / 'trades.sqlite'}"],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=home))
+        time.sleep(50)
+        metrics = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+        fake = get_json(url + "/health")["markets"]["spot"]["rest"].rsplit("/", 1)[0]
+        counters = get_json(fake + "/_fake/")
+        outputs = []
+        for bot in bots:
+            bot.terminate()
+            outputs.append(bot.communicate(timeout=30)[0])
+    bot_connections = re.search(r'bnproxy_ws_bot_connections\{market="spot"\} (\S+)', metrics)
+    assert bot_connections and float(bot_connections.group(1)) >= 2, metrics
+    delivered = re.search(r"^bnproxy_ws_frames_delivered_total (\S+)", metrics, re.M)
+    assert delivered and float(delivered.group(1)) > 0
+    for output in outputs:
+        assert "1008" not in output and "binance.com" not in output, output[-3000:]
+        assert "Too many requests" not in output
+    ws = counters["ws"]
+    assert ws["connections"] <= 4  # the proxy's stream connections, not the bots'
