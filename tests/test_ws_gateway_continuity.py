@@ -61,3 +61,42 @@ def test_a_dropped_upstream_connection_closes_its_bots_with_a_frame_they_reconne
     rig.until(lambda: len(again.data_frames()) > 5, 60)
     assert_continuous(again.data_frames())
     assert rig.gateway.upstream_closes == 1
+
+
+def test_a_local_book_built_through_the_proxy_is_the_fakes_book(rig):
+    """Binance's spot procedure (FACTS.md §4.3) through the proxy: buffer
+    diff events, take the REST snapshot through the proxy, drop events up to
+    its lastUpdateId, apply the rest; the book equals the fake's."""
+    bot = rig.via_proxy("/ws/btcusdt@depth@100ms")
+    rig.until(lambda: len(bot.data_frames()) >= 3, 60)
+    first_u = orjson.loads(bot.data_frames()[0])["U"]
+    snapshot = orjson.loads(rig.ask("/api/v3/depth?symbol=BTCUSDT&limit=5000").body)
+    assert snapshot["lastUpdateId"] >= first_u
+    book = {side: {p: q for p, q in snapshot[side]} for side in ("bids", "asks")}
+    book_id = snapshot["lastUpdateId"]
+    rig.sleep(5)
+    rig.exchange.pause()  # every event flushed; REST and streams at the same moment
+    rig.reactor.flush()
+    applied = 0
+    for frame in bot.data_frames():
+        event = orjson.loads(frame)
+        if event["u"] <= book_id:
+            continue
+        assert event["U"] <= book_id + 1, "a gap"
+        for side, key in (("bids", "b"), ("asks", "a")):
+            for price, qty in event[key]:
+                if float(qty) == 0:
+                    book[side].pop(price, None)
+                else:
+                    book[side][price] = qty
+        book_id = event["u"]
+        applied += 1
+    assert applied > 10
+    truth = orjson.loads(rig.rest("spot", "/api/v3/depth?symbol=BTCUSDT&limit=5000"))
+    assert truth["lastUpdateId"] == book_id
+    # Levels past the snapshot's 5000 stay unknown until they change
+    # (FACTS.md §4.3, 8): the top 1000 of each side must be exact.
+    for side, reverse in (("bids", True), ("asks", False)):
+        mine = sorted(book[side].items(), key=lambda pq: float(pq[0]), reverse=reverse)
+        assert [list(pq) for pq in mine[:1000]] == truth[side][:1000]
+    rig.exchange.resume()
