@@ -124,3 +124,16 @@ def test_a_subscribe_storm_gives_one_upstream_subscription_per_stream_within_the
         assert sum(len(t) for t in sent.values()) < 10  # batched, not one per stream
     finally:
         rig.stop()
+
+
+def test_a_stream_waiting_for_exchange_info_is_placed_once_it_can_be_fetched(rig):
+    faults = rig.exchange.faults
+    faults.error_status, faults.error_rate = 503, 1.0
+    faults.path_prefix = "/api/v3/exchangeInfo"
+    bot = rig.via_proxy("/ws/btcusdt@aggTrade")
+    rig.sleep(15)
+    assert upstream_subscribers(rig, "spot", "btcusdt@aggTrade") == 0  # symbols not known
+    faults.reset()
+    rig.sleep(60)
+    assert upstream_subscribers(rig, "spot", "btcusdt@aggTrade") == 1
+    assert bot.data_frames()

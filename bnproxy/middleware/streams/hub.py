@@ -155,12 +155,15 @@ class Hub:
             self._place(key)
 
     def sweep(self) -> None:
-        """Keep streams with listeners in use for the REST side; release
-        those the hub placed once nobody listened for their idle time."""
+        """Keep streams with listeners in use for the REST side (and placed:
+        those waiting for exchangeInfo ask for it again); release those the
+        hub placed once nobody listened for their idle time."""
         now = self._clock.seconds()
-        for key in self.handles:
+        for key in list(self.handles):
             if key in self.subscriptions.last_used:
                 self.subscriptions.touch(*key)
+            elif key[1] not in self.managers[key[0]].placed:
+                self._place(key)  # exchangeInfo was not known: asked again
         for key, since in list(self.left.items()):
             if now - since <= self._idle_for(key[1]):
                 continue
