@@ -100,3 +100,11 @@ def test_a_local_book_built_through_the_proxy_is_the_fakes_book(rig):
         mine = sorted(book[side].items(), key=lambda pq: float(pq[0]), reverse=reverse)
         assert [list(pq) for pq in mine[:1000]] == truth[side][:1000]
     rig.exchange.resume()
+
+
+def test_when_the_proxy_stops_its_bots_get_a_close_frame(rig):
+    bots = [rig.via_proxy("/ws/btcusdt@trade"), rig.via_proxy("/stream?streams=ethusdt@trade")]
+    rig.until(lambda: all(b.data_frames() for b in bots), 60)
+    rig.service.stopService()
+    rig.sleep(2)
+    assert [b.factory.closed[0] for b in bots] == [1001, 1001]

@@ -59,7 +59,7 @@ SLOW_CLIENT = 1008
 SLOW_CLIENT_REASON = "bnproxy: client too slow, send buffer full"
 GOING_AWAY = 1001
 UPSTREAM_LOST = 1001
-UPSTREAM_LOST_REASON = "bnproxy: upstream stream connection lost, reconnect"
+UPSTREAM_LOST_REASON = "bnproxy: stream interrupted upstream or proxy stopping, reconnect"
 # A path segment that is a listenKey (user-data stream), not a stream name.
 _LISTEN_KEY = re.compile(r"^[A-Za-z0-9]{32,}$")
 
@@ -256,9 +256,10 @@ class Tap:
             self.gateway.taps.pop(self.key, None)
 
     def lost(self) -> None:
-        """The upstream connection dropped: frames were missed. Every bot on
-        the stream gets a close frame it reconnects from (as a bot straight at
-        Binance would have seen its connection drop), never a silent gap."""
+        """The upstream connection dropped (frames were missed) or the proxy
+        is stopping. Every bot on the stream gets a close frame it reconnects
+        from (as a bot straight at Binance would have seen its connection
+        drop), never a silent gap or socket."""
         for bot in tuple(self.bots):
             if bot.state == bot.STATE_OPEN:
                 self.gateway.upstream_closes += 1

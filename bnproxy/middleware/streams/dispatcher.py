@@ -149,6 +149,7 @@ class Streams(MultiService):
         self._refresher.start(self.settings.info_refresh, now=False)
 
     def stopService(self):
+        self.hub.stop()
         for loop in (self._sweeper, self._refresher):
             if loop.running:
                 loop.stop()

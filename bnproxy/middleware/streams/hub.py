@@ -102,6 +102,12 @@ class Hub:
                             _log.failure("stream listener for {stream} failed", stream=name)
         return lost
 
+    def stop(self) -> None:
+        """The streams stop (the proxy shuts down): every listener is told
+        its stream was lost, so bots get a close frame, not a silent socket."""
+        for market in self.managers:
+            self._lost_for(market)({stream for m, stream in self.handles if m == market})
+
     # -- IStreamHub -------------------------------------------------------------------
     def stream_markets(self) -> tuple[str, ...]:
         return tuple(self.managers)
