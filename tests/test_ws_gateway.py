@@ -14,8 +14,8 @@ CHAIN = (("allowlist", {}), ("streams", {}), ("cache", {}))
 
 
 class GatewayRig(VirtualRig):
-    def __init__(self, **kwargs) -> None:
-        super().__init__(chain=CHAIN, **kwargs)
+    def __init__(self, chain=CHAIN, **kwargs) -> None:
+        super().__init__(chain=chain, **kwargs)
         self.port = self.reactor.listenTCP(0, self.service.site).getHost().port
         self.fake_port = self.running.port
 
@@ -206,3 +206,14 @@ def test_metrics_show_bots_subscriptions_frames_and_upstream_control_messages(ri
     assert float(lines["bnproxy_ws_relayed_bytes_total"]) > 0
     assert float(lines['bnproxy_stream_control_messages_total{egress="default",'
                        'market="spot"}']) >= 1
+
+
+def test_the_upgrade_gets_an_access_line():
+    rig = GatewayRig(chain=(("logger", {}), *CHAIN))
+    try:
+        lines: list[bytes] = []
+        rig.service.access_log.write = lines.append
+        rig.via_proxy("/ws/btcusdt@trade")
+        assert any(b"/ws/btcusdt@trade" in line and b"101" in line for line in lines), lines
+    finally:
+        rig.stop()

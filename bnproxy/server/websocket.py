@@ -328,7 +328,7 @@ class Gateway:
 
     # -- admission --------------------------------------------------------------------
     def admits(self, client: str) -> bool:
-        return (len(self.bots) + 0 < self.limits.total
+        return (len(self.bots) < self.limits.total
                 and self.per_client[client] < self.limits.per_client)
 
     def build(self, path: bs.StreamPath, client: str, peer: Any) -> BotProtocol | None:
