@@ -65,3 +65,61 @@ def test_the_ban_reader_asks_the_weight_governor_per_market_and_address():
     assert read("127.0.0.2") and not read("127.0.0.3")
     assert not ban_reader("spot", lambda: Governor())("127.0.0.2")
     assert not ban_reader("usdm", lambda: None)("127.0.0.2")
+
+
+def test_new_stream_connections_are_paced_per_egress_address():
+    from bnproxy.middleware.streams.pace import ConnectPace
+
+    clock = MemoryReactorClock()
+    pace = ConnectPace(clock)
+    fired = {"127.0.0.2": 0, "127.0.0.3": 0}
+    for egress in fired:
+        for _ in range(70):
+            pace.acquire(egress).addCallback(lambda _, e=egress: fired.__setitem__(e, fired[e] + 1))
+    assert fired == {"127.0.0.2": 60, "127.0.0.3": 60}  # Binance: 300 per 5 minutes
+    clock.advance(61)
+    assert fired == {"127.0.0.2": 70, "127.0.0.3": 70}
+    waiting = pace.acquire(None)
+    for _ in range(60):
+        pace.acquire(None)
+    late = pace.acquire(None)
+    late.cancel()  # a stopped connection stops waiting
+    late.addErrback(lambda f: None)
+    clock.advance(61)
+    assert waiting.called and pace.waited >= 11
+
+
+def test_the_pace_is_counted_in_the_shared_state_when_there_is_one():
+    from twisted.internet.defer import succeed
+
+    from bnproxy.middleware.streams.pace import ConnectPace
+
+    class Shared:
+        def __init__(self):
+            self.calls = []
+
+        def reserve(self, egress, pool, weight, budget, window_start):
+            self.calls.append((egress, pool, weight, budget, window_start))
+            return succeed(len(self.calls) <= 2)  # the fleet took the rest
+    clock = MemoryReactorClock()
+    clock.advance(120)
+    shared = Shared()
+    pace = ConnectPace(clock, shared)
+    results = [pace.acquire("127.0.0.2") for _ in range(3)]
+    assert [d.called for d in results] == [True, True, False]
+    assert shared.calls[0] == ("127.0.0.2", "ws-connections", 1, 60, 120)
+
+
+def test_a_market_s_connections_wait_for_the_pace():
+    from bnproxy.middleware.streams.pace import ConnectPace
+
+    clock = MemoryReactorClock()
+    manager = StreamManager(clock, PRODUCTION["spot"])
+    manager.pace = ConnectPace(clock, per_minute=2)
+    manager.startService()
+    for i in range(4 * 1024):
+        manager.ensure(f"s{i}@trade", lambda m: None)
+    clock.advance(1)
+    assert len(clock.tcpClients) == 2
+    clock.advance(60)
+    assert len(clock.tcpClients) == 4

@@ -153,3 +153,10 @@ def parse_stream_path(path: str, query: str) -> StreamPath | None:
                 names_list += [unquote(s) for s in value.split("/") if s]
         return StreamPath(market, route, True, tuple(names_list))
     return None
+
+
+# New websocket connections per IP: 300 per 5 minutes (spot; the futures docs
+# state none, the same pace is kept there). Counted per one-minute window,
+# 60 a minute keeps every 5-minute span within it.
+CONNECTIONS_PER_5_MINUTES = 300
+CONNECTIONS_PER_MINUTE = CONNECTIONS_PER_5_MINUTES // 5

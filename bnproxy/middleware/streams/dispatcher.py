@@ -50,6 +50,7 @@ from bnproxy.middleware.streams.hub import Hub
 from bnproxy.middleware.streams.klines import KlineSeries
 from bnproxy.middleware.streams.manager import StreamManager
 from bnproxy.middleware.streams.orderbook import OrderBook
+from bnproxy.middleware.streams.pace import ConnectPace
 from bnproxy.middleware.streams.refetch import PURPOSES, Refetcher
 from bnproxy.middleware.streams.responders import Tools
 from bnproxy.middleware.streams.responders.depth import DepthResponder
@@ -100,6 +101,8 @@ class Streams(MultiService):
         self.klines = KlinesResponder(tools, self.exchange_info)
         self.depth = DepthResponder(tools, self.exchange_info)
         self.tickers = TickersResponder(tools, self.exchange_info)
+        # One pace for every market: Binance counts new connections per IP.
+        pace = ConnectPace(context.reactor, getattr(context, "shared_state", None))
         for market in SERVED:
             m = context.markets.get(market)
             if m is None or not m.stream_base:
@@ -110,6 +113,7 @@ class Streams(MultiService):
                                     egresses=tuple(getattr(context, "egresses", ()) or ()))
             manager.on_lost.append(self._lost_callback(market))
             manager.egress_banned = ban_reader(market, lambda: context.lookup("ratelimit"))
+            manager.pace = pace
             manager.setServiceParent(self)
             self.managers[market] = manager
             context.streams[market] = manager

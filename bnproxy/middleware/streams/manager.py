@@ -85,6 +85,8 @@ class Connection:
         if secure:  # the same trust as the REST upstream (IPolicyForHTTPS)
             endpoint = endpoints.wrapClientTLS(
                 manager.tls_policy.creatorForNetloc(host.encode("idna"), port), endpoint)
+        if manager.pace is not None:  # Binance's new connections per IP (pace.py)
+            endpoint = manager.pace.endpoint(endpoint, self.egress)
         # The reactor given, so autobahn's own timers run on the injected clock too.
         factory = WebSocketClientFactory(url, reactor=reactor)
         factory.protocol = _Protocol
@@ -249,6 +251,7 @@ class StreamManager(Service):
         self.relay: Callable[[str, bytes], None] | None = None
         self.max_streams = STREAMS_PER_MARKET.get(market.name, MAX_STREAMS)
         self.control_sent: Counter[str] = Counter()  # by egress address ("": default)
+        self.pace: Any = None  # new connections' pace per egress (streams/pace.py)
         # Whether an egress address is banned on this market's host now.
         self.egress_banned: Callable[[str], bool] = lambda egress: False
         self.messages = 0
