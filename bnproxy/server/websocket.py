@@ -54,6 +54,7 @@ from bnproxy.server.forwarding import RootResource, split_target, write_response
 
 _log = Logger(namespace="bnproxy.server.websocket")
 
+OPEN = WebSocketServerProtocol.STATE_OPEN
 UPGRADE_STATUS = 101  # the chain's "admitted" answer to an upgrade request
 SLOW_CLIENT = 1008
 SLOW_CLIENT_REASON = "bnproxy: client too slow, send buffer full"
@@ -234,7 +235,12 @@ class BotProtocol(WebSocketServerProtocol):
                 self.paused = False  # nothing more counted: it is being closed
                 self.dropConnection(abort=True)
                 return
-        self.sendPreparedMessage(prepared)
+        if self.state == OPEN and self._perMessageCompress is None and not self.send_queue:
+            # What sendPreparedMessage does in this case, without the debug
+            # line it formats on every call (7.5 µs of the 7.6 a frame costs)
+            self.transport.write(prepared.payloadHybi)
+        else:
+            self.sendPreparedMessage(prepared)
 
 
 class Tap:
