@@ -1,7 +1,8 @@
 """``StreamManager``: one market's pool of websocket connections to Binance's
 combined endpoint.
 
-Each connection carries up to 1024 streams, kept up by Twisted's
+Each connection carries up to the market's streams per connection (1024
+spot, 200 futures: ``bnproxy.binance.streams``), kept up by Twisted's
 ``ClientService`` (reconnects with exponential backoff and jitter), subscribes
 with batched ``SUBSCRIBE``/``UNSUBSCRIBE`` paced under the per-connection
 message limit, answers server pings (autobahn does), and is rotated before
