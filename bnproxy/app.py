@@ -40,6 +40,7 @@ from bnproxy.server.clientaddr import ClientResolver, parse_networks
 from bnproxy.server.forwarding import ForwardingResource, RootResource
 from bnproxy.server.metrics import Metrics
 from bnproxy.server.site import ProxySite
+from bnproxy.server.websocket import Gateway, GatewayResource, Limits, StreamRoot, find_hub
 from bnproxy.upstream.client import Deadlines, Upstream, make_agent
 from bnproxy.upstream.tls import upstream_tls_policy
 
@@ -69,6 +70,7 @@ class Proxy:
     access_log: Any
     site: ProxySite
     shared_state: Any = None
+    gateway: Any = None
 
 
 def check_state_dir(path: str) -> None:
@@ -152,7 +154,16 @@ def build_proxy(config: ProxyConfig, reactor: Any, agent: Any = None) -> Proxy:
                             readiness.verdict, [m.name for m in middlewares],
                             clients=metrics.clients)
 
-    root = RootResource(forward)
+    hub = find_hub(middlewares)
+    gateway = None
+    if hub is not None:  # the bots' websocket gateway (server/websocket.py)
+        gateway = Gateway(reactor, hub, Limits(
+            per_client=config.server.max_connections_per_client))
+        metrics.watch(lambda: [gateway])
+        root: RootResource = StreamRoot(forward, GatewayResource(gateway, handler, reactor,
+                                                                 resolver))
+    else:
+        root = RootResource(forward)
     root.putChild(b"health", AdminGuard(health, admin_allow, resolver))
     root.putChild(b"metrics", AdminGuard(MetricsResource(metrics.registry), admin_allow,
                                          resolver))
@@ -165,7 +176,7 @@ def build_proxy(config: ProxyConfig, reactor: Any, agent: Any = None) -> Proxy:
     site.displayTracebacks = False
     return Proxy(config, reactor, markets, endpoints, metrics, upstream, context, middlewares,
                  handler, forward, health, readiness, dashboard, access_log, site,
-                 shared_state)
+                 shared_state, gateway)
 
 
 def open_shared(reactor: Any, config: ProxyConfig) -> Any:

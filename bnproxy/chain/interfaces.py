@@ -297,3 +297,27 @@ class ISharedState(Interface):
     def health():
         """A JSON-able mapping for ``/health``: status, live instances, the
         store's redacted address, last error; no I/O."""
+
+
+class IStreamHub(Interface):
+    """The market's upstream streams, for the bots' websocket gateway.
+
+    Provided by the ``streams`` middleware; the server finds it by interface
+    among the built middlewares. One upstream subscription per stream
+    (shared with the REST responders) however many listeners; released a
+    while after the last listener leaves (the REST streams' idle rule);
+    streams of symbols the market's exchangeInfo does not list are never
+    subscribed upstream (their listeners just receive nothing, as on Binance).
+    """
+
+    def stream_markets():
+        """The market names (``spot``, ``usdm``, ``coinm``) whose streams can
+        be relayed."""
+
+    def subscribe(market, stream, listener, lost=None):
+        """Start relaying ``stream`` of ``market`` to ``listener``, a callable
+        taking each upstream frame as Binance's combined-stream bytes
+        (``{"stream":…,"data":…}``, exactly as received). ``lost()``, if
+        given, is called when the upstream connection carrying the stream
+        dropped: frames were missed (the reconnect resubscribes). Returns a
+        handle with ``close()`` to stop. Called in the reactor thread."""

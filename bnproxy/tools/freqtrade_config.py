@@ -42,9 +42,21 @@ def ccxt_urls(base: str) -> dict[str, str]:
     }
 
 
+def ccxt_ws_urls(base: str) -> dict[str, str]:
+    """ccxt.pro's ``urls.api.ws`` market-stream keys, pointed at the proxy's
+    websocket gateway (the same port; ws:// for http://, wss:// for https://).
+    ccxt adds ``/public`` or ``/market`` to the USD-M one itself; the
+    websocket API (``ws-api``) and user-data streams still go to Binance."""
+    b = base.rstrip("/")
+    ws = "wss://" + b[len("https://"):] if b.startswith("https://") else \
+        "ws://" + b.removeprefix("http://")
+    return {"spot": f"{ws}/ws", "margin": f"{ws}/ws", "linear": f"{ws}/usdm/ws",
+            "inverse": f"{ws}/coinm/ws"}
+
+
 def exchange_block(url: str, futures: bool = False) -> dict[str, Any]:
     """Freqtrade's ``exchange`` section for a bot behind bnproxy."""
-    urls = {"api": ccxt_urls(url)}
+    urls = {"api": {**ccxt_urls(url), "ws": ccxt_ws_urls(url)}}
     ccxt_config: dict[str, Any] = {
         # The proxy governs the weight budget for the whole fleet.
         "enableRateLimit": False,
@@ -58,9 +70,9 @@ def exchange_block(url: str, futures: bool = False) -> dict[str, Any]:
         "name": "binance",
         "key": "",
         "secret": "",
-        # bnproxy serves REST (from its own streams where it can); Freqtrade's
-        # own websocket client would connect to Binance directly, around it.
-        "enable_ws": False,
+        # bnproxy serves REST and the market streams (its websocket gateway):
+        # Freqtrade's websocket client connects to the proxy too.
+        "enable_ws": True,
         "ccxt_config": ccxt_config,
         "ccxt_async_config": ccxt_config,
     }

@@ -16,6 +16,7 @@ subscriptions end after their idle time.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import parse_qsl
@@ -34,6 +35,7 @@ from bnproxy.binance.marketdata import (
     rest_path,
 )
 from bnproxy.binance.privacy import is_private
+from bnproxy.binance.streams import parse_stream_path
 from bnproxy.chain.compose import Answer, then
 from bnproxy.chain.context import MiddlewareContext
 from bnproxy.chain.interfaces import (
@@ -43,11 +45,15 @@ from bnproxy.chain.interfaces import (
     IMiddleware,
     IProblemReporter,
     IReadinessCheck,
+    IStreamHub,
 )
 from bnproxy.chain.messages import INTERNAL, ProxyRequest, ProxyResponse
+from bnproxy.middleware.streams.egress import ban_reader, move_banned
+from bnproxy.middleware.streams.hub import Hub
 from bnproxy.middleware.streams.klines import KlineSeries
 from bnproxy.middleware.streams.manager import StreamManager
 from bnproxy.middleware.streams.orderbook import OrderBook
+from bnproxy.middleware.streams.pace import ConnectPace
 from bnproxy.middleware.streams.refetch import PURPOSES, Refetcher
 from bnproxy.middleware.streams.responders import Tools
 from bnproxy.middleware.streams.responders.depth import DepthResponder
@@ -64,10 +70,21 @@ SERVED = {"spot": (KLINES, DEPTH, TICKER_24HR, BOOK_TICKER, PRICE, EXCHANGE_INFO
           "coinm": (KLINES, DEPTH, EXCHANGE_INFO)}
 SWEEP_EVERY = 10.0
 READINESS_PING = b"ready"  # the INTERNAL marker of the service's readiness probes
+# The answer that admits a bot's websocket upgrade on a stream path (the
+# gateway, server/websocket.py, takes the connection over).
+UPGRADE = ProxyResponse(101, (), b"", "stream", "websocket")
+
+
+def is_stream_upgrade(request: ProxyRequest) -> bool:
+    """A websocket upgrade to one of Binance's public stream paths."""
+    upgrade = request.header(b"upgrade")
+    return upgrade is not None and upgrade.strip().lower() == b"websocket" and \
+        parse_stream_path(f"/{request.market}{request.path}",
+                          request.query.decode("latin-1")) is not None
 
 
 @implementer(IMiddleware, IHealthReporter, IMetricsSource, IReadinessCheck, IProblemReporter,
-             IDashboardSection)
+             IDashboardSection, IStreamHub)
 class Streams(MultiService):
     plain_next = True
 
@@ -88,6 +105,8 @@ class Streams(MultiService):
         self.klines = KlinesResponder(tools, self.exchange_info)
         self.depth = DepthResponder(tools, self.exchange_info)
         self.tickers = TickersResponder(tools, self.exchange_info)
+        # One pace for every market: Binance counts new connections per IP.
+        pace = ConnectPace(context.reactor, getattr(context, "shared_state", None))
         for market in SERVED:
             m = context.markets.get(market)
             if m is None or not m.stream_base:
@@ -97,6 +116,8 @@ class Streams(MultiService):
                                     tls_policy=getattr(context, "tls_policy", None),
                                     egresses=tuple(getattr(context, "egresses", ()) or ()))
             manager.on_lost.append(self._lost_callback(market))
+            manager.egress_banned = ban_reader(market, lambda: context.lookup("ratelimit"))
+            manager.pace = pace
             manager.setServiceParent(self)
             self.managers[market] = manager
             context.streams[market] = manager
@@ -104,6 +125,10 @@ class Streams(MultiService):
             (market, rest_path(market, family) or ""): family
             for market in self.managers for family in SERVED[market]}
         self._parsed: dict[bytes, dict[str, str] | None] = {}
+        # The bots' websocket gateway (IStreamHub, below)
+        self.hub = Hub(context.reactor, self.managers, self.subscriptions,
+                       self.exchange_info.listed, self.exchange_info.when_known,
+                       self._idle_for)
         self.served = 0
         self._sweeper = task.LoopingCall(self._sweep)
         self._sweeper.clock = context.reactor
@@ -132,6 +157,7 @@ class Streams(MultiService):
         self._refresher.start(self.settings.info_refresh, now=False)
 
     def stopService(self):
+        self.hub.stop()
         for loop in (self._sweeper, self._refresher):
             if loop.running:
                 loop.stop()
@@ -150,6 +176,8 @@ class Streams(MultiService):
             return next(request)
         family = self._routes.get((request.market, request.path))
         if family is None or request.endpoint is None or is_private(request):
+            if request.endpoint is None and is_stream_upgrade(request):
+                return UPGRADE  # the websocket gateway takes the connection
             return next(request)
         p = self._params(request.query)
         if p is None:  # a parameter given twice: ambiguous, Binance decides
@@ -190,13 +218,17 @@ class Streams(MultiService):
 
     # -- housekeeping ---------------------------------------------------------------
     def _idle_for(self, stream: str) -> float:
-        kind = stream.split("@", 1)[1]
+        kind = stream.partition("@")[2]
         if kind.startswith("kline_"):
             return self.klines.idle_for(kind[len("kline_"):])
         return self.settings.idle_depth
 
     def _sweep(self) -> None:
-        """End subscriptions nobody used lately; resync silent books."""
+        """End subscriptions nobody used lately; resync silent books; move
+        connections off banned egress addresses."""
+        self.hub.sweep()
+        for manager in self.managers.values():
+            move_banned(manager)
         for market, stream in self.subscriptions.idle(self._idle_for):
             kind = stream.split("@", 1)[1]
             if kind.startswith("kline_"):
@@ -208,6 +240,13 @@ class Streams(MultiService):
         self.depth.check_fresh()
 
     # -- capabilities ---------------------------------------------------------------
+    def stream_markets(self) -> tuple[str, ...]:
+        return self.hub.stream_markets()
+
+    def subscribe(self, market: str, stream: str, listener: Callable[[bytes], None],
+                  lost: Callable[[], None] | None = None) -> Any:
+        return self.hub.subscribe(market, stream, listener, lost)
+
     def stale_streams(self, market: str) -> set[str]:
         manager = self.managers[market]
         s = self.settings
@@ -257,6 +296,25 @@ class Streams(MultiService):
             reconnects.add_metric([market], mgr.reconnects)
             messages.add_metric([market], mgr.messages)
         yield from (active, stale, conns, reconnects, messages)
+        control = CounterMetricFamily(
+            "bnproxy_stream_control_messages", "Control messages (SUBSCRIBE, UNSUBSCRIBE) "
+            "sent upstream.", labels=["market", "egress"])
+        by_egress = GaugeMetricFamily("bnproxy_stream_connections_by_egress",
+                                      "Stream connections by egress address.",
+                                      labels=["market", "egress"])
+        for market, mgr in self.managers.items():
+            for egress, n in mgr.control_sent.items():
+                control.add_metric([market, egress or "default"], n)
+            spread = Counter(c.egress or "default" for c in mgr.connections
+                             if c.protocol is not None)
+            for egress, n in spread.items():
+                by_egress.add_metric([market, egress], n)
+        yield control
+        yield by_egress
+        yield CounterMetricFamily("bnproxy_ws_relayed_frames", "Upstream stream frames "
+                                  "relayed to the bots' gateway.", value=self.hub.frames)
+        yield CounterMetricFamily("bnproxy_ws_relayed_bytes", "Bytes of upstream stream "
+                                  "frames relayed to the bots' gateway.", value=self.hub.bytes)
         yield CounterMetricFamily("bnproxy_stream_answers", "Answers served from streams.",
                                   value=self.served)
         own = CounterMetricFamily(
@@ -286,7 +344,8 @@ class Streams(MultiService):
                 "series": len(self.series), "books": len(self.books),
                 "exchange_info_held": len(self.exchange_info.held),
                 "own_weight": self.refetch.health(),
-                "subscriptions_refused": self.subscriptions.refused}
+                "subscriptions_refused": self.subscriptions.refused,
+                "gateway": self.hub.health()}
 
 
 __all__ = ["OPTIONS", "Streams", "build_streams"]

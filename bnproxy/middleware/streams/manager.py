@@ -1,7 +1,8 @@
 """``StreamManager``: one market's pool of websocket connections to Binance's
 combined endpoint.
 
-Each connection carries up to 1024 streams, kept up by Twisted's
+Each connection carries up to the market's streams per connection (1024
+spot, 200 futures: ``bnproxy.binance.streams``), kept up by Twisted's
 ``ClientService`` (reconnects with exponential backoff and jitter), subscribes
 with batched ``SUBSCRIBE``/``UNSUBSCRIBE`` paced under the per-connection
 message limit, answers server pings (autobahn does), and is rotated before
@@ -14,7 +15,7 @@ ticker) or ``/market`` (everything else) paths unless ``legacy`` is set.
 from __future__ import annotations
 
 import random
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,6 +35,7 @@ from bnproxy.binance.marketdata import (
     usdm_route,
 )
 from bnproxy.binance.markets import Market
+from bnproxy.binance.streams import STREAMS_PER_CONNECTION as STREAMS_PER_MARKET
 
 _log = Logger(namespace="bnproxy.streams")
 
@@ -84,6 +86,8 @@ class Connection:
         if secure:  # the same trust as the REST upstream (IPolicyForHTTPS)
             endpoint = endpoints.wrapClientTLS(
                 manager.tls_policy.creatorForNetloc(host.encode("idna"), port), endpoint)
+        if manager.pace is not None:  # Binance's new connections per IP (pace.py)
+            endpoint = manager.pace.endpoint(endpoint, self.egress)
         # The reactor given, so autobahn's own timers run on the injected clock too.
         factory = WebSocketClientFactory(url, reactor=reactor)
         factory.protocol = _Protocol
@@ -100,7 +104,7 @@ class Connection:
 
     @property
     def free(self) -> int:
-        return MAX_STREAMS - len(self.streams)
+        return self.manager.max_streams - len(self.streams)
 
     def start(self) -> None:
         self.service.startService()
@@ -149,6 +153,9 @@ class Connection:
                 if stream == "!serverShutdown":
                     self.manager.rotate(self, "serverShutdown")
                     return
+                relay = self.manager.relay
+                if relay is not None and self.manager.relays_from(stream, self):
+                    relay(stream, payload)
                 self.manager.dispatch(stream, msg.get("data"), self)
                 return
             if msg.get("e") == "serverShutdown":
@@ -206,6 +213,7 @@ class Connection:
                 return
             self.protocol.sendMessage(self._outbox.popleft())
             self._sent.append(now)
+            self.manager.control_sent[self.egress or ""] += 1
 
 
 class StreamManager(Service):
@@ -240,6 +248,13 @@ class StreamManager(Service):
         self.placed: dict[str, Connection] = {}
         self.last_seen: dict[str, float] = {}
         self.on_lost: list[Callable[[set[str]], None]] = []
+        # The bots' gateway: each stream frame as received (Binance's bytes).
+        self.relay: Callable[[str, bytes], None] | None = None
+        self.max_streams = STREAMS_PER_MARKET.get(market.name, MAX_STREAMS)
+        self.control_sent: Counter[str] = Counter()  # by egress address ("": default)
+        self.pace: Any = None  # new connections' pace per egress (streams/pace.py)
+        # Whether an egress address is banned on this market's host now.
+        self.egress_banned: Callable[[str], bool] = lambda egress: False
         self.messages = 0
         self.connects = 0
         self.reconnects = 0
@@ -259,7 +274,16 @@ class StreamManager(Service):
         for c in self.connections:
             if c.egress in count and not c.retiring:
                 count[c.egress] += 1
-        return min(self.egresses, key=lambda e: count[e])
+        usable = [e for e in self.egresses if not self.egress_banned(e)] or self.egresses
+        return min(usable, key=lambda e: count[e])
+
+    def relays_from(self, name: str, conn: Connection) -> bool:
+        """Whether ``conn``'s frames of ``name`` go to bots: one connection's at
+        a time. During a rotation the old one's until the new one's
+        ``SUBSCRIBE`` is acknowledged, then the new one's (what the old one
+        still delivers then, the new one delivers too: no duplicate)."""
+        placed = self.placed.get(name)
+        return placed is conn or (placed is not None and not placed.acked and conn.retiring)
 
     def url(self, route: str | None) -> str:
         base = self.market.stream_base or ""

@@ -1,0 +1,89 @@
+"""The pace of new upstream stream connections: Binance allows 300 new
+connections per 5 minutes per IP (``bnproxy.binance.streams``). Each egress
+address may open at most ``CONNECTIONS_PER_MINUTE`` a minute, counted in the
+shared state when there is one (every instance and worker behind the address
+together), else in this process. A connection over the pace waits for the
+next minute; reconnects after a drop are paced the same way."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IStreamClientEndpoint
+from zope.interface import implementer
+
+from bnproxy.binance.streams import CONNECTIONS_PER_MINUTE
+
+POOL = "ws-connections"  # the shared state's pool name for the count
+
+
+class ConnectPace:
+    """``acquire(egress)`` fires once a new connection from ``egress`` (None:
+    the host's default) fits this minute's count; cancelling it stops waiting."""
+
+    def __init__(self, clock, shared: Any = None, per_minute: int = CONNECTIONS_PER_MINUTE):
+        self._clock = clock
+        self._shared = shared
+        self.per_minute = per_minute
+        self._local: Counter[tuple[str, int]] = Counter()
+        self.waited = 0
+
+    def acquire(self, egress: str | None) -> Deferred:
+        label = egress or "default"
+        timer: list[Any] = []
+
+        def cancel(_: Deferred) -> None:
+            if timer and timer[0].active():
+                timer[0].cancel()
+        d: Deferred = Deferred(cancel)
+
+        def attempt() -> None:
+            timer.clear()
+            minute = int(self._clock.seconds() // 60) * 60
+            taken = self._take(label, minute)
+            taken.addCallback(decided, minute)
+            taken.addErrback(lambda _: decided(False, minute))
+
+        def decided(ok: bool, minute: int) -> None:
+            if d.called:
+                return
+            if ok:
+                d.callback(None)
+                return
+            self.waited += 1
+            timer.append(self._clock.callLater(max(0.0, minute + 60 - self._clock.seconds())
+                                               + 0.01, attempt))
+        attempt()
+        return d
+
+    def endpoint(self, endpoint: IStreamClientEndpoint, egress: str | None) -> PacedEndpoint:
+        """``endpoint``, its connections paced for ``egress``."""
+        return PacedEndpoint(endpoint, self, egress)
+
+    def _take(self, label: str, minute: int) -> Deferred:
+        if self._shared is not None:
+            return maybeDeferred(self._shared.reserve, label, POOL, 1, self.per_minute, minute)
+        key = (label, minute)
+        for old in [k for k in self._local if k[1] < minute]:
+            del self._local[old]
+        if self._local[key] >= self.per_minute:
+            return maybeDeferred(lambda: False)
+        self._local[key] += 1
+        return maybeDeferred(lambda: True)
+
+
+@implementer(IStreamClientEndpoint)
+class PacedEndpoint:
+    """An endpoint whose every ``connect`` waits for the pace first."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint, pace: ConnectPace,
+                 egress: str | None) -> None:
+        self._endpoint = endpoint
+        self._pace = pace
+        self._egress = egress
+
+    def connect(self, protocolFactory: Any) -> Deferred:
+        return self._pace.acquire(self._egress).addCallback(
+            lambda _: self._endpoint.connect(protocolFactory))

@@ -1,0 +1,575 @@
+"""The bots' websocket gateway: Binance's public stream endpoints served by
+the proxy on its REST port.
+
+- ``GatewayResource`` takes over a ``twisted.web`` request that asks for a
+  websocket upgrade on a stream path (``/ws…``, ``/stream?streams=…`` under
+  each market's mount, bare paths being spot), after the chain admitted it
+  (the allowlist and the access log see the upgrade as a ``GET``; the
+  ``streams`` middleware answers it with 101).
+- ``Gateway`` holds the bots and fans each upstream frame out: one ``Tap``
+  per (market, stream) subscribed once to the ``IStreamHub``, the frame
+  framed once per framing (raw or combined, autobahn's prepared messages)
+  and written to every subscriber. Raw frames are Binance's payload bytes,
+  combined frames Binance's ``{"stream":…,"data":…}`` bytes, untouched.
+- ``BotProtocol`` speaks Binance's control protocol (``SUBSCRIBE``,
+  ``UNSUBSCRIBE``, ``LIST_SUBSCRIPTIONS``, ``SET_PROPERTY``/``GET_PROPERTY``
+  ``combined``) with Binance's answers and limits (``bnproxy.binance.streams``):
+  message rate (close 1008), streams per connection, invalid names, server
+  pings and the pong deadline.
+- Each bot has a bounded send buffer: the transport is a push producer's
+  consumer; while it is paused, what is written is counted, and a bot that
+  falls behind past ``max_backlog`` bytes is closed (``SLOW_CLIENT``) and
+  counted. Connections are capped per client address and in total.
+
+User-data streams (``/ws/<listenKey>``) are refused with a clear answer
+(they are never shared); the listenKey never reaches a log.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import PreparedMessage
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.python.failure import Failure
+from twisted.web import server
+from twisted.web.resource import IResource
+from zope.interface import implementer
+
+from bnproxy.binance import streams as bs
+from bnproxy.binance.errors import UNKNOWN
+from bnproxy.binance.marketdata import usdm_route
+from bnproxy.chain.addresses import normalise
+from bnproxy.chain.interfaces import IHealthReporter, IMetricsSource, IStreamHub
+from bnproxy.chain.messages import ProxyRequest, ProxyResponse, local_error
+from bnproxy.server.clientaddr import ClientResolver
+from bnproxy.server.forwarding import RootResource, split_target, write_response
+
+_log = Logger(namespace="bnproxy.server.websocket")
+
+OPEN = WebSocketServerProtocol.STATE_OPEN
+UPGRADE_STATUS = 101  # the chain's "admitted" answer to an upgrade request
+SLOW_CLIENT = 1008
+SLOW_CLIENT_REASON = "bnproxy: client too slow, send buffer full"
+GOING_AWAY = 1001
+UPSTREAM_LOST = 1001
+UPSTREAM_LOST_REASON = "bnproxy: stream interrupted upstream or proxy stopping, reconnect"
+# A path segment that is a listenKey (user-data stream), not a stream name.
+_LISTEN_KEY = re.compile(r"^[A-Za-z0-9]{32,}$")
+
+
+def is_upgrade(request: server.Request) -> bool:
+    """Whether ``request`` asks for a websocket."""
+    value = request.requestHeaders.getRawHeaders(b"upgrade")
+    return value is not None and value[0].strip().lower() == b"websocket"
+
+
+class Limits:
+    """Per-bot and gateway-wide bounds: open connections per client address
+    (``--max-connections-per-client``, as for HTTP) and in total, and the
+    bytes that may wait for one bot."""
+
+    def __init__(self, per_client: int = 256, total: int = 10_000,
+                 max_backlog: int = 4 * 1024 * 1024) -> None:
+        self.per_client = per_client
+        self.total = total
+        self.max_backlog = max_backlog
+
+
+@implementer(IPushProducer)
+class _Backpressure:
+    """The transport's producer: tells the bot when its socket buffer is full."""
+
+    __slots__ = ("bot",)
+
+    def __init__(self, bot: BotProtocol) -> None:
+        self.bot = bot
+
+    def pauseProducing(self) -> None:
+        self.bot.paused = True
+
+    def resumeProducing(self) -> None:
+        self.bot.paused = False
+        self.bot.backlog = 0
+
+    def stopProducing(self) -> None:
+        self.bot.paused = True
+
+
+class BotProtocol(WebSocketServerProtocol):
+    """One bot's stream connection (see the module docstring)."""
+
+    gateway: Gateway
+    transport: Any
+    initial: tuple[str, ...] = ()
+    market: str = "spot"
+    route: str | None = None
+    combined = False
+    paused = False
+    backlog = 0
+    client = ""
+
+    def onConnect(self, request: Any) -> None:
+        return None
+
+    def onOpen(self) -> None:
+        self.streams: dict[str, Tap] = {}
+        self.window = -1
+        self.in_window = 0
+        self.transport.registerProducer(_Backpressure(self), True)
+        self.gateway.opened(self)
+        for name in dict.fromkeys(self.initial):  # the URL's names, as given
+            self.streams[name] = self.gateway.join(self, name)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.gateway.closed(self)
+
+    # -- Binance's rules ------------------------------------------------------------
+    def _count_message(self) -> bool:
+        """Count one incoming message; False (and the connection closed) over
+        Binance's rate."""
+        second = int(self.gateway.clock.seconds())
+        if second != self.window:
+            self.window, self.in_window = second, 0
+        self.in_window += 1
+        if self.in_window > bs.MESSAGE_RATE[self.market]:
+            self.gateway.rate_closes += 1
+            self.close(bs.CLOSE_POLICY, bs.TOO_MANY_REQUESTS)
+            return False
+        return True
+
+    def onPing(self, payload: bytes) -> None:
+        if self._count_message():
+            super().onPing(payload)
+
+    def onPong(self, payload: bytes) -> None:
+        self._count_message()
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if not self._count_message():
+            return
+        self.gateway.control_messages += 1
+        self.sendMessage(orjson.dumps(self.control(payload)))
+
+    def close(self, code: int, reason: str) -> None:
+        """A close frame with ``code`` (Binance's 1008 included, which
+        autobahn's ``sendClose`` does not allow), then the closing handshake."""
+        self.sendCloseFrame(code=code, reasonUtf8=reason.encode(), isReply=False)
+
+    # -- the control protocol -------------------------------------------------------
+    def control(self, payload: bytes) -> dict[str, Any]:
+        try:
+            msg = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return {"error": {"code": bs.INVALID_JSON[0], "msg": bs.INVALID_JSON[1]}}
+        if not isinstance(msg, dict) or "method" not in msg:
+            return bs.error(*bs.MISSING_METHOD)
+        rid = msg.get("id")
+        if not bs.valid_id(rid):
+            return bs.error(*bs.BAD_ID)
+        method = msg["method"]
+        params = msg.get("params", [])
+        if method in ("SUBSCRIBE", "UNSUBSCRIBE"):
+            if not isinstance(params, list) or not all(isinstance(s, str) for s in params):
+                return bs.error(*bs.INVALID_PARAMS, rid)
+            if method == "UNSUBSCRIBE":
+                self.unsubscribe(params)
+                return {"result": None, "id": rid}
+            refused = self.subscribe(params)
+            return {"result": None, "id": rid} if refused is None else bs.error(*refused, rid)
+        if method == "LIST_SUBSCRIPTIONS":
+            return {"result": sorted(self.streams), "id": rid}
+        if method in ("SET_PROPERTY", "GET_PROPERTY"):
+            if not isinstance(params, list) or not params or not isinstance(params[0], str):
+                return bs.error(*bs.PROPERTY_NAME, rid)
+            if params[0] != bs.COMBINED:
+                return bs.error(*bs.UNKNOWN_PROPERTY, rid)
+            if method == "GET_PROPERTY":
+                return {"result": self.combined, "id": rid}
+            if len(params) < 2 or not isinstance(params[1], bool):
+                return bs.error(*bs.NOT_BOOLEAN, rid)
+            self.combined = params[1]
+            return {"result": None, "id": rid}
+        return bs.error(*bs.unknown_method(method), rid)
+
+    def subscribe(self, names: list[str]) -> tuple[int, str] | None:
+        """Subscribe each new name; Binance's error (nothing subscribed) for
+        an invalid name or too many streams."""
+        if not all(bs.valid_stream(n) for n in names):
+            return bs.INVALID_STREAM
+        new = [n for n in dict.fromkeys(names) if n not in self.streams]
+        if len(self.streams) + len(new) > bs.STREAMS_PER_CONNECTION[self.market]:
+            return bs.TOO_MANY_STREAMS
+        for name in new:
+            self.streams[name] = self.gateway.join(self, name)
+        return None
+
+    def unsubscribe(self, names: list[str]) -> None:
+        for name in names:
+            tap = self.streams.pop(name, None)
+            if tap is not None:
+                tap.leave(self)
+
+    def allowed(self, name: str) -> bool:
+        """USD-M: a routed connection carries its route's streams; an
+        unrouted one only /public's (FACTS.md §6)."""
+        if self.market != "usdm":
+            return True
+        route = usdm_route(name)
+        return route == self.route or (self.route is None and route == "public")
+
+    # -- sending ----------------------------------------------------------------------
+    def deliver(self, prepared: PreparedMessage, size: int) -> None:
+        if self.paused:
+            self.backlog += size
+            if self.backlog > self.gateway.limits.max_backlog:
+                self.gateway.slow_closes += 1
+                _log.info("websocket client {client} too slow: closed", client=self.client)
+                self.paused = False  # nothing more counted: it is being closed
+                # The close frame queues behind what waits; nothing follows it,
+                # and autobahn drops the connection if no answer comes in 5 s.
+                self.close(SLOW_CLIENT, SLOW_CLIENT_REASON)
+                return
+        if self.state != OPEN:
+            return  # closing: no data frame may follow a close frame
+        if self._perMessageCompress is None and not self.send_queue:
+            # What sendPreparedMessage does in this case, without the debug
+            # line it formats on every call (7.5 µs of the 7.6 a frame costs)
+            self.transport.write(prepared.payloadHybi)
+        else:
+            self.sendPreparedMessage(prepared)
+
+
+class Tap:
+    """One (market, stream) for every bot that wants it: subscribed to the
+    hub once, each frame prepared once per framing."""
+
+    __slots__ = ("bots", "gateway", "handle", "key")
+
+    def __init__(self, gateway: Gateway, market: str, stream: str) -> None:
+        self.gateway = gateway
+        self.key = (market, stream)
+        self.bots: set[BotProtocol] = set()
+        self.handle = gateway.hub.subscribe(market, stream, self.frame, self.lost)
+
+    def leave(self, bot: BotProtocol) -> None:
+        self.bots.discard(bot)
+        if not self.bots:
+            self.handle.close()
+            self.gateway.taps.pop(self.key, None)
+
+    def lost(self) -> None:
+        """The upstream connection dropped (frames were missed) or the proxy
+        is stopping. Every bot on the stream gets a close frame it reconnects
+        from (as a bot straight at Binance would have seen its connection
+        drop), never a silent gap or socket."""
+        for bot in tuple(self.bots):
+            if bot.state == bot.STATE_OPEN:
+                self.gateway.upstream_closes += 1
+                bot.close(UPSTREAM_LOST, UPSTREAM_LOST_REASON)
+
+    def frame(self, payload: bytes) -> None:
+        raw: PreparedMessage | None = None
+        combined: PreparedMessage | None = None
+        stream = self.key[1]
+        delivered = raw_size = 0
+        for bot in tuple(self.bots):  # a bot closed while delivering leaves the set
+            if bot.market == "usdm" and not bot.allowed(stream):
+                continue
+            if bot.combined:
+                if combined is None:
+                    combined = PreparedMessage(payload, False, False, True)
+                bot.deliver(combined, len(payload))
+            else:
+                if raw is None:
+                    data = bs.raw_data(stream, payload)
+                    if data is None:
+                        continue
+                    raw = PreparedMessage(data, False, False, True)
+                    raw_size = len(data)
+                bot.deliver(raw, raw_size)
+            delivered += 1
+        self.gateway.frames_out += delivered
+
+
+@implementer(IMetricsSource, IHealthReporter)
+class Gateway:
+    """The bots' stream connections and their fan-out (module docstring)."""
+
+    def __init__(self, clock, hub: Any, limits: Limits | None = None) -> None:
+        if not IStreamHub.providedBy(hub):
+            raise TypeError("the gateway needs an IStreamHub")
+        self.clock = clock
+        self.hub = hub
+        self.limits = limits or Limits()
+        self.markets = tuple(hub.stream_markets())
+        self.taps: dict[tuple[str, str], Tap] = {}
+        self.bots: set[BotProtocol] = set()
+        self.per_client: dict[str, int] = defaultdict(int)
+        self.connections_total = 0
+        self.frames_out = 0
+        self.slow_closes = 0
+        self.rate_closes = 0
+        self.control_messages = 0
+        self.refused = 0
+        self.upstream_closes = 0
+        self.factories: dict[str, WebSocketServerFactory] = {}
+        gateway = self
+        for market in self.markets:
+            class Protocol(BotProtocol):
+                pass
+            Protocol.gateway = gateway
+            Protocol.market = market
+            factory = WebSocketServerFactory(reactor=clock)
+            factory.protocol = Protocol
+            factory.setProtocolOptions(
+                autoPingInterval=bs.PING_INTERVAL[market], autoPingTimeout=bs.PONG_TIMEOUT[market],
+                maxFramePayloadSize=65536, maxMessagePayloadSize=65536,
+                openHandshakeTimeout=10, closeHandshakeTimeout=5)
+            factory._batched_timer = clock_timer(clock)  # pings and deadlines on ``clock``
+            self.factories[market] = factory
+
+    # -- admission --------------------------------------------------------------------
+    def admits(self, client: str) -> bool:
+        return (len(self.bots) < self.limits.total
+                and self.per_client[client] < self.limits.per_client)
+
+    def build(self, path: bs.StreamPath, client: str, peer: Any) -> BotProtocol | None:
+        factory = self.factories.get(path.market)
+        if factory is None:
+            return None
+        bot: Any = factory.buildProtocol(peer)
+        bot.route = path.route
+        bot.combined = path.combined
+        bot.initial = path.streams
+        bot.client = client
+        self.per_client[client] += 1
+        self.bots.add(bot)
+        return bot
+
+    def opened(self, bot: BotProtocol) -> None:
+        self.connections_total += 1
+
+    def closed(self, bot: BotProtocol) -> None:
+        if bot not in self.bots:
+            return
+        self.bots.discard(bot)
+        self.per_client[bot.client] -= 1
+        if self.per_client[bot.client] <= 0:
+            del self.per_client[bot.client]
+        for tap in getattr(bot, "streams", {}).values():
+            tap.leave(bot)
+
+    # -- fan-out ----------------------------------------------------------------------
+    def join(self, bot: BotProtocol, stream: str) -> Tap:
+        key = (bot.market, stream)
+        tap = self.taps.get(key)
+        if tap is None:
+            tap = self.taps[key] = Tap(self, bot.market, stream)
+        tap.bots.add(bot)
+        return tap
+
+    def close_all(self, code: int = GOING_AWAY, reason: str = "bnproxy: shutting down") -> None:
+        for bot in list(self.bots):
+            bot.close(code, reason)
+
+    # -- reporting --------------------------------------------------------------------
+    def health(self) -> dict:
+        return {"bots": len(self.bots), "streams": len(self.taps),
+                "subscriptions": sum(len(getattr(b, "streams", ())) for b in self.bots),
+                "frames": self.frames_out, "slow_closes": self.slow_closes,
+                "rate_closes": self.rate_closes, "refused": self.refused}
+
+    def collect_metrics(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        bots = GaugeMetricFamily("bnproxy_ws_bot_connections", "Open bot websocket "
+                                 "connections.", labels=["market"])
+        subs = GaugeMetricFamily("bnproxy_ws_bot_subscriptions", "Streams bots subscribed "
+                                 "(one per bot and stream).", labels=["market"])
+        count: dict[str, list[int]] = {m: [0, 0] for m in self.markets}
+        for b in self.bots:
+            count[b.market][0] += 1
+            count[b.market][1] += len(getattr(b, "streams", ()))
+        for m, (n, s) in count.items():
+            bots.add_metric([m], n)
+            subs.add_metric([m], s)
+        yield bots
+        yield subs
+        yield GaugeMetricFamily("bnproxy_ws_streams", "Distinct streams relayed to bots.",
+                                value=len(self.taps))
+        yield CounterMetricFamily("bnproxy_ws_frames_delivered", "Frames written to bots.",
+                                  value=self.frames_out)
+        yield CounterMetricFamily("bnproxy_ws_slow_client_closes", "Bots closed for falling "
+                                  "behind their send buffer.", value=self.slow_closes)
+        yield CounterMetricFamily("bnproxy_ws_rate_closes", "Bots closed for going over "
+                                  "Binance's message rate.", value=self.rate_closes)
+        yield CounterMetricFamily("bnproxy_ws_bot_control_messages", "Control messages bots "
+                                  "sent.", value=self.control_messages)
+        yield CounterMetricFamily("bnproxy_ws_refused", "Websocket upgrades refused.",
+                                  value=self.refused)
+        yield CounterMetricFamily("bnproxy_ws_upstream_lost_closes", "Bots closed because the "
+                                  "upstream connection of one of their streams dropped.",
+                                  value=self.upstream_closes)
+
+
+@implementer(IResource)
+class GatewayResource:
+    """Takes over an upgrade request on a stream path (module docstring)."""
+
+    isLeaf = True
+
+    def __init__(self, gateway: Gateway, handler: Callable, clock,
+                 resolve_client: ClientResolver | Callable | None = None) -> None:
+        self.gateway = gateway
+        self._handler = handler
+        self._clock = clock
+        self._resolve = resolve_client
+
+    def getChildWithDefault(self, name: bytes, request: server.Request) -> IResource:
+        return self
+
+    def putChild(self, path: bytes, child: IResource) -> None:
+        raise NotImplementedError
+
+    def _refuse(self, request: server.Request, status: int, code: int, msg: str) -> bytes:
+        self.gateway.refused += 1
+        write_response(request, local_error(status, code, msg, detail="websocket"))
+        return server.NOT_DONE_YET  # type: ignore[return-value]
+
+    def render(self, request: server.Request) -> Any:
+        raw_path, query = split_target(request.uri)
+        try:
+            path_s, query_s = raw_path.decode("ascii"), query.decode("ascii")
+        except UnicodeDecodeError:
+            return self._refuse(request, 400, -1, bs.ILLEGAL_PATH)
+        parsed = bs.parse_stream_path(path_s, query_s)
+        if parsed is None or parsed.market not in self.gateway.markets:
+            return self._refuse(request, 404, -1, bs.ILLEGAL_PATH)
+        if any(_LISTEN_KEY.match(n) for n in parsed.streams):
+            return self._refuse(request, 400, UNKNOWN, "bnproxy: user-data streams "
+                                "(/ws/<listenKey>) are not relayed; connect them to Binance")
+        # Names in the URL are taken as given (ccxt opens ``/ws/0``, ``/ws/1``…:
+        # Binance accepts them and sends nothing for them).
+        if len(parsed.streams) > bs.STREAMS_PER_CONNECTION[parsed.market]:
+            return self._refuse(request, 400, -1, bs.ILLEGAL_PATH)
+        peer = getattr(request.getClientAddress(), "host", None) or "unix"
+        headers = tuple((k.lower(), v) for k, vs in request.requestHeaders.getAllRawHeaders()
+                        for v in vs)
+        client = self._resolve(peer, headers) if self._resolve is not None else normalise(peer)
+        if not self.gateway.admits(client):
+            return self._refuse(request, 429, -1003, "bnproxy: too many websocket "
+                                "connections from your address or in total")
+        binance_path = path_s
+        first = path_s[1:].partition("/")[0]
+        if first in bs.STREAM_MARKETS:
+            binance_path = "/" + path_s[1:].partition("/")[2]
+        proxy_request = ProxyRequest("GET", parsed.market, binance_path, query, headers, b"",
+                                     client, self._clock.seconds(), None)
+        answer = self._handler(proxy_request)
+        if isinstance(answer, ProxyResponse):
+            self._answered(answer, request, parsed, client)
+        else:
+            answer.addCallback(self._answered, request, parsed, client)
+            answer.addErrback(self._failed, request)
+        return server.NOT_DONE_YET
+
+    def _failed(self, f: Failure, request: server.Request) -> None:
+        _log.failure("websocket upgrade failed", f)
+        write_response(request, local_error(500, UNKNOWN, "bnproxy: internal error"))
+
+    def _answered(self, answer: ProxyResponse, request: server.Request,
+                  parsed: bs.StreamPath, client: str) -> None:
+        if answer.status != UPGRADE_STATUS:
+            self.gateway.refused += 1
+            write_response(request, answer)
+            return
+        channel = request.channel
+        if channel is None or channel.transport is None or request.finished:
+            return
+        if not self.gateway.admits(client):  # filled up while the chain decided
+            self._refuse(request, 429, -1003, "bnproxy: too many websocket connections")
+            return
+        bot = self.gateway.build(parsed, client, channel.transport.getPeer())
+        if bot is None:
+            self._refuse(request, 404, -1, bs.ILLEGAL_PATH)
+            return
+        take_over(request, bot)
+
+
+def clock_timer(clock: Any) -> Any:
+    """An autobahn factory's timer (pings, pong and handshake deadlines) on
+    ``clock``: autobahn's own reads txaio's global loop, not the reactor it
+    was given."""
+    from txaio._common import _BatchedTimer
+
+    return _BatchedTimer(200.0, 1000, seconds_provider=clock.seconds,
+                         delayed_call_creator=clock.callLater)
+
+
+def take_over(request: server.Request, protocol: Any) -> None:
+    """Hand ``request``'s connection to ``protocol`` (autobahn's
+    ``WebSocketResource.render``, plus: the hardened channel's timers stopped
+    and its per-address connection count released)."""
+    channel: Any = request.channel
+    channel.setTimeout(None)
+    for timer in ("_header_timer", "_body_timer", "_send_timer"):
+        cancel = getattr(channel, "_cancel", None)
+        if cancel is not None:
+            cancel(timer)
+    counted = getattr(channel, "_counted_as", None)
+    if counted is not None:
+        channel.factory.connection_closed(counted)
+        channel._counted_as = None
+    transport, channel.transport = channel.transport, None
+    transport.unregisterProducer()  # the HTTP channel's; the bot registers its own
+    if isinstance(transport, ProtocolWrapper):
+        transport.wrappedProtocol = protocol
+    elif isinstance(getattr(transport, "protocol", None), ProtocolWrapper):
+        transport.protocol.wrappedProtocol = protocol
+    else:
+        transport.protocol = protocol
+    protocol.makeConnection(transport)
+    if hasattr(transport, "_networkProducer"):
+        transport._networkProducer.resumeProducing()
+    elif hasattr(transport, "resumeProducing"):
+        transport.resumeProducing()
+    data = request.method + b" " + request.uri + b" HTTP/1.1\r\n"
+    for name, values in request.requestHeaders.getAllRawHeaders():
+        data += name + b": " + b",".join(values) + b"\r\n"
+    data += b"\r\n"
+    protocol.dataReceived(data)
+
+
+# First path segments a stream URL can start with.
+_STREAM_FIRST = frozenset({b"ws", b"stream", *(m.encode() for m in bs.STREAM_MARKETS)})
+
+
+class StreamRoot(RootResource):
+    """The root resource with the gateway: a websocket upgrade on a stream
+    path goes to ``gateway``, everything else as ``RootResource`` sends it."""
+
+    def __init__(self, forward: IResource, gateway: IResource) -> None:
+        super().__init__(forward)
+        self._gateway = gateway
+
+    def getChildWithDefault(self, path: bytes, request: server.Request) -> IResource:
+        child = self.children.get(path)
+        if child is not None:
+            return child
+        if path in _STREAM_FIRST and is_upgrade(request):
+            return self._gateway
+        request.prepath.pop()  # type: ignore[union-attr]  # lists while traversing
+        request.postpath.insert(0, path)  # type: ignore[union-attr]
+        return self._forward
+
+
+def find_hub(middlewares: list[Any]) -> Any:
+    """The first middleware providing ``IStreamHub``, or None."""
+    return next((m for m in middlewares if IStreamHub.providedBy(m)), None)
