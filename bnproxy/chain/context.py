@@ -11,6 +11,7 @@ from twisted.web.resource import IResource
 
 from bnproxy.binance.endpoints import EndpointTable
 from bnproxy.binance.markets import Market
+from bnproxy.binance.privacy import AcceptedKeys
 
 
 @attrs.frozen
@@ -46,7 +47,9 @@ class MiddlewareContext:
     - ``egresses``: the source addresses requests may leave from
       (``--egress``), empty for the host's default;
     - ``access_log``: where access lines go, an ``IAccessLog`` (``write(line:
-      bytes)``), or None when the access log is off (``--access-log none``).
+      bytes)``), or None when the access log is off (``--access-log none``);
+    - ``accepted_keys``: the API keys Binance accepted (salted hashes, in
+      memory), shared by the cache and the streams (``binance.privacy``).
     """
 
     reactor: Any
@@ -65,6 +68,7 @@ class MiddlewareContext:
     built: dict[str, Any] = attrs.field(factory=dict)
     access_log: Any = None
     egresses: tuple[str, ...] = ()
+    accepted_keys: AcceptedKeys = attrs.field(factory=AcceptedKeys)
 
     def lookup(self, name: str) -> Any:
         """The middleware configured under ``name``, or None."""

@@ -33,7 +33,7 @@ from bnproxy.binance.marketdata import (
     TICKER_24HR,
     rest_path,
 )
-from bnproxy.binance.privacy import is_private
+from bnproxy.binance.privacy import API_KEY_HEADER, AcceptedKeys, is_private
 from bnproxy.chain.compose import Answer, then
 from bnproxy.chain.interfaces import (
     IHealthReporter,
@@ -72,6 +72,8 @@ class Streams(MultiService):
         self.name = name
         self.settings = settings
         self._clock = context.reactor
+        keys = getattr(context, "accepted_keys", None)
+        self.accepted_keys: AcceptedKeys = AcceptedKeys() if keys is None else keys
         self.managers: dict[str, StreamManager] = {}
         self.refetch = Refetcher(context.reactor, context.chain, context.endpoints,
                                  context.markets, lambda: context.lookup("ratelimit"),
@@ -145,8 +147,16 @@ class Streams(MultiService):
                 return then(next(request), self._ping_answered, request)
             return next(request)
         family = self._routes.get((request.market, request.path))
-        if family is None or request.endpoint is None or is_private(request):
+        if family is None or request.endpoint is None:
             return next(request)
+        if is_private(request):
+            view = self.accepted_keys.public_view(request)
+            if view is None:  # private, or a key Binance has not accepted yet
+                api_key = request.header(API_KEY_HEADER)
+                if api_key is None:
+                    return next(request)
+                return then(next(request), self._answered_with_key, api_key)
+            request = view  # a key Binance accepted, on a public endpoint: public
         p = self._params(request.query)
         if p is None:  # a parameter given twice: ambiguous, Binance decides
             return next(request)
@@ -160,6 +170,10 @@ class Streams(MultiService):
         else:
             answer = self.tickers.handle(request, p, family, next)
         return then(answer, self._count)
+
+    def _answered_with_key(self, response: ProxyResponse, api_key: bytes) -> ProxyResponse:
+        self.accepted_keys.observe(api_key, response.status, response.source)
+        return response
 
     def _ping_answered(self, response: ProxyResponse, request: ProxyRequest) -> ProxyResponse:
         self.refetch.observe(request, response, "ping")
