@@ -12,6 +12,12 @@ enough exact levels, a silent stream, an unusual parameter) goes on down the
 chain: never held waiting for a socket, never answered with invented data.
 Only symbols the market's exchangeInfo lists are subscribed; unused
 subscriptions end after their idle time.
+
+The service's readiness pings are liveness traffic the fleet already
+provides: a market whose last upstream exchange succeeded and that had an
+upstream answer or a stream message within ``QUIET`` seconds is not pinged
+(the ping is answered here); a quiet one at most once per ``QUIET``. A failed
+ping is confirmed once, ``CONFIRM_AFTER`` seconds later, before it stands.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from urllib.parse import parse_qsl
 
 from twisted.application.service import MultiService
 from twisted.internet import task
+from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from bnproxy.binance.marketdata import (
@@ -34,14 +41,14 @@ from bnproxy.binance.marketdata import (
     rest_path,
 )
 from bnproxy.binance.privacy import API_KEY_HEADER, AcceptedKeys, is_private
-from bnproxy.chain.compose import Answer, then
+from bnproxy.chain.compose import Answer, as_deferred, then
 from bnproxy.chain.interfaces import (
     IHealthReporter,
     IMetricsSource,
     IMiddleware,
     IReadinessCheck,
 )
-from bnproxy.chain.messages import INTERNAL, ProxyRequest, ProxyResponse
+from bnproxy.chain.messages import INTERNAL, JSON, ProxyRequest, ProxyResponse
 from bnproxy.middleware.streams.klines import KlineSeries
 from bnproxy.middleware.streams.manager import StreamManager
 from bnproxy.middleware.streams.orderbook import OrderBook
@@ -61,6 +68,8 @@ SERVED = {"spot": (KLINES, DEPTH, TICKER_24HR, BOOK_TICKER, PRICE, EXCHANGE_INFO
           "coinm": (KLINES, DEPTH, EXCHANGE_INFO)}
 SWEEP_EVERY = 10.0
 READINESS_PING = b"ready"  # the INTERNAL marker of the service's readiness probes
+QUIET = 60.0  # seconds without upstream answer or stream message before a market is pinged
+CONFIRM_AFTER = 1.0  # a failed ping is tried once more this much later
 
 
 @implementer(IMiddleware, IHealthReporter, IMetricsSource, IReadinessCheck)
@@ -72,6 +81,12 @@ class Streams(MultiService):
         self.name = name
         self.settings = settings
         self._clock = context.reactor
+        # the upstream's last success and failure per market (the terminal's record)
+        reachability = getattr(context.upstream, "reachability", None)
+        self._reachability: dict[str, dict[str, Any]] = (
+            {} if reachability is None else reachability)
+        self._probed: dict[str, float] = {}  # market -> when a ping last went upstream
+        self.pings_spared = 0
         keys = getattr(context, "accepted_keys", None)
         self.accepted_keys: AcceptedKeys = AcceptedKeys() if keys is None else keys
         self.managers: dict[str, StreamManager] = {}
@@ -144,7 +159,7 @@ class Streams(MultiService):
                 break
         if marker is not None or request.method != "GET":
             if marker == READINESS_PING:  # the proxy's own too: counted as "ping"
-                return then(next(request), self._ping_answered, request)
+                return self._ping(request, next)
             return next(request)
         family = self._routes.get((request.market, request.path))
         if family is None or request.endpoint is None:
@@ -175,9 +190,39 @@ class Streams(MultiService):
         self.accepted_keys.observe(api_key, response.status, response.source)
         return response
 
-    def _ping_answered(self, response: ProxyResponse, request: ProxyRequest) -> ProxyResponse:
+    # -- liveness -------------------------------------------------------------------
+    def _ping(self, request: ProxyRequest, next: Callable) -> Answer:
+        market = request.market
+        now = self._clock.seconds()
+        if self._reached(market) and (self.alive(market, now) or
+                                      now - self._probed.get(market, float("-inf")) < QUIET):
+            self.pings_spared += 1
+            return ProxyResponse(200, (JSON,), b"{}", "local", "liveness")
+        self._probed[market] = now
+        return as_deferred(next(request)).addCallback(self._ping_answered, request, next, False)
+
+    def _reached(self, market: str) -> bool:
+        """True if the upstream's last exchange for ``market`` succeeded."""
+        state = self._reachability.get(market) or {}
+        ok, error = state.get("ok"), state.get("error")
+        return ok is not None and (error is None or ok >= error)
+
+    def alive(self, market: str, now: float) -> bool:
+        """An upstream answer or a stream message for ``market`` within ``QUIET``."""
+        state = self._reachability.get(market) or {}
+        if state.get("ok") is not None and now - state["ok"] < QUIET:
+            return True
+        manager = self.managers.get(market)
+        return manager is not None and now - manager.last_message < QUIET
+
+    def _ping_answered(self, response: ProxyResponse, request: ProxyRequest, next: Callable,
+                       confirming: bool) -> Answer:
         self.refetch.observe(request, response, "ping")
-        return response
+        if confirming or response.source != "local" or response.status not in (502, 504):
+            return response
+        # Not sent or not answered: one failure is not a verdict; confirm it once.
+        d: Deferred = task.deferLater(self._clock, CONFIRM_AFTER, next, request)
+        return d.addCallback(self._ping_answered, request, next, True)
 
     def _count(self, response: ProxyResponse) -> ProxyResponse:
         if response.source == "stream":

@@ -241,6 +241,7 @@ class StreamManager(Service):
         self.last_seen: dict[str, float] = {}
         self.on_lost: list[Callable[[set[str]], None]] = []
         self.messages = 0
+        self.last_message = float("-inf")  # when any stream message last came
         self.connects = 0
         self.reconnects = 0
         self.rotations = 0
@@ -315,7 +316,7 @@ class StreamManager(Service):
         handler = self.handlers.get(name)
         if handler is None:
             return
-        self.last_seen[name] = self.reactor.seconds()
+        self.last_seen[name] = self.last_message = self.reactor.seconds()
         try:
             handler(data)
         except Exception:
