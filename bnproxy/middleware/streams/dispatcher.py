@@ -38,6 +38,7 @@ from bnproxy.binance.marketdata import (
     KLINES,
     PRICE,
     TICKER_24HR,
+    kline_cadence,
     rest_path,
 )
 from bnproxy.binance.privacy import API_KEY_HEADER, AcceptedKeys, is_private
@@ -108,7 +109,8 @@ class Streams(MultiService):
             manager = StreamManager(context.reactor, m, legacy_routes=settings.legacy_routes,
                                     rotate_after=settings.rotate_after,
                                     tls_policy=getattr(context, "tls_policy", None),
-                                    egresses=tuple(getattr(context, "egresses", ()) or ()))
+                                    egresses=tuple(getattr(context, "egresses", ()) or ()),
+                                    silent_after=self._silent_after(market))
             manager.on_lost.append(self._lost_callback(market))
             manager.setServiceParent(self)
             self.managers[market] = manager
@@ -122,6 +124,20 @@ class Streams(MultiService):
         self._sweeper.clock = context.reactor
         self._refresher = task.LoopingCall(self.exchange_info.refresh)
         self._refresher.clock = context.reactor
+
+    def _silent_after(self, market: str) -> Callable[[str], float | None]:
+        """Seconds a stream of ``market`` with a regular cadence (klines, 24 h
+        tickers) may go without a message before its connection is replaced;
+        None for event-driven ones (depth, book tickers, trades)."""
+        s = self.settings
+
+        def limit(name: str) -> float | None:
+            kind = name.partition("@")[2]
+            if kind.startswith("kline_"):
+                return max(s.stale_kline_min,
+                           kline_cadence(market, kind[len("kline_"):]) * s.stale_kline_factor)
+            return s.stale_ticker if kind == "ticker" else None
+        return limit
 
     def _lost_callback(self, market: str) -> Callable[[set[str]], None]:
         return lambda names: self.depth.lost(market, names)
@@ -275,6 +291,18 @@ class Streams(MultiService):
                 stale.add(name)
         return stale
 
+    def degraded(self) -> list[str]:
+        """Why the streams serve, but not as well as they could (empty: they
+        do): streams gone silent, whose requests go to REST until their
+        connection is replaced. Not unreadiness: the proxy still answers."""
+        out = []
+        for market in self.managers:
+            stale = self.stale_streams(market)
+            if stale:
+                out.append(f"{len(stale)} {market} stream(s) stale, answered from REST "
+                           f"until replaced")
+        return out
+
     def readiness_problems(self) -> list[str]:
         return [f"stream manager {name} not running"
                 for name, manager in self.managers.items() if not manager.running]
@@ -309,7 +337,9 @@ class Streams(MultiService):
         yield own
 
     def health(self) -> dict:
-        return {"served": self.served,
+        degraded = self.degraded()
+        return {"status": "degraded" if degraded else "ok", "degraded": degraded,
+                "served": self.served,
                 "markets": {m: mgr.health(self.stale_streams(m))
                             for m, mgr in self.managers.items()},
                 "series": len(self.series), "books": len(self.books),
