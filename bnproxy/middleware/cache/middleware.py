@@ -210,8 +210,9 @@ class Cache:
         if not own.called:
             own.callback(first)
         if followers:
-            follower = attrs.evolve(self._mark(stored_copy(response) if response.status == 200
-                                               else response, b"HIT"), detail="coalesced")
+            shared = stored_copy(response) if response.status == 200 else response
+            follower = attrs.evolve(shared, detail="coalesced", headers=(
+                *shared.headers, (b"age", b"0"), (b"x-cache", b"HIT")))
             for d in followers:
                 if not d.called:
                     d.callback(follower)
