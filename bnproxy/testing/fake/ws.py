@@ -89,7 +89,8 @@ def deliver(p: WebSocketServerProtocol, payload: bytes) -> bool:
     """Send ``payload`` to ``p`` unless it is closing or closed (a client may
     close its side at any moment: its ``onClose`` comes only once the TCP
     connection is gone, and autobahn raises on a send in between). True if sent."""
-    if p.state != WebSocketServerProtocol.STATE_OPEN:
+    if getattr(p, "state", WebSocketServerProtocol.STATE_OPEN) != \
+            WebSocketServerProtocol.STATE_OPEN:  # (a duck-typed subscriber has none)
         return False
     try:
         p.sendMessage(payload)
