@@ -19,7 +19,8 @@ Figures, per minute of the run:
   sampled every second, per market);
 - ``own``: the proxy's own weight (``/health`` of each proxy process:
   snapshots, backfills, refreshes, pings);
-and the warnings and errors each bot logged, outside the restart's seconds.
+and the warnings and errors each bot logged, outside the restart's seconds
+and the bots' own shutdown.
 """
 
 from __future__ import annotations
@@ -228,6 +229,7 @@ def main() -> None:
             time.sleep(1.0)
         restart_done = time.time() if restarted_at is None else restarted_at
     finally:
+        stopping = time.time()  # what bots log from here on is their own shutdown
         for _, proc, _ in bots:
             proc.send_signal(signal.SIGINT)
         for _, proc, _ in bots:
@@ -293,7 +295,8 @@ def main() -> None:
                             t = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S").timestamp()
                         except ValueError:
                             t = None
-                        near = t is not None and abs(t - restart_done) < 20
+                        near = t is not None and (abs(t - restart_done) < 20
+                                                  or t >= int(stopping))
                         if not near:
                             bad.append(line.strip()[:200])
         warnings[name] = bad
