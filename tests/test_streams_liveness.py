@@ -61,3 +61,31 @@ def test_a_failure_confirmed_makes_the_market_unreachable(rig):
     _fail_next_ping(rig)  # and it stays unanswered
     rig.sleep(15)
     assert any("upstream spot unreachable" in p for p in rig.service.readiness.problems())
+
+
+def test_one_failed_bot_request_does_not_leave_the_proxy_unready(rig):
+    rig.sleep(1)
+    faults = rig.exchange.faults
+    faults.stall_headers, faults.path_prefix = True, "/api/v3/trades"  # unanswered: a 504
+    before = pings(rig)
+    assert rig.ask("/api/v3/trades?symbol=BTCUSDT").status == 504
+    faults.stall_headers = False
+    rig.sleep(2)  # the next readiness probe is 4 s away
+    assert pings(rig) == before + 1  # a ping confirmed that it was one failure ...
+    assert rig.service.readiness.problems() == []  # ... so the proxy is ready
+
+
+def test_an_outage_stays_unreachable_and_is_not_pinged_every_second(rig):
+    rig.sleep(1)
+    faults = rig.exchange.faults
+    faults.stall_headers, faults.path_prefix = True, ""  # nothing answers
+    own = rig.streams.refetch.requests
+    before = own[("spot", "ping")]
+    for _ in range(6):
+        assert rig.ask("/api/v3/trades?symbol=BTCUSDT").status == 504  # 10 s each
+        assert any("upstream spot unreachable" in p
+                   for p in rig.service.readiness.problems())
+    assert own[("spot", "ping")] - before <= 12  # not one a second
+    faults.stall_headers = False
+    rig.sleep(20)
+    assert rig.service.readiness.problems() == []

@@ -17,7 +17,10 @@ The service's readiness pings are liveness traffic the fleet already
 provides: a market whose last upstream exchange succeeded and that had an
 upstream answer or a stream message within ``QUIET`` seconds is not pinged
 (the ping is answered here); a quiet one at most once per ``QUIET``. A failed
-ping is confirmed once, ``CONFIRM_AFTER`` seconds later, before it stands.
+ping is confirmed once, ``CONFIRM_AFTER`` seconds later, before it stands; a
+failed bot request is confirmed by a ping as soon (at most one a market per
+``PROBE_EVERY``), so one failure does not leave a market unreachable until
+the next probe.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from bnproxy.binance.marketdata import (
     kline_cadence,
     rest_path,
 )
+from bnproxy.binance.markets import PING_PATHS
 from bnproxy.binance.privacy import API_KEY_HEADER, AcceptedKeys, is_private
 from bnproxy.chain.compose import Answer, as_deferred, then
 from bnproxy.chain.interfaces import (
@@ -71,6 +75,8 @@ SWEEP_EVERY = 10.0
 READINESS_PING = b"ready"  # the INTERNAL marker of the service's readiness probes
 QUIET = 60.0  # seconds without upstream answer or stream message before a market is pinged
 CONFIRM_AFTER = 1.0  # a failed ping is tried once more this much later
+PROBE_EVERY = 15.0  # at most one confirmation of a failed request per market this often
+CONFIRM_PING = b"ready-confirm"  # the INTERNAL marker of those confirmations
 
 
 @implementer(IMiddleware, IHealthReporter, IMetricsSource, IReadinessCheck)
@@ -87,6 +93,11 @@ class Streams(MultiService):
         self._reachability: dict[str, dict[str, Any]] = (
             {} if reachability is None else reachability)
         self._probed: dict[str, float] = {}  # market -> when a ping last went upstream
+        self._confirmed: dict[str, float] = {}  # market -> when a failure was last confirmed
+        self._chain = context.chain
+        self._endpoints = context.endpoints
+        self._confirmer = task.LoopingCall(self._confirm_failures)
+        self._confirmer.clock = context.reactor
         self.pings_spared = 0
         keys = getattr(context, "accepted_keys", None)
         self.accepted_keys: AcceptedKeys = AcceptedKeys() if keys is None else keys
@@ -159,9 +170,10 @@ class Streams(MultiService):
         super().startService()
         self._sweeper.start(SWEEP_EVERY, now=False)
         self._refresher.start(self.settings.info_refresh, now=False)
+        self._confirmer.start(CONFIRM_AFTER, now=False)
 
     def stopService(self):
-        for loop in (self._sweeper, self._refresher):
+        for loop in (self._sweeper, self._refresher, self._confirmer):
             if loop.running:
                 loop.stop()
         return super().stopService()
@@ -176,6 +188,9 @@ class Streams(MultiService):
         if marker is not None or request.method != "GET":
             if marker == READINESS_PING:  # the proxy's own too: counted as "ping"
                 return self._ping(request, next)
+            if marker == CONFIRM_PING:
+                return as_deferred(next(request)).addCallback(
+                    self._ping_answered, request, next, True)
             return next(request)
         family = self._routes.get((request.market, request.path))
         if family is None or request.endpoint is None:
@@ -230,6 +245,22 @@ class Streams(MultiService):
             return True
         manager = self.managers.get(market)
         return manager is not None and now - manager.last_message < QUIET
+
+    def _confirm_failures(self) -> None:
+        """Ping each market whose last upstream exchange failed, once per
+        failure and at most once per ``PROBE_EVERY``."""
+        now = self._clock.seconds()
+        for market, state in list(self._reachability.items()):
+            error, ok = state.get("error"), state.get("ok")
+            if error is None or (ok is not None and ok >= error) or market not in PING_PATHS:
+                continue
+            if now - self._confirmed.get(market, float("-inf")) < PROBE_EVERY:
+                continue
+            self._confirmed[market] = now
+            path = PING_PATHS[market]
+            request = ProxyRequest("GET", market, path, b"", ((INTERNAL, CONFIRM_PING),), b"",
+                                   "bnproxy", now, self._endpoints.lookup(market, "GET", path))
+            as_deferred(self._chain(request)).addErrback(lambda f: None)
 
     def _ping_answered(self, response: ProxyResponse, request: ProxyRequest, next: Callable,
                        confirming: bool) -> Answer:
