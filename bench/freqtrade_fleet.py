@@ -155,6 +155,56 @@ def market_of(path: str) -> str:
         ("/fapi", "/futures")) else "coinm"
 
 
+def sample(xurl: str) -> tuple[int, dict, dict]:
+    """(the fake's minute, its used weight by market, its requests by market)."""
+    fake = get_json(xurl + "/_fake/")
+    counts: dict[str, int] = collections.Counter()
+    for row in fake["requests"]:
+        counts[market_of(row["path"])] += row["count"]
+    return (fake["server_time"] // 60_000,
+            {m: sum(ips.values()) for m, ips in fake["weight"].items()}, dict(counts))
+
+
+def upstream_by_minute(samples: list[tuple[int, dict, dict]]) -> dict[int, int]:
+    """Upstream weight per minute at the fake: its limiter's count for the
+    minute, the last sample of each fake minute, for each market that had
+    requests in that minute (the counter of a market without any still shows
+    its last minute's figure). Up to a second of traffic at each minute's end
+    may fall to the next."""
+    upstream: dict[int, int] = collections.Counter()
+    final: dict[int, tuple[dict, dict]] = {}
+    for minute, used, counts in samples:
+        final[minute] = (used, counts)
+    before_counts: dict[str, int] = {}
+    for minute in sorted(final):
+        used, counts = final[minute]
+        for m, w in used.items():
+            if counts.get(m, 0) > before_counts.get(m, 0):
+                upstream[minute] += w
+        before_counts = counts
+    return upstream
+
+
+def asked_by_minute(logs: list[str]) -> tuple[dict[int, int], dict[int, int], dict]:
+    """From the proxies' access lines: the weight the bots asked per minute
+    (priced by the endpoint table), the upstream weight the proxy logged per
+    minute (bots' and its own), and the bots' answers by source."""
+    endpoints = load_endpoints()
+    asked: dict[int, int] = collections.Counter()
+    logged_up: dict[int, int] = collections.Counter()
+    sources: collections.Counter = collections.Counter()
+    for path in logs:
+        for r in access_records(path):
+            if r["source"] == "upstream":
+                logged_up[int(r["time"] // 60)] += r.get("weight") or 0
+            if r.get("client") == "bnproxy" or r.get("bot") == "bnproxy":
+                continue
+            ep = endpoints.lookup(r["market"], r["method"], r["path"])
+            asked[int(r["time"] // 60)] += ep.weight(dict(parse_qsl(r["query"]))) if ep else 1
+            sources[r["source"]] += 1
+    return asked, logged_up, dict(sources)
+
+
 def find_section(health: dict, name: str) -> dict:
     """The named middleware's section of /health, wherever it sits."""
     if name in health and isinstance(health[name], dict):
@@ -215,13 +265,7 @@ def main() -> None:
             bots.append((name, proc, log))
         restarted_at = None
         while time.time() - start < args.minutes * 60:
-            fake = get_json(xurl + "/_fake/")
-            counts: dict[str, int] = collections.Counter()
-            for row in fake["requests"]:
-                counts[market_of(row["path"])] += row["count"]
-            samples.append((fake["server_time"] // 60_000,
-                            {m: sum(ips.values()) for m, ips in fake["weight"].items()},
-                            dict(counts)))
+            samples.append(sample(xurl))
             if restarted_at is None and time.time() - start >= args.restart_at * 60:
                 proxies[-1].stop()
                 restarted_at = time.time()
@@ -245,37 +289,8 @@ def main() -> None:
         exchange.wait(30)
         xlog.close()
 
-    # Upstream weight per minute at the fake: its limiter's count for the
-    # minute, the last sample of each fake minute, for each market that had
-    # requests in that minute (the counter of a market without any still shows
-    # its last minute's figure). Up to a second of traffic at each minute's end
-    # may fall to the next.
-    upstream: dict[int, int] = collections.Counter()
-    final: dict[int, tuple[dict, dict]] = {}
-    for minute, used, counts in samples:
-        final[minute] = (used, counts)
-    before_counts: dict[str, int] = {}
-    for minute in sorted(final):
-        used, counts = final[minute]
-        for m, w in used.items():
-            if counts.get(m, 0) > before_counts.get(m, 0):
-                upstream[minute] += w
-        before_counts = counts
-    endpoints = load_endpoints()
-    asked: dict[int, int] = collections.Counter()
-    logged_up: dict[int, int] = collections.Counter()
-    sources: collections.Counter = collections.Counter()
-    for proxy in proxies:
-        for r in access_records(proxy.log_path):
-            if r.get("client") == "bnproxy" or r.get("bot") == "bnproxy":
-                continue
-            ep = endpoints.lookup(r["market"], r["method"], r["path"])
-            asked[int(r["time"] // 60)] += ep.weight(dict(parse_qsl(r["query"]))) if ep else 1
-            sources[r["source"]] += 1
-    for proxy in proxies:  # the proxy's own view of what went upstream (bots' and its own)
-        for r in access_records(proxy.log_path):
-            if r["source"] == "upstream":
-                logged_up[int(r["time"] // 60)] += r.get("weight") or 0
+    upstream = upstream_by_minute(samples)
+    asked, logged_up, sources = asked_by_minute([p.log_path for p in proxies])
     first = int(start // 60)
     minutes = sorted(set(upstream) | set(asked))
     restart_minute = int(restart_done // 60)
