@@ -55,7 +55,7 @@ class _ServerSide:
     def __init__(self, hub, conn, clock) -> None:
         self.hub, self.conn, self.clock = hub, conn, clock
         self.streams: set[str] = set()
-        self.opened_ms = hub.x.market_ms()
+        self.opened_ms = hub.markets.now()
         self.closed = False
 
     def allowed(self, name: str) -> bool:

@@ -58,7 +58,6 @@ def test_both_symbols_encodings_share_one_entry():
 
 
 @pytest.mark.parametrize("target,headers", [
-    ("/api/v3/depth?symbol=BTCUSDT", {b"X-MBX-APIKEY": API_KEY}),
     ("/api/v3/depth?symbol=BTCUSDT&timestamp=1", {}),
     ("/api/v3/depth?symbol=BTCUSDT&signature=ab", {}),
     ("/api/v3/depth?symbol=BTCUSDT&recvWindow=5000", {}),

@@ -98,3 +98,9 @@ def depth_snapshot_limit(endpoint: Endpoint, allowed: tuple[int, ...] | None, la
 # Request headers that change the format of Binance's answer (the time unit
 # of timestamps, SBE instead of JSON): part of a cached answer's key.
 VARYING_HEADERS = (b"x-mbx-time-unit", b"x-mbx-sbe", b"accept")
+
+
+# How often Binance's stream servers ping every connection (FACTS.md §6: spot
+# every 20 s, futures every 3 min): a connection without a frame for clearly
+# longer than this is dead even when it carries only event-driven streams.
+SERVER_PING_INTERVAL = {"spot": 20.0, "usdm": 180.0, "coinm": 180.0}

@@ -3,9 +3,14 @@ retried, logged in full, or shown to another client."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, quote
+
+import attrs
 
 if TYPE_CHECKING:
     from bnproxy.chain.messages import ProxyRequest
@@ -42,6 +47,86 @@ def is_private(request: ProxyRequest) -> bool:
     if any(k in PRIVATE_HEADERS for k, _ in request.headers):
         return True
     return _has_private_param(request.query) or _has_private_param(request.body)
+
+
+# -- keyed public requests ------------------------------------------------------------------
+# python-binance's ``Client(key, secret)`` and binance-connector's ``Spot(api_key=…)`` send
+# X-MBX-APIKEY on every call, public ones included. Binance ignores the key on endpoints
+# whose security type is NONE (FACTS.md §2.1), so once Binance accepted a key such a request
+# is answered like an anonymous one; a key not yet accepted goes to Binance with the key, so
+# whatever Binance says about it reaches the bot unchanged.
+
+_OTHER_PRIVATE_HEADERS = frozenset(PRIVATE_HEADERS) - {API_KEY_HEADER}
+
+
+def key_only(request: ProxyRequest) -> bytes | None:
+    """The API key of a request whose only private marker is one
+    X-MBX-APIKEY header, on an endpoint whose security type is NONE (no
+    signature, timestamp or other private parameter, no Authorization or
+    Cookie); None for any other request."""
+    endpoint = request.endpoint
+    if endpoint is None or not endpoint.public:
+        return None
+    key = None
+    for k, v in request.headers:
+        if k == API_KEY_HEADER:
+            if key is not None:
+                return None  # two keys: ambiguous
+            key = v
+        elif k in _OTHER_PRIVATE_HEADERS:
+            return None
+    if not key or _has_private_param(request.query) or _has_private_param(request.body):
+        return None
+    return key
+
+
+def without_key(request: ProxyRequest) -> ProxyRequest:
+    """``request`` without its X-MBX-APIKEY header: what an anonymous bot sends."""
+    return attrs.evolve(request, headers=tuple(
+        (k, v) for k, v in request.headers if k != API_KEY_HEADER))
+
+
+class AcceptedKeys:
+    """API keys Binance answered with a 2xx, remembered as salted hashes
+    (the salt is random per process; nothing is written anywhere), the
+    ``limit`` most recent only. Shared by the cache and the streams
+    (``MiddlewareContext.accepted_keys``)."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.limit = limit
+        self._salt = os.urandom(16)
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
+
+    def _digest(self, key: bytes) -> bytes:
+        return hashlib.blake2b(key, key=self._salt, digest_size=16).digest()
+
+    def accepted(self, key: bytes) -> bool:
+        """True if Binance answered a request with ``key`` with a 2xx."""
+        return self._digest(key) in self._seen
+
+    def accept(self, key: bytes) -> None:
+        digest = self._digest(key)
+        self._seen[digest] = None
+        self._seen.move_to_end(digest)
+        while len(self._seen) > self.limit:
+            self._seen.popitem(last=False)
+
+    def observe(self, key: bytes, status: int, source: str) -> None:
+        """Learn from an answer to a request that carried ``key``: a 2xx from
+        Binance accepts it."""
+        if 200 <= status < 300 and source == "upstream":
+            self.accept(key)
+
+    def public_view(self, request: ProxyRequest) -> ProxyRequest | None:
+        """``request`` as an anonymous one when its only private marker is an
+        accepted API key (``key_only``), else None."""
+        key = key_only(request)
+        if key is None or not self.accepted(key):
+            return None
+        return without_key(request)
+
+    def __len__(self) -> int:
+        return len(self._seen)
 
 
 # -- redaction, for anything shown to people (the access log, the dashboard) -----------------

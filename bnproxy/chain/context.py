@@ -16,6 +16,7 @@ from zope.interface import Interface
 
 from bnproxy.binance.endpoints import EndpointTable
 from bnproxy.binance.markets import Market
+from bnproxy.binance.privacy import AcceptedKeys
 from bnproxy.chain.interfaces import IAccessLog, IMiddleware, ISharedState
 from bnproxy.chain.messages import ProxyRequest, ProxyResponse
 
@@ -60,7 +61,9 @@ class MiddlewareContext:
     - ``egresses``: the source addresses requests may leave from
       (``--egress``), empty for the host's default;
     - ``access_log``: where access lines go, an ``IAccessLog`` (``write(line:
-      bytes)``), or None when the access log is off (``--access-log none``).
+      bytes)``), or None when the access log is off (``--access-log none``);
+    - ``accepted_keys``: the API keys Binance accepted (salted hashes, in
+      memory), shared by the cache and the streams (``binance.privacy``).
     """
 
     reactor: IReactorTime
@@ -79,6 +82,7 @@ class MiddlewareContext:
     built: dict[str, IMiddleware] = attrs.field(factory=dict)
     access_log: IAccessLog | None = None
     egresses: tuple[str, ...] = ()
+    accepted_keys: AcceptedKeys = attrs.field(factory=AcceptedKeys)
 
     def lookup(self, name: str) -> Any:
         """The middleware configured under ``name``, or None."""

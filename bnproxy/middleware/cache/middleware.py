@@ -2,7 +2,10 @@
 coalescing and stale-if-error.
 
 Stores only 200s of endpoints whose security type is NONE; never stores,
-coalesces or serves a stored answer to a request with any private marker.
+coalesces or serves a stored answer to a request with any private marker,
+except an API key Binance already accepted on a request to such an endpoint:
+that request is answered (and, on a miss, forwarded) as an anonymous one
+(``binance.privacy.AcceptedKeys``). The key never enters a cache key.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from zope.interface import implementer
 
 from bnproxy.binance.limits import BAN_STATUSES
 from bnproxy.binance.marketdata import VARYING_HEADERS
-from bnproxy.binance.privacy import PRIVATE_HEADERS
+from bnproxy.binance.privacy import API_KEY_HEADER, PRIVATE_HEADERS, AcceptedKeys
 from bnproxy.chain.compose import Answer, as_deferred, then
 from bnproxy.chain.context import MiddlewareContext
 from bnproxy.chain.interfaces import (
@@ -79,8 +82,9 @@ class Cache:
     plain_next = True
 
     def __init__(self, name: str, clock, ttl: dict[str, float], max_bytes: int,
-                 stale_if_error: float) -> None:
+                 stale_if_error: float, accepted_keys: AcceptedKeys | None = None) -> None:
         self.name = name
+        self.accepted_keys = AcceptedKeys() if accepted_keys is None else accepted_keys
         self._clock = clock
         self._ttl = ttl
         self._stale = stale_if_error
@@ -120,6 +124,15 @@ class Cache:
         key, accept = self._keyed(request)
         # counted per documented endpoint: bots may invent any number of paths
         endpoint = request.endpoint.path if request.endpoint is not None else "other"
+        if key is None:
+            api_key = request.header(API_KEY_HEADER)
+            if api_key is not None:
+                view = self.accepted_keys.public_view(request)
+                if view is None:  # private, or a key Binance has not accepted yet
+                    self.stats.count("bypassed", endpoint)
+                    return then(next(request), self._bypassed_with_key, api_key)
+                request = view
+                key, accept = self._keyed(view)
         if key is None:
             self.stats.count("bypassed", endpoint)
             return then(next(request), self._mark, b"BYPASS")
@@ -167,6 +180,10 @@ class Cache:
         entry.served_as, entry.served = served_as, served
         return served
 
+    def _bypassed_with_key(self, response: ProxyResponse, api_key: bytes) -> ProxyResponse:
+        self.accepted_keys.observe(api_key, response.status, response.source)
+        return self._mark(response, b"BYPASS")
+
     @staticmethod
     def _mark(response: ProxyResponse, status: bytes) -> ProxyResponse:
         return attrs.evolve(response, headers=(*response.headers, (b"x-cache", status)))
@@ -199,8 +216,9 @@ class Cache:
         if not own.called:
             own.callback(first)
         if followers:
-            follower = attrs.evolve(self._mark(stored_copy(response) if response.status == 200
-                                               else response, b"HIT"), detail="coalesced")
+            shared = stored_copy(response) if response.status == 200 else response
+            follower = attrs.evolve(shared, detail="coalesced", headers=(
+                *shared.headers, (b"age", b"0"), (b"x-cache", b"HIT")))
             for d in followers:
                 if not d.called:
                     d.callback(follower)
@@ -254,6 +272,6 @@ OPTIONS = (
 
 def build_cache(name: str, settings: dict[str, Any], context: MiddlewareContext) -> Cache:
     cache = Cache(name, context.reactor, settings["ttl"], settings["max_bytes"],
-                  settings["stale_if_error"])
+                  settings["stale_if_error"], getattr(context, "accepted_keys", None))
     context.add_admin("cache", CacheAdmin(cache))
     return cache

@@ -12,6 +12,15 @@ enough exact levels, a silent stream, an unusual parameter) goes on down the
 chain: never held waiting for a socket, never answered with invented data.
 Only symbols the market's exchangeInfo lists are subscribed; unused
 subscriptions end after their idle time.
+
+The service's readiness pings are liveness traffic the fleet already
+provides: a market whose last upstream exchange succeeded and that had an
+upstream answer or a stream message within ``QUIET`` seconds is not pinged
+(the ping is answered here); a quiet one at most once per ``QUIET``. A failed
+ping is confirmed once, ``CONFIRM_AFTER`` seconds later, before it stands; a
+failed bot request is confirmed by a ping as soon (at most one a market per
+``PROBE_EVERY``), so one failure does not leave a market unreachable until
+the next probe.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from urllib.parse import parse_qsl
 
 from twisted.application.service import MultiService
 from twisted.internet import task
+from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from bnproxy.binance.marketdata import (
@@ -32,11 +42,13 @@ from bnproxy.binance.marketdata import (
     KLINES,
     PRICE,
     TICKER_24HR,
+    kline_cadence,
     rest_path,
 )
-from bnproxy.binance.privacy import is_private
+from bnproxy.binance.markets import PING_PATHS
+from bnproxy.binance.privacy import API_KEY_HEADER, AcceptedKeys, is_private
 from bnproxy.binance.streams import parse_stream_path
-from bnproxy.chain.compose import Answer, then
+from bnproxy.chain.compose import Answer, as_deferred, then
 from bnproxy.chain.context import MiddlewareContext
 from bnproxy.chain.interfaces import (
     IDashboardSection,
@@ -47,7 +59,7 @@ from bnproxy.chain.interfaces import (
     IReadinessCheck,
     IStreamHub,
 )
-from bnproxy.chain.messages import INTERNAL, ProxyRequest, ProxyResponse
+from bnproxy.chain.messages import INTERNAL, JSON, ProxyRequest, ProxyResponse
 from bnproxy.middleware.streams.egress import ban_reader, move_banned
 from bnproxy.middleware.streams.hub import Hub
 from bnproxy.middleware.streams.klines import KlineSeries
@@ -73,6 +85,10 @@ READINESS_PING = b"ready"  # the INTERNAL marker of the service's readiness prob
 # The answer that admits a bot's websocket upgrade on a stream path (the
 # gateway, server/websocket.py, takes the connection over).
 UPGRADE = ProxyResponse(101, (), b"", "stream", "websocket")
+QUIET = 60.0  # seconds without upstream answer or stream message before a market is pinged
+CONFIRM_AFTER = 1.0  # a failed ping is tried once more this much later
+PROBE_EVERY = 15.0  # at most one confirmation of a failed request per market this often
+CONFIRM_PING = b"ready-confirm"  # the INTERNAL marker of those confirmations
 
 
 def is_stream_upgrade(request: ProxyRequest) -> bool:
@@ -93,6 +109,19 @@ class Streams(MultiService):
         self.name = name
         self.settings = settings
         self._clock = context.reactor
+        # the upstream's last success and failure per market (the terminal's record)
+        reachability = getattr(context.upstream, "reachability", None)
+        self._reachability: dict[str, dict[str, Any]] = (
+            {} if reachability is None else reachability)
+        self._probed: dict[str, float] = {}  # market -> when a ping last went upstream
+        self._confirmed: dict[str, float] = {}  # market -> when a failure was last confirmed
+        self._chain = context.chain
+        self._endpoints = context.endpoints
+        self._confirmer = task.LoopingCall(self._confirm_failures)
+        self._confirmer.clock = context.reactor
+        self.pings_spared = 0
+        keys = getattr(context, "accepted_keys", None)
+        self.accepted_keys: AcceptedKeys = AcceptedKeys() if keys is None else keys
         self.managers: dict[str, StreamManager] = {}
         self.refetch = Refetcher(context.reactor, context.chain, context.endpoints,
                                  context.markets, lambda: context.lookup("ratelimit"),
@@ -114,7 +143,8 @@ class Streams(MultiService):
             manager = StreamManager(context.reactor, m, legacy_routes=settings.legacy_routes,
                                     rotate_after=settings.rotate_after,
                                     tls_policy=getattr(context, "tls_policy", None),
-                                    egresses=tuple(getattr(context, "egresses", ()) or ()))
+                                    egresses=tuple(getattr(context, "egresses", ()) or ()),
+                                    silent_after=self._silent_after(market))
             manager.on_lost.append(self._lost_callback(market))
             manager.egress_banned = ban_reader(market, lambda: context.lookup("ratelimit"))
             manager.pace = pace
@@ -134,6 +164,20 @@ class Streams(MultiService):
         self._sweeper.clock = context.reactor
         self._refresher = task.LoopingCall(self.exchange_info.refresh)
         self._refresher.clock = context.reactor
+
+    def _silent_after(self, market: str) -> Callable[[str], float | None]:
+        """Seconds a stream of ``market`` with a regular cadence (klines, 24 h
+        tickers) may go without a message before its connection is replaced;
+        None for event-driven ones (depth, book tickers, trades)."""
+        s = self.settings
+
+        def limit(name: str) -> float | None:
+            kind = name.partition("@")[2]
+            if kind.startswith("kline_"):
+                return max(s.stale_kline_min,
+                           kline_cadence(market, kind[len("kline_"):]) * s.stale_kline_factor)
+            return s.stale_ticker if kind == "ticker" else None
+        return limit
 
     def _lost_callback(self, market: str) -> Callable[[set[str]], None]:
         return lambda names: self.depth.lost(market, names)
@@ -155,10 +199,11 @@ class Streams(MultiService):
         super().startService()
         self._sweeper.start(SWEEP_EVERY, now=False)
         self._refresher.start(self.settings.info_refresh, now=False)
+        self._confirmer.start(CONFIRM_AFTER, now=False)
 
     def stopService(self):
         self.hub.stop()
-        for loop in (self._sweeper, self._refresher):
+        for loop in (self._sweeper, self._refresher, self._confirmer):
             if loop.running:
                 loop.stop()
         return super().stopService()
@@ -172,13 +217,24 @@ class Streams(MultiService):
                 break
         if marker is not None or request.method != "GET":
             if marker == READINESS_PING:  # the proxy's own too: counted as "ping"
-                return then(next(request), self._ping_answered, request)
+                return self._ping(request, next)
+            if marker == CONFIRM_PING:
+                return as_deferred(next(request)).addCallback(
+                    self._ping_answered, request, next, True)
             return next(request)
         family = self._routes.get((request.market, request.path))
-        if family is None or request.endpoint is None or is_private(request):
+        if family is None or request.endpoint is None:
             if request.endpoint is None and is_stream_upgrade(request):
                 return UPGRADE  # the websocket gateway takes the connection
             return next(request)
+        if is_private(request):
+            view = self.accepted_keys.public_view(request)
+            if view is None:  # private, or a key Binance has not accepted yet
+                api_key = request.header(API_KEY_HEADER)
+                if api_key is None:
+                    return next(request)
+                return then(next(request), self._answered_with_key, api_key)
+            request = view  # a key Binance accepted, on a public endpoint: public
         p = self._params(request.query)
         if p is None:  # a parameter given twice: ambiguous, Binance decides
             return next(request)
@@ -193,9 +249,59 @@ class Streams(MultiService):
             answer = self.tickers.handle(request, p, family, next)
         return then(answer, self._count)
 
-    def _ping_answered(self, response: ProxyResponse, request: ProxyRequest) -> ProxyResponse:
-        self.refetch.observe(request, response, "ping")
+    def _answered_with_key(self, response: ProxyResponse, api_key: bytes) -> ProxyResponse:
+        self.accepted_keys.observe(api_key, response.status, response.source)
         return response
+
+    # -- liveness -------------------------------------------------------------------
+    def _ping(self, request: ProxyRequest, next: Callable) -> Answer:
+        market = request.market
+        now = self._clock.seconds()
+        if self._reached(market) and (self.alive(market, now) or
+                                      now - self._probed.get(market, float("-inf")) < QUIET):
+            self.pings_spared += 1
+            return ProxyResponse(200, (JSON,), b"{}", "local", "liveness")
+        self._probed[market] = now
+        return as_deferred(next(request)).addCallback(self._ping_answered, request, next, False)
+
+    def _reached(self, market: str) -> bool:
+        """True if the upstream's last exchange for ``market`` succeeded."""
+        state = self._reachability.get(market) or {}
+        ok, error = state.get("ok"), state.get("error")
+        return ok is not None and (error is None or ok >= error)
+
+    def alive(self, market: str, now: float) -> bool:
+        """An upstream answer or a stream message for ``market`` within ``QUIET``."""
+        state = self._reachability.get(market) or {}
+        if state.get("ok") is not None and now - state["ok"] < QUIET:
+            return True
+        manager = self.managers.get(market)
+        return manager is not None and now - manager.last_message < QUIET
+
+    def _confirm_failures(self) -> None:
+        """Ping each market whose last upstream exchange failed, once per
+        failure and at most once per ``PROBE_EVERY``."""
+        now = self._clock.seconds()
+        for market, state in list(self._reachability.items()):
+            error, ok = state.get("error"), state.get("ok")
+            if error is None or (ok is not None and ok >= error) or market not in PING_PATHS:
+                continue
+            if now - self._confirmed.get(market, float("-inf")) < PROBE_EVERY:
+                continue
+            self._confirmed[market] = now
+            path = PING_PATHS[market]
+            request = ProxyRequest("GET", market, path, b"", ((INTERNAL, CONFIRM_PING),), b"",
+                                   "bnproxy", now, self._endpoints.lookup(market, "GET", path))
+            as_deferred(self._chain(request)).addErrback(lambda f: None)
+
+    def _ping_answered(self, response: ProxyResponse, request: ProxyRequest, next: Callable,
+                       confirming: bool) -> Answer:
+        self.refetch.observe(request, response, "ping")
+        if confirming or response.source != "local" or response.status not in (502, 504):
+            return response
+        # Not sent or not answered: one failure is not a verdict; confirm it once.
+        d: Deferred = task.deferLater(self._clock, CONFIRM_AFTER, next, request)
+        return d.addCallback(self._ping_answered, request, next, True)
 
     def _count(self, response: ProxyResponse) -> ProxyResponse:
         if response.source == "stream":
@@ -258,6 +364,18 @@ class Streams(MultiService):
             if not manager.fresh(name, limit):
                 stale.add(name)
         return stale
+
+    def degraded(self) -> list[str]:
+        """Why the streams serve, but not as well as they could (empty: they
+        do): streams gone silent, whose requests go to REST until their
+        connection is replaced. Not unreadiness: the proxy still answers."""
+        out = []
+        for market in self.managers:
+            stale = self.stale_streams(market)
+            if stale:
+                out.append(f"{len(stale)} {market} stream(s) stale, answered from REST "
+                           f"until replaced")
+        return out
 
     def readiness_problems(self) -> list[str]:
         return [f"stream manager {name} not running"
@@ -338,7 +456,9 @@ class Streams(MultiService):
         return "streams", {"served": self.served, "markets": markets}
 
     def health(self) -> dict:
-        return {"served": self.served,
+        degraded = self.degraded()
+        return {"status": "degraded" if degraded else "ok", "degraded": degraded,
+                "served": self.served,
                 "markets": {m: mgr.health(self.stale_streams(m))
                             for m, mgr in self.managers.items()},
                 "series": len(self.series), "books": len(self.books),

@@ -8,8 +8,14 @@ with batched ``SUBSCRIBE``/``UNSUBSCRIBE`` paced under the per-connection
 message limit, answers server pings (autobahn does), and is rotated before
 Binance's 24 h cut (or on ``serverShutdown``): a new connection subscribes the
 same streams and the old one closes once the new one is acknowledged, so no
-message is missed. USD-M streams go to the routed ``/public`` (depth, book
-ticker) or ``/market`` (everything else) paths unless ``legacy`` is set.
+message is missed. A watchdog replaces a connection gone silent: no frame
+(message or server ping) for 1.5 server ping intervals, no message at all
+for ``NO_MESSAGE`` seconds while it carries streams, a stream with a
+regular cadence (``silent_after(name)`` seconds) without a message, or
+subscriptions not acknowledged within ``ACK_DEADLINE``; replacements are
+paced (``PACE_MIN`` doubling to ``PACE_MAX`` while silence persists).
+USD-M streams go to the routed ``/public`` (depth, book ticker) or
+``/market`` (everything else) paths unless ``legacy`` is set.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from twisted.logger import Logger
 from bnproxy.binance.marketdata import (
     CONNECTION_LIFETIME,
     MESSAGES_PER_SECOND,
+    SERVER_PING_INTERVAL,
     STREAMS_PER_CONNECTION,
     usdm_route,
 )
@@ -42,6 +49,10 @@ _log = Logger(namespace="bnproxy.streams")
 MAX_STREAMS = STREAMS_PER_CONNECTION
 BATCH = 200  # streams per SUBSCRIBE message
 route_of = usdm_route
+WATCH_EVERY = 1.0  # seconds between watchdog rounds
+NO_MESSAGE = 60.0  # seconds a connection carrying streams may go without any message
+ACK_DEADLINE = 10.0  # seconds an open connection may take to acknowledge its subscriptions
+PACE_MIN, PACE_MAX = 2.0, 60.0  # seconds between replacements of silent connections
 
 
 class _Protocol(WebSocketClientProtocol):
@@ -52,6 +63,10 @@ class _Protocol(WebSocketClientProtocol):
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         self.factory.connection.received(payload)
+
+    def onPing(self, payload: bytes) -> None:
+        self.factory.connection.framed()
+        super().onPing(payload)
 
     def onClose(self, wasClean: bool, code: int, reason: str) -> None:
         self.factory.connection.closed(self)
@@ -66,6 +81,9 @@ class Connection:
         self.streams: set[str] = set()
         self.protocol: _Protocol | None = None
         self.opened_at: float | None = None
+        self.last_frame = float("-inf")  # a message or a server ping
+        self.last_message = float("-inf")
+        self.acked_at: float | None = None
         self.acked = False
         self.retiring = False
         self._outbox: deque[bytes] = deque()
@@ -122,8 +140,9 @@ class Connection:
     # -- protocol events ------------------------------------------------------------
     def opened(self, protocol: _Protocol) -> None:
         self.protocol = protocol
-        self.opened_at = self.manager.reactor.seconds()
+        self.opened_at = self.last_frame = self.manager.reactor.seconds()
         self.acked = not self.streams
+        self.acked_at = self.opened_at if self.acked else None
         self._outbox.clear()
         self.manager.connects += 1
         names = sorted(self.streams)
@@ -141,7 +160,11 @@ class Connection:
                 self.manager.reconnects += 1
                 self.manager.connection_lost(self)
 
+    def framed(self) -> None:
+        self.last_frame = self.manager.reactor.seconds()
+
     def received(self, payload: bytes) -> None:
+        self.last_frame = self.last_message = self.manager.reactor.seconds()
         try:
             msg = orjson.loads(payload)
         except orjson.JSONDecodeError:
@@ -167,6 +190,7 @@ class Connection:
                 self._pending_ids.discard(msg["id"])
                 if not self._pending_ids and not self.acked:
                     self.acked = True
+                    self.acked_at = self.last_frame
                     self.manager.connection_ready(self)
 
     # -- subscriptions ----------------------------------------------------------------
@@ -225,8 +249,11 @@ class StreamManager(Service):
                  message_rate: int | None = None,
                  rotate_after: float = CONNECTION_LIFETIME - 3600,
                  ping_interval: float = 60.0, ping_timeout: float = 30.0,
-                 tls_policy=None, egresses: tuple[str, ...] = ()) -> None:
+                 tls_policy=None, egresses: tuple[str, ...] = (),
+                 silent_after: Callable[[str], float | None] = lambda name: None) -> None:
         self.reactor = reactor
+        # seconds a stream with a regular cadence may go without a message (None: events only)
+        self.silent_after = silent_after
         self.egresses = tuple(egresses)  # source addresses (--egress); () : the default
         # wss trust: an IPolicyForHTTPS (bnproxy.upstream.tls.upstream_tls_policy);
         # by default the platform store, SSL_CERT_FILE and SSL_CERT_DIR.
@@ -256,9 +283,15 @@ class StreamManager(Service):
         # Whether an egress address is banned on this market's host now.
         self.egress_banned: Callable[[str], bool] = lambda egress: False
         self.messages = 0
+        self.last_message = float("-inf")  # when any stream message last came
         self.connects = 0
         self.reconnects = 0
         self.rotations = 0
+        self.replaced = 0  # silent connections replaced
+        self._pace = PACE_MIN
+        self._not_before = float("-inf")
+        self._watchdog = task.LoopingCall(self._check_silence)
+        self._watchdog.clock = reactor
         # (time, messages) at recent health() calls: the rate is read from
         # these, nothing is kept per message
         self._rate_samples: deque[tuple[float, int]] = deque(maxlen=64)
@@ -293,13 +326,15 @@ class StreamManager(Service):
     def startService(self) -> None:
         super().startService()
         self._watch.start(30.0, now=False)
+        self._watchdog.start(WATCH_EVERY, now=False)
         for c in self.connections:
             c.start()
 
     def stopService(self):
         from twisted.internet.defer import gatherResults, maybeDeferred
-        if self._watch.running:
-            self._watch.stop()
+        for loop in (self._watch, self._watchdog):
+            if loop.running:
+                loop.stop()
         super().stopService()
         return gatherResults([maybeDeferred(c.stop) for c in self.connections])
 
@@ -339,7 +374,7 @@ class StreamManager(Service):
         handler = self.handlers.get(name)
         if handler is None:
             return
-        self.last_seen[name] = self.reactor.seconds()
+        self.last_seen[name] = self.last_message = self.reactor.seconds()
         try:
             handler(data)
         except Exception:
@@ -381,6 +416,60 @@ class StreamManager(Service):
             if conn.opened_at is not None and now - conn.opened_at >= self.rotate_after:
                 self.rotate(conn, "age")
 
+    # -- the watchdog ------------------------------------------------------------------------
+    def silent(self, conn: Connection, now: float) -> str | None:
+        """Why ``conn`` counts as silent (None: it does not)."""
+        if conn.retiring or conn.protocol is None or conn.opened_at is None:
+            return None  # closed ones are ClientService's to reconnect
+        if not conn.acked:
+            return "unacknowledged" if now - conn.opened_at > ACK_DEADLINE else None
+        since = conn.acked_at if conn.acked_at is not None else conn.opened_at
+        ping = SERVER_PING_INTERVAL.get(self.market.name, 180.0) * 1.5
+        if now - max(conn.last_frame, since) > ping:
+            return "no frame"
+        if conn.streams and now - max(conn.last_message, since) > NO_MESSAGE:
+            return "no message"
+        for name in conn.streams:
+            limit = self.silent_after(name)
+            if limit is not None and now - max(self.last_seen.get(name, since), since) > limit:
+                return f"{name} silent"
+        return None
+
+    def _check_silence(self) -> None:
+        now = self.reactor.seconds()
+        found = [(c, why) for c in list(self.connections)
+                 if (why := self.silent(c, now)) is not None]
+        if not found:
+            if all(c.last_message > (c.acked_at or now) for c in self.connections
+                   if c.streams and c.protocol is not None):
+                self._pace = PACE_MIN  # every connection delivers again: recovered
+            return
+        if now < self._not_before:
+            return
+        for conn, why in found:
+            self.replace(conn, why)
+        self._not_before = now + self._pace
+        self._pace = min(PACE_MAX, self._pace * 2)
+
+    def replace(self, conn: Connection, why: str) -> None:
+        """Close a silent ``conn`` now (it delivers nothing: no gap to
+        bridge) and carry its streams on a new connection."""
+        _log.warn("replacing a silent {market} stream connection ({why}, {n} streams)",
+                  market=self.market.name, why=why, n=len(conn.streams))
+        self.replaced += 1
+        self.reconnects += 1
+        self.connections.remove(conn)
+        conn.stop()
+        self.connection_lost(conn)  # its streams are not fresh; books resync
+        fresh = Connection(self, conn.route)
+        names = sorted(conn.streams)
+        fresh.subscribe(names)
+        self.connections.append(fresh)
+        for name in names:
+            self.placed[name] = fresh
+        if self.running:
+            fresh.start()
+
     # -- reporting -------------------------------------------------------------------------
     def health(self, stale: set[str] | None = None) -> dict:
         now = self.reactor.seconds()
@@ -398,6 +487,7 @@ class StreamManager(Service):
             "connects": self.connects,
             "reconnects": self.reconnects,
             "rotations": self.rotations,
+            "replaced_silent": self.replaced,
             "messages": self.messages,
             "messages_per_second": round(rate, 1),
         }

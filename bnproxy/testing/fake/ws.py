@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import orjson
+from autobahn.exception import Disconnected
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 
 from bnproxy.testing.fake import formats
@@ -78,10 +79,24 @@ class FakeStreamProtocol(WebSocketServerProtocol):
             self.dropConnection(abort=True)
             return
         self.hub.counters.ws_control_messages += 1
-        self.sendMessage(orjson.dumps(self.hub.control(self, payload)))
+        deliver(self, orjson.dumps(self.hub.control(self, payload)))
 
     def onClose(self, wasClean, code, reason):
         self.hub.unregister(self)
+
+
+def deliver(p: WebSocketServerProtocol, payload: bytes) -> bool:
+    """Send ``payload`` to ``p`` unless it is closing or closed (a client may
+    close its side at any moment: its ``onClose`` comes only once the TCP
+    connection is gone, and autobahn raises on a send in between). True if sent."""
+    if getattr(p, "state", WebSocketServerProtocol.STATE_OPEN) != \
+            WebSocketServerProtocol.STATE_OPEN:  # (a duck-typed subscriber has none)
+        return False
+    try:
+        p.sendMessage(payload)
+    except Disconnected:
+        return False
+    return True
 
 
 class StreamHub:
@@ -205,10 +220,11 @@ class StreamHub:
             if p.combined:
                 if combined is None:
                     combined = formats.combined(name, payload)
-                p.sendMessage(combined)
+                sent = deliver(p, combined)
             else:
-                p.sendMessage(payload)
-            self.counters.ws_messages += 1
+                sent = deliver(p, payload)
+            if sent:
+                self.counters.ws_messages += 1
 
     def due(self, name: str, now: int, cadence: int) -> bool:
         bucket = now // cadence
@@ -324,8 +340,7 @@ class StreamHub:
         victims = list(self.protocols)
         payload = formats.server_shutdown_event(now)
         for p in victims:
-            p.sendMessage(formats.combined("!serverShutdown", payload) if p.combined
-                          else payload)
+            deliver(p, formats.combined("!serverShutdown", payload) if p.combined else payload)
 
         def close() -> None:
             for p in victims:

@@ -1,6 +1,14 @@
 """Depth: one ``OrderBook`` per (market, symbol) kept by its diff stream,
 built from the smallest snapshot whose weight band holds the asked limit
-with headroom, and grown (a larger snapshot) when a bot asks for more."""
+with headroom, and grown (a larger snapshot) when a bot asks for more.
+
+A new book costs one upstream request: the first bot requests for it,
+whatever their limits up to the snapshot's, wait for the book's snapshot
+(taken once the stream delivered its first event, or after
+``FIRST_EVENT_WAIT`` at the latest) and are answered from it; while a
+snapshot is in flight, requests it covers wait for it too. A wait ends by
+``WAIT_DEADLINE``: the request then goes on, as does any the snapshot
+cannot answer."""
 
 from __future__ import annotations
 
@@ -8,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+from twisted.internet.defer import Deferred
 
 from bnproxy.binance.marketdata import (
     DEPTH,
@@ -16,13 +25,17 @@ from bnproxy.binance.marketdata import (
     depth_stream,
     rest_path,
 )
-from bnproxy.chain.compose import Answer
-from bnproxy.chain.messages import ProxyRequest, ProxyResponse
+from bnproxy.chain.compose import Answer, as_deferred
+from bnproxy.chain.messages import JSON, ProxyRequest, ProxyResponse
 from bnproxy.middleware.streams.orderbook import LIVE, OrderBook
 from bnproxy.middleware.streams.responders import Tools, parse_int, stream_answer
 from bnproxy.middleware.streams.responders.exchangeinfo import ExchangeInfoResponder
 
 Key = tuple[str, str]  # (market, symbol)
+Waiter = tuple[int, ProxyRequest, Callable, Deferred, Any]  # limit, request, next, answer, timer
+
+FIRST_EVENT_WAIT = 2.0  # seconds a new book's snapshot waits for the stream's first event
+WAIT_DEADLINE = 8.0  # seconds a bot request waits for a snapshot before it goes on
 
 
 class DepthResponder:
@@ -32,6 +45,10 @@ class DepthResponder:
         self.books: dict[Key, OrderBook] = {}
         self.asked: dict[Key, int] = {}  # the largest limit bots asked
         self.snapshot_size: dict[Key, int] = {}  # levels of the book's last snapshot
+        self.waiting: dict[Key, list[Waiter]] = {}  # bot requests waiting for a snapshot
+        self._fetching: dict[Key, int] = {}  # the size of the snapshot in flight
+        self._pending: dict[Key, tuple[Any, int]] = {}  # a snapshot taken before any event
+        self._early: dict[Key, Any] = {}  # the timer of a new book's snapshot
 
     def handle(self, request: ProxyRequest, p: dict[str, str], next: Callable) -> Answer:
         market = request.market
@@ -56,7 +73,11 @@ class DepthResponder:
                 self.info.when_known(market).addCallback(self._decide, key, request.client)
             else:
                 self._decide(None, key, request.client)
-            return next(request)
+            if key not in self.books:  # not subscribed: Binance answers
+                return next(request)
+            self._early[key] = self.tools.clock.callLater(
+                FIRST_EVENT_WAIT, self._snapshot_now, key)
+            return self._wait(key, limit, request, next)
         self.tools.subscriptions.touch(market, depth_stream(symbol))
         if limit > self.asked.get(key, 0):
             self.asked[key] = limit
@@ -67,7 +88,56 @@ class DepthResponder:
                 return stream_answer(body)
             if self._size(key) > self.snapshot_size.get(key, 0):
                 book.mark_stale()  # grow: the next events resync it from a larger snapshot
+        if book.state != LIVE and limit <= self._coming(key):
+            return self._wait(key, limit, request, next)
         return next(request)
+
+    # -- bot requests waiting for a snapshot ----------------------------------------------
+    def _coming(self, key: Key) -> int:
+        """The levels of the snapshot this book is about to get (0: none)."""
+        if key in self._fetching:
+            return self._fetching[key]
+        if key in self._early:  # a new book: its first snapshot is sized then
+            return self._size(key)
+        return 0
+
+    def _wait(self, key: Key, limit: int, request: ProxyRequest, next: Callable) -> Deferred:
+        d: Deferred = Deferred()
+        timer = self.tools.clock.callLater(WAIT_DEADLINE, self._expire, key, d)
+        self.waiting.setdefault(key, []).append((limit, request, next, d, timer))
+        return d
+
+    def _expire(self, key: Key, d: Deferred) -> None:
+        waiters = self.waiting.get(key, [])
+        for i, w in enumerate(waiters):
+            if w[3] is d:
+                del waiters[i]
+                _go_on(w)
+                break
+        if not waiters:
+            self.waiting.pop(key, None)
+
+    def _answer_waiters(self, key: Key, snap: Any, size: int) -> None:
+        """Answer every waiting request the snapshot covers; the rest go on."""
+        waiters = self.waiting.pop(key, [])
+        if not waiters:
+            return
+        view = None
+        if snap is not None:
+            market, symbol = key
+            view = OrderBook(market, symbol, symbol.split("_")[0] if market == "coinm" else None)
+            try:
+                view.on_snapshot(snap, size, self.tools.now_ms())
+            except (KeyError, TypeError, IndexError, ValueError):
+                view = None
+        for waiter in waiters:
+            body = view.response(waiter[0]) if view is not None else None
+            if body is None:
+                _go_on(waiter)
+            else:
+                if waiter[4].active():
+                    waiter[4].cancel()
+                waiter[3].callback(ProxyResponse(200, (JSON,), body, "stream", "snapshot"))
 
     def _size(self, key: Key) -> int:
         market = key[0]
@@ -89,13 +159,49 @@ class DepthResponder:
                 market, depth_stream(symbol), lambda d: self._on_depth(key, book, d), client):
             del self.books[key]
             self.asked.pop(key, None)
+            self._forget_waits(key)
+
+    def _forget_waits(self, key: Key) -> None:
+        timer = self._early.pop(key, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+        self._pending.pop(key, None)
+        for waiter in self.waiting.pop(key, []):
+            _go_on(waiter)
 
     def _on_depth(self, key: Key, book: OrderBook, data: Any) -> None:
         book.on_event(data, self.tools.now_ms())
         if book.needs_snapshot():
+            pending = self._pending.pop(key, None)
+            if pending is not None and self._load(key, book, *pending):
+                return
             self._snapshot(key, book)
 
+    def _snapshot_now(self, key: Key) -> None:
+        """A new book's stream said nothing yet: its waiting bots are not
+        kept waiting longer; the snapshot is held for the first event."""
+        self._early.pop(key, None)
+        book = self.books.get(key)
+        if book is None or book.state == LIVE:
+            return
+        if self.info.listed(*key) is not True:  # still unknown: Binance answers them
+            self._answer_waiters(key, None, 0)
+            return
+        self._snapshot(key, book)
+
+    def _load(self, key: Key, book: OrderBook, snap: Any, size: int) -> bool:
+        try:
+            live = book.on_snapshot(snap, size, self.tools.now_ms())
+        except (KeyError, TypeError, IndexError):
+            live = False
+        if live:
+            self.snapshot_size[key] = size
+        return live
+
     def _snapshot(self, key: Key, book: OrderBook) -> None:
+        timer = self._early.pop(key, None)
+        if timer is not None and timer.active():
+            timer.cancel()
         market, symbol = key
         size = self._size(key)
         query = f"symbol={symbol}&limit={size}".encode()
@@ -103,18 +209,25 @@ class DepthResponder:
         d = self.tools.refetch.fetch(job, market, rest_path(market, DEPTH) or "", query,
                                      "snapshot")
         if d is None:
+            if not self.tools.refetch.busy(job):
+                self._answer_waiters(key, None, 0)  # no snapshot coming: they go on
             return
+        self._fetching[key] = size
 
         def done(response: ProxyResponse | None) -> None:
-            if response is None or response.status != 200:
+            self._fetching.pop(key, None)
+            snap = None
+            if response is not None and response.status == 200:
+                try:
+                    snap = orjson.loads(response.body)
+                except orjson.JSONDecodeError:
+                    snap = None
+            self._answer_waiters(key, snap, size)
+            if snap is None or self.books.get(key) is not book:
                 return
-            try:
-                live = book.on_snapshot(orjson.loads(response.body), size, self.tools.now_ms())
-            except (orjson.JSONDecodeError, KeyError, TypeError, IndexError):
-                live = False
-            if live:
-                self.snapshot_size[key] = size
-            else:
+            if not book.needs_snapshot():  # no event yet: the first one decides
+                self._pending[key] = (snap, size)
+            elif not self._load(key, book, snap, size):
                 # Older than the buffered stream (Binance's procedure: fetch
                 # again) or unusable: the next event retries after the backoff.
                 self.tools.refetch.failed(job)
@@ -139,4 +252,14 @@ class DepthResponder:
             del self.books[key]
             self.asked.pop(key, None)
             self.snapshot_size.pop(key, None)
+            self._forget_waits(key)
             self.tools.refetch.forget(("depth", *key))
+
+
+def _go_on(waiter: Waiter) -> None:
+    """The waiting request goes on down the chain, as if it had not waited."""
+    _, request, next, d, timer = waiter
+    if timer is not None and timer.active():
+        timer.cancel()
+    if not d.called:
+        as_deferred(next(request)).chainDeferred(d)

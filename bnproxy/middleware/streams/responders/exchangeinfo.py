@@ -18,17 +18,34 @@ from bnproxy.chain.messages import ProxyRequest, ProxyResponse
 from bnproxy.middleware.streams.responders import Tools
 
 InfoKey = tuple[str, str, bytes]  # (market, path, query)
+Held = tuple[ProxyResponse, float, float]  # (answer, last ask, when Binance gave it)
+_OWN = (b"x-cache", b"age")  # set when served: what the cache said then is not true now
 
 
 def _held(response: ProxyResponse) -> ProxyResponse:
     return attrs.evolve(response, weight=0, headers=tuple(
-        (k, v) for k, v in response.headers if not k.startswith(USAGE_HEADER_PREFIXES)))
+        (k, v) for k, v in response.headers
+        if not k.startswith(USAGE_HEADER_PREFIXES) and k not in _OWN))
+
+
+def _served(held: Held, now: float) -> ProxyResponse:
+    """The held answer as a cache hit: ``X-Cache: HIT`` and its ``Age``."""
+    response, _, fetched = held
+    age = int(now - fetched) if now > fetched else 0
+    return attrs.evolve(response, source="cache", detail="held", headers=(
+        *response.headers, (b"age", b"%d" % age), (b"x-cache", b"HIT")))
+
+
+def _age(response: ProxyResponse) -> int:
+    """The age the answer already had (a cache hit's ``Age``), else 0."""
+    value = response.header(b"age")
+    return int(value) if value is not None and value.isdigit() and len(value) < 10 else 0
 
 
 class ExchangeInfoResponder:
     def __init__(self, tools: Tools) -> None:
         self.tools = tools
-        self.held: dict[InfoKey, tuple[ProxyResponse, float]] = {}  # -> (answer, last ask)
+        self.held: dict[InfoKey, Held] = {}
         self.symbols: dict[str, frozenset[str]] = {}  # market -> listed symbols
         self._waiting: dict[str, list[Deferred]] = {}
 
@@ -38,12 +55,13 @@ class ExchangeInfoResponder:
         now = self.tools.clock.seconds()
         held = self.held.get(key)
         if held is not None:
-            self.held[key] = (held[0], now)
-            return attrs.evolve(held[0], source="cache", detail="held")
+            held = self.held[key] = (held[0], now, held[2])
+            return _served(held, now)
 
         def keep(response: ProxyResponse) -> ProxyResponse:
             if response.status == 200:
-                self.held[key] = (_held(response), self.tools.clock.seconds())
+                now = self.tools.clock.seconds()
+                self.held[key] = (_held(response), now, now - _age(response))
                 if not params:
                     self._learn(request.market, response.body)
             return response
@@ -53,7 +71,7 @@ class ExchangeInfoResponder:
         """Refresh what bots asked for within the last interval; drop the rest
         (the next ask goes upstream and is held again)."""
         now = self.tools.clock.seconds()
-        for key, (_, last_ask) in list(self.held.items()):
+        for key, (_, last_ask, _) in list(self.held.items()):
             if now - last_ask > self.tools.settings.info_refresh:
                 del self.held[key]
                 continue
@@ -65,7 +83,8 @@ class ExchangeInfoResponder:
     def _refreshed(self, response: ProxyResponse | None, key: InfoKey) -> None:
         if response is None or response.status != 200 or key not in self.held:
             return
-        self.held[key] = (_held(response), self.held[key][1])
+        now = self.tools.clock.seconds()
+        self.held[key] = (_held(response), self.held[key][1], now - _age(response))
         if not key[2]:
             self._learn(key[0], response.body)
 
@@ -97,7 +116,9 @@ class ExchangeInfoResponder:
         if response is not None and response.status == 200:
             self._learn(market, response.body)
             # Held, but refreshed only once a bot asks for it.
-            self.held.setdefault((market, path, b""), (_held(response), float("-inf")))
+            now = self.tools.clock.seconds()
+            self.held.setdefault((market, path, b""), (_held(response), float("-inf"),
+                                                       now - _age(response)))
         self._wake(market)
 
     def _learn(self, market: str, body: bytes) -> None:
