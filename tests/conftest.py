@@ -2,6 +2,12 @@ import os
 import sys
 
 import pytest
+from hypothesis import settings
+
+# Examples are not kept between runs: tests write nothing outside tmp_path
+# (hypothesis's default database is ./.hypothesis).
+settings.register_profile("bnproxy", database=None)
+settings.load_profile("bnproxy")
 
 sys.path.insert(0, os.path.dirname(__file__))
 
