@@ -3,17 +3,24 @@ import sys
 
 import pytest
 from hypothesis import settings
-
-# Examples are not kept between runs: tests write nothing outside tmp_path
-# (hypothesis's default database is ./.hypothesis).
-settings.register_profile("bnproxy", database=None)
-settings.load_profile("bnproxy")
+from hypothesis.configuration import set_hypothesis_home_dir
 
 sys.path.insert(0, os.path.dirname(__file__))
 
 from redis_server import redis_server  # noqa: F401 (a fixture)
 
 pytest_plugins = ["bnproxy.testing.pytest_plugin"]
+
+# Examples are not kept between runs: tests write nothing outside tmp_path
+# (hypothesis's default database is ./.hypothesis).
+settings.register_profile("bnproxy", database=None)
+settings.load_profile("bnproxy")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _hypothesis_home_under_tmp_path(tmp_path_factory):
+    """Hypothesis's own files (its constants cache) under pytest's tmp_path."""
+    set_hypothesis_home_dir(tmp_path_factory.mktemp("hypothesis"))
 
 
 @pytest.fixture(autouse=True)
