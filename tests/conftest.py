@@ -17,10 +17,11 @@ settings.register_profile("bnproxy", database=None)
 settings.load_profile("bnproxy")
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _hypothesis_home_under_tmp_path(tmp_path_factory):
-    """Hypothesis's own files (its constants cache) under pytest's tmp_path."""
-    set_hypothesis_home_dir(tmp_path_factory.mktemp("hypothesis"))
+def pytest_configure(config):
+    """Hypothesis's own files (a constants cache, written while collecting)
+    under pytest's temporary directory, not ./.hypothesis."""
+    factory = pytest.TempPathFactory.from_config(config, _ispytest=True)
+    set_hypothesis_home_dir(factory.mktemp("hypothesis"))
 
 
 @pytest.fixture(autouse=True)
