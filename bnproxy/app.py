@@ -110,7 +110,8 @@ def build_proxy(config: ProxyConfig, reactor: Any, agent: Any = None) -> Proxy:
         reactor, markets, agent=agent,
         deadlines=deadlines, max_per_host=config.max_connections_per_host,
         egress_agents=agents or None,
-        egress_of=(lambda request: request.egress) if agents else None)
+        egress_of=(lambda request: request.egress) if agents else None,
+        metrics=metrics.registry)
     upstream.observe = lambda market, s: metrics.upstream_latency.labels(market).observe(s)
 
     admin: dict[str, IResource] = {}

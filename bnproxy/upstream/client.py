@@ -6,10 +6,16 @@ is the market's base plus the raw path and query, never the client's Host or
 an absolute-form target; every wait has a deadline.
 
 A deadline means 504 -1007 ("execution status unknown"), once: nothing that
-timed out is retried. Only an idempotent public GET whose connection failed
-before the request was written is sent again, once, within the same
-response-header deadline. A request that provably never left (DNS failure,
-refused or unfinished connect) answers 502 saying it was not sent.
+timed out is retried. Only an idempotent public GET (or HEAD) is ever sent
+again, once, within the same response-header deadline, and only when its
+connection failed before the request was written, or when a reused pooled
+connection closed before any byte of the response arrived (the upstream's
+idle-timeout race, RFC 9110 §9.2.2; see ``bnproxy.upstream.pool``); the
+retry goes out on a fresh connection and is counted in
+``bnproxy_upstream_retries_total{market,reason}``. A signed or keyed request,
+or any other method, is never retried. A request that provably never left
+(DNS failure, refused or unfinished connect) answers 502 saying it was not
+sent.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
+from prometheus_client import CollectorRegistry, Counter
 from twisted.internet import error as ierror
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.protocol import Protocol, connectionDone
@@ -36,6 +43,7 @@ from bnproxy.binance.markets import Market
 from bnproxy.binance.privacy import is_private
 from bnproxy.chain.messages import ProxyRequest, ProxyResponse, local_error
 from bnproxy.upstream.headers import request_headers, response_headers
+from bnproxy.upstream.pool import POOL_IDLE_LIMIT, StaleConnectionError, UpstreamPool
 
 _log = Logger(namespace="bnproxy.upstream.client")
 
@@ -135,27 +143,34 @@ _REPR = re.compile(r"<[^<>]* object at 0x[0-9a-fA-F]+>")
 
 def _reasons(failure: Failure) -> list[Failure]:
     """The failures inside twisted.web's wrappers (``ResponseNeverReceived``,
-    ``RequestTransmissionFailed``, ...), or the failure itself."""
-    return list(getattr(failure.value, "reasons", None) or []) or [failure]
+    ``RequestTransmissionFailed``, ``StaleConnectionError``...), or the failure
+    itself."""
+    inner = getattr(failure.value, "reasons", None)
+    if not inner:
+        return [failure]
+    return [r for f in inner for r in _reasons(f)]
 
 
 def never_sent(failure: Failure) -> bool:
     """True when the failure proves no byte of the request reached the host:
     no connection was made (DNS, refused, connect timeout) or the pooled
     connection was found dead before the request was written."""
-    if failure.check(*_NOT_CONNECTED, wclient.RequestNotSent):
-        return True
-    return all(r.check(*_NOT_CONNECTED) for r in _reasons(failure))
+    return all(r.check(*_NOT_CONNECTED, wclient.RequestNotSent) for r in _reasons(failure))
 
 
-def retryable(failure: Failure) -> bool:
-    """A failure after which an idempotent public GET may be sent once more:
-    a connection that failed before the request was written (a stale pooled
-    connection). A fresh connect that failed (DNS, refused) is not retried:
-    it would fail again at once."""
+def retryable(failure: Failure) -> str | None:
+    """Why an idempotent public GET may be sent once more after ``failure``,
+    or None: ``"stale-connection"`` when a reused pooled connection closed
+    before any response byte, ``"not-written"`` when a connection failed
+    before the request was written. A fresh connect that failed (DNS,
+    refused) is not retried: it would fail again at once."""
+    if failure.check(StaleConnectionError):
+        return "stale-connection"
     if failure.check(*_NOT_CONNECTED):
-        return False
-    return bool(failure.check(*_NOT_WRITTEN)) or never_sent(failure)
+        return None
+    if failure.check(*_NOT_WRITTEN) or never_sent(failure):
+        return "not-written"
+    return None
 
 
 def cause(failure: Failure) -> str:
@@ -176,29 +191,24 @@ def cause(failure: Failure) -> str:
     return "; ".join(parts)[:300]
 
 
-class _QuietFactory(wclient._HTTP11ClientFactory):
-    noisy = False  # no "Starting factory" line per upstream connection
-
-
-class _Pool(wclient.HTTPConnectionPool):
-    _factory = _QuietFactory
-
-
 def make_agent(reactor, deadlines: Deadlines, max_per_host: int = 32,
-               tls_policy=None, extra_ca=None, bind_address: str | None = None) -> IAgent:
-    """The production agent: persistent pool, no automatic retries (we decide
-    what is retried), TLS verified, connect deadline; connections leave from
-    ``bind_address`` when given (an egress address this host owns).
+               tls_policy=None, extra_ca=None, bind_address: str | None = None,
+               idle_limit: float = POOL_IDLE_LIMIT, endpoint_factory=None) -> IAgent:
+    """The production agent: persistent pool (``UpstreamPool``: idle
+    connections retired after ``idle_limit`` seconds, no automatic retries:
+    we decide what is retried), TLS verified, connect deadline; connections
+    leave from ``bind_address`` when given (an egress address this host owns).
 
     TLS trust: ``tls_policy`` (an ``IPolicyForHTTPS``), else
     ``bnproxy.upstream.tls.upstream_tls_policy(extra_ca)``: the platform store
-    (``SSL_CERT_FILE``/``SSL_CERT_DIR``) plus the CA file(s) ``extra_ca``."""
+    (``SSL_CERT_FILE``/``SSL_CERT_DIR``) plus the CA file(s) ``extra_ca``.
+    ``endpoint_factory`` (an ``IAgentEndpointFactory``) replaces the TCP/TLS
+    endpoints, for tests over in-memory connections."""
+    pool = UpstreamPool(reactor, max_per_host, idle_limit)
+    if endpoint_factory is not None:
+        return wclient.Agent.usingEndpointFactory(reactor, endpoint_factory, pool=pool)
     from bnproxy.upstream.tls import upstream_tls_policy
 
-    pool = _Pool(reactor, persistent=True)
-    pool.maxPersistentPerHost = max_per_host
-    pool.cachedConnectionTimeout = 60
-    pool.retryAutomatically = False
     policy = tls_policy if tls_policy is not None else upstream_tls_policy(extra_ca)
     return wclient.Agent(reactor, contextFactory=policy, connectTimeout=deadlines.connect,
                          pool=pool, bindAddress=(bind_address, 0) if bind_address else None)
@@ -213,7 +223,8 @@ class Upstream:
     def __init__(self, reactor, markets: Mapping[str, Market], agent: IAgent | None = None,
                  deadlines: Deadlines = Deadlines(), max_body: int = 64 * 1024 * 1024,
                  max_per_host: int = 32, egress_agents: Mapping[str, IAgent] | None = None,
-                 egress_of: Callable[[ProxyRequest], str | None] | None = None) -> None:
+                 egress_of: Callable[[ProxyRequest], str | None] | None = None,
+                 metrics: CollectorRegistry | None = None) -> None:
         self._clock = reactor
         self._markets = markets
         self.deadlines = deadlines
@@ -233,6 +244,12 @@ class Upstream:
         # answered, and connections that could not be made
         self.weight_spent: dict[str, int] = defaultdict(int)
         self.connect_failures: dict[str, int] = defaultdict(int)
+        self.retries = Counter(
+            "bnproxy_upstream_retries",
+            "Idempotent public requests sent upstream a second time, by why: "
+            "stale-connection (a reused connection closed before any response byte), "
+            "not-written (a connection failed before the request was written).",
+            ["market", "reason"], registry=metrics)
 
     def url(self, request: ProxyRequest) -> bytes | None:
         market = self._markets.get(request.market)
@@ -306,11 +323,12 @@ class Upstream:
                     raise CancelledError() from None
             else:
                 break
-            if (retry and attempt == 1 and not expired and retryable(failure)
-                    and self._clock.seconds() < deadline):
+            why = retryable(failure) if retry and attempt == 1 and not expired else None
+            if why is not None and self._clock.seconds() < deadline:
                 _log.info("retrying public {method} {market}{path} on {host}: {cause}",
                           method=request.method, market=request.market, path=request.path,
                           host=self._host(request), cause=cause(failure))
+                self.retries.labels(request.market, why).inc()
                 continue
             if all(r.check(*_NOT_CONNECTED) for r in _reasons(failure)):  # a failed connect
                 self.connect_failures[request.market] += 1
