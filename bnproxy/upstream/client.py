@@ -43,7 +43,12 @@ from bnproxy.binance.markets import Market
 from bnproxy.binance.privacy import is_private
 from bnproxy.chain.messages import ProxyRequest, ProxyResponse, local_error
 from bnproxy.upstream.headers import request_headers, response_headers
-from bnproxy.upstream.pool import POOL_IDLE_LIMIT, StaleConnectionError, UpstreamPool
+from bnproxy.upstream.pool import (
+    POOL_IDLE_LIMIT,
+    EndpointCache,
+    StaleConnectionError,
+    UpstreamPool,
+)
 
 _log = Logger(namespace="bnproxy.upstream.client")
 
@@ -205,13 +210,14 @@ def make_agent(reactor, deadlines: Deadlines, max_per_host: int = 32,
     ``endpoint_factory`` (an ``IAgentEndpointFactory``) replaces the TCP/TLS
     endpoints, for tests over in-memory connections."""
     pool = UpstreamPool(reactor, max_per_host, idle_limit)
-    if endpoint_factory is not None:
-        return wclient.Agent.usingEndpointFactory(reactor, endpoint_factory, pool=pool)
-    from bnproxy.upstream.tls import upstream_tls_policy
+    if endpoint_factory is None:
+        from bnproxy.upstream.tls import upstream_tls_policy
 
-    policy = tls_policy if tls_policy is not None else upstream_tls_policy(extra_ca)
-    return wclient.Agent(reactor, contextFactory=policy, connectTimeout=deadlines.connect,
-                         pool=pool, bindAddress=(bind_address, 0) if bind_address else None)
+        policy = tls_policy if tls_policy is not None else upstream_tls_policy(extra_ca)
+        endpoint_factory = wclient._StandardEndpointFactory(
+            reactor, policy, deadlines.connect, (bind_address, 0) if bind_address else None)
+    return wclient.Agent.usingEndpointFactory(reactor, EndpointCache(endpoint_factory),
+                                              pool=pool)
 
 
 class Upstream:

@@ -30,6 +30,8 @@ from typing import Any
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.python.failure import Failure
 from twisted.web import client as wclient
+from twisted.web.iweb import IAgentEndpointFactory
+from zope.interface import implementer
 
 POOL_IDLE_LIMIT = 20.0
 
@@ -46,6 +48,25 @@ class StaleConnectionError(Exception):
     def __init__(self, failure: Failure) -> None:
         super().__init__("reused connection closed before the response")
         self.reasons = [failure]
+
+
+@implementer(IAgentEndpointFactory)
+class EndpointCache:
+    """One endpoint per (scheme, host, port), made on first use and kept:
+    twisted.web's Agent otherwise builds a new endpoint for every request
+    (the host IDNA-encoded, for https a TLS connection creator). The hosts
+    are the configured markets' few; DNS is still resolved at each connect."""
+
+    def __init__(self, factory: Any) -> None:
+        self._factory = factory
+        self._made: dict[tuple[bytes, bytes, int], Any] = {}
+
+    def endpointForURI(self, uri: Any) -> Any:
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._made.get(key)
+        if endpoint is None:
+            endpoint = self._made[key] = self._factory.endpointForURI(uri)
+        return endpoint
 
 
 class _QuietFactory(wclient._HTTP11ClientFactory):
