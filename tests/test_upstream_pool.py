@@ -12,7 +12,10 @@ from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from bnproxy.upstream.client import Deadlines, make_agent
-from bnproxy.upstream.pool import POOL_IDLE_LIMIT
+from bnproxy.upstream.http11 import POOL_IDLE_LIMIT
+
+OK = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+      b"Content-Length: 16\r\n\r\n{\"serverTime\":1}")
 
 
 class _Connection(Protocol):
@@ -32,11 +35,13 @@ class _Connection(Protocol):
             head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
             self.served += 1
             self.upstream.seen.append((self.number, head.split(b"\r\n", 1)[0]))
+            self.upstream.heads.append(head)
             if (self.number, self.served) in self.upstream.close_on:
                 self.transport.loseConnection()  # the idle close, in flight as we wrote
                 return
-            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                                 b"Content-Length: 16\r\n\r\n{\"serverTime\":1}")
+            self.transport.write(self.upstream.answer)
+            if self.upstream.close_after:
+                self.transport.loseConnection()
 
     def connectionLost(self, reason=None) -> None:
         self.lost = True
@@ -48,8 +53,11 @@ class ScriptedUpstream:
     ``_Connection``; ``close_on`` holds (connection number, request number
     on it) to answer by closing; ``seen`` every (connection, request line)."""
 
-    def __init__(self, close_on=()) -> None:
+    def __init__(self, close_on=(), answer=OK, close_after=False) -> None:
         self.close_on = set(close_on)
+        self.answer = answer
+        self.close_after = close_after
+        self.heads: list[bytes] = []
         self.connections: list[_Connection] = []
         self.pumps: list[iosim.IOPump] = []
         self.seen: list[tuple[int, bytes]] = []
@@ -66,26 +74,18 @@ class ScriptedUpstream:
         return succeed(client)
 
 
-class PumpedAgent:
-    """``make_agent``'s agent; ``flush`` moves the bytes of every connection
-    (the harness calls it)."""
-
-    def __init__(self, clock, upstream: ScriptedUpstream) -> None:
-        self.upstream = upstream
-        self.agent = make_agent(clock, Deadlines(), endpoint_factory=upstream)
-
-    def request(self, method, uri, headers=None, bodyProducer=None):
-        return self.agent.request(method, uri, headers, bodyProducer)
-
-    def flush(self) -> None:
-        for pump in self.upstream.pumps:
-            pump.flush()
+def _client(clock, upstream: ScriptedUpstream):
+    """``make_agent``'s client; ``flush`` (the harness calls it) moves the
+    bytes of every connection."""
+    client = make_agent(clock, Deadlines(), endpoint_factory=upstream)
+    client.flush = lambda: [pump.flush() for pump in upstream.pumps]
+    return client
 
 
-def _proxy(tmp_path, close_on=()):
+def _proxy(tmp_path, close_on=(), **script):
     clock = task.Clock()
-    upstream = ScriptedUpstream(close_on)
-    h = Harness(agent=PumpedAgent(clock, upstream), clock=clock, state_dir=tmp_path)
+    upstream = ScriptedUpstream(close_on, **script)
+    h = Harness(agent=_client(clock, upstream), clock=clock, state_dir=tmp_path)
     return h, upstream
 
 
@@ -190,3 +190,101 @@ def test_a_stale_connection_takes_the_older_idle_ones_with_it(tmp_path):
     assert [n for n, _ in upstream.seen][2:] == [2, 3]
     assert upstream.connections[0].lost
     assert _retries(h) == 1
+
+
+# The lean client's HTTP/1.1 (bnproxy.upstream.http11), seen from the bot.
+
+def _gzip(data: bytes) -> bytes:
+    import gzip
+    return gzip.compress(data)
+
+
+BODY = b'{"lastUpdateId":1,"bids":[],"asks":[]}'
+
+
+def test_the_request_head_names_the_upstream_host_and_asks_for_gzip(tmp_path):
+    h, upstream = _proxy(tmp_path)
+    h.request("GET", "/api/v3/time?x=%2F", headers={b"Host": b"evil.test",
+                                                     b"Connection": b"close, x-a",
+                                                     b"X-A": b"1", b"X-MBX-APIKEY": API_KEY})
+    lines = upstream.heads[0].split(b"\r\n")
+    assert lines[0] == b"GET /api/v3/time?x=%2F HTTP/1.1"  # the raw query, untouched
+    fields = [line.split(b": ", 1)[0].lower() for line in lines[1:]]
+    assert sorted(fields) == [b"accept-encoding", b"host", b"x-mbx-apikey"]
+    assert b"Host: spot.upstream.test" in lines and b"Accept-Encoding: gzip" in lines
+
+
+def test_a_gzip_body_is_decoded_and_its_encoding_not_relayed(tmp_path):
+    packed = _gzip(BODY)
+    h, upstream = _proxy(tmp_path, answer=b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                         % (len(packed), packed))
+    answer = h.request("GET", "/api/v3/depth?symbol=BTCUSDT")
+    assert answer.status == 200 and answer.body == BODY
+    assert not answer.headers.hasHeader(b"content-encoding")
+
+
+def test_a_chunked_body_arrives_whole_and_the_connection_is_reused(tmp_path):
+    h, upstream = _proxy(tmp_path, answer=b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+                         b"\r\n5\r\n{\"lon\r\n7\r\ngUpdate\r\n6\r\nId\":1}\r\n0\r\n\r\n")
+    for _ in range(2):
+        answer = h.request("GET", "/api/v3/depth?symbol=BTCUSDT")
+        assert answer.status == 200 and answer.json() == {"longUpdateId": 1}
+    assert len(upstream.connections) == 1
+
+
+def test_a_head_answer_has_no_body_and_keeps_the_connection(tmp_path):
+    h, upstream = _proxy(tmp_path)
+    answer = h.request("HEAD", "/api/v3/time")
+    assert answer.status == 200 and answer.body == b""
+    assert h.request("GET", "/api/v3/time").json() == {"serverTime": 1}
+    assert len(upstream.connections) == 1
+
+
+def test_connection_close_and_a_body_until_close(tmp_path):
+    h, upstream = _proxy(tmp_path, answer=b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n"
+                         + BODY, close_after=True)
+    for _ in range(2):
+        answer = h.request("GET", "/api/v3/depth?symbol=BTCUSDT")
+        assert answer.status == 200 and answer.body == BODY
+    assert len(upstream.connections) == 2  # never reused
+
+
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"partial\":",  # cut short
+    b"HTTP/1.1 200 OK\r\nContent-Le",  # cut in the head
+    b"HTTX/1.1 200 OK\r\n\r\n",  # not HTTP
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",  # ambiguous
+    b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 2\r\n\r\n{}",  # bad gzip
+], ids=["short-body", "short-head", "not-http", "two-lengths", "bad-gzip"])
+def test_a_broken_answer_is_a_502_and_not_retried(tmp_path, answer):
+    h, upstream = _proxy(tmp_path, answer=answer, close_after=True)
+    result = h.request("GET", "/api/v3/depth?symbol=BTCUSDT")
+    assert result.status == 502 and result.json()["code"] == -1001
+    assert len(upstream.seen) == 1
+    assert _retries(h, "stale-connection") == 0 and _retries(h, "not-written") == 0
+
+
+def test_a_body_over_the_limit_is_refused_and_the_connection_dropped():
+    clock = task.Clock()
+    upstream = ScriptedUpstream(answer=b"HTTP/1.1 200 OK\r\nContent-Length: 38\r\n\r\n" + BODY)
+    client = make_agent(clock, Deadlines(), endpoint_factory=upstream)
+    results = []
+    d = client.send("http://spot.upstream.test", b"GET", b"/api/v3/depth", (), None, 10)
+    d.addCallback(lambda r: r.body).addBoth(results.append)
+    for pump in upstream.pumps:
+        pump.flush()
+    from bnproxy.upstream.http11 import BodyTooLargeError
+    assert results[0].check(BodyTooLargeError)
+    assert upstream.connections[0].lost
+
+
+def test_a_stalled_body_is_aborted_at_the_body_deadline(tmp_path):
+    h, upstream = _proxy(tmp_path, answer=b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{")
+    results = []
+    h.start("GET", "/api/v3/depth?symbol=BTCUSDT").addBoth(results.append)
+    h.flush()
+    h.clock.advance(Deadlines().body + 1)
+    h.flush()
+    assert results[0].status == 504 and results[0].json()["code"] == -1007
+    assert upstream.connections[0].lost

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -43,11 +43,12 @@ from bnproxy.binance.markets import Market
 from bnproxy.binance.privacy import is_private
 from bnproxy.chain.messages import ProxyRequest, ProxyResponse, local_error
 from bnproxy.upstream.headers import request_headers, response_headers
-from bnproxy.upstream.pool import (
+from bnproxy.upstream.http11 import (
     POOL_IDLE_LIMIT,
-    EndpointCache,
+    BodyTooLargeError,
+    HostPool,
     StaleConnectionError,
-    UpstreamPool,
+    UpstreamResponse,
 )
 
 _log = Logger(namespace="bnproxy.upstream.client")
@@ -73,10 +74,6 @@ class BytesProducer:
 
     def stopProducing(self) -> None:
         pass
-
-
-class BodyTooLargeError(Exception):
-    pass
 
 
 class _Collect(Protocol):
@@ -196,28 +193,90 @@ def cause(failure: Failure) -> str:
     return "; ".join(parts)[:300]
 
 
+class LeanClient:
+    """The production client: one :class:`HostPool` per upstream base URL
+    (made on first use, for this egress address), requests written from
+    precomputed parts (``bnproxy.upstream.http11``)."""
+
+    def __init__(self, reactor, deadlines: Deadlines, max_per_host: int = 32,
+                 tls_policy=None, bind_address: str | None = None,
+                 idle_limit: float = POOL_IDLE_LIMIT, endpoint_factory=None) -> None:
+        self._reactor = reactor
+        self._deadlines = deadlines
+        self._max_per_host = max_per_host
+        self._tls_policy = tls_policy
+        self._bind = bind_address
+        self._idle_limit = idle_limit
+        self._endpoints = endpoint_factory
+        self._pools: dict[str, HostPool] = {}
+        self._pool = self  # twisted.web Agent's name: ``agent._pool.closeCachedConnections()``
+
+    def pool(self, base: str) -> HostPool:
+        pool = self._pools.get(base)
+        if pool is None:
+            endpoint = (self._endpoints.endpointForURI(wclient.URI.fromBytes(base.encode()))
+                        if self._endpoints is not None else None)
+            pool = self._pools[base] = HostPool(
+                self._reactor, base, tls_policy=self._tls_policy,
+                connect_timeout=self._deadlines.connect, bind_address=self._bind,
+                max_idle=self._max_per_host, idle_limit=self._idle_limit, endpoint=endpoint)
+        return pool
+
+    def send(self, base: str, method: bytes, target: bytes,
+             headers: Sequence[tuple[bytes, bytes]], body: bytes | None,
+             limit: int) -> Deferred:
+        return self.pool(base).request(method, target, headers, body, limit)
+
+    def closeCachedConnections(self) -> Deferred:
+        for pool in self._pools.values():
+            pool.close()
+        return succeed(None)
+
+
+class AgentClient:
+    """Any ``IAgent`` (tests' scripted agents, a custom one) behind the same
+    ``send`` as :class:`LeanClient`; gzip decoded by twisted.web."""
+
+    def __init__(self, agent: IAgent) -> None:
+        self._agent = wclient.ContentDecoderAgent(agent, [(b"gzip", wclient.GzipDecoder)])
+
+    def send(self, base: str, method: bytes, target: bytes,
+             headers: Sequence[tuple[bytes, bytes]], body: bytes | None,
+             limit: int) -> Deferred:
+        h = Headers()
+        for k, v in headers:
+            h.addRawHeader(k, v)
+        h.setRawHeaders(b"accept-encoding", [b"gzip"])
+        d = self._agent.request(method, base.encode("ascii") + target, h,
+                                BytesProducer(body) if body is not None else None)
+        return d.addCallback(lambda r: UpstreamResponse(
+            r.code, [(k, v) for k, vs in r.headers.getAllRawHeaders() for v in vs],
+            read_body(r, limit)))
+
+
 def make_agent(reactor, deadlines: Deadlines, max_per_host: int = 32,
                tls_policy=None, extra_ca=None, bind_address: str | None = None,
-               idle_limit: float = POOL_IDLE_LIMIT, endpoint_factory=None) -> IAgent:
-    """The production agent: persistent pool (``UpstreamPool``: idle
-    connections retired after ``idle_limit`` seconds, no automatic retries:
-    we decide what is retried), TLS verified, connect deadline; connections
-    leave from ``bind_address`` when given (an egress address this host owns).
+               idle_limit: float = POOL_IDLE_LIMIT, endpoint_factory=None) -> LeanClient:
+    """The production client: persistent pools (idle connections retired
+    after ``idle_limit`` seconds; retries decided by ``Upstream``), TLS
+    verified, connect deadline; connections leave from ``bind_address`` when
+    given (an egress address this host owns).
 
     TLS trust: ``tls_policy`` (an ``IPolicyForHTTPS``), else
     ``bnproxy.upstream.tls.upstream_tls_policy(extra_ca)``: the platform store
     (``SSL_CERT_FILE``/``SSL_CERT_DIR``) plus the CA file(s) ``extra_ca``.
     ``endpoint_factory`` (an ``IAgentEndpointFactory``) replaces the TCP/TLS
     endpoints, for tests over in-memory connections."""
-    pool = UpstreamPool(reactor, max_per_host, idle_limit)
-    if endpoint_factory is None:
+    if tls_policy is None and endpoint_factory is None:
         from bnproxy.upstream.tls import upstream_tls_policy
 
-        policy = tls_policy if tls_policy is not None else upstream_tls_policy(extra_ca)
-        endpoint_factory = wclient._StandardEndpointFactory(
-            reactor, policy, deadlines.connect, (bind_address, 0) if bind_address else None)
-    return wclient.Agent.usingEndpointFactory(reactor, EndpointCache(endpoint_factory),
-                                              pool=pool)
+        tls_policy = upstream_tls_policy(extra_ca)
+    return LeanClient(reactor, deadlines, max_per_host, tls_policy, bind_address, idle_limit,
+                      endpoint_factory)
+
+
+def _client(agent: Any) -> Any:
+    return agent if isinstance(agent, LeanClient) else AgentClient(agent)
 
 
 class Upstream:
@@ -235,13 +294,11 @@ class Upstream:
         self._markets = markets
         self.deadlines = deadlines
         self._max_body = max_body
-        base = agent if agent is not None else make_agent(reactor, deadlines, max_per_host)
-        self._agent = wclient.ContentDecoderAgent(base, [(b"gzip", wclient.GzipDecoder)])
-        # several egress addresses: one agent (and connection pool) per address,
-        # the address of each request named by ``egress_of`` (None: the default agent)
-        self._egress_agents = {
-            a: wclient.ContentDecoderAgent(g, [(b"gzip", wclient.GzipDecoder)])
-            for a, g in (egress_agents or {}).items()}
+        self._agent = _client(agent if agent is not None
+                              else make_agent(reactor, deadlines, max_per_host))
+        # several egress addresses: one client (and connection pools) per address,
+        # the address of each request named by ``egress_of`` (None: the default one)
+        self._egress_agents = {a: _client(g) for a, g in (egress_agents or {}).items()}
         self._egress_of = egress_of
         # market -> {"ok": time of the last answer, "error": time, "reason": str}
         self.reachability: dict[str, dict[str, Any]] = {}
@@ -258,13 +315,15 @@ class Upstream:
             ["market", "reason"], registry=metrics)
 
     def url(self, request: ProxyRequest) -> bytes | None:
+        base = self._base(request)
+        return None if base is None else base.encode("ascii") + request.target
+
+    def _base(self, request: ProxyRequest) -> str | None:
         market = self._markets.get(request.market)
-        if market is None or market.rest_base is None:
-            return None
-        return market.rest_base.encode("ascii") + request.target
+        return None if market is None else market.rest_base
 
     def __call__(self, request: ProxyRequest) -> Deferred:
-        url = self.url(request)
+        url = self._base(request)
         if url is None:
             return succeed(local_error(
                 502, DISCONNECTED,
@@ -273,18 +332,15 @@ class Upstream:
         retry = request.method in ("GET", "HEAD") and not is_private(request)
         return Deferred.fromCoroutine(self._forward(request, url, retry))
 
-    def _send(self, request: ProxyRequest, url: bytes) -> Deferred:
-        headers = Headers()
-        for k, v in request_headers(request.headers):
-            headers.addRawHeader(k, v)
-        headers.setRawHeaders(b"accept-encoding", [b"gzip"])
-        body = BytesProducer(request.body) if (
+    def _send(self, request: ProxyRequest, base: str) -> Deferred:
+        body = request.body if (
             request.body or request.method in ("POST", "PUT", "PATCH")) else None
         agent = self._agent
         egress = self._egress_of(request) if self._egress_of is not None else None
         if egress is not None:  # an address without an agent fails closed (502), never
             agent = self._egress_agents[egress]  # leaves from another address
-        return agent.request(request.method.encode("ascii"), url, headers, body)
+        return agent.send(base, request.method.encode("ascii"), request.target,
+                          request_headers(request.headers), body, self._max_body)
 
     def _host(self, request: ProxyRequest) -> str:
         market = self._markets.get(request.market)
@@ -305,7 +361,7 @@ class Upstream:
             return result
         return d.addBoth(done)
 
-    async def _forward(self, request: ProxyRequest, url: bytes, retry: bool) -> ProxyResponse:
+    async def _forward(self, request: ProxyRequest, url: str, retry: bool) -> ProxyResponse:
         started = self._clock.seconds()
         deadline = started + self.deadlines.headers  # one deadline for every attempt
         state = self.reachability.setdefault(request.market, {"ok": None, "error": None,
@@ -316,8 +372,7 @@ class Upstream:
                 response = await self._within(self._send(request, url),
                                               deadline - self._clock.seconds(), expired,
                                               "headers")
-                body = await self._within(read_body(response, self._max_body),
-                                          self.deadlines.body, expired, "body")
+                body = await self._within(response.body, self.deadlines.body, expired, "body")
             except CancelledError:
                 if not expired:
                     raise  # the bot went away
@@ -344,8 +399,7 @@ class Upstream:
         state["ok"] = now
         if self.observe is not None:
             self.observe(request.market, now - started)
-        headers = response_headers(
-            (k, v) for k, vs in response.headers.getAllRawHeaders() for v in vs)
+        headers = response_headers(response.headers)
         weight = request.endpoint.weight(request.params) if request.endpoint else 1
         self.weight_spent[request.market] += weight
         return ProxyResponse(response.code, headers, body, "upstream", str(response.code),
