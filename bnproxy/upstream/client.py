@@ -10,7 +10,7 @@ timed out is retried. Only an idempotent public GET (or HEAD) is ever sent
 again, once, within the same response-header deadline, and only when its
 connection failed before the request was written, or when a reused pooled
 connection closed before any byte of the response arrived (the upstream's
-idle-timeout race, RFC 9110 §9.2.2; see ``bnproxy.upstream.pool``); the
+idle-timeout race, RFC 9110 §9.2.2; see ``bnproxy.upstream.http11``); the
 retry goes out on a fresh connection and is counted in
 ``bnproxy_upstream_retries_total{market,reason}``. A signed or keyed request,
 or any other method, is never retried. A request that provably never left
@@ -281,13 +281,16 @@ def _client(agent: Any) -> Any:
 
 class Upstream:
     """Forwards ``ProxyRequest``s to Binance; always answers, never raises
-    (except ``CancelledError`` when the bot went away)."""
+    (except ``CancelledError`` when the bot went away). ``agent`` (and each
+    of ``egress_agents``) is ``make_agent``'s client, or any ``IAgent``."""
 
     name = "upstream"
 
-    def __init__(self, reactor, markets: Mapping[str, Market], agent: IAgent | None = None,
+    def __init__(self, reactor, markets: Mapping[str, Market],
+                 agent: LeanClient | IAgent | None = None,
                  deadlines: Deadlines = Deadlines(), max_body: int = 64 * 1024 * 1024,
-                 max_per_host: int = 32, egress_agents: Mapping[str, IAgent] | None = None,
+                 max_per_host: int = 32,
+                 egress_agents: Mapping[str, LeanClient | IAgent] | None = None,
                  egress_of: Callable[[ProxyRequest], str | None] | None = None,
                  metrics: CollectorRegistry | None = None) -> None:
         self._clock = reactor
@@ -313,10 +316,6 @@ class Upstream:
             "stale-connection (a reused connection closed before any response byte), "
             "not-written (a connection failed before the request was written).",
             ["market", "reason"], registry=metrics)
-
-    def url(self, request: ProxyRequest) -> bytes | None:
-        base = self._base(request)
-        return None if base is None else base.encode("ascii") + request.target
 
     def _base(self, request: ProxyRequest) -> str | None:
         market = self._markets.get(request.market)
