@@ -88,7 +88,6 @@ class _Connection(Protocol):
         self._pool = pool
         self._parser = httptools.HttpResponseParser(self)
         self.idle_until = 0.0
-        self.idle_call: Any = None
         self._head: Deferred | None = None  # fires with the UpstreamResponse
         self._body: Deferred | None = None  # fires with the body bytes
         self._reused = False
@@ -264,7 +263,8 @@ class HostPool:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {base}")
         self._reactor = reactor
-        self._idle: list[_Connection] = []
+        self._idle: list[_Connection] = []  # oldest first
+        self._sweeper: Any = None
         self._max_idle = max_idle
         self._idle_limit = idle_limit
         host = parts.hostname
@@ -304,7 +304,6 @@ class HostPool:
         now = self._reactor.seconds()
         while self._idle:
             connection = self._idle.pop()  # the most recently used
-            connection.idle_call.cancel()
             if connection.open and now < connection.idle_until:
                 return connection.send(data, head_only, limit, reused=True)
             connection.transport.loseConnection()
@@ -314,35 +313,39 @@ class HostPool:
     def put(self, connection: _Connection) -> None:
         """A connection whose exchange is over and may be reused."""
         if len(self._idle) >= self._max_idle:
-            oldest = self._idle.pop(0)
-            oldest.idle_call.cancel()
-            oldest.transport.loseConnection()
+            self._idle.pop(0).transport.loseConnection()  # the oldest
         connection.idle_until = self._reactor.seconds() + self._idle_limit
-        connection.idle_call = self._reactor.callLater(self._idle_limit, self._retire,
-                                                       connection)
-        self._idle.append(connection)
+        self._idle.append(connection)  # so ``_idle`` is in order of idle_until
+        if self._sweeper is None:
+            self._sweeper = self._reactor.callLater(self._idle_limit, self._sweep)
 
-    def _retire(self, connection: _Connection) -> None:
-        if connection in self._idle:
-            self._idle.remove(connection)
-        connection.transport.loseConnection()
+    def _sweep(self) -> None:
+        """Close the connections idle for ``idle_limit``; one timer for the
+        pool, not one per connection and request."""
+        self._sweeper = None
+        now = self._reactor.seconds()
+        while self._idle and self._idle[0].idle_until <= now:
+            self._idle.pop(0).transport.loseConnection()
+        if self._idle:
+            self._sweeper = self._reactor.callLater(self._idle[0].idle_until - now,
+                                                    self._sweep)
 
     def lost(self, connection: _Connection) -> None:
         if connection in self._idle:
             self._idle.remove(connection)
-            connection.idle_call.cancel()
 
     def close_idle(self) -> None:
         """Close every idle connection."""
         idle, self._idle = self._idle, []
         for connection in idle:
-            connection.idle_call.cancel()
             connection.transport.loseConnection()
 
     def close(self) -> Deferred:
         """Abort every idle connection (at shutdown)."""
         idle, self._idle = self._idle, []
         for connection in idle:
-            connection.idle_call.cancel()
             connection.transport.abortConnection()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         return succeed(None)
