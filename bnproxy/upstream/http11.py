@@ -277,12 +277,11 @@ class HostPool:
         self.prefix = parts.path.rstrip("/").encode("ascii")
         self.host_line = b"Host: " + netloc + b"\r\n"
         if endpoint is None:
-            endpoint = HostnameEndpoint(reactor, ascii_host.strip(b"[]"), port,
-                                        timeout=connect_timeout,
+            bare = ascii_host.strip(b"[]")
+            endpoint = HostnameEndpoint(reactor, bare, port, timeout=connect_timeout,
                                         bindAddress=(bind_address, 0) if bind_address else None)
             if parts.scheme == "https":
-                endpoint = wrapClientTLS(tls_policy.creatorForNetloc(ascii_host, port),
-                                         endpoint)
+                endpoint = wrapClientTLS(tls_policy.creatorForNetloc(bare, port), endpoint)
         self._endpoint = endpoint
         self._factory = _Factory(self)
 
