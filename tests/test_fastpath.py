@@ -189,3 +189,30 @@ def test_byte_level_variations_get_the_same_verdict_and_bytes(proxy, pieces, noi
     if valid:  # a well-formed request first, so the fast path is in play
         data = get(b"/api/v3/time") + data
     same(proxy, data + b"\r\n\r\n")
+
+
+def test_pipelined_forwards_wait_for_each_other(proxy):
+    out, channel = same(proxy, get(b"/api/v3/time") + get(b"/api/v3/time?x=1")
+                        + get(b"/api/v3/depth?symbol=BTCUSDT&limit=5"))
+    assert channel.fast_served == 3
+    assert out.index(b'"uri": "/api/v3/time"') < out.index(b'"uri": "/api/v3/time?x=1"')
+
+
+def test_a_bot_gone_while_its_forward_is_in_flight_cancels_it():
+    from twisted.internet.error import ConnectionLost
+    from twisted.python.failure import Failure
+
+    from bnproxy.testing.harness import controlled_agent
+
+    agent = controlled_agent()
+    h = Harness(agent=agent)
+    protocol = h.service.site.buildProtocol(PEER)
+    transport = StringTransport(peerAddress=PEER)
+    protocol.makeConnection(transport)
+    protocol.dataReceived(get(b"/api/v3/time") + get(b"/api/v3/ping"))
+    assert protocol.fast_served == 1 and len(agent.pending) == 1
+    assert h.service.proxy.forward.inflight == 1
+    protocol.connectionLost(Failure(ConnectionLost()))
+    assert agent.pending[0][3].called  # cancelled
+    assert h.service.proxy.forward.inflight == 0
+    assert transport.value() == b""

@@ -230,7 +230,9 @@ class FastChannel(HardenedChannel):
                 if rest:
                     self._held = b"".join(h.raw for h in rest)
                 return
-            if self._failed or self.transport.disconnecting or not self.persistent:
+            if not self.persistent:
+                self.transport.loseConnection()
+            if self._failed or self.transport.disconnecting:
                 return
         return None
 
@@ -241,7 +243,8 @@ class FastChannel(HardenedChannel):
 
     def _safe_head(self, raw: bytes) -> _Head | None:
         """The parsed head, or None if anything in it is for twisted.web to judge."""
-        if len(raw) > self.totalHeadersSize or raw.count(b"\n") != raw.count(b"\r\n") \
+        if len(raw) > min(self.totalHeadersSize, self.MAX_LENGTH) \
+                or raw.count(b"\n") != raw.count(b"\r\n") \
                 or raw.count(b"\r") != raw.count(b"\r\n"):
             return None
         if raw.find(b"\n ") >= 0 or raw.find(b"\n\t") >= 0:
