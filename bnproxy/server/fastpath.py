@@ -168,9 +168,15 @@ class FastRequest:
             for value in values:
                 lines.append(b"%s: %s\r\n" % (name, value))
         lines.append(b"\r\n")
-        if data and self.method != b"HEAD" and code not in NO_BODY_CODES:
+        transport = self.channel.transport
+        if not data or self.method == b"HEAD" or code in NO_BODY_CODES:
+            transport.write(b"".join(lines))
+        elif len(data) < 8192:  # one write; a large body is not copied into the head
             lines.append(data)
-        self.channel.transport.write(b"".join(lines))
+            transport.write(b"".join(lines))
+        else:
+            transport.write(b"".join(lines))
+            transport.write(data)
 
     def finish(self) -> None:
         if self._disconnected or self.finished:
