@@ -8,7 +8,9 @@ from helpers import API_KEY, DEFAULT, Harness, chain
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 
 _DATE = re.compile(rb"\r\nDate: [^\r\n]*")
 PEER = IPv4Address("TCP", "127.0.0.1", 5555)
@@ -25,7 +27,10 @@ def exchange(h, chunks, fast):
             protocol.dataReceived(chunk)
         h.flush()
     h.flush()
-    return _DATE.sub(b"\r\nDate: -", transport.value()), protocol
+    out = _DATE.sub(b"\r\nDate: -", transport.value())
+    protocol.connectionLost(Failure(ConnectionDone()))  # frees its place under the cap
+    h.flush()
+    return out, protocol
 
 
 class Twins:
@@ -216,3 +221,28 @@ def test_a_bot_gone_while_its_forward_is_in_flight_cancels_it():
     assert agent.pending[0][3].called  # cancelled
     assert h.service.proxy.forward.inflight == 0
     assert transport.value() == b""
+
+
+BASES = [get(b"/api/v3/depth?symbol=BTCUSDT&limit=5", b"User-Agent: ccxt", b"Accept: */*"),
+         get(b"/api/v3/time", b"X-MBX-APIKEY: " + API_KEY, method=b"HEAD"),
+         get(b"/fapi/v1/klines?symbol=BTCUSDT&interval=1m", b"Connection: keep-alive")]
+ALPHABET = b"\r\n \t:/?%#\x00\x7f\xffaZ09-_.;=,\"'"
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(BASES), st.lists(st.tuples(
+    st.sampled_from(["insert", "replace", "delete"]), st.floats(0, 1),
+    st.sampled_from(list(ALPHABET))), min_size=1, max_size=3), st.booleans())
+def test_mutated_requests_get_the_same_bytes_from_both_parsers(proxy, base, edits, twice):
+    data = bytearray(base)
+    for op, where, byte in edits:
+        i = min(int(where * len(data)), len(data) - 1)
+        if op == "insert":
+            data[i:i] = bytes([byte])
+        elif op == "replace":
+            data[i] = byte
+        elif len(data) > 1:
+            del data[i]
+    request = bytes(data)
+    same(proxy, request * 2 if twice else request)

@@ -257,8 +257,9 @@ class FastChannel(HardenedChannel):
             return None
         if raw.translate(None, _VISIBLE + b" \t\r\n"):
             return None  # control or non-ASCII bytes
-        if not (raw.startswith(b"GET /") or raw.startswith(b"HEAD /")):
-            return None
+        if not (raw.startswith(b"GET /") or raw.startswith(b"HEAD /")) \
+                or raw.count(b" ", 0, raw.find(b"\r\n")) != 2:
+            return None  # twisted.web splits the request line on single spaces
         head = _Head()
         parser = httptools.HttpRequestParser(head)
         try:
