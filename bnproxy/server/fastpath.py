@@ -203,6 +203,7 @@ class FastChannel(HardenedChannel):
     fast = True  # False: every request through twisted.web (the differential tests)
     fast_served = 0  # requests answered by the fast path on this connection
     peer: Any = None
+    _forward: Any = None
     _pending: FastRequest | None = None
     _paused = False
     _saved_timeout: Any = None
@@ -213,6 +214,12 @@ class FastChannel(HardenedChannel):
     def connectionMade(self) -> None:
         super().connectionMade()
         self.peer = self.transport.getPeer()
+        # the proxy's forwarding resource behind its root; without one (another
+        # resource tree) every request goes through twisted.web
+        self._forward = getattr(getattr(self, "site", None) and self.site.resource,
+                                "_forward", None)
+        if self._forward is None:
+            self.fast = False
 
     def dataReceived(self, data: bytes) -> None:
         if self._pending is not None:  # an answer on its way: keep the rest for after
@@ -296,9 +303,7 @@ class FastChannel(HardenedChannel):
 
     def _serve(self, head: _Head) -> bool:
         """Answer one safe request; True if it was answered at once."""
-        forward = getattr(self.site.resource, "_forward", None)
-        if forward is None:
-            raise RuntimeError("FastChannel needs the proxy's root resource")
+        forward = self._forward
         by_name: dict[bytes, list[bytes]] = {}
         for name, value in head.headers:
             values = by_name.get(name.lower())
