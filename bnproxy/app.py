@@ -113,8 +113,16 @@ def build_proxy(config: ProxyConfig, reactor: Any, agent: Any = None) -> Proxy:
         reactor, markets, agent=agent,
         deadlines=deadlines, max_per_host=config.max_connections_per_host,
         egress_agents=agents or None,
-        egress_of=(lambda request: request.egress) if agents else None)
-    upstream.observe = lambda market, s: metrics.upstream_latency.labels(market).observe(s)
+        egress_of=(lambda request: request.egress) if agents else None,
+        metrics=metrics.registry)
+    latency: dict[str, Any] = {}  # market -> its histogram child, looked up once
+
+    def observe(market: str, seconds: float) -> None:
+        child = latency.get(market)
+        if child is None:
+            child = latency[market] = metrics.upstream_latency.labels(market)
+        child.observe(seconds)
+    upstream.observe = observe
 
     admin: dict[str, IResource] = {}
 

@@ -10,6 +10,7 @@ from twisted.web import http, server
 
 from bnproxy.config.model import ServerLimits
 from bnproxy.server.channel import HardenedRequest, HardenedSiteMixin
+from bnproxy.server.fastpath import FastChannel
 
 
 class UnparsedRequest(server.Request):
@@ -42,6 +43,9 @@ class ProxySite(HardenedSiteMixin, server.Site):
                  **kwargs: Any) -> None:
         super().__init__(resource, **kwargs)
         self.harden(limits)
+        # the fast path for safe GET/HEAD heads in front of the hardened channel
+        self.protocol = type(  # type: ignore[method-assign]  # a class, as Factory wants
+            "FastChannel", (FastChannel, self.protocol), {})  # type: ignore[arg-type]
 
     def log(self, request: http.Request) -> None:
         pass

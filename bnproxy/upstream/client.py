@@ -6,21 +6,28 @@ is the market's base plus the raw path and query, never the client's Host or
 an absolute-form target; every wait has a deadline.
 
 A deadline means 504 -1007 ("execution status unknown"), once: nothing that
-timed out is retried. Only an idempotent public GET whose connection failed
-before the request was written is sent again, once, within the same
-response-header deadline. A request that provably never left (DNS failure,
-refused or unfinished connect) answers 502 saying it was not sent.
+timed out is retried. Only an idempotent public GET (or HEAD) is ever sent
+again, once, within the same response-header deadline, and only when its
+connection failed before the request was written, or when a reused pooled
+connection closed before any byte of the response arrived (the upstream's
+idle-timeout race, RFC 9110 §9.2.2; see ``bnproxy.upstream.http11``); the
+retry goes out on a fresh connection and is counted in
+``bnproxy_upstream_retries_total{market,reason}``. A signed or keyed request,
+or any other method, is never retried. A request that provably never left
+(DNS failure, refused or unfinished connect) answers 502 saying it was not
+sent.
 """
 
 from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
+from prometheus_client import CollectorRegistry, Counter
 from twisted.internet import error as ierror
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.protocol import Protocol, connectionDone
@@ -36,6 +43,13 @@ from bnproxy.binance.markets import Market
 from bnproxy.binance.privacy import is_private
 from bnproxy.chain.messages import ProxyRequest, ProxyResponse, local_error
 from bnproxy.upstream.headers import request_headers, response_headers
+from bnproxy.upstream.http11 import (
+    POOL_IDLE_LIMIT,
+    BodyTooLargeError,
+    HostPool,
+    StaleConnectionError,
+    UpstreamResponse,
+)
 
 _log = Logger(namespace="bnproxy.upstream.client")
 
@@ -60,10 +74,6 @@ class BytesProducer:
 
     def stopProducing(self) -> None:
         pass
-
-
-class BodyTooLargeError(Exception):
-    pass
 
 
 class _Collect(Protocol):
@@ -130,32 +140,40 @@ _NOT_CONNECTED = (ierror.ConnectError, ierror.DNSLookupError, ierror.ConnectingC
 # Failures of a connection before the request was written (a stale pooled
 # connection): an idempotent public GET may be sent again, once.
 _NOT_WRITTEN = (wclient.RequestNotSent, wclient.RequestTransmissionFailed)
+_WEIGHTS_REMEMBERED = 4096
 _REPR = re.compile(r"<[^<>]* object at 0x[0-9a-fA-F]+>")
 
 
 def _reasons(failure: Failure) -> list[Failure]:
     """The failures inside twisted.web's wrappers (``ResponseNeverReceived``,
-    ``RequestTransmissionFailed``, ...), or the failure itself."""
-    return list(getattr(failure.value, "reasons", None) or []) or [failure]
+    ``RequestTransmissionFailed``, ``StaleConnectionError``...), or the failure
+    itself."""
+    inner = getattr(failure.value, "reasons", None)
+    if not inner:
+        return [failure]
+    return [r for f in inner for r in _reasons(f)]
 
 
 def never_sent(failure: Failure) -> bool:
     """True when the failure proves no byte of the request reached the host:
     no connection was made (DNS, refused, connect timeout) or the pooled
     connection was found dead before the request was written."""
-    if failure.check(*_NOT_CONNECTED, wclient.RequestNotSent):
-        return True
-    return all(r.check(*_NOT_CONNECTED) for r in _reasons(failure))
+    return all(r.check(*_NOT_CONNECTED, wclient.RequestNotSent) for r in _reasons(failure))
 
 
-def retryable(failure: Failure) -> bool:
-    """A failure after which an idempotent public GET may be sent once more:
-    a connection that failed before the request was written (a stale pooled
-    connection). A fresh connect that failed (DNS, refused) is not retried:
-    it would fail again at once."""
+def retryable(failure: Failure) -> str | None:
+    """Why an idempotent public GET may be sent once more after ``failure``,
+    or None: ``"stale-connection"`` when a reused pooled connection closed
+    before any response byte, ``"not-written"`` when a connection failed
+    before the request was written. A fresh connect that failed (DNS,
+    refused) is not retried: it would fail again at once."""
+    if failure.check(StaleConnectionError):
+        return "stale-connection"
     if failure.check(*_NOT_CONNECTED):
-        return False
-    return bool(failure.check(*_NOT_WRITTEN)) or never_sent(failure)
+        return None
+    if failure.check(*_NOT_WRITTEN) or never_sent(failure):
+        return "not-written"
+    return None
 
 
 def cause(failure: Failure) -> str:
@@ -176,55 +194,115 @@ def cause(failure: Failure) -> str:
     return "; ".join(parts)[:300]
 
 
-class _QuietFactory(wclient._HTTP11ClientFactory):
-    noisy = False  # no "Starting factory" line per upstream connection
+class LeanClient:
+    """The production client: one :class:`HostPool` per upstream base URL
+    (made on first use, for this egress address), requests written from
+    precomputed parts (``bnproxy.upstream.http11``)."""
+
+    def __init__(self, reactor, deadlines: Deadlines, max_per_host: int = 32,
+                 tls_policy=None, bind_address: str | None = None,
+                 idle_limit: float = POOL_IDLE_LIMIT, endpoint_factory=None) -> None:
+        self._reactor = reactor
+        self._deadlines = deadlines
+        self._max_per_host = max_per_host
+        self._tls_policy = tls_policy
+        self._bind = bind_address
+        self._idle_limit = idle_limit
+        self._endpoints = endpoint_factory
+        self._pools: dict[str, HostPool] = {}
+        self._pool = self  # twisted.web Agent's name: ``agent._pool.closeCachedConnections()``
+
+    def pool(self, base: str) -> HostPool:
+        pool = self._pools.get(base)
+        if pool is None:
+            endpoint = (self._endpoints.endpointForURI(wclient.URI.fromBytes(base.encode()))
+                        if self._endpoints is not None else None)
+            pool = self._pools[base] = HostPool(
+                self._reactor, base, tls_policy=self._tls_policy,
+                connect_timeout=self._deadlines.connect, bind_address=self._bind,
+                max_idle=self._max_per_host, idle_limit=self._idle_limit, endpoint=endpoint)
+        return pool
+
+    def send(self, base: str, method: bytes, target: bytes,
+             headers: Sequence[tuple[bytes, bytes]], body: bytes | None,
+             limit: int) -> Deferred:
+        return self.pool(base).request(method, target, headers, body, limit)
+
+    def closeCachedConnections(self) -> Deferred:
+        for pool in self._pools.values():
+            pool.close()
+        return succeed(None)
 
 
-class _Pool(wclient.HTTPConnectionPool):
-    _factory = _QuietFactory
+class AgentClient:
+    """Any ``IAgent`` (tests' scripted agents, a custom one) behind the same
+    ``send`` as :class:`LeanClient`; gzip decoded by twisted.web."""
+
+    def __init__(self, agent: IAgent) -> None:
+        self._agent = wclient.ContentDecoderAgent(agent, [(b"gzip", wclient.GzipDecoder)])
+
+    def send(self, base: str, method: bytes, target: bytes,
+             headers: Sequence[tuple[bytes, bytes]], body: bytes | None,
+             limit: int) -> Deferred:
+        h = Headers()
+        for k, v in headers:
+            h.addRawHeader(k, v)
+        h.setRawHeaders(b"accept-encoding", [b"gzip"])
+        d = self._agent.request(method, base.encode("ascii") + target, h,
+                                BytesProducer(body) if body is not None else None)
+        return d.addCallback(lambda r: UpstreamResponse(
+            r.code, [(k, v) for k, vs in r.headers.getAllRawHeaders() for v in vs],
+            read_body(r, limit)))
 
 
 def make_agent(reactor, deadlines: Deadlines, max_per_host: int = 32,
-               tls_policy=None, extra_ca=None, bind_address: str | None = None) -> IAgent:
-    """The production agent: persistent pool, no automatic retries (we decide
-    what is retried), TLS verified, connect deadline; connections leave from
-    ``bind_address`` when given (an egress address this host owns).
+               tls_policy=None, extra_ca=None, bind_address: str | None = None,
+               idle_limit: float = POOL_IDLE_LIMIT, endpoint_factory=None) -> LeanClient:
+    """The production client: persistent pools (idle connections retired
+    after ``idle_limit`` seconds; retries decided by ``Upstream``), TLS
+    verified, connect deadline; connections leave from ``bind_address`` when
+    given (an egress address this host owns).
 
     TLS trust: ``tls_policy`` (an ``IPolicyForHTTPS``), else
     ``bnproxy.upstream.tls.upstream_tls_policy(extra_ca)``: the platform store
-    (``SSL_CERT_FILE``/``SSL_CERT_DIR``) plus the CA file(s) ``extra_ca``."""
-    from bnproxy.upstream.tls import upstream_tls_policy
+    (``SSL_CERT_FILE``/``SSL_CERT_DIR``) plus the CA file(s) ``extra_ca``.
+    ``endpoint_factory`` (an ``IAgentEndpointFactory``) replaces the TCP/TLS
+    endpoints, for tests over in-memory connections."""
+    if tls_policy is None and endpoint_factory is None:
+        from bnproxy.upstream.tls import upstream_tls_policy
 
-    pool = _Pool(reactor, persistent=True)
-    pool.maxPersistentPerHost = max_per_host
-    pool.cachedConnectionTimeout = 60
-    pool.retryAutomatically = False
-    policy = tls_policy if tls_policy is not None else upstream_tls_policy(extra_ca)
-    return wclient.Agent(reactor, contextFactory=policy, connectTimeout=deadlines.connect,
-                         pool=pool, bindAddress=(bind_address, 0) if bind_address else None)
+        tls_policy = upstream_tls_policy(extra_ca)
+    return LeanClient(reactor, deadlines, max_per_host, tls_policy, bind_address, idle_limit,
+                      endpoint_factory)
+
+
+def _client(agent: Any) -> Any:
+    return agent if isinstance(agent, LeanClient) else AgentClient(agent)
 
 
 class Upstream:
     """Forwards ``ProxyRequest``s to Binance; always answers, never raises
-    (except ``CancelledError`` when the bot went away)."""
+    (except ``CancelledError`` when the bot went away). ``agent`` (and each
+    of ``egress_agents``) is ``make_agent``'s client, or any ``IAgent``."""
 
     name = "upstream"
 
-    def __init__(self, reactor, markets: Mapping[str, Market], agent: IAgent | None = None,
+    def __init__(self, reactor, markets: Mapping[str, Market],
+                 agent: LeanClient | IAgent | None = None,
                  deadlines: Deadlines = Deadlines(), max_body: int = 64 * 1024 * 1024,
-                 max_per_host: int = 32, egress_agents: Mapping[str, IAgent] | None = None,
-                 egress_of: Callable[[ProxyRequest], str | None] | None = None) -> None:
+                 max_per_host: int = 32,
+                 egress_agents: Mapping[str, LeanClient | IAgent] | None = None,
+                 egress_of: Callable[[ProxyRequest], str | None] | None = None,
+                 metrics: CollectorRegistry | None = None) -> None:
         self._clock = reactor
         self._markets = markets
         self.deadlines = deadlines
         self._max_body = max_body
-        base = agent if agent is not None else make_agent(reactor, deadlines, max_per_host)
-        self._agent = wclient.ContentDecoderAgent(base, [(b"gzip", wclient.GzipDecoder)])
-        # several egress addresses: one agent (and connection pool) per address,
-        # the address of each request named by ``egress_of`` (None: the default agent)
-        self._egress_agents = {
-            a: wclient.ContentDecoderAgent(g, [(b"gzip", wclient.GzipDecoder)])
-            for a, g in (egress_agents or {}).items()}
+        self._agent = _client(agent if agent is not None
+                              else make_agent(reactor, deadlines, max_per_host))
+        # several egress addresses: one client (and connection pools) per address,
+        # the address of each request named by ``egress_of`` (None: the default one)
+        self._egress_agents = {a: _client(g) for a, g in (egress_agents or {}).items()}
         self._egress_of = egress_of
         # market -> {"ok": time of the last answer, "error": time, "reason": str}
         self.reachability: dict[str, dict[str, Any]] = {}
@@ -233,15 +311,20 @@ class Upstream:
         # answered, and connections that could not be made
         self.weight_spent: dict[str, int] = defaultdict(int)
         self.connect_failures: dict[str, int] = defaultdict(int)
+        self._weights: dict[tuple[int, bytes], int] = {}
+        self.retries = Counter(
+            "bnproxy_upstream_retries",
+            "Idempotent public requests sent upstream a second time, by why: "
+            "stale-connection (a reused connection closed before any response byte), "
+            "not-written (a connection failed before the request was written).",
+            ["market", "reason"], registry=metrics)
 
-    def url(self, request: ProxyRequest) -> bytes | None:
+    def _base(self, request: ProxyRequest) -> str | None:
         market = self._markets.get(request.market)
-        if market is None or market.rest_base is None:
-            return None
-        return market.rest_base.encode("ascii") + request.target
+        return None if market is None else market.rest_base
 
     def __call__(self, request: ProxyRequest) -> Deferred:
-        url = self.url(request)
+        url = self._base(request)
         if url is None:
             return succeed(local_error(
                 502, DISCONNECTED,
@@ -250,18 +333,15 @@ class Upstream:
         retry = request.method in ("GET", "HEAD") and not is_private(request)
         return Deferred.fromCoroutine(self._forward(request, url, retry))
 
-    def _send(self, request: ProxyRequest, url: bytes) -> Deferred:
-        headers = Headers()
-        for k, v in request_headers(request.headers):
-            headers.addRawHeader(k, v)
-        headers.setRawHeaders(b"accept-encoding", [b"gzip"])
-        body = BytesProducer(request.body) if (
+    def _send(self, request: ProxyRequest, base: str) -> Deferred:
+        body = request.body if (
             request.body or request.method in ("POST", "PUT", "PATCH")) else None
         agent = self._agent
         egress = self._egress_of(request) if self._egress_of is not None else None
         if egress is not None:  # an address without an agent fails closed (502), never
             agent = self._egress_agents[egress]  # leaves from another address
-        return agent.request(request.method.encode("ascii"), url, headers, body)
+        return agent.send(base, request.method.encode("ascii"), request.target,
+                          request_headers(request.headers), body, self._max_body)
 
     def _host(self, request: ProxyRequest) -> str:
         market = self._markets.get(request.market)
@@ -282,7 +362,7 @@ class Upstream:
             return result
         return d.addBoth(done)
 
-    async def _forward(self, request: ProxyRequest, url: bytes, retry: bool) -> ProxyResponse:
+    async def _forward(self, request: ProxyRequest, url: str, retry: bool) -> ProxyResponse:
         started = self._clock.seconds()
         deadline = started + self.deadlines.headers  # one deadline for every attempt
         state = self.reachability.setdefault(request.market, {"ok": None, "error": None,
@@ -293,8 +373,7 @@ class Upstream:
                 response = await self._within(self._send(request, url),
                                               deadline - self._clock.seconds(), expired,
                                               "headers")
-                body = await self._within(read_body(response, self._max_body),
-                                          self.deadlines.body, expired, "body")
+                body = await self._within(response.body, self.deadlines.body, expired, "body")
             except CancelledError:
                 if not expired:
                     raise  # the bot went away
@@ -306,11 +385,12 @@ class Upstream:
                     raise CancelledError() from None
             else:
                 break
-            if (retry and attempt == 1 and not expired and retryable(failure)
-                    and self._clock.seconds() < deadline):
+            why = retryable(failure) if retry and attempt == 1 and not expired else None
+            if why is not None and self._clock.seconds() < deadline:
                 _log.info("retrying public {method} {market}{path} on {host}: {cause}",
                           method=request.method, market=request.market, path=request.path,
                           host=self._host(request), cause=cause(failure))
+                self.retries.labels(request.market, why).inc()
                 continue
             if all(r.check(*_NOT_CONNECTED) for r in _reasons(failure)):  # a failed connect
                 self.connect_failures[request.market] += 1
@@ -320,12 +400,25 @@ class Upstream:
         state["ok"] = now
         if self.observe is not None:
             self.observe(request.market, now - started)
-        headers = response_headers(
-            (k, v) for k, vs in response.headers.getAllRawHeaders() for v in vs)
-        weight = request.endpoint.weight(request.params) if request.endpoint else 1
+        headers = response_headers(response.headers)
+        weight = self._weight(request)
         self.weight_spent[request.market] += weight
         return ProxyResponse(response.code, headers, body, "upstream", str(response.code),
                              weight)
+
+    def _weight(self, request: ProxyRequest) -> int:
+        """The endpoint's weight for this query, remembered per (endpoint,
+        raw query): no query parsing for a request seen before."""
+        endpoint = request.endpoint
+        if endpoint is None:
+            return 1
+        key = (id(endpoint), request.query)  # endpoints live as long as the process
+        weight = self._weights.get(key)
+        if weight is None:
+            if len(self._weights) >= _WEIGHTS_REMEMBERED:
+                self._weights.clear()
+            weight = self._weights[key] = endpoint.weight(request.params)
+        return weight
 
     def _failed(self, request: ProxyRequest, failure: Failure,
                 expired: str | None) -> ProxyResponse:

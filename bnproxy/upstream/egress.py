@@ -16,9 +16,7 @@ import ipaddress
 import socket
 from collections.abc import Callable, Mapping, Sequence
 
-from twisted.web.iweb import IAgent
-
-from bnproxy.upstream.client import Deadlines, make_agent
+from bnproxy.upstream.client import Deadlines, LeanClient, make_agent
 
 # (address, pool) -> (used this window, budget or None when the pool has none)
 UsageFn = Callable[[str, str], tuple[int, int | None]]
@@ -48,8 +46,8 @@ def check_egress_address(address: str) -> str:
 
 
 def egress_agents(reactor, addresses: Sequence[str], deadlines: Deadlines = Deadlines(),
-                  max_per_host: int = 32, tls_policy=None) -> dict[str, IAgent]:
-    """One Agent per address (its own persistent pool, connections bound to
+                  max_per_host: int = 32, tls_policy=None) -> dict[str, LeanClient]:
+    """One client per address (its own persistent pools, connections bound to
     the address), for ``Upstream(egress_agents=…, egress_of=…)``."""
     return {a: make_agent(reactor, deadlines, max_per_host, tls_policy=tls_policy,
                           bind_address=a)

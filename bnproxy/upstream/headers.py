@@ -46,7 +46,11 @@ def filter_headers(pairs: Iterable[tuple[bytes, bytes]], allowed: frozenset[byte
     """Keep allowlisted headers (lower-cased names), dropping hop-by-hop ones
     and any header the ``Connection`` header names."""
     lowered = [(k.lower(), v) for k, v in pairs]
-    drop = HOP_BY_HOP | _connection_named(lowered)
+    drop = HOP_BY_HOP
+    for k, _ in lowered:
+        if k == b"connection":  # rare: the set of named headers only then
+            drop = HOP_BY_HOP | _connection_named(lowered)
+            break
     return tuple(
         (k, v) for k, v in lowered
         if k not in drop and (k in allowed or k.startswith(prefixes))

@@ -1,0 +1,355 @@
+"""The fast path: request heads parsed by httptools, answered without
+twisted.web's per-request machinery, everything else left to it.
+
+:class:`FastChannel` is the hardened channel (``bnproxy.server.channel``)
+with one more way in. When the connection is between requests and a read
+holds complete request heads that are plainly safe — ``GET`` or ``HEAD``,
+HTTP/1.1, origin-form, visible ASCII, no body or framing header
+(``Content-Length``, ``Transfer-Encoding``, ``Expect``, ``Upgrade``,
+``Connection`` other than ``keep-alive``), no folded or bare-LF line, within
+the channel's header count and size caps, accepted by httptools (llhttp,
+no leniency) and not addressed to an admin resource — each is answered by
+calling the forwarding resource with a light request object (:class:`FastRequest`)
+instead of a twisted.web ``Request``: no line-by-line parsing, no
+``Headers`` objects, no resource traversal, the ``Date`` header formatted
+once a second, the response head written with its body in one ``write``.
+
+A read that holds anything else (a partial head, a body, one unsafe head
+among safe ones), and every read on a connection in the middle of a
+twisted.web request, goes to the hardened channel whole and untouched, so each
+refusal, limit and deadline is the hardened channel's own. The chain is
+called exactly as for a twisted.web request (the same forwarding resource:
+routing, client address, allowlist, cache, streams, access line, ledger,
+metrics, in-flight count for the drain), so every middleware still sees
+every request, and the bytes written are twisted.web's (a differential test
+holds them equal, ``Date`` aside). An answer that is not ready at once
+(forwarded upstream) pauses reading as twisted.web does; the connection
+goes on when it is written.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+import httptools
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import server
+from twisted.web.http import NO_BODY_CODES, RESPONSES, datetimeToString
+
+from bnproxy.server.channel import HardenedChannel
+
+_log = Logger(namespace="bnproxy.server.fastpath")
+
+_base_data = HardenedChannel.dataReceived
+# Request headers that change framing or the connection: left to twisted.web.
+_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"expect", b"upgrade",
+                      b"te", b"trailer", b"http2-settings"})
+_VISIBLE = bytes(range(0x21, 0x7F))
+
+
+class _Head:
+    """httptools callbacks for one request head."""
+
+    __slots__ = ("complete", "headers", "method", "raw", "url")
+
+    def __init__(self) -> None:
+        self.raw = b""
+        self.method = b""
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.complete = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+class _RequestHeaders:
+    """What the forwarding resource reads of ``Request.requestHeaders``:
+    the headers by name in order of first appearance, as twisted.web's
+    ``Headers`` groups them."""
+
+    __slots__ = ("_by_name",)
+
+    def __init__(self, by_name: dict[bytes, list[bytes]]) -> None:
+        self._by_name = by_name
+
+    def getAllRawHeaders(self) -> Any:
+        return self._by_name.items()
+
+
+class _ResponseHeaders:
+    __slots__ = ("_rawHeaders",)
+
+    def __init__(self, raw: dict[bytes, list[bytes]]) -> None:
+        self._rawHeaders = raw
+
+
+class _NoContent:
+    """A request without a body: ``content`` that reads empty."""
+
+    @staticmethod
+    def seek(offset: int, whence: int = 0) -> int:
+        return 0
+
+    @staticmethod
+    def read(size: int = -1) -> bytes:
+        return b""
+
+
+_NO_CONTENT = _NoContent()
+
+
+class FastRequest:
+    """The part of twisted.web's ``Request`` the forwarding resource and
+    ``write_response`` use, writing the bytes twisted.web would."""
+
+    clientproto = b"HTTP/1.1"
+    defaultContentType: bytes | None = b"text/html"
+    content: Any = _NO_CONTENT
+    code = 200
+    code_message = b"OK"
+
+    def __init__(self, channel: FastChannel, method: bytes, uri: bytes,
+                 headers: dict[bytes, list[bytes]], date: bytes) -> None:
+        self.channel = channel
+        self.method = method
+        self.uri = uri
+        self.requestHeaders = _RequestHeaders(headers)
+        self.responseHeaders = _ResponseHeaders({b"Server": [server.version],
+                                                 b"Date": [date]})
+        self.finished = False
+        self._disconnected = False
+        self._started = False
+        self._finish: list[Deferred] = []
+
+    def getClientAddress(self) -> Any:
+        return self.channel.peer
+
+    def notifyFinish(self) -> Deferred:
+        d: Deferred = Deferred()
+        self._finish.append(d)
+        return d
+
+    def setResponseCode(self, code: int, message: bytes | None = None) -> None:
+        self.code = code
+        self.code_message = message or RESPONSES.get(code, b"Unknown Status")
+
+    def write(self, data: bytes) -> None:
+        if self._disconnected or self.finished:
+            return
+        if self._started:
+            if data and self.method != b"HEAD" and self.code not in NO_BODY_CODES:
+                self.channel.transport.write(data)
+            return
+        self._started = True
+        raw = self.responseHeaders._rawHeaders
+        code = self.code
+        if (self.defaultContentType is not None and code not in (304, 204)
+                and b"Content-Type" not in raw and raw.get(b"Content-Length") != [b"0"]):
+            raw[b"Content-Type"] = [self.defaultContentType]
+        if raw.get(b"Content-Length") is None and self.method != b"HEAD" \
+                and code not in NO_BODY_CODES:
+            # twisted.web would send chunks; the forwarding resource always
+            # sets a length, so this is not expected: close after the body.
+            raw[b"Connection"] = [b"close"]
+            self.channel.persistent = False
+        lines = [b"HTTP/1.1 %d %s\r\n" % (code, self.code_message)]
+        for name, values in raw.items():
+            for value in values:
+                lines.append(b"%s: %s\r\n" % (name, value))
+        lines.append(b"\r\n")
+        transport = self.channel.transport
+        if not data or self.method == b"HEAD" or code in NO_BODY_CODES:
+            transport.write(b"".join(lines))
+        elif len(data) < 8192:  # one write; a large body is not copied into the head
+            lines.append(data)
+            transport.write(b"".join(lines))
+        else:
+            transport.write(b"".join(lines))
+            transport.write(data)
+
+    def finish(self) -> None:
+        if self._disconnected or self.finished:
+            return
+        if not self._started:
+            self.write(b"")
+        self.finished = True
+        finished, self._finish = self._finish, []
+        for d in finished:
+            d.callback(None)
+        self.channel.fast_done(self)
+
+    def lost(self, reason: Failure) -> None:
+        self._disconnected = True
+        finished, self._finish = self._finish, []
+        for d in finished:
+            d.errback(reason)
+
+
+class FastChannel(HardenedChannel):
+    """The hardened channel with the fast path in front (see the module)."""
+
+    site: Any  # set by the Site that builds it
+    fast = True  # False: every request through twisted.web (the differential tests)
+    fast_served = 0  # requests answered by the fast path on this connection
+    peer: Any = None
+    _forward: Any = None
+    _pending: FastRequest | None = None
+    _paused = False
+    _saved_timeout: Any = None
+    _held: bytes = b""
+    _date_second = -1
+    _date = b""
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.peer = self.transport.getPeer()
+        # the proxy's forwarding resource behind its root; without one (another
+        # resource tree) every request goes through twisted.web
+        self._forward = getattr(getattr(self, "site", None) and self.site.resource,
+                                "_forward", None)
+        if self._forward is None:
+            self.fast = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._pending is not None:  # an answer on its way: keep the rest for after
+            self._held += data
+            return
+        if not (self.fast and self._between_requests()):
+            return _base_data(self, data)
+        heads = []
+        start = 0
+        while start < len(data):  # the whole read must be safe heads, or none is taken
+            end = data.find(b"\r\n\r\n", start)
+            head = self._safe_head(data[start:end + 4]) if end >= 0 else None
+            if head is None:
+                return _base_data(self, data)
+            heads.append(head)
+            start = end + 4
+        self.resetTimeout()
+        for i, head in enumerate(heads):
+            if not self._serve(head):  # not answered at once: the rest after it
+                rest = heads[i + 1:]
+                if rest:
+                    self._held = b"".join(h.raw for h in rest)
+                return
+            if not self.persistent:
+                self.transport.loseConnection()
+            if self._failed or self.transport.disconnecting:
+                return
+        return None
+
+    def _between_requests(self) -> bool:
+        return bool(not self._handlingRequest and self.line_mode and not self._failed
+                and not self._buffer and not self._receivedHeaderSize and not self._tail
+                and not self.requests and self.persistent)
+
+    def _safe_head(self, raw: bytes) -> _Head | None:
+        """The parsed head, or None if anything in it is for twisted.web to judge."""
+        if len(raw) > min(self.totalHeadersSize, self.MAX_LENGTH) \
+                or raw.count(b"\n") != raw.count(b"\r\n") \
+                or raw.count(b"\r") != raw.count(b"\r\n"):
+            return None
+        if raw.find(b"\n ") >= 0 or raw.find(b"\n\t") >= 0:
+            return None
+        if raw.translate(None, _VISIBLE + b" \t\r\n"):
+            return None  # control or non-ASCII bytes
+        if not (raw.startswith(b"GET /") or raw.startswith(b"HEAD /")) \
+                or raw.count(b" ", 0, raw.find(b"\r\n")) != 2:
+            return None  # twisted.web splits the request line on single spaces
+        head = _Head()
+        parser = httptools.HttpRequestParser(head)
+        try:
+            parser.feed_data(raw)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            return None
+        if not head.complete or parser.get_http_version() != "1.1" or parser.should_upgrade():
+            return None
+        if not parser.should_keep_alive() or len(head.headers) > self.maxHeaders:
+            return None
+        for name, value in head.headers:
+            lower = name.lower()
+            if lower in _FRAMING:
+                return None
+            if lower == b"connection" and value.strip(b" \t").lower() != b"keep-alive":
+                return None
+        url = head.url
+        if not url.startswith(b"/") or url.find(b"#") >= 0 or url.find(b" ") >= 0:
+            return None
+        segment = url.split(b"?", 1)[0][1:].split(b"/", 1)[0]
+        root = self.site.resource
+        if unquote_to_bytes(segment) in getattr(root, "children", {}):
+            return None  # an admin resource
+        head.method = parser.get_method()
+        head.raw = raw
+        return head
+
+    def _date_now(self) -> bytes:
+        now = int(self.site.reactor.seconds())
+        if now != self._date_second:
+            type(self)._date_second = now
+            type(self)._date = datetimeToString(now)
+        return self._date
+
+    def _serve(self, head: _Head) -> bool:
+        """Answer one safe request; True if it was answered at once."""
+        forward = self._forward
+        by_name: dict[bytes, list[bytes]] = {}
+        for name, value in head.headers:
+            values = by_name.get(name.lower())
+            if values is None:
+                by_name[name.lower()] = [value.strip(b" \t")]
+            else:
+                values.append(value.strip(b" \t"))
+        request = FastRequest(self, head.method, head.url, by_name, self._date_now())
+        self._pending = request
+        self.fast_served += 1
+        try:
+            forward.render(request)
+        except Exception:
+            _log.failure("fast path: answering {uri}", uri=head.url)
+            self._pending = None
+            self.transport.abortConnection()
+            return False
+        if request.finished:
+            self._pending = None
+            return True
+        # As twisted.web does while a request is answered: no reading, no idle timeout.
+        self._saved_timeout = self.setTimeout(None)
+        self._paused = True
+        self._networkProducer.pauseProducing()
+        return False
+
+    def fast_done(self, request: FastRequest) -> None:
+        """A fast answer has been written."""
+        if self._pending is not request:
+            return
+        self._pending = None
+        if not self._paused:
+            return  # answered at once, inside dataReceived
+        self._paused = False
+        self.setTimeout(self._saved_timeout)
+        if not self._waitingForTransport:
+            self._networkProducer.resumeProducing()
+        if not self.persistent:
+            self.transport.loseConnection()
+            return
+        held, self._held = self._held, b""
+        if held:
+            self.dataReceived(held)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.lost(reason)
+        super().connectionLost(reason)

@@ -1,0 +1,350 @@
+"""A lean HTTP/1.1 client for the upstream, without per-request setup.
+
+twisted.web's Agent builds, for every request, a parsed URI, an endpoint
+(the host IDNA-encoded, a TLS connection creator), a ``Headers`` object, a
+request and a response object, and parses the response line by line. Here
+everything that depends only on the host is computed once, when a
+:class:`HostPool` is made for a market's base URL and an egress address: the
+endpoint (with its TLS creator), the Host header, the path prefix. A request
+is one ``write`` of a head joined from precomputed parts; the response is
+parsed by httptools (llhttp, strict) and its body joined once.
+
+The keep-alive race: an upstream closes a keep-alive connection it has seen
+idle for its idle timeout. If the proxy writes a request on that connection as the close is
+in flight, the request is lost: nothing comes back (RFC 9110 §9.2.2 allows an
+idempotent request to be retried automatically then). Three rules keep this
+rare and harmless:
+
+- A connection idle for ``POOL_IDLE_LIMIT`` seconds is closed, never reused:
+  Binance does not publish the idle timeout of its front ends; common front
+  ends close idle client connections after 60 s (AWS load balancers' default)
+  or 75 s (nginx's). 20 s keeps a margin of at least 40 s to the smallest of
+  these, which also covers a reactor that runs a timer late; a fleet that
+  polls at all keeps its connections warm well within 20 s. The limit is
+  checked when a connection is taken, not only by its timer.
+- The most recently used idle connection is taken first; the older ones age
+  out instead of being kept just alive.
+- A reused connection that fails before any byte of the response arrived
+  fails with :class:`StaleConnectionError`, and every other idle connection to
+  that host (all idle for longer) is closed with it, so a retry opens a fresh
+  connection. The upstream client decides what is retried (only an
+  idempotent public request, once, within its deadline).
+
+Failures use twisted.web's exceptions (``ResponseNeverReceived``,
+``ResponseFailed``) so the upstream client reads them as it reads the
+Agent's. No redirects (a 3xx is an answer), no cookies, ``Accept-Encoding:
+gzip`` asked and decoded here.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+import httptools
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseFailed, ResponseNeverReceived
+
+POOL_IDLE_LIMIT = 20.0
+
+
+class BodyTooLargeError(Exception):
+    pass
+
+
+class StaleConnectionError(Exception):
+    """A connection taken from the pool failed before any byte of the
+    response arrived: most likely the upstream closed it idle as the request
+    was written. ``reasons`` holds the failure as twisted.web names it."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__("reused connection closed before the response")
+        self.reasons = [failure]
+
+
+@attrs.frozen
+class UpstreamResponse:
+    """Status, raw header pairs (as received, names as sent), and the body:
+    a Deferred firing with the whole (decoded) body; cancelling it aborts
+    the connection."""
+
+    code: int
+    headers: list[tuple[bytes, bytes]]
+    body: Deferred
+
+
+class _Connection(Protocol):
+    """One upstream connection; one exchange at a time."""
+
+    transport: Any
+
+    def __init__(self, pool: HostPool) -> None:
+        self._pool = pool
+        self._parser = httptools.HttpResponseParser(self)
+        self.idle_until = 0.0
+        self._head: Deferred | None = None  # fires with the UpstreamResponse
+        self._body: Deferred | None = None  # fires with the body bytes
+        self._reused = False
+        self._received = False
+        self._head_only = False
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._limit = 0
+        self._gzip = False
+        self._until_close = False
+        self._informational = False
+        self._keep_alive = False
+        self.open = False
+
+    # the exchange
+
+    def send(self, data: bytes, head_only: bool, limit: int, reused: bool) -> Deferred:
+        self._head = Deferred(self._cancel)
+        self._body = None
+        self._reused = reused
+        self._received = False
+        self._head_only = head_only
+        self._headers = []
+        self._parts = []
+        self._size = 0
+        self._limit = limit
+        self.transport.write(data)
+        return self._head
+
+    def _cancel(self, d: Deferred) -> None:
+        self._head = self._body = None
+        self.transport.abortConnection()
+        d.errback(Failure(CancelledError()))
+
+    def _fail(self, failure: Failure) -> None:
+        head, body = self._head, self._body
+        self._head = self._body = None
+        if head is not None:
+            head.errback(failure)
+        elif body is not None:
+            body.errback(failure)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._head is None and self._body is None:
+            self.transport.abortConnection()  # bytes nobody asked for
+            return
+        self._received = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as e:
+            self.transport.abortConnection()
+            self._fail(Failure(ResponseFailed([Failure(e)])))
+
+    # httptools callbacks
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        code = self._parser.get_status_code()
+        self._informational = code < 200
+        if self._informational:
+            self._headers = []
+            return
+        self._gzip = self._until_close = False
+        has_length = False
+        for i, (name, value) in enumerate(self._headers):
+            lower = name.lower()
+            if lower == b"content-encoding" and value.strip().lower() == b"gzip":
+                self._gzip = True
+                del self._headers[i]  # decoded here, as twisted.web's decoder does
+                break
+        for name, value in self._headers:
+            lower = name.lower()
+            if lower == b"content-length" or (
+                    lower == b"transfer-encoding" and value.strip().lower() == b"chunked"):
+                has_length = True
+        self._until_close = not has_length and code not in (204, 304) and not self._head_only
+        self._keep_alive = self._parser.should_keep_alive()
+        head, self._head = self._head, None
+        body: Deferred = Deferred(self._cancel)
+        self._body = body
+        if head is not None:
+            head.callback(UpstreamResponse(code, self._headers, body))
+        if self._head_only and self._body is body:  # no body follows a HEAD's head
+            self._parser = httptools.HttpResponseParser(self)
+            self._done(b"")
+
+    def on_body(self, data: bytes) -> None:
+        self._size += len(data)
+        if self._size > self._limit:
+            self.transport.abortConnection()
+            self._fail(Failure(BodyTooLargeError(self._size)))
+            return
+        self._parts.append(data)
+
+    def on_message_complete(self) -> None:
+        if self._informational or self._body is None:
+            return
+        parts = self._parts
+        self._done(parts[0] if len(parts) == 1 else b"".join(parts))
+
+    def _done(self, body: bytes) -> None:
+        d, self._body = self._body, None
+        if self._gzip and body:
+            try:
+                body = self._gunzip(body)
+            except (zlib.error, BodyTooLargeError) as e:
+                self.transport.abortConnection()
+                if d is not None:
+                    d.errback(Failure(e))
+                return
+        self._parts = []
+        if self._keep_alive and not self._until_close and self.open:
+            self._pool.put(self)
+        else:
+            self.transport.loseConnection()
+        if d is not None:
+            d.callback(body)
+
+    def _gunzip(self, data: bytes) -> bytes:
+        decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        body = decoder.decompress(data, self._limit + 1)
+        if len(body) > self._limit or decoder.unconsumed_tail:
+            raise BodyTooLargeError(len(body))
+        if not decoder.eof:
+            raise zlib.error("truncated gzip body")
+        return body
+
+    def connectionMade(self) -> None:
+        self.open = True
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.open = False
+        self._pool.lost(self)
+        if self._head is not None:
+            if self._received:
+                failure = Failure(ResponseFailed([reason]))
+            else:
+                failure = Failure(ResponseNeverReceived([reason]))
+                if self._reused:
+                    self._pool.close_idle()
+                    failure = Failure(StaleConnectionError(failure))
+            self._fail(failure)
+        elif self._body is not None:
+            if self._until_close:
+                parts = self._parts
+                self._done(b"".join(parts))
+            else:
+                self._fail(Failure(ResponseFailed([reason])))
+
+
+class _Factory(ClientFactory):
+    noisy = False  # no "Starting factory" line per upstream connection
+
+    def __init__(self, pool: HostPool) -> None:
+        self._pool = pool
+
+    def buildProtocol(self, addr: Any) -> _Connection:
+        return _Connection(self._pool)
+
+
+class HostPool:
+    """The connections to one upstream base URL from one egress address,
+    and what every request to it shares, computed once."""
+
+    def __init__(self, reactor: Any, base: str, *, tls_policy: Any = None,
+                 connect_timeout: float = 5.0, bind_address: str | None = None,
+                 max_idle: int = 32, idle_limit: float = POOL_IDLE_LIMIT,
+                 endpoint: Any = None) -> None:
+        parts = urlsplit(base)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {base}")
+        self._reactor = reactor
+        self._idle: list[_Connection] = []  # oldest first
+        self._sweeper: Any = None
+        self._max_idle = max_idle
+        self._idle_limit = idle_limit
+        host = parts.hostname
+        ascii_host = host.encode("idna") if not host.isascii() else host.encode("ascii")
+        default = 443 if parts.scheme == "https" else 80
+        port = parts.port or default
+        if ":" in host:  # an IPv6 literal
+            ascii_host = b"[" + ascii_host + b"]"
+        netloc = ascii_host if port == default else b"%s:%d" % (ascii_host, port)
+        self.prefix = parts.path.rstrip("/").encode("ascii")
+        self.host_line = b"Host: " + netloc + b"\r\n"
+        if endpoint is None:
+            bare = ascii_host.strip(b"[]")
+            endpoint = HostnameEndpoint(reactor, bare, port, timeout=connect_timeout,
+                                        bindAddress=(bind_address, 0) if bind_address else None)
+            if parts.scheme == "https":
+                endpoint = wrapClientTLS(tls_policy.creatorForNetloc(bare, port), endpoint)
+        self._endpoint = endpoint
+        self._factory = _Factory(self)
+
+    def request(self, method: bytes, target: bytes, headers: Sequence[tuple[bytes, bytes]],
+                body: bytes | None, limit: int) -> Deferred:
+        """Send ``method`` ``prefix + target`` with ``headers`` (already
+        filtered) and ``body``; a Deferred firing with an
+        :class:`UpstreamResponse` when the response head has arrived."""
+        lines = [method, b" ", self.prefix, target, b" HTTP/1.1\r\n", self.host_line,
+                 b"Accept-Encoding: gzip\r\n"]
+        for name, value in headers:
+            lines += (name, b": ", value, b"\r\n")
+        if body is not None:
+            lines += (b"Content-Length: ", b"%d" % len(body), b"\r\n\r\n", body)
+        else:
+            lines.append(b"\r\n")
+        data = b"".join(lines)
+        head_only = method == b"HEAD"
+        now = self._reactor.seconds()
+        while self._idle:
+            connection = self._idle.pop()  # the most recently used
+            if connection.open and now < connection.idle_until:
+                return connection.send(data, head_only, limit, reused=True)
+            connection.transport.loseConnection()
+        d = self._endpoint.connect(self._factory)
+        return d.addCallback(lambda c: c.send(data, head_only, limit, reused=False))
+
+    def put(self, connection: _Connection) -> None:
+        """A connection whose exchange is over and may be reused."""
+        if len(self._idle) >= self._max_idle:
+            self._idle.pop(0).transport.loseConnection()  # the oldest
+        connection.idle_until = self._reactor.seconds() + self._idle_limit
+        self._idle.append(connection)  # so ``_idle`` is in order of idle_until
+        if self._sweeper is None:
+            self._sweeper = self._reactor.callLater(self._idle_limit, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close the connections idle for ``idle_limit``; one timer for the
+        pool, not one per connection and request."""
+        self._sweeper = None
+        now = self._reactor.seconds()
+        while self._idle and self._idle[0].idle_until <= now:
+            self._idle.pop(0).transport.loseConnection()
+        if self._idle:
+            self._sweeper = self._reactor.callLater(self._idle[0].idle_until - now,
+                                                    self._sweep)
+
+    def lost(self, connection: _Connection) -> None:
+        if connection in self._idle:
+            self._idle.remove(connection)
+
+    def close_idle(self) -> None:
+        """Close every idle connection."""
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.transport.loseConnection()
+
+    def close(self) -> Deferred:
+        """Abort every idle connection (at shutdown)."""
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.transport.abortConnection()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        return succeed(None)
