@@ -37,13 +37,16 @@ def test_a_silent_stream_is_replaced_within_its_deadline_degraded_meanwhile(rig)
     assert rig.exchange.counters.ws_connections == 1  # the silent one closed
     assert rig.ask(TICKER).source == "upstream"  # stale is never served as fresh
     health = rig.streams.health()
-    assert health["status"] == "degraded" and rig.streams.degraded()
+    assert health["status"] == "degraded" and rig.streams.health()["degraded"]
     assert health["markets"]["spot"]["stale"] == ["btcusdt@ticker"]
     assert rig.service.readiness.problems() == []  # degraded is not unready
+    verdict = rig.service.readiness.verdict()  # what /ready, /health and the page show
+    assert verdict.status == "degraded" and verdict.ready
+    assert any("stale" in text for text in verdict.texts())
     hub.silence_all = False
     rig.sleep(3)
     assert rig.ask(TICKER).source == "stream"
-    assert rig.streams.degraded() == [] and rig.streams.health()["status"] == "ok"
+    assert rig.streams.health()["degraded"] == [] and rig.streams.health()["status"] == "ok"
 
 
 def test_replacements_are_paced_while_the_silence_lasts(rig):

@@ -41,6 +41,11 @@ def _first_header(self: ProxyRequest | ProxyResponse, name: bytes) -> bytes | No
     return None
 
 
+# Weights by (id(endpoint), raw query), the endpoint kept to check identity.
+_WEIGHTS: dict[tuple[int, bytes], tuple[Endpoint, int]] = {}
+_WEIGHTS_REMEMBERED = 4096
+
+
 # Not slotted: ``cached_property`` on a slotted attrs class gives the class a
 # ``__getattr__``, which turns every attribute read on the hot path into a
 # slow generic lookup (CPython's ``slot_tp_getattr_hook``, no specialisation).
@@ -86,17 +91,28 @@ class ProxyRequest:
     def weight(self) -> int:
         """The request weight Binance charges for it (the endpoint's rule on
         its parameters; 1 for a path Binance does not document), computed
-        once per request. Binance reads a parameter from the query string or
-        from a form body (the query's wins when both send it), so a
-        ``computeCommissionRates`` or ``symbol`` in a POST body counts."""
-        if self.endpoint is None:
+        once per request, and remembered per (endpoint, raw query) across
+        requests (no query parsing for a query seen before). Binance reads a
+        parameter from the query string or from a form body (the query's
+        wins when both send it), so a ``computeCommissionRates`` or
+        ``symbol`` in a POST body counts."""
+        endpoint = self.endpoint
+        if endpoint is None:
             return 1
-        params = self.params
         if self.body and self.method != "GET":
-            params = dict(params)
+            params = dict(self.params)
             for k, v in parse_qsl(self.body.decode("latin-1"), keep_blank_values=True):
                 params.setdefault(k, v)
-        return self.endpoint.weight(params)
+            return endpoint.weight(params)
+        key = (id(endpoint), self.query)
+        known = _WEIGHTS.get(key)
+        if known is not None and known[0] is endpoint:
+            return known[1]
+        if len(_WEIGHTS) >= _WEIGHTS_REMEMBERED:
+            _WEIGHTS.clear()
+        weight = endpoint.weight(self.params)
+        _WEIGHTS[key] = (endpoint, weight)
+        return weight
 
     @property
     def target(self) -> bytes:

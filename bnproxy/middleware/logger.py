@@ -104,22 +104,8 @@ class BotLedger:
         self._total: dict[str, list[int]] = {}
         self._seen: dict[str, float] = {}
         self._buckets: deque[tuple[int, dict[str, list[int]]]] = deque(maxlen=WINDOW_15M)
-        self._weights: dict[tuple[int, bytes], int] = {}
         self._rows: dict[str, list[int]] = {}  # the newest bucket's
         self._bucket_end = float("-inf")
-
-    def _asked(self, request: ProxyRequest) -> int:
-        endpoint = request.endpoint
-        if endpoint is None:
-            return 1
-        key = (id(endpoint), request.query)  # endpoints live as long as the process
-        weight = self._weights.get(key)
-        if weight is None:
-            weight = endpoint.weight(request.params)
-            if len(self._weights) >= _REMEMBERED * 4:
-                self._weights.clear()
-            self._weights[key] = weight
-        return weight
 
     def count(self, bot: str, request: ProxyRequest, response: ProxyResponse) -> None:
         now = self._clock.seconds()
@@ -132,17 +118,10 @@ class BotLedger:
                 total = self._total[bot] = [0] * _N
         if response.status < 400:  # the common case: answered, asked weight counts
             where = _SOURCE_AT.get(response.source, _LOCAL_AT)
-            endpoint = request.endpoint
-            if endpoint is None:
-                asked = 1
-            else:
-                key = (id(endpoint), request.query)  # endpoints live as long as the process
-                asked = self._weights.get(key)  # type: ignore[assignment]
-                if asked is None:
-                    asked = self._asked(request)
+            asked = request.weight
         else:
             where = answered_where(response)
-            asked = self._asked(request) if where < _AT["budget"] else 0
+            asked = request.weight if where < _AT["budget"] else 0
         spent = response.weight if response.source == "upstream" else 0
         if now >= self._bucket_end:
             self._new_bucket(now)

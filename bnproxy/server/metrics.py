@@ -50,7 +50,6 @@ from bnproxy.chain.labels import DEFAULT_LIMIT, BoundedLabels
 from bnproxy.chain.messages import ProxyRequest, ProxyResponse
 
 UNROUTED = ("none", "unrouted")
-_WEIGHTS_REMEMBERED = 4096
 
 
 class Metrics:
@@ -77,7 +76,6 @@ class Metrics:
         self.upstream: Any = None  # set by watch_upstream
         # (endpoint, raw query) -> predicted weight: a repeated
         # request (a cache hit) is not parsed again
-        self._weights: dict[tuple[int, bytes], int] = {}
         self.registry.register(_AnswerCollector(self.answers, self.asked, self.refused))
 
     def answered(self, request: ProxyRequest | None, response: ProxyResponse) -> None:
@@ -92,18 +90,7 @@ class Metrics:
         unanswered = response.status >= 500 or (
             response.status >= 400 and response.source == "local")
         asked = self.refused if unanswered else self.asked
-        if endpoint is None:
-            asked[market] += 1
-            return
-        query = request.query
-        key = (id(endpoint), query)  # endpoints live as long as the process
-        weight = self._weights.get(key)
-        if weight is None:
-            weight = endpoint.weight(request.params)
-            if len(self._weights) >= _WEIGHTS_REMEMBERED:
-                self._weights.clear()
-            self._weights[key] = weight
-        asked[market] += weight
+        asked[market] += request.weight
 
     def watch(self, sources: Callable[[], Sequence[Any]]) -> None:
         """Collect ``collect_metrics()`` of every ``IMetricsSource`` that

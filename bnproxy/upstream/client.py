@@ -140,7 +140,6 @@ _NOT_CONNECTED = (ierror.ConnectError, ierror.DNSLookupError, ierror.ConnectingC
 # Failures of a connection before the request was written (a stale pooled
 # connection): an idempotent public GET may be sent again, once.
 _NOT_WRITTEN = (wclient.RequestNotSent, wclient.RequestTransmissionFailed)
-_WEIGHTS_REMEMBERED = 4096
 _REPR = re.compile(r"<[^<>]* object at 0x[0-9a-fA-F]+>")
 
 
@@ -311,7 +310,6 @@ class Upstream:
         # answered, and connections that could not be made
         self.weight_spent: dict[str, int] = defaultdict(int)
         self.connect_failures: dict[str, int] = defaultdict(int)
-        self._weights: dict[tuple[int, bytes], int] = {}
         self.retries = Counter(
             "bnproxy_upstream_retries",
             "Idempotent public requests sent upstream a second time, by why: "
@@ -401,24 +399,10 @@ class Upstream:
         if self.observe is not None:
             self.observe(request.market, now - started)
         headers = response_headers(response.headers)
-        weight = self._weight(request)
+        weight = request.weight
         self.weight_spent[request.market] += weight
         return ProxyResponse(response.code, headers, body, "upstream", str(response.code),
                              weight)
-
-    def _weight(self, request: ProxyRequest) -> int:
-        """The endpoint's weight for this query, remembered per (endpoint,
-        raw query): no query parsing for a request seen before."""
-        endpoint = request.endpoint
-        if endpoint is None:
-            return 1
-        key = (id(endpoint), request.query)  # endpoints live as long as the process
-        weight = self._weights.get(key)
-        if weight is None:
-            if len(self._weights) >= _WEIGHTS_REMEMBERED:
-                self._weights.clear()
-            weight = self._weights[key] = endpoint.weight(request.params)
-        return weight
 
     def _failed(self, request: ProxyRequest, failure: Failure,
                 expired: str | None) -> ProxyResponse:

@@ -365,18 +365,6 @@ class Streams(MultiService):
                 stale.add(name)
         return stale
 
-    def degraded(self) -> list[str]:
-        """Why the streams serve, but not as well as they could (empty: they
-        do): streams gone silent, whose requests go to REST until their
-        connection is replaced. Not unreadiness: the proxy still answers."""
-        out = []
-        for market in self.managers:
-            stale = self.stale_streams(market)
-            if stale:
-                out.append(f"{len(stale)} {market} stream(s) stale, answered from REST "
-                           f"until replaced")
-        return out
-
     def readiness_problems(self) -> list[str]:
         return [f"stream manager {name} not running"
                 for name, manager in self.managers.items() if not manager.running]
@@ -456,7 +444,8 @@ class Streams(MultiService):
         return "streams", {"served": self.served, "markets": markets}
 
     def health(self) -> dict:
-        degraded = self.degraded()
+        degraded = [text for _, severity, text in self.health_problems()
+                    if severity == "degraded"]
         return {"status": "degraded" if degraded else "ok", "degraded": degraded,
                 "served": self.served,
                 "markets": {m: mgr.health(self.stale_streams(m))

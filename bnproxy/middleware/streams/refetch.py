@@ -161,8 +161,7 @@ class Refetcher:
 
     def observe(self, request: ProxyRequest, response: ProxyResponse, purpose: str) -> None:
         """Count an own request made elsewhere (a readiness ping)."""
-        endpoint = request.endpoint
-        weight = endpoint.weight(request.params) if endpoint is not None else 1
+        weight = request.weight
         pool = self.pool_of(request)
         self._pool_market[pool] = request.market
         spent = _spent(response, weight)
