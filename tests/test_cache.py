@@ -260,3 +260,13 @@ def test_a_malformed_accept_encoding_is_answered_plain(value):
     assert hit.status == 200 and hit.header(b"x-cache") == b"HIT"
     assert hit.header(b"content-encoding") is None
     json.loads(hit.body)
+
+
+def test_an_order_is_not_the_caches_business():
+    """Issue 22: the cache leaves requests it never handles unmarked (and
+    uncounted): a signed POST is not a cache BYPASS."""
+    h = cached()
+    answer = h.request("POST", "/api/v3/order?symbol=BTCUSDT&timestamp=1&signature=ab")
+    assert answer.status == 200 and answer.header(b"x-cache") is None
+    stats = h.request("GET", "/cache/stats").json()
+    assert stats["bypassed"] == 0 and stats["endpoints"] == {}

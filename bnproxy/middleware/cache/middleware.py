@@ -94,16 +94,11 @@ class Cache:
         self.stats = _Stats()
 
     # -- the middleware -------------------------------------------------------------
-    def _key(self, request: ProxyRequest) -> tuple | None:
-        """``cache_key``, memoised on everything it reads: the raw request
-        line parts and the headers that matter (privacy or variation)."""
-        return self._keyed(request)[0]
-
     def _keyed(self, request: ProxyRequest) -> tuple[tuple | None, bytes | None]:
-        """(``_key``, the first Accept-Encoding value): one pass over the headers."""
+        """(``cache_key``, memoised on everything it reads: the raw request
+        line parts and the headers that matter (privacy or variation); the
+        first Accept-Encoding value): one pass over the headers."""
         accept = None
-        if request.body or request.method != "GET":
-            return None, accept
         marked = []
         for k, v in request.headers:
             if k in KEY_HEADERS:
@@ -121,6 +116,8 @@ class Cache:
         return key, accept
 
     def handle(self, request: ProxyRequest, next: Callable) -> Answer:
+        if request.method != "GET" or request.body:
+            return next(request)  # never the cache's (an order, say): unmarked, uncounted
         key, accept = self._keyed(request)
         # counted per documented endpoint: bots may invent any number of paths
         endpoint = request.endpoint.path if request.endpoint is not None else "other"
