@@ -44,7 +44,7 @@ from twisted.web.resource import IResource
 from zope.interface import implementer
 
 from bnproxy.binance import streams as bs
-from bnproxy.binance.errors import UNKNOWN
+from bnproxy.binance.errors import TOO_MANY_REQUESTS, UNKNOWN
 from bnproxy.binance.marketdata import usdm_route
 from bnproxy.chain.addresses import normalise
 from bnproxy.chain.interfaces import IHealthReporter, IMetricsSource, IStreamHub
@@ -464,7 +464,7 @@ class GatewayResource:
                         for v in vs)
         client = self._resolve(peer, headers) if self._resolve is not None else normalise(peer)
         if not self.gateway.admits(client):
-            return self._refuse(request, 429, -1003, "bnproxy: too many websocket "
+            return self._refuse(request, 429, TOO_MANY_REQUESTS, "bnproxy: too many websocket "
                                 "connections from your address or in total")
         binance_path = path_s
         first = path_s[1:].partition("/")[0]
@@ -494,7 +494,7 @@ class GatewayResource:
         if channel is None or channel.transport is None or request.finished:
             return
         if not self.gateway.admits(client):  # filled up while the chain decided
-            self._refuse(request, 429, -1003, "bnproxy: too many websocket connections")
+            self._refuse(request, 429, TOO_MANY_REQUESTS, "bnproxy: too many websocket connections")
             return
         bot = self.gateway.build(parsed, client, channel.transport.getPeer())
         if bot is None:
