@@ -33,6 +33,7 @@ from bnproxy.verdict import BANNED, DEGRADED, NOT_READY, STATUSES, Since, Verdic
 
 PROBE_EVERY = 15.0
 RECENT = 300.0  # a market used within this many seconds is checked
+DOWN_AFTER = 2  # failed exchanges in a row that make a market unreachable
 
 
 @implementer(IMetricsSource)
@@ -79,9 +80,12 @@ class Readiness:
             as_deferred(self._handler(request)).addErrback(lambda f: None)
 
     def upstream_down(self, market: str) -> bool:
+        """The market's upstream failed ``DOWN_AFTER`` exchanges in a row (a
+        request or a probe; as a load balancer's health check does): one
+        failure alone, a connection the upstream was closing say, never
+        takes a healthy proxy out."""
         state = self._upstream.reachability.get(market)
-        return state is not None and state["error"] is not None and (
-            state["ok"] is None or state["error"] > state["ok"])
+        return state is not None and state.get("failures", 0) >= DOWN_AFTER
 
     def verdict(self) -> Verdict:
         """The one verdict (``bnproxy.verdict``), from every source here:

@@ -9,8 +9,9 @@ import time
 import urllib.request
 
 import pytest
-from helpers import Harness, RecordingUpstream, chain
+from helpers import FakeResponse, Harness, RecordingUpstream, chain
 from processes import TWISTD, free_port, post_json, wait_listening
+from twisted.internet.defer import succeed
 
 
 def test_metrics_are_admin_only_and_count_answers():
@@ -60,10 +61,31 @@ def test_an_unreachable_upstream_makes_the_proxy_not_ready():
     from test_forwarding import ScriptedAgent
     from twisted.internet.defer import fail
     from twisted.internet.error import ConnectionRefusedError
-    h = Harness(agent=ScriptedAgent(fail(ConnectionRefusedError())))
+    def ok():
+        return succeed(FakeResponse(200, {b"content-type": b"application/json"}, b"{}"))
+
+    h = Harness(agent=ScriptedAgent(ok, *[lambda: fail(ConnectionRefusedError())] * 4))
+    h.request("GET", "/api/v3/ping")  # reached once
     h.request("GET", "/api/v3/ping")
-    answer = h.request("GET", "/ready")
+    assert h.request("GET", "/ready").status == 200  # one failure is not an outage
+    h.request("GET", "/api/v3/ping")
+    answer = h.request("GET", "/ready")  # two in a row are
     assert answer.status == 503 and "upstream spot unreachable" in answer.json()["problems"][0]
+
+
+def test_a_failure_between_successes_never_makes_the_proxy_unready():
+    from test_forwarding import ScriptedAgent
+    from twisted.internet.defer import fail
+    from twisted.internet.error import ConnectionRefusedError
+
+    def ok():
+        return succeed(FakeResponse(200, {b"content-type": b"application/json"}, b"{}"))
+
+    h = Harness(agent=ScriptedAgent(ok, lambda: fail(ConnectionRefusedError()), ok,
+                                    lambda: fail(ConnectionRefusedError())))
+    for _ in range(4):
+        h.request("GET", "/api/v3/ping")
+        assert h.request("GET", "/ready").status == 200
 
 
 def _poll(condition, timeout: float, what: str) -> None:

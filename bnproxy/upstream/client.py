@@ -364,7 +364,7 @@ class Upstream:
         started = self._clock.seconds()
         deadline = started + self.deadlines.headers  # one deadline for every attempt
         state = self.reachability.setdefault(request.market, {"ok": None, "error": None,
-                                                              "reason": ""})
+                                                              "reason": "", "failures": 0})
         for attempt in (1, 2):
             expired: list[str] = []
             try:
@@ -393,9 +393,10 @@ class Upstream:
             if all(r.check(*_NOT_CONNECTED) for r in _reasons(failure)):  # a failed connect
                 self.connect_failures[request.market] += 1
             state["error"], state["reason"] = self._clock.seconds(), cause(failure)[:200]
+            state["failures"] = state.get("failures", 0) + 1  # in a row
             return self._failed(request, failure, expired[0] if expired else None)
         now = self._clock.seconds()
-        state["ok"] = now
+        state["ok"], state["failures"] = now, 0
         if self.observe is not None:
             self.observe(request.market, now - started)
         headers = response_headers(response.headers)
