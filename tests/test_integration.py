@@ -4,6 +4,7 @@ driven by the real ccxt client."""
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from processes import free_port, get_json, post_json, twistd
@@ -104,8 +105,16 @@ def test_unreachable_upstream_is_a_502_and_the_proxy_lives_on(stack, tmp_path):
             urllib.request.urlopen(f"http://127.0.0.1:{pport}/api/v3/ping", timeout=10)
         assert e.value.code == 502
         assert b'"code":-1001' in e.value.read()
-        # The proxy lives on and says why it cannot serve (/health agrees with /ready).
+        # The proxy lives on and says why it cannot serve (/health agrees with /ready):
+        # never reached, then unreachable once a second failure in a row (the
+        # confirming ping, a second later) stands.
         health = get_json(f"http://127.0.0.1:{pport}/health")
+        assert health["status"] == "not ready"
+        for _ in range(100):
+            health = get_json(f"http://127.0.0.1:{pport}/health")
+            if any(p.startswith("upstream spot unreachable") for p in health["problems"]):
+                break
+            time.sleep(0.1)
         assert health["status"] == "not ready"
         assert any(p.startswith("upstream spot unreachable") for p in health["problems"])
 

@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred
 
 from bnproxy.binance.endpoints import Endpoint, load_endpoints
 from bnproxy.binance.markets import build_markets
+from bnproxy.chain import messages
 from bnproxy.chain.messages import ProxyRequest, ProxyResponse
 from bnproxy.middleware.ratelimit.middleware import OPTIONS, build_ratelimit
 
@@ -62,6 +63,7 @@ def test_one_prediction_and_one_ledger_entry_per_request(tmp_path, monkeypatch):
     shared = Counting(clock)
     rl = limiter(tmp_path, clock, shared)
     predicted = []
+    monkeypatch.setattr(messages, "_WEIGHTS", {})  # nothing remembered from other tests
     weight = Endpoint.weight
     monkeypatch.setattr(Endpoint, "weight", lambda self, params: (
         predicted.append(1), weight(self, params))[1])
@@ -80,7 +82,7 @@ def test_one_prediction_and_one_ledger_entry_per_request(tmp_path, monkeypatch):
     assert [resolved(a).status for a in answers[4:]] == [200, 200]
     assert len(sent) == 6
     assert shared.added == [("10.0.0.5", 5, 1, 0)] * 6  # one entry each, none twice
-    assert len(predicted) == 6  # once per request
+    assert len(predicted) == 1  # six identical requests: predicted once, then remembered
 
 
 def test_a_refused_and_a_banned_request_are_one_entry_each(tmp_path):

@@ -58,6 +58,7 @@ from bnproxy.chain.interfaces import (
     IProblemReporter,
     IReadinessCheck,
     IStreamHub,
+    IWeightGovernor,
 )
 from bnproxy.chain.messages import INTERNAL, JSON, ProxyRequest, ProxyResponse
 from bnproxy.middleware.streams.egress import ban_reader, move_banned
@@ -124,7 +125,7 @@ class Streams(MultiService):
         self.accepted_keys: AcceptedKeys = AcceptedKeys() if keys is None else keys
         self.managers: dict[str, StreamManager] = {}
         self.refetch = Refetcher(context.reactor, context.chain, context.endpoints,
-                                 context.markets, lambda: context.lookup("ratelimit"),
+                                 context.markets, lambda: context.find(IWeightGovernor),
                                  share=settings.own_share)
         self.subscriptions = Subscriptions(context.reactor, self.managers,
                                            settings.new_streams_per_client)
@@ -146,7 +147,7 @@ class Streams(MultiService):
                                     egresses=tuple(getattr(context, "egresses", ()) or ()),
                                     silent_after=self._silent_after(market))
             manager.on_lost.append(self._lost_callback(market))
-            manager.egress_banned = ban_reader(market, lambda: context.lookup("ratelimit"))
+            manager.egress_banned = ban_reader(market, lambda: context.find(IWeightGovernor))
             manager.pace = pace
             manager.setServiceParent(self)
             self.managers[market] = manager
