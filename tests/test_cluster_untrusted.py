@@ -129,8 +129,8 @@ def test_validation_table():
         assert validate.ban_message(bad, now) is None, bad
     assert [validate.count(v) for v in ("12", b"7", 3, "-1", "1e3", "x", None, True,
                                         "9" * 16)] == [12, 7, 3] + [None] * 6
-    assert validate.ban_field("default|host:api.binance.com") == (
-        "default", "host:api.binance.com")
+    assert validate.ban_field("default|host:spot.upstream.test") == (
+        "default", "host:spot.upstream.test")
     assert validate.ban_field("nofield") is None and validate.ban_field(5) is None
 
 

@@ -6,6 +6,7 @@ request waits answers it. In virtual time, on an in-memory shared state."""
 from __future__ import annotations
 
 from types import SimpleNamespace
+from urllib.parse import urlsplit
 
 from memory_shared import MemorySharedState
 from twisted.internet import task
@@ -18,6 +19,8 @@ from bnproxy.chain.messages import ProxyRequest, ProxyResponse
 from bnproxy.middleware.ratelimit.middleware import OPTIONS, build_ratelimit
 
 DEPTH = "/api/v3/depth"  # limit=100: weight 5
+# The scope of a 418 on spot: its host, as the governor names it.
+SPOT_HOST = "host:" + urlsplit(build_markets()["spot"].rest_base or "").netloc
 
 
 class Counting(MemorySharedState):
@@ -116,7 +119,7 @@ def test_a_ban_heard_from_the_fleet_answers_the_waiting_requests(tmp_path):
     sent: list = []
     waiting = rl.handle(request(), lambda r: sent.append(r) or answer())
     assert isinstance(waiting, Deferred) and not waiting.called
-    shared.set_ban("default", "host:api.binance.com", clock.seconds() + 120, 418,
+    shared.set_ban("default", SPOT_HOST, clock.seconds() + 120, 418,
                    "strikes=1")  # another instance's 418
     got = resolved(waiting)
     assert got.status == 418 and b"was not sent" in got.body

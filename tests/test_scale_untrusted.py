@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from urllib.parse import urlsplit
 
 import pytest
 import pytest_twisted
@@ -32,7 +33,7 @@ async def test_garbage_in_redis_never_stops_a_ban_nor_a_start(tmp_path, redis_se
         cli(redis_server, "PUBLISH", "bnproxy:bans",
             message(now).replace(str(now), "1e999").replace('"default"', f'"{EGRESS}"'))
         cli(redis_server, "PUBLISH", "bnproxy:bans",
-            message(now + TEN_YEARS, scope="host:api.binance.com", egress=EGRESS))
+            message(now + TEN_YEARS, scope="host:" + urlsplit(exchange.rest("spot")).netloc, egress=EGRESS))
         cli(redis_server, "SET", f"bnproxy:w:{EGRESS}|spot|{int(now // 60)}", "-100000")
         for port in ports:
             assert (await get(port, DEPTH))[0] == 200  # not banned by any of it
