@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from twisted.internet.defer import Deferred
 
 from bnproxy.binance.marketdata import (
     DEPTH,
@@ -25,17 +24,16 @@ from bnproxy.binance.marketdata import (
     depth_stream,
     rest_path,
 )
-from bnproxy.chain.compose import Answer, as_deferred
+from bnproxy.chain.compose import Answer
 from bnproxy.chain.messages import JSON, ProxyRequest, ProxyResponse
 from bnproxy.middleware.streams.orderbook import LIVE, OrderBook
 from bnproxy.middleware.streams.responders import Tools, parse_int, stream_answer
 from bnproxy.middleware.streams.responders.exchangeinfo import ExchangeInfoResponder
+from bnproxy.middleware.streams.responders.waiting import Waiting, answered, go_on
 
 Key = tuple[str, str]  # (market, symbol)
-Waiter = tuple[int, ProxyRequest, Callable, Deferred, Any]  # limit, request, next, answer, timer
 
 FIRST_EVENT_WAIT = 2.0  # seconds a new book's snapshot waits for the stream's first event
-WAIT_DEADLINE = 8.0  # seconds a bot request waits for a snapshot before it goes on
 
 
 class DepthResponder:
@@ -45,7 +43,7 @@ class DepthResponder:
         self.books: dict[Key, OrderBook] = {}
         self.asked: dict[Key, int] = {}  # the largest limit bots asked
         self.snapshot_size: dict[Key, int] = {}  # levels of the book's last snapshot
-        self.waiting: dict[Key, list[Waiter]] = {}  # bot requests waiting for a snapshot
+        self.waiting = Waiting(tools.clock)  # bot requests waiting for a snapshot
         self._fetching: dict[Key, int] = {}  # the size of the snapshot in flight
         self._pending: dict[Key, tuple[Any, int]] = {}  # a snapshot taken before any event
         self._early: dict[Key, Any] = {}  # the timer of a new book's snapshot
@@ -77,7 +75,7 @@ class DepthResponder:
                 return next(request)
             self._early[key] = self.tools.clock.callLater(
                 FIRST_EVENT_WAIT, self._snapshot_now, key)
-            return self._wait(key, limit, request, next)
+            return self.waiting.wait(key, limit, request, next)
         self.tools.subscriptions.touch(market, depth_stream(symbol))
         if limit > self.asked.get(key, 0):
             self.asked[key] = limit
@@ -89,7 +87,7 @@ class DepthResponder:
             if self._size(key) > self.snapshot_size.get(key, 0):
                 book.mark_stale()  # grow: the next events resync it from a larger snapshot
         if book.state != LIVE and limit <= self._coming(key):
-            return self._wait(key, limit, request, next)
+            return self.waiting.wait(key, limit, request, next)
         return next(request)
 
     # -- bot requests waiting for a snapshot ----------------------------------------------
@@ -101,25 +99,9 @@ class DepthResponder:
             return self._size(key)
         return 0
 
-    def _wait(self, key: Key, limit: int, request: ProxyRequest, next: Callable) -> Deferred:
-        d: Deferred = Deferred()
-        timer = self.tools.clock.callLater(WAIT_DEADLINE, self._expire, key, d)
-        self.waiting.setdefault(key, []).append((limit, request, next, d, timer))
-        return d
-
-    def _expire(self, key: Key, d: Deferred) -> None:
-        waiters = self.waiting.get(key, [])
-        for i, w in enumerate(waiters):
-            if w[3] is d:
-                del waiters[i]
-                _go_on(w)
-                break
-        if not waiters:
-            self.waiting.pop(key, None)
-
     def _answer_waiters(self, key: Key, snap: Any, size: int) -> None:
         """Answer every waiting request the snapshot covers; the rest go on."""
-        waiters = self.waiting.pop(key, [])
+        waiters = self.waiting.pop(key)
         if not waiters:
             return
         view = None
@@ -133,11 +115,9 @@ class DepthResponder:
         for waiter in waiters:
             body = view.response(waiter[0]) if view is not None else None
             if body is None:
-                _go_on(waiter)
+                go_on(waiter)
             else:
-                if waiter[4].active():
-                    waiter[4].cancel()
-                waiter[3].callback(ProxyResponse(200, (JSON,), body, "stream", "snapshot"))
+                answered(waiter, ProxyResponse(200, (JSON,), body, "stream", "snapshot"))
 
     def _size(self, key: Key) -> int:
         market = key[0]
@@ -166,8 +146,8 @@ class DepthResponder:
         if timer is not None and timer.active():
             timer.cancel()
         self._pending.pop(key, None)
-        for waiter in self.waiting.pop(key, []):
-            _go_on(waiter)
+        for waiter in self.waiting.pop(key):
+            go_on(waiter)
 
     def _on_depth(self, key: Key, book: OrderBook, data: Any) -> None:
         book.on_event(data, self.tools.now_ms())
@@ -254,12 +234,3 @@ class DepthResponder:
             self.snapshot_size.pop(key, None)
             self._forget_waits(key)
             self.tools.refetch.forget(("depth", *key))
-
-
-def _go_on(waiter: Waiter) -> None:
-    """The waiting request goes on down the chain, as if it had not waited."""
-    _, request, next, d, timer = waiter
-    if timer is not None and timer.active():
-        timer.cancel()
-    if not d.called:
-        as_deferred(next(request)).chainDeferred(d)

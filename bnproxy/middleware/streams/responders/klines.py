@@ -26,17 +26,16 @@ from bnproxy.binance.marketdata import (
     kline_stream,
     rest_path,
 )
-from bnproxy.chain.compose import Answer, as_deferred, then
+from bnproxy.chain.compose import Answer, then
 from bnproxy.chain.messages import ProxyRequest, ProxyResponse
 from bnproxy.middleware.streams.klines import KlineSeries
 from bnproxy.middleware.streams.responders import Tools, parse_int, stream_answer
 from bnproxy.middleware.streams.responders.exchangeinfo import ExchangeInfoResponder
+from bnproxy.middleware.streams.responders.waiting import Waiting, answered, go_on
 
 Key = tuple[str, str, str]  # (market, symbol, interval)
 Asked = tuple[int | None, int | None, int]  # startTime, endTime, limit
-Waiter = tuple[Asked, ProxyRequest, Callable, Deferred, Any]  # …, next, answer, timer
 _BAD_PAGE = (orjson.JSONDecodeError, IndexError, KeyError, TypeError)
-WAIT_DEADLINE = 8.0  # seconds a bot request waits for a series' seed before it goes on
 
 
 class KlinesResponder:
@@ -45,7 +44,7 @@ class KlinesResponder:
         self.info = info
         self.series: dict[Key, KlineSeries] = {}
         self._answer_due: set[Key] = set()  # new series whose bot answer has not come yet
-        self.waiting: dict[Key, list[Waiter]] = {}  # bot requests waiting for a seed
+        self.waiting = Waiting(tools.clock)  # bot requests waiting for a seed
 
     def handle(self, request: ProxyRequest, p: dict[str, str], next: Callable) -> Answer:
         market = request.market
@@ -88,39 +87,21 @@ class KlinesResponder:
                 return self._grow(request, key, series, page, (start, end, limit), next)
         if not series.ready and (key in self._answer_due
                                  or self.tools.refetch.busy(self._job(key))):
-            return self._wait(key, (start, end, limit), request, next)
+            return self.waiting.wait(key, (start, end, limit), request, next)
         return then(next(request), self._seed_from, key, series)
 
     # -- bot requests waiting for a seed ----------------------------------------------------
-    def _wait(self, key: Key, asked: Asked, request: ProxyRequest, next: Callable) -> Deferred:
-        d: Deferred = Deferred()
-        timer = self.tools.clock.callLater(WAIT_DEADLINE, self._expire, key, d)
-        self.waiting.setdefault(key, []).append((asked, request, next, d, timer))
-        return d
-
-    def _expire(self, key: Key, d: Deferred) -> None:
-        waiters = self.waiting.get(key, [])
-        for i, w in enumerate(waiters):
-            if w[3] is d:
-                del waiters[i]
-                _go_on(w)
-                break
-        if not waiters:
-            self.waiting.pop(key, None)
-
     def _seeded(self, key: Key, series: KlineSeries) -> None:
         """A seed attempt ended: answer the waiting requests the series
         covers now; the others go on."""
-        waiters = self.waiting.pop(key, [])
+        waiters = self.waiting.pop(key)
         for waiter in waiters:
             span = series.covers(*waiter[0]) if (
                 series.ready and self.series.get(key) is series) else None
             if span is None:
-                _go_on(waiter)
+                go_on(waiter)
             else:
-                if waiter[4].active():
-                    waiter[4].cancel()
-                waiter[3].callback(stream_answer(series.response(span)))
+                answered(waiter, stream_answer(series.response(span)))
 
     def _fresh(self, key: Key) -> bool:
         market, symbol, interval = key
@@ -251,14 +232,5 @@ class KlinesResponder:
                     and k[2] == kind[len("kline_"):]]:
             del self.series[key]
             self.tools.refetch.forget(self._job(key))
-            for waiter in self.waiting.pop(key, []):
-                _go_on(waiter)
-
-
-def _go_on(waiter: Waiter) -> None:
-    """The waiting request goes on down the chain, as if it had not waited."""
-    _, request, next, d, timer = waiter
-    if timer is not None and timer.active():
-        timer.cancel()
-    if not d.called:
-        as_deferred(next(request)).chainDeferred(d)
+            for waiter in self.waiting.pop(key):
+                go_on(waiter)
