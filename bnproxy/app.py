@@ -147,7 +147,10 @@ def build_proxy(config: ProxyConfig, reactor: Any, agent: Any = None) -> Proxy:
 
     dashboard = DashboardFeed(reactor, lambda: middlewares, metrics, endpoints,
                               verdict=lambda: readiness.verdict(),
-                              state_file=os.path.join(config.state_dir, "bnproxy-dashboard.json"))
+                              # the offline demo's exchange is new at each start: no
+                              # history kept, nothing left in the working directory
+                              state_file=None if config.simulated_exchange else
+                              os.path.join(config.state_dir, "bnproxy-dashboard.json"))
     forward = ForwardingResource(handler, markets, endpoints, reactor, resolver,
                                  dashboard.observer(metrics.answered))
     readiness = Readiness(reactor, markets, upstream, handler, endpoints,
