@@ -149,3 +149,30 @@ async def test_the_resync_counts_each_grant_once(redis_server, outage, reported)
 
 def test_fast_settings_are_the_clusters():
     assert FAST["heartbeat_interval"] < 1  # the resync runs on the heartbeat tick
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_counter_reseeded_from_a_lagging_view_grants_no_more_than_a_fair_share(
+        redis_server):
+    a, b = await started(redis_server), await started(redis_server)
+    try:
+        await wait_until(lambda: a.live_instances() == b.live_instances() == 2, "2 live")
+        await inside_one_minute()
+        w = window_now()
+        assert await a.reserve("default", "spot", 10, 100, w)  # a's view: 10
+        assert await b.reserve("default", "spot", 40, 100, w)  # the fleet's use: 50
+        redis_server.stop()  # its data gone when it comes back
+        await wait_until(lambda: a.status == b.status == "degraded", "degraded")
+        redis_server.start()
+        await wait_until(lambda: a.status == b.status == "ok", "ok again")
+        assert a.live_instances() == 2  # the heartbeats Redis lost do not halve the fleet
+        # a calls first: its view (10) lags b's grant; it gets its fair share, not 90
+        assert not await a.reserve("default", "spot", 41, 100, w)
+        assert await a.reserve("default", "spot", 40, 100, w)
+        await b.reconcile("default", "spot", w, 0)  # b's view and its own use
+        assert not await b.reserve("default", "spot", 11, 100, w)
+        assert await b.reserve("default", "spot", 10, 100, w)
+        assert await a.used("default", "spot", w) == 100  # 10 + 40 + 40 + 10
+    finally:
+        await a.stop()
+        await b.stop()

@@ -67,6 +67,12 @@ class Fallback:
         self.saw(egress, pool, window, used)
         return used
 
+    def mine(self, egress: str, pool: str, window: int) -> int:
+        """What this instance was granted of the window (through Redis or
+        locally): with the others', a floor of the fleet's use."""
+        w, u = self.own.get((egress, pool), (None, 0))
+        return u if w == window else 0
+
     def granted(self, egress: str, pool: str, window: int, weight: int) -> None:
         """This instance spent ``weight`` in the window (Redis said yes)."""
         w, u = self.own.get((egress, pool), (None, 0))
@@ -145,6 +151,12 @@ class Budget:
         return [epoch, granted, max(seen, int(reported)),
                 f"{self.instance_id}:{next(self._epochs)}"]
 
+    def _own_args(self, egress: str, pool: str, window: int, sending: int = 0) -> list:
+        """This instance's id and its own use of the window, for the window
+        scripts (a lost counter's floor and its fair shares); ``sending``: a
+        weight granted here that the call itself adds, not counted twice."""
+        return [self.instance_id, max(0, self.fallback.mine(egress, pool, window) - sending)]
+
     def reserve(self, egress: str, pool: str, weight: int, budget: int,
                 window_start: int) -> Deferred:
         window = int(window_start)
@@ -192,7 +204,10 @@ class Budget:
         key = self.keys.window(egress, pool, window)
         raw = defer.maybeDeferred(self._conn.evalsha, proto, "reserve", [key],
                                   [int(weight), int(budget), self._window_ttl_ms,
-                                   *self._window_args(egress, pool, window)])
+                                   *self._window_args(egress, pool, window),
+                                   *self._own_args(egress, pool, window,
+                                                   weight if decided[0] else 0),
+                                   max(1, int(self._live()))])
 
         def learn(result):
             taken = isinstance(result, list) and bool(result) and result[0] == 1
@@ -213,7 +228,7 @@ class Budget:
     def _release(self, key: str, weight: int, epoch: object) -> None:
         if not isinstance(epoch, str) or self._conn.proto is None:
             return
-        self._conn.script("release", [key], [int(weight), epoch],
+        self._conn.script("release", [key], [int(weight), epoch, self.instance_id],
                           self._conn.background_deadline).addErrback(lambda f: None)
 
     def reconcile(self, egress: str, pool: str, window_start: int, used: int) -> Deferred:
@@ -229,7 +244,8 @@ class Budget:
 
         return self._conn.script("reconcile", [self.keys.window(egress, pool, window)],
                                  [self._window_ttl_ms,
-                                  *self._window_args(egress, pool, window, int(used)), 0],
+                                  *self._window_args(egress, pool, window, int(used)),
+                                  *self._own_args(egress, pool, window), 0],
                                  self._conn.deadline).addCallbacks(
             lambda reply: (self.fallback.learn(egress, pool, window, reply), None)[1],
             failed)
@@ -263,7 +279,8 @@ class Budget:
             reply = await self._conn.script(
                 "reconcile", [self.keys.window(egress, pool, window)],
                 [self._window_ttl_ms,
-                 *self._window_args(egress, pool, window, reported), unsent],
+                 *self._window_args(egress, pool, window, reported),
+                 *self._own_args(egress, pool, window), unsent],
                 self._conn.background_deadline)
             self.fallback.learn(egress, pool, window, reply)
             entry[4] -= unsent

@@ -53,10 +53,13 @@ script execution is the one point of atomicity). A reservation whose reply
 missed the deadline is decided locally; when its late answer comes, a weight
 Redis counted for a request refused here is released, one granted here that
 Redis refused is written back. A counter Redis lost (restarted empty) is
-re-seeded by each instance's next call from what it had seen; grants decided
-before the instance that had seen the most has called are checked against a
-lower count (at most what the fleet granted since the others' last views) but
-are counted all the same.
+re-seeded by each instance's next call from what it had seen and from its own
+use of the window (their sum is the fleet's use once all have called); until
+as many instances as the caller counts live have called, it grants each no
+more than ``budget / live`` in all, its own use counted, so a view that lags
+what the others were granted cannot let the fleet pass the budget (a balanced
+fleet, as in degraded mode). The live count does not drop on a heartbeat set
+Redis lost: a lower count is believed once it has lasted ``heartbeat_ttl``.
 Windows are decided by each instance's clock: with a skew of ``s`` seconds
 between hosts, requests in the ``s`` seconds around a minute boundary can be
 counted in the neighbouring window, so Binance's minute may see the budget
@@ -149,7 +152,7 @@ class RedisSharedState(Service):
             on_message=lambda raw: self._bans.message(raw), on_ready=self._maybe_resync,
             live=self.live_instances)
         self._heartbeats = Heartbeats(self.conn, self.keys, self.instance_id, heartbeat_ttl,
-                                      min_instances)
+                                      min_instances, reactor)
         self._budget = Budget(self.conn, self.keys, self.instance_id,
                               int(window * 2 * 1000), self.live_instances)
         self._bans = Bans(reactor, self.conn, self.keys, self.instance_id, rejected)

@@ -23,6 +23,17 @@ the window (its epoch, its ``b + a`` and ``r``): when the epoch differs, the
 counter was lost since, and the view raises the base: a restarted Redis is
 re-seeded from what instances know, and what is granted after the restart
 adds to it.
+
+A view is one instance's, and lags what the others were granted since its
+last reply: a re-seeded base is a floor, not the fleet's use. So each call
+also carries the caller's id and its own use of the window (what it was
+granted, through Redis or locally), kept as ``o:ID``; in a counter that was
+lost, the fleet's use is at least their sum, exact once every instance has
+called. A counter re-seeded
+from a view (``l`` set: it was lost) grants a caller no more than
+``budget / live`` in all (its own use counted) until as many instances as
+the caller counts live have called: what each grants then stays within its
+fair share, whatever the others had been granted.
 """
 
 from __future__ import annotations
@@ -34,56 +45,89 @@ local function count(v)
   if n == nil or n ~= n or n < 0 or n >= 1e15 then return nil end
   return math.floor(n)
 end
-local function load(key, view_e, view_g, view_r, new_e)
+local function load(key, view_e, view_g, view_r, new_e, id, own)
   local t = redis.call('TYPE', key)['ok']
   if t ~= 'hash' and t ~= 'none' then redis.call('DEL', key) end
-  local v = redis.call('HMGET', key, 'b', 'a', 'r', 'e')
-  local b, a, r, e = count(v[1]), count(v[2]), count(v[3]), v[4]
+  local v = redis.call('HMGET', key, 'b', 'a', 'r', 'e', 'l')
+  local b, a, r, e, l = count(v[1]), count(v[2]), count(v[3]), v[4], v[5] == '1'
   if type(e) ~= 'string' or #e == 0 or #e > 100 or b == nil or a == nil then
-    b, a, e = 0, 0, new_e  -- new, lost or tampered with: a new count
+    b, a, e, l = 0, 0, new_e, false  -- new, lost or tampered with: a new count
   end
   if r == nil then r = 0 end
   if view_e ~= e then b = math.max(b, count(view_g) or 0) end
+  if #view_e > 0 and view_e ~= e then l = true end  -- re-seeded from a view
   r = math.max(r, count(view_r) or 0)
-  return b, a, r, e
+  -- the instances' own uses: their sum is a floor of the fleet's use
+  local others, callers, mine = 0, 0, count(own) or 0
+  local all = redis.call('HGETALL', key)
+  for i = 1, math.min(#all, 2000), 2 do
+    local f = all[i]
+    if string.sub(f, 1, 2) == 'o:' then
+      local n = count(all[i + 1])
+      if n ~= nil then
+        if f == 'o:' .. id then mine = math.max(mine, n)
+        else others, callers = others + n, callers + 1 end
+      end
+    end
+  end
+  return b, a, r, e, l, mine, others, callers + 1
 end
-local function save(key, b, a, r, e, ttl)
-  redis.call('HSET', key, 'b', b, 'a', a, 'r', r, 'e', e)
+local function save(key, b, a, r, e, ttl, l, id, mine)
+  redis.call('HSET', key, 'b', b, 'a', a, 'r', r, 'e', e, 'l', l and '1' or '0',
+             'o:' .. id, mine)
   redis.call('PEXPIRE', key, ttl)
 end
 """
 
 # KEYS[1] window; ARGV weight, budget, ttl ms, view epoch, view count,
-# view reported, new epoch -> {taken 0/1, b + a, r, epoch}
+# view reported, new epoch, caller's id, its own use, live instances
+# -> {taken 0/1, fleet count, r, epoch}
 RESERVE = _WINDOW + """
-local b, a, r, e = load(KEYS[1], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
-local weight = tonumber(ARGV[1])
-if math.max(b + a, r) + weight > tonumber(ARGV[2]) then
-  save(KEYS[1], b, a, r, e, ARGV[3])
-  return {0, b + a, r, e}
+local b, a, r, e, l, mine, others, callers = load(KEYS[1], ARGV[4], ARGV[5], ARGV[6],
+                                                  ARGV[7], ARGV[8], ARGV[9])
+local weight, budget = tonumber(ARGV[1]), tonumber(ARGV[2])
+local used = b + a
+if l then used = math.max(used, mine + others) end
+local fits = math.max(used, r) + weight <= budget
+if fits and l and callers < (tonumber(ARGV[10]) or 1) then
+  fits = mine + weight <= math.floor(budget / math.max(1, tonumber(ARGV[10]) or 1))
+end
+if not fits then
+  save(KEYS[1], b, a, r, e, ARGV[3], l, ARGV[8], mine)
+  return {0, used, r, e}
 end
 a = a + weight
-save(KEYS[1], b, a, r, e, ARGV[3])
+mine = mine + weight
+save(KEYS[1], b, a, r, e, ARGV[3], l, ARGV[8], mine)
+if l then return {1, math.max(b + a, mine + others), r, e} end
 return {1, b + a, r, e}
 """
 
 # KEYS[1] window; ARGV ttl ms, view epoch, view count, reported, new epoch,
-# added -> {b + a, r, epoch}. ``added``: weight granted while Redis was away.
+# caller's id, its own use, added -> {fleet count, r, epoch}. ``added``:
+# weight granted while Redis was away.
 RECONCILE = _WINDOW + """
-local b, a, r, e = load(KEYS[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
-a = a + (count(ARGV[6]) or 0)
-save(KEYS[1], b, a, r, e, ARGV[1])
+local b, a, r, e, l, mine, others = load(KEYS[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5],
+                                         ARGV[6], ARGV[7])
+a = a + (count(ARGV[8]) or 0)
+save(KEYS[1], b, a, r, e, ARGV[1], l, ARGV[6], mine)
+if l then return {math.max(b + a, mine + others), r, e} end
 return {b + a, r, e}
 """
 
-# KEYS[1] window; ARGV weight, epoch -> 1 if the weight was taken back (a
-# reservation Redis counted after the caller had been answered "no" locally)
+# KEYS[1] window; ARGV weight, epoch, caller's id -> 1 if the weight was
+# taken back (a reservation Redis counted after the caller had been answered
+# "no" locally)
 RELEASE = """
 if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then return 0 end
 if redis.call('HGET', KEYS[1], 'e') ~= ARGV[2] then return 0 end
 local a = tonumber(redis.call('HGET', KEYS[1], 'a'))
 if a == nil or a ~= a or a < 0 then return 0 end
 redis.call('HSET', KEYS[1], 'a', math.max(0, math.floor(a - tonumber(ARGV[1]))))
+local o = tonumber(redis.call('HGET', KEYS[1], 'o:' .. ARGV[3]))
+if o ~= nil and o == o and o >= 0 then
+  redis.call('HSET', KEYS[1], 'o:' .. ARGV[3], math.max(0, math.floor(o - tonumber(ARGV[1]))))
+end
 return 1
 """
 
@@ -95,10 +139,16 @@ local function count(v)
   return math.floor(n)
 end
 if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then return {0, 0, ''} end
-local v = redis.call('HMGET', KEYS[1], 'b', 'a', 'r', 'e')
+local v = redis.call('HMGET', KEYS[1], 'b', 'a', 'r', 'e', 'l')
 local b, a, e = count(v[1]), count(v[2]), v[4]
 if type(e) ~= 'string' or b == nil or a == nil then return {0, count(v[3]) or 0, ''} end
-return {b + a, count(v[3]) or 0, e}
+local g = b + a
+if v[5] ~= '1' then return {g, count(v[3]) or 0, e} end
+local all, own = redis.call('HGETALL', KEYS[1]), 0
+for i = 1, math.min(#all, 2000), 2 do
+  if string.sub(all[i], 1, 2) == 'o:' then own = own + (count(all[i + 1]) or 0) end
+end
+return {math.max(g, own), count(v[3]) or 0, e}
 """
 
 # KEYS[1] bans hash; ARGV field, until, value json, channel, message, now,
