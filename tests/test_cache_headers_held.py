@@ -56,3 +56,20 @@ def test_coalesced_answers_are_hits_of_age_zero():
     assert answers[0].header(b"x-cache") == b"MISS" and answers[0].header(b"age") is None
     assert answers[1].header(b"x-cache") == b"HIT" and answers[1].header(b"age") == b"0"
     assert answers[1].detail == "coalesced"
+
+
+@pytest.mark.parametrize("header", [(b"set-cookie", b"session=bot-a"),
+                                    (b"cache-control", b"private"),
+                                    (b"cache-control", b"no-store")])
+def test_an_exchange_info_meant_for_one_bot_is_not_held_for_the_others(tmp_path, header):
+    def respond(request, seen):
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(*header)
+        return b'{"timezone":"UTC","symbols":[]}'
+
+    upstream = RecordingUpstream(respond)
+    h = Harness(upstream, middleware=chain("streams"), state_dir=tmp_path)
+    h.request("GET", INFO)
+    second = h.request("GET", INFO)
+    assert second.header(b"x-bnproxy-source") == b"upstream"  # asked again, not held
+    assert [h.path_of(s) for s in upstream.seen].count(INFO) == 2

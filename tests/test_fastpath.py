@@ -223,6 +223,28 @@ def test_a_bot_gone_while_its_forward_is_in_flight_cancels_it():
     assert transport.value() == b""
 
 
+def test_a_client_sending_ahead_while_its_answer_waits_is_bounded():
+    """What a pipelining client sends while its forward is in flight is kept
+    for after, up to one largest request; past that the connection ends."""
+    from bnproxy.testing.harness import controlled_agent
+
+    agent = controlled_agent()
+    h = Harness(agent=agent)
+    protocol = h.service.site.buildProtocol(PEER)
+    transport = StringTransport(peerAddress=PEER)
+    protocol.makeConnection(transport)
+    protocol.dataReceived(get(b"/api/v3/time"))
+    assert len(agent.pending) == 1  # the answer waits on the upstream
+    bound = protocol.limits.max_body + protocol.totalHeadersSize
+    chunk = get(b"/api/v3/ping") * 64
+    sent = 0
+    while not transport.disconnecting and sent <= bound + len(chunk):
+        protocol.dataReceived(chunk)
+        sent += len(chunk)
+    assert transport.disconnecting and sent <= bound + len(chunk)
+    assert protocol._held == b""  # nothing kept
+
+
 BASES = [get(b"/api/v3/depth?symbol=BTCUSDT&limit=5", b"User-Agent: ccxt", b"Accept: */*"),
          get(b"/api/v3/time", b"X-MBX-APIKEY: " + API_KEY, method=b"HEAD"),
          get(b"/fapi/v1/klines?symbol=BTCUSDT&interval=1m", b"Connection: keep-alive")]

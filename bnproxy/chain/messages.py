@@ -150,3 +150,14 @@ def local_error(status: int, code: int, msg: str, headers: HeaderPairs = (),
     return ProxyResponse(status, (JSON, *headers), error_body(code, msg), "local",
                          detail or str(status))
 
+
+def shareable(response: ProxyResponse) -> bool:
+    """Whether an answer may be kept and given to other bots (the cache, a
+    held exchangeInfo): a 200 with no cookie, not marked ``private`` or
+    ``no-store``, not ``Vary: *``."""
+    if response.status != 200 or response.header(b"set-cookie") is not None:
+        return False
+    cc = (response.header(b"cache-control") or b"").lower()
+    if b"private" in cc or b"no-store" in cc:
+        return False
+    return (response.header(b"vary") or b"").strip() != b"*"

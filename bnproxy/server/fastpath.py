@@ -224,6 +224,13 @@ class FastChannel(HardenedChannel):
     def dataReceived(self, data: bytes) -> None:
         if self._pending is not None:  # an answer on its way: keep the rest for after
             self._held += data
+            # bounded: what a pipelining client may send ahead is one largest
+            # request (head and body); more is refused as twisted.web would
+            if len(self._held) > self.limits.max_body + self.totalHeadersSize:
+                _log.info("fast path: {peer} sent over a request ahead; closed",
+                          peer=self.peer)
+                self._held = b""
+                self.transport.abortConnection()
             return
         if not (self.fast and self._between_requests()):
             return _base_data(self, data)
@@ -317,7 +324,8 @@ class FastChannel(HardenedChannel):
         try:
             forward.render(request)
         except Exception:
-            _log.failure("fast path: answering {uri}", uri=head.url)
+            # the path only: a signed query or a listenKey never reaches the log
+            _log.failure("fast path: answering {path}", path=head.url.split(b"?", 1)[0])
             self._pending = None
             self.transport.abortConnection()
             return False

@@ -9,7 +9,7 @@ from collections import OrderedDict
 import attrs
 
 from bnproxy.binance.limits import USAGE_HEADER_PREFIXES
-from bnproxy.chain.messages import ProxyResponse, header_value, without_headers
+from bnproxy.chain.messages import ProxyResponse, header_value, shareable, without_headers
 
 
 @attrs.define
@@ -38,14 +38,7 @@ class Entry:
 
 
 def storable(response: ProxyResponse) -> bool:
-    if response.status != 200 or response.source != "upstream":
-        return False
-    if response.header(b"set-cookie") is not None:
-        return False
-    cc = (response.header(b"cache-control") or b"").lower()
-    if b"private" in cc or b"no-store" in cc:
-        return False
-    return (response.header(b"vary") or b"").strip() != b"*"
+    return response.source == "upstream" and shareable(response)
 
 
 def stored_copy(response: ProxyResponse) -> ProxyResponse:

@@ -14,18 +14,19 @@ from twisted.internet.defer import Deferred, succeed
 from bnproxy.binance.limits import USAGE_HEADER_PREFIXES
 from bnproxy.binance.marketdata import EXCHANGE_INFO, rest_path
 from bnproxy.chain.compose import Answer, then
-from bnproxy.chain.messages import ProxyRequest, ProxyResponse
+from bnproxy.chain.messages import ProxyRequest, ProxyResponse, shareable
 from bnproxy.middleware.streams.responders import Tools
 
 InfoKey = tuple[str, str, bytes]  # (market, path, query)
 Held = tuple[ProxyResponse, float, float]  # (answer, last ask, when Binance gave it)
 _OWN = (b"x-cache", b"age")  # set when served: what the cache said then is not true now
+_PERSONAL = (b"set-cookie",)
 
 
 def _held(response: ProxyResponse) -> ProxyResponse:
     return attrs.evolve(response, weight=0, headers=tuple(
         (k, v) for k, v in response.headers
-        if not k.startswith(USAGE_HEADER_PREFIXES) and k not in _OWN))
+        if not k.startswith(USAGE_HEADER_PREFIXES) and k not in _OWN and k not in _PERSONAL))
 
 
 def _served(held: Held, now: float) -> ProxyResponse:
@@ -59,7 +60,7 @@ class ExchangeInfoResponder:
             return _served(held, now)
 
         def keep(response: ProxyResponse) -> ProxyResponse:
-            if response.status == 200:
+            if shareable(response):  # kept for every bot: nothing personal or private
                 now = self.tools.clock.seconds()
                 self.held[key] = (_held(response), now, now - _age(response))
                 if not params:
@@ -81,7 +82,7 @@ class ExchangeInfoResponder:
                 d.addCallback(self._refreshed, key)
 
     def _refreshed(self, response: ProxyResponse | None, key: InfoKey) -> None:
-        if response is None or response.status != 200 or key not in self.held:
+        if response is None or not shareable(response) or key not in self.held:
             return
         now = self.tools.clock.seconds()
         self.held[key] = (_held(response), self.held[key][1], now - _age(response))
@@ -115,6 +116,7 @@ class ExchangeInfoResponder:
     def _fetched(self, response: ProxyResponse | None, market: str, path: str) -> None:
         if response is not None and response.status == 200:
             self._learn(market, response.body)
+        if response is not None and shareable(response):
             # Held, but refreshed only once a bot asks for it.
             now = self.tools.clock.seconds()
             self.held.setdefault((market, path, b""), (_held(response), float("-inf"),
