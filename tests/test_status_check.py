@@ -292,3 +292,11 @@ def test_clean_escapes_every_control_character():
     assert status_tool.clean("a\x00b\x1b[31m\x7f\x85\u202ec\td") == \
         "a\\x00b\\x1b[31m\\x7f\\x85\\u202ec\\td"
     assert status_tool.clean("x" * 500, 10) == "x" * 10 + "…"
+
+
+def test_a_password_in_the_url_is_never_printed(capsys):
+    from bnproxy.tools.status import shown
+
+    assert shown("http://ops:s3cret@127.0.0.1:8080/dashboard") == \
+        "http://127.0.0.1:8080/dashboard"
+    assert shown("http://127.0.0.1:8080") == "http://127.0.0.1:8080"

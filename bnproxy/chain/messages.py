@@ -91,8 +91,9 @@ class ProxyRequest:
     def weight(self) -> int:
         """The request weight Binance charges for it (the endpoint's rule on
         its parameters; 1 for a path Binance does not document), computed
-        once per request, and remembered per (endpoint, raw query) across
-        requests (no query parsing for a query seen before). Binance reads a
+        once per request, and for a public endpoint remembered per
+        (endpoint, raw query) across requests (no query parsing for a query
+        seen before). Binance reads a
         parameter from the query string or from a form body (the query's
         wins when both send it), so a ``computeCommissionRates`` or
         ``symbol`` in a POST body counts."""
@@ -104,6 +105,8 @@ class ProxyRequest:
             for k, v in parse_qsl(self.body.decode("latin-1"), keep_blank_values=True):
                 params.setdefault(k, v)
             return endpoint.weight(params)
+        if not endpoint.public:  # signed queries are each new, and hold secrets: not kept
+            return endpoint.weight(self.params)
         key = (id(endpoint), self.query)
         known = _WEIGHTS.get(key)
         if known is not None and known[0] is endpoint:

@@ -337,6 +337,14 @@ def render(state: dict[str, Any], out: TextIO, bots: int = 10) -> None:
                       f"{clean(e.get('source'), 20)} {clean(e.get('msg', ''))}\n")
 
 
+def shown(url: str) -> str:
+    """``url`` as printed: without a ``user:password@`` part."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return clean(url)
+    return clean(urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])))
+
+
 def check(args: argparse.Namespace, out: TextIO) -> int:
     """One read and print; the exit code."""
     try:
@@ -348,14 +356,14 @@ def check(args: argparse.Namespace, out: TextIO) -> int:
         else:
             render(state, text, args.bots)
     except UnreadableError as e:
-        print(f"bnproxy status: CRITICAL: cannot read {clean(args.url)}: {e}", file=sys.stderr)
+        print(f"bnproxy status: CRITICAL: cannot read {shown(args.url)}: {e}", file=sys.stderr)
         return CRITICAL
     except MalformedError as e:
-        print(f"bnproxy status: UNKNOWN: {clean(args.url)} sent {e}", file=sys.stderr)
+        print(f"bnproxy status: UNKNOWN: {shown(args.url)} sent {e}", file=sys.stderr)
         return UNKNOWN
     except (TypeError, ValueError, KeyError, AttributeError, RecursionError,
             OverflowError) as e:
-        print(f"bnproxy status: UNKNOWN: {clean(args.url)} sent a malformed state document "
+        print(f"bnproxy status: UNKNOWN: {shown(args.url)} sent a malformed state document "
               f"({type(e).__name__})", file=sys.stderr)
         return UNKNOWN
     out.write(text.getvalue())
