@@ -137,3 +137,15 @@ def test_a_stream_waiting_for_exchange_info_is_placed_once_it_can_be_fetched(rig
     rig.sleep(60)
     assert upstream_subscribers(rig, "spot", "btcusdt@aggTrade") == 1
     assert bot.data_frames()
+
+
+def test_a_malformed_name_in_a_bots_url_never_joins_the_shared_subscription(rig):
+    """A URL's names are taken as given (ccxt opens /ws/0), but one Binance
+    would refuse is never subscribed upstream beside other bots' streams."""
+    odd = rig.via_proxy("/ws/btcusdt@trade%20x/0")
+    good = rig.via_proxy("/ws/btcusdt@trade")
+    rig.until(lambda: good.data_frames(), 60)
+    hub = rig.exchange.hubs["spot"]
+    assert upstream_subscribers(rig, "spot", "btcusdt@trade") == 1
+    assert not any(" " in name or name == "0" for name in hub.subs)
+    assert odd.frames == [] or not odd.data_frames()

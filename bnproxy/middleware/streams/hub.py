@@ -17,7 +17,7 @@ from typing import Any
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from bnproxy.binance.streams import symbol_of
+from bnproxy.binance.streams import symbol_of, valid_stream
 from bnproxy.chain.interfaces import IStreamHub
 from bnproxy.middleware.streams.manager import StreamManager
 from bnproxy.middleware.streams.subscriptions import Subscriptions
@@ -144,6 +144,11 @@ class Hub:
         market, stream = key
         manager = self.managers[market]
         if stream in manager.placed:
+            return
+        if not valid_stream(stream):
+            # a URL's names are taken as given (Binance sends nothing for a bad
+            # one): never in a SUBSCRIBE shared with other bots' streams, where
+            # Binance's error for it would refuse theirs too
             return
         symbol = symbol_of(stream)
         if symbol is not None:
