@@ -482,6 +482,8 @@ class GatewayResource:
 
     def _failed(self, f: Failure, request: server.Request) -> None:
         _log.failure("websocket upgrade failed", f)
+        if request.finished or request.channel is None or request.channel.transport is None:
+            return  # the bot is gone: nobody to tell
         write_response(request, local_error(500, UNKNOWN, "bnproxy: internal error"))
 
     def _answered(self, answer: ProxyResponse, request: server.Request,
