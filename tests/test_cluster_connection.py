@@ -58,3 +58,34 @@ def test_importing_the_shared_state_leaves_the_global_reactor_alone():
             "assert 'twisted.internet.reactor' not in sys.modules; "
             "assert 'txredisapi' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_redis_that_stops_answering_is_left_and_reconnected(redis_server, monkeypatch):
+    """Every wait on Redis has a deadline: a command connection whose reply
+    is later than the reply timeout is dropped (replies never pile up on a
+    stopped Redis), and a new one is made once Redis answers again."""
+    from bnproxy.cluster import connection
+
+    monkeypatch.setattr(connection, "REPLY_TIMEOUT", 0.5)
+    state = RedisSharedState(_reactor(), redis_server.url, **{**FAST, "connect_timeout": 0.5})
+    await state.start()
+    try:
+        first = state.conn.proto
+        assert first is not None
+        redis_server.pause()
+        try:
+            first.ping().addErrback(lambda f: None)  # a command Redis will not answer
+            await wait_until(lambda: state.conn.proto is not first, "the stuck connection left")
+        finally:
+            redis_server.resume()
+        await wait_until(lambda: state.conn.proto is not None and state.status == "ok",
+                         "reconnected")
+        assert state.conn.proto is not first
+    finally:
+        await state.stop()
+
+
+def _reactor():
+    from twisted.internet import reactor
+    return reactor

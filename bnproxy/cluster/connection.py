@@ -64,6 +64,9 @@ def _protocols() -> tuple[type, type, type]:
     return Command, Subscriber, txredisapi.ScriptDoesNotExist
 
 
+REPLY_TIMEOUT = 5.0  # seconds: a command connection whose reply is later is dropped
+
+
 class _Factory(Factory):
     noisy = False
 
@@ -79,6 +82,13 @@ class _Factory(Factory):
         for k, v in self._attributes.items():
             setattr(p, k, v)
         return p
+
+
+def _same(lost: Any, held: Any) -> bool:
+    """Whether the protocol that lost its connection is the one held: what is
+    held is ClientService's proxy of it (which forwards attributes), so they
+    are compared by their transport."""
+    return held is not None and (held is lost or held.transport is lost.transport)
 
 
 def describe(e: BaseException | None) -> str:
@@ -178,7 +188,11 @@ class Connection:
         self.running = True
         policy = backoffPolicy(initialDelay=0.1, maxDelay=self._reconnect_max, factor=2.0)
         main = ClientService(self._endpoint(),
-                             _Factory(command, self._clock, on_lost=self._main_lost),
+                             # a reply later than this drops the connection (txredisapi
+                             # aborts it), so a Redis that stops answering is left and
+                             # reconnected, and replies never pile up without end
+                             _Factory(command, self._clock, on_lost=self._main_lost,
+                                      replyTimeout=max(REPLY_TIMEOUT, self.connect_timeout)),
                              retryPolicy=policy, clock=self._clock,
                              prepareConnection=self._prepare_main)
         sub = ClientService(self._endpoint(),
@@ -260,12 +274,12 @@ class Connection:
         self._drops = [c for c in self._drops if c.active()] + [call]
 
     def _main_lost(self, proto) -> None:
-        if proto is self.proto:
+        if _same(proto, self.proto):
             self.proto = None
             self.degrade(f"lost the connection to {self.url}")
 
     def _sub_lost(self, proto) -> None:
-        if proto is self.sub:
+        if _same(proto, self.sub):
             self.sub = None
             self.degrade(f"lost the notification connection to {self.url}")
 
