@@ -88,6 +88,9 @@ def test_bad_networks_are_a_config_error():
         Harness(middleware=chain("allowlist", allowlist={"allow": "10.0.0.0/8 nonsense"}))
 
 
+LISTEN_KEY = "pqia91ma19a5s61cv6a81va65sdf19v8a65a1a5s61cv6a81va65sdf19v8a65a1"
+
+
 @pytest.mark.parametrize("fmt", ["json", "text"])
 def test_access_logs_hold_no_keys_and_no_signatures(tmp_path, fmt):
     events = []
@@ -104,6 +107,8 @@ def test_access_logs_hold_no_keys_and_no_signatures(tmp_path, fmt):
             h.request("PUT", f"/fapi/v1/listenKey?listenKey=lk-secret-{i}",
                       headers={b"X-MBX-APIKEY": API_KEY})
             h.request("GET", f"/api/v3/depth?symbol=BTCUSDT&apiKey={API_KEY.decode()}")
+        # a user-data stream's path asked without an upgrade: not an endpoint, logged
+        h.request("GET", "/spot/ws/" + LISTEN_KEY)
         h.request("GET", "/api/v3/depth?symbol=BTCUSDT&limit=5")
         h.service.access_log.flush()
     finally:
@@ -112,9 +117,10 @@ def test_access_logs_hold_no_keys_and_no_signatures(tmp_path, fmt):
     assert API_KEY.decode() not in text
     assert SECRET.decode() not in text
     assert "lk-secret" not in text
+    assert LISTEN_KEY not in text and "[redacted]" in text
     signature_values = [line for line in text.splitlines() if "signature=" in line]
     assert all("signature=[redacted]" in line for line in signature_values)
-    assert len(path.read_text().splitlines()) == 10
+    assert len(path.read_text().splitlines()) == 11
     last = path.read_text().splitlines()[-1]
     if fmt == "json":
         record = json.loads(last)

@@ -171,3 +171,13 @@ def redact_text(text: str, limit: int = 300) -> str:
     key-like token replaced by ``[redacted]``, at most ``limit`` characters."""
     text = _LONG_TOKEN.sub(REDACTED, _SECRET_IN_TEXT.sub(r"\1\2" + REDACTED, text[:4 * limit]))
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+def shown_path(request: ProxyRequest) -> str:
+    """The request's path as it may be shown to people: a documented
+    endpoint's path as it is; any other path with each key-like segment (a
+    listenKey in ``/ws/<listenKey>``, say) replaced by ``[redacted]``."""
+    if request.endpoint is not None:
+        return request.path
+    return "/".join(REDACTED if _LONG_TOKEN.fullmatch(part) else part
+                    for part in request.path.split("/"))

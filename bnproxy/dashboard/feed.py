@@ -92,7 +92,7 @@ from twisted.logger import Logger
 
 from bnproxy import __version__
 from bnproxy.binance.limits import BAN_STATUSES
-from bnproxy.binance.privacy import redact_query, redact_text
+from bnproxy.binance.privacy import redact_query, redact_text, shown_path
 from bnproxy.chain.interfaces import (
     IBotLedger,
     IDashboardSection,
@@ -643,7 +643,7 @@ def pressure_order(rows: list[dict]) -> list[dict]:
 def _error_row(t: float, r: ProxyRequest, a: ProxyResponse, count: int, bot: str) -> dict:
     return {"time": round(t, 3), "client": bot[:64], "address": r.client[:64],
             "method": r.method[:16],
-            "market": r.market, "path": _cut(r.path), "query": _cut(redact_query(r)),
+            "market": r.market, "path": _cut(shown_path(r)), "query": _cut(redact_query(r)),
             "status": a.status, "source": a.source, "reason": (a.detail or "")[:40],
             "msg": _msg(a), "count": count}
 

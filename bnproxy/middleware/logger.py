@@ -31,7 +31,7 @@ import orjson
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from bnproxy.binance.privacy import API_KEY_HEADER, REDACTED, redact_query
+from bnproxy.binance.privacy import API_KEY_HEADER, REDACTED, redact_query, shown_path
 from bnproxy.chain.compose import Answer
 from bnproxy.chain.context import MiddlewareContext
 from bnproxy.chain.interfaces import IAccessLog, IBotLedger, IMetricsSource, IMiddleware
@@ -302,7 +302,7 @@ class AccessLogger:
         if key_raw is None:
             # What repeats (a cache hit's request and answer) is formatted
             # once; never a keyed request's (no key is kept, even here).
-            shape = (request.method, request.market, request.path, query,
+            shape = (request.method, request.market, shown_path(request), query,
                      response.status, len(response.body), response.source, cache,
                      response.weight, response.detail, label or request.client, agent)
             middle = self._shapes.get(shape)
@@ -334,11 +334,12 @@ class AccessLogger:
         if self._json:
             return orjson.dumps({
                 "bot": bot, "ua": product, "key": key,
-                "method": request.method, "market": request.market, "path": request.path,
+                "method": request.method, "market": request.market,
+                "path": shown_path(request),
                 "query": query, "status": response.status, "bytes": len(response.body),
                 "source": response.source, "cache": cache_text,
                 "weight": response.weight, "detail": response.detail})[1:-1]
-        head = (f"\"{request.method} /{request.market}{request.path}"
+        head = (f"\"{request.method} /{request.market}{shown_path(request)}"
                 f"{'?' if query else ''}{query}\" {response.status} {len(response.body)}")
         tail = (f"source={response.source} cache={cache_text} weight={response.weight} "
                 f"key={key} bot={bot} ua={product}")
