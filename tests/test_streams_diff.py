@@ -139,14 +139,25 @@ def test_after_a_forced_reconnect_the_answers_still_equal_rest(rigs):
 
 
 def test_a_silenced_stream_is_never_served_as_fresh(rigs):
-    rig = rigs(chain=(("streams", {"stale_depth": "1"}),))
+    rig = rigs(chain=(("streams", {"stale_depth": "1", "stale_depth_quiet": "5"}),))
     warm(rig, "usdm", "BTCUSDT", "1m")
     target = "/fapi/v1/depth?symbol=BTCUSDT&limit=20"
     assert rig.ask(target).source == "stream"
-    rig.exchange.hubs["usdm"].silenced.add("btcusdt@depth@100ms")
-    rig.sleep(1.5)
+    hub = rig.exchange.hubs["usdm"]
+    # A stream dropped from a live connection (its book ticker still talks):
+    # quiet counts as unchanged up to stale_depth_quiet, not longer.
+    hub.silenced.add("btcusdt@depth@100ms")
+    rig.sleep(5.5)
     assert rig.ask(target).source == "upstream"  # fell through to REST
-    rig.exchange.hubs["usdm"].silenced.clear()
+    hub.silenced.clear()
+    rig.until(lambda: rig.streams.books[("usdm", "BTCUSDT")].state == "live", timeout=30)
+    rig.sleep(0.3)
+    assert rig.ask(target).source == "stream"
+    # A silenced connection (no message, no ping): stale after stale_depth.
+    hub.silence_all = True
+    rig.sleep(1.5)
+    assert rig.ask(target).source == "upstream"
+    hub.silence_all = False
     rig.until(lambda: rig.streams.books[("usdm", "BTCUSDT")].state == "live", timeout=30)
     rig.sleep(0.3)
     assert rig.ask(target).source == "stream"

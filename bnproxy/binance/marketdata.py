@@ -104,3 +104,17 @@ VARYING_HEADERS = (b"x-mbx-time-unit", b"x-mbx-sbe", b"accept")
 # every 20 s, futures every 3 min): a connection without a frame for clearly
 # longer than this is dead even when it carries only event-driven streams.
 SERVER_PING_INTERVAL = {"spot": 20.0, "usdm": 180.0, "coinm": 180.0}
+
+# Streams that push an event only when their data changed, not on a clock:
+# the diff depth stream (each event carries the updates since the last one,
+# its ``U`` the previous ``u + 1``, FACTS.md §4.2, §4.3 step 7) and the book
+# ticker ("real-time": one event per change of the best bid or ask, §5.1,
+# §5.2). Silence on such a stream over a connection that is otherwise alive
+# means "unchanged", not "stale". Partial book streams (``@depth5``...) push on
+# a clock and are not among them.
+ON_CHANGE_KINDS = ("depth", "depth@100ms", "depth@250ms", "depth@500ms", "bookTicker")
+
+
+def pushes_on_change(name: str) -> bool:
+    """Whether stream ``name`` says something only when its data changed."""
+    return name.partition("@")[2] in ON_CHANGE_KINDS

@@ -362,7 +362,7 @@ class Streams(MultiService):
             kind = name.split("@", 1)[1]
             limit = s.stale_kline_min if kind.startswith("kline_") else (
                 s.stale_ticker if kind == "ticker" else s.stale_depth)
-            if not manager.fresh(name, limit):
+            if not manager.fresh(name, limit, s.quiet_limit(name)):
                 stale.add(name)
         return stale
 

@@ -68,6 +68,10 @@ class _Protocol(WebSocketClientProtocol):
         self.factory.connection.framed()
         super().onPing(payload)
 
+    def onPong(self, payload: bytes) -> None:  # the answer to our own ping: alive too
+        self.factory.connection.framed()
+        super().onPong(payload)
+
     def onClose(self, wasClean: bool, code: int, reason: str) -> None:
         self.factory.connection.closed(self)
 
@@ -162,6 +166,11 @@ class Connection:
 
     def framed(self) -> None:
         self.last_frame = self.manager.reactor.seconds()
+
+    def alive(self, now: float, within: float) -> bool:
+        """Open, its subscriptions acknowledged, and a frame within ``within`` s."""
+        return (self.protocol is not None and self.acked and not self.retiring
+                and now - self.last_frame <= within)
 
     def received(self, payload: bytes) -> None:
         self.last_frame = self.last_message = self.manager.reactor.seconds()
@@ -364,9 +373,24 @@ class StreamManager(Service):
                 conn.stop()
                 self.connections.remove(conn)
 
-    def fresh(self, name: str, max_age: float) -> bool:
+    def fresh(self, name: str, max_age: float, quiet_age: float | None = None) -> bool:
+        """Whether stream ``name`` delivered within ``max_age`` seconds or,
+        for a stream that pushes only on a change (``quiet_age`` given),
+        within ``quiet_age`` while its connection is alive: subscriptions
+        acknowledged and a frame (any stream's message, a server ping, a
+        pong) within ``max_age``. A dead connection's streams are stale
+        after ``max_age`` as before; a stream Binance dropped from a live
+        one, after ``quiet_age``."""
         seen = self.last_seen.get(name)
-        return seen is not None and self.reactor.seconds() - seen <= max_age
+        if seen is None:
+            return False
+        now = self.reactor.seconds()
+        if now - seen <= max_age:
+            return True
+        if quiet_age is None or now - seen > quiet_age:
+            return False
+        conn = self.placed.get(name)
+        return conn is not None and conn.alive(now, max_age)
 
     # -- traffic -------------------------------------------------------------------------
     def dispatch(self, name: str, data: Any, conn: Connection) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 
-from bnproxy.binance.marketdata import CONNECTION_LIFETIME
+from bnproxy.binance.marketdata import CONNECTION_LIFETIME, pushes_on_change
 from bnproxy.chain.options import Option
 
 OPTIONS = (
@@ -18,7 +18,13 @@ OPTIONS = (
     Option("depth_headroom", "float", 2.0, "A book holds this many times the asked levels.",
            minimum=1.0),
     Option("stale_depth", "float", 3.0, "A book or book ticker silent this long (seconds) is "
-           "not served.", minimum=0.1),
+           "not served, unless its connection is alive (see stale_depth_quiet).",
+           minimum=0.1),
+    Option("stale_depth_quiet", "float", 30.0, "A book or book ticker whose stream is quiet "
+           "while its connection is alive (a frame within stale_depth, subscriptions "
+           "acknowledged) is served up to this long (seconds): these streams push only on a "
+           "change, so quiet means unchanged; longer silence is stale (a dropped stream).",
+           minimum=0.1),
     Option("stale_ticker", "float", 5.0, "A 24 h ticker silent this long is not served.",
            minimum=0.1),
     Option("stale_kline", "float", 6.0, "At least this long (or 3 x the stream's cadence) "
@@ -46,6 +52,7 @@ class Settings:
     snapshot_limit: int
     depth_headroom: float
     stale_depth: float
+    stale_depth_quiet: float
     stale_ticker: float
     stale_kline_min: float
     idle_depth: float
@@ -58,13 +65,20 @@ class Settings:
     rotate_after: float
     stale_kline_factor: float = 3.0  # a kline stream's cadence times this (not a setting)
 
+    def quiet_limit(self, stream: str) -> float | None:
+        """How long ``stream`` may stay quiet while its connection is alive
+        and still count as fresh (None: no longer than its own bound)."""
+        return max(self.stale_depth_quiet, self.stale_depth) if pushes_on_change(stream) \
+            else None
+
 
 def read_settings(name: str, settings: Mapping[str, Any]) -> Settings:
     """``Settings`` from the checked option values (every option present)."""
     s = dict(settings)
     return Settings(
         snapshot_limit=s["snapshot_limit"], depth_headroom=s["depth_headroom"],
-        stale_depth=s["stale_depth"], stale_ticker=s["stale_ticker"],
+        stale_depth=s["stale_depth"], stale_depth_quiet=s["stale_depth_quiet"],
+        stale_ticker=s["stale_ticker"],
         stale_kline_min=s["stale_kline"], idle_depth=s["idle"], idle_kline=s["idle_kline"],
         idle_kline_max=s["idle_kline_max"], info_refresh=s["exchange_info_refresh"],
         own_share=s["own_share"], new_streams_per_client=s["new_streams_per_client"],

@@ -53,5 +53,8 @@ class Subscriptions:
             self.managers[market].release(stream)
         return gone
 
-    def fresh(self, market: str, stream: str, max_age: float) -> bool:
-        return self.managers[market].fresh(stream, max_age)
+    def fresh(self, market: str, stream: str, max_age: float,
+              quiet_age: float | None = None) -> bool:
+        """``StreamManager.fresh``: delivered within ``max_age``, or quiet up
+        to ``quiet_age`` on a live connection."""
+        return self.managers[market].fresh(stream, max_age, quiet_age)

@@ -79,8 +79,7 @@ class DepthResponder:
         self.tools.subscriptions.touch(market, depth_stream(symbol))
         if limit > self.asked.get(key, 0):
             self.asked[key] = limit
-        if book.state == LIVE and self.tools.subscriptions.fresh(
-                market, depth_stream(symbol), self.tools.settings.stale_depth):
+        if book.state == LIVE and self._fresh(market, symbol):
             body = book.response(limit)
             if body is not None:
                 return stream_answer(body)
@@ -222,9 +221,16 @@ class DepthResponder:
     def check_fresh(self) -> None:
         """Resync books whose stream went silent."""
         for (market, symbol), book in self.books.items():
-            if book.state == LIVE and not self.tools.subscriptions.fresh(
-                    market, depth_stream(symbol), self.tools.settings.stale_depth):
+            if book.state == LIVE and not self._fresh(market, symbol):
                 book.mark_stale()
+
+    def _fresh(self, market: str, symbol: str) -> bool:
+        """The book's stream delivered within ``stale_depth``, or is quiet
+        (unchanged) up to ``stale_depth_quiet`` on a live connection."""
+        s = self.tools.settings
+        stream = depth_stream(symbol)
+        return self.tools.subscriptions.fresh(market, stream, s.stale_depth,
+                                              s.quiet_limit(stream))
 
     def release(self, market: str, stream: str) -> None:
         symbol_l = stream.partition("@")[0]

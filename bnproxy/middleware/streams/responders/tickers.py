@@ -46,7 +46,8 @@ class TickersResponder:
         self.tools.subscriptions.touch(market, stream)
         s = self.tools.settings
         if value.body is not None and self.tools.subscriptions.fresh(
-                market, stream, s.stale_ticker if kind == "ticker" else s.stale_depth):
+                market, stream, s.stale_ticker if kind == "ticker" else s.stale_depth,
+                s.quiet_limit(stream)):
             return stream_answer(value.body)
         return next(request)
 
