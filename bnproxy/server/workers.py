@@ -153,7 +153,7 @@ class WorkerPool(Service):
     name = "workers"
 
     def __init__(self, reactor, count: int, sock: socket.socket | int, argv: Sequence[str],
-                 env: Mapping[str, str] | None = None, drain_timeout: float = 30.0,
+                 *, drain_timeout: float, env: Mapping[str, str] | None = None,
                  respawn_delay: float = 1.0) -> None:
         self._reactor = reactor
         self.count = count
