@@ -97,6 +97,8 @@ from bnproxy.chain.interfaces import (
     IBotLedger,
     IDashboardSection,
     IHealthReporter,
+    IStreamGateway,
+    IStreamHub,
     IWeightGovernor,
 )
 from bnproxy.chain.messages import ProxyRequest, ProxyResponse
@@ -113,6 +115,8 @@ MAX_CLIENTS = 500  # rows in the per-bot table (the busiest by weight)
 EVENT_CLIENTS = 50  # of which the live events carry the first (the page's table)
 MAX_REFUSED = 64  # (bot, status, reason, market) kinds of local refusals summed
 TEXT = 200  # characters of a path, query or message shown
+WS_BOTS = 50  # rows in the websocket bots table (the most subscriptions)
+WS_NAMES = 8  # stream names shown per websocket bot
 MAX_SAVED = 64 * 1024 * 1024  # bytes of a saved history read at start
 
 
@@ -170,10 +174,13 @@ class DashboardFeed(Service):
         self._asked_prev: dict[str, float] = {}
         self._refused_prev: dict[str, int] = {}
         self._spent_prev: dict[str, int] = {}
+        self._ws_prev = (0, 0)  # frames delivered to bots, relayed from upstream
         self._buckets: deque[tuple[list[float], list[float]]] = deque(
             maxlen=LATENCY_WINDOW + 1)
         self._listeners: list[Callable[[bytes], None]] = []
         self._governors: list[Any] = []
+        self._gateways: list[Any] = []
+        self._hubs: list[Any] = []
         self._ledgers: list[Any] = []
         self._closers: dict[Callable, Callable[[], None]] = {}
         self._ban_causes: dict[str, tuple[int, str]] = {}
@@ -340,6 +347,7 @@ class DashboardFeed(Service):
             self.spent_total[market] = self.spent_total.get(market, 0) + w
         p50, p99 = self._latency()
         sample["latency.p50"], sample["latency.p99"] = p50, p99
+        websocket = self._websocket(sample)
         self._record(now, sample)
         doc["weight_15m"] = self._weight_15m()
         doc["answers"] = {"total": answers_total, "last_15m": self._sums("answers.")}
@@ -351,6 +359,7 @@ class DashboardFeed(Service):
         doc["cache"] = sections.pop("cache", None)
         doc["streams"] = sections.pop("streams", None)
         doc["latency"] = {"p50": p50, "p99": p99}
+        doc["websocket"] = websocket
         doc["errors"] = self._error_rows()
         for key, value in sections.items():  # a plugin's (or "instances")
             doc.setdefault(key, value)
@@ -410,6 +419,8 @@ class DashboardFeed(Service):
         """Find the parts by interface; the sections (``IDashboardSection``)."""
         reporters = self._reporters()
         self._governors = [m for m in reporters if IWeightGovernor.providedBy(m)]
+        self._gateways = [m for m in reporters if IStreamGateway.providedBy(m)]
+        self._hubs = [m for m in reporters if IStreamHub.providedBy(m)]
         self._ledgers = [m for m in reporters if IBotLedger.providedBy(m)]
         sections: dict[str, Any] = {}
         for m in reporters:
@@ -553,6 +564,33 @@ class DashboardFeed(Service):
         for ledger in self._ledgers:
             return list(ledger.bots()[:MAX_CLIENTS])
         return []
+
+    def _websocket(self, sample: dict[str, float | None]) -> dict | None:
+        """The bots' websocket gateway (``IStreamGateway``) and what the
+        streams hold upstream for it (``IStreamHub.upstream_view``); frames
+        a second into ``sample``; None without a gateway."""
+        view: dict[str, Any] | None = None
+        for gateway in self._gateways[:1]:
+            try:
+                view = dict(gateway.gateway_view(WS_BOTS, WS_NAMES))
+            except Exception:
+                _log.failure("gateway_view() failed")
+        if view is None:
+            return None
+        upstream: Mapping[str, Any] = {}
+        for hub in self._hubs[:1]:
+            try:
+                upstream = hub.upstream_view()
+            except Exception:
+                _log.failure("upstream_view() failed")
+        view["relayed_frames"] = upstream.get("frames", 0)
+        view["relayed_bytes"] = upstream.get("bytes", 0)
+        view["upstream"] = upstream.get("markets", {})
+        delivered, relayed = view.get("frames", 0), view["relayed_frames"]
+        sample["ws.delivered"] = delivered - self._ws_prev[0]
+        sample["ws.relayed"] = relayed - self._ws_prev[1]
+        self._ws_prev = (delivered, relayed)
+        return view
 
     def _error_rows(self) -> list[dict]:
         """The newest errors: upstream failures each, local refusals summed
