@@ -16,7 +16,7 @@ from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from wsbots import RawBot
 
-from bnproxy.dashboard.feed import WS_BOTS, WS_NAMES
+from bnproxy.dashboard.feed import EVENT_WS_BOTS, WS_BOTS, WS_NAMES
 from bnproxy.dashboard.firstpaint import first_paint
 
 CHAIN = (("logger", {}), ("allowlist", {}), ("streams", {}), ("cache", {}))
@@ -143,6 +143,8 @@ def test_rows_and_names_are_bounded_and_no_secret_is_shown(rig):
     patch = orjson.loads(rig.service.dashboard.delta.split(b"data: ", 1)[1])
     assert set(patch.get("websocket", {})) <= {"frames", "relayed_frames", "relayed_bytes",
                                                "upstream"}
-    # 50 rows of 8 names at most: the panel's share of a page's first event
+    # a page's first event: the 20 busiest bots, the state all 50
     live = orjson.loads(rig.service.dashboard.event.split(b"data: ", 1)[1])
-    assert len(orjson.dumps(live["websocket"])) < 12_000
+    assert live["websocket"]["bots"] == w["bots"][:EVENT_WS_BOTS]
+    assert len(state(rig)["websocket"]["bots"]) == WS_BOTS
+    assert len(orjson.dumps(live["websocket"])) < 6_000

@@ -3,7 +3,9 @@
 ``DashboardFeed`` samples what the proxy already exposes, found by interface
 (never by the shape of a ``health()``): the ``IWeightGovernor`` (pools, and
 its ``IHealthReporter`` section's bans), the ``IBotLedger`` (bots), each
-``IDashboardSection`` (streams, cache, a plugin's own), the verdict, the
+``IDashboardSection`` (streams, cache, a plugin's own), the bots' websocket
+gateway (``IStreamGateway``) and what the streams hold upstream for it
+(``IStreamHub.upstream_view``), the verdict, the
 answers counter and the upstream latency histogram of
 ``bnproxy.server.metrics.Metrics``, and answers with a status of
 400 or more (``observer(answered)`` wraps the forwarding resource's
@@ -53,6 +55,20 @@ document, ``null`` for a member that went)::
       "streams": {"served": 4, "markets": {"spot": {"connections": 1, "open": 1,
                   "streams": 3, "stale": 0, "reconnects": 0, "messages_per_second": 2.0}}},
       "latency": {"p50": 0.004, "p99": 0.02},   # upstream, seconds, last 10 s
+      "websocket": {"connections": 3, "clients": 2, "subscriptions": 5, "streams": 5,
+                    "frames": 900, "control_messages": 1, "slow_closes": 0,
+                    "rate_closes": 0, "upstream_closes": 0, "refused": 0,
+                    "bots": [{"client": "bot-a", "connections": 2,
+                              "markets": ["spot", "usdm"], "subscriptions": 4,
+                              "distinct": 4, "streams": ["spot:btcusdt@trade", …],
+                              "since": 1764299000.0}],   # IStreamGateway, at most 50
+                                                          # (events: 20)
+                    "relayed_frames": 300, "relayed_bytes": 60000,
+                    "upstream": {"spot": {"streams": 4, "bot_streams": 3, "stale": 0,
+                                          "stale_streams": [],
+                                          "egress": [{"egress": None, "connections": 1,
+                                                      "control_messages": 2}]}}},
+                                     # IStreamHub.upstream_view(); null: no gateway
       "errors": [{"time": …, "client": "127.0.0.1", "method": "GET",
                   "market": "spot", "path": "/api/v3/depth", "query": "symbol=X",
                   "status": 418, "source": "local", "msg": "…"}],   # newest first
@@ -73,7 +89,9 @@ refused here or failed (``bnproxy_weight_refused_total``);
 ``latency.p50``/``latency.p99``: upstream latency over the last 10 s from
 histogram bucket deltas (null: no upstream answer);
 ``answers.<source>``: answers per second by source (stream, cache,
-upstream, local). A value is null where the series did not exist yet.
+upstream, local); ``ws.delivered``/``ws.relayed``: websocket frames a
+second written to bots and relayed from upstream (with a gateway). A
+value is null where the series did not exist yet.
 """
 
 from __future__ import annotations
@@ -116,6 +134,7 @@ EVENT_CLIENTS = 50  # of which the live events carry the first (the page's table
 MAX_REFUSED = 64  # (bot, status, reason, market) kinds of local refusals summed
 TEXT = 200  # characters of a path, query or message shown
 WS_BOTS = 50  # rows in the websocket bots table (the most subscriptions)
+EVENT_WS_BOTS = 20  # of which the live events carry the first (the page's table)
 WS_NAMES = 8  # stream names shown per websocket bot
 MAX_SAVED = 64 * 1024 * 1024  # bytes of a saved history read at start
 
@@ -366,6 +385,8 @@ class DashboardFeed(Service):
         self.document = doc
         self._state = None
         live = {**doc, "clients": doc["clients"][:EVENT_CLIENTS], "sample": sample}
+        if websocket is not None and len(websocket["bots"]) > EVENT_WS_BOTS:
+            live["websocket"] = {**websocket, "bots": websocket["bots"][:EVENT_WS_BOTS]}
         self.event = b"event: state\ndata: " + orjson.dumps(live) + b"\n\n"
         # what changed since the last event (an open page has it): a JSON
         # merge patch (RFC 7386), usually a few hundred bytes
