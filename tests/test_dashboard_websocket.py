@@ -148,3 +148,63 @@ def test_rows_and_names_are_bounded_and_no_secret_is_shown(rig):
     assert live["websocket"]["bots"] == w["bots"][:EVENT_WS_BOTS]
     assert len(state(rig)["websocket"]["bots"]) == WS_BOTS
     assert len(orjson.dumps(live["websocket"])) < 6_000
+
+
+def test_the_gateway_and_hub_are_found_by_interface_and_none_is_an_empty_state():
+    from twisted.internet import task
+    from zope.interface import implementer
+
+    from bnproxy.chain.interfaces import IStreamGateway, IStreamHub
+    from bnproxy.dashboard.feed import DashboardFeed
+    from bnproxy.server.metrics import Metrics
+
+    view = {"connections": 1, "clients": 1, "subscriptions": 2, "streams": 2, "frames": 10,
+            "control_messages": 0, "slow_closes": 1, "rate_closes": 0, "upstream_closes": 0,
+            "refused": 0, "bots": [{"client": "b", "connections": 1, "markets": ["spot"],
+                                    "subscriptions": 2, "distinct": 2,
+                                    "streams": ["btcusdt@trade", "btcusdt@depth"],
+                                    "since": 0.0}]}
+
+    @implementer(IStreamGateway)
+    class Gateway:
+        frames = 10
+
+        def gateway_view(self, limit, names):
+            return {**view, "frames": self.frames}
+
+    @implementer(IStreamHub)
+    class Hub:
+        def stream_markets(self):
+            return ("spot",)
+
+        def subscribe(self, market, stream, listener, lost=None):
+            raise NotImplementedError
+
+        def upstream_view(self):
+            return {"frames": 7, "bytes": 700, "markets": {"spot": {"streams": 2}}}
+
+    class LooksLikeAGateway:  # the method, not the interface: ignored
+        def gateway_view(self, limit, names):
+            raise AssertionError("asked by its shape")
+
+    clock = task.Clock()
+    gateway = Gateway()
+    feed = DashboardFeed(clock, lambda: [LooksLikeAGateway(), gateway, Hub()], Metrics())
+    feed.tick()
+    gateway.frames = 25
+    clock.advance(1)
+    feed.tick()
+    w = feed.document["websocket"]
+    assert (w["frames"], w["relayed_frames"], w["relayed_bytes"], w["slow_closes"]) == (
+        25, 7, 700, 1)
+    assert w["upstream"] == {"spot": {"streams": 2}} and w["bots"] == view["bots"]
+    assert json.loads(feed.state_bytes())["history"]["series"]["ws.delivered"] == [10, 15]
+    page = first_paint("<dl><!--ws-figures--></dl><tbody><!--ws-bots--></tbody>",
+                       feed.document).decode()
+    assert "<dt>slow-client closes</dt><dd>1</dd>" in page
+    assert "btcusdt@trade, btcusdt@depth</td>" in page
+    alone = DashboardFeed(clock, lambda: [LooksLikeAGateway()], Metrics())
+    alone.tick()
+    assert alone.document["websocket"] is None
+    assert "ws.delivered" not in json.loads(alone.state_bytes())["history"]["series"]
+    assert b"no websocket gateway" in first_paint("<!--ws-bots-->", alone.document)
