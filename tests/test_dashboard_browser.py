@@ -361,3 +361,23 @@ def test_websocket_bots_and_their_streams_are_shown_live(page, stack):
     page.wait_for_selector(f'#ws-bots tr[data-client="{name}"]', state="detached")
     assert "no bot uses websockets" in page.locator("#ws-bots").inner_text()
     assert page.problems == []
+
+
+def test_without_the_streams_middleware_the_websocket_panel_says_so(browser, tmp_path):
+    pport = free_port()
+    with twistd("bnproxy", "--port", f"tcp:{pport}:interface=127.0.0.1", "--state-dir", ".",
+                "--upstream", "spot=http://127.0.0.1:9", "--middleware-chain", "logger",
+                "--middleware-chain", "cache", port=pport, cwd=str(tmp_path)):
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        page = context.new_page()
+        page.set_default_timeout(WAIT_MS)
+        problems: list[str] = []
+        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.goto(f"http://127.0.0.1:{pport}/dashboard")
+        page.wait_for_selector("body[data-updated]")
+        wait_newer(page, updated(page))
+        assert "no websocket gateway" in page.locator("#ws-bots").inner_text()
+        assert page.locator("#ws-figures dd").count() == 0
+        assert problems == []
+        context.close()
