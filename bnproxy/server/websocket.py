@@ -27,7 +27,6 @@ User-data streams (``/ws/<listenKey>``) are refused with a clear answer
 
 from __future__ import annotations
 
-import heapq
 import re
 from collections import defaultdict
 from collections.abc import Callable
@@ -52,6 +51,7 @@ from bnproxy.chain.interfaces import IHealthReporter, IMetricsSource, IStreamGat
 from bnproxy.chain.messages import ProxyRequest, ProxyResponse, local_error
 from bnproxy.server.clientaddr import ClientResolver
 from bnproxy.server.forwarding import RootResource, split_target, write_response
+from bnproxy.server.wsview import bots_rows
 
 _log = Logger(namespace="bnproxy.server.websocket")
 
@@ -446,40 +446,6 @@ class Gateway:
                 "slow_closes": self.slow_closes, "rate_closes": self.rate_closes,
                 "upstream_closes": self.upstream_closes, "refused": self.refused,
                 "bots": bots_rows(by_bot, limit, names)}
-
-
-UNION_WORK = 4096  # subscriptions of one bot past which its distinct streams are not counted
-
-
-def bots_rows(by_bot: dict[str, list[BotProtocol]], limit: int, names: int) -> list[dict]:
-    """The rows of ``IStreamGateway.gateway_view``: the ``limit`` bots with
-    the most subscriptions, each with at most ``names`` of its stream names
-    (public stream names only: a name that is not one is never shown)."""
-    counted = heapq.nsmallest(limit, (
-        (-sum(len(getattr(b, "streams", ())) for b in bots), label, bots)
-        for label, bots in by_bot.items()), key=lambda r: (r[0], r[1]))
-    rows = []
-    for minus, label, bots in counted:
-        subscriptions = -minus
-        markets = sorted({b.market for b in bots})
-        if len(bots) == 1:
-            distinct: int | None = subscriptions
-        elif subscriptions <= UNION_WORK:
-            distinct = len({(b.market, n) for b in bots for n in getattr(b, "streams", ())})
-        else:
-            distinct = None
-        shown: list[str] = []
-        for b in bots:
-            prefix = f"{b.market}:" if len(markets) > 1 else ""
-            for n in getattr(b, "streams", ()):
-                if len(shown) >= names:
-                    break
-                if bs.valid_stream(n) and prefix + n[:64] not in shown:
-                    shown.append(prefix + n[:64])
-        rows.append({"client": label[:64], "connections": len(bots), "markets": markets,
-                     "subscriptions": subscriptions, "distinct": distinct, "streams": shown,
-                     "since": round(min(b.since for b in bots), 3)})
-    return rows
 
 
 @implementer(IResource)
