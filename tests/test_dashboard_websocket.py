@@ -7,6 +7,7 @@ in the history, and the empty state."""
 from __future__ import annotations
 
 import json
+import re
 
 import orjson
 import pytest
@@ -95,6 +96,7 @@ def test_bots_their_streams_and_the_upstream_side_are_shown(rig):
     page = first_paint("<tbody><!--ws-bots--></tbody><tbody><!--ws-upstream--></tbody>",
                        rig.service.dashboard.document).decode()
     assert 'data-client="ws-a"' in page and "usdm:btcusdt@markPrice" in page
+    assert re.search(r'<td title="since 09:30:\d\d UTC">0:0[5-9]</td>', page)  # connected for
     assert '<tr data-market="spot"><td>spot</td><td>default</td><td>1</td>' in page
     # a bot that leaves is gone at the next tick; the last one leaving empties the panel
     a2.sendClose()

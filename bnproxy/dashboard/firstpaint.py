@@ -198,7 +198,8 @@ def _ws_bots(doc: Mapping[str, Any]) -> str:
                     f'<td>{_num(b.get("subscriptions"))}</td><td class="names">'
                     f'{_e(", ".join(names))}'
                     + (f' <span class="more">+{more} more</span>' if more else "")
-                    + f'</td><td>since {_e(clock(b.get("since")))}</td></tr>')
+                    + f'</td><td title="since {_e(clock(b.get("since")))}">'
+                    f'{duration((doc.get("time") or 0) - (b.get("since") or 0))}</td></tr>')
     return "".join(rows) or '<tr><td class="empty" colspan="6">no bot uses websockets</td></tr>'
 
 
