@@ -201,13 +201,14 @@ class Hub:
         for market, manager in self.managers.items():
             mine = {stream for m, stream in self.handles if m == market}
             gone = sorted(mine & stale(market)) if stale is not None and mine else []
+            named = [n for n in gone if valid_stream(n)][:5]  # public stream names only
             open_ = Counter(c.egress or "" for c in manager.connections
                             if c.protocol is not None)
             egresses = sorted(set(open_) | set(manager.control_sent)
                               | {e or "" for e in manager.egresses}) or [""]
             markets[market] = {
                 "streams": len(manager.placed), "bot_streams": len(mine),
-                "stale": len(gone), "stale_streams": gone[:5],
+                "stale": len(gone), "stale_streams": named,
                 "egress": [{"egress": e or None, "connections": open_.get(e, 0),
                             "control_messages": manager.control_sent.get(e, 0)}
                            for e in egresses]}
