@@ -21,7 +21,7 @@ from bnproxy.binance.markets import Market, build_markets
 from bnproxy.chain.compose import as_deferred, compose
 from bnproxy.chain.context import MiddlewareContext
 from bnproxy.chain.guards import ChainGuards
-from bnproxy.chain.interfaces import IHealthReporter, IMetricsSource
+from bnproxy.chain.interfaces import IBotLedger, IHealthReporter, IMetricsSource
 from bnproxy.chain.registry import build_middlewares, discover
 from bnproxy.config.model import ProxyConfig
 from bnproxy.config.reader import ConfigError
@@ -145,7 +145,8 @@ def build_proxy(config: ProxyConfig, reactor: Any, agent: Any = None) -> Proxy:
     handler = compose(middlewares, upstream)
     chain_ref.append(handler)
 
-    dashboard = DashboardFeed(reactor, lambda: middlewares, metrics, endpoints,
+    gateways: list[Any] = []  # the bots' websocket gateway, for the dashboard (below)
+    dashboard = DashboardFeed(reactor, lambda: [*middlewares, *gateways], metrics, endpoints,
                               verdict=lambda: readiness.verdict(),
                               # the offline demo's exchange is new at each start: no
                               # history kept, nothing left in the working directory
@@ -168,8 +169,11 @@ def build_proxy(config: ProxyConfig, reactor: Any, agent: Any = None) -> Proxy:
     hub = find_hub(middlewares)
     gateway = None
     if hub is not None:  # the bots' websocket gateway (server/websocket.py)
+        ledger = next((m for m in middlewares if IBotLedger.providedBy(m)), None)
         gateway = Gateway(reactor, hub, Limits(
-            per_client=config.server.max_connections_per_client))
+            per_client=config.server.max_connections_per_client),
+            name_of=ledger.name_of if ledger is not None else None)
+        gateways.append(gateway)
         metrics.watch(lambda: [gateway])
         root: RootResource = StreamRoot(forward, GatewayResource(gateway, handler, reactor,
                                                                  resolver))

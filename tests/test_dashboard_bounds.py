@@ -85,3 +85,32 @@ def _closed_by_peer(s: socket.socket) -> bool:
         return False
     except OSError:
         return True
+
+
+def test_a_tab_without_gzip_reads_a_first_event_larger_than_the_unsent_bound(tmp_path):
+    from bnproxy.dashboard.resource import UNSENT
+
+    port = free_port()
+    with twistd("bnproxy", "--port", f"tcp:{port}:interface=127.0.0.1", "--state-dir", ".",
+                "--upstream", "spot=http://127.0.0.1:9", "--access-log", "none",
+                port=port, cwd=str(tmp_path)):
+        for i in range(60):  # 50 bots shown, 20 errors: a big first event
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(f"GET /api/v3/{'p' * 150}{i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                      f"X-Bnproxy-Client: bot-{i:02d}-{'n' * 58}\r\n\r\n".encode())
+            while s.recv(65536):
+                pass
+            s.close()
+        time.sleep(2)  # a tick: every bot in the document
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"GET /dashboard/events HTTP/1.1\r\nHost: x\r\n\r\n")  # no gzip
+        s.settimeout(10)
+        received = b""
+        while received.count(b"\n\n") < 4:  # the head, retry:, the state, a patch
+            chunk = s.recv(65536)
+            assert chunk, f"closed after {len(received)} bytes"
+            received += chunk
+        s.close()
+    state = received.split(b"event: state\ndata: ", 1)[1].split(b"\n\n", 1)[0]
+    assert len(state) > UNSENT  # the case: more than the bound, at once
+    assert b"event: patch\ndata: {" in received

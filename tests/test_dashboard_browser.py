@@ -301,3 +301,83 @@ def test_streams_silenced_show_a_degraded_banner(browser, own_stack):
     row = page.locator('#clients tr[data-client="depth-bot"] td')
     assert int(row.nth(4).inner_text()) > 0  # every request of the bot counted
     context.close()
+
+
+class StreamBot:
+    """A websocket bot through the proxy (a plain socket: the upgrade, then
+    every frame read and dropped, as a bot that keeps up)."""
+
+    def __init__(self, port: int, path: str, name: str) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            f"Sec-WebSocket-Version: 13\r\nX-Bnproxy-Client: {name}\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = self.sock.recv(4096)
+            assert chunk, head
+            head += chunk
+        assert head.startswith(b"HTTP/1.1 101 "), head
+        self.received = len(head.partition(b"\r\n\r\n")[2])
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        try:
+            while chunk := self.sock.recv(65536):
+                self.received += len(chunk)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_websocket_bots_and_their_streams_are_shown_live(page, stack):
+    streams = [f"{s}@{k}" for s in ("btcusdt", "ethusdt")
+               for k in ("trade", "aggTrade", "ticker", "bookTicker", "kline_1m")]
+    name = f"ws-{uuid.uuid4().hex[:8]}"
+    bot = StreamBot(stack["port"], "/stream?streams=" + "/".join(streams), name)
+    try:
+        row = page.wait_for_selector(f'#ws-bots tr[data-client="{name}"]')
+        cells = row.query_selector_all("td")
+        assert [c.inner_text() for c in cells[:4]] == [name, "1", "spot", "10"]
+        names = cells[4].inner_text()  # the first eight named, the rest counted
+        assert names.startswith("btcusdt@trade, btcusdt@aggTrade") and names.endswith("+2 more")
+        assert name in get_json(stack["proxy"] + "/dashboard/state")["websocket"]["bots"][0][
+            "client"]
+        spot = page.wait_for_selector('#ws-upstream tr[data-market="spot"]')
+        assert spot.query_selector_all("td")[2].inner_text() == "1"  # one upstream connection
+        wait_until(page, "Number(document.querySelector("
+                         "'#ws-figures dd[data-key=\"frames to bots (since start)\"]')"
+                         ".textContent) > 0")
+        assert bot.received > 0
+        assert page.locator("#ws-chart .u-legend").count() == 1
+    finally:
+        bot.close()
+    page.wait_for_selector(f'#ws-bots tr[data-client="{name}"]', state="detached")
+    assert "no bot uses websockets" in page.locator("#ws-bots").inner_text()
+    assert page.problems == []
+
+
+def test_without_the_streams_middleware_the_websocket_panel_says_so(browser, tmp_path):
+    pport = free_port()
+    with twistd("bnproxy", "--port", f"tcp:{pport}:interface=127.0.0.1", "--state-dir", ".",
+                "--upstream", "spot=http://127.0.0.1:9", "--middleware-chain", "logger",
+                "--middleware-chain", "cache", port=pport, cwd=str(tmp_path)):
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        page = context.new_page()
+        page.set_default_timeout(WAIT_MS)
+        problems: list[str] = []
+        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.goto(f"http://127.0.0.1:{pport}/dashboard")
+        page.wait_for_selector("body[data-updated]")
+        wait_newer(page, updated(page))
+        assert "no websocket gateway" in page.locator("#ws-bots").inner_text()
+        assert page.locator("#ws-figures dd").count() == 0
+        assert problems == []
+        context.close()

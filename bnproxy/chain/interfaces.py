@@ -321,3 +321,37 @@ class IStreamHub(Interface):
         given, is called when the upstream connection carrying the stream
         dropped: frames were missed (the reconnect resubscribes). Returns a
         handle with ``close()`` to stop. Called in the reactor thread."""
+
+    def upstream_view():
+        """What the hub holds upstream, as the dashboard's websocket panel
+        shows it: ``{"frames": n, "bytes": n`` (upstream frames relayed to
+        listeners since start, and their bytes)``, "markets": {market:
+        {"streams": subscribed upstream (for bots and REST), "bot_streams":
+        those with a listener, "stale": how many of those are stale,
+        "stale_streams": [up to 5 of their names], "egress": [{"egress":
+        address or None (the host's default), "connections": open stream
+        connections, "control_messages": SUBSCRIBE/UNSUBSCRIBE sent since
+        start}]}}}``. Stream names only (public; never a listenKey). Cheap,
+        no I/O: called once a second."""
+
+
+class IStreamGateway(Interface):
+    """The bots' websocket gateway (``bnproxy.server.websocket.Gateway``) as
+    operators see it; the dashboard's websocket panel reads it once a
+    second (the feed finds it by this interface)."""
+
+    def gateway_view(limit, names):
+        """``{"connections": open bot connections, "clients": distinct bots,
+        "subscriptions": streams subscribed (one per connection and stream),
+        "streams": distinct streams relayed, "frames": frames written to bots
+        since start, "control_messages": control messages bots sent,
+        "slow_closes", "rate_closes", "upstream_closes": bots closed for a
+        full send buffer, Binance's message rate, a stream lost upstream,
+        "refused": upgrades refused, "bots": [rows]}``. One row per bot,
+        named as the access log and ``IBotLedger.name_of`` name the request
+        that opened it (never an API key or listenKey): ``{"client",
+        "connections", "markets": [...], "subscriptions", "distinct"
+        (distinct streams over its connections; None when not counted: too
+        many to count cheaply), "streams": [at most ``names`` of them],
+        "since": when its oldest connection opened}``; the ``limit`` with the
+        most subscriptions. Cheap, no I/O: one pass over the connections."""

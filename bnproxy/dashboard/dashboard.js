@@ -282,6 +282,63 @@ function renderHits() {
   fill(document.querySelector("#streams tbody"), rows);
 }
 
+/* the bots' websocket gateway: its bots, their streams, the upstream side */
+function wsStreams(b) {
+  const shown = (b.streams || []).join(", ");
+  const total = b.distinct === null || b.distinct === undefined ? b.subscriptions : b.distinct;
+  const more = Math.max(0, total - (b.streams || []).length);
+  const cell = el("td", {class: "names", title: `${b.subscriptions} subscriptions` +
+    (b.distinct === null || b.distinct === undefined ? "" : `, ${b.distinct} distinct streams`)}, shown);
+  if (more) cell.append(el("span", {class: "more"}, `${shown ? " " : ""}+${more} more`));
+  return cell;
+}
+
+function renderWebsocket() {
+  const w = doc.websocket;
+  const figures = document.getElementById("ws-figures");
+  const bots = document.querySelector("#ws-bots tbody"), up = document.querySelector("#ws-upstream tbody");
+  const box = document.getElementById("ws-chart");
+  if (!w) {
+    figures.replaceChildren();
+    fill(bots, [el("tr", {}, el("td", {class: "empty", colspan: "6"}, "no websocket gateway (the streams middleware is not in the chain)"))]);
+    fill(up, []);
+    if (charts.ws) { charts.ws.plot.destroy(); delete charts.ws; }
+    box.replaceChildren();
+    return;
+  }
+  const items = [["connections", w.connections], ["bots", w.clients], ["subscriptions", w.subscriptions],
+                 ["distinct streams relayed", w.streams], ["frames to bots (since start)", w.frames],
+                 ["frames from upstream", w.relayed_frames], ["bytes from upstream", w.relayed_bytes],
+                 ["control messages from bots", w.control_messages], ["slow-client closes", w.slow_closes],
+                 ["closed for message rate", w.rate_closes], ["closed, stream lost upstream", w.upstream_closes],
+                 ["upgrades refused", w.refused]];
+  figures.replaceChildren(...items.flatMap(([k, v]) => [el("dt", {}, k),
+    el("dd", {"data-key": k, class: k === "slow-client closes" && v ? "status-4xx" : ""}, fmtNum(v || 0))]));
+  const rows = (w.bots || []).map((b) => el("tr", {"data-client": b.client},
+    el("td", {class: "wrap"}, b.client), el("td", {}, fmtNum(b.connections)),
+    el("td", {}, (b.markets || []).join(", ")), el("td", {}, fmtNum(b.subscriptions)), wsStreams(b),
+    el("td", {title: fmtTime(b.since) + " UTC"}, fmtDuration(nowProxy() - b.since))));
+  if (!rows.length) rows.push(el("tr", {}, el("td", {class: "empty", colspan: "6"}, "no bot uses websockets")));
+  else if (w.clients > rows.length) rows.push(el("tr", {}, el("td", {class: "empty", colspan: "6"},
+    `and ${w.clients - rows.length} more bots`)));
+  fill(bots, rows);
+  const ups = [];
+  for (const [m, u] of Object.entries(w.upstream || {})) {
+    for (const e of u.egress || []) {
+      if (!(u.streams || e.connections || e.control_messages)) continue;
+      ups.push(el("tr", {"data-market": m, "data-egress": e.egress || "default"}, el("td", {}, m),
+        el("td", {}, e.egress || "default"), el("td", {}, fmtNum(e.connections)),
+        el("td", {}, fmtNum(e.control_messages)), el("td", {}, fmtNum(u.streams)),
+        el("td", {}, fmtNum(u.bot_streams)),
+        el("td", {class: u.stale ? "status-4xx" : "", title: (u.stale_streams || []).join(", ") || "none"},
+           fmtNum(u.stale))));
+    }
+  }
+  if (!ups.length) ups.push(el("tr", {}, el("td", {class: "empty", colspan: "7"}, "no upstream stream connection")));
+  fill(up, ups);
+  chart("ws", box, ["ws.delivered", "ws.relayed"], {labels: ["frames/s to bots", "frames/s from upstream"], height: 120});
+}
+
 function renderErrors() {
   const rows = (doc.errors || []).map((e) => el("tr", {},
     el("td", {}, fmtTime(e.time)), el("td", {class: "wrap"}, e.client),
@@ -315,6 +372,7 @@ function render() {
   renderInstances();
   renderClients();
   renderHits();
+  renderWebsocket();
   chart("latency", document.getElementById("latency-chart"), ["latency.p50", "latency.p99"],
         {labels: ["p50", "p99"], value: (u, v) => fmtMs(v), values: (u, vs) => vs.map(fmtMs),
          axisSize: 76});

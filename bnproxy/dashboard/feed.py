@@ -3,7 +3,9 @@
 ``DashboardFeed`` samples what the proxy already exposes, found by interface
 (never by the shape of a ``health()``): the ``IWeightGovernor`` (pools, and
 its ``IHealthReporter`` section's bans), the ``IBotLedger`` (bots), each
-``IDashboardSection`` (streams, cache, a plugin's own), the verdict, the
+``IDashboardSection`` (streams, cache, a plugin's own), the bots' websocket
+gateway (``IStreamGateway``) and what the streams hold upstream for it
+(``IStreamHub.upstream_view``), the verdict, the
 answers counter and the upstream latency histogram of
 ``bnproxy.server.metrics.Metrics``, and answers with a status of
 400 or more (``observer(answered)`` wraps the forwarding resource's
@@ -53,6 +55,20 @@ document, ``null`` for a member that went)::
       "streams": {"served": 4, "markets": {"spot": {"connections": 1, "open": 1,
                   "streams": 3, "stale": 0, "reconnects": 0, "messages_per_second": 2.0}}},
       "latency": {"p50": 0.004, "p99": 0.02},   # upstream, seconds, last 10 s
+      "websocket": {"connections": 3, "clients": 2, "subscriptions": 5, "streams": 5,
+                    "frames": 900, "control_messages": 1, "slow_closes": 0,
+                    "rate_closes": 0, "upstream_closes": 0, "refused": 0,
+                    "bots": [{"client": "bot-a", "connections": 2,
+                              "markets": ["spot", "usdm"], "subscriptions": 4,
+                              "distinct": 4, "streams": ["spot:btcusdt@trade", …],
+                              "since": 1764299000.0}],   # IStreamGateway, at most 50
+                                                          # (events: 20)
+                    "relayed_frames": 300, "relayed_bytes": 60000,
+                    "upstream": {"spot": {"streams": 4, "bot_streams": 3, "stale": 0,
+                                          "stale_streams": [],
+                                          "egress": [{"egress": None, "connections": 1,
+                                                      "control_messages": 2}]}}},
+                                     # IStreamHub.upstream_view(); null: no gateway
       "errors": [{"time": …, "client": "127.0.0.1", "method": "GET",
                   "market": "spot", "path": "/api/v3/depth", "query": "symbol=X",
                   "status": 418, "source": "local", "msg": "…"}],   # newest first
@@ -73,7 +89,9 @@ refused here or failed (``bnproxy_weight_refused_total``);
 ``latency.p50``/``latency.p99``: upstream latency over the last 10 s from
 histogram bucket deltas (null: no upstream answer);
 ``answers.<source>``: answers per second by source (stream, cache,
-upstream, local). A value is null where the series did not exist yet.
+upstream, local); ``ws.delivered``/``ws.relayed``: websocket frames a
+second written to bots and relayed from upstream (with a gateway). A
+value is null where the series did not exist yet.
 """
 
 from __future__ import annotations
@@ -97,6 +115,8 @@ from bnproxy.chain.interfaces import (
     IBotLedger,
     IDashboardSection,
     IHealthReporter,
+    IStreamGateway,
+    IStreamHub,
     IWeightGovernor,
 )
 from bnproxy.chain.messages import ProxyRequest, ProxyResponse
@@ -113,6 +133,9 @@ MAX_CLIENTS = 500  # rows in the per-bot table (the busiest by weight)
 EVENT_CLIENTS = 50  # of which the live events carry the first (the page's table)
 MAX_REFUSED = 64  # (bot, status, reason, market) kinds of local refusals summed
 TEXT = 200  # characters of a path, query or message shown
+WS_BOTS = 50  # rows in the websocket bots table (the most subscriptions)
+EVENT_WS_BOTS = 20  # of which the live events carry the first (the page's table)
+WS_NAMES = 8  # stream names shown per websocket bot
 MAX_SAVED = 64 * 1024 * 1024  # bytes of a saved history read at start
 
 
@@ -170,10 +193,13 @@ class DashboardFeed(Service):
         self._asked_prev: dict[str, float] = {}
         self._refused_prev: dict[str, int] = {}
         self._spent_prev: dict[str, int] = {}
+        self._ws_prev = (0, 0)  # frames delivered to bots, relayed from upstream
         self._buckets: deque[tuple[list[float], list[float]]] = deque(
             maxlen=LATENCY_WINDOW + 1)
         self._listeners: list[Callable[[bytes], None]] = []
         self._governors: list[Any] = []
+        self._gateways: list[Any] = []
+        self._hubs: list[Any] = []
         self._ledgers: list[Any] = []
         self._closers: dict[Callable, Callable[[], None]] = {}
         self._ban_causes: dict[str, tuple[int, str]] = {}
@@ -340,6 +366,7 @@ class DashboardFeed(Service):
             self.spent_total[market] = self.spent_total.get(market, 0) + w
         p50, p99 = self._latency()
         sample["latency.p50"], sample["latency.p99"] = p50, p99
+        websocket = self._websocket(sample)
         self._record(now, sample)
         doc["weight_15m"] = self._weight_15m()
         doc["answers"] = {"total": answers_total, "last_15m": self._sums("answers.")}
@@ -351,12 +378,15 @@ class DashboardFeed(Service):
         doc["cache"] = sections.pop("cache", None)
         doc["streams"] = sections.pop("streams", None)
         doc["latency"] = {"p50": p50, "p99": p99}
+        doc["websocket"] = websocket
         doc["errors"] = self._error_rows()
         for key, value in sections.items():  # a plugin's (or "instances")
             doc.setdefault(key, value)
         self.document = doc
         self._state = None
         live = {**doc, "clients": doc["clients"][:EVENT_CLIENTS], "sample": sample}
+        if websocket is not None and len(websocket["bots"]) > EVENT_WS_BOTS:
+            live["websocket"] = {**websocket, "bots": websocket["bots"][:EVENT_WS_BOTS]}
         self.event = b"event: state\ndata: " + orjson.dumps(live) + b"\n\n"
         # what changed since the last event (an open page has it): a JSON
         # merge patch (RFC 7386), usually a few hundred bytes
@@ -410,6 +440,8 @@ class DashboardFeed(Service):
         """Find the parts by interface; the sections (``IDashboardSection``)."""
         reporters = self._reporters()
         self._governors = [m for m in reporters if IWeightGovernor.providedBy(m)]
+        self._gateways = [m for m in reporters if IStreamGateway.providedBy(m)]
+        self._hubs = [m for m in reporters if IStreamHub.providedBy(m)]
         self._ledgers = [m for m in reporters if IBotLedger.providedBy(m)]
         sections: dict[str, Any] = {}
         for m in reporters:
@@ -553,6 +585,33 @@ class DashboardFeed(Service):
         for ledger in self._ledgers:
             return list(ledger.bots()[:MAX_CLIENTS])
         return []
+
+    def _websocket(self, sample: dict[str, float | None]) -> dict | None:
+        """The bots' websocket gateway (``IStreamGateway``) and what the
+        streams hold upstream for it (``IStreamHub.upstream_view``); frames
+        a second into ``sample``; None without a gateway."""
+        view: dict[str, Any] | None = None
+        for gateway in self._gateways[:1]:
+            try:
+                view = dict(gateway.gateway_view(WS_BOTS, WS_NAMES))
+            except Exception:
+                _log.failure("gateway_view() failed")
+        if view is None:
+            return None
+        upstream: Mapping[str, Any] = {}
+        for hub in self._hubs[:1]:
+            try:
+                upstream = hub.upstream_view()
+            except Exception:
+                _log.failure("upstream_view() failed")
+        view["relayed_frames"] = upstream.get("frames", 0)
+        view["relayed_bytes"] = upstream.get("bytes", 0)
+        view["upstream"] = upstream.get("markets", {})
+        delivered, relayed = view.get("frames", 0), view["relayed_frames"]
+        sample["ws.delivered"] = delivered - self._ws_prev[0]
+        sample["ws.relayed"] = relayed - self._ws_prev[1]
+        self._ws_prev = (delivered, relayed)
+        return view
 
     def _error_rows(self) -> list[dict]:
         """The newest errors: upstream failures each, local refusals summed

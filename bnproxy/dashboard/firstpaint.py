@@ -164,11 +164,67 @@ def _errors(doc: Mapping[str, Any]) -> str:
     return "".join(rows) or '<tr><td class="empty" colspan="6">none</td></tr>'
 
 
+WS_FIGURES = (("connections", "connections"), ("clients", "bots"),
+              ("subscriptions", "subscriptions"), ("streams", "distinct streams relayed"),
+              ("frames", "frames to bots (since start)"),
+              ("relayed_frames", "frames from upstream"),
+              ("relayed_bytes", "bytes from upstream"),
+              ("control_messages", "control messages from bots"),
+              ("slow_closes", "slow-client closes"), ("rate_closes", "closed for message rate"),
+              ("upstream_closes", "closed, stream lost upstream"), ("refused", "upgrades refused"))
+
+
+def _ws_figures(doc: Mapping[str, Any]) -> str:
+    w = doc.get("websocket")
+    if not w:
+        return ""
+    return "".join(f"<dt>{label}</dt><dd>{_num(w.get(key) or 0)}</dd>" for key, label in WS_FIGURES)
+
+
+def _ws_bots(doc: Mapping[str, Any]) -> str:
+    w = doc.get("websocket")
+    if not w:
+        return ('<tr><td class="empty" colspan="6">no websocket gateway (the streams '
+                'middleware is not in the chain)</td></tr>')
+    rows = []
+    for b in w.get("bots") or ():
+        names = list(b.get("streams") or ())
+        total = b.get("distinct")
+        total = b.get("subscriptions") or 0 if total is None else total
+        more = max(0, total - len(names))
+        rows.append(f'<tr data-client="{_e(b.get("client"))}"><td class="wrap">'
+                    f'{_e(b.get("client"))}</td><td>{_num(b.get("connections"))}</td>'
+                    f'<td>{_e(", ".join(b.get("markets") or ()))}</td>'
+                    f'<td>{_num(b.get("subscriptions"))}</td><td class="names">'
+                    f'{_e(", ".join(names))}'
+                    + (f' <span class="more">+{more} more</span>' if more else "")
+                    + f'</td><td title="since {_e(clock(b.get("since")))}">'
+                    f'{duration((doc.get("time") or 0) - (b.get("since") or 0))}</td></tr>')
+    return "".join(rows) or '<tr><td class="empty" colspan="6">no bot uses websockets</td></tr>'
+
+
+def _ws_upstream(doc: Mapping[str, Any]) -> str:
+    rows = []
+    for market, u in ((doc.get("websocket") or {}).get("upstream") or {}).items():
+        for e in u.get("egress") or ():
+            if not (u.get("streams") or e.get("connections") or e.get("control_messages")):
+                continue
+            rows.append(f'<tr data-market="{_e(market)}"><td>{_e(market)}</td>'
+                        f'<td>{_e(e.get("egress") or "default")}</td>'
+                        f'<td>{_num(e.get("connections"))}</td>'
+                        f'<td>{_num(e.get("control_messages"))}</td>'
+                        f'<td>{_num(u.get("streams"))}</td><td>{_num(u.get("bot_streams"))}</td>'
+                        f'<td>{_num(u.get("stale"))}</td></tr>')
+    return "".join(rows) or ('<tr><td class="empty" colspan="7">no upstream stream '
+                             'connection</td></tr>')
+
+
 PARTS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "version": lambda d: "v" + _e(d.get("version")),
     "uptime": lambda d: "up " + duration(d.get("uptime_seconds")),
     "problems": _problems, "bans": _bans, "pools": _pools, "saving": _saving,
     "clients": _clients, "errors": _errors,
+    "ws-figures": _ws_figures, "ws-bots": _ws_bots, "ws-upstream": _ws_upstream,
 }
 WHOLE: dict[str, Callable[[Mapping[str, Any]], str]] = {"verdict": _verdict, "link": _link}
 

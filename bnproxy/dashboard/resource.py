@@ -47,7 +47,7 @@ RETRY_MS = 1000
 MAX_STREAMS = 32  # open event streams in all (a tab holds one)
 MAX_STREAMS_PER_ADDRESS = 4
 SEND_BUFFER = 16 * 1024  # bytes the kernel may hold unsent per event stream
-UNSENT = 32 * 1024  # bytes waiting in the transport past which a stream is closed
+UNSENT = 32 * 1024  # bytes waiting in the transport (past the first event) closing a stream
 CSP = (b"default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
        b"connect-src 'self'; frame-ancestors 'none'")
 
@@ -137,7 +137,9 @@ class EventsResource(Resource):
     Bounded: at most ``max_streams`` open in all and ``per_address`` from
     one address (others get 429 with Retry-After); each stream's kernel send
     buffer is small (``SEND_BUFFER``) and the stream is closed as soon as
-    more than ``UNSENT`` bytes wait in the transport."""
+    more than ``UNSENT`` bytes wait in the transport besides the first
+    event (the whole document, written at once: a page is not closed for
+    the size of what it has not had a chance to read)."""
 
     isLeaf = True
 
@@ -176,7 +178,7 @@ class EventsResource(Resource):
                 f"{self._per_address} per address); close a tab"))
         _common_headers(request, b"text/event-stream")
         request.setHeader(b"x-accel-buffering", b"no")  # nginx: do not buffer
-        _small_send_buffer(request)
+        _small_send_buffer(request, UNSENT + len(self._feed.event))
         reader = _Reader(request)
         request.registerProducer(reader, True)
         gzip = _accepts_gzip(request)
@@ -247,13 +249,13 @@ def _accepts_gzip(request) -> bool:
     return False
 
 
-def _small_send_buffer(request) -> None:
+def _small_send_buffer(request, unsent: int = UNSENT) -> None:
     """The kernel keeps at most about ``SEND_BUFFER`` unsent bytes of this
     stream (without it, a page that stops reading holds megabytes there),
-    and the transport pauses (closes, ``_Reader``) past ``UNSENT``."""
+    and the transport pauses (closes, ``_Reader``) past ``unsent``."""
     transport = getattr(getattr(request, "channel", None), "transport", None)
     if transport is not None and hasattr(transport, "bufferSize"):
-        transport.bufferSize = UNSENT
+        transport.bufferSize = unsent
     handle = getattr(transport, "getHandle", None)
     sock = handle() if handle is not None else None
     if isinstance(sock, socket.socket):

@@ -47,10 +47,11 @@ from bnproxy.binance import streams as bs
 from bnproxy.binance.errors import TOO_MANY_REQUESTS, UNKNOWN
 from bnproxy.binance.marketdata import usdm_route
 from bnproxy.chain.addresses import normalise
-from bnproxy.chain.interfaces import IHealthReporter, IMetricsSource, IStreamHub
+from bnproxy.chain.interfaces import IHealthReporter, IMetricsSource, IStreamGateway, IStreamHub
 from bnproxy.chain.messages import ProxyRequest, ProxyResponse, local_error
 from bnproxy.server.clientaddr import ClientResolver
 from bnproxy.server.forwarding import RootResource, split_target, write_response
+from bnproxy.server.wsview import bots_rows
 
 _log = Logger(namespace="bnproxy.server.websocket")
 
@@ -115,6 +116,8 @@ class BotProtocol(WebSocketServerProtocol):
     paused = False
     backlog = 0
     client = ""
+    label = ""  # the bot's name, as the access log names its upgrade request
+    since = 0.0  # when the upgrade was accepted
 
     def onConnect(self, request: Any) -> None:
         return None
@@ -299,11 +302,15 @@ class Tap:
         self.gateway.frames_out += delivered
 
 
-@implementer(IMetricsSource, IHealthReporter)
+@implementer(IMetricsSource, IHealthReporter, IStreamGateway)
 class Gateway:
-    """The bots' stream connections and their fan-out (module docstring)."""
+    """The bots' stream connections and their fan-out (module docstring).
+    ``name_of``: the bot's name for its upgrade request (``IBotLedger.name_of``;
+    None: its address)."""
 
-    def __init__(self, clock, hub: Any, limits: Limits | None = None) -> None:
+    def __init__(self, clock, hub: Any, limits: Limits | None = None,
+                 name_of: Callable[[ProxyRequest], str] | None = None) -> None:
+        self.name_of = name_of
         if not IStreamHub.providedBy(hub):
             raise TypeError("the gateway needs an IStreamHub")
         self.clock = clock
@@ -341,11 +348,18 @@ class Gateway:
         return (len(self.bots) < self.limits.total
                 and self.per_client[client] < self.limits.per_client)
 
-    def build(self, path: bs.StreamPath, client: str, peer: Any) -> BotProtocol | None:
+    def label_of(self, request: ProxyRequest) -> str:
+        """The bot's name for the dashboard, as the access log gives it."""
+        return str(self.name_of(request)) if self.name_of is not None else request.client
+
+    def build(self, path: bs.StreamPath, client: str, peer: Any,
+              label: str | None = None) -> BotProtocol | None:
         factory = self.factories.get(path.market)
         if factory is None:
             return None
         bot: Any = factory.buildProtocol(peer)
+        bot.label = label or client
+        bot.since = self.clock.seconds()
         bot.route = path.route
         bot.combined = path.combined
         bot.initial = path.streams
@@ -418,6 +432,21 @@ class Gateway:
                                   "upstream connection of one of their streams dropped.",
                                   value=self.upstream_closes)
 
+    def gateway_view(self, limit: int = 50, names: int = 8) -> dict:
+        """``IStreamGateway.gateway_view``: one pass over the connections,
+        then the ``limit`` busiest bots' rows (see ``bots_rows``)."""
+        by_bot: dict[str, list[BotProtocol]] = {}
+        subscriptions = 0
+        for bot in self.bots:
+            subscriptions += len(getattr(bot, "streams", ()))
+            by_bot.setdefault(bot.label, []).append(bot)
+        return {"connections": len(self.bots), "clients": len(by_bot),
+                "subscriptions": subscriptions, "streams": len(self.taps),
+                "frames": self.frames_out, "control_messages": self.control_messages,
+                "slow_closes": self.slow_closes, "rate_closes": self.rate_closes,
+                "upstream_closes": self.upstream_closes, "refused": self.refused,
+                "bots": bots_rows(by_bot, limit, names)}
+
 
 @implementer(IResource)
 class GatewayResource:
@@ -472,11 +501,12 @@ class GatewayResource:
             binance_path = "/" + path_s[1:].partition("/")[2]
         proxy_request = ProxyRequest("GET", parsed.market, binance_path, query, headers, b"",
                                      client, self._clock.seconds(), None)
+        label = self.gateway.label_of(proxy_request)
         answer = self._handler(proxy_request)
         if isinstance(answer, ProxyResponse):
-            self._answered(answer, request, parsed, client)
+            self._answered(answer, request, parsed, client, label)
         else:
-            answer.addCallback(self._answered, request, parsed, client)
+            answer.addCallback(self._answered, request, parsed, client, label)
             answer.addErrback(self._failed, request)
         return server.NOT_DONE_YET
 
@@ -487,7 +517,7 @@ class GatewayResource:
         write_response(request, local_error(500, UNKNOWN, "bnproxy: internal error"))
 
     def _answered(self, answer: ProxyResponse, request: server.Request,
-                  parsed: bs.StreamPath, client: str) -> None:
+                  parsed: bs.StreamPath, client: str, label: str | None = None) -> None:
         if answer.status != UPGRADE_STATUS:
             self.gateway.refused += 1
             write_response(request, answer)
@@ -498,7 +528,7 @@ class GatewayResource:
         if not self.gateway.admits(client):  # filled up while the chain decided
             self._refuse(request, 429, TOO_MANY_REQUESTS, "bnproxy: too many websocket connections")
             return
-        bot = self.gateway.build(parsed, client, channel.transport.getPeer())
+        bot = self.gateway.build(parsed, client, channel.transport.getPeer(), label)
         if bot is None:
             self._refuse(request, 404, -1, bs.ILLEGAL_PATH)
             return

@@ -354,6 +354,9 @@ class Streams(MultiService):
                   lost: Callable[[], None] | None = None) -> Any:
         return self.hub.subscribe(market, stream, listener, lost)
 
+    def upstream_view(self) -> dict:
+        return self.hub.upstream_view(self.stale_streams)
+
     def stale_streams(self, market: str) -> set[str]:
         manager = self.managers[market]
         s = self.settings

@@ -11,6 +11,7 @@ symbols the market's exchangeInfo does not list are never subscribed.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -192,3 +193,23 @@ class Hub:
         return {"streams": len(self.handles),
                 "listeners": sum(len(h) for h in self.handles.values()),
                 "frames": self.frames, "bytes": self.bytes}
+
+    def upstream_view(self, stale: Callable[[str], set[str]] | None = None) -> dict:
+        """``IStreamHub.upstream_view``; ``stale(market)``: the market's stale
+        streams (the streams middleware's rule), none without it."""
+        markets = {}
+        for market, manager in self.managers.items():
+            mine = {stream for m, stream in self.handles if m == market}
+            gone = sorted(mine & stale(market)) if stale is not None and mine else []
+            named = [n for n in gone if valid_stream(n)][:5]  # public stream names only
+            open_ = Counter(c.egress or "" for c in manager.connections
+                            if c.protocol is not None)
+            egresses = sorted(set(open_) | set(manager.control_sent)
+                              | {e or "" for e in manager.egresses}) or [""]
+            markets[market] = {
+                "streams": len(manager.placed), "bot_streams": len(mine),
+                "stale": len(gone), "stale_streams": named,
+                "egress": [{"egress": e or None, "connections": open_.get(e, 0),
+                            "control_messages": manager.control_sent.get(e, 0)}
+                           for e in egresses]}
+        return {"frames": self.frames, "bytes": self.bytes, "markets": markets}
