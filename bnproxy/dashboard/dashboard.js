@@ -224,12 +224,12 @@ function renderSaving() {
   const refused = w.refused || {};
   const rows = Object.keys(w.asked).filter((m) => w.asked[m] > 0 || w.spent[m] > 0 || refused[m] > 0).map((m) => el("tr", {"data-market": m}, el("td", {}, m),
     el("td", {}, fmtNum(w.asked[m])), el("td", {}, fmtNum(w.spent[m])),
-    el("td", {class: "saving"}, w.saving_percent[m] === null ? "–" : w.saving_percent[m] + " %"),
+    el("td", {class: "saving"}, w.saving_percent[m] == null ? "–" : w.saving_percent[m] + " %"),
     el("td", {class: "refused"}, fmtNum(refused[m] || 0))));
   const t = w.total || {};
   rows.push(el("tr", {"data-market": "total"}, el("th", {}, "total"), el("th", {}, fmtNum(t.asked)),
     el("th", {}, fmtNum(t.spent)),
-    el("th", {class: "saving"}, t.saving_percent === null || t.saving_percent === undefined ? "–" : t.saving_percent + " %"),
+    el("th", {class: "saving"}, t.saving_percent == null ? "–" : t.saving_percent + " %"),
     el("th", {class: "refused"}, fmtNum(t.refused || 0))));
   fill(document.querySelector("#saving tbody"), rows);
   const markets = Object.keys(w.asked).filter((m) => w.asked[m] > 0 || w.spent[m] > 0);
