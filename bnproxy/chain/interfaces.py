@@ -321,3 +321,18 @@ class IStreamHub(Interface):
         given, is called when the upstream connection carrying the stream
         dropped: frames were missed (the reconnect resubscribes). Returns a
         handle with ``close()`` to stop. Called in the reactor thread."""
+
+
+class IUserDataUpstream(Interface):
+    """Where the bots' user-data streams (``/ws/<listenKey>``, USD-M's
+    ``/private/…``) connect upstream: the gateway relays each one to its own
+    upstream connection (``bnproxy.server.userdata``), never shared.
+
+    Provided by the ``streams`` middleware (the market's stream base, egress
+    addresses, TLS trust and new-connection pace)."""
+
+    def user_stream(market, target):
+        """``(endpoint, url)`` for one new upstream connection to ``target``
+        (path and query under ``market``'s stream base): the endpoint's
+        ``connect`` waits for the per-egress new-connection pace. None when
+        ``market`` has no stream upstream."""
