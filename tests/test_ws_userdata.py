@@ -225,3 +225,32 @@ def test_a_listen_key_never_reaches_a_log_a_metric_or_the_access_log():
     assert access.count("[redacted]") >= 3 and "/usdm/ws/[redacted]" in access
     for text in (access, metrics, health, *seen):
         assert key not in text
+
+
+def test_the_upstream_leaves_from_the_markets_egress_address_within_the_pace():
+    from types import SimpleNamespace
+
+    from autobahn.twisted.websocket import WebSocketClientFactory
+    from twisted.internet.testing import MemoryReactorClock
+
+    from bnproxy.binance.markets import PRODUCTION
+    from bnproxy.middleware.streams.dispatcher import Streams
+    from bnproxy.middleware.streams.manager import StreamManager
+    from bnproxy.middleware.streams.pace import ConnectPace
+
+    clock = MemoryReactorClock()
+    manager = StreamManager(clock, PRODUCTION["usdm"], egresses=("127.0.0.2", "127.0.0.3"))
+    manager.egress_banned = lambda egress: egress == "127.0.0.3"
+    manager.pace = ConnectPace(clock, per_minute=1)
+    streams = SimpleNamespace(managers={"usdm": manager})
+    target = "/private/ws?listenKey=K&events=ORDER_TRADE_UPDATE"
+    opened = [Streams.user_stream(streams, "usdm", target) for _ in range(2)]
+    assert [url for _, url in opened] == ["wss://fstream.binance.com" + target] * 2
+    for endpoint, url in opened:
+        endpoint.connect(WebSocketClientFactory(url, reactor=clock))
+    clock.advance(1)
+    assert [(c[0], c[1], c[4]) for c in clock.tcpClients] == [
+        ("127.0.0.1", 443, ("127.0.0.2", 0))]  # resolved in memory; the second waits
+    clock.advance(60)
+    assert len(clock.tcpClients) == 2
+    assert Streams.user_stream(SimpleNamespace(managers={}), "coinm", "/ws/K") is None
