@@ -215,6 +215,11 @@ def test_a_listen_key_never_reaches_a_log_a_metric_or_the_access_log():
         assert 'bnproxy_ws_user_data_connections{market="usdm"} 2.0' in metrics
         health = repr(rig.gateway.health())
         bot.sendClose(1000)
+
+        def deny(self, request):
+            raise ConnectionDeny(400, "Bad Request")
+        rig.exchange.hubs["usdm"].factory.protocol.onConnect = deny
+        refused(rig.reactor, rig.port, f"/usdm/ws/{key}")
         rig.exchange.set_refuse(True)
         failed = rig.via_proxy(f"/usdm/ws/{key}")
         rig.until(lambda: failed.factory.closed is not None, 30)
