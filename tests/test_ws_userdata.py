@@ -259,3 +259,25 @@ def test_the_upstream_leaves_from_the_markets_egress_address_within_the_pace():
     clock.advance(60)
     assert len(clock.tcpClients) == 2
     assert Streams.user_stream(SimpleNamespace(managers={}), "coinm", "/ws/K") is None
+
+
+KEY = "pqia91ma19a5s61cv6a81va65sdf19v8a65a1a5s61cv6a81va65sdf19v8a65a1"
+
+
+@pytest.mark.parametrize("path,query,expected", [
+    (f"/usdm/ws/{KEY}", "", ("usdm", f"/ws/{KEY}")),
+    ("/usdm/private/ws", f"listenKey={KEY}&events=ORDER_TRADE_UPDATE",
+     ("usdm", f"/private/ws?listenKey={KEY}&events=ORDER_TRADE_UPDATE")),
+    ("/usdm/stream", f"streams={KEY}/btcusdt@depth", ("usdm", f"/stream?streams={KEY}/btcusdt@depth")),
+    (f"/coinm/ws/{KEY}", "", ("coinm", f"/ws/{KEY}")),
+    (f"/ws/{KEY}", "", ("spot", f"/ws/{KEY}")),  # refused by the gateway: retired
+    ("/usdm/ws/btcusdt@depth", "", None),
+    ("/ws/0", "", None),  # ccxt's numbered connections are public
+    ("/usdm/private/api", "", None),
+    ("/coinm/private/ws", f"listenKey={KEY}", None),
+])
+def test_user_data_urls_are_told_from_public_ones(path, query, expected):
+    from bnproxy.binance.streams import user_data_path
+
+    found = user_data_path(path, query)
+    assert (None if found is None else (found.market, found.target)) == expected
