@@ -89,8 +89,10 @@ def test_a_listen_key_never_reaches_a_log(rig):
         seen.append(formatEvent(event) + repr(event))
     globalLogPublisher.addObserver(observer)
     try:
-        refused(rig.reactor, rig.port, f"/ws/{key}")
-        refused(rig.reactor, rig.port, f"/usdm/ws/{key}")
+        refused(rig.reactor, rig.port, f"/ws/{key}")  # spot: retired
+        bot = rig.via_proxy(f"/usdm/ws/{key}")  # futures: relayed (test_ws_userdata.py)
+        bot.sendClose(1000)
+        rig.sleep(1)
     finally:
         globalLogPublisher.removeObserver(observer)
     assert not any(key in line for line in seen)

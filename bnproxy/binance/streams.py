@@ -156,7 +156,49 @@ def parse_stream_path(path: str, query: str) -> StreamPath | None:
 
 
 # New websocket connections per IP: 300 per 5 minutes (spot; the futures docs
-# state none, the same pace is kept there). Counted per one-minute window,
-# 60 a minute keeps every 5-minute span within it.
+# state none, the same pace is kept there). Counted per one-minute window: a
+# 5-minute span that does not start on a minute touches 6 windows, so 50 a
+# minute (not 60) keeps every span within it, however the grants fall.
 CONNECTIONS_PER_5_MINUTES = 300
-CONNECTIONS_PER_MINUTE = CONNECTIONS_PER_5_MINUTES // 5
+CONNECTIONS_PER_MINUTE = CONNECTIONS_PER_5_MINUTES // 6
+
+
+# -- user-data streams (FACTS.md §2.1, §6) ---------------------------------------------
+# A listenKey names one account's stream: ``/ws/<listenKey>`` (futures; also
+# in a combined ``/stream?streams=`` list) or USD-M's routed
+# ``/private/ws?listenKey=<k>&events=…``. Futures listenKeys are 64
+# alphanumerics; spot's were retired with ``/api/v3/userDataStream``
+# (2026-02-20; listenKey streams on stream.binance.com deprecated 2025-04-07).
+LISTEN_KEY = re.compile(r"^[A-Za-z0-9]{32,}$")
+USER_DATA_MARKETS = ("usdm", "coinm")
+PRIVATE_ROUTE = "private"
+SPOT_USER_DATA_RETIRED = ("spot listenKey streams were retired by Binance (2026-02-20); "
+                          "use the WebSocket API's userDataStream.subscribe")
+
+
+@attrs.frozen
+class UserDataPath:
+    """A bot's user-data stream URL: its market and the target (path and
+    query, under the market's stream base) to open upstream as given."""
+
+    market: str
+    target: str
+
+
+def user_data_path(path: str, query: str) -> UserDataPath | None:
+    """The user-data stream a URL opens (``/ws/<listenKey>``, a listenKey in
+    ``/stream?streams=``, USD-M's ``/private/…``; under a market's mount,
+    bare paths being spot), or None: not a user-data stream URL."""
+    parts = [p for p in path.split("/") if p]
+    market = "spot"
+    if parts and parts[0] in STREAM_MARKETS:
+        market = parts.pop(0)
+    target = "/" + "/".join(parts) + (f"?{query}" if query else "")
+    if market == "usdm" and parts and parts[0] == PRIVATE_ROUTE:
+        return UserDataPath(market, target) if parts[1:2] in (["ws"], ["stream"]) else None
+    if market == "usdm" and parts and parts[0] in USDM_ROUTES:
+        parts.pop(0)
+    parsed = parse_stream_path("/" + "/".join(parts), query)
+    if parsed is None or not any(LISTEN_KEY.match(n) for n in parsed.streams):
+        return None
+    return UserDataPath(market, target)

@@ -355,3 +355,18 @@ class IStreamGateway(Interface):
         many to count cheaply), "streams": [at most ``names`` of them],
         "since": when its oldest connection opened}``; the ``limit`` with the
         most subscriptions. Cheap, no I/O: one pass over the connections."""
+
+
+class IUserDataUpstream(Interface):
+    """Where the bots' user-data streams (``/ws/<listenKey>``, USD-M's
+    ``/private/…``) connect upstream: the gateway relays each one to its own
+    upstream connection (``bnproxy.server.userdata``), never shared.
+
+    Provided by the ``streams`` middleware (the market's stream base, egress
+    addresses, TLS trust and new-connection pace)."""
+
+    def user_stream(market, target):
+        """``(endpoint, url)`` for one new upstream connection to ``target``
+        (path and query under ``market``'s stream base): the endpoint's
+        ``connect`` waits for the per-egress new-connection pace. None when
+        ``market`` has no stream upstream."""

@@ -21,13 +21,14 @@ the proxy on its REST port.
   falls behind past ``max_backlog`` bytes is closed (``SLOW_CLIENT``) and
   counted. Connections are capped per client address and in total.
 
-User-data streams (``/ws/<listenKey>``) are refused with a clear answer
-(they are never shared); the listenKey never reaches a log.
+User-data streams (``/ws/<listenKey>``, USD-M's ``/private/…``) on the
+futures markets are relayed one to one (``bnproxy.server.userdata``), never
+shared or cached; spot's, retired by Binance, are refused with a clear
+answer. The listenKey never reaches a log.
 """
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -47,7 +48,13 @@ from bnproxy.binance import streams as bs
 from bnproxy.binance.errors import TOO_MANY_REQUESTS, UNKNOWN
 from bnproxy.binance.marketdata import usdm_route
 from bnproxy.chain.addresses import normalise
-from bnproxy.chain.interfaces import IHealthReporter, IMetricsSource, IStreamGateway, IStreamHub
+from bnproxy.chain.interfaces import (
+    IHealthReporter,
+    IMetricsSource,
+    IStreamGateway,
+    IStreamHub,
+    IUserDataUpstream,
+)
 from bnproxy.chain.messages import ProxyRequest, ProxyResponse, local_error
 from bnproxy.server.clientaddr import ClientResolver
 from bnproxy.server.forwarding import RootResource, split_target, write_response
@@ -62,8 +69,6 @@ SLOW_CLIENT_REASON = "bnproxy: client too slow, send buffer full"
 GOING_AWAY = 1001
 UPSTREAM_LOST = 1001
 UPSTREAM_LOST_REASON = "bnproxy: stream interrupted upstream or proxy stopping, reconnect"
-# A path segment that is a listenKey (user-data stream), not a stream name.
-_LISTEN_KEY = re.compile(r"^[A-Za-z0-9]{32,}$")
 
 
 def is_upgrade(request: server.Request) -> bool:
@@ -342,6 +347,10 @@ class Gateway:
                 openHandshakeTimeout=10, closeHandshakeTimeout=5)
             factory._batched_timer = clock_timer(clock)  # pings and deadlines on ``clock``
             self.factories[market] = factory
+        self.user_data: Any = None  # user-data streams, one to one (server/userdata.py)
+        if IUserDataUpstream.providedBy(hub):
+            from bnproxy.server.userdata import UserDataRelay
+            self.user_data = UserDataRelay(self, hub)
 
     # -- admission --------------------------------------------------------------------
     def admits(self, client: str) -> bool:
@@ -352,17 +361,23 @@ class Gateway:
         """The bot's name for the dashboard, as the access log gives it."""
         return str(self.name_of(request)) if self.name_of is not None else request.client
 
-    def build(self, path: bs.StreamPath, client: str, peer: Any,
+    def build(self, path: bs.StreamPath | bs.UserDataPath, client: str, peer: Any,
               label: str | None = None) -> BotProtocol | None:
-        factory = self.factories.get(path.market)
-        if factory is None:
-            return None
-        bot: Any = factory.buildProtocol(peer)
+        bot: Any
+        if isinstance(path, bs.UserDataPath):
+            bot = None if self.user_data is None else self.user_data.build(path, peer)
+            if bot is None:
+                return None
+        else:
+            factory = self.factories.get(path.market)
+            if factory is None:
+                return None
+            bot = factory.buildProtocol(peer)
+            bot.route = path.route
+            bot.combined = path.combined
+            bot.initial = path.streams
         bot.label = label or client
         bot.since = self.clock.seconds()
-        bot.route = path.route
-        bot.combined = path.combined
-        bot.initial = path.streams
         bot.client = client
         self.per_client[client] += 1
         self.bots.add(bot)
@@ -399,7 +414,8 @@ class Gateway:
         return {"bots": len(self.bots), "streams": len(self.taps),
                 "subscriptions": sum(len(getattr(b, "streams", ())) for b in self.bots),
                 "frames": self.frames_out, "slow_closes": self.slow_closes,
-                "rate_closes": self.rate_closes, "refused": self.refused}
+                "rate_closes": self.rate_closes, "refused": self.refused,
+                **({} if self.user_data is None else {"user_data": self.user_data.health()})}
 
     def collect_metrics(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -431,6 +447,8 @@ class Gateway:
         yield CounterMetricFamily("bnproxy_ws_upstream_lost_closes", "Bots closed because the "
                                   "upstream connection of one of their streams dropped.",
                                   value=self.upstream_closes)
+        if self.user_data is not None:
+            yield from self.user_data.collect_metrics()
 
     def gateway_view(self, limit: int = 50, names: int = 8) -> dict:
         """``IStreamGateway.gateway_view``: one pass over the connections,
@@ -478,15 +496,16 @@ class GatewayResource:
             path_s, query_s = raw_path.decode("ascii"), query.decode("ascii")
         except UnicodeDecodeError:
             return self._refuse(request, 400, -1, bs.ILLEGAL_PATH)
-        parsed = bs.parse_stream_path(path_s, query_s)
+        parsed: Any = bs.user_data_path(path_s, query_s) or bs.parse_stream_path(path_s, query_s)
         if parsed is None or parsed.market not in self.gateway.markets:
             return self._refuse(request, 404, -1, bs.ILLEGAL_PATH)
-        if any(_LISTEN_KEY.match(n) for n in parsed.streams):
-            return self._refuse(request, 400, UNKNOWN, "bnproxy: user-data streams "
-                                "(/ws/<listenKey>) are not relayed; connect them to Binance")
+        if isinstance(parsed, bs.UserDataPath):  # relayed one to one (server/userdata.py)
+            if parsed.market not in bs.USER_DATA_MARKETS or self.gateway.user_data is None:
+                return self._refuse(request, 400, UNKNOWN,
+                                    "bnproxy: " + bs.SPOT_USER_DATA_RETIRED)
         # Names in the URL are taken as given (ccxt opens ``/ws/0``, ``/ws/1``…:
         # Binance accepts them and sends nothing for them).
-        if len(parsed.streams) > bs.STREAMS_PER_CONNECTION[parsed.market]:
+        elif len(parsed.streams) > bs.STREAMS_PER_CONNECTION[parsed.market]:
             return self._refuse(request, 400, -1, bs.ILLEGAL_PATH)
         peer = getattr(request.getClientAddress(), "host", None) or "unix"
         headers = tuple((k.lower(), v) for k, vs in request.requestHeaders.getAllRawHeaders()
@@ -517,7 +536,8 @@ class GatewayResource:
         write_response(request, local_error(500, UNKNOWN, "bnproxy: internal error"))
 
     def _answered(self, answer: ProxyResponse, request: server.Request,
-                  parsed: bs.StreamPath, client: str, label: str | None = None) -> None:
+                  parsed: bs.StreamPath | bs.UserDataPath, client: str,
+                  label: str | None = None) -> None:
         if answer.status != UPGRADE_STATUS:
             self.gateway.refused += 1
             write_response(request, answer)

@@ -45,8 +45,9 @@ def ccxt_urls(base: str) -> dict[str, str]:
 def ccxt_ws_urls(base: str) -> dict[str, str]:
     """ccxt.pro's ``urls.api.ws`` market-stream keys, pointed at the proxy's
     websocket gateway (the same port; ws:// for http://, wss:// for https://).
-    ccxt adds ``/public`` or ``/market`` to the USD-M one itself; the
-    websocket API (``ws-api``) and user-data streams still go to Binance."""
+    ccxt adds ``/public`` or ``/market`` (``/private`` for futures user
+    data, relayed one to one) to the USD-M one itself; the websocket API
+    (``ws-api``) and spot user data still go to Binance."""
     b = base.rstrip("/")
     ws = "wss://" + b[len("https://"):] if b.startswith("https://") else \
         "ws://" + b.removeprefix("http://")

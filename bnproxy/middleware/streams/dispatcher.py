@@ -47,7 +47,7 @@ from bnproxy.binance.marketdata import (
 )
 from bnproxy.binance.markets import PING_PATHS
 from bnproxy.binance.privacy import API_KEY_HEADER, AcceptedKeys, is_private
-from bnproxy.binance.streams import parse_stream_path
+from bnproxy.binance.streams import parse_stream_path, user_data_path
 from bnproxy.chain.compose import Answer, as_deferred, then
 from bnproxy.chain.context import MiddlewareContext
 from bnproxy.chain.interfaces import (
@@ -58,6 +58,7 @@ from bnproxy.chain.interfaces import (
     IProblemReporter,
     IReadinessCheck,
     IStreamHub,
+    IUserDataUpstream,
     IWeightGovernor,
 )
 from bnproxy.chain.messages import INTERNAL, JSON, ProxyRequest, ProxyResponse
@@ -66,7 +67,7 @@ from bnproxy.middleware.streams.hub import Hub
 from bnproxy.middleware.streams.klines import KlineSeries
 from bnproxy.middleware.streams.manager import StreamManager
 from bnproxy.middleware.streams.orderbook import OrderBook
-from bnproxy.middleware.streams.pace import ConnectPace
+from bnproxy.middleware.streams.pace import ConnectPace, stream_endpoint
 from bnproxy.middleware.streams.refetch import PURPOSES, Refetcher
 from bnproxy.middleware.streams.responders import Tools
 from bnproxy.middleware.streams.responders.depth import DepthResponder
@@ -93,15 +94,16 @@ CONFIRM_PING = b"ready-confirm"  # the INTERNAL marker of those confirmations
 
 
 def is_stream_upgrade(request: ProxyRequest) -> bool:
-    """A websocket upgrade to one of Binance's public stream paths."""
+    """A websocket upgrade to one of Binance's stream paths (public or user-data)."""
     upgrade = request.header(b"upgrade")
-    return upgrade is not None and upgrade.strip().lower() == b"websocket" and \
-        parse_stream_path(f"/{request.market}{request.path}",
-                          request.query.decode("latin-1")) is not None
+    if upgrade is None or upgrade.strip().lower() != b"websocket":
+        return False
+    path, query = f"/{request.market}{request.path}", request.query.decode("latin-1")
+    return parse_stream_path(path, query) is not None or user_data_path(path, query) is not None
 
 
 @implementer(IMiddleware, IHealthReporter, IMetricsSource, IReadinessCheck, IProblemReporter,
-             IDashboardSection, IStreamHub)
+             IDashboardSection, IStreamHub, IUserDataUpstream)
 class Streams(MultiService):
     plain_next = True
 
@@ -356,6 +358,15 @@ class Streams(MultiService):
 
     def upstream_view(self) -> dict:
         return self.hub.upstream_view(self.stale_streams)
+
+    # -- IUserDataUpstream -------------------------------------------------------------
+    def user_stream(self, market: str, target: str) -> tuple[Any, str] | None:
+        manager = self.managers.get(market)
+        if manager is None or not manager.market.stream_base:
+            return None
+        url = manager.market.stream_base + target
+        return stream_endpoint(manager.reactor, url, manager.next_egress(),
+                               manager.tls_policy, manager.pace), url
 
     def stale_streams(self, market: str) -> set[str]:
         manager = self.managers[market]

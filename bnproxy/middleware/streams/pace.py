@@ -2,14 +2,23 @@
 connections per 5 minutes per IP (``bnproxy.binance.streams``). Each egress
 address may open at most ``CONNECTIONS_PER_MINUTE`` a minute, counted in the
 shared state when there is one (every instance and worker behind the address
-together), else in this process. A connection over the pace waits for the
-next minute; reconnects after a drop are paced the same way."""
+together: ``--workers N`` needs ``--shared-state``, and each worker reserves
+in the same counter, atomically), else in this process. A connection over
+the pace waits for the next minute; reconnects after a drop are paced the
+same way. Fixed one-minute windows of ``CONNECTIONS_PER_MINUTE`` (50) keep
+every 5-minute span, aligned or not (it touches at most 6 windows), within
+Binance's 300.
+
+``stream_endpoint`` is a paced endpoint for one upstream websocket URL (the
+user-data relay's: one connection per bot, counted like the others)."""
 
 from __future__ import annotations
 
 from collections import Counter
 from typing import Any
+from urllib.parse import urlsplit
 
+from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IStreamClientEndpoint
 from zope.interface import implementer
@@ -87,3 +96,20 @@ class PacedEndpoint:
     def connect(self, protocolFactory: Any) -> Deferred:
         return self._pace.acquire(self._egress).addCallback(
             lambda _: self._endpoint.connect(protocolFactory))
+
+
+def stream_endpoint(reactor: Any, url: str, egress: str | None, tls_policy: Any,
+                    pace: ConnectPace | None) -> IStreamClientEndpoint:
+    """The endpoint of upstream websocket ``url`` (``ws``/``wss``): from
+    ``egress`` (None: the host's default), TLS with ``tls_policy`` (an
+    ``IPolicyForHTTPS``) for ``wss``, its connections paced by ``pace``."""
+    parts = urlsplit(url)
+    secure = parts.scheme == "wss"
+    port = parts.port or (443 if secure else 80)
+    host = parts.hostname or ""
+    endpoint: IStreamClientEndpoint = endpoints.HostnameEndpoint(
+        reactor, host, port, timeout=10, bindAddress=(egress, 0) if egress else None)
+    if secure:
+        endpoint = endpoints.wrapClientTLS(
+            tls_policy.creatorForNetloc(host.encode("idna"), port), endpoint)
+    return endpoint if pace is None else pace.endpoint(endpoint, egress)

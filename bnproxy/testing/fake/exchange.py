@@ -31,6 +31,7 @@ from bnproxy.testing.fake.limits import WeightLimiter
 from bnproxy.testing.fake.orders import OrderBookKeeper
 from bnproxy.testing.fake.rest import ApiError, Call, RestApi
 from bnproxy.testing.fake.state import MARKETS, Account, Accounts, Market, SymbolState
+from bnproxy.testing.fake.userdata import UserStreams
 from bnproxy.testing.fake.weights import ZERO_ON_SUCCESS, charged
 from bnproxy.testing.fake.ws import StreamHub
 
@@ -62,6 +63,12 @@ class FakeExchange:
                             {m: lim.limit for m, lim in self.limiters.items()})
         self.hubs = {m: StreamHub(m, self.markets, self.counters, reactor, ws_time_scale)
                      for m in MARKETS}
+        # futures user-data streams: listenKeys and ORDER_TRADE_UPDATE events
+        self.user_streams = UserStreams(self.markets.now, seed)
+        self.rest.routes.update(self.user_streams.routes())
+        self.orders.on_order.append(self.user_streams.order_event)
+        for m in ("usdm", "coinm"):
+            self.hubs[m].user_streams = self.user_streams
         self.paused = False
         self._loop = task.LoopingCall(self.tick)
         self._loop.clock = reactor

@@ -25,9 +25,9 @@ from bnproxy.testing.fake.state import Candle, DepthEvent, Order, SymbolState, T
 
 __all__ = ["book_ticker_event", "book_ticker_row", "combined", "depth_body", "depth_event",
            "error_body", "exchange_info", "kline_event", "kline_row", "mark_price_event",
-           "order_body", "partial_depth_event", "premium_row", "server_shutdown_event",
-           "ticker_event", "ticker_rest", "too_much_weight", "trade_event", "units",
-           "way_too_much_weight"]
+           "order_body", "order_trade_update", "partial_depth_event", "premium_row",
+           "server_shutdown_event", "ticker_event", "ticker_rest", "too_much_weight",
+           "trade_event", "units", "way_too_much_weight"]
 
 
 # -- errors -----------------------------------------------------------------------
@@ -413,3 +413,25 @@ def order_body(market: str, st: SymbolState, o: Order, full: bool = False) -> di
         "workingType": "CONTRACT_PRICE", "priceProtect": False, "origType": o.type,
         "priceMatch": "NONE", "selfTradePreventionMode": "EXPIRE_MAKER",
         "goodTillDate": 0, "time": o.time, "updateTime": o.time}
+
+
+def order_trade_update(st: SymbolState, o: Order, now: int,
+                       fill: tuple[int, int, int] | None) -> bytes:
+    """A futures ``ORDER_TRADE_UPDATE`` user-data event (FUTDOC's example's
+    fields): the order as placed (``fill`` None: ``x`` ``NEW``) or one of its
+    fills (``x`` ``TRADE``, with the last filled price, quantity and trade id)."""
+    inst = st.inst
+    avg = o.quote // o.executed if o.executed else 0
+    price, qty, trade = fill if fill is not None else (0, 0, 0)
+    done = sum(q for p, q, t in o.fills[:o.fills.index(fill) + 1]) if fill is not None else 0
+    status = "NEW" if fill is None else ("FILLED" if done == o.qty else "PARTIALLY_FILLED")
+    return orjson.dumps({
+        "e": "ORDER_TRADE_UPDATE", "E": now, "T": now, "o": {
+            "s": o.symbol, "c": o.client_id, "S": o.side, "o": o.type, "f": o.tif or "GTC",
+            "q": inst.qty(o.qty), "p": inst.price(o.price), "ap": inst.price(avg if fill else 0),
+            "sp": "0", "x": "NEW" if fill is None else "TRADE", "X": status, "i": o.order_id,
+            "l": inst.qty(qty), "z": inst.qty(done), "L": inst.price(price), "N": inst.quote,
+            "n": "0", "T": now, "t": trade, "b": "0", "a": "0", "m": False,
+            "R": o.reduce_only, "wt": "CONTRACT_PRICE", "ot": o.type, "ps": o.position_side,
+            "cp": False, "rp": "0", "pP": False, "si": 0, "ss": 0, "V": "EXPIRE_MAKER",
+            "pm": "NONE", "gtd": 0}})

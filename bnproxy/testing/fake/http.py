@@ -1,7 +1,8 @@
 """The fake exchange's twisted.web resources: REST under ``/api``, ``/fapi``,
 ``/dapi``, ``/futures/data`` and the mounts ``/spot``, ``/usdm``,
 ``/coinm``; websocket streams at ``/<market>/ws``, ``/<market>/stream`` and
-USD-M's ``/usdm/public`` and ``/usdm/market``; the admin API at ``/_fake/``.
+USD-M's ``/usdm/public``, ``/usdm/market`` and ``/usdm/private`` (user data);
+the admin API at ``/_fake/``.
 
 :class:`RestLeaf` applies the REST faults and hands each request to an
 ``answer`` callable (the exchange's gateway: limits, then the handlers).
@@ -213,13 +214,13 @@ def root_resource(answer: Answer, faults: Faults, counters: Counters, clock,
     for m in MARKETS:
         mount = _Mount(rest(m))
         ws = WebSocketResource(ws_factories[m])
-        for name in (b"ws", b"stream", b"public", b"market"):
+        for name in (b"ws", b"stream", b"public", b"market", b"private"):
             mount.putChild(name, ws)
         root.putChild(m.encode(), mount)
     root.putChild(b"_fake", admin)
     spot_ws = WebSocketResource(ws_factories["spot"])
     usdm_ws = WebSocketResource(ws_factories["usdm"])
     for name, ws in ((b"ws", spot_ws), (b"stream", spot_ws), (b"public", usdm_ws),
-                     (b"market", usdm_ws)):
+                     (b"market", usdm_ws), (b"private", usdm_ws)):
         root.putChild(name, ws)
     return root

@@ -26,6 +26,8 @@ class OrderBookKeeper:
         self.accounts = accounts
         self.next_id = 4_000_000
         self.next_trade = 90_000_000
+        # (market, API key, symbol state, order) after each order placed (user-data streams)
+        self.on_order: list = []
 
     def _symbol(self, call: Call):
         name = call.params.get("symbol")
@@ -106,6 +108,8 @@ class OrderBookKeeper:
                 "PARTIALLY_FILLED" if otype == "LIMIT" else "EXPIRED")
             self._settle(call.market, acct, st, order)
         acct.orders[order.order_id] = order
+        for listener in self.on_order:
+            listener(call.market, call.api_key, st, order)
         headers = self.order_count_headers(call)
         return 200, orjson.dumps(order_body(call.market, st, order, full=True)), headers
 

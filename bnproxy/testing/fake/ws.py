@@ -20,6 +20,7 @@ from bnproxy.testing.fake.state import Candle, DepthEvent, Market, SymbolState, 
 
 if TYPE_CHECKING:
     from bnproxy.testing.fake.control import Counters
+    from bnproxy.testing.fake.userdata import UserStreams
 
 MAX_STREAMS = 1024
 PUBLIC_ROUTE = ("depth", "bookTicker", "rpiDepth")
@@ -42,7 +43,7 @@ class FakeStreamProtocol(WebSocketServerProtocol):
         if parts and parts[0] in ("spot", "usdm", "coinm"):
             parts = parts[1:]
         self.route = None
-        if parts and parts[0] in ("public", "market"):
+        if parts and parts[0] in ("public", "market", "private"):
             self.route = parts[0]
             parts = parts[1:]
         self.combined = bool(parts) and parts[0] == "stream"
@@ -54,6 +55,13 @@ class FakeStreamProtocol(WebSocketServerProtocol):
                 initial += [unquote(s) for s in value.split("/") if s]
         self.streams: set[str] = set()
         self.initial = initial
+        # a futures user-data connection: /ws/<listenKey>, /private/ws?listenKey=…
+        key = (request.params.get("listenKey", [None])[0] if self.route == "private"
+               else initial[0] if len(initial) == 1 else None)
+        self.listen_key = key if self.hub.user_streams is not None and \
+            self.hub.user_streams.keys.get(key or "", ("",))[0] == self.hub.market else None
+        if self.listen_key is not None:
+            self.initial = []
         self.window = -1
         self.in_window = 0
         return None
@@ -62,6 +70,9 @@ class FakeStreamProtocol(WebSocketServerProtocol):
         self.opened_ms = self.hub.markets.now()
         self.hub.register(self)
         self.hub.subscribe(self, self.initial)
+        users = self.hub.user_streams
+        if self.listen_key is not None and users is not None:
+            users.attach(self.hub.market, self.listen_key, self)
 
     def allowed(self, name: str) -> bool:
         if self.hub.market != "usdm":
@@ -83,6 +94,9 @@ class FakeStreamProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean, code, reason):
         self.hub.unregister(self)
+        key, users = getattr(self, "listen_key", None), self.hub.user_streams
+        if key is not None and users is not None:
+            users.detach(key, self)
 
 
 def deliver(p: WebSocketServerProtocol, payload: bytes) -> bool:
@@ -117,6 +131,7 @@ class StreamHub:
         self.silenced: set[str] = set()
         self.silence_all = False
         self.lifetime_ms = int(24 * 3600_000 * time_scale)
+        self.user_streams: UserStreams | None = None  # futures: set by the exchange
         hub = self
 
         class Protocol(FakeStreamProtocol):
