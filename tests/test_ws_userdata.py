@@ -281,3 +281,15 @@ def test_user_data_urls_are_told_from_public_ones(path, query, expected):
 
     found = user_data_path(path, query)
     assert (None if found is None else (found.market, found.target)) == expected
+
+
+def test_every_key_the_relay_takes_for_a_listen_key_is_redacted_where_shown():
+    from bnproxy.binance import streams as bs
+    from bnproxy.binance.privacy import REDACTED, shown_path
+    from bnproxy.chain.messages import ProxyRequest
+
+    for key in ("A" * 32, "b1" * 20, "c" * 64):  # the shortest taken for one, and longer
+        assert bs.LISTEN_KEY.match(key)
+        request = ProxyRequest("GET", "usdm", f"/ws/{key}", b"", (), b"", "bot", 0.0)
+        assert shown_path(request) == f"/ws/{REDACTED}"
+    assert not bs.LISTEN_KEY.match("A" * 31)

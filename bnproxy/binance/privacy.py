@@ -162,7 +162,10 @@ def redact_query(request: ProxyRequest) -> str:
 
 _SECRET_IN_TEXT = re.compile(
     r"(?i)\b(" + "|".join(sorted(SECRET_PARAMS)) + r")(\s*[=:]\s*\"?)[^\s&\"',;]+")
-_LONG_TOKEN = re.compile(r"\b[A-Za-z0-9]{40,}\b")  # API keys, listenKeys, signatures
+# The shortest token taken for a key (API keys and futures listenKeys are 64
+# alphanumerics, signatures 64 hex): redacted in text, relayed as a listenKey.
+KEY_LIKE_LENGTH = 32
+_LONG_TOKEN = re.compile(rf"\b[A-Za-z0-9]{{{KEY_LIKE_LENGTH},}}\b")
 
 
 def redact_text(text: str, limit: int = 300) -> str:

@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl, unquote
 import attrs
 
 from bnproxy.binance.marketdata import MESSAGES_PER_SECOND
+from bnproxy.binance.privacy import KEY_LIKE_LENGTH
 
 # Streams one connection may hold. Spot: 1024. Futures: 1024 in current
 # docs, 200 in older ones (FACTS.md §9): the smaller is kept.
@@ -169,7 +170,7 @@ CONNECTIONS_PER_MINUTE = CONNECTIONS_PER_5_MINUTES // 6
 # ``/private/ws?listenKey=<k>&events=…``. Futures listenKeys are 64
 # alphanumerics; spot's were retired with ``/api/v3/userDataStream``
 # (2026-02-20; listenKey streams on stream.binance.com deprecated 2025-04-07).
-LISTEN_KEY = re.compile(r"^[A-Za-z0-9]{32,}$")
+LISTEN_KEY = re.compile(rf"^[A-Za-z0-9]{{{KEY_LIKE_LENGTH},}}$")
 USER_DATA_MARKETS = ("usdm", "coinm")
 PRIVATE_ROUTE = "private"
 SPOT_USER_DATA_RETIRED = ("spot listenKey streams were retired by Binance (2026-02-20); "
