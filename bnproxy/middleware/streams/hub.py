@@ -19,16 +19,12 @@ from zope.interface import implementer
 
 from bnproxy.binance.streams import symbol_of, valid_stream
 from bnproxy.chain.interfaces import IStreamHub
-from bnproxy.middleware.streams.manager import StreamManager
+from bnproxy.middleware.streams.manager import StreamManager, relay_only
 from bnproxy.middleware.streams.subscriptions import Subscriptions
 
 _log = Logger(namespace="bnproxy.streams.hub")
 
 Listener = Callable[[bytes], None]
-
-
-def _no_handler(data: Any) -> None:
-    """The manager's handler for a stream only bots watch."""
 
 
 class Handle:
@@ -158,7 +154,7 @@ class Hub:
                 return
             if not listed:
                 return  # Binance sends nothing for it either
-        manager.ensure(stream, _no_handler)
+        manager.ensure(stream, relay_only)  # bots only: never decoded
         self.placed.add(key)
 
     def _placed_later(self, key: tuple[str, str]) -> None:
@@ -184,7 +180,7 @@ class Hub:
                 self.placed.discard(key)
                 if key not in self.subscriptions.last_used:  # REST does not hold it
                     manager = self.managers[market]
-                    if manager.handlers.get(stream) is _no_handler:
+                    if manager.handlers.get(stream) is relay_only:
                         manager.release(stream)
 
     # -- reporting --------------------------------------------------------------------
