@@ -41,6 +41,7 @@ from typing import Any
 
 import orjson
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
@@ -122,6 +123,7 @@ class BotProtocol(WebSocketServerProtocol):
     backlog = 0
     client = ""
     cohort: Cohort | None = None
+    direct = False  # a plain TCP transport: written to at once when nothing waits
 
     def onConnect(self, request: Any) -> None:
         return None
@@ -131,6 +133,7 @@ class BotProtocol(WebSocketServerProtocol):
         self.window = -1
         self.in_window = 0
         self.transport.registerProducer(_Backpressure(self), True)
+        self.direct = isinstance(self.transport, tcp.Connection)
         self.gateway.opened(self)
         for name in dict.fromkeys(self.initial):  # the URL's names, as given
             self.streams[name] = self.gateway.join(self, name)
@@ -255,7 +258,17 @@ class BotProtocol(WebSocketServerProtocol):
         # What sendPreparedMessage does with no compression (the factory
         # offers none) and nothing queued (the gateway never queues), without
         # its per-call debug line.
-        self.transport.write(data)
+        t = self.transport
+        if (self.direct and not t._tempDataLen and t.offset == len(t.dataBuffer)
+                and not t.TLS and t.connected and not t.disconnecting):
+            # Nothing waits: sent now, as the reactor would send it once the
+            # socket polls writable, without the round through the poller
+            sent = t.writeSomeData(data)
+            if isinstance(sent, int):  # else the connection is lost: write() drops it
+                if sent < size:
+                    t.write(data[sent:])  # the rest waits as any write does
+                return True
+        t.write(data)
         return True
 
 
