@@ -29,7 +29,8 @@ same load of the shared machine.
   of 8 pairs); over ``--seconds`` the proxy's CPU time (user + system from
   /proc) is divided by the frames it delivered
   (``bnproxy_ws_frames_delivered``).
-- Memory: ``--idle`` bots connect with no stream; the proxy's RSS growth per
+- Memory: first, on the fresh proxy (after 20 connections opened and
+  closed), ``--idle`` bots connect with no stream; the proxy's RSS growth per
   connection.
 """
 
@@ -141,6 +142,21 @@ def one_round(xport: int, args, pythonpath: str) -> dict:
     out: dict = {}
     names = json.dumps(WHITELIST[:args.streams])
     with proxy(xport, args, pythonpath) as (pport, proc, sent):
+        # memory first, on a proxy that has not yet freed what a load used
+        # (RSS growth is otherwise what the freed memory could not hold)
+        warm = wsraw("idle", pport, 1, 20)
+        warm.communicate(timeout=60)
+        time.sleep(1.0)
+        rss0 = rss_kib(proc.pid)
+        idle = wsraw("idle", pport, 30, args.idle)
+        line = json.loads(idle.stdout.readline())  # once every idle bot is open
+        time.sleep(0.5)
+        rss1 = rss_kib(proc.pid)
+        idle.kill()
+        idle.wait()
+        out["idle"] = {"connections": line["opened"], "failed": line["failed"],
+                       "kib_per_connection": round((rss1 - rss0) / max(1, line["opened"]), 1)}
+        time.sleep(1.0)
         alone = probe(pport, args, args.probes)
         load = wsraw("load", pport, args.seconds + 30, args.bots - args.probes, names)
         opened = json.loads(load.stdout.readline())["opened"]
@@ -158,16 +174,6 @@ def one_round(xport: int, args, pythonpath: str) -> dict:
             "upstream_frames": int(relayed1 - relayed0), "proxy_cpu_s": round(cpu, 2),
             "cpu_us_per_frame": round(cpu / frames * 1e6, 2) if frames else None,
             "slow_client_closes": metric(pport, "bnproxy_ws_slow_client_closes")}
-        time.sleep(2.0)
-        rss0 = rss_kib(proc.pid)
-        idle = wsraw("idle", pport, 30, args.idle)
-        line = json.loads(idle.stdout.readline())  # once every idle bot is open
-        time.sleep(0.5)
-        rss1 = rss_kib(proc.pid)
-        idle.kill()
-        idle.wait()
-        out["idle"] = {"connections": line["opened"], "failed": line["failed"],
-                       "kib_per_connection": round((rss1 - rss0) / max(1, line["opened"]), 1)}
     out["latency_alone"] = latency(alone, sent)
     out["latency_under_load"] = latency(loaded, sent)
     return out
