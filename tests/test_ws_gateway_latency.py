@@ -34,11 +34,16 @@ def test_a_frame_is_the_bytes_autobahn_frames(size):
 
 
 class Recorder:
-    """What ``_Protocol`` hands its connection."""
+    """What ``_Protocol`` hands its connection (and its manager)."""
 
     def __init__(self) -> None:
         self.messages: list[bytes] = []
         self.pings = 0
+        self.reads = 0
+        self.manager = self
+
+    def read_done(self) -> None:
+        self.reads += 1
 
     def received(self, payload: bytes) -> None:
         self.messages.append(payload)
@@ -96,6 +101,7 @@ def test_an_upstream_burst_reaches_the_connection_whole_and_in_order_whatever_it
         assert recorder2.messages == [message(1), message(2, 200), message(3), message(4),
                                       message(5), big, non_ascii, message(7)], cut
         assert recorder2.pings == 1
+        assert recorder2.reads == 1 + -(-len(stream) // cut)  # after every read (+ the 101)
         assert transport2.value().startswith(b"\x8a")  # the ping answered with a pong
     protocol.dataReceived(stream)
     assert len(recorder.messages) == 8 and recorder.pings == 1
@@ -222,3 +228,46 @@ def test_frames_written_at_once_keep_their_order_when_the_socket_fills():
     assert bytes(received) == b"".join(frames)
     ours.close()
     theirs.close()
+
+
+def test_a_reads_frames_are_written_to_bots_as_soon_as_the_read_is_relayed():
+    from zope.interface import implementer
+
+    from bnproxy.binance.streams import StreamPath
+    from bnproxy.chain.interfaces import IStreamHub
+    from bnproxy.server.websocket import Gateway
+
+    @implementer(IStreamHub)
+    class Hub:
+        def __init__(self):
+            self.listeners, self.after = {}, []
+
+        def stream_markets(self):
+            return ("spot",)
+
+        def subscribe(self, market, stream, listener, lost=None):
+            self.listeners[stream] = listener
+            return self
+
+        def close(self):
+            pass
+
+        def after_read(self, callback):
+            self.after.append(callback)
+
+    hub, clock = Hub(), Clock()
+    gateway = Gateway(clock, hub)
+    bot = gateway.build(StreamPath("spot", None, True, ("btcusdt@trade",)), "10.0.0.1", None)
+    transport = StringTransport()
+    bot.transport, bot.state = transport, bot.STATE_OPEN
+    bot.onOpen()
+    hub.listeners["btcusdt@trade"](message(1))
+    hub.listeners["btcusdt@trade"](message(2))
+    assert transport.value() == b""  # queued while the read is relayed
+    for callback in hub.after:
+        callback()
+    assert transport.value() == text_frame(message(1)) + text_frame(message(2))
+    assert not clock.getDelayedCalls()  # nothing left for the end of the turn
+    hub.listeners["btcusdt@trade"](message(3))  # a frame from outside a read
+    clock.advance(0)
+    assert transport.value().endswith(text_frame(message(3)))

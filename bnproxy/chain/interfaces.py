@@ -321,3 +321,8 @@ class IStreamHub(Interface):
         given, is called when the upstream connection carrying the stream
         dropped: frames were missed (the reconnect resubscribes). Returns a
         handle with ``close()`` to stop. Called in the reactor thread."""
+
+    def after_read(callback):
+        """Call ``callback()`` once each read from an upstream connection
+        has been relayed (a listener that batches what it was given writes
+        it then, not at the end of the reactor turn). Reactor thread."""

@@ -10,8 +10,9 @@ the proxy on its REST port.
   per (market, stream) subscribed once to the ``IStreamHub``, the frame
   framed once per framing (raw or combined: the websocket frame's bytes,
   ``text_frame``) and queued for each ``Cohort`` that receives it: the bots
-  receiving the same streams in the same framing. At the end of the reactor
-  turn that brought them (``flush``), each cohort's frames are joined once
+  receiving the same streams in the same framing. Once the upstream read
+  that brought them is relayed (``IStreamHub.after_read``; at the latest at
+  the end of the reactor turn), each cohort's frames are joined once
   and written to each of its bots in one ``write``: a burst of upstream
   frames costs one write per bot, not one per frame and bot. Raw frames are
   Binance's payload bytes, combined frames Binance's
@@ -350,6 +351,7 @@ class Gateway:
         self.hub = hub
         self.limits = limits or Limits()
         self.markets = tuple(hub.stream_markets())
+        hub.after_read(self.flush)
         self.taps: dict[tuple[str, str], Tap] = {}
         self.cohorts: dict[tuple[bool, frozenset[Tap]], Cohort] = {}
         self.dirty: list[Cohort] = []  # cohorts with frames queued
@@ -450,8 +452,9 @@ class Gateway:
                 tap.cohorts[cohort.combined].remove(cohort)
 
     def queue(self, cohorts: list[Cohort], frame: bytes) -> None:
-        """Queue ``frame`` for each of ``cohorts``; flushed once the reactor
-        turn that brought it is over."""
+        """Queue ``frame`` for each of ``cohorts``; flushed once the
+        upstream read that brought it is relayed (or, for a frame from
+        elsewhere, once the reactor turn is over)."""
         dirty = self.dirty
         for cohort in cohorts:
             if not cohort.pending:

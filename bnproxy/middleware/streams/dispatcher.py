@@ -354,6 +354,9 @@ class Streams(MultiService):
                   lost: Callable[[], None] | None = None) -> Any:
         return self.hub.subscribe(market, stream, listener, lost)
 
+    def after_read(self, callback: Callable[[], None]) -> None:
+        self.hub.after_read(callback)
+
     def stale_streams(self, market: str) -> set[str]:
         manager = self.managers[market]
         s = self.settings

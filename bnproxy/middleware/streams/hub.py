@@ -68,8 +68,10 @@ class Hub:
         self.placed: set[tuple[str, str]] = set()  # subscribed upstream by the hub
         self.frames = 0
         self.bytes = 0
+        self._after_read: list[Callable[[], None]] = []
         for market, manager in managers.items():
             manager.relay = self._relay_for(market)
+            manager.read_done = self._read_done
             manager.on_lost.append(self._lost_for(market))
 
     def _relay_for(self, market: str) -> Callable[[str, bytes], None]:
@@ -86,6 +88,13 @@ class Hub:
                     except Exception:
                         _log.failure("stream listener for {stream} failed", stream=stream)
         return relay
+
+    def _read_done(self) -> None:
+        for callback in self._after_read:
+            try:
+                callback()
+            except Exception:
+                _log.failure("stream listener's after-read failed")
 
     def _lost_for(self, market: str) -> Callable[[set[str]], None]:
         def lost(names: set[str]) -> None:
@@ -119,6 +128,9 @@ class Hub:
         self.left.pop(key, None)
         self._place(key)
         return handle
+
+    def after_read(self, callback: Callable[[], None]) -> None:
+        self._after_read.append(callback)
 
     def _leave(self, handle: Handle) -> None:
         key = handle.key

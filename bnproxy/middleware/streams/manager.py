@@ -88,7 +88,15 @@ class _Protocol(WebSocketClientProtocol):
         once; anything else (control frames, fragments, a partial frame,
         non-ASCII text), and all that follows it, goes to autobahn's parser
         as before. Autobahn's costs some 20-40 µs a message (a Deferred, its
-        bookkeeping), and a burst's first frame waited for the whole burst's."""
+        bookkeeping), and a burst's first frame waited for the whole burst's.
+        Then the manager's ``read_done`` (the bots' gateway writes what it
+        was given)."""
+        try:
+            self._received(data)
+        finally:
+            self.factory.connection.manager.read_done()
+
+    def _received(self, data: bytes) -> None:
         if (self.state == self.STATE_OPEN and not self.data and self.current_frame is None
                 and not self.inside_message):
             used = split_text_frames(data, self.maxFramePayloadSize,
@@ -366,8 +374,10 @@ class StreamManager(Service):
         self.placed: dict[str, Connection] = {}
         self.last_seen: dict[str, float] = {}
         self.on_lost: list[Callable[[set[str]], None]] = []
-        # The bots' gateway: each stream frame as received (Binance's bytes).
+        # The bots' gateway: each stream frame as received (Binance's bytes),
+        # and read_done() once each read from a connection is relayed.
         self.relay: Callable[[str, bytes], None] | None = None
+        self.read_done: Callable[[], None] = lambda: None
         self.max_streams = STREAMS_PER_MARKET.get(market.name, MAX_STREAMS)
         self.control_sent: Counter[str] = Counter()  # by egress address ("": default)
         self.pace: Any = None  # new connections' pace per egress (streams/pace.py)
