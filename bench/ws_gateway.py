@@ -1,30 +1,47 @@
 """The bots' websocket gateway: CPU per frame delivered, added latency and
 memory per idle bot, with real processes on loopback.
 
-    python bench/ws_gateway.py [--bots 100] [--streams 40] [--seconds 10] [--idle 1000]
+    python bench/ws_gateway.py [--bots 100] [--streams 40] [--seconds 8] [--idle 1000]
+                               [--rounds 1] [--compare DIR]
 
 Processes: the fake exchange (``twistd bnproxy-exchange``), the proxy
-(``twistd bnproxy``, default chain) and a client process.
+(``twistd bnproxy``, default chain; a fresh one per round), and bots on
+plain sockets in client processes of their own (``wsraw.py``: no websocket
+library, so they cost the VM little and their reading does not skew the
+timing). ``--compare DIR`` runs the proxy alternately from ``DIR`` (another
+checkout, e.g. ``git archive`` of the base commit) and from this worktree,
+``--rounds`` times each, against the same fake: before and after under the
+same load of the shared machine.
 
-- Fan-out: ``--bots`` bots each subscribe ``--streams`` spot streams through
-  the proxy (each bot a rotation of the same 40-stream whitelist: trades,
-  aggregated trades, book tickers, 100 ms diff depth and 1m klines of 8
-  pairs); over ``--seconds`` the proxy's CPU time (user + system from /proc)
-  is divided by the frames it delivered (``bnproxy_ws_frames_delivered``).
-- Latency: one bot straight at the fake and one through the proxy on the same
-  streams; for every frame both received (the same bytes), the proxy's bot's
-  arrival minus the direct bot's: the added latency, p50 and p99. Measured
-  while the fan-out load runs and alone.
-- Memory: ``--idle`` bots connect with no stream; the proxy's RSS growth per
+- Latency, upstream frame → bot frame: the proxy's spot stream connections
+  go through a timing relay (``wsraw.py relay``, a plain TCP relay in front
+  of the fake) that notes, for every data frame, the time just before it
+  sends it on to the proxy; a probe process holds ``--probes`` bots through
+  the proxy on the same ``--streams`` combined streams, each socket with
+  kernel receive timestamps (``SO_TIMESTAMPNS``); a frame's latency is a
+  bot's kernel receive time minus the relay's send time (the same clock).
+  Neither the fake's own scheduling (it writes each frame to several
+  connections, and may be preempted between them) nor the probe's reading
+  counts. Alone (only the probe's bots), and during the fan-out (the
+  probe's bots are part of ``--bots``).
+- Fan-out: ``--bots`` bots each subscribe the ``--streams`` spot streams
+  (trades, aggregated trades, book tickers, 100 ms diff depth and 1m klines
+  of 8 pairs); over ``--seconds`` the proxy's CPU time (user + system from
+  /proc) is divided by the frames it delivered
+  (``bnproxy_ws_frames_delivered``).
+- Memory: first, on the fresh proxy (after 20 connections opened and
+  closed), ``--idle`` bots connect with no stream; the proxy's RSS growth per
   connection.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,71 +50,14 @@ import urllib.request
 
 from common import TWISTD, free_port, percentile, process
 
+from bnproxy.testing.processes import stop, wait_listening
+
 SYMBOLS = ["btcusdt", "ethusdt", "bnbusdt", "solusdt", "xrpusdt", "adausdt", "dogeusdt",
            "trxusdt"]
 KINDS = ["trade", "aggTrade", "bookTicker", "depth@100ms", "kline_1m"]
 WHITELIST = [f"{s}@{k}" for s in SYMBOLS for k in KINDS]
-
-CLIENT = r'''
-import sys, time, json, orjson
-from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
-from twisted.internet import reactor
-pport, xport, bots, streams, seconds, idle = (int(float(a)) for a in sys.argv[1:7])
-names = json.loads(sys.argv[7])
-mode = sys.argv[8]
-received = [0]
-arrivals = {"direct": {}, "proxy": {}}
-opened = [0]
-failed = [0]
-class Bot(WebSocketClientProtocol):
-    def onClose(self, wasClean, code, reason):
-        failed[0] += 1
-    def onOpen(self):
-        opened[0] += 1
-        if self.factory.names:
-            self.sendMessage(orjson.dumps({"method": "SUBSCRIBE",
-                                           "params": self.factory.names, "id": 1}))
-    def onMessage(self, payload, isBinary):
-        received[0] += 1
-        who = self.factory.who
-        if who is not None:
-            arrivals[who].setdefault(payload, time.perf_counter())
-def bot(port, path, names, who=None):
-    f = WebSocketClientFactory(f"ws://127.0.0.1:{port}{path}")
-    f.protocol = Bot
-    f.names = names
-    f.who = who
-    f.setProtocolOptions(autoPingInterval=None)
-    reactor.connectTCP("127.0.0.1", port, f)
-if mode == "idle":
-    for i in range(idle):
-        bot(pport, "/ws", [])
-    deadline = time.monotonic() + 60
-    def check():
-        if opened[0] + failed[0] >= idle or time.monotonic() > deadline:
-            print(json.dumps({"opened": opened[0], "failed": failed[0]})); sys.stdout.flush()
-            reactor.callLater(seconds, reactor.stop)
-        else:
-            reactor.callLater(0.2, check)
-    check()
-else:
-    if mode == "load":
-        for i in range(bots):
-            mine = [names[(i + j) % len(names)] for j in range(streams)]
-            reactor.callLater(i * 0.02, bot, pport, "/ws", mine)
-    else:
-        probe = names[:streams]
-        reactor.callLater(3.0, bot, xport, "/spot/stream", probe, "direct")
-        reactor.callLater(3.0, bot, pport, "/stream", probe, "proxy")
-    def done():
-        delays = [arrivals["proxy"][p] - t for p, t in arrivals["direct"].items()
-                  if p in arrivals["proxy"] and not p.startswith(b'{"result"')]
-        print(json.dumps({"received": received[0], "delays": delays,
-                          "opened": opened[0]}))
-        reactor.stop()
-    reactor.callLater(5.0 + seconds, done)
-reactor.run()
-'''
+HERE = os.path.dirname(os.path.abspath(__file__))
+WSRAW = os.path.join(HERE, "wsraw.py")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -120,11 +80,9 @@ def metric(pport: int, name: str) -> float:
     return total
 
 
-def client(pport: int, xport: int, args, mode: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-c", CLIENT, str(pport), str(xport), str(args.bots), str(args.streams),
-         str(args.seconds), str(args.idle), json.dumps(WHITELIST), mode],
-        stdout=subprocess.PIPE, text=True)
+def wsraw(*args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, WSRAW, *map(str, args)], stdout=subprocess.PIPE,
+                            text=True)
 
 
 def summary_ms(delays: list[float]) -> dict:
@@ -134,65 +92,150 @@ def summary_ms(delays: list[float]) -> dict:
             "p99_ms": round(percentile(delays, 99) * 1000, 3)}
 
 
+@contextlib.contextmanager
+def proxy(xport: int, args, pythonpath: str):
+    """A proxy whose spot streams come through a timing relay (wsraw.py
+    relay) in front of the fake; yields (port, process, relay's times)."""
+    pport, rport = free_port(), free_port()
+    env = {**os.environ, "PYTHONPATH": pythonpath}
+    with tempfile.TemporaryDirectory() as tmp:
+        times = os.path.join(tmp, "sent.json")
+        relay = wsraw("relay", rport, xport, times)
+        relay.stdout.readline()
+        streams = {"spot": f"ws://127.0.0.1:{rport}/spot", "usdm": f"ws://127.0.0.1:{xport}/usdm",
+                   "coinm": f"ws://127.0.0.1:{xport}/coinm"}
+        cmd = [TWISTD, "-n", "--pidfile=", "--logfile", os.path.join(tmp, "p.log"),
+               "bnproxy", "--port", f"tcp:{pport}:interface=127.0.0.1",
+               "--state-dir", tmp, "--access-log", "none",
+               "--max-connections-per-client", str(args.idle + args.bots + 10),
+               *[a for m in ("spot", "usdm", "coinm") for a in (
+                   "--upstream", f"{m}=http://127.0.0.1:{xport}/{m}",
+                   "--stream-upstream", f"{m}={streams[m]}")]]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env=env, cwd=tmp)
+        sent: dict[str, float] = {}
+        try:
+            wait_listening(pport, proc)
+            yield pport, proc, sent
+        finally:
+            stop(proc)
+            relay.terminate()
+            relay.wait(10)
+            with open(times) as f:
+                sent.update(json.load(f))
+
+
+def probe(pport: int, args, bots: int) -> list:
+    """What the probe's bots received: (digest, kernel time, user time)."""
+    p = wsraw("probe", pport, args.seconds + 2, bots, json.dumps(WHITELIST[:args.streams]))
+    return json.loads(p.communicate(timeout=args.seconds + 60)[0])["seen"]
+
+
+def latency(seen: list, sent: dict[str, float]) -> dict:
+    kernel = [k - sent[d] for d, k, _ in seen if d in sent]
+    user = [u - sent[d] for d, _, u in seen if d in sent]
+    return {**summary_ms(kernel), "unmatched": len(seen) - len(kernel),
+            "user_clock": summary_ms(user)}
+
+
+def one_round(xport: int, args, pythonpath: str) -> dict:
+    out: dict = {}
+    names = json.dumps(WHITELIST[:args.streams])
+    with proxy(xport, args, pythonpath) as (pport, proc, sent):
+        # memory first, on a proxy that has not yet freed what a load used
+        # (RSS growth is otherwise what the freed memory could not hold)
+        warm = wsraw("idle", pport, 1, 20)
+        warm.communicate(timeout=60)
+        time.sleep(1.0)
+        rss0 = rss_kib(proc.pid)
+        idle = wsraw("idle", pport, 30, args.idle)
+        line = json.loads(idle.stdout.readline())  # once every idle bot is open
+        time.sleep(0.5)
+        rss1 = rss_kib(proc.pid)
+        idle.kill()
+        idle.wait()
+        out["idle"] = {"connections": line["opened"], "failed": line["failed"],
+                       "kib_per_connection": round((rss1 - rss0) / max(1, line["opened"]), 1)}
+        time.sleep(1.0)
+        alone = probe(pport, args, args.probes)
+        load = wsraw("load", pport, args.seconds + 30, args.bots - args.probes, names)
+        opened = json.loads(load.stdout.readline())["opened"]
+        time.sleep(2.0)  # every bot subscribed
+        cpu0, frames0 = cpu_seconds(proc.pid), metric(pport, "bnproxy_ws_frames_delivered")
+        relayed0 = metric(pport, "bnproxy_ws_relayed_frames")
+        loaded = probe(pport, args, args.probes)
+        cpu1, frames1 = cpu_seconds(proc.pid), metric(pport, "bnproxy_ws_frames_delivered")
+        relayed1 = metric(pport, "bnproxy_ws_relayed_frames")
+        load.kill()
+        load.wait()
+        frames, cpu = frames1 - frames0, cpu1 - cpu0
+        out["fanout"] = {
+            "bots": opened + args.probes, "frames_delivered": int(frames),
+            "upstream_frames": int(relayed1 - relayed0), "proxy_cpu_s": round(cpu, 2),
+            "cpu_us_per_frame": round(cpu / frames * 1e6, 2) if frames else None,
+            "slow_client_closes": metric(pport, "bnproxy_ws_slow_client_closes")}
+    out["latency_alone"] = latency(alone, sent)
+    out["latency_under_load"] = latency(loaded, sent)
+    return out
+
+
+def spread(rounds: list[dict], *path: str) -> str:
+    values = []
+    for r in rounds:
+        v = r
+        for p in path:
+            v = v.get(p) if isinstance(v, dict) else None
+        if v is not None:
+            values.append(v)
+    if not values:
+        return "-"
+    return f"{statistics.median(values)} ({min(values)}–{max(values)})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--bots", type=int, default=100)
     parser.add_argument("--streams", type=int, default=40)
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--probes", type=int, default=5,
+                        help="proxied bots in the latency probe (part of --bots under load)")
+    parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--idle", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--compare", metavar="DIR",
+                        help="also run the proxy from DIR, alternating with this worktree")
     args = parser.parse_args()
-    xport, pport = free_port(), free_port()
-    out: dict = {"bots": args.bots, "streams": args.streams, "seconds": args.seconds}
-    with (tempfile.TemporaryDirectory() as tmp,
-          process(TWISTD, "-n", "--pidfile=", "bnproxy-exchange", "--port",
-                  f"tcp:{xport}:interface=127.0.0.1", port=xport),
-          process(TWISTD, "-n", "--pidfile=", "--logfile", os.path.join(tmp, "p.log"),
-                  "bnproxy", "--port", f"tcp:{pport}:interface=127.0.0.1",
-                  "--state-dir", tmp, "--access-log", "none",
-                  "--max-connections-per-client", str(args.idle + args.bots + 10),
-                  *[a for m in ("spot", "usdm", "coinm") for a in (
-                      "--upstream", f"{m}=http://127.0.0.1:{xport}/{m}",
-                      "--stream-upstream", f"{m}=ws://127.0.0.1:{xport}/{m}")],
-                  port=pport) as proxy):
-        # alone: the added latency with nothing else going on
-        alone = client(pport, xport, args, "probe")
-        result = json.loads(alone.communicate(timeout=args.seconds + 60)[0])
-        out["latency_alone"] = summary_ms(result["delays"])
-        # fan-out under load
-        print("latency alone done", file=sys.stderr)
-        load = client(pport, xport, args, "load")
-        time.sleep(4.0)  # every bot connected and subscribed
-        cpu0, frames0 = cpu_seconds(proxy.pid), metric(pport, "bnproxy_ws_frames_delivered")
-        relayed0 = metric(pport, "bnproxy_ws_relayed_frames")
-        probe = client(pport, xport, args, "probe")  # its own process: not slowed
-        # by the load client's reading
-        time.sleep(args.seconds)
-        cpu1, frames1 = cpu_seconds(proxy.pid), metric(pport, "bnproxy_ws_frames_delivered")
-        relayed1 = metric(pport, "bnproxy_ws_relayed_frames")
-        result = json.loads(load.communicate(timeout=args.seconds + 60)[0])
-        probed = json.loads(probe.communicate(timeout=args.seconds + 60)[0])
-        frames, cpu = frames1 - frames0, cpu1 - cpu0
-        out["fanout"] = {
-            "frames_delivered": int(frames), "upstream_frames": int(relayed1 - relayed0),
-            "proxy_cpu_s": round(cpu, 2),
-            "cpu_us_per_frame": round(cpu / frames * 1e6, 2) if frames else None,
-            "frames_per_cpu_second": round(frames / cpu) if cpu else None}
-        out["latency_under_load"] = summary_ms(probed["delays"])
-        out["fanout"]["bots_open"] = result["opened"]
-        out["fanout"]["slow_client_closes"] = metric(pport, "bnproxy_ws_slow_client_closes")
-        print("fan-out done", file=sys.stderr)
-        time.sleep(2.0)
-        # memory per idle bot
-        rss0 = rss_kib(proxy.pid)
-        idle = client(pport, xport, args, "idle")
-        line = idle.stdout.readline()  # once every idle bot is open
-        rss1 = rss_kib(proxy.pid)
-        idle.kill()
-        idle.wait()
-        opened = json.loads(line)["opened"]
-        out["idle"] = {"connections": opened, "closed": json.loads(line)["failed"],
-                       "kib_per_connection": round((rss1 - rss0) / opened, 1)}
-    print(json.dumps(out, indent=2))
+    here = os.environ.get("PYTHONPATH", os.path.dirname(HERE))
+    variants = {"after": here}
+    if args.compare:
+        variants = {"before": os.path.abspath(args.compare), "after": here}
+    results: dict[str, list[dict]] = {v: [] for v in variants}
+    xport = free_port()
+    with process(TWISTD, "-n", "--pidfile=", "bnproxy-exchange", "--port",
+                 f"tcp:{xport}:interface=127.0.0.1", port=xport):
+        for i in range(args.rounds):
+            for name, path in variants.items():
+                r = one_round(xport, args, path)
+                r["load_average"] = os.getloadavg()[0]
+                results[name].append(r)
+                print(f"round {i + 1} {name}: {json.dumps(r)}", file=sys.stderr, flush=True)
+    table = {}
+    for name, rounds in results.items():
+        table[name] = {
+            "cpu_us_per_frame": spread(rounds, "fanout", "cpu_us_per_frame"),
+            "frames_delivered": spread(rounds, "fanout", "frames_delivered"),
+            "alone_p50_ms": spread(rounds, "latency_alone", "p50_ms"),
+            "alone_p99_ms": spread(rounds, "latency_alone", "p99_ms"),
+            "alone_user_clock_p50_ms": spread(rounds, "latency_alone", "user_clock", "p50_ms"),
+            "load_p50_ms": spread(rounds, "latency_under_load", "p50_ms"),
+            "load_p99_ms": spread(rounds, "latency_under_load", "p99_ms"),
+            "load_user_clock_p50_ms": spread(rounds, "latency_under_load", "user_clock",
+                                             "p50_ms"),
+            "load_user_clock_p99_ms": spread(rounds, "latency_under_load", "user_clock",
+                                             "p99_ms"),
+            "kib_per_idle_bot": spread(rounds, "idle", "kib_per_connection"),
+            "load_average": spread(rounds, "load_average")}
+    print(json.dumps({"args": vars(args), "median (min–max)": table, "rounds": results},
+                     indent=1))
 
 
 if __name__ == "__main__":

@@ -28,17 +28,17 @@ def upstream_subscribers(rig, market: str, stream: str) -> int:
 def test_many_bots_share_one_upstream_subscription_and_frames_are_framed_once(rig,
                                                                               monkeypatch):
     made = Counter()
-    real = websocket.PreparedMessage
+    real = websocket.text_frame
 
-    def counting(payload, *args):
+    def counting(payload):
         made[payload[:12]] += 1
-        return real(payload, *args)
+        return real(payload)
     raw = [rig.via_proxy("/ws/btcusdt@trade") for _ in range(10)]
     combined = [rig.via_proxy("/stream?streams=btcusdt@trade") for _ in range(10)]
     rig.until(lambda: all(b.data_frames() for b in raw + combined), 60)
     assert upstream_subscribers(rig, "spot", "btcusdt@trade") == 1
     frames_before = rig.gateway.frames_out
-    monkeypatch.setattr(websocket, "PreparedMessage", counting)
+    monkeypatch.setattr(websocket, "text_frame", counting)
     upstream_before = rig.streams.hub.frames
     rig.sleep(10)
     upstream = rig.streams.hub.frames - upstream_before

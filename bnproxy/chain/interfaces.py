@@ -334,6 +334,11 @@ class IStreamHub(Interface):
         start}]}}}``. Stream names only (public; never a listenKey). Cheap,
         no I/O: called once a second."""
 
+    def after_read(callback):
+        """Call ``callback()`` once each read from an upstream connection
+        has been relayed (a listener that batches what it was given writes
+        it then, not at the end of the reactor turn). Reactor thread."""
+
 
 class IStreamGateway(Interface):
     """The bots' websocket gateway (``bnproxy.server.websocket.Gateway``) as

@@ -8,18 +8,26 @@ the proxy on its REST port.
   ``streams`` middleware answers it with 101).
 - ``Gateway`` holds the bots and fans each upstream frame out: one ``Tap``
   per (market, stream) subscribed once to the ``IStreamHub``, the frame
-  framed once per framing (raw or combined, autobahn's prepared messages)
-  and written to every subscriber. Raw frames are Binance's payload bytes,
-  combined frames Binance's ``{"stream":…,"data":…}`` bytes, untouched.
+  framed once per framing (raw or combined: the websocket frame's bytes,
+  ``text_frame``) and queued for each ``Cohort`` that receives it: the bots
+  receiving the same streams in the same framing. Once the upstream read
+  that brought them is relayed (``IStreamHub.after_read``; at the latest at
+  the end of the reactor turn), each cohort's frames are joined once
+  and written to each of its bots in one ``write``: a burst of upstream
+  frames costs one write per bot, not one per frame and bot. Raw frames are
+  Binance's payload bytes, combined frames Binance's
+  ``{"stream":…,"data":…}`` bytes, untouched. A bot's subscriptions, framing
+  and USD-M route are looked at when they change (its cohort is chosen
+  again), never per frame.
 - ``BotProtocol`` speaks Binance's control protocol (``SUBSCRIBE``,
   ``UNSUBSCRIBE``, ``LIST_SUBSCRIPTIONS``, ``SET_PROPERTY``/``GET_PROPERTY``
   ``combined``) with Binance's answers and limits (``bnproxy.binance.streams``):
   message rate (close 1008), streams per connection, invalid names, server
   pings and the pong deadline.
 - Each bot has a bounded send buffer: the transport is a push producer's
-  consumer; while it is paused, what is written is counted, and a bot that
-  falls behind past ``max_backlog`` bytes is closed (``SLOW_CLIENT``) and
-  counted. Connections are capped per client address and in total.
+  consumer; while it is paused, what is written is counted, and a bot whose
+  next write would take it past ``max_backlog`` bytes is closed
+  (``SLOW_CLIENT``) and counted. Connections are capped per client address and in total.
 
 User-data streams (``/ws/<listenKey>``, USD-M's ``/private/…``) on the
 futures markets are relayed one to one (``bnproxy.server.userdata``), never
@@ -35,7 +43,7 @@ from typing import Any
 
 import orjson
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.protocol import PreparedMessage
+from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
@@ -123,6 +131,8 @@ class BotProtocol(WebSocketServerProtocol):
     client = ""
     label = ""  # the bot's name, as the access log names its upgrade request
     since = 0.0  # when the upgrade was accepted
+    cohort: Cohort | None = None
+    direct = False  # a plain TCP transport: written to at once when nothing waits
 
     def onConnect(self, request: Any) -> None:
         return None
@@ -132,9 +142,11 @@ class BotProtocol(WebSocketServerProtocol):
         self.window = -1
         self.in_window = 0
         self.transport.registerProducer(_Backpressure(self), True)
+        self.direct = isinstance(self.transport, tcp.Connection)
         self.gateway.opened(self)
         for name in dict.fromkeys(self.initial):  # the URL's names, as given
             self.streams[name] = self.gateway.join(self, name)
+        self.gateway.regroup(self)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.gateway.closed(self)
@@ -204,6 +216,7 @@ class BotProtocol(WebSocketServerProtocol):
             if len(params) < 2 or not isinstance(params[1], bool):
                 return bs.error(*bs.NOT_BOOLEAN, rid)
             self.combined = params[1]
+            self.gateway.regroup(self)
             return {"result": None, "id": rid}
         return bs.error(*bs.unknown_method(method), rid)
 
@@ -217,6 +230,7 @@ class BotProtocol(WebSocketServerProtocol):
             return bs.TOO_MANY_STREAMS
         for name in new:
             self.streams[name] = self.gateway.join(self, name)
+        self.gateway.regroup(self)
         return None
 
     def unsubscribe(self, names: list[str]) -> None:
@@ -224,6 +238,7 @@ class BotProtocol(WebSocketServerProtocol):
             tap = self.streams.pop(name, None)
             if tap is not None:
                 tap.leave(self)
+        self.gateway.regroup(self)
 
     def allowed(self, name: str) -> bool:
         """USD-M: a routed connection carries its route's streams; an
@@ -234,37 +249,75 @@ class BotProtocol(WebSocketServerProtocol):
         return route == self.route or (self.route is None and route == "public")
 
     # -- sending ----------------------------------------------------------------------
-    def deliver(self, prepared: PreparedMessage, size: int) -> None:
+    def deliver(self, data: bytes, size: int) -> bool:
+        """Write ``data`` (whole websocket frames) unless the bot is closing;
+        while its socket is full, count it, and close a bot it would take
+        past the bound instead. True if written."""
+        if self.state != OPEN:
+            return False  # closing: no data frame may follow a close frame
         if self.paused:
-            self.backlog += size
-            if self.backlog > self.gateway.limits.max_backlog:
+            if self.backlog + size > self.gateway.limits.max_backlog:
                 self.gateway.slow_closes += 1
                 _log.info("websocket client {client} too slow: closed", client=self.client)
-                self.paused = False  # nothing more counted: it is being closed
                 # The close frame queues behind what waits; nothing follows it,
                 # and autobahn drops the connection if no answer comes in 5 s.
                 self.close(SLOW_CLIENT, SLOW_CLIENT_REASON)
-                return
-        if self.state != OPEN:
-            return  # closing: no data frame may follow a close frame
-        if self._perMessageCompress is None and not self.send_queue:
-            # What sendPreparedMessage does in this case, without the debug
-            # line it formats on every call (7.5 µs of the 7.6 a frame costs)
-            self.transport.write(prepared.payloadHybi)
-        else:
-            self.sendPreparedMessage(prepared)
+                return False
+            self.backlog += size
+        # What sendPreparedMessage does with no compression (the factory
+        # offers none) and nothing queued (the gateway never queues), without
+        # its per-call debug line.
+        t = self.transport
+        if (self.direct and not t._tempDataLen and t.offset == len(t.dataBuffer)
+                and not t.TLS and t.connected and not t.disconnecting):
+            # Nothing waits: sent now, as the reactor would send it once the
+            # socket polls writable, without the round through the poller
+            sent = t.writeSomeData(data)
+            if isinstance(sent, int):  # else the connection is lost: write() drops it
+                if sent < size:
+                    t.write(data[sent:])  # the rest waits as any write does
+                return True
+        t.write(data)
+        return True
+
+
+def text_frame(payload: bytes) -> bytes:
+    """The server's websocket frame for ``payload``: final, text, unmasked
+    (RFC 6455 §5.2), as autobahn frames it."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
+    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
+
+
+class Cohort:
+    """The bots that receive the same streams (``taps``) in the same framing:
+    each frame for them is queued once and written to all of them at the
+    flush."""
+
+    __slots__ = ("bots", "combined", "key", "pending", "taps")
+
+    def __init__(self, key: tuple[bool, frozenset[Tap]]) -> None:
+        self.key = key
+        self.combined, self.taps = key
+        self.bots: set[BotProtocol] = set()
+        self.pending: list[bytes] = []
 
 
 class Tap:
-    """One (market, stream) for every bot that wants it: subscribed to the
-    hub once, each frame prepared once per framing."""
+    """One (market, stream) for every bot that holds it: subscribed to the
+    hub once, each frame framed once per framing and queued for the cohorts
+    that receive it."""
 
-    __slots__ = ("bots", "gateway", "handle", "key")
+    __slots__ = ("bots", "cohorts", "gateway", "handle", "key")
 
     def __init__(self, gateway: Gateway, market: str, stream: str) -> None:
         self.gateway = gateway
         self.key = (market, stream)
         self.bots: set[BotProtocol] = set()
+        self.cohorts: dict[bool, list[Cohort]] = {False: [], True: []}  # by framing
         self.handle = gateway.hub.subscribe(market, stream, self.frame, self.lost)
 
     def leave(self, bot: BotProtocol) -> None:
@@ -278,33 +331,21 @@ class Tap:
         is stopping. Every bot on the stream gets a close frame it reconnects
         from (as a bot straight at Binance would have seen its connection
         drop), never a silent gap or socket."""
+        self.gateway.flush()  # what came before the drop goes out first
         for bot in tuple(self.bots):
             if bot.state == bot.STATE_OPEN:
                 self.gateway.upstream_closes += 1
                 bot.close(UPSTREAM_LOST, UPSTREAM_LOST_REASON)
 
     def frame(self, payload: bytes) -> None:
-        raw: PreparedMessage | None = None
-        combined: PreparedMessage | None = None
-        stream = self.key[1]
-        delivered = raw_size = 0
-        for bot in tuple(self.bots):  # a bot closed while delivering leaves the set
-            if bot.market == "usdm" and not bot.allowed(stream):
-                continue
-            if bot.combined:
-                if combined is None:
-                    combined = PreparedMessage(payload, False, False, True)
-                bot.deliver(combined, len(payload))
-            else:
-                if raw is None:
-                    data = bs.raw_data(stream, payload)
-                    if data is None:
-                        continue
-                    raw = PreparedMessage(data, False, False, True)
-                    raw_size = len(data)
-                bot.deliver(raw, raw_size)
-            delivered += 1
-        self.gateway.frames_out += delivered
+        gateway = self.gateway
+        combined, raw = self.cohorts[True], self.cohorts[False]
+        if combined:
+            gateway.queue(combined, text_frame(payload))
+        if raw:
+            data = bs.raw_data(self.key[1], payload)
+            if data is not None:
+                gateway.queue(raw, text_frame(data))
 
 
 @implementer(IMetricsSource, IHealthReporter, IStreamGateway)
@@ -322,7 +363,11 @@ class Gateway:
         self.hub = hub
         self.limits = limits or Limits()
         self.markets = tuple(hub.stream_markets())
+        hub.after_read(self.flush)
         self.taps: dict[tuple[str, str], Tap] = {}
+        self.cohorts: dict[tuple[bool, frozenset[Tap]], Cohort] = {}
+        self.dirty: list[Cohort] = []  # cohorts with frames queued
+        self._flush_call: Any = None
         self.bots: set[BotProtocol] = set()
         self.per_client: dict[str, int] = defaultdict(int)
         self.connections_total = 0
@@ -393,6 +438,7 @@ class Gateway:
         self.per_client[bot.client] -= 1
         if self.per_client[bot.client] <= 0:
             del self.per_client[bot.client]
+        self._ungroup(bot)
         for tap in getattr(bot, "streams", {}).values():
             tap.leave(bot)
 
@@ -405,13 +451,71 @@ class Gateway:
         tap.bots.add(bot)
         return tap
 
+    def regroup(self, bot: BotProtocol) -> None:
+        """Put ``bot`` in the cohort of what it receives now: its streams
+        (on USD-M those its route carries) in its framing. Frames already
+        queued go out first, under the grouping they were queued for."""
+        self.flush()
+        taps = frozenset(tap for name, tap in bot.streams.items()
+                         if bot.market != "usdm" or bot.allowed(name))
+        key = (bot.combined, taps)
+        if bot.cohort is not None and bot.cohort.key == key:
+            return
+        self._ungroup(bot)
+        cohort = self.cohorts.get(key)
+        if cohort is None:
+            cohort = self.cohorts[key] = Cohort(key)
+            for tap in taps:
+                tap.cohorts[bot.combined].append(cohort)
+        cohort.bots.add(bot)
+        bot.cohort = cohort
+
+    def _ungroup(self, bot: BotProtocol) -> None:
+        cohort, bot.cohort = bot.cohort, None
+        if cohort is None:
+            return
+        cohort.bots.discard(bot)
+        if not cohort.bots:
+            del self.cohorts[cohort.key]
+            for tap in cohort.taps:
+                tap.cohorts[cohort.combined].remove(cohort)
+
+    def queue(self, cohorts: list[Cohort], frame: bytes) -> None:
+        """Queue ``frame`` for each of ``cohorts``; flushed once the
+        upstream read that brought it is relayed (or, for a frame from
+        elsewhere, once the reactor turn is over)."""
+        dirty = self.dirty
+        for cohort in cohorts:
+            if not cohort.pending:
+                dirty.append(cohort)
+            cohort.pending.append(frame)
+        if self._flush_call is None:
+            self._flush_call = self.clock.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        """Write each cohort's queued frames, joined once, to its bots."""
+        call, self._flush_call = self._flush_call, None
+        if call is not None and call.active():
+            call.cancel()
+        dirty, self.dirty = self.dirty, []
+        for cohort in dirty:
+            frames, cohort.pending = cohort.pending, []
+            data = frames[0] if len(frames) == 1 else b"".join(frames)
+            size = len(data)
+            written = 0
+            for bot in tuple(cohort.bots):  # a bot closed while writing leaves the set
+                if bot.deliver(data, size):
+                    written += 1
+            self.frames_out += written * len(frames)
+
     def close_all(self, code: int = GOING_AWAY, reason: str = "bnproxy: shutting down") -> None:
+        self.flush()
         for bot in list(self.bots):
             bot.close(code, reason)
 
     # -- reporting --------------------------------------------------------------------
     def health(self) -> dict:
-        return {"bots": len(self.bots), "streams": len(self.taps),
+        return {"bots": len(self.bots), "streams": len(self.taps), "cohorts": len(self.cohorts),
                 "subscriptions": sum(len(getattr(b, "streams", ())) for b in self.bots),
                 "frames": self.frames_out, "slow_closes": self.slow_closes,
                 "rate_closes": self.rate_closes, "refused": self.refused,

@@ -359,6 +359,9 @@ class Streams(MultiService):
     def upstream_view(self) -> dict:
         return self.hub.upstream_view(self.stale_streams)
 
+    def after_read(self, callback: Callable[[], None]) -> None:
+        self.hub.after_read(callback)
+
     # -- IUserDataUpstream -------------------------------------------------------------
     def user_stream(self, market: str, target: str) -> tuple[Any, str] | None:
         manager = self.managers.get(market)

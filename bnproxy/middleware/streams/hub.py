@@ -20,16 +20,12 @@ from zope.interface import implementer
 
 from bnproxy.binance.streams import symbol_of, valid_stream
 from bnproxy.chain.interfaces import IStreamHub
-from bnproxy.middleware.streams.manager import StreamManager
+from bnproxy.middleware.streams.manager import StreamManager, relay_only
 from bnproxy.middleware.streams.subscriptions import Subscriptions
 
 _log = Logger(namespace="bnproxy.streams.hub")
 
 Listener = Callable[[bytes], None]
-
-
-def _no_handler(data: Any) -> None:
-    """The manager's handler for a stream only bots watch."""
 
 
 class Handle:
@@ -73,8 +69,10 @@ class Hub:
         self.placed: set[tuple[str, str]] = set()  # subscribed upstream by the hub
         self.frames = 0
         self.bytes = 0
+        self._after_read: list[Callable[[], None]] = []
         for market, manager in managers.items():
             manager.relay = self._relay_for(market)
+            manager.read_done = self._read_done
             manager.on_lost.append(self._lost_for(market))
 
     def _relay_for(self, market: str) -> Callable[[str, bytes], None]:
@@ -91,6 +89,13 @@ class Hub:
                     except Exception:
                         _log.failure("stream listener for {stream} failed", stream=stream)
         return relay
+
+    def _read_done(self) -> None:
+        for callback in self._after_read:
+            try:
+                callback()
+            except Exception:
+                _log.failure("stream listener's after-read failed")
 
     def _lost_for(self, market: str) -> Callable[[set[str]], None]:
         def lost(names: set[str]) -> None:
@@ -124,6 +129,9 @@ class Hub:
         self.left.pop(key, None)
         self._place(key)
         return handle
+
+    def after_read(self, callback: Callable[[], None]) -> None:
+        self._after_read.append(callback)
 
     def _leave(self, handle: Handle) -> None:
         key = handle.key
@@ -159,7 +167,7 @@ class Hub:
                 return
             if not listed:
                 return  # Binance sends nothing for it either
-        manager.ensure(stream, _no_handler)
+        manager.ensure(stream, relay_only)  # bots only: never decoded
         self.placed.add(key)
 
     def _placed_later(self, key: tuple[str, str]) -> None:
@@ -185,7 +193,7 @@ class Hub:
                 self.placed.discard(key)
                 if key not in self.subscriptions.last_used:  # REST does not hold it
                     manager = self.managers[market]
-                    if manager.handlers.get(stream) is _no_handler:
+                    if manager.handlers.get(stream) is relay_only:
                         manager.release(stream)
 
     # -- reporting --------------------------------------------------------------------

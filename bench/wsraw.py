@@ -1,0 +1,276 @@
+"""Websocket bots for bench/ws_gateway.py, on plain sockets (no websocket
+library): cheap enough that the bots do not compete with the proxy for the
+VM's two cores, and timed by the kernel, not by the bots' own Python.
+
+    python wsraw.py load  PORT SECONDS BOTS STREAMS_JSON
+    python wsraw.py probe PORT XPORT SECONDS BOTS STREAMS_JSON
+    python wsraw.py idle  PORT SECONDS BOTS
+
+- ``load``: BOTS bots through the proxy, each subscribing STREAMS with one
+  ``SUBSCRIBE``; they read and discard (one ``recv`` per readable socket).
+- ``probe``: one connection straight at the fake exchange and BOTS through
+  the proxy, all combined (``/stream``) so a frame's bytes are the same on
+  every socket. Each socket has ``SO_TIMESTAMPNS``: every ``recvmsg`` carries
+  the kernel's receive time of its data, so a frame's arrival is when the
+  kernel got it, whenever this process gets to read it (on loopback the
+  receive time is the sender's ``send``). For each data frame both the direct
+  connection and a proxied bot received: the bot's time minus the direct
+  one's, the proxy's added latency. The same difference from user-space
+  clocks (``time.time()`` after ``recvmsg``) is printed beside it, to show
+  what a measuring client's own reading adds.
+- ``idle``: BOTS bots that connect and subscribe nothing; prints once all are
+  open, then holds them SECONDS.
+
+Server pings are not answered: runs are shorter than the proxy's pong
+deadline (60 s spot).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import selectors
+import signal
+import socket
+import struct
+import sys
+import time
+
+SCM_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+
+
+def masked(payload: bytes, opcode: int = 1) -> bytes:
+    """A client's frame (clients mask)."""
+    key = os.urandom(4)
+    n = len(payload)
+    head = bytes([0x80 | opcode])
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 65536:
+        head += bytes([0x80 | 126]) + struct.pack("!H", n)
+    else:
+        head += bytes([0x80 | 127]) + struct.pack("!Q", n)
+    body = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    return head + key + body
+
+
+def connect(port: int, path: str, timestamps: bool = False) -> tuple[socket.socket, bytes]:
+    """An open websocket (blocking handshake); the bytes read past the
+    handshake."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if timestamps:
+        s.setsockopt(socket.SOL_SOCKET, SCM_TIMESTAMPNS, 1)
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+               "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed during the handshake: {data[:200]!r}")
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 101"):
+        raise ConnectionError(head[:200])
+    s.setblocking(False)
+    return s, rest
+
+
+def subscribe(s: socket.socket, names: list[str]) -> None:
+    s.setblocking(True)
+    s.sendall(masked(json.dumps({"method": "SUBSCRIBE", "params": names, "id": 1}).encode()))
+    s.setblocking(False)
+
+
+class Frames:
+    """Splits one connection's bytes into (opcode, payload) frames."""
+
+    __slots__ = ("buf",)
+
+    def __init__(self, data: bytes = b"") -> None:
+        self.buf = data
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        buf = self.buf + data
+        out = []
+        i, n = 0, len(buf)
+        while n - i >= 2:
+            b1 = buf[i + 1] & 0x7F
+            at = i + 2
+            if b1 == 126:
+                if n - at < 2:
+                    break
+                b1 = struct.unpack_from("!H", buf, at)[0]
+                at += 2
+            elif b1 == 127:
+                if n - at < 8:
+                    break
+                b1 = struct.unpack_from("!Q", buf, at)[0]
+                at += 8
+            if n - at < b1:
+                break
+            out.append((buf[i] & 0x0F, buf[at:at + b1]))
+            i = at + b1
+        self.buf = buf[i:]
+        return out
+
+
+def kernel_time(ancdata) -> float | None:
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == SCM_TIMESTAMPNS:
+            sec, nsec = struct.unpack("qq", data[:16])
+            return sec + nsec * 1e-9
+    return None
+
+
+def load(port: int, seconds: float, bots: int, names: list[str]) -> None:
+    sel = selectors.DefaultSelector()
+    opened = 0
+    for i in range(bots):
+        s, _ = connect(port, "/ws")
+        mine = [names[(i + j) % len(names)] for j in range(len(names))]
+        subscribe(s, mine)
+        sel.register(s, selectors.EVENT_READ)
+        opened += 1
+    print(json.dumps({"opened": opened}), flush=True)
+    received = 0
+    closed = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for key, _ in sel.select(0.5):
+            try:
+                data = key.fileobj.recv(1 << 20)
+            except BlockingIOError:
+                continue
+            if not data:
+                sel.unregister(key.fileobj)
+                closed += 1
+            received += len(data)
+    print(json.dumps({"bytes": received, "closed": closed}), flush=True)
+
+
+def digest(payload: bytes) -> str:
+    return hashlib.blake2b(payload, digest_size=8).hexdigest()
+
+
+def relay(port: int, xport: int, out: str) -> None:
+    """A transparent TCP relay in front of the fake exchange's streams: the
+    proxy's upstream connections go through it. For each data frame from
+    the fake, the time just before the relay's ``send`` of it to the proxy
+    (first occurrence) is written to ``out`` at SIGTERM: the moment the
+    frame left upstream."""
+    sent: dict[str, float] = {}
+
+    def dump(*_):
+        with open(out, "w") as f:
+            json.dump(sent, f)
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, dump)
+    listener = socket.create_server(("127.0.0.1", port))
+    sel = selectors.DefaultSelector()
+    sel.register(listener, selectors.EVENT_READ)
+    peers: dict[socket.socket, socket.socket] = {}
+    parsers: dict[socket.socket, list] = {}  # fake side -> [handshake done, Frames]
+    print(json.dumps({"listening": port}), flush=True)
+    while True:
+        for key, _ in sel.select():
+            s = key.fileobj
+            if s is listener:
+                proxy_side, _ = listener.accept()
+                fake_side = socket.create_connection(("127.0.0.1", xport))
+                for a in (proxy_side, fake_side):
+                    a.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                peers[proxy_side], peers[fake_side] = fake_side, proxy_side
+                parsers[fake_side] = [False, Frames()]
+                sel.register(proxy_side, selectors.EVENT_READ)
+                sel.register(fake_side, selectors.EVENT_READ)
+                continue
+            try:
+                data = s.recv(1 << 20)
+            except OSError:
+                data = b""
+            other = peers.get(s)
+            if not data or other is None:
+                for a in (s, other):
+                    if a is not None and a in peers:
+                        sel.unregister(a)
+                        a.close()
+                        peers.pop(a, None)
+                        parsers.pop(a, None)
+                continue
+            t = time.time()
+            other.sendall(data)
+            state = parsers.get(s)
+            if state is None:
+                continue  # the proxy's direction: control messages
+            if not state[0]:
+                state[1].buf += data
+                if b"\r\n\r\n" not in state[1].buf:
+                    continue
+                state[0] = True
+                data = state[1].buf.partition(b"\r\n\r\n")[2]
+                state[1].buf = b""
+            for opcode, payload in state[1].feed(data):
+                if opcode == 1 and payload.startswith(b'{"stream"'):
+                    sent.setdefault(digest(payload), t)
+
+
+def probe(port: int, seconds: float, bots: int, names: list[str]) -> None:
+    """BOTS combined bots through the proxy; prints each data frame's digest
+    and kernel (and user-space) receive times."""
+    query = "/".join(names)
+    sel = selectors.DefaultSelector()
+    sockets = {}
+    for i in range(bots):
+        s, rest = connect(port, f"/stream?streams={query}", timestamps=True)
+        sockets[s] = (i, Frames(rest))
+        sel.register(s, selectors.EVENT_READ)
+    seen: list[tuple[str, float, float]] = []  # digest, kernel, user
+    start = time.monotonic()
+    end = start + seconds
+    warm = start + 2.0  # every subscription acknowledged and flowing
+    while time.monotonic() < end:
+        for key, _ in sel.select(0.5):
+            s = key.fileobj
+            try:
+                data, anc, _, _ = s.recvmsg(1 << 20, 64)
+            except BlockingIOError:
+                continue
+            user = time.time()
+            kernel = kernel_time(anc) or user
+            _, frames = sockets[s]
+            if not data:
+                sel.unregister(s)
+                continue
+            for opcode, payload in frames.feed(data):
+                if opcode == 1 and time.monotonic() >= warm:
+                    seen.append((digest(payload), kernel, user))
+    print(json.dumps({"seen": seen}), flush=True)
+
+
+def idle(port: int, seconds: float, bots: int) -> None:
+    held = []
+    failed = 0
+    for _ in range(bots):
+        try:
+            held.append(connect(port, "/ws")[0])
+        except (OSError, ConnectionError):
+            failed += 1
+    print(json.dumps({"opened": len(held), "failed": failed}), flush=True)
+    time.sleep(seconds)
+
+
+if __name__ == "__main__":
+    mode, args = sys.argv[1], sys.argv[2:]
+    if mode == "load":
+        load(int(args[0]), float(args[1]), int(args[2]), json.loads(args[3]))
+    elif mode == "probe":
+        probe(int(args[0]), float(args[1]), int(args[2]), json.loads(args[3]))
+    elif mode == "relay":
+        relay(int(args[0]), int(args[1]), args[2])
+    else:
+        idle(int(args[0]), float(args[1]), int(args[2]))
