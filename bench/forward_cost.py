@@ -4,6 +4,11 @@ valgrind's callgrind, every request forwarded to the fake exchange on
 loopback over the pooled keep-alive connection.
 
     python bench/forward_cost.py [--requests 1000] [--path /api/v3/depth?...]
+    python bench/forward_cost.py --chain default --path /api/v3/time
+
+``--chain default``: the default middleware chain (logger to a discarded
+access log, allowlist, streams, cache, ratelimit) instead of none; give a
+path the chain forwards (``/api/v3/time``: never cached).
 
 With ``--latency N``: no valgrind; the same request N times straight to the
 fake exchange and N times through the proxy, interleaved in 10 rounds over
@@ -25,7 +30,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 PATH = "/api/v3/depth?symbol=BTCUSDT&limit=5"
 
 
-def serve(port: int, upstream: str) -> None:
+def serve(port: int, upstream: str, chain: str = "none") -> None:
     import gc
 
     from twisted.internet import reactor
@@ -33,8 +38,9 @@ def serve(port: int, upstream: str) -> None:
     from bnproxy.config.model import ProxyConfig
     from bnproxy.service import ProxyService
 
-    config = ProxyConfig(listen=(), upstreams={"spot": upstream}, middleware=(),
-                         access_log="none", state_dir=tempfile.mkdtemp())
+    options: dict = {} if chain == "default" else {"middleware": ()}
+    config = ProxyConfig(listen=(), upstreams={"spot": upstream}, access_log="none",
+                         state_dir=tempfile.mkdtemp(), **options)
     service = ProxyService(reactor, config)
     reactor.listenTCP(port, service.site, interface="127.0.0.1")
     service.startService()
@@ -50,30 +56,31 @@ def main() -> None:
     parser.add_argument("--path", default=PATH)
     parser.add_argument("--idle", type=float, default=3.0)
     parser.add_argument("--latency", type=int, default=0)
+    parser.add_argument("--chain", choices=("none", "default"), default="none")
     args = parser.parse_args()
     xport, port = free_port(), free_port()
     if args.latency:
-        latency(args.path, args.latency, xport, port)
+        latency(args.path, args.latency, xport, port, args.chain)
         return
     with process(TWISTD, "-n", "--pidfile=", "--logfile=/dev/null", "bnproxy-exchange",
                  "--port", f"tcp:{xport}:interface=127.0.0.1",
                  "--spot-weight-limit", "100000000", port=xport), \
          counted(sys.executable, os.path.abspath(__file__), "--serve", str(port),
-                 f"http://127.0.0.1:{xport}/spot", port=port) as measure:
+                 f"http://127.0.0.1:{xport}/spot", args.chain, port=port) as measure:
         net = measure(f"http://127.0.0.1:{port}{args.path}", args.requests, args.idle)
-        print(json.dumps({"path": args.path, "requests": args.requests,
+        print(json.dumps({"path": args.path, "chain": args.chain, "requests": args.requests,
                           "instructions_per_request": round(net),
                           "raw": round(measure.raw)}, indent=2))  # type: ignore[attr-defined]
 
 
-def latency(path: str, n: int, xport: int, port: int) -> None:
+def latency(path: str, n: int, xport: int, port: int, chain: str = "none") -> None:
     from common import TWISTD, process, summary, timed_gets
 
     with process(TWISTD, "-n", "--pidfile=", "--logfile=/dev/null", "bnproxy-exchange",
                  "--port", f"tcp:{xport}:interface=127.0.0.1",
                  "--spot-weight-limit", "100000000", port=xport, cpu=0), \
          process(sys.executable, os.path.abspath(__file__), "--serve", str(port),
-                 f"http://127.0.0.1:{xport}/spot", port=port, cpu=1):
+                 f"http://127.0.0.1:{xport}/spot", chain, port=port, cpu=1):
         timed_gets(xport, path, 200)  # warm up both
         timed_gets(port, path, 200)
         direct: list[float] = []
@@ -89,7 +96,7 @@ def latency(path: str, n: int, xport: int, port: int) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--serve":
-        serve(int(sys.argv[2]), sys.argv[3])
+        serve(int(sys.argv[2]), sys.argv[3], *sys.argv[4:5])
     else:
         sys.path.insert(0, HERE)
         main()

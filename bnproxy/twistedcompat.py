@@ -17,7 +17,7 @@ inline (an accessor would cost a call per request) and are listed in
 
 from __future__ import annotations
 
-from twisted.internet import _sslverify, base
+from twisted.internet import _sslverify, abstract, base
 from twisted.web import client, http
 from twisted.web.http_headers import Headers
 
@@ -73,6 +73,13 @@ PRIVATE_ATTRIBUTES: tuple[tuple[type, str, str], ...] = (
     (IOpenSSLTrustRoot, "_addCACertsToContext",
      "upstream/tls.py: the trust root's only method, called to compose the platform "
      "store with extra CA files"),
+    (abstract.FileDescriptor, "dataBuffer",
+     "upstream/http11.py: bytes a TCP transport has yet to send (a request is sent at once "
+     "only when nothing waits before it)"),
+    (abstract.FileDescriptor, "_tempDataLen",
+     "upstream/http11.py: the length of the writes a TCP transport has buffered (same use)"),
+    (abstract.FileDescriptor, "_writeDisconnected",
+     "upstream/http11.py: the transport's write side is shut (same use)"),
     (base.ReactorBase, "_exitSignal",
      "service.py: the signal that stopped the reactor; cleared after a drained SIGTERM "
      "so twistd exits 0 instead of re-raising the signal"),

@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import pytest
+from twisted.internet import abstract
 from twisted.internet.testing import StringTransport
 from twisted.web import http
 from zope.interface.interface import InterfaceClass
@@ -42,6 +43,8 @@ def _instance(owner: type) -> object:
         channel.makeConnection(StringTransport())
         channel.dataReceived(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n")
         return channel
+    if owner is abstract.FileDescriptor:
+        return abstract.FileDescriptor(reactor=object())
     if owner is compat.ChunkedTransferDecoder:
         return compat.ChunkedTransferDecoder(lambda data: None, lambda extra: None)
     return owner

@@ -379,13 +379,12 @@ class _Forward:
     away) gives the exchange up."""
 
     __slots__ = ("answer", "attempt", "base", "code", "deadline", "expired", "gone", "handle",
-                 "headers", "live", "request", "retry", "started", "upstream")
+                 "headers", "live", "request", "started", "upstream")
 
     def __init__(self, upstream: Upstream, request: ProxyRequest, base: str) -> None:
         self.upstream = upstream
         self.request = request
         self.base = base
-        self.retry = request.method in ("GET", "HEAD") and not is_private(request)
         self.answer: Deferred = Deferred(self._cancelled)
         self.started = now = upstream._clock.seconds()
         self.deadline = now + upstream.deadlines.headers  # one deadline for every attempt
@@ -544,8 +543,10 @@ class Upstream:
         the answer to the bot."""
         request = forward.request
         expired = forward.expired
-        why = retryable(failure) if forward.retry and forward.attempt == 1 \
-            and expired is None else None
+        # Only an idempotent public request is sent again (decided here, on a
+        # failure: not for every request).
+        why = retryable(failure) if forward.attempt == 1 and expired is None \
+            and request.method in ("GET", "HEAD") and not is_private(request) else None
         if why is not None and self._clock.seconds() < forward.deadline:
             _log.info("retrying public {method} {market}{path} on {host}: {cause}",
                       method=request.method, market=request.market, path=request.path,

@@ -49,6 +49,7 @@ import httptools
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
+from twisted.internet.tcp import Client as TCPClient
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
 
@@ -92,6 +93,26 @@ class Listener(Protocol_):
     def failed(self, failure: Failure) -> None: ...
 
 
+def _write(transport: Any, data: bytes) -> None:
+    """``transport.write(data)``; on a plain TCP connection with nothing
+    waiting to be sent, sent at once. Twisted's transports only buffer a
+    write and send it when the reactor next finds the socket writable: a
+    reactor iteration and two ``epoll_ctl`` calls per request. What the
+    socket does not take (or an error) goes to ``transport.write``, which
+    sends it in order (or closes the connection on the error)."""
+    if type(transport) is TCPClient and transport.connected and not (
+            transport.dataBuffer or transport._tempDataLen or transport.disconnecting
+            or transport._writeDisconnected):
+        try:
+            sent = transport.socket.send(data)
+        except OSError:
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
+
+
 class _Connection(Protocol):
     """One upstream connection; one exchange at a time. No Deferred per
     exchange: the response goes to the exchange's :class:`Listener`."""
@@ -131,7 +152,7 @@ class _Connection(Protocol):
         self._parts = []
         self._size = 0
         self._limit = limit
-        self.transport.write(data)
+        _write(self.transport, data)
         return self
 
     def abort(self) -> None:
