@@ -6,9 +6,10 @@ loopback over the pooled keep-alive connection.
     python bench/forward_cost.py [--requests 1000] [--path /api/v3/depth?...]
     python bench/forward_cost.py --chain default --path /api/v3/time
 
-``--chain default``: the default middleware chain (logger to a discarded
-access log, allowlist, streams, cache, ratelimit) instead of none; give a
-path the chain forwards (``/api/v3/time``: never cached).
+``--chain default``: the default middleware chain (logger, allowlist,
+streams, cache, ratelimit; no access log written) instead of none, or
+``--chain NAME,NAME``: those middlewares with their defaults; give a path
+the chain forwards (``/api/v3/time``: never cached).
 
 With ``--latency N``: no valgrind; the same request N times straight to the
 fake exchange and N times through the proxy, interleaved in 10 rounds over
@@ -38,7 +39,8 @@ def serve(port: int, upstream: str, chain: str = "none") -> None:
     from bnproxy.config.model import ProxyConfig
     from bnproxy.service import ProxyService
 
-    options: dict = {} if chain == "default" else {"middleware": ()}
+    options: dict = {} if chain == "default" else {"middleware": tuple(
+        (name, {}) for name in chain.split(",") if name != "none")}
     config = ProxyConfig(listen=(), upstreams={"spot": upstream}, access_log="none",
                          state_dir=tempfile.mkdtemp(), **options)
     service = ProxyService(reactor, config)
@@ -56,7 +58,7 @@ def main() -> None:
     parser.add_argument("--path", default=PATH)
     parser.add_argument("--idle", type=float, default=3.0)
     parser.add_argument("--latency", type=int, default=0)
-    parser.add_argument("--chain", choices=("none", "default"), default="none")
+    parser.add_argument("--chain", default="none", help="none, default or NAME,NAME")
     args = parser.parse_args()
     xport, port = free_port(), free_port()
     if args.latency:
