@@ -9,7 +9,9 @@ loopback over the pooled keep-alive connection.
 ``--chain default``: the default middleware chain (logger, allowlist,
 streams, cache, ratelimit; no access log written) instead of none, or
 ``--chain NAME,NAME``: those middlewares with their defaults; give a path
-the chain forwards (``/api/v3/time``: never cached).
+the chain forwards (``/api/v3/time``: never cached). ``--tls``: the fake
+serves https (a throwaway CA the proxy is given with ``upstream_ca``), as
+Binance does.
 
 With ``--latency N``: no valgrind; the same request N times straight to the
 fake exchange and N times through the proxy, interleaved in 10 rounds over
@@ -31,7 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 PATH = "/api/v3/depth?symbol=BTCUSDT&limit=5"
 
 
-def serve(port: int, upstream: str, chain: str = "none") -> None:
+def serve(port: int, upstream: str, chain: str = "none", ca: str = "") -> None:
     import gc
 
     from twisted.internet import reactor
@@ -41,6 +43,8 @@ def serve(port: int, upstream: str, chain: str = "none") -> None:
 
     options: dict = {} if chain == "default" else {"middleware": tuple(
         (name, {}) for name in chain.split(",") if name != "none")}
+    if ca:
+        options["upstream_ca"] = (ca,)
     config = ProxyConfig(listen=(), upstreams={"spot": upstream}, access_log="none",
                          state_dir=tempfile.mkdtemp(), **options)
     service = ProxyService(reactor, config)
@@ -59,18 +63,24 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=3.0)
     parser.add_argument("--latency", type=int, default=0)
     parser.add_argument("--chain", default="none", help="none, default or NAME,NAME")
+    parser.add_argument("--tls", action="store_true", help="https upstream (instructions only)")
     args = parser.parse_args()
     xport, port = free_port(), free_port()
     if args.latency:
         latency(args.path, args.latency, xport, port, args.chain)
         return
+    tls_dir = tempfile.mkdtemp()
+    tls = ["--tls", "--tls-dir", tls_dir] if args.tls else []
+    scheme, ca = ("https", os.path.join(tls_dir, "fake-exchange-ca.pem")) if args.tls \
+        else ("http", "")
     with process(TWISTD, "-n", "--pidfile=", "--logfile=/dev/null", "bnproxy-exchange",
-                 "--port", f"tcp:{xport}:interface=127.0.0.1",
+                 "--port", f"tcp:{xport}:interface=127.0.0.1", *tls,
                  "--spot-weight-limit", "100000000", port=xport), \
          counted(sys.executable, os.path.abspath(__file__), "--serve", str(port),
-                 f"http://127.0.0.1:{xport}/spot", args.chain, port=port) as measure:
+                 f"{scheme}://127.0.0.1:{xport}/spot", args.chain, ca, port=port) as measure:
         net = measure(f"http://127.0.0.1:{port}{args.path}", args.requests, args.idle)
-        print(json.dumps({"path": args.path, "chain": args.chain, "requests": args.requests,
+        print(json.dumps({"path": args.path, "chain": args.chain, "tls": args.tls,
+                          "requests": args.requests,
                           "instructions_per_request": round(net),
                           "raw": round(measure.raw)}, indent=2))  # type: ignore[attr-defined]
 
@@ -98,7 +108,7 @@ def latency(path: str, n: int, xport: int, port: int, chain: str = "none") -> No
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--serve":
-        serve(int(sys.argv[2]), sys.argv[3], *sys.argv[4:5])
+        serve(int(sys.argv[2]), sys.argv[3], *sys.argv[4:6])
     else:
         sys.path.insert(0, HERE)
         main()
