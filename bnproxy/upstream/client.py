@@ -356,7 +356,10 @@ class _Timer:
         for item in due:
             del self._due[item]
         for item in due:
-            item.expire()
+            try:
+                item.expire()
+            except Exception:  # never leave the other deadlines without their timer
+                _log.failure("expiring an upstream exchange")
         if self._due and self._call is None:
             when = min(self._due.values())
             self._at = when
