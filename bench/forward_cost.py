@@ -4,6 +4,14 @@ valgrind's callgrind, every request forwarded to the fake exchange on
 loopback over the pooled keep-alive connection.
 
     python bench/forward_cost.py [--requests 1000] [--path /api/v3/depth?...]
+    python bench/forward_cost.py --chain default --path /api/v3/time
+
+``--chain default``: the default middleware chain (logger, allowlist,
+streams, cache, ratelimit; no access log written) instead of none, or
+``--chain NAME,NAME``: those middlewares with their defaults; give a path
+the chain forwards (``/api/v3/time``: never cached). ``--tls``: the fake
+serves https (a throwaway CA the proxy is given with ``upstream_ca``), as
+Binance does.
 
 With ``--latency N``: no valgrind; the same request N times straight to the
 fake exchange and N times through the proxy, interleaved in 10 rounds over
@@ -25,7 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 PATH = "/api/v3/depth?symbol=BTCUSDT&limit=5"
 
 
-def serve(port: int, upstream: str) -> None:
+def serve(port: int, upstream: str, chain: str = "none", ca: str = "") -> None:
     import gc
 
     from twisted.internet import reactor
@@ -33,8 +41,12 @@ def serve(port: int, upstream: str) -> None:
     from bnproxy.config.model import ProxyConfig
     from bnproxy.service import ProxyService
 
-    config = ProxyConfig(listen=(), upstreams={"spot": upstream}, middleware=(),
-                         access_log="none", state_dir=tempfile.mkdtemp())
+    options: dict = {} if chain == "default" else {"middleware": tuple(
+        (name, {}) for name in chain.split(",") if name != "none")}
+    if ca:
+        options["upstream_ca"] = (ca,)
+    config = ProxyConfig(listen=(), upstreams={"spot": upstream}, access_log="none",
+                         state_dir=tempfile.mkdtemp(), **options)
     service = ProxyService(reactor, config)
     reactor.listenTCP(port, service.site, interface="127.0.0.1")
     service.startService()
@@ -50,30 +62,37 @@ def main() -> None:
     parser.add_argument("--path", default=PATH)
     parser.add_argument("--idle", type=float, default=3.0)
     parser.add_argument("--latency", type=int, default=0)
+    parser.add_argument("--chain", default="none", help="none, default or NAME,NAME")
+    parser.add_argument("--tls", action="store_true", help="https upstream (instructions only)")
     args = parser.parse_args()
     xport, port = free_port(), free_port()
     if args.latency:
-        latency(args.path, args.latency, xport, port)
+        latency(args.path, args.latency, xport, port, args.chain)
         return
+    tls_dir = tempfile.mkdtemp()
+    tls = ["--tls", "--tls-dir", tls_dir] if args.tls else []
+    scheme, ca = ("https", os.path.join(tls_dir, "fake-exchange-ca.pem")) if args.tls \
+        else ("http", "")
     with process(TWISTD, "-n", "--pidfile=", "--logfile=/dev/null", "bnproxy-exchange",
-                 "--port", f"tcp:{xport}:interface=127.0.0.1",
+                 "--port", f"tcp:{xport}:interface=127.0.0.1", *tls,
                  "--spot-weight-limit", "100000000", port=xport), \
          counted(sys.executable, os.path.abspath(__file__), "--serve", str(port),
-                 f"http://127.0.0.1:{xport}/spot", port=port) as measure:
+                 f"{scheme}://127.0.0.1:{xport}/spot", args.chain, ca, port=port) as measure:
         net = measure(f"http://127.0.0.1:{port}{args.path}", args.requests, args.idle)
-        print(json.dumps({"path": args.path, "requests": args.requests,
+        print(json.dumps({"path": args.path, "chain": args.chain, "tls": args.tls,
+                          "requests": args.requests,
                           "instructions_per_request": round(net),
                           "raw": round(measure.raw)}, indent=2))  # type: ignore[attr-defined]
 
 
-def latency(path: str, n: int, xport: int, port: int) -> None:
+def latency(path: str, n: int, xport: int, port: int, chain: str = "none") -> None:
     from common import TWISTD, process, summary, timed_gets
 
     with process(TWISTD, "-n", "--pidfile=", "--logfile=/dev/null", "bnproxy-exchange",
                  "--port", f"tcp:{xport}:interface=127.0.0.1",
                  "--spot-weight-limit", "100000000", port=xport, cpu=0), \
          process(sys.executable, os.path.abspath(__file__), "--serve", str(port),
-                 f"http://127.0.0.1:{xport}/spot", port=port, cpu=1):
+                 f"http://127.0.0.1:{xport}/spot", chain, port=port, cpu=1):
         timed_gets(xport, path, 200)  # warm up both
         timed_gets(port, path, 200)
         direct: list[float] = []
@@ -89,7 +108,7 @@ def latency(path: str, n: int, xport: int, port: int) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--serve":
-        serve(int(sys.argv[2]), sys.argv[3])
+        serve(int(sys.argv[2]), sys.argv[3], *sys.argv[4:6])
     else:
         sys.path.insert(0, HERE)
         main()

@@ -21,7 +21,7 @@ from bnproxy.binance.markets import Market, build_markets
 from bnproxy.chain.compose import as_deferred, compose
 from bnproxy.chain.context import MiddlewareContext
 from bnproxy.chain.guards import ChainGuards
-from bnproxy.chain.interfaces import IBotLedger, IHealthReporter, IMetricsSource
+from bnproxy.chain.interfaces import IBotLedger, IHealthReporter, IMetricsSource, IStreamHub
 from bnproxy.chain.registry import build_middlewares, discover
 from bnproxy.config.model import ProxyConfig
 from bnproxy.config.reader import ConfigError
@@ -40,7 +40,6 @@ from bnproxy.server.clientaddr import ClientResolver, parse_networks
 from bnproxy.server.forwarding import ForwardingResource, RootResource
 from bnproxy.server.metrics import Metrics
 from bnproxy.server.site import ProxySite
-from bnproxy.server.websocket import Gateway, GatewayResource, Limits, StreamRoot, find_hub
 from bnproxy.upstream.client import Deadlines, Upstream, make_agent
 from bnproxy.upstream.tls import upstream_tls_policy
 
@@ -166,9 +165,12 @@ def build_proxy(config: ProxyConfig, reactor: Any, agent: Any = None) -> Proxy:
                             readiness.verdict, [m.name for m in middlewares],
                             clients=metrics.clients)
 
-    hub = find_hub(middlewares)
+    hub = next((m for m in middlewares if IStreamHub.providedBy(m)), None)  # as find_hub
     gateway = None
     if hub is not None:  # the bots' websocket gateway (server/websocket.py)
+        # imported only then: autobahn (~7 MB resident) for a chain with streams
+        from bnproxy.server.websocket import Gateway, GatewayResource, Limits, StreamRoot
+
         ledger = next((m for m in middlewares if IBotLedger.providedBy(m)), None)
         gateway = Gateway(reactor, hub, Limits(
             per_client=config.server.max_connections_per_client),

@@ -17,7 +17,8 @@ inline (an accessor would cost a call per request) and are listed in
 
 from __future__ import annotations
 
-from twisted.internet import _sslverify, base
+from twisted.internet import _sslverify, abstract, base
+from twisted.protocols import tls
 from twisted.web import client, http
 from twisted.web.http_headers import Headers
 
@@ -73,6 +74,21 @@ PRIVATE_ATTRIBUTES: tuple[tuple[type, str, str], ...] = (
     (IOpenSSLTrustRoot, "_addCACertsToContext",
      "upstream/tls.py: the trust root's only method, called to compose the platform "
      "store with extra CA files"),
+    (abstract.FileDescriptor, "dataBuffer",
+     "upstream/http11.py: bytes a TCP transport has yet to send (a request is sent at once "
+     "only when nothing waits before it)"),
+    (abstract.FileDescriptor, "_tempDataLen",
+     "upstream/http11.py: the length of the writes a TCP transport has buffered (same use)"),
+    (abstract.FileDescriptor, "_writeDisconnected",
+     "upstream/http11.py: the transport's write side is shut (same use)"),
+    (abstract.FileDescriptor, "_tempDataBuffer",
+     "upstream/http11.py: the TLS records of a request, buffered by the TCP transport "
+     "beneath TLS, sent at once; what the socket did not take is put back"),
+    (tls.BufferingTLSTransport, "_aggregator",
+     "upstream/http11.py: the TLS transport's gathering of small writes (a request is "
+     "handed to TLS at once when nothing is gathered before it)"),
+    (tls._AggregateSmallWrites, "_buffer",
+     "upstream/http11.py: the writes gathered (same use)"),
     (base.ReactorBase, "_exitSignal",
      "service.py: the signal that stopped the reactor; cleared after a drained SIGTERM "
      "so twistd exits 0 instead of re-raising the signal"),

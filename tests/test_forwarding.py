@@ -339,3 +339,50 @@ def test_a_bot_that_goes_away_is_not_an_upstream_failure():
     assert results and isinstance(results[0], Failure) and results[0].check(CancelledError)
     assert h.service.upstream.reachability["spot"]["error"] is None
     assert len(agent.calls) == 1
+
+
+class _Answered(StalledBodyResponse):
+    """A response whose body arrives whole."""
+
+    def __init__(self, body: bytes) -> None:
+        super().__init__()
+        self.body = body
+
+    def deliverBody(self, protocol):
+        from twisted.web.client import ResponseDone
+        protocol.makeConnection(None)
+        protocol.dataReceived(self.body)
+        protocol.connectionLost(Failure(ResponseDone()))
+
+
+def test_overlapping_requests_each_get_their_own_deadline():
+    # One reactor timer serves every deadline in flight (upstream.client._Timer):
+    # a request answered in time leaves the others' deadlines as they were, and
+    # a body deadline earlier than a pending header deadline is kept.
+    first, third = Deferred(), StalledBodyResponse()
+    h = Harness(agent=ScriptedAgent(first, Deferred(), succeed(third)),
+                response_timeout=2.0, body_timeout=0.5)
+    results: dict[str, list] = {"first": [], "second": [], "third": []}
+    h.start("GET", "/api/v3/depth?symbol=BTCUSDT").addBoth(results["first"].append)
+    h.flush()
+    h.clock.advance(1.0)
+    h.start("GET", "/api/v3/depth?symbol=ETHUSDT").addBoth(results["second"].append)
+    h.flush()
+    first.callback(_Answered(b'{"a":1}'))
+    h.flush()
+    assert results["first"][0].status == 200
+    h.clock.advance(0.2)  # 1.2 s: the third has its head at once, a body due by 1.7 s
+    h.start("GET", "/api/v3/depth?symbol=BNBUSDT").addBoth(results["third"].append)
+    h.flush()
+    h.clock.advance(0.4)  # 1.6 s
+    h.flush()
+    assert results["second"] == [] and results["third"] == []
+    h.clock.advance(0.2)  # 1.8 s: the third's body deadline, before the second's
+    h.flush()
+    assert results["third"][0].status == 504 and results["second"] == []
+    h.clock.advance(1.1)  # 2.9 s: the second, asked at 1.0 s, had until 3.0 s
+    h.flush()
+    assert results["second"] == []
+    h.clock.advance(0.2)
+    h.flush()
+    assert results["second"][0].status == 504 and results["second"][0].json()["code"] == -1007

@@ -221,3 +221,51 @@ async def test_a_wss_connection_without_the_ca_fails_naming_the_certificate(
     [reason] = await lost.addTimeout(10, reactor)
     assert reason.check(UntrustedCertificateError)
     assert "unable to get local issuer certificate" in reason.getErrorMessage()
+
+
+class _Echo(resource.Resource):
+    """Answers with the length of the body it received; keeps each channel."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.channels: list = []
+        self.bodies: list[bytes] = []
+
+    def render(self, request):
+        if request.channel not in self.channels:
+            self.channels.append(request.channel)
+        body = request.content.read()
+        self.bodies.append(body)
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps({"uri": request.uri.decode(), "length": len(body)}).encode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_requests_in_a_row_share_one_tls_connection_and_arrive_whole(pki):
+    # A request on a pooled TLS connection is encrypted and sent at once
+    # (upstream/http11.py): a large one too (12 MB: more than a loopback
+    # socket takes at once), the part the socket did not take sent after it.
+    echo = _Echo()
+    port = await listen_tls(reactor, server.Site(echo), pki)
+    url = f"https://127.0.0.1:{port.getHost().port}"
+    config = ProxyConfig(listen=(), upstreams={"spot": url}, middleware=(), state_dir=".")
+    agent = make_agent(reactor, Deadlines(2, 5, 5), tls_policy=upstream_tls_policy(str(pki.ca)))
+    service = ProxyService(reactor, config, agent=agent)
+    sent = []
+    try:
+        for i in range(12):
+            body = b"n=%d&pad=" % i + b"a" * (12_000_000 if i == 6 else 10)
+            sent.append(body)
+            request = ProxyRequest("POST", "spot", "/api/v3/order", b"symbol=BTCUSDT",
+                                   (), body, "127.0.0.1", reactor.seconds(),
+                                   service.endpoints.lookup("spot", "POST", "/api/v3/order"))
+            answer = await as_deferred(service.handler(request))
+            assert answer.status == 200, answer.body
+            assert orjson.loads(answer.body)["length"] == len(body)
+    finally:
+        agent._pool.closeCachedConnections()
+        await port.stopListening()
+    assert echo.bodies == sent
+    assert len(echo.channels) == 1  # one connection, kept alive

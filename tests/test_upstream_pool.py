@@ -288,3 +288,46 @@ def test_a_stalled_body_is_aborted_at_the_body_deadline(tmp_path):
     h.flush()
     assert results[0].status == 504 and results[0].json()["code"] == -1007
     assert upstream.connections[0].lost
+
+
+class _Socket:
+    """Takes at most ``room`` bytes per send, or raises ``error``."""
+
+    def __init__(self, room: int, error: OSError | None = None) -> None:
+        self.room, self.error, self.sent = room, error, b""
+
+    def send(self, data: bytes) -> int:
+        if self.error is not None:
+            raise self.error
+        taken = bytes(data[:self.room])
+        self.sent += taken
+        return len(taken)
+
+
+def _tcp(room: int, waiting: bytes = b"", error: OSError | None = None):
+    """A TCP transport (Twisted's own class, no socket of the system) whose
+    buffered writes are recorded."""
+    from twisted.internet.tcp import Client
+    transport = Client.__new__(Client)
+    transport.connected = 1
+    transport.socket = _Socket(room, error)
+    transport._tempDataBuffer, transport._tempDataLen = [], 0
+    transport.dataBuffer = waiting
+    transport.buffered = []
+    transport.write = transport.buffered.append
+    return transport
+
+
+@pytest.mark.parametrize("room,waiting,error,sent,buffered", [
+    (1000, b"", None, b"GET / HTTP/1.1\r\n\r\n", []),  # all at once, no reactor turn
+    (5, b"", None, b"GET /", [b" HTTP/1.1\r\n\r\n"]),  # the rest after it, in order
+    (1000, b"earlier", None, b"", [b"GET / HTTP/1.1\r\n\r\n"]),  # never ahead of bytes waiting
+    (1000, b"", ConnectionResetError(), b"", [b"GET / HTTP/1.1\r\n\r\n"]),  # Twisted sees it
+], ids=["whole", "partial", "behind-waiting-bytes", "error"])
+def test_a_request_on_a_tcp_connection_is_sent_at_once_and_never_out_of_order(
+        room, waiting, error, sent, buffered):
+    from bnproxy.upstream.http11 import _write
+    transport = _tcp(room, waiting, error)
+    _write(transport, b"GET / HTTP/1.1\r\n\r\n")
+    assert transport.socket.sent == sent
+    assert transport.buffered == buffered

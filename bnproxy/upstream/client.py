@@ -47,6 +47,7 @@ from bnproxy.upstream.http11 import (
     POOL_IDLE_LIMIT,
     BodyTooLargeError,
     HostPool,
+    Listener,
     StaleConnectionError,
     UpstreamResponse,
 )
@@ -222,9 +223,18 @@ class LeanClient:
                 max_idle=self._max_per_host, idle_limit=self._idle_limit, endpoint=endpoint)
         return pool
 
+    def start(self, base: str, method: bytes, target: bytes,
+              headers: Sequence[tuple[bytes, bytes]], body: bytes | None, limit: int,
+              listener: Listener) -> Any:
+        """Send a request; ``listener`` hears the answer (``HostPool.start``).
+        Returns a handle whose ``abort()`` gives the exchange up."""
+        pool = self._pools.get(base) or self.pool(base)
+        return pool.start(method, target, headers, body, limit, listener)
+
     def send(self, base: str, method: bytes, target: bytes,
              headers: Sequence[tuple[bytes, bytes]], body: bytes | None,
              limit: int) -> Deferred:
+        """:meth:`start` with Deferreds (an ``UpstreamResponse``)."""
         return self.pool(base).request(method, target, headers, body, limit)
 
     def closeCachedConnections(self) -> Deferred:
@@ -253,6 +263,30 @@ class AgentClient:
             r.code, [(k, v) for k, vs in r.headers.getAllRawHeaders() for v in vs],
             read_body(r, limit)))
 
+    def start(self, base: str, method: bytes, target: bytes,
+              headers: Sequence[tuple[bytes, bytes]], body: bytes | None, limit: int,
+              listener: Listener) -> Any:
+        """:meth:`send`, heard by ``listener`` as ``LeanClient.start``."""
+        return _AgentExchange(self.send(base, method, target, headers, body, limit), listener)
+
+
+class _AgentExchange:
+    """An exchange of :class:`AgentClient` told to a ``Listener``; ``abort``
+    cancels the Deferred waited on."""
+
+    def __init__(self, response: Deferred, listener: Listener) -> None:
+        self._listener = listener
+        self._waiting = response
+        response.addCallbacks(self._head, listener.failed)
+
+    def _head(self, response: UpstreamResponse) -> None:
+        self._listener.head(response.code, response.headers)
+        self._waiting = response.body
+        response.body.addCallbacks(self._listener.done, self._listener.failed)
+
+    def abort(self) -> None:
+        self._waiting.cancel()
+
 
 def make_agent(reactor, deadlines: Deadlines, max_per_host: int = 32,
                tls_policy=None, extra_ca=None, bind_address: str | None = None,
@@ -279,6 +313,151 @@ def _client(agent: Any) -> Any:
     return agent if isinstance(agent, LeanClient) else AgentClient(agent)
 
 
+_METHODS = {m: m.encode("ascii") for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH")}
+_STATUS = {code: str(code) for code in range(100, 600)}
+
+
+def _new_state() -> dict[str, Any]:
+    return {"ok": None, "error": None, "reason": "", "failures": 0}
+
+
+class _Timer:
+    """The deadlines of every exchange in flight on one reactor timer.
+
+    A timer per exchange and phase (set, then cancelled: twisted's reactor
+    heaps and sweeps each) was most of an exchange's cost in timers; here an
+    exchange notes its deadline in a dict, and one timer, set for the
+    earliest deadline, expires what is due when it runs and sets itself for
+    the next. Requests in a row each leave it as it is: a later request's
+    deadline comes after the one it is set for."""
+
+    def __init__(self, clock: Any) -> None:
+        self._clock = clock
+        self._due: dict[Any, float] = {}  # exchange -> when it expires (``expire()``)
+        self._call: Any = None
+        self._at = float("inf")
+
+    def set(self, item: Any, when: float) -> None:
+        self._due[item] = when
+        if when < self._at:
+            if self._call is not None and self._call.active():
+                self._call.cancel()
+            self._at = when
+            self._call = self._clock.callLater(max(0.0, when - self._clock.seconds()),
+                                               self._run)
+
+    def clear(self, item: Any) -> None:
+        self._due.pop(item, None)
+
+    def _run(self) -> None:
+        self._call, self._at = None, float("inf")
+        now = self._clock.seconds()
+        due = [item for item, when in self._due.items() if when <= now]
+        for item in due:
+            del self._due[item]
+        for item in due:
+            try:
+                item.expire()
+            except Exception:  # never leave the other deadlines without their timer
+                _log.failure("expiring an upstream exchange")
+        if self._due and self._call is None:
+            when = min(self._due.values())
+            self._at = when
+            self._call = self._clock.callLater(max(0.0, when - now), self._run)
+
+    def stop(self) -> None:
+        """Cancel the timer (the exchanges' deadlines are forgotten)."""
+        self._due.clear()
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call, self._at = None, float("inf")
+
+
+class _Forward:
+    """One forwarded request: up to two attempts (``Upstream._gave_up``
+    decides), each heard as a ``Listener``, within the deadlines: the
+    response head within ``deadlines.headers`` of the start (one deadline
+    for both attempts), the body within ``deadlines.body`` of the head.
+    ``answer`` fires with the ProxyResponse; cancelling it (the bot went
+    away) gives the exchange up."""
+
+    __slots__ = ("answer", "attempt", "base", "code", "deadline", "expired", "gone", "handle",
+                 "headers", "live", "request", "started", "upstream")
+
+    def __init__(self, upstream: Upstream, request: ProxyRequest, base: str) -> None:
+        self.upstream = upstream
+        self.request = request
+        self.base = base
+        self.answer: Deferred = Deferred(self._cancelled)
+        self.started = now = upstream._clock.seconds()
+        self.deadline = now + upstream.deadlines.headers  # one deadline for every attempt
+        self.expired: str | None = None
+        self.code = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.attempt = 0
+        self.live = 0  # the attempt under way (0: none)
+        self.gone = False
+        self.handle: Any = None
+        self._send()
+
+    def _send(self) -> None:
+        self.attempt += 1
+        self.live = attempt = self.attempt
+        self.upstream._timer.set(self, self.deadline)
+        try:
+            handle = self.upstream._start(self)
+        except Exception:  # e.g. an egress address without a client: a 502
+            self.failed(Failure())
+            return
+        if self.live == attempt:  # not over at once (answered, failed or retried)
+            self.handle = handle
+
+    # Listener
+
+    def head(self, code: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.code, self.headers = code, headers
+        self.upstream._timer.set(self, self.upstream._clock.seconds()
+                                 + self.upstream.deadlines.body)
+
+    def done(self, body: bytes) -> None:
+        self.handle, self.live = None, 0
+        self.upstream._timer.clear(self)
+        if not self.answer.called:
+            self.answer.callback(self.upstream._succeeded(self, self.code, self.headers, body))
+
+    def failed(self, failure: Failure) -> None:
+        self.handle, self.live = None, 0
+        self.upstream._timer.clear(self)
+        if self.gone or self.answer.called:
+            return  # the bot went away
+        self.code = 0
+        try:
+            answer = self.upstream._gave_up(self, failure)
+        except Exception:
+            self.answer.errback()
+            return
+        if answer is None:
+            self._send()
+        else:
+            self.answer.callback(answer)
+
+    def expire(self) -> None:
+        """The deadline of the current phase ran out: give the exchange up."""
+        self.expired = "body" if self.code else "headers"
+        handle, self.handle = self.handle, None
+        if handle is not None:
+            handle.abort()  # the listener hears the failure
+        elif self.live:  # (an exchange always has its handle; never left waiting)
+            self.failed(Failure(CancelledError()))
+
+    def _cancelled(self, d: Deferred) -> None:
+        self.gone = True
+        self.upstream._timer.clear(self)
+        handle, self.handle = self.handle, None
+        if handle is not None:
+            handle.abort()
+
+
 class Upstream:
     """Forwards ``ProxyRequest``s to Binance; always answers, never raises
     (except ``CancelledError`` when the bot went away). ``agent`` (and each
@@ -296,6 +475,7 @@ class Upstream:
         self._clock = reactor
         self._markets = markets
         self.deadlines = deadlines
+        self._timer = _Timer(reactor)
         self._max_body = max_body
         self._agent = _client(agent if agent is not None
                               else make_agent(reactor, deadlines, max_per_host))
@@ -317,93 +497,71 @@ class Upstream:
             "not-written (a connection failed before the request was written).",
             ["market", "reason"], registry=metrics)
 
-    def _base(self, request: ProxyRequest) -> str | None:
-        market = self._markets.get(request.market)
-        return None if market is None else market.rest_base
-
     def __call__(self, request: ProxyRequest) -> Deferred:
-        url = self._base(request)
+        market = self._markets.get(request.market)
+        url = None if market is None else market.rest_base
         if url is None:
             return succeed(local_error(
                 502, DISCONNECTED,
                 f"bnproxy: no upstream is configured for market {request.market}; "
                 f"set --upstream {request.market}=URL", detail="no-upstream"))
-        retry = request.method in ("GET", "HEAD") and not is_private(request)
-        return Deferred.fromCoroutine(self._forward(request, url, retry))
+        if request.market not in self.reachability:
+            self.reachability[request.market] = _new_state()
+        return _Forward(self, request, url).answer
 
-    def _send(self, request: ProxyRequest, base: str) -> Deferred:
+    def _start(self, forward: _Forward) -> Any:
+        """Send ``forward``'s request (an attempt); the handle of the exchange."""
+        request = forward.request
         body = request.body if (
             request.body or request.method in ("POST", "PUT", "PATCH")) else None
         agent = self._agent
         egress = self._egress_of(request) if self._egress_of is not None else None
         if egress is not None:  # an address without an agent fails closed (502), never
             agent = self._egress_agents[egress]  # leaves from another address
-        return agent.send(base, request.method.encode("ascii"), request.target,
-                          request_headers(request.headers), body, self._max_body)
+        method = request.method
+        return agent.start(forward.base, _METHODS.get(method) or method.encode("ascii"),
+                           request.target, request_headers(request.headers), body,
+                           self._max_body, forward)
 
     def _host(self, request: ProxyRequest) -> str:
         market = self._markets.get(request.market)
         base = market.rest_base if market is not None else None
         return (urlsplit(base).netloc if base else "") or "?"
 
-    def _within(self, d: Deferred, seconds: float, expired: list[str], phase: str) -> Deferred:
-        """Cancel ``d`` after ``seconds``, noting ``phase`` in ``expired``."""
-        def fire() -> None:
-            expired.append(phase)
-            d.cancel()
-
-        call = self._clock.callLater(max(0.0, seconds), fire)
-
-        def done(result: object) -> object:
-            if call.active():
-                call.cancel()
-            return result
-        return d.addBoth(done)
-
-    async def _forward(self, request: ProxyRequest, url: str, retry: bool) -> ProxyResponse:
-        started = self._clock.seconds()
-        deadline = started + self.deadlines.headers  # one deadline for every attempt
-        state = self.reachability.setdefault(request.market, {"ok": None, "error": None,
-                                                              "reason": "", "failures": 0})
-        for attempt in (1, 2):
-            expired: list[str] = []
-            try:
-                response = await self._within(self._send(request, url),
-                                              deadline - self._clock.seconds(), expired,
-                                              "headers")
-                body = await self._within(response.body, self.deadlines.body, expired, "body")
-            except CancelledError:
-                if not expired:
-                    raise  # the bot went away
-                failure = Failure()
-            except Exception:
-                failure = Failure()
-                if not expired and all(r.check(CancelledError) for r in _reasons(failure)):
-                    # twisted.web wraps a cancellation: the bot went away, not Binance.
-                    raise CancelledError() from None
-            else:
-                break
-            why = retryable(failure) if retry and attempt == 1 and not expired else None
-            if why is not None and self._clock.seconds() < deadline:
-                _log.info("retrying public {method} {market}{path} on {host}: {cause}",
-                          method=request.method, market=request.market, path=request.path,
-                          host=self._host(request), cause=cause(failure))
-                self.retries.labels(request.market, why).inc()
-                continue
-            if all(r.check(*_NOT_CONNECTED) for r in _reasons(failure)):  # a failed connect
-                self.connect_failures[request.market] += 1
-            state["error"], state["reason"] = self._clock.seconds(), cause(failure)[:200]
-            state["failures"] = state.get("failures", 0) + 1  # in a row
-            return self._failed(request, failure, expired[0] if expired else None)
+    def _succeeded(self, forward: _Forward, code: int,
+                   headers: list[tuple[bytes, bytes]], body: bytes) -> ProxyResponse:
+        request = forward.request
         now = self._clock.seconds()
+        state = self.reachability[request.market]
         state["ok"], state["failures"] = now, 0
         if self.observe is not None:
-            self.observe(request.market, now - started)
-        headers = response_headers(response.headers)
+            self.observe(request.market, now - forward.started)
         weight = request.weight
         self.weight_spent[request.market] += weight
-        return ProxyResponse(response.code, headers, body, "upstream", str(response.code),
-                             weight)
+        return ProxyResponse(code, response_headers(headers), body, "upstream",
+                             _STATUS.get(code) or str(code), weight)
+
+    def _gave_up(self, forward: _Forward, failure: Failure) -> ProxyResponse | None:
+        """After a failed attempt: None when it is sent again (a retry), else
+        the answer to the bot."""
+        request = forward.request
+        expired = forward.expired
+        # Only an idempotent public request is sent again (decided here, on a
+        # failure: not for every request).
+        why = retryable(failure) if forward.attempt == 1 and expired is None \
+            and request.method in ("GET", "HEAD") and not is_private(request) else None
+        if why is not None and self._clock.seconds() < forward.deadline:
+            _log.info("retrying public {method} {market}{path} on {host}: {cause}",
+                      method=request.method, market=request.market, path=request.path,
+                      host=self._host(request), cause=cause(failure))
+            self.retries.labels(request.market, why).inc()
+            return None
+        if all(r.check(*_NOT_CONNECTED) for r in _reasons(failure)):  # a failed connect
+            self.connect_failures[request.market] += 1
+        state = self.reachability[request.market]
+        state["error"], state["reason"] = self._clock.seconds(), cause(failure)[:200]
+        state["failures"] = state.get("failures", 0) + 1  # in a row
+        return self._failed(request, failure, expired)
 
     def _failed(self, request: ProxyRequest, failure: Failure,
                 expired: str | None) -> ProxyResponse:

@@ -7,7 +7,7 @@ never passed on: the upstream client writes its own.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from bnproxy.binance import headers as binance_headers
 
@@ -58,9 +58,47 @@ def filter_headers(pairs: Iterable[tuple[bytes, bytes]], allowed: frozenset[byte
     )
 
 
-def request_headers(pairs: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[bytes, bytes], ...]:
-    return filter_headers(pairs, REQUEST_ALLOWED, REQUEST_ALLOWED_PREFIXES)
+_NAMES_REMEMBERED = 1024
 
 
-def response_headers(pairs: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[bytes, bytes], ...]:
-    return filter_headers(pairs, RESPONSE_ALLOWED, RESPONSE_ALLOWED_PREFIXES)
+def _filter_known(pairs: Sequence[tuple[bytes, bytes]], memo: dict[bytes, bytes | None],
+                  allowed: frozenset[bytes], prefixes: tuple[bytes, ...],
+                  ) -> tuple[tuple[bytes, bytes], ...]:
+    """``filter_headers`` with the verdict on each name (its lower-case
+    spelling, or None: dropped) remembered in ``memo``: one dict lookup per
+    header on the path every request takes. Only names are remembered,
+    never values. A message with a ``Connection`` header takes
+    ``filter_headers`` (the headers it names are dropped too)."""
+    out = []
+    for k, v in pairs:
+        name = memo.get(k, k)
+        if name is k:  # not seen before (a remembered name is another object)
+            lower = k.lower()
+            if lower == b"connection":
+                return filter_headers(pairs, allowed, prefixes)
+            name = lower if lower not in HOP_BY_HOP and (
+                lower in allowed or lower.startswith(prefixes)) else None
+            if len(memo) >= _NAMES_REMEMBERED:
+                memo.clear()
+            memo[bytes(k)] = name
+            if name is None:
+                continue
+        elif name is None:
+            continue
+        if name == _CONTENT_ENCODING and not v.strip():
+            continue  # Twisted's decoder can leave it empty
+        out.append((name, v))
+    return tuple(out)
+
+
+_CONTENT_ENCODING = b"content-encoding"
+_REQUEST_NAMES: dict[bytes, bytes | None] = {}
+_RESPONSE_NAMES: dict[bytes, bytes | None] = {}
+
+
+def request_headers(pairs: Sequence[tuple[bytes, bytes]]) -> tuple[tuple[bytes, bytes], ...]:
+    return _filter_known(pairs, _REQUEST_NAMES, REQUEST_ALLOWED, REQUEST_ALLOWED_PREFIXES)
+
+
+def response_headers(pairs: Sequence[tuple[bytes, bytes]]) -> tuple[tuple[bytes, bytes], ...]:
+    return _filter_known(pairs, _RESPONSE_NAMES, RESPONSE_ALLOWED, RESPONSE_ALLOWED_PREFIXES)

@@ -41,6 +41,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 from typing import Any
+from typing import Protocol as Protocol_
 from urllib.parse import urlsplit
 
 import attrs
@@ -48,6 +49,8 @@ import httptools
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
+from twisted.internet.tcp import Client as TCPClient
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
 
@@ -79,8 +82,74 @@ class UpstreamResponse:
     body: Deferred
 
 
+class Listener(Protocol_):
+    """What hears one exchange (:meth:`HostPool.start`): ``head`` once the
+    response head arrived, then ``done`` with the whole (decoded) body; or
+    ``failed`` instead, at any point. No call follows ``done`` or ``failed``."""
+
+    def head(self, code: int, headers: list[tuple[bytes, bytes]]) -> None: ...
+
+    def done(self, body: bytes) -> None: ...
+
+    def failed(self, failure: Failure) -> None: ...
+
+
+def _write(transport: Any, data: bytes) -> None:
+    """``transport.write(data)``, sent at once where Twisted would wait.
+
+    Twisted's TCP transport buffers a write and sends it when the reactor
+    next finds the socket writable: a reactor turn and two ``epoll_ctl``
+    calls per request. On a plain TCP connection with nothing waiting, the
+    request goes to the socket now; what the socket does not take (or an
+    error) goes to ``transport.write``, which sends it in order (or closes
+    the connection on the error). Its TLS transport gathers small writes
+    until the next turn (a ``callLater(0)``): a request is one write, so it
+    is handed to TLS at once when nothing is gathered before it, and the TLS
+    records it makes, buffered by the TCP transport beneath, are sent at once
+    the same way (the rest put back in that buffer, in order)."""
+    kind = type(transport)
+    if kind is TCPClient:
+        if _idle(transport):
+            try:
+                sent = transport.socket.send(data)
+            except OSError:
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+    elif kind is BufferingTLSTransport and not getattr(transport._aggregator, "_buffer", True):
+        # (after connectionLost the gathering is gone: no ``_buffer``)
+        tcp = transport.transport
+        idle = type(tcp) is TCPClient and _idle(tcp)
+        TLSMemoryBIOProtocol.write(transport, data)  # the write without gathering
+        if idle and tcp._tempDataLen and _idle(tcp, buffered=True):
+            # the TLS records just buffered below: sent now as well
+            pending = b"".join(tcp._tempDataBuffer)
+            try:
+                sent = tcp.socket.send(pending)
+            except OSError:
+                sent = 0
+            if sent:
+                rest = pending[sent:]
+                tcp._tempDataBuffer = [rest] if rest else []
+                tcp._tempDataLen = len(rest)
+                if not rest:
+                    tcp.stopWriting()
+        return
+    transport.write(data)
+
+
+def _idle(tcp: Any, buffered: bool = False) -> bool:
+    """A connected TCP transport with nothing waiting to be sent (but what
+    was just ``buffered``), writing not shut."""
+    return bool(tcp.connected) and not (
+        tcp.dataBuffer or (tcp._tempDataLen and not buffered) or tcp.disconnecting
+        or tcp._writeDisconnected)
+
+
 class _Connection(Protocol):
-    """One upstream connection; one exchange at a time."""
+    """One upstream connection; one exchange at a time. No Deferred per
+    exchange: the response goes to the exchange's :class:`Listener`."""
 
     transport: Any
 
@@ -88,8 +157,8 @@ class _Connection(Protocol):
         self._pool = pool
         self._parser = httptools.HttpResponseParser(self)
         self.idle_until = 0.0
-        self._head: Deferred | None = None  # fires with the UpstreamResponse
-        self._body: Deferred | None = None  # fires with the body bytes
+        self._listener: Listener | None = None  # while an exchange is under way
+        self._got_head = False
         self._reused = False
         self._received = False
         self._head_only = False
@@ -105,9 +174,11 @@ class _Connection(Protocol):
 
     # the exchange
 
-    def send(self, data: bytes, head_only: bool, limit: int, reused: bool) -> Deferred:
-        self._head = Deferred(self._cancel)
-        self._body = None
+    def send(self, data: bytes, head_only: bool, limit: int, reused: bool,
+             listener: Listener) -> _Connection:
+        """Write a request; the connection is the exchange's handle (``abort``)."""
+        self._listener = listener
+        self._got_head = False
         self._reused = reused
         self._received = False
         self._head_only = head_only
@@ -115,24 +186,26 @@ class _Connection(Protocol):
         self._parts = []
         self._size = 0
         self._limit = limit
-        self.transport.write(data)
-        return self._head
+        _write(self.transport, data)
+        return self
 
-    def _cancel(self, d: Deferred) -> None:
-        self._head = self._body = None
+    def abort(self) -> None:
+        """Give up the exchange under way: the connection is dropped and its
+        listener told ``CancelledError``."""
+        listener = self._listener
+        if listener is None:
+            return
+        self._listener = None
         self.transport.abortConnection()
-        d.errback(Failure(CancelledError()))
+        listener.failed(Failure(CancelledError()))
 
     def _fail(self, failure: Failure) -> None:
-        head, body = self._head, self._body
-        self._head = self._body = None
-        if head is not None:
-            head.errback(failure)
-        elif body is not None:
-            body.errback(failure)
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.failed(failure)
 
     def dataReceived(self, data: bytes) -> None:
-        if self._head is None and self._body is None:
+        if self._listener is None:
             self.transport.abortConnection()  # bytes nobody asked for
             return
         self._received = True
@@ -153,27 +226,30 @@ class _Connection(Protocol):
         if self._informational:
             self._headers = []
             return
-        self._gzip = self._until_close = False
-        has_length = False
-        for i, (name, value) in enumerate(self._headers):
+        headers = self._headers
+        self._gzip = has_length = False
+        gzip_at = -1
+        for i, (name, value) in enumerate(headers):  # one pass, names of any case
             lower = name.lower()
-            if lower == b"content-encoding" and value.strip().lower() == b"gzip":
-                self._gzip = True
-                del self._headers[i]  # decoded here, as twisted.web's decoder does
-                break
-        for name, value in self._headers:
-            lower = name.lower()
-            if lower == b"content-length" or (
-                    lower == b"transfer-encoding" and value.strip().lower() == b"chunked"):
+            if lower == b"content-length":
                 has_length = True
+            elif lower == b"transfer-encoding":
+                if value.strip().lower() == b"chunked":
+                    has_length = True
+            elif lower == b"content-encoding" and gzip_at < 0 \
+                    and value.strip().lower() == b"gzip":
+                gzip_at = i
+        if gzip_at >= 0:
+            self._gzip = True
+            del headers[gzip_at]  # decoded here, as twisted.web's decoder does
         self._until_close = not has_length and code not in (204, 304) and not self._head_only
         self._keep_alive = self._parser.should_keep_alive()
-        head, self._head = self._head, None
-        body: Deferred = Deferred(self._cancel)
-        self._body = body
-        if head is not None:
-            head.callback(UpstreamResponse(code, self._headers, body))
-        if self._head_only and self._body is body:  # no body follows a HEAD's head
+        listener = self._listener
+        if listener is None:
+            return
+        self._got_head = True
+        listener.head(code, headers)
+        if self._head_only and self._listener is listener:  # no body follows a HEAD's head
             self._parser = httptools.HttpResponseParser(self)
             self._done(b"")
 
@@ -186,28 +262,28 @@ class _Connection(Protocol):
         self._parts.append(data)
 
     def on_message_complete(self) -> None:
-        if self._informational or self._body is None:
+        if self._informational or self._listener is None:
             return
         parts = self._parts
         self._done(parts[0] if len(parts) == 1 else b"".join(parts))
 
     def _done(self, body: bytes) -> None:
-        d, self._body = self._body, None
+        listener, self._listener = self._listener, None
         if self._gzip and body:
             try:
                 body = self._gunzip(body)
             except (zlib.error, BodyTooLargeError) as e:
                 self.transport.abortConnection()
-                if d is not None:
-                    d.errback(Failure(e))
+                if listener is not None:
+                    listener.failed(Failure(e))
                 return
         self._parts = []
         if self._keep_alive and not self._until_close and self.open:
             self._pool.put(self)
         else:
             self.transport.loseConnection()
-        if d is not None:
-            d.callback(body)
+        if listener is not None:
+            listener.done(body)
 
     def _gunzip(self, data: bytes) -> bytes:
         decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
@@ -224,7 +300,9 @@ class _Connection(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.open = False
         self._pool.lost(self)
-        if self._head is not None:
+        if self._listener is None:
+            return
+        if not self._got_head:
             if self._received:
                 failure = Failure(ResponseFailed([reason]))
             else:
@@ -233,12 +311,68 @@ class _Connection(Protocol):
                     self._pool.close_idle()
                     failure = Failure(StaleConnectionError(failure))
             self._fail(failure)
-        elif self._body is not None:
-            if self._until_close:
-                parts = self._parts
-                self._done(b"".join(parts))
-            else:
-                self._fail(Failure(ResponseFailed([reason])))
+        elif self._until_close:
+            parts = self._parts
+            self._done(b"".join(parts))
+        else:
+            self._fail(Failure(ResponseFailed([reason])))
+
+
+class _Connecting:
+    """The handle of an exchange waiting for a new connection."""
+
+    def __init__(self, pool: HostPool, data: bytes, head_only: bool, limit: int,
+                 listener: Listener) -> None:
+        self._args = (data, head_only, limit)
+        self._listener: Listener | None = listener
+        self._connection: _Connection | None = None
+        self._connecting = pool._endpoint.connect(pool._factory)
+        self._connecting.addCallbacks(self._connected, self._failed)
+
+    def _connected(self, connection: _Connection) -> None:
+        listener = self._listener
+        if listener is None:  # given up meanwhile
+            connection.transport.loseConnection()
+            return
+        data, head_only, limit = self._args
+        self._connection = connection.send(data, head_only, limit, False, listener)
+
+    def _failed(self, failure: Failure) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.failed(failure)
+
+    def abort(self) -> None:
+        if self._connection is not None:
+            self._connection.abort()
+        else:
+            self._connecting.cancel()  # the endpoint's failure reaches the listener
+
+
+class _Deferreds:
+    """The listener behind :meth:`HostPool.request`: a Deferred for the
+    head (an :class:`UpstreamResponse`), one for the body."""
+
+    def __init__(self) -> None:
+        self.handle: Any = None
+        self.response: Deferred = Deferred(self._cancel)
+        self._body: Deferred | None = None
+
+    def _cancel(self, d: Deferred) -> None:
+        self.handle.abort()
+
+    def head(self, code: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self._body = Deferred(self._cancel)
+        self.response.callback(UpstreamResponse(code, headers, self._body))
+
+    def done(self, body: bytes) -> None:
+        if self._body is not None:
+            self._body.callback(body)
+
+    def failed(self, failure: Failure) -> None:
+        d = self._body if self._body is not None else self.response
+        if not d.called:
+            d.errback(failure)
 
 
 class _Factory(ClientFactory):
@@ -276,6 +410,8 @@ class HostPool:
         netloc = ascii_host if port == default else b"%s:%d" % (ascii_host, port)
         self.prefix = parts.path.rstrip("/").encode("ascii")
         self.host_line = b"Host: " + netloc + b"\r\n"
+        # the rest of the request line and the headers every request carries
+        self.version_host = b" HTTP/1.1\r\n" + self.host_line + b"Accept-Encoding: gzip\r\n"
         if endpoint is None:
             bare = ascii_host.strip(b"[]")
             endpoint = HostnameEndpoint(reactor, bare, port, timeout=connect_timeout,
@@ -285,13 +421,13 @@ class HostPool:
         self._endpoint = endpoint
         self._factory = _Factory(self)
 
-    def request(self, method: bytes, target: bytes, headers: Sequence[tuple[bytes, bytes]],
-                body: bytes | None, limit: int) -> Deferred:
+    def start(self, method: bytes, target: bytes, headers: Sequence[tuple[bytes, bytes]],
+              body: bytes | None, limit: int, listener: Listener) -> Any:
         """Send ``method`` ``prefix + target`` with ``headers`` (already
-        filtered) and ``body``; a Deferred firing with an
-        :class:`UpstreamResponse` when the response head has arrived."""
-        lines = [method, b" ", self.prefix, target, b" HTTP/1.1\r\n", self.host_line,
-                 b"Accept-Encoding: gzip\r\n"]
+        filtered) and ``body``; ``listener`` hears the response. Returns the
+        exchange's handle: its ``abort()`` gives the exchange up (the
+        listener then hears ``failed``)."""
+        lines = [method, b" ", self.prefix, target, self.version_host]
         for name, value in headers:
             lines += (name, b": ", value, b"\r\n")
         if body is not None:
@@ -300,14 +436,23 @@ class HostPool:
             lines.append(b"\r\n")
         data = b"".join(lines)
         head_only = method == b"HEAD"
-        now = self._reactor.seconds()
-        while self._idle:
-            connection = self._idle.pop()  # the most recently used
-            if connection.open and now < connection.idle_until:
-                return connection.send(data, head_only, limit, reused=True)
-            connection.transport.loseConnection()
-        d = self._endpoint.connect(self._factory)
-        return d.addCallback(lambda c: c.send(data, head_only, limit, reused=False))
+        idle = self._idle
+        if idle:
+            now = self._reactor.seconds()
+            while idle:
+                connection = idle.pop()  # the most recently used
+                if connection.open and now < connection.idle_until:
+                    return connection.send(data, head_only, limit, True, listener)
+                connection.transport.loseConnection()
+        return _Connecting(self, data, head_only, limit, listener)
+
+    def request(self, method: bytes, target: bytes, headers: Sequence[tuple[bytes, bytes]],
+                body: bytes | None, limit: int) -> Deferred:
+        """:meth:`start` with Deferreds: one firing with an
+        :class:`UpstreamResponse` when the response head has arrived."""
+        listener = _Deferreds()
+        listener.handle = self.start(method, target, headers, body, limit, listener)
+        return listener.response
 
     def put(self, connection: _Connection) -> None:
         """A connection whose exchange is over and may be reused."""
