@@ -277,11 +277,12 @@ def test_a_book_grows_when_a_larger_limit_is_asked():
     feed(streams, "spot", "btcusdt@depth@100ms", depth_event(101, 101))
     assert ask(streams, upstream, "spot", "/api/v3/depth",
                "symbol=BTCUSDT&limit=20").source == "stream"
-    assert ask(streams, upstream, "spot", "/api/v3/depth",
-               "symbol=BTCUSDT&limit=500").source == "upstream"
     upstream.update_id = 101
-    feed(streams, "spot", "btcusdt@depth@100ms", depth_event(102, 102))
+    grown = ask(streams, upstream, "spot", "/api/v3/depth", "symbol=BTCUSDT&limit=500")
+    assert (grown.source, grown.detail) == ("stream", "snapshot")  # it waited for it
     assert [r.params["limit"] for r in upstream.own("/depth")] == ["100", "1000"]
+    assert not [r for r in upstream.sent if r.header(INTERNAL) is None and "/depth" in r.path]
+    feed(streams, "spot", "btcusdt@depth@100ms", depth_event(102, 102))
     clock.advance(1)
     feed(streams, "spot", "btcusdt@depth@100ms", depth_event(103, 103))  # keeps it fresh
     assert ask(streams, upstream, "spot", "/api/v3/depth",

@@ -8,7 +8,12 @@ whatever their limits up to the snapshot's, wait for the book's snapshot
 ``FIRST_EVENT_WAIT`` at the latest) and are answered from it; while a
 snapshot is in flight, requests it covers wait for it too. A wait ends by
 ``WAIT_DEADLINE``: the request then goes on, as does any the snapshot
-cannot answer."""
+cannot answer.
+
+Levels are exact only inside the price range a snapshot covered, so when
+the price walks out of it (or a bot asks more levels than it held), the
+book is taken again from a new snapshot, which the asking requests wait on,
+rather than forwarding every request for it until the price comes back."""
 
 from __future__ import annotations
 
@@ -83,8 +88,18 @@ class DepthResponder:
             body = book.response(limit)
             if body is not None:
                 return stream_answer(body)
-            if self._size(key) > self.snapshot_size.get(key, 0):
-                book.mark_stale()  # grow: the next events resync it from a larger snapshot
+            size = self._size(key)
+            if limit <= size:
+                # The price walked out of the range the snapshot covered, or
+                # a bot asks more than it held: one new snapshot, which this
+                # request waits on (it goes on if none can be taken).
+                book.mark_stale()
+                answer = self.waiting.wait(key, limit, request, next)
+                self._snapshot(key, book)
+                return answer
+            if size > self.snapshot_size.get(key, 0):
+                book.mark_stale()  # grow as far as the proxy goes; Binance answers this one
+                self._snapshot(key, book)
         if book.state != LIVE and limit <= self._coming(key):
             return self.waiting.wait(key, limit, request, next)
         return next(request)
@@ -94,6 +109,8 @@ class DepthResponder:
         """The levels of the snapshot this book is about to get (0: none)."""
         if key in self._fetching:
             return self._fetching[key]
+        if key in self._pending:  # taken, loaded on the stream's next event
+            return self._pending[key][1]
         if key in self._early:  # a new book: its first snapshot is sized then
             return self._size(key)
         return 0
@@ -117,6 +134,15 @@ class DepthResponder:
                 go_on(waiter)
             else:
                 answered(waiter, ProxyResponse(200, (JSON,), body, "stream", "snapshot"))
+
+    def _answer_from_book(self, key: Key, book: OrderBook) -> None:
+        """The book just went live: answer the waiting requests it covers."""
+        for waiter in self.waiting.pop(key):
+            body = book.response(waiter[0])
+            if body is None:
+                go_on(waiter)
+            else:
+                answered(waiter, stream_answer(body))
 
     def _size(self, key: Key) -> int:
         market = key[0]
@@ -153,6 +179,7 @@ class DepthResponder:
         if book.needs_snapshot():
             pending = self._pending.pop(key, None)
             if pending is not None and self._load(key, book, *pending):
+                self._answer_from_book(key, book)
                 return
             self._snapshot(key, book)
 
