@@ -289,6 +289,26 @@ def test_a_book_grows_when_a_larger_limit_is_asked():
                "symbol=BTCUSDT&limit=500").source == "stream"
 
 
+def test_own_requests_that_answered_waiting_bots_are_counted_apart():
+    """An answer that comes at once (before the responder's callback is
+    attached) is claimed late; a resync no bot waits for stays the proxy's own."""
+    clock, upstream, streams = make()
+    first = ask(streams, upstream, "spot", "/api/v3/depth", "symbol=BTCUSDT&limit=5")
+    assert isinstance(first, Deferred) and not first.called  # waiting for the snapshot
+    feed(streams, "spot", "btcusdt@depth@100ms", depth_event(101, 101))
+    assert first.called
+    own = streams.health()["own_weight"]
+    assert own["by_purpose"]["spot"]["snapshot"] == 5
+    assert own["answering_bots"]["spot"]["snapshot"] == 5
+    feed(streams, "spot", "btcusdt@depth@100ms", depth_event(200, 200))  # a gap: resync
+    upstream.update_id = 199
+    feed(streams, "spot", "btcusdt@depth@100ms", depth_event(201, 201))
+    own = streams.health()["own_weight"]
+    assert own["by_purpose"]["spot"]["snapshot"] == 10
+    assert own["answering_bots"]["spot"]["snapshot"] == 5
+    assert own["requests_answering_bots"] == 1
+
+
 def test_books_outlive_the_gap_between_two_trades_on_a_pair():
     clock, upstream, streams = make()
     ask(streams, upstream, "spot", "/api/v3/depth", "symbol=BTCUSDT&limit=5")

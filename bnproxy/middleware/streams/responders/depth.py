@@ -115,11 +115,12 @@ class DepthResponder:
             return self._size(key)
         return 0
 
-    def _answer_waiters(self, key: Key, snap: Any, size: int) -> None:
-        """Answer every waiting request the snapshot covers; the rest go on."""
+    def _answer_waiters(self, key: Key, snap: Any, size: int) -> int:
+        """Answer every waiting request the snapshot covers; the rest go on.
+        Returns how many were answered."""
         waiters = self.waiting.pop(key)
         if not waiters:
-            return
+            return 0
         view = None
         if snap is not None:
             market, symbol = key
@@ -128,12 +129,15 @@ class DepthResponder:
                 view.on_snapshot(snap, size, self.tools.now_ms())
             except (KeyError, TypeError, IndexError, ValueError):
                 view = None
+        count = 0
         for waiter in waiters:
             body = view.response(waiter[0]) if view is not None else None
             if body is None:
                 go_on(waiter)
             else:
                 answered(waiter, ProxyResponse(200, (JSON,), body, "stream", "snapshot"))
+                count += 1
+        return count
 
     def _answer_from_book(self, key: Key, book: OrderBook) -> None:
         """The book just went live: answer the waiting requests it covers."""
@@ -228,7 +232,8 @@ class DepthResponder:
                     snap = orjson.loads(response.body)
                 except orjson.JSONDecodeError:
                     snap = None
-            self._answer_waiters(key, snap, size)
+            if self._answer_waiters(key, snap, size):
+                self.tools.refetch.answered_bots(job)  # bot requests coalesced, not own
             if snap is None or self.books.get(key) is not book:
                 return
             if not book.needs_snapshot():  # no event yet: the first one decides

@@ -91,10 +91,11 @@ class KlinesResponder:
         return then(next(request), self._seed_from, key, series)
 
     # -- bot requests waiting for a seed ----------------------------------------------------
-    def _seeded(self, key: Key, series: KlineSeries) -> None:
+    def _seeded(self, key: Key, series: KlineSeries) -> int:
         """A seed attempt ended: answer the waiting requests the series
-        covers now; the others go on."""
+        covers now; the others go on. Returns how many were answered."""
         waiters = self.waiting.pop(key)
+        count = 0
         for waiter in waiters:
             span = series.covers(*waiter[0]) if (
                 series.ready and self.series.get(key) is series) else None
@@ -102,6 +103,8 @@ class KlinesResponder:
                 go_on(waiter)
             else:
                 answered(waiter, stream_answer(series.response(span)))
+                count += 1
+        return count
 
     def _fresh(self, key: Key) -> bool:
         market, symbol, interval = key
@@ -184,8 +187,8 @@ class KlinesResponder:
                 ok = True  # a seed no longer needed
             if not ok:
                 self.tools.refetch.failed(self._job(key))
-            if span == "":
-                self._seeded(key, series)
+            if span == "" and self._seeded(key, series):
+                self.tools.refetch.answered_bots(self._job(key))  # a seed bots waited on
         d.addCallback(done)
 
     def _grow(self, request: ProxyRequest, key: Key, series: KlineSeries,
@@ -217,6 +220,7 @@ class KlinesResponder:
             if self.series.get(key) is series and self._fresh(key):
                 span = series.covers(*asked)
                 if span is not None:
+                    self.tools.refetch.answered_bots(job)  # the bot's request, grown
                     return stream_answer(series.response(span))
             return next(request)
         return d.addCallback(serve)
