@@ -79,3 +79,23 @@ def test_an_unreadable_kept_file_is_ignored(kept):
         assert "ETHUSDT" in json.loads(open(kept).read())["markets"]["spot"]["symbols"]
     finally:
         rig.stop()
+
+
+def test_a_bots_klines_answer_shows_the_symbol_listed_without_exchange_info():
+    """python-binance and binance-connector bots never ask exchangeInfo: the
+    200 Binance gave a bot's klines request shows the symbol is listed."""
+    rig = VirtualRig(chain=(("streams", {}),))
+    try:
+        klines = "/api/v3/klines?symbol=ETHUSDT&interval=1m&limit=100"
+        assert rig.ask(klines).status == 200
+        assert rig.ask(BOOK).status == 200
+        rig.until(lambda: rig.streams.books[("spot", "ETHUSDT")].state == "live", 30)
+        rig.sleep(3)
+        assert rig.ask(klines).source == "stream"
+        assert rig.ask(BOOK).source == "stream"
+        assert info_requests(rig) == 0
+        assert rig.ask("/api/v3/klines?symbol=NOPEUSDT&interval=1m").status == 400
+        rig.until(lambda: ("spot", "NOPEUSDT", "1m") not in rig.streams.klines.series, 30)
+        assert "nopeusdt@kline_1m" not in rig.streams.managers["spot"].placed
+    finally:
+        rig.stop()

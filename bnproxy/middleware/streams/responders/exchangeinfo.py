@@ -32,6 +32,7 @@ Held = tuple[ProxyResponse, float, float]  # (answer, last ask, when Binance gav
 _OWN = (b"x-cache", b"age")  # set when served: what the cache said then is not true now
 _PERSONAL = (b"set-cookie",)
 _log = Logger(namespace="bnproxy.streams")
+MAX_CONFIRMED = 4096  # symbols confirmed by answers per market, before its list is known
 
 
 def _held(response: ProxyResponse) -> ProxyResponse:
@@ -60,6 +61,8 @@ class ExchangeInfoResponder:
         self.held: dict[InfoKey, Held] = {}
         self.symbols: dict[str, frozenset[str]] = {}  # market -> listed symbols
         self._learned_at: dict[str, float] = {}  # market -> when Binance listed them
+        # before a market's list is known: symbols a 200 answer showed listed
+        self._confirmed: dict[str, set[str]] = {}
         self._waiting: dict[str, list[Deferred]] = {}
         self._file = tools.settings.symbols_file
         self.restored: list[str] = []  # markets whose symbols came from the kept file
@@ -107,9 +110,21 @@ class ExchangeInfoResponder:
 
     # -- listed symbols -------------------------------------------------------------
     def listed(self, market: str, symbol: str) -> bool | None:
-        """Whether ``market``'s exchangeInfo lists ``symbol`` (None: not known yet)."""
+        """Whether ``market``'s exchangeInfo lists ``symbol`` (None: not known
+        yet; True also when a bot's answer for it showed it, see ``confirm``)."""
         symbols = self.symbols.get(market)
-        return None if symbols is None else symbol in symbols
+        if symbols is None:
+            return True if symbol in self._confirmed.get(market, ()) else None
+        return symbol in symbols
+
+    def confirm(self, market: str, symbol: str) -> None:
+        """Binance answered 200 to a request for ``symbol``'s market data (a
+        bot's klines): it lists the symbol, whether or not the market's list
+        is known yet (no exchangeInfo needed for it)."""
+        if market not in self.symbols:
+            confirmed = self._confirmed.setdefault(market, set())
+            if len(confirmed) < MAX_CONFIRMED:
+                confirmed.add(symbol)
 
     def when_known(self, market: str) -> Deferred:
         """Fires (with None) once ``market``'s symbols are known, or once
@@ -146,6 +161,7 @@ class ExchangeInfoResponder:
         except (orjson.JSONDecodeError, KeyError, TypeError):
             return
         self.symbols[market] = symbols
+        self._confirmed.pop(market, None)
         self._learned_at[market] = self.tools.clock.seconds()
         if self._file is not None:
             self._save(self._file)

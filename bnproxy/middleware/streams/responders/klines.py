@@ -69,9 +69,9 @@ class KlinesResponder:
                 return next(request)  # Binance answers an unknown symbol; no subscription
             series = self.series[key] = KlineSeries(interval, m.kline_max)
             self._answer_due.add(key)
-            if listed is None:  # subscribe once the market's symbols are known
-                self.info.when_known(market).addCallback(self._decide, key, request.client)
-            elif not self._subscribe(key, request.client):
+            if listed is None:  # Binance's answer to this request says whether it lists it
+                return then(next(request), self._first_answer, key, series, request.client)
+            if not self._subscribe(key, request.client):
                 del self.series[key]
                 self._answer_due.discard(key)
                 return next(request)
@@ -128,6 +128,20 @@ class KlinesResponder:
             del self.series[key]
         elif not series.ready and key not in self._answer_due:
             self._seed(key, series)  # the bot's answer came first and could not seed it
+
+    def _first_answer(self, response: ProxyResponse, key: Key, series: KlineSeries,
+                      client: str) -> ProxyResponse:
+        """The first answer for a series of a symbol not known to be listed:
+        a 200 shows Binance lists it (subscribe now, no exchangeInfo);
+        anything else leaves it to the market's symbol list."""
+        market, symbol, _ = key
+        if response.status == 200:
+            self.info.confirm(market, symbol)
+        if self.info.listed(market, symbol) is None:
+            self.info.when_known(market).addCallback(self._decide, key, client)
+        else:
+            self._decide(None, key, client)
+        return self._seed_from(response, key, series)
 
     def _seed_from(self, response: ProxyResponse, key: Key, series: KlineSeries) -> ProxyResponse:
         self._answer_due.discard(key)
