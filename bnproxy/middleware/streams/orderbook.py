@@ -168,6 +168,12 @@ class OrderBook:
             "inf") else len(self._asks)
         return min(bids, asks)
 
+    def holds(self, limit: int) -> bool:
+        """Whether each side holds ``limit`` levels, exact or not: a new
+        snapshot would then answer ``limit`` (a side with fewer is thin,
+        not out of range)."""
+        return min(len(self._bids), len(self._asks)) >= limit
+
     def response(self, limit: int) -> bytes | None:
         """REST ``depth`` bytes for ``limit``, or None if not exactly known."""
         body = self._responses.get(limit)

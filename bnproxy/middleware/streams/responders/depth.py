@@ -89,15 +89,16 @@ class DepthResponder:
             if body is not None:
                 return stream_answer(body)
             size = self._size(key)
-            if limit <= size:
-                # The price walked out of the range the snapshot covered, or
-                # a bot asks more than it held: one new snapshot, which this
+            grow = size > self.snapshot_size.get(key, 0)
+            if limit <= size and (grow or book.holds(limit)):
+                # A bot asks more than the snapshot held, or the price walked
+                # out of the range it covered: one new snapshot, which this
                 # request waits on (it goes on if none can be taken).
                 book.mark_stale()
                 answer = self.waiting.wait(key, limit, request, next)
                 self._snapshot(key, book)
                 return answer
-            if size > self.snapshot_size.get(key, 0):
+            if grow:
                 book.mark_stale()  # grow as far as the proxy goes; Binance answers this one
                 self._snapshot(key, book)
         if book.state != LIVE and limit <= self._coming(key):
