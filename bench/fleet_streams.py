@@ -233,12 +233,22 @@ def run(minutes: float, restart_at: float | None, n_bots: int, n_pairs: int,
         "steady_saving": round(1 - steady_up / steady_direct, 4) if steady_direct else None,
         "upstream_requests": metered.requests, "answers_by_source": sources,
         "own_weight_after_restart": streams.health()["own_weight"],
+        "own_only_weight": sum(_own_only(h) for h in (
+            streams.health()["own_weight"], (own_before_restart or {}).get("own_weight"))),
         "own_weight_before_restart": (own_before_restart or {}).get("own_weight"),
     }
     if restart_minute is not None:
         out["minute_after_restart_vs_direct_first_minute"] = round(
             upstream[restart_minute] / direct[0], 4)
     return out
+
+
+def _own_only(own: dict | None) -> int:
+    """The weight of own requests that answered no waiting bot request."""
+    if not own:
+        return 0
+    total = sum(w for p in own.get("by_purpose", {}).values() for w in p.values())
+    return total - sum(w for p in own.get("answering_bots", {}).values() for w in p.values())
 
 
 def main() -> None:

@@ -17,8 +17,12 @@ Figures, per minute of the run:
   client ``bnproxy``, are not the bots');
 - ``upstream``: the weight the fake exchange counted (its own limiter,
   sampled every second, per market);
-- ``own``: the proxy's own weight (``/health`` of each proxy process:
-  snapshots, backfills, refreshes, pings);
+- ``own``: the weight of the proxy's own requests (``/health`` of each proxy
+  process: snapshots, backfills, refreshes, pings), in two parts: those
+  whose answer also answered at least one waiting bot request (a new book's
+  snapshot its first requests waited on, a seed: bot requests coalesced,
+  ``answering_bots``), and the rest, sent while no bot was waiting (the
+  proxy's own spending: resyncs, symbol lists, refreshes, pings);
 and the warnings and errors each bot logged, outside the restart's seconds
 and the bots' own shutdown.
 """
@@ -298,6 +302,8 @@ def main() -> None:
                   "upstream_in_proxy_log": logged_up[m]} for m in minutes]
     total_asked, total_up = sum(asked.values()), sum(upstream.values())
     own = [own_weight_of(p.health) for p in proxies]
+    coalesced = [own_weight_of(p.health, "answering_bots") for p in proxies]
+    own_only = sum(own) - sum(coalesced)
     warnings = {}
     for name, _, log in bots:
         bad = []
@@ -327,8 +333,11 @@ def main() -> None:
         "minute_after_restart": round(upstream[restart_minute] / asked[restart_minute], 4)
         if asked[restart_minute] else None,
         "steady_saving": round(1 - st_up / st_asked, 4) if st_asked else None,
-        "own_weight_by_proxy": own,
-        "own_share_of_upstream": round(sum(own) / total_up, 4) if total_up else None,
+        "own_requests_weight_by_proxy": own,
+        "own_requests_share_of_upstream": round(sum(own) / total_up, 4) if total_up else None,
+        "own_requests_answering_bots_weight": coalesced,
+        "own_only_weight": own_only,  # sent while no bot request waited on it
+        "own_only_share_of_upstream": round(own_only / total_up, 4) if total_up else None,
         "bot_answers_by_source": dict(sources),
         "bot_warnings_outside_restart": {k: len(v) for k, v in warnings.items()},
         "first_warnings": {k: v[:3] for k, v in warnings.items() if v},
@@ -337,9 +346,11 @@ def main() -> None:
     print(json.dumps(report, indent=2))
 
 
-def own_weight_of(health: dict) -> int:
+def own_weight_of(health: dict, part: str = "by_purpose") -> int:
+    """The weight of the proxy's own requests in ``/health`` (``by_purpose``:
+    all of them; ``answering_bots``: those that answered waiting bots too)."""
     section = find_section(health, "own_weight")
-    by = section.get("by_purpose") or {}
+    by = section.get(part) or {}
     return sum(w for purposes in by.values() for w in purposes.values())
 
 

@@ -9,7 +9,9 @@ Six bots, one thread each: 2 python-binance ``Client(key, secret)`` on spot,
 on USD-M (``futures_*``). Each polls 3 pairs every 5 s: klines (1m, 100),
 the book (``limit=5``) and the 24 h ticker, as a simple trading loop does.
 Reports the weight asked and the weight at the fake per minute, the first
-minute, the steady state and the answers by source.
+minute, the steady state, the answers by source, and the proxy's own
+requests (all, those that answered waiting bots too, and the share of
+upstream sent while no bot waited: see ``freqtrade_fleet``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import tempfile
 import threading
 import time
 
-from freqtrade_fleet import Proxy, asked_by_minute, sample, upstream_by_minute
+from freqtrade_fleet import Proxy, asked_by_minute, own_weight_of, sample, upstream_by_minute
 
 from bnproxy.testing.processes import TWISTD, free_port, wait_listening
 
@@ -124,6 +126,11 @@ def main() -> None:
         "whole_run_upstream_vs_asked": round(total_up / total_asked, 4) if total_asked else None,
         "first_minute": round(upstream[first] / asked[first], 4) if asked[first] else None,
         "steady_saving": round(1 - st_up / st_asked, 4) if st_asked else None,
+        "own_requests_weight": own_weight_of(proxy.health),
+        "own_requests_answering_bots_weight": own_weight_of(proxy.health, "answering_bots"),
+        "own_only_share_of_upstream": round(
+            (own_weight_of(proxy.health) - own_weight_of(proxy.health, "answering_bots"))
+            / total_up, 4) if total_up else None,
         "bot_answers_by_source": sources, "bot_errors": errors,
     }, indent=2))
 

@@ -309,3 +309,15 @@ def test_removing_a_middleware_keeps_the_files_table_quiet():
     assert names(c) == ["logger", "allowlist", "cache", "ratelimit"]
     with pytest.raises(ConfigError, match=r"\[middleware.streams\] is not in the chain"):
         config(["--config", EXAMPLE, "--middleware-chain", "logger cache ratelimit allowlist"])
+
+
+def test_the_streams_keep_their_symbol_lists_in_the_state_dir(tmp_path):
+    """--state-dir sets [middleware.streams] symbols_file unless given; the
+    offline demo (a new fake exchange at each start) keeps nothing."""
+    streams = dict(config(["--state-dir", str(tmp_path)]).middleware)["streams"]
+    assert streams["symbols_file"] == os.path.join(str(tmp_path), "bnproxy-symbols.json")
+    given = dict(config(["--state-dir", str(tmp_path), "--middleware",
+                         "streams:symbols_file=none"]).middleware)["streams"]
+    assert given["symbols_file"] == "none"
+    demo = dict(config(["--simulated-exchange"]).middleware)["streams"]
+    assert "symbols_file" not in demo

@@ -144,3 +144,19 @@ def test_duplicates_from_an_overlapping_connection_are_ignored():
     b.on_snapshot(snap(10), 5, 0)
     b.on_event(ev(9, 12, pu=8), 0)  # the same event from the new connection
     assert b.state == LIVE and b.last_id == 12
+
+
+def test_futures_first_event_chaining_on_the_snapshot_is_taken():
+    """A snapshot whose lastUpdateId is the final u of an event already gone
+    (the book resynced while the stream ran on): the first buffered event
+    starts after it and its pu is the snapshot's id. It chains (each event's
+    pu is the previous final u, the snapshot standing for the previous event):
+    no second snapshot."""
+    b = OrderBook("usdm", "X")
+    b.on_event(ev(11, 14, pu=10, bids=[["100.0", "3"]]), 0)
+    assert b.on_snapshot(snap(10), 5, 0)
+    assert b.state == LIVE and b.last_id == 14
+    assert orjson.loads(b.response(5))["bids"][0] == ["100.0", "3"]
+    gap = OrderBook("usdm", "X")
+    gap.on_event(ev(12, 14, pu=11), 0)  # an event between the snapshot and it is missing
+    assert not gap.on_snapshot(snap(10), 5, 0)

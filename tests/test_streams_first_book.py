@@ -101,3 +101,19 @@ def test_a_request_the_seed_cannot_cover_goes_on(rig):
                                  "/api/v3/klines?symbol=ETHUSDT&interval=1m&limit=1000"])
     assert [len(json.loads(a.body)) for a in answers] == [100, 1000]
     assert upstream(rig, "/api/v3/klines") == 2
+
+
+def test_a_snapshot_that_answered_waiting_bots_is_counted_as_theirs_not_own(rig):
+    rig.ask("/api/v3/exchangeInfo")
+    ask_together(rig, ["/api/v3/depth?symbol=ETHUSDT&limit=5",
+                       "/api/v3/depth?symbol=ETHUSDT&limit=20"])
+    rig.until(lambda: rig.streams.books[("spot", "ETHUSDT")].state == "live", 30)
+    own = rig.streams.health()["own_weight"]
+    assert own["by_purpose"]["spot"]["snapshot"] == 5
+    assert own["answering_bots"]["spot"]["snapshot"] == 5  # one request, the bots'
+    rig.exchange.hubs["spot"].drop()  # the stream is lost: a resync no bot waits for
+    rig.until(lambda: upstream(rig, "/api/v3/depth") == 2, 60)
+    rig.until(lambda: rig.streams.books[("spot", "ETHUSDT")].state == "live", 30)
+    own = rig.streams.health()["own_weight"]
+    assert own["by_purpose"]["spot"]["snapshot"] == 10
+    assert own["answering_bots"]["spot"]["snapshot"] == 5  # the resync is the proxy's own

@@ -45,6 +45,7 @@ class Upstream:
         self.sent: list[ProxyRequest] = []
         self.hold = False
         self.update_id = 100  # lastUpdateId of depth snapshots
+        self.book_levels: int | None = None  # a thin book: fewer levels a side than asked
         self.held: list[tuple[Deferred, ProxyResponse]] = []
 
     def own(self, path_part: str = "") -> list[ProxyRequest]:
@@ -64,6 +65,8 @@ class Upstream:
             body = orjson.dumps(klines(now_ms, p))
         elif request.path.endswith("/depth"):
             n = int(p.get("limit", 100))
+            if self.book_levels is not None:
+                n = min(n, self.book_levels)
             body = orjson.dumps({"lastUpdateId": self.update_id,
                                  "bids": [[f"{1000 - i}.0", "1"] for i in range(n)],
                                  "asks": [[f"{1001 + i}.0", "1"] for i in range(n)]})
@@ -277,15 +280,52 @@ def test_a_book_grows_when_a_larger_limit_is_asked():
     feed(streams, "spot", "btcusdt@depth@100ms", depth_event(101, 101))
     assert ask(streams, upstream, "spot", "/api/v3/depth",
                "symbol=BTCUSDT&limit=20").source == "stream"
-    assert ask(streams, upstream, "spot", "/api/v3/depth",
-               "symbol=BTCUSDT&limit=500").source == "upstream"
     upstream.update_id = 101
-    feed(streams, "spot", "btcusdt@depth@100ms", depth_event(102, 102))
+    grown = ask(streams, upstream, "spot", "/api/v3/depth", "symbol=BTCUSDT&limit=500")
+    assert (grown.source, grown.detail) == ("stream", "snapshot")  # it waited for it
     assert [r.params["limit"] for r in upstream.own("/depth")] == ["100", "1000"]
+    assert not [r for r in upstream.sent if r.header(INTERNAL) is None and "/depth" in r.path]
+    feed(streams, "spot", "btcusdt@depth@100ms", depth_event(102, 102))
     clock.advance(1)
     feed(streams, "spot", "btcusdt@depth@100ms", depth_event(103, 103))  # keeps it fresh
     assert ask(streams, upstream, "spot", "/api/v3/depth",
                "symbol=BTCUSDT&limit=500").source == "stream"
+
+
+def test_own_requests_that_answered_waiting_bots_are_counted_apart():
+    """An answer that comes at once (before the responder's callback is
+    attached) is claimed late; a resync no bot waits for stays the proxy's own."""
+    clock, upstream, streams = make()
+    first = ask(streams, upstream, "spot", "/api/v3/depth", "symbol=BTCUSDT&limit=5")
+    assert isinstance(first, Deferred) and not first.called  # waiting for the snapshot
+    feed(streams, "spot", "btcusdt@depth@100ms", depth_event(101, 101))
+    assert first.called
+    own = streams.health()["own_weight"]
+    assert own["by_purpose"]["spot"]["snapshot"] == 5
+    assert own["answering_bots"]["spot"]["snapshot"] == 5
+    feed(streams, "spot", "btcusdt@depth@100ms", depth_event(200, 200))  # a gap: resync
+    upstream.update_id = 199
+    feed(streams, "spot", "btcusdt@depth@100ms", depth_event(201, 201))
+    own = streams.health()["own_weight"]
+    assert own["by_purpose"]["spot"]["snapshot"] == 10
+    assert own["answering_bots"]["spot"]["snapshot"] == 5
+    assert own["requests_answering_bots"] == 1
+
+
+def test_a_thin_book_is_not_taken_again_for_a_limit_it_cannot_hold():
+    """A side with fewer levels than asked is wholly known: a new snapshot
+    would not answer either, so the request goes on, no snapshot."""
+    clock, upstream, streams = make()
+    upstream.book_levels = 3
+    first = ask(streams, upstream, "spot", "/api/v3/depth", "symbol=BTCUSDT&limit=5")
+    feed(streams, "spot", "btcusdt@depth@100ms", depth_event(101, 101))
+    assert first.called  # the snapshot could not answer limit=5: it went on
+    assert ask(streams, upstream, "spot", "/api/v3/depth",
+               "symbol=BTCUSDT&limit=3").source == "stream"
+    for _ in range(3):
+        assert ask(streams, upstream, "spot", "/api/v3/depth",
+                   "symbol=BTCUSDT&limit=5").source == "upstream"
+    assert len(upstream.own("/depth")) == 1
 
 
 def test_books_outlive_the_gap_between_two_trades_on_a_pair():

@@ -8,6 +8,7 @@ error names the source, the key and the reason, in one line.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -37,6 +38,7 @@ _SERVICE_LINK = re.compile(r"BNPROXY_(SERVICE_(HOST|PORT(_\w+)?)|PORT_\d+_(TCP|U
 _SERVICE_LINK_VALUE = re.compile(r"(tcp|udp|sctp)://")
 # Set by a --workers parent for its workers (bnproxy.server.workers), not settings.
 WORKER_VARIABLES = ("BNPROXY_WORKER_FD", "BNPROXY_WORKER")
+SYMBOLS_FILE = "bnproxy-symbols.json"  # in --state-dir: [middleware.streams] symbols_file
 
 
 def coerce(setting: Setting, value: Any, source: str, key: str) -> Any:
@@ -189,6 +191,11 @@ def resolve(cli: Mapping[str, Any], environ: Mapping[str, str]) -> ProxyConfig:
     chain = tuple((name, {**file.middleware.get(name, {}), **inline}) for name, inline in specs)
     if pick("discard-ban-state"):  # a shortcut for the governor's own setting
         chain = tuple((name, {**settings, "discard_ban_state": True} if name == "ratelimit"
+                       else settings) for name, settings in chain)
+    if not simulated:  # the streams keep their symbol lists beside the ban state
+        # (the offline demo's exchange is new at each start: nothing kept)
+        kept = os.path.join(pick("state-dir"), SYMBOLS_FILE)
+        chain = tuple((name, {"symbols_file": kept, **settings} if name == "streams"
                        else settings) for name, settings in chain)
     removed = {name[1:] for name, _ in edits if name.startswith("-")}  # tables kept, unused
     unused = set(file.middleware) - {name for name, _ in chain} - removed

@@ -57,7 +57,8 @@ class OrderBook:
         """A REST depth snapshot of ``limit`` levels. True if the book is live."""
         last = snap["lastUpdateId"]
         buffered = self._buffer
-        if buffered and last < buffered[0]["U"] - (0 if self.futures else 1):
+        if buffered and last < buffered[0]["U"] - (0 if self.futures else 1) and not (
+                self.futures and buffered[0].get("pu") == last):
             return False  # the snapshot is older than the stream we hold: fetch again
         self._load(snap, limit)
         self.last_id = last
@@ -68,7 +69,11 @@ class OrderBook:
                 if ev["u"] < last:
                     continue
                 if first:
-                    if not ev["U"] <= last <= ev["u"]:
+                    # Binance's rule (U <= lastUpdateId <= u), or the event
+                    # right after the snapshot: its pu chains on the snapshot
+                    # as on a previous event (an event ending at lastUpdateId
+                    # went by before the buffer began).
+                    if not (ev["U"] <= last <= ev["u"] or ev.get("pu") == last):
                         return self._restart()
                 elif ev["pu"] != prev_u:
                     return self._restart()
@@ -162,6 +167,12 @@ class OrderBook:
         asks = self._asks.bisect_right(self._ask_ceiling) if self._ask_ceiling != float(
             "inf") else len(self._asks)
         return min(bids, asks)
+
+    def holds(self, limit: int) -> bool:
+        """Whether each side holds ``limit`` levels, exact or not: a new
+        snapshot would then answer ``limit`` (a side with fewer is thin,
+        not out of range)."""
+        return min(len(self._bids), len(self._asks)) >= limit
 
     def response(self, limit: int) -> bytes | None:
         """REST ``depth`` bytes for ``limit``, or None if not exactly known."""

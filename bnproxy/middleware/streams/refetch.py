@@ -11,7 +11,12 @@ proportion to what bots asked.
   new job spends a credit that a distinct bot request (per market, per
   minute) earned; a retry of a failed job does not spend another.
 - Own weight is counted by market and purpose (``snapshot``, ``backfill``,
-  ``refresh``, ``ping``) and by pool, for ``/metrics`` and ``/health``.
+  ``refresh``, ``ping``) and by pool, for ``/metrics`` and ``/health``; the
+  part of it whose answer also answered at least one waiting bot request (a
+  new book's snapshot its first requests waited on, a seed, a growth page:
+  the caller says so with ``answered_bots`` while the answer is handed out)
+  is counted apart as well, ``answering_bots`` in ``/health``: that weight is
+  bot requests coalesced, not the proxy's own spending.
 
 Requests go through the whole chain (cache, rate limiter) with the
 ``INTERNAL`` header.
@@ -37,6 +42,7 @@ _log = Logger(namespace="bnproxy.streams")
 PURPOSES = ("snapshot", "backfill", "refresh", "ping")
 WINDOW = 60.0
 MAX_CREDITS = 10_000  # credits banked from distinct bot requests, per market
+MAX_UNCLAIMED = 4096  # answers remembered for a late ``answered_bots``
 
 
 class Refetcher:
@@ -61,6 +67,15 @@ class Refetcher:
         self.total: dict[tuple[str, str], int] = defaultdict(int)  # (market, purpose)
         self.pool_total: dict[str, int] = defaultdict(int)
         self.requests: dict[tuple[str, str], int] = defaultdict(int)
+        # the part of ``total`` that answered waiting bot requests too
+        self.for_bots: dict[tuple[str, str], int] = defaultdict(int)
+        self.for_bots_requests: dict[tuple[str, str], int] = defaultdict(int)
+        self._settling: set[Hashable] = set()  # jobs whose answer is being handed out
+        self._answering: set[Hashable] = set()  # ... and that answered bots
+        # the last answer of each job not (yet) said to have answered bots: a
+        # caller that attaches its callback after an answer that came at once
+        # says so after the count
+        self._unclaimed: dict[Hashable, tuple[str, str, int]] = {}
         self.refused: dict[str, int] = defaultdict(int)  # reason -> count
         self._pool_market: dict[str, str] = {}
 
@@ -129,6 +144,7 @@ class Refetcher:
         self.used_this_minute[pool] += weight  # reserved now; settled on the answer
         waiters: list[Deferred] = []
         self._in_flight[job] = waiters
+        self._unclaimed.pop(job, None)
         result: Deferred = Deferred()
 
         def settle(response: ProxyResponse | None) -> None:
@@ -138,14 +154,24 @@ class Refetcher:
                 self._roll(pool)
                 self.used_this_minute[pool] = max(0, self.used_this_minute[pool]
                                                   - weight + spent)
-            self._count(market, pool, purpose, spent)
             if response is not None and response.status == 200:
                 self.succeeded(job)
             else:
                 self.failed(job)
-            result.callback(response)
-            for w in waiters:
-                w.callback(response)
+            self._settling.add(job)
+            try:
+                result.callback(response)
+                for w in waiters:
+                    w.callback(response)
+            finally:
+                self._settling.discard(job)
+            for_bots = job in self._answering
+            self._answering.discard(job)
+            self._count(market, pool, purpose, spent, for_bots)
+            if not for_bots:
+                if len(self._unclaimed) >= MAX_UNCLAIMED:
+                    self._unclaimed.clear()
+                self._unclaimed[job] = (market, purpose, spent)
 
         def failed(f) -> None:
             _log.warn("own request {path} failed: {f}", path=path, f=f.getErrorMessage())
@@ -169,10 +195,26 @@ class Refetcher:
         self.used_this_minute[pool] += spent
         self._count(request.market, pool, purpose, spent)
 
-    def _count(self, market: str, pool: str, purpose: str, spent: int) -> None:
+    def answered_bots(self, job: Hashable) -> None:
+        """Called from a callback of ``job``'s Deferred: its answer also
+        answered a waiting bot request (bot requests coalesced)."""
+        if job in self._settling:
+            self._answering.add(job)
+            return
+        late = self._unclaimed.pop(job, None)  # the answer had come before the callback
+        if late is not None:
+            market, purpose, spent = late
+            self.for_bots[(market, purpose)] += spent
+            self.for_bots_requests[(market, purpose)] += 1
+
+    def _count(self, market: str, pool: str, purpose: str, spent: int,
+               for_bots: bool = False) -> None:
         self.total[(market, purpose)] += spent
         self.pool_total[pool] += spent
         self.requests[(market, purpose)] += 1
+        if for_bots:
+            self.for_bots[(market, purpose)] += spent
+            self.for_bots_requests[(market, purpose)] += 1
 
     def succeeded(self, job: Hashable) -> None:
         self._not_before.pop(job, None)
@@ -190,6 +232,7 @@ class Refetcher:
         """The state the job served is gone: its backoff and debt go too."""
         self._not_before.pop(job, None)
         self._owed.discard(job)
+        self._unclaimed.pop(job, None)
 
     # -- pools and budgets ---------------------------------------------------------
     def pool_of(self, request: ProxyRequest) -> str:
@@ -227,9 +270,14 @@ class Refetcher:
         by_purpose: dict[str, dict[str, int]] = defaultdict(dict)
         for (market, purpose), w in self.total.items():
             by_purpose[market][purpose] = w
+        answering: dict[str, dict[str, int]] = defaultdict(dict)
+        for (market, purpose), w in self.for_bots.items():
+            answering[market][purpose] = w
         return {"share": self.share, "pools": pools, "by_purpose": dict(by_purpose),
-                "requests": sum(self.requests.values()), "refused": dict(self.refused),
-                "credits": dict(self.credits)}
+                "answering_bots": dict(answering),
+                "requests": sum(self.requests.values()),
+                "requests_answering_bots": sum(self.for_bots_requests.values()),
+                "refused": dict(self.refused), "credits": dict(self.credits)}
 
 
 def _spent(response: ProxyResponse, predicted: int) -> int:

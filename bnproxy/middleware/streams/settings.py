@@ -44,6 +44,11 @@ OPTIONS = (
            "/public and /market."),
     Option("rotate_after", "float", CONNECTION_LIFETIME - 3600.0, "Replace a connection "
            "after this long, before Binance's 24 h cut, seconds.", minimum=60),
+    Option("symbols_file", "str", None, "The symbols each market lists, kept across "
+           "restarts; default STATE_DIR/bnproxy-symbols.json; \"none\": not kept (each start "
+           "fetches exchangeInfo for them).", shown=False),
+    Option("symbols_max_age", "float", 3600.0, "A kept symbol list older than this "
+           "(seconds) is not used at start: exchangeInfo is fetched instead.", minimum=0),
 )
 
 
@@ -64,6 +69,8 @@ class Settings:
     legacy_routes: bool
     rotate_after: float
     stale_kline_factor: float = 3.0  # a kline stream's cadence times this (not a setting)
+    symbols_file: str | None = None
+    symbols_max_age: float = 3600.0
 
     def quiet_limit(self, stream: str) -> float | None:
         """How long ``stream`` may stay quiet while its connection is alive
@@ -82,4 +89,6 @@ def read_settings(name: str, settings: Mapping[str, Any]) -> Settings:
         stale_kline_min=s["stale_kline"], idle_depth=s["idle"], idle_kline=s["idle_kline"],
         idle_kline_max=s["idle_kline_max"], info_refresh=s["exchange_info_refresh"],
         own_share=s["own_share"], new_streams_per_client=s["new_streams_per_client"],
-        legacy_routes=s["legacy_routes"], rotate_after=s["rotate_after"])
+        legacy_routes=s["legacy_routes"], rotate_after=s["rotate_after"],
+        symbols_file=None if s["symbols_file"] in (None, "", "none") else s["symbols_file"],
+        symbols_max_age=s["symbols_max_age"])

@@ -8,7 +8,12 @@ whatever their limits up to the snapshot's, wait for the book's snapshot
 ``FIRST_EVENT_WAIT`` at the latest) and are answered from it; while a
 snapshot is in flight, requests it covers wait for it too. A wait ends by
 ``WAIT_DEADLINE``: the request then goes on, as does any the snapshot
-cannot answer."""
+cannot answer.
+
+Levels are exact only inside the price range a snapshot covered, so when
+the price walks out of it (or a bot asks more levels than it held), the
+book is taken again from a new snapshot, which the asking requests wait on,
+rather than forwarding every request for it until the price comes back."""
 
 from __future__ import annotations
 
@@ -83,8 +88,19 @@ class DepthResponder:
             body = book.response(limit)
             if body is not None:
                 return stream_answer(body)
-            if self._size(key) > self.snapshot_size.get(key, 0):
-                book.mark_stale()  # grow: the next events resync it from a larger snapshot
+            size = self._size(key)
+            grow = size > self.snapshot_size.get(key, 0)
+            if limit <= size and (grow or book.holds(limit)):
+                # A bot asks more than the snapshot held, or the price walked
+                # out of the range it covered: one new snapshot, which this
+                # request waits on (it goes on if none can be taken).
+                book.mark_stale()
+                answer = self.waiting.wait(key, limit, request, next)
+                self._snapshot(key, book)
+                return answer
+            if grow:
+                book.mark_stale()  # grow as far as the proxy goes; Binance answers this one
+                self._snapshot(key, book)
         if book.state != LIVE and limit <= self._coming(key):
             return self.waiting.wait(key, limit, request, next)
         return next(request)
@@ -94,15 +110,18 @@ class DepthResponder:
         """The levels of the snapshot this book is about to get (0: none)."""
         if key in self._fetching:
             return self._fetching[key]
+        if key in self._pending:  # taken, loaded on the stream's next event
+            return self._pending[key][1]
         if key in self._early:  # a new book: its first snapshot is sized then
             return self._size(key)
         return 0
 
-    def _answer_waiters(self, key: Key, snap: Any, size: int) -> None:
-        """Answer every waiting request the snapshot covers; the rest go on."""
+    def _answer_waiters(self, key: Key, snap: Any, size: int) -> int:
+        """Answer every waiting request the snapshot covers; the rest go on.
+        Returns how many were answered."""
         waiters = self.waiting.pop(key)
         if not waiters:
-            return
+            return 0
         view = None
         if snap is not None:
             market, symbol = key
@@ -111,12 +130,24 @@ class DepthResponder:
                 view.on_snapshot(snap, size, self.tools.now_ms())
             except (KeyError, TypeError, IndexError, ValueError):
                 view = None
+        count = 0
         for waiter in waiters:
             body = view.response(waiter[0]) if view is not None else None
             if body is None:
                 go_on(waiter)
             else:
                 answered(waiter, ProxyResponse(200, (JSON,), body, "stream", "snapshot"))
+                count += 1
+        return count
+
+    def _answer_from_book(self, key: Key, book: OrderBook) -> None:
+        """The book just went live: answer the waiting requests it covers."""
+        for waiter in self.waiting.pop(key):
+            body = book.response(waiter[0])
+            if body is None:
+                go_on(waiter)
+            else:
+                answered(waiter, stream_answer(body))
 
     def _size(self, key: Key) -> int:
         market = key[0]
@@ -153,6 +184,7 @@ class DepthResponder:
         if book.needs_snapshot():
             pending = self._pending.pop(key, None)
             if pending is not None and self._load(key, book, *pending):
+                self._answer_from_book(key, book)
                 return
             self._snapshot(key, book)
 
@@ -201,7 +233,8 @@ class DepthResponder:
                     snap = orjson.loads(response.body)
                 except orjson.JSONDecodeError:
                     snap = None
-            self._answer_waiters(key, snap, size)
+            if self._answer_waiters(key, snap, size):
+                self.tools.refetch.answered_bots(job)  # bot requests coalesced, not own
             if snap is None or self.books.get(key) is not book:
                 return
             if not book.needs_snapshot():  # no event yet: the first one decides

@@ -1,15 +1,25 @@
 """``exchangeInfo``: answers held while bots ask for them, refreshed in the
 background only while a bot asked within the last refresh interval; and the
 symbols each market lists, which decide what the other responders may
-subscribe to."""
+subscribe to.
+
+The symbol lists are kept in ``symbols_file`` (when set) each time one is
+learned, and a kept list no older than ``symbols_max_age`` is used at the
+next start instead of fetching exchangeInfo again (weight 20 on spot): a
+running proxy uses a list as old as that anyway, since it refreshes it only
+while bots ask exchangeInfo. A symbol listed since is forwarded (Binance
+answers) until the list is learned again; one delisted since gets no stream
+data, so its book never syncs and its requests go on after their wait."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import attrs
 import orjson
 from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
 
 from bnproxy.binance.limits import USAGE_HEADER_PREFIXES
 from bnproxy.binance.marketdata import EXCHANGE_INFO, rest_path
@@ -21,6 +31,8 @@ InfoKey = tuple[str, str, bytes]  # (market, path, query)
 Held = tuple[ProxyResponse, float, float]  # (answer, last ask, when Binance gave it)
 _OWN = (b"x-cache", b"age")  # set when served: what the cache said then is not true now
 _PERSONAL = (b"set-cookie",)
+_log = Logger(namespace="bnproxy.streams")
+MAX_CONFIRMED = 4096  # symbols confirmed by answers per market, before its list is known
 
 
 def _held(response: ProxyResponse) -> ProxyResponse:
@@ -48,7 +60,14 @@ class ExchangeInfoResponder:
         self.tools = tools
         self.held: dict[InfoKey, Held] = {}
         self.symbols: dict[str, frozenset[str]] = {}  # market -> listed symbols
+        self._learned_at: dict[str, float] = {}  # market -> when Binance listed them
+        # before a market's list is known: symbols a 200 answer showed listed
+        self._confirmed: dict[str, set[str]] = {}
         self._waiting: dict[str, list[Deferred]] = {}
+        self._file = tools.settings.symbols_file
+        self.restored: list[str] = []  # markets whose symbols came from the kept file
+        if self._file is not None:
+            self._restore(self._file)
 
     # -- answering ------------------------------------------------------------------
     def handle(self, request: ProxyRequest, params: dict[str, str], next: Callable) -> Answer:
@@ -91,9 +110,21 @@ class ExchangeInfoResponder:
 
     # -- listed symbols -------------------------------------------------------------
     def listed(self, market: str, symbol: str) -> bool | None:
-        """Whether ``market``'s exchangeInfo lists ``symbol`` (None: not known yet)."""
+        """Whether ``market``'s exchangeInfo lists ``symbol`` (None: not known
+        yet; True also when a bot's answer for it showed it, see ``confirm``)."""
         symbols = self.symbols.get(market)
-        return None if symbols is None else symbol in symbols
+        if symbols is None:
+            return True if symbol in self._confirmed.get(market, ()) else None
+        return symbol in symbols
+
+    def confirm(self, market: str, symbol: str) -> None:
+        """Binance answered 200 to a request for ``symbol``'s market data (a
+        bot's klines): it lists the symbol, whether or not the market's list
+        is known yet (no exchangeInfo needed for it)."""
+        if market not in self.symbols:
+            confirmed = self._confirmed.setdefault(market, set())
+            if len(confirmed) < MAX_CONFIRMED:
+                confirmed.add(symbol)
 
     def when_known(self, market: str) -> Deferred:
         """Fires (with None) once ``market``'s symbols are known, or once
@@ -130,7 +161,49 @@ class ExchangeInfoResponder:
         except (orjson.JSONDecodeError, KeyError, TypeError):
             return
         self.symbols[market] = symbols
+        self._confirmed.pop(market, None)
+        self._learned_at[market] = self.tools.clock.seconds()
+        if self._file is not None:
+            self._save(self._file)
         self._wake(market)
+
+    # -- kept across restarts -------------------------------------------------------
+    def _restore(self, path: str) -> None:
+        """Each market's kept list, if no older than ``symbols_max_age``."""
+        try:
+            with open(path, "rb") as f:
+                kept = orjson.loads(f.read())
+        except FileNotFoundError:
+            return
+        except (OSError, orjson.JSONDecodeError) as e:
+            _log.warn("symbol lists in {path} not used: {e}", path=path, e=e)
+            return
+        now = self.tools.clock.seconds()
+        markets = kept.get("markets") if isinstance(kept, dict) else None
+        for market, entry in (markets.items() if isinstance(markets, dict) else ()):
+            try:
+                learned, symbols = float(entry["learned"]), entry["symbols"]
+            except (KeyError, TypeError, ValueError):
+                continue
+            if (market in self.tools.markets and isinstance(symbols, list)
+                    and 0 <= now - learned <= self.tools.settings.symbols_max_age):
+                self.symbols[market] = frozenset(str(s) for s in symbols)
+                self._learned_at[market] = learned
+                self.restored.append(market)
+
+    def _save(self, path: str) -> None:
+        """Every market's list with when Binance gave it (written whole, then
+        renamed: a crash leaves the old file or the new one)."""
+        body = orjson.dumps({"markets": {
+            m: {"learned": self._learned_at[m], "symbols": sorted(self.symbols[m])}
+            for m in self.symbols}})
+        tmp = path + ".tmp"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(body)
+            os.replace(tmp, path)
+        except OSError as e:
+            _log.warn("symbol lists not kept in {path}: {e}", path=path, e=e)
 
     def _wake(self, market: str) -> None:
         for d in self._waiting.pop(market, []):

@@ -69,9 +69,9 @@ class KlinesResponder:
                 return next(request)  # Binance answers an unknown symbol; no subscription
             series = self.series[key] = KlineSeries(interval, m.kline_max)
             self._answer_due.add(key)
-            if listed is None:  # subscribe once the market's symbols are known
-                self.info.when_known(market).addCallback(self._decide, key, request.client)
-            elif not self._subscribe(key, request.client):
+            if listed is None:  # Binance's answer to this request says whether it lists it
+                return then(next(request), self._first_answer, key, series, request.client)
+            if not self._subscribe(key, request.client):
                 del self.series[key]
                 self._answer_due.discard(key)
                 return next(request)
@@ -91,10 +91,11 @@ class KlinesResponder:
         return then(next(request), self._seed_from, key, series)
 
     # -- bot requests waiting for a seed ----------------------------------------------------
-    def _seeded(self, key: Key, series: KlineSeries) -> None:
+    def _seeded(self, key: Key, series: KlineSeries) -> int:
         """A seed attempt ended: answer the waiting requests the series
-        covers now; the others go on."""
+        covers now; the others go on. Returns how many were answered."""
         waiters = self.waiting.pop(key)
+        count = 0
         for waiter in waiters:
             span = series.covers(*waiter[0]) if (
                 series.ready and self.series.get(key) is series) else None
@@ -102,6 +103,8 @@ class KlinesResponder:
                 go_on(waiter)
             else:
                 answered(waiter, stream_answer(series.response(span)))
+                count += 1
+        return count
 
     def _fresh(self, key: Key) -> bool:
         market, symbol, interval = key
@@ -125,6 +128,20 @@ class KlinesResponder:
             del self.series[key]
         elif not series.ready and key not in self._answer_due:
             self._seed(key, series)  # the bot's answer came first and could not seed it
+
+    def _first_answer(self, response: ProxyResponse, key: Key, series: KlineSeries,
+                      client: str) -> ProxyResponse:
+        """The first answer for a series of a symbol not known to be listed:
+        a 200 shows Binance lists it (subscribe now, no exchangeInfo);
+        anything else leaves it to the market's symbol list."""
+        market, symbol, _ = key
+        if response.status == 200:
+            self.info.confirm(market, symbol)
+        if self.info.listed(market, symbol) is None:
+            self.info.when_known(market).addCallback(self._decide, key, client)
+        else:
+            self._decide(None, key, client)
+        return self._seed_from(response, key, series)
 
     def _seed_from(self, response: ProxyResponse, key: Key, series: KlineSeries) -> ProxyResponse:
         self._answer_due.discard(key)
@@ -184,8 +201,8 @@ class KlinesResponder:
                 ok = True  # a seed no longer needed
             if not ok:
                 self.tools.refetch.failed(self._job(key))
-            if span == "":
-                self._seeded(key, series)
+            if span == "" and self._seeded(key, series):
+                self.tools.refetch.answered_bots(self._job(key))  # a seed bots waited on
         d.addCallback(done)
 
     def _grow(self, request: ProxyRequest, key: Key, series: KlineSeries,
@@ -217,6 +234,7 @@ class KlinesResponder:
             if self.series.get(key) is series and self._fresh(key):
                 span = series.covers(*asked)
                 if span is not None:
+                    self.tools.refetch.answered_bots(job)  # the bot's request, grown
                     return stream_answer(series.response(span))
             return next(request)
         return d.addCallback(serve)
