@@ -87,3 +87,19 @@ def test_a_connection_without_any_frame_is_replaced_after_one_and_a_half_pings(r
     assert manager.replaced == 0
     rig.sleep(2)
     assert manager.replaced == 1
+
+
+def test_a_stream_bots_watched_first_is_not_judged_silent_when_rest_takes_it_up(rig):
+    """A stream the websocket gateway subscribed (bots only) that a REST
+    series later takes up has been delivering all along: its connection is
+    not replaced as silent (a replacement closes the bots' connections)."""
+    frames = []
+    handle = rig.streams.subscribe("spot", "btcusdt@kline_1m", frames.append)
+    rig.until(lambda: frames, 30)
+    manager = rig.streams.managers["spot"]
+    rig.sleep(120)  # longer than a kline stream's silence limit since the acknowledgement
+    assert frames and manager.replaced == 0
+    rig.ask("/api/v3/klines?symbol=BTCUSDT&interval=1m&limit=5")  # REST takes it up
+    rig.sleep(10)
+    assert manager.replaced == 0
+    handle.close()
