@@ -123,6 +123,8 @@ for _m, _v in (("usdm", "/fapi/v1"), ("coinm", "/dapi/v1")):
     WEIGHTS[(_m, "DELETE", f"{_v}/order")] = ("n", 1)
     WEIGHTS[(_m, "POST", f"{_v}/order")] = ("n", 0)  # order count only, 0 on IP weight
     WEIGHTS[(_m, "POST", f"{_v}/positionSide/dual")] = ("n", 1)
+    for _method in ("POST", "PUT", "DELETE"):  # the user data stream's listenKey
+        WEIGHTS[(_m, _method, f"{_v}/listenKey")] = ("n", 1)
 # Paths the fake serves for older clients that Binance no longer documents:
 # 1, what an unknown path costs.
 for _m, _p in (("usdm", "/fapi/v1"), ("coinm", "/dapi/v2"), ("coinm", "/dapi/v3")):
