@@ -109,7 +109,11 @@ async def test_a_418_through_one_instance_silences_every_instance(tmp_path, redi
         code, body = await get(ports[0], DEPTH)
         assert code == 418  # Binance's, through the first instance
         seen = sum(exchange.exchange.counters.statuses.values())
-        await sleep(0.1)
+        for port in ports[1:]:  # the ban reaches them through Redis (no fixed wait: loaded CI)
+            deadline = time.monotonic() + 10
+            while b'"banned"' not in (await get(port, "/ready"))[1]:
+                assert time.monotonic() < deadline, f"the ban never reached {port}"
+                await sleep(0.05)
         for port in ports[1:]:
             code, body = await get(port, DEPTH)
             assert code == 418 and b"was not sent" in body
