@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from processes import free_port, twistd
@@ -33,6 +34,22 @@ def open_stream(port: int, source: str) -> socket.socket:
     return s
 
 
+def ask(port: int, i: int) -> None:
+    """One bot's request (a long name, an error with a long path): what makes
+    the dashboard's document big."""
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(f"GET /api/v3/{'p' * 150}{i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+              f"X-Bnproxy-Client: bot-{i:02d}-{'n' * 58}\r\n\r\n".encode())
+    while s.recv(65536):
+        pass
+    s.close()
+
+
+def seed_bots(port: int, count: int) -> None:
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda i: ask(port, i), range(count)))
+
+
 def status_of(s: socket.socket) -> int | None:
     s.settimeout(10)
     head = s.recv(12, socket.MSG_PEEK)
@@ -47,6 +64,7 @@ def test_256_unread_event_streams_cost_a_few_mb_and_are_closed(tmp_path):
                 "--upstream", "spot=http://127.0.0.1:9", "--access-log", "none",
                 "--send-timeout", "600",
                 "--max-connections-per-client", "64", port=port, cwd=str(tmp_path)) as proc:
+        seed_bots(port, 60)  # the events' size: the unread streams fill in seconds, not minutes
         time.sleep(2)  # a few ticks: the feed's own state is there before measuring
         before = rss_kib(proc.pid)
         streams = [open_stream(port, ADDRESSES[i % len(ADDRESSES)]) for i in range(STREAMS)]
@@ -61,7 +79,8 @@ def test_256_unread_event_streams_cost_a_few_mb_and_are_closed(tmp_path):
         while open_now:
             assert time.monotonic() < deadline, f"{len(open_now)} streams still open"
             peak = max(peak, rss_kib(proc.pid))
-            time.sleep(1)
+            ask(port, 0)  # a busy bots table: each tick's patch carries it (uncompressed)
+            time.sleep(0.5)
             open_now = [s for s in open_now if not _closed_by_peer(s)]
         assert peak - before < 4 * 1024, f"the proxy grew by {peak - before} KiB"
         # closed for not reading, not by the send deadline (600 s): and a new
@@ -94,13 +113,7 @@ def test_a_tab_without_gzip_reads_a_first_event_larger_than_the_unsent_bound(tmp
     with twistd("bnproxy", "--port", f"tcp:{port}:interface=127.0.0.1", "--state-dir", ".",
                 "--upstream", "spot=http://127.0.0.1:9", "--access-log", "none",
                 port=port, cwd=str(tmp_path)):
-        for i in range(60):  # 50 bots shown, 20 errors: a big first event
-            s = socket.create_connection(("127.0.0.1", port))
-            s.sendall(f"GET /api/v3/{'p' * 150}{i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-                      f"X-Bnproxy-Client: bot-{i:02d}-{'n' * 58}\r\n\r\n".encode())
-            while s.recv(65536):
-                pass
-            s.close()
+        seed_bots(port, 60)  # 50 bots shown, 20 errors: a big first event
         time.sleep(2)  # a tick: every bot in the document
         s = socket.create_connection(("127.0.0.1", port))
         s.sendall(b"GET /dashboard/events HTTP/1.1\r\nHost: x\r\n\r\n")  # no gzip
