@@ -29,6 +29,7 @@ goes on when it is written.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -40,7 +41,10 @@ from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.http import NO_BODY_CODES, RESPONSES, datetimeToString
 
+from bnproxy.binance.privacy import PRIVATE_HEADERS, PRIVATE_PARAMS
+from bnproxy.chain.messages import INTERNAL, HeaderPairs, ProxyResponse
 from bnproxy.server.channel import HardenedChannel
+from bnproxy.server.forwarding import serialised_head
 
 _log = Logger(namespace="bnproxy.server.fastpath")
 
@@ -49,12 +53,19 @@ _base_data = HardenedChannel.dataReceived
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"expect", b"upgrade",
                       b"te", b"trailer", b"http2-settings"})
 _VISIBLE = bytes(range(0x21, 0x7F))
+# A head naming anything private is parsed each time, never kept.
+_PRIVATE = re.compile(b"|".join(re.escape(n) for n in (
+    *PRIVATE_HEADERS, *(p.encode() for p in PRIVATE_PARAMS), b"%")), re.IGNORECASE)
+_HEADS_REMEMBERED = 1024
+# serialised_head of answers by (status, headers, source, body length)
+_ANSWER_HEADS: dict[tuple, tuple[bytes, bytes]] = {}
 
 
 class _Head:
-    """httptools callbacks for one request head."""
+    """httptools callbacks for one request head; once parsed and found
+    safe, what the fast path reads of it (kept for heads seen again)."""
 
-    __slots__ = ("complete", "headers", "method", "raw", "url")
+    __slots__ = ("by_name", "complete", "headers", "method", "pairs", "raw", "url")
 
     def __init__(self) -> None:
         self.raw = b""
@@ -62,6 +73,22 @@ class _Head:
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.complete = False
+        # the headers by lower-case name in order of first appearance, as
+        # twisted.web's ``Headers`` groups them; and as the forwarding
+        # resource passes them on (flat, the INTERNAL marker dropped)
+        self.by_name: dict[bytes, list[bytes]] = {}
+        self.pairs: HeaderPairs = ()
+
+    def done(self) -> None:
+        by_name = self.by_name
+        for name, value in self.headers:
+            lower = name.lower()
+            values = by_name.get(lower)
+            if values is None:
+                by_name[lower] = [value.strip(b" \t")]
+            else:
+                values.append(value.strip(b" \t"))
+        self.pairs = tuple((k, v) for k, vs in by_name.items() if k != INTERNAL for v in vs)
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -210,6 +237,7 @@ class FastChannel(HardenedChannel):
     _held: bytes = b""
     _date_second = -1
     _date = b""
+    _heads: dict[bytes, _Head] | None = None  # safe heads seen, by their bytes
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -220,6 +248,11 @@ class FastChannel(HardenedChannel):
                                 "_forward", None)
         if self._forward is None:
             self.fast = False
+            return
+        heads = getattr(self.site, "fast_heads", None)  # per site: its own limits judged them
+        if heads is None:
+            heads = self.site.fast_heads = {}
+        self._heads = heads
 
     def dataReceived(self, data: bytes) -> None:
         if self._pending is not None:  # an answer on its way: keep the rest for after
@@ -236,9 +269,13 @@ class FastChannel(HardenedChannel):
             return _base_data(self, data)
         heads = []
         start = 0
+        known = self._heads or {}
         while start < len(data):  # the whole read must be safe heads, or none is taken
             end = data.find(b"\r\n\r\n", start)
-            head = self._safe_head(data[start:end + 4]) if end >= 0 else None
+            if end < 0:
+                return _base_data(self, data)
+            raw = data[start:end + 4]
+            head = known.get(raw) or self._safe_head(raw)
             if head is None:
                 return _base_data(self, data)
             heads.append(head)
@@ -299,6 +336,12 @@ class FastChannel(HardenedChannel):
             return None  # an admin resource
         head.method = parser.get_method()
         head.raw = raw
+        head.done()
+        heads = self._heads
+        if heads is not None and _PRIVATE.search(raw) is None:  # never a secret kept
+            if len(heads) >= _HEADS_REMEMBERED:
+                heads.clear()
+            heads[raw] = head
         return head
 
     def _date_now(self) -> bytes:
@@ -311,14 +354,21 @@ class FastChannel(HardenedChannel):
     def _serve(self, head: _Head) -> bool:
         """Answer one safe request; True if it was answered at once."""
         forward = self._forward
-        by_name: dict[bytes, list[bytes]] = {}
-        for name, value in head.headers:
-            values = by_name.get(name.lower())
-            if values is None:
-                by_name[name.lower()] = [value.strip(b" \t")]
-            else:
-                values.append(value.strip(b" \t"))
-        request = FastRequest(self, head.method, head.url, by_name, self._date_now())
+        if head.method == b"GET":
+            try:
+                answer = forward.answer_fast(head.url, head.pairs, self.peer)
+            except Exception:
+                _log.failure("fast path: answering {path}", path=head.url.split(b"?", 1)[0])
+                self.transport.abortConnection()
+                return False
+            if answer is not None:  # a hit, answered before the chain
+                self.fast_served += 1
+                self._write_answer(answer)
+                return True
+        # by_name copied: the forwarding resource's request may be changed
+        request = FastRequest(self, head.method, head.url,
+                              {k: list(vs) for k, vs in head.by_name.items()},
+                              self._date_now())
         self._pending = request
         self.fast_served += 1
         try:
@@ -337,6 +387,18 @@ class FastChannel(HardenedChannel):
         self._paused = True
         self._networkProducer.pauseProducing()
         return False
+
+    def _write_answer(self, answer: ProxyResponse) -> None:
+        """Write a GET's answer as twisted.web would (``write_response``):
+        the head pre-serialised per distinct answer head, in one write."""
+        body = answer.body
+        key = (answer.status, answer.headers, answer.source, len(body))
+        parts = _ANSWER_HEADS.get(key)
+        if parts is None:
+            if len(_ANSWER_HEADS) >= _HEADS_REMEMBERED:
+                _ANSWER_HEADS.clear()
+            parts = _ANSWER_HEADS[key] = serialised_head(answer)
+        self.transport.write(b"".join((parts[0], self._date_now(), parts[1], body)))
 
     def fast_done(self, request: FastRequest) -> None:
         """A fast answer has been written."""

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
+from twisted.web.http import RESPONSES
 from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource, Resource
 
@@ -16,7 +17,14 @@ from bnproxy.binance.endpoints import EndpointTable
 from bnproxy.binance.errors import ILLEGAL_CHARS, UNKNOWN
 from bnproxy.binance.markets import MARKET_NAMES, Market, implicit_market
 from bnproxy.chain.addresses import normalise
-from bnproxy.chain.messages import INTERNAL, ProxyRequest, ProxyResponse, local_error
+from bnproxy.chain.interfaces import IFastPathSafe
+from bnproxy.chain.messages import (
+    INTERNAL,
+    HeaderPairs,
+    ProxyRequest,
+    ProxyResponse,
+    local_error,
+)
 from bnproxy.server.clientaddr import ClientResolver
 
 _log = Logger(namespace="bnproxy.server.forwarding")
@@ -94,6 +102,7 @@ _SOURCE = _canonical(SOURCE_HEADER)
 _LENGTH = _canonical(b"content-length")
 _SOURCES: dict[str, bytes] = {}
 _CLEAN: set[bytes] = set()  # short header values known to hold no line break
+_DATE_MARK = b"\x00date\x00"  # where the Date value goes (no header value holds a NUL)
 
 
 def write_response(request: server.Request, response: ProxyResponse) -> None:
@@ -101,10 +110,19 @@ def write_response(request: server.Request, response: ProxyResponse) -> None:
     if request.finished or getattr(request, "_disconnected", False):
         return
     request.setResponseCode(response.status)
+    response_headers(request.responseHeaders._rawHeaders, response)
+    if request.method != b"HEAD":
+        request.write(response.body)
+    request.finish()
+
+
+def response_headers(raw: dict[bytes, list[bytes]], response: ProxyResponse) -> None:
+    """Add ``response``'s headers to twisted.web's raw header dict ``raw``
+    as it keeps them (names in its spelling, values of one name together),
+    with the source and the length: what every answer carries."""
     # What Headers.addRawHeader / setRawHeaders do (the name in twisted.web's
     # spelling, line breaks in a value folded to a space), without their
     # calls per header: this runs for every answer.
-    raw = request.responseHeaders._rawHeaders
     clean = _CLEAN
     for k, v in response.headers:
         name = _NAMES.get(k) or _canonical(k)
@@ -127,9 +145,23 @@ def write_response(request: server.Request, response: ProxyResponse) -> None:
         source = _SOURCES.setdefault(response.source, response.source.encode("ascii"))
     raw[_SOURCE] = [source]
     raw[_LENGTH] = [b"%d" % len(response.body)]
-    if request.method != b"HEAD":
-        request.write(response.body)
-    request.finish()
+
+
+def serialised_head(response: ProxyResponse) -> tuple[bytes, bytes]:
+    """The bytes twisted.web writes before ``response``'s body, around its
+    ``Date`` value: (status line, ``Server`` and ``Date: ``; the rest of the
+    ``Date`` line and every other header, to the blank line). The fast path
+    writes ``before + date + after + body``."""
+    raw: dict[bytes, list[bytes]] = {b"Server": [server.version], b"Date": [_DATE_MARK]}
+    response_headers(raw, response)
+    status = response.status
+    lines = [b"HTTP/1.1 %d %s\r\n" % (status, RESPONSES.get(status, b"Unknown Status"))]
+    for name, values in raw.items():
+        for value in values:
+            lines.append(b"%s: %s\r\n" % (name, value))
+    lines.append(b"\r\n")
+    before, _, after = b"".join(lines).partition(_DATE_MARK)
+    return before, after
 
 
 class ForwardingResource(Resource):
@@ -140,8 +172,11 @@ class ForwardingResource(Resource):
     def __init__(self, handler: Callable, markets: Mapping[str, Market],
                  endpoints: EndpointTable, clock, resolve_client: ClientResolver,
                  answered: Callable[[ProxyRequest | None, ProxyResponse], None] | None = None,
+                 middlewares: Sequence[object] = (),
                  ) -> None:
         super().__init__()
+        # hits answered before the chain (``answer_fast``); None: never
+        self.fast = fast_chain(middlewares)
         self.inflight = 0
         self._idle_waiters: list[Deferred] = []
         self._answered = answered
@@ -234,6 +269,36 @@ class ForwardingResource(Resource):
         answer.addBoth(self._settled)
         return server.NOT_DONE_YET
 
+    def answer_fast(self, uri: bytes, headers: HeaderPairs, peer: Any) -> ProxyResponse | None:
+        """The answer to a bot's plain ``GET`` of origin-form ``uri`` with
+        ``headers`` (lower-case names, the ``INTERNAL`` marker dropped) from
+        ``peer``, when the middlewares' fast path gives one (a hit: see
+        ``IFastPathSafe``), counted as ``render`` counts an answer; None: the
+        request is for ``render`` (the chain), nothing was done."""
+        fast = self.fast
+        if fast is None:
+            return None
+        raw_path, _, query = uri.partition(b"?")
+        route = self._routes.get((b"GET", raw_path)) or self._route(b"GET", raw_path)
+        if isinstance(route, ProxyResponse):
+            return None
+        method, market, binance_path, endpoint = route
+        host = getattr(peer, "host", None) or "unix"
+        trusted = self._trusted
+        client = normalise(host) if trusted is not None and not trusted \
+            else self._resolve_client(host, headers)
+        request = ProxyRequest(method, market, binance_path, query, headers, b"", client,
+                               self._clock.seconds(), endpoint)
+        try:
+            answer = fast(request)
+        except Exception:
+            # the contract says it must not; the chain answers (and logs) instead
+            _log.failure("fast path: answering {path}", path=binance_path)
+            return None
+        if answer is not None and self._answered is not None:
+            self._answered(request, answer)
+        return answer
+
     def _write(self, request: server.Request, proxy_request: ProxyRequest,
                response: ProxyResponse) -> None:
         if self._answered is not None:
@@ -267,6 +332,28 @@ class ForwardingResource(Resource):
         d: Deferred = Deferred(lambda d: self._idle_waiters.remove(d))
         self._idle_waiters.append(d)
         return d
+
+
+def _stop(request: ProxyRequest) -> None:
+    return None
+
+
+def fast_chain(middlewares: Sequence[object]) -> Callable[[ProxyRequest], Any] | None:
+    """The middlewares' ``fast_handle`` composed in chain order (see
+    ``IFastPathSafe``): a callable giving a hit's answer or None. The first
+    middleware that does not declare it ends it (None: the chain's); None
+    when that is the first."""
+    handler: Callable[[ProxyRequest], Any] = _stop
+    for middleware in reversed(middlewares):
+        if IFastPathSafe.providedBy(middleware):
+            handler = _layer(middleware.fast_handle, handler)
+        else:
+            handler = _stop
+    return None if handler is _stop else handler
+
+
+def _layer(fast_handle: Callable, nxt: Callable) -> Callable[[ProxyRequest], Any]:
+    return lambda request: fast_handle(request, nxt)
 
 
 class RootResource(Resource):

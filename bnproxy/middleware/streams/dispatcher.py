@@ -52,6 +52,7 @@ from bnproxy.chain.compose import Answer, as_deferred, then
 from bnproxy.chain.context import MiddlewareContext
 from bnproxy.chain.interfaces import (
     IDashboardSection,
+    IFastPathSafe,
     IHealthReporter,
     IMetricsSource,
     IMiddleware,
@@ -101,7 +102,7 @@ def is_stream_upgrade(request: ProxyRequest) -> bool:
 
 
 @implementer(IMiddleware, IHealthReporter, IMetricsSource, IReadinessCheck, IProblemReporter,
-             IDashboardSection, IStreamHub)
+             IDashboardSection, IStreamHub, IFastPathSafe)
 class Streams(MultiService):
     plain_next = True
 
@@ -249,6 +250,43 @@ class Streams(MultiService):
         else:
             answer = self.tickers.handle(request, p, family, next)
         return then(answer, self._count)
+
+    def fast_handle(self, request: ProxyRequest, next: Callable) -> ProxyResponse | None:
+        """``IFastPathSafe``: a stream (or held exchangeInfo) hit as ``handle``
+        gives it, through the responders' ``hit``; a path no responder
+        serves goes on; anything else (not fresh, not held, a key not yet
+        accepted, the proxy's own request) is None: the chain's."""
+        if request.method != "GET":
+            return None
+        family = self._routes.get((request.market, request.path))
+        if family is None or request.endpoint is None:
+            if request.endpoint is None and request.header(b"upgrade") is not None:
+                return None  # perhaps the websocket gateway's
+            return next(request)
+        if request.header(INTERNAL) is not None:
+            return None
+        if is_private(request):
+            view = self.accepted_keys.public_view(request)
+            if view is None:
+                return None
+            request = view
+        p = self._params(request.query)
+        if p is None:
+            return None
+        if family == KLINES:
+            answer = self.klines.hit(request, p)
+        elif family == DEPTH:
+            answer = self.depth.hit(request, p)
+        elif family == EXCHANGE_INFO:
+            answer = self.exchange_info.hit(request)
+        else:
+            answer = self.tickers.hit(request, p, family)
+        if answer is None:
+            return None
+        self.refetch.credit(request.market, request.path, request.query)
+        if answer.source == "stream":  # _count
+            self.served += 1
+        return answer
 
     def _answered_with_key(self, response: ProxyResponse, api_key: bytes) -> ProxyResponse:
         self.accepted_keys.observe(api_key, response.status, response.source)

@@ -48,17 +48,48 @@ class DepthResponder:
         self._pending: dict[Key, tuple[Any, int]] = {}  # a snapshot taken before any event
         self._early: dict[Key, Any] = {}  # the timer of a new book's snapshot
 
-    def handle(self, request: ProxyRequest, p: dict[str, str], next: Callable) -> Answer:
-        market = request.market
+    def _asked(self, market: str, p: dict[str, str]) -> tuple[Key, int] | None:
+        """(book key, limit) of a request a book may answer, or None."""
         symbol = p.get("symbol")
         if not symbol or set(p) - {"symbol", "limit"}:
-            return next(request)
+            return None
         m = self.tools.markets[market]
         limit = parse_int(p.get("limit", str(DEPTH_DEFAULT_LIMIT[market])))
         if limit is None or not (limit in m.depth_limits if m.depth_limits is not None
                                  else 1 <= limit <= m.depth_max):
+            return None
+        return (market, symbol), limit
+
+    def hit(self, request: ProxyRequest, p: dict[str, str]) -> ProxyResponse | None:
+        """The answer from a live, fresh book that holds ``limit`` exact
+        levels, with what answering it does (the stream touched, the largest
+        limit asked); None, having done nothing, otherwise. ``handle`` answers
+        through it: one code path for the bytes."""
+        asked = self._asked(request.market, p)
+        if asked is None:
+            return None
+        key, limit = asked
+        book = self.books.get(key)
+        if book is None or book.state != LIVE or not self._fresh(*key):
+            return None
+        body = book.response(limit)
+        if body is None:
+            return None
+        self.tools.subscriptions.touch(key[0], depth_stream(key[1]))
+        if limit > self.asked.get(key, 0):
+            self.asked[key] = limit
+        return stream_answer(body)
+
+    def handle(self, request: ProxyRequest, p: dict[str, str], next: Callable) -> Answer:
+        answer = self.hit(request, p)
+        if answer is not None:
+            return answer
+        market = request.market
+        asked = self._asked(market, p)
+        if asked is None:
             return next(request)
-        key = (market, symbol)
+        key, limit = asked
+        symbol = key[1]
         book = self.books.get(key)
         if book is None:
             listed = self.info.listed(market, symbol)
@@ -79,12 +110,11 @@ class DepthResponder:
         self.tools.subscriptions.touch(market, depth_stream(symbol))
         if limit > self.asked.get(key, 0):
             self.asked[key] = limit
-        if book.state == LIVE and self._fresh(market, symbol):
-            body = book.response(limit)
-            if body is not None:
-                return stream_answer(body)
-            if self._size(key) > self.snapshot_size.get(key, 0):
-                book.mark_stale()  # grow: the next events resync it from a larger snapshot
+        if book.state == LIVE and self._fresh(market, symbol) and \
+                self._size(key) > self.snapshot_size.get(key, 0):
+            # fresh but without ``limit`` exact levels (else ``hit`` answered):
+            # grow; the next events resync it from a larger snapshot
+            book.mark_stale()
         if book.state != LIVE and limit <= self._coming(key):
             return self.waiting.wait(key, limit, request, next)
         return next(request)
