@@ -229,6 +229,7 @@ class FastChannel(HardenedChannel):
     site: Any  # set by the Site that builds it
     fast = True  # False: every request through twisted.web (the differential tests)
     fast_served = 0  # requests answered by the fast path on this connection
+    fast_hits = 0  # of which answered before the chain (hits: IFastPathSafe)
     peer: Any = None
     _forward: Any = None
     _pending: FastRequest | None = None
@@ -363,6 +364,7 @@ class FastChannel(HardenedChannel):
                 return False
             if answer is not None:  # a hit, answered before the chain
                 self.fast_served += 1
+                self.fast_hits += 1
                 self._write_answer(answer)
                 return True
         # by_name copied: the forwarding resource's request may be changed
