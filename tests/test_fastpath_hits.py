@@ -322,3 +322,46 @@ def same_on_both_paths(service, target):
     assert first["access"] and first["ledger"]
     if b"X-Bnproxy-Source: stream" in quick:
         assert first["streams"][0] == 1  # served from a stream, counted once
+
+
+# -- a real socket ----------------------------------------------------------------------
+
+@pytest.mark.integration
+def test_hits_pipelined_past_the_sockets_buffer_arrive_whole_and_in_order(tmp_path):
+    """Answers sent at once while nothing is queued, and queued by the
+    transport once the kernel's buffer is full: none is lost, cut or
+    reordered."""
+    import socket
+    import time
+    import urllib.request
+
+    from processes import free_port, twistd
+
+    port = free_port()
+    with twistd("bnproxy", "--port", f"tcp:{port}:interface=127.0.0.1",
+                "--simulated-exchange", port=port, cwd=str(tmp_path)):
+        targets = [b"/api/v3/exchangeInfo", b"/api/v3/time"]
+        deadline = time.monotonic() + 60
+        while True:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v3/exchangeInfo") as r:
+                body = r.read()
+                if r.headers["X-Cache"] == "HIT":
+                    break
+            assert time.monotonic() < deadline, "exchangeInfo never held"
+            time.sleep(0.2)
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            s.sendall(b"".join(get(targets[i % 5 == 4]) for i in range(100)))
+            answers = s.makefile("rb")
+            for i in range(100):
+                status = answers.readline()
+                assert status == b"HTTP/1.1 200 OK\r\n", i
+                length = None
+                while (line := answers.readline()) != b"\r\n":
+                    name, _, value = line.partition(b":")
+                    if name.lower() == b"content-length":
+                        length = int(value)
+                got = answers.read(length)
+                if i % 5 == 4:
+                    assert b"serverTime" in got
+                else:
+                    assert got == body

@@ -34,6 +34,7 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 import httptools
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -223,6 +224,17 @@ class FastRequest:
             d.errback(reason)
 
 
+def _plain_socket(transport: Any) -> Any:
+    """The socket of a plain TCP (or unix) transport whose write buffers
+    ``FastChannel._send`` can see; None for anything else (TLS, a wrapper,
+    an in-memory transport)."""
+    if isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", True) \
+            and all(hasattr(transport, a) for a in (
+                "_tempDataLen", "dataBuffer", "_writeDisconnected", "socket")):
+        return transport.socket
+    return None
+
+
 class FastChannel(HardenedChannel):
     """The hardened channel with the fast path in front (see the module)."""
 
@@ -239,10 +251,12 @@ class FastChannel(HardenedChannel):
     _date_second = -1
     _date = b""
     _heads: dict[bytes, _Head] | None = None  # safe heads seen, by their bytes
+    _socket: Any = None  # a plain TCP transport's socket (_send); None: transport.write
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self.peer = self.transport.getPeer()
+        self._socket = _plain_socket(self.transport)
         # the proxy's forwarding resource behind its root; without one (another
         # resource tree) every request goes through twisted.web
         self._forward = getattr(getattr(self, "site", None) and self.site.resource,
@@ -400,7 +414,26 @@ class FastChannel(HardenedChannel):
             if len(_ANSWER_HEADS) >= _HEADS_REMEMBERED:
                 _ANSWER_HEADS.clear()
             parts = _ANSWER_HEADS[key] = serialised_head(answer)
-        self.transport.write(b"".join((parts[0], self._date_now(), parts[1], body)))
+        self._send(b"".join((parts[0], self._date_now(), parts[1], body)))
+
+    def _send(self, data: bytes) -> None:
+        """``transport.write``, sending at once when nothing is queued on a
+        plain TCP connection: no buffering until the next reactor turn, no
+        two ``epoll_ctl`` to start and stop watching for writability. What the
+        socket does not take (or an error) goes to ``transport.write``, which
+        queues it as always (and sees the error)."""
+        t = self.transport
+        sock = self._socket
+        if (sock is not None and not t._tempDataLen and not t.dataBuffer and t.connected
+                and not t.disconnecting and not t._writeDisconnected and not t.TLS):
+            try:
+                sent = sock.send(data)
+            except OSError:  # EAGAIN, or the connection's end: the transport's to handle
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        t.write(data)
 
     def fast_done(self, request: FastRequest) -> None:
         """A fast answer has been written."""
