@@ -252,6 +252,7 @@ class FastChannel(HardenedChannel):
     _date = b""
     _heads: dict[bytes, _Head] | None = None  # safe heads seen, by their bytes
     _socket: Any = None  # a plain TCP transport's socket (_send); None: transport.write
+    _client: str | None = None  # the client, when the peer alone names it
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -264,6 +265,7 @@ class FastChannel(HardenedChannel):
         if self._forward is None:
             self.fast = False
             return
+        self._client = self._forward.client_of_peer(self.peer)
         heads = getattr(self.site, "fast_heads", None)  # per site: its own limits judged them
         if heads is None:
             heads = self.site.fast_heads = {}
@@ -282,6 +284,12 @@ class FastChannel(HardenedChannel):
             return
         if not (self.fast and self._between_requests()):
             return _base_data(self, data)
+        head = self._heads.get(data) if self._heads is not None else None
+        if head is not None:  # the common read: one whole head seen before
+            self.resetTimeout()
+            if self._serve(head) and not self.persistent:
+                self.transport.loseConnection()
+            return None
         heads = []
         start = 0
         known = self._heads or {}
@@ -371,7 +379,7 @@ class FastChannel(HardenedChannel):
         forward = self._forward
         if head.method == b"GET":
             try:
-                answer = forward.answer_fast(head.url, head.pairs, self.peer)
+                answer = forward.answer_fast(head.url, head.pairs, self.peer, self._client)
             except Exception:
                 _log.failure("fast path: answering {path}", path=head.url.split(b"?", 1)[0])
                 self.transport.abortConnection()

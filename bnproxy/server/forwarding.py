@@ -269,12 +269,22 @@ class ForwardingResource(Resource):
         answer.addBoth(self._settled)
         return server.NOT_DONE_YET
 
-    def answer_fast(self, uri: bytes, headers: HeaderPairs, peer: Any) -> ProxyResponse | None:
+    def client_of_peer(self, peer: Any) -> str | None:
+        """The client ``render`` names for requests from ``peer`` when the
+        peer alone decides it (no trusted proxy); None otherwise."""
+        trusted = self._trusted
+        if trusted is None or trusted:
+            return None
+        return normalise(getattr(peer, "host", None) or "unix")
+
+    def answer_fast(self, uri: bytes, headers: HeaderPairs, peer: Any,
+                    client: str | None = None) -> ProxyResponse | None:
         """The answer to a bot's plain ``GET`` of origin-form ``uri`` with
         ``headers`` (lower-case names, the ``INTERNAL`` marker dropped) from
-        ``peer``, when the middlewares' fast path gives one (a hit: see
-        ``IFastPathSafe``), counted as ``render`` counts an answer; None: the
-        request is for ``render`` (the chain), nothing was done."""
+        ``peer`` (``client``: ``client_of_peer(peer)``, if known), when the
+        middlewares' fast path gives one (a hit: see ``IFastPathSafe``),
+        counted as ``render`` counts an answer; None: the request is for
+        ``render`` (the chain), nothing was done."""
         fast = self.fast
         if fast is None:
             return None
@@ -283,10 +293,11 @@ class ForwardingResource(Resource):
         if isinstance(route, ProxyResponse):
             return None
         method, market, binance_path, endpoint = route
-        host = getattr(peer, "host", None) or "unix"
         trusted = self._trusted
-        client = normalise(host) if trusted is not None and not trusted \
-            else self._resolve_client(host, headers)
+        if client is None or trusted:  # (a proxy trusted since the connection began)
+            host = getattr(peer, "host", None) or "unix"
+            client = normalise(host) if trusted is not None and not trusted \
+                else self._resolve_client(host, headers)
         request = ProxyRequest(method, market, binance_path, query, headers, b"", client,
                                self._clock.seconds(), endpoint)
         try:

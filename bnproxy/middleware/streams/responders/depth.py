@@ -27,7 +27,7 @@ from bnproxy.binance.marketdata import (
 from bnproxy.chain.compose import Answer
 from bnproxy.chain.messages import JSON, ProxyRequest, ProxyResponse
 from bnproxy.middleware.streams.orderbook import LIVE, OrderBook
-from bnproxy.middleware.streams.responders import Tools, parse_int, stream_answer
+from bnproxy.middleware.streams.responders import Answers, Tools, parse_int
 from bnproxy.middleware.streams.responders.exchangeinfo import ExchangeInfoResponder
 from bnproxy.middleware.streams.responders.waiting import Waiting, answered, go_on
 
@@ -47,6 +47,9 @@ class DepthResponder:
         self._fetching: dict[Key, int] = {}  # the size of the snapshot in flight
         self._pending: dict[Key, tuple[Any, int]] = {}  # a snapshot taken before any event
         self._early: dict[Key, Any] = {}  # the timer of a new book's snapshot
+        # (market, raw query) -> (book key, limit, stream) of queries a book may answer
+        self._queries: dict[tuple[str, bytes], tuple[Key, int, str]] = {}
+        self._answers = Answers()
 
     def _asked(self, market: str, p: dict[str, str]) -> tuple[Key, int] | None:
         """(book key, limit) of a request a book may answer, or None."""
@@ -65,20 +68,26 @@ class DepthResponder:
         levels, with what answering it does (the stream touched, the largest
         limit asked); None, having done nothing, otherwise. ``handle`` answers
         through it: one code path for the bytes."""
-        asked = self._asked(request.market, p)
-        if asked is None:
-            return None
-        key, limit = asked
+        memo = (request.market, request.query)
+        asked = self._queries.get(memo)
+        if asked is None:  # parsed once per distinct query
+            checked = self._asked(request.market, p)
+            if checked is None:
+                return None
+            if len(self._queries) >= 4096:
+                self._queries.clear()
+            asked = self._queries[memo] = (*checked, depth_stream(checked[0][1]))
+        key, limit, stream = asked
         book = self.books.get(key)
-        if book is None or book.state != LIVE or not self._fresh(*key):
+        if book is None or book.state != LIVE or not self._fresh(key[0], stream):
             return None
         body = book.response(limit)
         if body is None:
             return None
-        self.tools.subscriptions.touch(key[0], depth_stream(key[1]))
+        self.tools.subscriptions.touch(key[0], stream)
         if limit > self.asked.get(key, 0):
             self.asked[key] = limit
-        return stream_answer(body)
+        return self._answers.of((key, limit), body)
 
     def handle(self, request: ProxyRequest, p: dict[str, str], next: Callable) -> Answer:
         answer = self.hit(request, p)
@@ -110,7 +119,7 @@ class DepthResponder:
         self.tools.subscriptions.touch(market, depth_stream(symbol))
         if limit > self.asked.get(key, 0):
             self.asked[key] = limit
-        if book.state == LIVE and self._fresh(market, symbol) and \
+        if book.state == LIVE and self._fresh(market, depth_stream(symbol)) and \
                 self._size(key) > self.snapshot_size.get(key, 0):
             # fresh but without ``limit`` exact levels (else ``hit`` answered):
             # grow; the next events resync it from a larger snapshot
@@ -251,14 +260,13 @@ class DepthResponder:
     def check_fresh(self) -> None:
         """Resync books whose stream went silent."""
         for (market, symbol), book in self.books.items():
-            if book.state == LIVE and not self._fresh(market, symbol):
+            if book.state == LIVE and not self._fresh(market, depth_stream(symbol)):
                 book.mark_stale()
 
-    def _fresh(self, market: str, symbol: str) -> bool:
+    def _fresh(self, market: str, stream: str) -> bool:
         """The book's stream delivered within ``stale_depth``, or is quiet
         (unchanged) up to ``stale_depth_quiet`` on a live connection."""
         s = self.tools.settings
-        stream = depth_stream(symbol)
         return self.tools.subscriptions.fresh(market, stream, s.stale_depth,
                                               s.quiet_limit(stream))
 

@@ -29,7 +29,7 @@ from bnproxy.binance.marketdata import (
 from bnproxy.chain.compose import Answer, then
 from bnproxy.chain.messages import ProxyRequest, ProxyResponse
 from bnproxy.middleware.streams.klines import KlineSeries
-from bnproxy.middleware.streams.responders import Tools, parse_int, stream_answer
+from bnproxy.middleware.streams.responders import Answers, Tools, parse_int, stream_answer
 from bnproxy.middleware.streams.responders.exchangeinfo import ExchangeInfoResponder
 from bnproxy.middleware.streams.responders.waiting import Waiting, answered, go_on
 
@@ -45,6 +45,9 @@ class KlinesResponder:
         self.series: dict[Key, KlineSeries] = {}
         self._answer_due: set[Key] = set()  # new series whose bot answer has not come yet
         self.waiting = Waiting(tools.clock)  # bot requests waiting for a seed
+        # (market, raw query) -> (series key, asked, stream) a series may answer
+        self._queries: dict[tuple[str, bytes], tuple[Key, Asked, str]] = {}
+        self._answers = Answers()
 
     def _asked(self, market: str, p: dict[str, str]) -> tuple[Key, Asked] | None:
         """(series key, (startTime, endTime, limit)) of a request a series
@@ -68,18 +71,25 @@ class KlinesResponder:
         """The answer from a fresh series that holds the asked rows exactly,
         the stream touched; None, having done nothing, otherwise (``handle``
         answers through it)."""
-        asked = self._asked(request.market, p)
-        if asked is None:
-            return None
-        key, (start, end, limit) = asked
+        memo = (request.market, request.query)
+        asked = self._queries.get(memo)
+        if asked is None:  # parsed once per distinct query
+            checked = self._asked(request.market, p)
+            if checked is None:
+                return None
+            if len(self._queries) >= 4096:
+                self._queries.clear()
+            key = checked[0]
+            asked = self._queries[memo] = (*checked, kline_stream(key[1], key[2]))
+        key, (start, end, limit), stream = asked
         series = self.series.get(key)
         if series is None or not self._fresh(key):
             return None
         span = series.covers(start, end, limit)
         if span is None:
             return None
-        self.tools.subscriptions.touch(key[0], kline_stream(key[1], key[2]))
-        return stream_answer(series.response(span))
+        self.tools.subscriptions.touch(key[0], stream)
+        return self._answers.of((key, span), series.response(span))
 
     def handle(self, request: ProxyRequest, p: dict[str, str], next: Callable) -> Answer:
         answer = self.hit(request, p)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from bnproxy.binance.marketdata import TICKER_24HR, TICKER_STREAM_KIND
 from bnproxy.chain.compose import Answer
 from bnproxy.chain.messages import ProxyRequest, ProxyResponse
-from bnproxy.middleware.streams.responders import Tools, stream_answer
+from bnproxy.middleware.streams.responders import Answers, Tools
 from bnproxy.middleware.streams.responders.exchangeinfo import ExchangeInfoResponder
 from bnproxy.middleware.streams.tickers import StreamValue, book_ticker, last_price, ticker_24hr
 
@@ -22,6 +22,9 @@ class TickersResponder:
         self.tools = tools
         self.info = info
         self.values: dict[Key, StreamValue] = {}
+        # (market, raw query, family) -> (symbol, kind, stream) a value may answer
+        self._queries: dict[tuple[str, bytes, str], tuple[str, str, str]] = {}
+        self._answers = Answers()
 
     @staticmethod
     def _asked(p: dict[str, str], family: str) -> tuple[str, str, str] | None:
@@ -37,12 +40,19 @@ class TickersResponder:
             ) -> ProxyResponse | None:
         """The answer from a fresh stream value, the stream touched; None,
         having done nothing, otherwise (``handle`` answers through it)."""
-        asked = self._asked(p, family)
-        if asked is None:
-            return None
         market = request.market
+        memo = (market, request.query, family)
+        asked = self._queries.get(memo)
+        if asked is None:  # parsed once per distinct query
+            checked = self._asked(p, family)
+            if checked is None:
+                return None
+            if len(self._queries) >= 4096:
+                self._queries.clear()
+            asked = self._queries[memo] = checked
         _, kind, stream = asked
-        value = self.values.get((market, stream))
+        key = (market, stream)
+        value = self.values.get(key)
         if value is None or value.body is None:
             return None
         s = self.tools.settings
@@ -51,7 +61,7 @@ class TickersResponder:
                 s.quiet_limit(stream)):
             return None
         self.tools.subscriptions.touch(market, stream)
-        return stream_answer(value.body)
+        return self._answers.of(key, value.body)
 
     def handle(self, request: ProxyRequest, p: dict[str, str], family: str,
                next: Callable) -> Answer:
