@@ -11,6 +11,8 @@ from helpers import API_KEY, DEFAULT, Harness, chain
 from streamhelpers import VirtualRig
 from test_fastpath import PEER, exchange, get
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 import bnproxy.app
@@ -276,7 +278,7 @@ def raw(service, data, fast):
     protocol.makeConnection(transport)
     protocol.dataReceived(data)
     out = transport.value()
-    protocol.connectionLost(None)
+    protocol.connectionLost(Failure(ConnectionDone()))
     return out, protocol
 
 
@@ -365,3 +367,22 @@ def test_hits_pipelined_past_the_sockets_buffer_arrive_whole_and_in_order(tmp_pa
                     assert b"serverTime" in got
                 else:
                     assert got == body
+
+
+def test_a_keyed_request_for_a_stream_goes_upstream_until_its_key_is_accepted(rig):
+    target = b"/api/v3/depth?symbol=BTCUSDT&limit=5"
+    raw(rig.service, get(target), fast=True)  # the anonymous head is known public
+    keyed = get(target, b"X-MBX-APIKEY: " + API_KEY)
+    from twisted.internet.testing import StringTransport
+    channel = rig.service.site.buildProtocol(PEER)
+    transport = StringTransport(peerAddress=PEER)
+    channel.makeConnection(transport)
+    channel.dataReceived(keyed)
+    assert channel.fast_hits == 0 and transport.value() == b""  # sent upstream, with its key
+    rig.until(lambda: transport.value(), 30)
+    assert b"\r\nX-Bnproxy-Source: upstream\r\n" in transport.value()
+    assert named(rig.service, "streams").accepted_keys.accepted(API_KEY)
+    out, channel = raw(rig.service, keyed, fast=True)
+    assert channel.fast_hits == 1 and b"\r\nX-Bnproxy-Source: stream\r\n" in out
+    line = named(rig.service, "logger").output.lines[-1]
+    assert b" key=- " not in line and API_KEY not in line

@@ -193,6 +193,7 @@ class ForwardingResource(Resource):
         self._trusted = resolve_client.trusted if isinstance(resolve_client, ClientResolver) \
             else None
         self._routes: dict[tuple[bytes, bytes], tuple] = {}
+        self._weights: dict[tuple[str, str, bytes], int] = {}  # public hits' weights
 
     def _route(self, method_raw: bytes, raw_path: bytes) -> tuple | ProxyResponse:
         """(method, market, Binance path, endpoint), or the answer to a
@@ -300,14 +301,25 @@ class ForwardingResource(Resource):
                 else self._resolve_client(host, headers)
         request = ProxyRequest(method, market, binance_path, query, headers, b"", client,
                                self._clock.seconds(), endpoint)
+        weights = self._weights
+        known = (market, binance_path, query)
+        weight = weights.get(known)
+        if weight is not None:  # ``request.weight`` as computed before, without its lookup
+            request.__dict__["weight"] = weight
         try:
             answer = fast(request)
         except Exception:
             # the contract says it must not; the chain answers (and logs) instead
             _log.failure("fast path: answering {path}", path=binance_path)
             return None
-        if answer is not None and self._answered is not None:
+        if answer is None:
+            return None
+        if self._answered is not None:
             self._answered(request, answer)
+        if weight is None and endpoint is not None and endpoint.public:
+            if len(weights) >= ROUTES_REMEMBERED:  # (a signed query is never public)
+                weights.clear()
+            weights[known] = request.weight
         return answer
 
     def _write(self, request: server.Request, proxy_request: ProxyRequest,

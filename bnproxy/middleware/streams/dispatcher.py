@@ -157,6 +157,9 @@ class Streams(MultiService):
             (market, rest_path(market, family) or ""): family
             for market in self.managers for family in SERVED[market]}
         self._parsed: dict[bytes, dict[str, str] | None] = {}
+        # (headers, query) of bot requests found public on a family's path
+        # (fast_handle: is_private asked once per distinct head)
+        self._public: set[tuple] = set()
         # The bots' websocket gateway (IStreamHub, below)
         self.hub = Hub(context.reactor, self.managers, self.subscriptions,
                        self.exchange_info.listed, self.exchange_info.when_known,
@@ -263,13 +266,20 @@ class Streams(MultiService):
             if request.endpoint is None and request.header(b"upgrade") is not None:
                 return None  # perhaps the websocket gateway's
             return next(request)
-        if request.header(INTERNAL) is not None:
-            return None
-        if is_private(request):
-            view = self.accepted_keys.public_view(request)
-            if view is None:
+        public = self._public
+        memo = (request.headers, request.query)
+        if request.body or memo not in public or not request.endpoint.public:
+            if request.header(INTERNAL) is not None:
                 return None
-            request = view
+            if is_private(request):
+                view = self.accepted_keys.public_view(request)
+                if view is None:
+                    return None
+                request = view
+            elif not request.body:  # remembered: only what is public (no secret kept)
+                if len(public) >= 4096:
+                    public.clear()
+                public.add(memo)
         p = self._params(request.query)
         if p is None:
             return None

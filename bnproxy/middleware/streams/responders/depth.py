@@ -47,8 +47,9 @@ class DepthResponder:
         self._fetching: dict[Key, int] = {}  # the size of the snapshot in flight
         self._pending: dict[Key, tuple[Any, int]] = {}  # a snapshot taken before any event
         self._early: dict[Key, Any] = {}  # the timer of a new book's snapshot
-        # (market, raw query) -> (book key, limit, stream) of queries a book may answer
-        self._queries: dict[tuple[str, bytes], tuple[Key, int, str]] = {}
+        # (market, raw query) -> (book key, limit, stream, freshness bounds) of
+        # queries a book may answer
+        self._queries: dict[tuple[str, bytes], tuple[Key, int, str, float, float | None]] = {}
         self._answers = Answers()
 
     def _asked(self, market: str, p: dict[str, str]) -> tuple[Key, int] | None:
@@ -76,11 +77,15 @@ class DepthResponder:
                 return None
             if len(self._queries) >= 4096:
                 self._queries.clear()
-            asked = self._queries[memo] = (*checked, depth_stream(checked[0][1]))
-        key, limit, stream = asked
+            stream = depth_stream(checked[0][1])
+            settings = self.tools.settings
+            asked = self._queries[memo] = (*checked, stream, settings.stale_depth,
+                                           settings.quiet_limit(stream))
+        key, limit, stream, max_age, quiet = asked
         book = self.books.get(key)
-        if book is None or book.state != LIVE or not self._fresh(key[0], stream):
-            return None
+        if book is None or book.state != LIVE or \
+                not self.tools.subscriptions.fresh(key[0], stream, max_age, quiet):
+            return None  # (``_fresh``, its bounds computed once per query)
         body = book.response(limit)
         if body is None:
             return None

@@ -45,8 +45,9 @@ class KlinesResponder:
         self.series: dict[Key, KlineSeries] = {}
         self._answer_due: set[Key] = set()  # new series whose bot answer has not come yet
         self.waiting = Waiting(tools.clock)  # bot requests waiting for a seed
-        # (market, raw query) -> (series key, asked, stream) a series may answer
-        self._queries: dict[tuple[str, bytes], tuple[Key, Asked, str]] = {}
+        # (market, raw query) -> (series key, asked, stream, freshness bound) of
+        # queries a series may answer
+        self._queries: dict[tuple[str, bytes], tuple[Key, Asked, str, float]] = {}
         self._answers = Answers()
 
     def _asked(self, market: str, p: dict[str, str]) -> tuple[Key, Asked] | None:
@@ -80,11 +81,12 @@ class KlinesResponder:
             if len(self._queries) >= 4096:
                 self._queries.clear()
             key = checked[0]
-            asked = self._queries[memo] = (*checked, kline_stream(key[1], key[2]))
-        key, (start, end, limit), stream = asked
+            asked = self._queries[memo] = (*checked, kline_stream(key[1], key[2]),
+                                           self._max_age(key))
+        key, (start, end, limit), stream, max_age = asked
         series = self.series.get(key)
-        if series is None or not self._fresh(key):
-            return None
+        if series is None or not self.tools.subscriptions.fresh(key[0], stream, max_age):
+            return None  # (``_fresh``, its bound computed once per query)
         span = series.covers(start, end, limit)
         if span is None:
             return None
@@ -140,10 +142,12 @@ class KlinesResponder:
                 answered(waiter, stream_answer(series.response(span)))
 
     def _fresh(self, key: Key) -> bool:
-        market, symbol, interval = key
+        return self.tools.subscriptions.fresh(key[0], kline_stream(key[1], key[2]),
+                                              self._max_age(key))
+
+    def _max_age(self, key: Key) -> float:
         s = self.tools.settings
-        return self.tools.subscriptions.fresh(market, kline_stream(symbol, interval), max(
-            s.stale_kline_min, kline_cadence(market, interval) * s.stale_kline_factor))
+        return max(s.stale_kline_min, kline_cadence(key[0], key[2]) * s.stale_kline_factor)
 
     def _subscribe(self, key: Key, client: str) -> bool:
         market, symbol, interval = key

@@ -22,8 +22,10 @@ class TickersResponder:
         self.tools = tools
         self.info = info
         self.values: dict[Key, StreamValue] = {}
-        # (market, raw query, family) -> (symbol, kind, stream) a value may answer
-        self._queries: dict[tuple[str, bytes, str], tuple[str, str, str]] = {}
+        # (market, raw query, family) -> (symbol, kind, stream, freshness bounds)
+        # of queries a value may answer
+        self._queries: dict[tuple[str, bytes, str],
+                            tuple[str, str, str, float, float | None]] = {}
         self._answers = Answers()
 
     @staticmethod
@@ -49,16 +51,16 @@ class TickersResponder:
                 return None
             if len(self._queries) >= 4096:
                 self._queries.clear()
-            asked = self._queries[memo] = checked
-        _, kind, stream = asked
+            s = self.tools.settings
+            stream = checked[2]
+            asked = self._queries[memo] = (
+                *checked, s.stale_ticker if checked[1] == "ticker" else s.stale_depth,
+                s.quiet_limit(stream))
+        _, kind, stream, max_age, quiet = asked
         key = (market, stream)
         value = self.values.get(key)
-        if value is None or value.body is None:
-            return None
-        s = self.tools.settings
-        if not self.tools.subscriptions.fresh(
-                market, stream, s.stale_ticker if kind == "ticker" else s.stale_depth,
-                s.quiet_limit(stream)):
+        if value is None or value.body is None or \
+                not self.tools.subscriptions.fresh(market, stream, max_age, quiet):
             return None
         self.tools.subscriptions.touch(market, stream)
         return self._answers.of(key, value.body)
