@@ -58,6 +58,7 @@ _VISIBLE = bytes(range(0x21, 0x7F))
 _PRIVATE = re.compile(b"|".join(re.escape(n) for n in (
     *PRIVATE_HEADERS, *(p.encode() for p in PRIVATE_PARAMS), b"%")), re.IGNORECASE)
 _HEADS_REMEMBERED = 1024
+_COPY_BELOW = 8192  # a body this small is joined to its head; a larger one sent beside it
 # serialised_head of answers by (status, headers, source, body length)
 _ANSWER_HEADS: dict[tuple, tuple[bytes, bytes]] = {}
 
@@ -422,12 +423,16 @@ class FastChannel(HardenedChannel):
             if len(_ANSWER_HEADS) >= _HEADS_REMEMBERED:
                 _ANSWER_HEADS.clear()
             parts = _ANSWER_HEADS[key] = serialised_head(answer)
-        self._send(b"".join((parts[0], self._date_now(), parts[1], body)))
+        if len(body) < _COPY_BELOW:
+            self._send(b"".join((parts[0], self._date_now(), parts[1], body)))
+        else:  # a large body is not copied behind its head
+            self._send(b"".join((parts[0], self._date_now(), parts[1])), body)
 
-    def _send(self, data: bytes) -> None:
-        """``transport.write``, sending at once when nothing is queued on a
-        plain TCP connection: no buffering until the next reactor turn, no
-        two ``epoll_ctl`` to start and stop watching for writability. What the
+    def _send(self, data: bytes, more: bytes = b"") -> None:
+        """``transport.write`` of ``data`` and ``more``, sent at once (one
+        ``send``, or ``sendmsg`` of both) when nothing is queued on a plain
+        TCP connection: no buffering until the next reactor turn, no two
+        ``epoll_ctl`` to start and stop watching for writability. What the
         socket does not take (or an error) goes to ``transport.write``, which
         queues it as always (and sees the error)."""
         t = self.transport
@@ -435,13 +440,18 @@ class FastChannel(HardenedChannel):
         if (sock is not None and not t._tempDataLen and not t.dataBuffer and t.connected
                 and not t.disconnecting and not t._writeDisconnected and not t.TLS):
             try:
-                sent = sock.send(data)
+                sent = sock.sendmsg((data, more)) if more else sock.send(data)
             except OSError:  # EAGAIN, or the connection's end: the transport's to handle
                 sent = 0
-            if sent == len(data):
+            if sent == len(data) + len(more):
                 return
-            data = data[sent:]
+            if sent >= len(data):
+                data, more = more[sent - len(data):], b""
+            else:
+                data = data[sent:]
         t.write(data)
+        if more:
+            t.write(more)
 
     def fast_done(self, request: FastRequest) -> None:
         """A fast answer has been written."""
