@@ -59,8 +59,8 @@ _PRIVATE = re.compile(b"|".join(re.escape(n) for n in (
     *PRIVATE_HEADERS, *(p.encode() for p in PRIVATE_PARAMS), b"%")), re.IGNORECASE)
 _HEADS_REMEMBERED = 1024
 _COPY_BELOW = 8192  # a body this small is joined to its head; a larger one sent beside it
-# serialised_head of answers by (status, headers, source, body length)
-_ANSWER_HEADS: dict[tuple, tuple[bytes, bytes]] = {}
+# serialised_head of answers by (status, headers, source)
+_ANSWER_HEADS: dict[tuple, tuple[bytes, bytes, bytes]] = {}
 
 
 class _Head:
@@ -417,16 +417,19 @@ class FastChannel(HardenedChannel):
         """Write a GET's answer as twisted.web would (``write_response``):
         the head pre-serialised per distinct answer head, in one write."""
         body = answer.body
-        key = (answer.status, answer.headers, answer.source, len(body))
+        key = (answer.status, answer.headers, answer.source)
         parts = _ANSWER_HEADS.get(key)
         if parts is None:
             if len(_ANSWER_HEADS) >= _HEADS_REMEMBERED:
                 _ANSWER_HEADS.clear()
             parts = _ANSWER_HEADS[key] = serialised_head(answer)
+        before, middle, after = parts
         if len(body) < _COPY_BELOW:
-            self._send(b"".join((parts[0], self._date_now(), parts[1], body)))
+            self._send(b"".join((before, self._date_now(), middle, b"%d" % len(body), after,
+                                 body)))
         else:  # a large body is not copied behind its head
-            self._send(b"".join((parts[0], self._date_now(), parts[1])), body)
+            self._send(b"".join((before, self._date_now(), middle, b"%d" % len(body), after)),
+                       body)
 
     def _send(self, data: bytes, more: bytes = b"") -> None:
         """``transport.write`` of ``data`` and ``more``, sent at once (one

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import attrs
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -16,6 +17,7 @@ from twisted.web.resource import IResource, Resource
 from bnproxy.binance.endpoints import EndpointTable
 from bnproxy.binance.errors import ILLEGAL_CHARS, UNKNOWN
 from bnproxy.binance.markets import MARKET_NAMES, Market, implicit_market
+from bnproxy.binance.privacy import is_private
 from bnproxy.chain.addresses import normalise
 from bnproxy.chain.interfaces import IFastPathSafe
 from bnproxy.chain.messages import (
@@ -103,6 +105,7 @@ _LENGTH = _canonical(b"content-length")
 _SOURCES: dict[str, bytes] = {}
 _CLEAN: set[bytes] = set()  # short header values known to hold no line break
 _DATE_MARK = b"\x00date\x00"  # where the Date value goes (no header value holds a NUL)
+_LENGTH_MARK = b"\x00length\x00"  # where the Content-Length value goes
 
 
 def write_response(request: server.Request, response: ProxyResponse) -> None:
@@ -147,21 +150,25 @@ def response_headers(raw: dict[bytes, list[bytes]], response: ProxyResponse) -> 
     raw[_LENGTH] = [b"%d" % len(response.body)]
 
 
-def serialised_head(response: ProxyResponse) -> tuple[bytes, bytes]:
-    """The bytes twisted.web writes before ``response``'s body, around its
-    ``Date`` value: (status line, ``Server`` and ``Date: ``; the rest of the
-    ``Date`` line and every other header, to the blank line). The fast path
-    writes ``before + date + after + body``."""
+def serialised_head(response: ProxyResponse) -> tuple[bytes, bytes, bytes]:
+    """The bytes twisted.web writes before ``response``'s body, in three
+    parts around its ``Date`` value and its ``Content-Length`` value: (status
+    line, ``Server`` and ``Date: ``; the rest of the ``Date`` line and the
+    headers up to ``Content-Length: ``; the rest, to the blank line). The
+    fast path writes ``before + date + middle + length + after + body``:
+    one head for every answer of the same status, headers and source."""
     raw: dict[bytes, list[bytes]] = {b"Server": [server.version], b"Date": [_DATE_MARK]}
     response_headers(raw, response)
+    raw[_LENGTH] = [_LENGTH_MARK]  # (in place: where twisted.web writes it)
     status = response.status
     lines = [b"HTTP/1.1 %d %s\r\n" % (status, RESPONSES.get(status, b"Unknown Status"))]
     for name, values in raw.items():
         for value in values:
             lines.append(b"%s: %s\r\n" % (name, value))
     lines.append(b"\r\n")
-    before, _, after = b"".join(lines).partition(_DATE_MARK)
-    return before, after
+    before, _, rest = b"".join(lines).partition(_DATE_MARK)
+    middle, _, after = rest.partition(_LENGTH_MARK)
+    return before, middle, after
 
 
 class ForwardingResource(Resource):
@@ -193,7 +200,8 @@ class ForwardingResource(Resource):
         self._trusted = resolve_client.trusted if isinstance(resolve_client, ClientResolver) \
             else None
         self._routes: dict[tuple[bytes, bytes], tuple] = {}
-        self._weights: dict[tuple[str, str, bytes], int] = {}  # public hits' weights
+        # public targets hit before: [method, market, path, endpoint, query, weight]
+        self._prepared: dict[bytes, list] = {}
 
     def _route(self, method_raw: bytes, raw_path: bytes) -> tuple | ProxyResponse:
         """(method, market, Binance path, endpoint), or the answer to a
@@ -289,11 +297,14 @@ class ForwardingResource(Resource):
         fast = self.fast
         if fast is None:
             return None
-        raw_path, _, query = uri.partition(b"?")
-        route = self._routes.get((b"GET", raw_path)) or self._route(b"GET", raw_path)
-        if isinstance(route, ProxyResponse):
-            return None
-        method, market, binance_path, endpoint = route
+        prepared = self._prepared.get(uri)
+        if prepared is None:
+            raw_path, _, query = uri.partition(b"?")
+            route = self._routes.get((b"GET", raw_path)) or self._route(b"GET", raw_path)
+            if isinstance(route, ProxyResponse):
+                return None
+            prepared = [*route, query, None]
+        method, market, binance_path, endpoint, query, weight = prepared
         trusted = self._trusted
         if client is None or trusted:  # (a proxy trusted since the connection began)
             host = getattr(peer, "host", None) or "unix"
@@ -301,9 +312,6 @@ class ForwardingResource(Resource):
                 else self._resolve_client(host, headers)
         request = ProxyRequest(method, market, binance_path, query, headers, b"", client,
                                self._clock.seconds(), endpoint)
-        weights = self._weights
-        known = (market, binance_path, query)
-        weight = weights.get(known)
         if weight is not None:  # ``request.weight`` as computed before, without its lookup
             request.__dict__["weight"] = weight
         try:
@@ -316,10 +324,12 @@ class ForwardingResource(Resource):
             return None
         if self._answered is not None:
             self._answered(request, answer)
-        if weight is None and endpoint is not None and endpoint.public:
-            if len(weights) >= ROUTES_REMEMBERED:  # (a signed query is never public)
-                weights.clear()
-            weights[known] = request.weight
+        if weight is None and not is_private(attrs.evolve(request, headers=())):
+            # a public target (nothing secret in it), hit: routed and weighed once
+            if len(self._prepared) >= ROUTES_REMEMBERED:
+                self._prepared.clear()
+            prepared[5] = request.weight
+            self._prepared[uri] = prepared
         return answer
 
     def _write(self, request: server.Request, proxy_request: ProxyRequest,
