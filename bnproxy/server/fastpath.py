@@ -1,5 +1,5 @@
-"""The fast path: request heads parsed by httptools, answered without
-twisted.web's per-request machinery, everything else left to it.
+"""The fast path: request heads parsed by httptools, hits answered before
+the chain, everything else left to twisted.web.
 
 :class:`FastChannel` is the hardened channel (``bnproxy.server.channel``)
 with one more way in. When the connection is between requests and a read
@@ -8,23 +8,33 @@ HTTP/1.1, origin-form, visible ASCII, no body or framing header
 (``Content-Length``, ``Transfer-Encoding``, ``Expect``, ``Upgrade``,
 ``Connection`` other than ``keep-alive``), no folded or bare-LF line, within
 the channel's header count and size caps, accepted by httptools (llhttp,
-no leniency) and not addressed to an admin resource — each is answered by
-calling the forwarding resource with a light request object (:class:`FastRequest`)
-instead of a twisted.web ``Request``: no line-by-line parsing, no
-``Headers`` objects, no resource traversal, the ``Date`` header formatted
-once a second, the response head written with its body in one ``write``.
+no leniency) and not addressed to an admin resource — each is answered
+without a twisted.web ``Request``: no line-by-line parsing, no ``Headers``
+objects, no resource traversal, the ``Date`` header formatted once a second.
+A head seen before (byte for byte, and naming nothing private) is not parsed
+again.
+
+A ``GET`` is first offered to the middlewares' fast path
+(``ForwardingResource.answer_fast``; ``IFastPathSafe`` in
+``bnproxy.chain.interfaces``): when every middleware on the way declares it,
+a cache or stream hit is looked up directly, recorded as the chain records
+it (the access line, the ledger, the metrics, the cache's and streams'
+counters), and written from a pre-serialised head in one ``send`` (a large
+body beside it, ``sendmsg``) when nothing is queued on the connection. A
+middleware that does not declare it sees the request: it goes on, as does
+every miss and every other request, through the forwarding resource with a
+light request object (:class:`FastRequest`): the chain called exactly as
+for a twisted.web request (routing, client address, allowlist, cache,
+streams, access line, ledger, metrics, in-flight count for the drain).
 
 A read that holds anything else (a partial head, a body, one unsafe head
 among safe ones), and every read on a connection in the middle of a
 twisted.web request, goes to the hardened channel whole and untouched, so each
-refusal, limit and deadline is the hardened channel's own. The chain is
-called exactly as for a twisted.web request (the same forwarding resource:
-routing, client address, allowlist, cache, streams, access line, ledger,
-metrics, in-flight count for the drain), so every middleware still sees
-every request, and the bytes written are twisted.web's (a differential test
-holds them equal, ``Date`` aside). An answer that is not ready at once
-(forwarded upstream) pauses reading as twisted.web does; the connection
-goes on when it is written.
+refusal, limit and deadline is the hardened channel's own. The bytes
+written are twisted.web's on every path (differential tests hold them
+equal, ``Date`` aside). An answer that is not ready at once (forwarded
+upstream) pauses reading as twisted.web does; the connection goes on when
+it is written.
 """
 
 from __future__ import annotations
