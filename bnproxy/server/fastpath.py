@@ -69,8 +69,11 @@ _PRIVATE = re.compile(b"|".join(re.escape(n) for n in (
     *PRIVATE_HEADERS, *(p.encode() for p in PRIVATE_PARAMS), b"%")), re.IGNORECASE)
 _HEADS_REMEMBERED = 1024
 _COPY_BELOW = 8192  # a body this small is joined to its head; a larger one sent beside it
-# serialised_head of answers by (status, headers, source)
+# serialised_head of answers by (status, headers, source); the last answer
+# written and its head; Content-Length values by body length
 _ANSWER_HEADS: dict[tuple, tuple[bytes, bytes, bytes]] = {}
+_LAST: list[Any] = [None, None]
+_LENGTHS: dict[int, bytes] = {}
 
 
 class _Head:
@@ -427,19 +430,28 @@ class FastChannel(HardenedChannel):
         """Write a GET's answer as twisted.web would (``write_response``):
         the head pre-serialised per distinct answer head, in one write."""
         body = answer.body
-        key = (answer.status, answer.headers, answer.source)
-        parts = _ANSWER_HEADS.get(key)
-        if parts is None:
-            if len(_ANSWER_HEADS) >= _HEADS_REMEMBERED:
-                _ANSWER_HEADS.clear()
-            parts = _ANSWER_HEADS[key] = serialised_head(answer)
-        before, middle, after = parts
-        if len(body) < _COPY_BELOW:
-            self._send(b"".join((before, self._date_now(), middle, b"%d" % len(body), after,
-                                 body)))
+        last = _LAST
+        if answer is last[0]:  # the same answer as the last one written (a hit between updates)
+            before, middle, after = last[1]
+        else:
+            key = (answer.status, answer.headers, answer.source)
+            parts = _ANSWER_HEADS.get(key)
+            if parts is None:
+                if len(_ANSWER_HEADS) >= _HEADS_REMEMBERED:
+                    _ANSWER_HEADS.clear()
+                parts = _ANSWER_HEADS[key] = serialised_head(answer)
+            last[0], last[1] = answer, parts
+            before, middle, after = parts
+        size = len(body)
+        length = _LENGTHS.get(size)
+        if length is None:
+            if len(_LENGTHS) >= _HEADS_REMEMBERED:
+                _LENGTHS.clear()
+            length = _LENGTHS[size] = b"%d" % size
+        if size < _COPY_BELOW:
+            self._send(b"".join((before, self._date_now(), middle, length, after, body)))
         else:  # a large body is not copied behind its head
-            self._send(b"".join((before, self._date_now(), middle, b"%d" % len(body), after)),
-                       body)
+            self._send(b"".join((before, self._date_now(), middle, length, after)), body)
 
     def _send(self, data: bytes, more: bytes = b"") -> None:
         """``transport.write`` of ``data`` and ``more``, sent at once (one
