@@ -152,7 +152,7 @@ def build_proxy(config: ProxyConfig, reactor: Any, agent: Any = None) -> Proxy:
                               state_file=None if config.simulated_exchange else
                               os.path.join(config.state_dir, "bnproxy-dashboard.json"))
     forward = ForwardingResource(handler, markets, endpoints, reactor, resolver,
-                                 dashboard.observer(metrics.answered))
+                                 dashboard.observer(metrics.answered), middlewares)
     readiness = Readiness(reactor, markets, upstream, handler, endpoints,
                           lambda: [*middlewares, access_log], shared_state)
     metrics.watch(lambda: [m for m in [*middlewares, readiness, dashboard, shared_state]

@@ -12,6 +12,7 @@ from bnproxy.chain.context import MiddlewareContext, Send
 from bnproxy.chain.interfaces import (
     IAccessLog,
     IAdmission,
+    IFastPathSafe,
     IHealthReporter,
     IMetricsSource,
     IMiddleware,
@@ -38,6 +39,7 @@ __all__ = [
     "ConfigError",
     "IAccessLog",
     "IAdmission",
+    "IFastPathSafe",
     "IHealthReporter",
     "IMetricsSource",
     "IMiddleware",

@@ -16,11 +16,11 @@ _DATE = re.compile(rb"\r\nDate: [^\r\n]*")
 PEER = IPv4Address("TCP", "127.0.0.1", 5555)
 
 
-def exchange(h, chunks, fast):
+def exchange(h, chunks, fast, peer=PEER):
     """Feed ``chunks`` to one connection; (what was written, the channel)."""
-    protocol = h.service.site.buildProtocol(PEER)
+    protocol = h.service.site.buildProtocol(peer)
     protocol.fast = fast
-    transport = StringTransport(peerAddress=PEER)
+    transport = StringTransport(peerAddress=peer)
     protocol.makeConnection(transport)
     for chunk in chunks:
         if not transport.disconnecting:

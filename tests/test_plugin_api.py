@@ -9,6 +9,7 @@ PINNED = {
     "ConfigError": "bnproxy.settings",
     "IAccessLog": "bnproxy.chain.interfaces",
     "IAdmission": "bnproxy.chain.interfaces",
+    "IFastPathSafe": "bnproxy.chain.interfaces",
     "IHealthReporter": "bnproxy.chain.interfaces",
     "IMetricsSource": "bnproxy.chain.interfaces",
     "IMiddleware": "bnproxy.chain.interfaces",
@@ -40,6 +41,7 @@ INTERFACE_METHODS = {
     "IWeightGovernor": {"pool_of", "reserve", "usage", "banned_for", "set_client_share"},
     "IAccessLog": {"write"},
     "IAdmission": {"admits"},
+    "IFastPathSafe": {"fast_handle"},
     "ISharedState": {"status", "reserve", "reconcile", "used", "set_ban", "bans",
                      "banned_until", "on_ban", "add", "clients", "live_instances", "health"},
 }

@@ -52,6 +52,47 @@ class IMiddleware(Interface):
         """
 
 
+class IFastPathSafe(Interface):
+    """A middleware's declaration that hits may be answered without its
+    ``handle`` (the fast path, ``bnproxy.server.fastpath``).
+
+    The proxy answers a plain bot ``GET`` (no body, nothing but safe
+    headers, already routed) before the chain when every middleware it
+    meets on the way to the answer provides this interface: it calls
+    ``fast_handle`` of each, in chain order, instead of ``handle``.
+    ``fast_handle(request, next)`` gets the same ``ProxyRequest`` and
+    ``next``, the rest of the fast path, and returns one of:
+
+    - a ``ProxyResponse``: the answer, given at once from the middleware's
+      own state (a cache or stream hit), with every effect ``handle`` has
+      when it gives that same answer (counters, touches);
+    - what ``next(request)`` returned, after doing what ``handle`` does
+      around a plain answer from ``next`` (an access line, a ledger entry);
+      ``next`` returns a ``ProxyResponse`` or None;
+    - ``None``: the fast path cannot answer this request; nothing was done
+      (no counter moved, no state changed), and the request goes through the
+      whole chain, this middleware's ``handle`` included, as if the fast
+      path had never seen it.
+
+    So ``handle`` and ``fast_handle`` must give the same answer and the same
+    effects whenever ``fast_handle`` does not return None; a middleware that
+    would refuse, transform, wait or call upstream returns None. A
+    middleware that merely passes requests on writes
+    ``def fast_handle(self, request, next): return next(request)``.
+
+    A middleware that does not provide this interface sees every request
+    that reaches it, as before: the fast path stops there and hands the
+    request to the chain (middlewares placed after the one that answers a
+    hit never see it, on either path). ``fast_handle`` is called in the
+    reactor thread and must not raise; if it does, the request goes through
+    the chain.
+    """
+
+    def fast_handle(request, next):
+        """The answer without the chain: a ``ProxyResponse``, or None (see
+        the interface)."""
+
+
 class IMiddlewareFactory(IPlugin):
     """Builds a middleware from its settings. Discovered as a plugin.
 

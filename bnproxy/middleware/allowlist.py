@@ -12,7 +12,7 @@ from bnproxy.binance.errors import UNAUTHORIZED
 from bnproxy.chain.addresses import Network, in_networks, parse_networks
 from bnproxy.chain.compose import Answer
 from bnproxy.chain.context import MiddlewareContext
-from bnproxy.chain.interfaces import IAdmission, IHealthReporter, IMiddleware
+from bnproxy.chain.interfaces import IAdmission, IFastPathSafe, IHealthReporter, IMiddleware
 from bnproxy.chain.messages import INTERNAL, ProxyRequest, local_error
 from bnproxy.chain.options import ConfigError, Option
 
@@ -22,7 +22,7 @@ DEFAULT_ALLOW = ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.1
                  "fc00::/7")
 
 
-@implementer(IAdmission, IHealthReporter, IMiddleware)
+@implementer(IAdmission, IHealthReporter, IMiddleware, IFastPathSafe)
 class Allowlist:
     """Admits ``request.client`` (normalised: IPv4-mapped IPv6 is IPv4, scope
     ids dropped; behind a trusted proxy, the first untrusted forwarded hop)
@@ -56,6 +56,14 @@ class Allowlist:
         return local_error(403, UNAUTHORIZED,
                            "bnproxy: your address is not allowed to use this proxy",
                            detail="denied")
+
+    def fast_handle(self, request: ProxyRequest, next: Callable) -> Any:
+        """``IFastPathSafe``: an admitted client's request goes on; a
+        refusal is the chain's (its warning, its count, its 403)."""
+        admitted = self._decided.get(request.client)
+        if admitted is None:
+            admitted = self.admits(request.client)
+        return next(request) if admitted else None
 
     def health(self) -> dict:
         return {"networks": [str(n) for n in self.networks], "denied": self.denied}

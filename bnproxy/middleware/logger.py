@@ -34,7 +34,13 @@ from zope.interface import implementer
 from bnproxy.binance.privacy import API_KEY_HEADER, REDACTED, redact_query, shown_path
 from bnproxy.chain.compose import Answer
 from bnproxy.chain.context import MiddlewareContext
-from bnproxy.chain.interfaces import IAccessLog, IBotLedger, IMetricsSource, IMiddleware
+from bnproxy.chain.interfaces import (
+    IAccessLog,
+    IBotLedger,
+    IFastPathSafe,
+    IMetricsSource,
+    IMiddleware,
+)
 from bnproxy.chain.labels import CLIENT_HEADER as _CLIENT_HEADER
 from bnproxy.chain.messages import ProxyRequest, ProxyResponse
 from bnproxy.chain.options import Option
@@ -185,7 +191,7 @@ def _named(row: list[int]) -> dict[str, Any]:
             "refused": {name: row[_AT[name]] for name in REFUSALS}}
 
 
-@implementer(IMiddleware, IBotLedger, IMetricsSource)
+@implementer(IMiddleware, IBotLedger, IMetricsSource, IFastPathSafe)
 class AccessLogger:
     """Formats one access line per answer and hands it to ``output``, an
     ``IAccessLog`` (None: no access log), and counts every answer in the
@@ -256,6 +262,14 @@ class AccessLogger:
         if isinstance(answer, ProxyResponse) or not isinstance(answer, Deferred):
             return self._log_one(answer, request)
         return answer.addCallback(self._log_one, request)
+
+    def fast_handle(self, request: ProxyRequest, next: Callable) -> ProxyResponse | None:
+        """``IFastPathSafe``: the same access line and ledger entry as
+        ``handle`` for an answer the fast path gives."""
+        answer = next(request)
+        if answer is None:
+            return None
+        return self._log_one(answer, request)
 
     def _remembered(self, table: dict[bytes, str], raw: bytes, make: Callable) -> str:
         name = table.get(raw)

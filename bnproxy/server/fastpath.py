@@ -1,5 +1,5 @@
-"""The fast path: request heads parsed by httptools, answered without
-twisted.web's per-request machinery, everything else left to it.
+"""The fast path: request heads parsed by httptools, hits answered before
+the chain, everything else left to twisted.web.
 
 :class:`FastChannel` is the hardened channel (``bnproxy.server.channel``)
 with one more way in. When the connection is between requests and a read
@@ -8,31 +8,43 @@ HTTP/1.1, origin-form, visible ASCII, no body or framing header
 (``Content-Length``, ``Transfer-Encoding``, ``Expect``, ``Upgrade``,
 ``Connection`` other than ``keep-alive``), no folded or bare-LF line, within
 the channel's header count and size caps, accepted by httptools (llhttp,
-no leniency) and not addressed to an admin resource — each is answered by
-calling the forwarding resource with a light request object (:class:`FastRequest`)
-instead of a twisted.web ``Request``: no line-by-line parsing, no
-``Headers`` objects, no resource traversal, the ``Date`` header formatted
-once a second, the response head written with its body in one ``write``.
+no leniency) and not addressed to an admin resource — each is answered
+without a twisted.web ``Request``: no line-by-line parsing, no ``Headers``
+objects, no resource traversal, the ``Date`` header formatted once a second.
+A head seen before (byte for byte, and naming nothing private) is not parsed
+again.
+
+A ``GET`` is first offered to the middlewares' fast path
+(``ForwardingResource.answer_fast``; ``IFastPathSafe`` in
+``bnproxy.chain.interfaces``): when every middleware on the way declares it,
+a cache or stream hit is looked up directly, recorded as the chain records
+it (the access line, the ledger, the metrics, the cache's and streams'
+counters), and written from a pre-serialised head in one ``send`` (a large
+body beside it, ``sendmsg``) when nothing is queued on the connection. A
+middleware that does not declare it sees the request: it goes on, as does
+every miss and every other request, through the forwarding resource with a
+light request object (:class:`FastRequest`): the chain called exactly as
+for a twisted.web request (routing, client address, allowlist, cache,
+streams, access line, ledger, metrics, in-flight count for the drain).
 
 A read that holds anything else (a partial head, a body, one unsafe head
 among safe ones), and every read on a connection in the middle of a
 twisted.web request, goes to the hardened channel whole and untouched, so each
-refusal, limit and deadline is the hardened channel's own. The chain is
-called exactly as for a twisted.web request (the same forwarding resource:
-routing, client address, allowlist, cache, streams, access line, ledger,
-metrics, in-flight count for the drain), so every middleware still sees
-every request, and the bytes written are twisted.web's (a differential test
-holds them equal, ``Date`` aside). An answer that is not ready at once
-(forwarded upstream) pauses reading as twisted.web does; the connection
-goes on when it is written.
+refusal, limit and deadline is the hardened channel's own. The bytes
+written are twisted.web's on every path (differential tests hold them
+equal, ``Date`` aside). An answer that is not ready at once (forwarded
+upstream) pauses reading as twisted.web does; the connection goes on when
+it is written.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
 import httptools
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -40,7 +52,10 @@ from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.http import NO_BODY_CODES, RESPONSES, datetimeToString
 
+from bnproxy.binance.privacy import PRIVATE_HEADERS, PRIVATE_PARAMS
+from bnproxy.chain.messages import INTERNAL, HeaderPairs, ProxyResponse
 from bnproxy.server.channel import HardenedChannel
+from bnproxy.server.forwarding import serialised_head
 
 _log = Logger(namespace="bnproxy.server.fastpath")
 
@@ -49,12 +64,23 @@ _base_data = HardenedChannel.dataReceived
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"expect", b"upgrade",
                       b"te", b"trailer", b"http2-settings"})
 _VISIBLE = bytes(range(0x21, 0x7F))
+# A head naming anything private is parsed each time, never kept.
+_PRIVATE = re.compile(b"|".join(re.escape(n) for n in (
+    *PRIVATE_HEADERS, *(p.encode() for p in PRIVATE_PARAMS), b"%")), re.IGNORECASE)
+_HEADS_REMEMBERED = 1024
+_COPY_BELOW = 8192  # a body this small is joined to its head; a larger one sent beside it
+# serialised_head of answers by (status, headers, source); the last answer
+# written and its head; Content-Length values by body length
+_ANSWER_HEADS: dict[tuple, tuple[bytes, bytes, bytes]] = {}
+_LAST: list[Any] = [None, None]
+_LENGTHS: dict[int, bytes] = {}
 
 
 class _Head:
-    """httptools callbacks for one request head."""
+    """httptools callbacks for one request head; once parsed and found
+    safe, what the fast path reads of it (kept for heads seen again)."""
 
-    __slots__ = ("complete", "headers", "method", "raw", "url")
+    __slots__ = ("by_name", "complete", "headers", "method", "pairs", "raw", "url")
 
     def __init__(self) -> None:
         self.raw = b""
@@ -62,6 +88,22 @@ class _Head:
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.complete = False
+        # the headers by lower-case name in order of first appearance, as
+        # twisted.web's ``Headers`` groups them; and as the forwarding
+        # resource passes them on (flat, the INTERNAL marker dropped)
+        self.by_name: dict[bytes, list[bytes]] = {}
+        self.pairs: HeaderPairs = ()
+
+    def done(self) -> None:
+        by_name = self.by_name
+        for name, value in self.headers:
+            lower = name.lower()
+            values = by_name.get(lower)
+            if values is None:
+                by_name[lower] = [value.strip(b" \t")]
+            else:
+                values.append(value.strip(b" \t"))
+        self.pairs = tuple((k, v) for k, vs in by_name.items() if k != INTERNAL for v in vs)
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -196,12 +238,24 @@ class FastRequest:
             d.errback(reason)
 
 
+def _plain_socket(transport: Any) -> Any:
+    """The socket of a plain TCP (or unix) transport whose write buffers
+    ``FastChannel._send`` can see; None for anything else (TLS, a wrapper,
+    an in-memory transport)."""
+    if isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", True) \
+            and all(hasattr(transport, a) for a in (
+                "_tempDataLen", "dataBuffer", "_writeDisconnected", "socket")):
+        return transport.socket
+    return None
+
+
 class FastChannel(HardenedChannel):
     """The hardened channel with the fast path in front (see the module)."""
 
     site: Any  # set by the Site that builds it
     fast = True  # False: every request through twisted.web (the differential tests)
     fast_served = 0  # requests answered by the fast path on this connection
+    fast_hits = 0  # of which answered before the chain (hits: IFastPathSafe)
     peer: Any = None
     _forward: Any = None
     _pending: FastRequest | None = None
@@ -210,16 +264,26 @@ class FastChannel(HardenedChannel):
     _held: bytes = b""
     _date_second = -1
     _date = b""
+    _heads: dict[bytes, _Head] | None = None  # safe heads seen, by their bytes
+    _socket: Any = None  # a plain TCP transport's socket (_send); None: transport.write
+    _client: str | None = None  # the client, when the peer alone names it
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self.peer = self.transport.getPeer()
+        self._socket = _plain_socket(self.transport)
         # the proxy's forwarding resource behind its root; without one (another
         # resource tree) every request goes through twisted.web
         self._forward = getattr(getattr(self, "site", None) and self.site.resource,
                                 "_forward", None)
         if self._forward is None:
             self.fast = False
+            return
+        self._client = self._forward.client_of_peer(self.peer)
+        heads = getattr(self.site, "fast_heads", None)  # per site: its own limits judged them
+        if heads is None:
+            heads = self.site.fast_heads = {}
+        self._heads = heads
 
     def dataReceived(self, data: bytes) -> None:
         if self._pending is not None:  # an answer on its way: keep the rest for after
@@ -234,11 +298,21 @@ class FastChannel(HardenedChannel):
             return
         if not (self.fast and self._between_requests()):
             return _base_data(self, data)
+        head = self._heads.get(data) if self._heads is not None else None
+        if head is not None:  # the common read: one whole head seen before
+            self.resetTimeout()
+            if self._serve(head) and not self.persistent:
+                self.transport.loseConnection()
+            return None
         heads = []
         start = 0
+        known = self._heads or {}
         while start < len(data):  # the whole read must be safe heads, or none is taken
             end = data.find(b"\r\n\r\n", start)
-            head = self._safe_head(data[start:end + 4]) if end >= 0 else None
+            if end < 0:
+                return _base_data(self, data)
+            raw = data[start:end + 4]
+            head = known.get(raw) or self._safe_head(raw)
             if head is None:
                 return _base_data(self, data)
             heads.append(head)
@@ -299,6 +373,12 @@ class FastChannel(HardenedChannel):
             return None  # an admin resource
         head.method = parser.get_method()
         head.raw = raw
+        head.done()
+        heads = self._heads
+        if heads is not None and _PRIVATE.search(raw) is None:  # never a secret kept
+            if len(heads) >= _HEADS_REMEMBERED:
+                heads.clear()
+            heads[raw] = head
         return head
 
     def _date_now(self) -> bytes:
@@ -311,14 +391,22 @@ class FastChannel(HardenedChannel):
     def _serve(self, head: _Head) -> bool:
         """Answer one safe request; True if it was answered at once."""
         forward = self._forward
-        by_name: dict[bytes, list[bytes]] = {}
-        for name, value in head.headers:
-            values = by_name.get(name.lower())
-            if values is None:
-                by_name[name.lower()] = [value.strip(b" \t")]
-            else:
-                values.append(value.strip(b" \t"))
-        request = FastRequest(self, head.method, head.url, by_name, self._date_now())
+        if head.method == b"GET":
+            try:
+                answer = forward.answer_fast(head.url, head.pairs, self.peer, self._client)
+            except Exception:
+                _log.failure("fast path: answering {path}", path=head.url.split(b"?", 1)[0])
+                self.transport.abortConnection()
+                return False
+            if answer is not None:  # a hit, answered before the chain
+                self.fast_served += 1
+                self.fast_hits += 1
+                self._write_answer(answer)
+                return True
+        # by_name copied: the forwarding resource's request may be changed
+        request = FastRequest(self, head.method, head.url,
+                              {k: list(vs) for k, vs in head.by_name.items()},
+                              self._date_now())
         self._pending = request
         self.fast_served += 1
         try:
@@ -337,6 +425,58 @@ class FastChannel(HardenedChannel):
         self._paused = True
         self._networkProducer.pauseProducing()
         return False
+
+    def _write_answer(self, answer: ProxyResponse) -> None:
+        """Write a GET's answer as twisted.web would (``write_response``):
+        the head pre-serialised per distinct answer head, in one write."""
+        body = answer.body
+        last = _LAST
+        if answer is last[0]:  # the same answer as the last one written (a hit between updates)
+            before, middle, after = last[1]
+        else:
+            key = (answer.status, answer.headers, answer.source)
+            parts = _ANSWER_HEADS.get(key)
+            if parts is None:
+                if len(_ANSWER_HEADS) >= _HEADS_REMEMBERED:
+                    _ANSWER_HEADS.clear()
+                parts = _ANSWER_HEADS[key] = serialised_head(answer)
+            last[0], last[1] = answer, parts
+            before, middle, after = parts
+        size = len(body)
+        length = _LENGTHS.get(size)
+        if length is None:
+            if len(_LENGTHS) >= _HEADS_REMEMBERED:
+                _LENGTHS.clear()
+            length = _LENGTHS[size] = b"%d" % size
+        if size < _COPY_BELOW:
+            self._send(b"".join((before, self._date_now(), middle, length, after, body)))
+        else:  # a large body is not copied behind its head
+            self._send(b"".join((before, self._date_now(), middle, length, after)), body)
+
+    def _send(self, data: bytes, more: bytes = b"") -> None:
+        """``transport.write`` of ``data`` and ``more``, sent at once (one
+        ``send``, or ``sendmsg`` of both) when nothing is queued on a plain
+        TCP connection: no buffering until the next reactor turn, no two
+        ``epoll_ctl`` to start and stop watching for writability. What the
+        socket does not take (or an error) goes to ``transport.write``, which
+        queues it as always (and sees the error)."""
+        t = self.transport
+        sock = self._socket
+        if (sock is not None and not t._tempDataLen and not t.dataBuffer and t.connected
+                and not t.disconnecting and not t._writeDisconnected and not t.TLS):
+            try:
+                sent = sock.sendmsg((data, more)) if more else sock.send(data)
+            except OSError:  # EAGAIN, or the connection's end: the transport's to handle
+                sent = 0
+            if sent == len(data) + len(more):
+                return
+            if sent >= len(data):
+                data, more = more[sent - len(data):], b""
+            else:
+                data = data[sent:]
+        t.write(data)
+        if more:
+            t.write(more)
 
     def fast_done(self, request: FastRequest) -> None:
         """A fast answer has been written."""

@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import attrs
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
+from twisted.web.http import RESPONSES
 from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource, Resource
 
 from bnproxy.binance.endpoints import EndpointTable
 from bnproxy.binance.errors import ILLEGAL_CHARS, UNKNOWN
 from bnproxy.binance.markets import MARKET_NAMES, Market, implicit_market
+from bnproxy.binance.privacy import is_private
 from bnproxy.chain.addresses import normalise
-from bnproxy.chain.messages import INTERNAL, ProxyRequest, ProxyResponse, local_error
+from bnproxy.chain.interfaces import IFastPathSafe
+from bnproxy.chain.messages import (
+    INTERNAL,
+    HeaderPairs,
+    ProxyRequest,
+    ProxyResponse,
+    local_error,
+)
 from bnproxy.server.clientaddr import ClientResolver
 
 _log = Logger(namespace="bnproxy.server.forwarding")
@@ -94,6 +104,8 @@ _SOURCE = _canonical(SOURCE_HEADER)
 _LENGTH = _canonical(b"content-length")
 _SOURCES: dict[str, bytes] = {}
 _CLEAN: set[bytes] = set()  # short header values known to hold no line break
+_DATE_MARK = b"\x00date\x00"  # where the Date value goes (no header value holds a NUL)
+_LENGTH_MARK = b"\x00length\x00"  # where the Content-Length value goes
 
 
 def write_response(request: server.Request, response: ProxyResponse) -> None:
@@ -101,10 +113,19 @@ def write_response(request: server.Request, response: ProxyResponse) -> None:
     if request.finished or getattr(request, "_disconnected", False):
         return
     request.setResponseCode(response.status)
+    response_headers(request.responseHeaders._rawHeaders, response)
+    if request.method != b"HEAD":
+        request.write(response.body)
+    request.finish()
+
+
+def response_headers(raw: dict[bytes, list[bytes]], response: ProxyResponse) -> None:
+    """Add ``response``'s headers to twisted.web's raw header dict ``raw``
+    as it keeps them (names in its spelling, values of one name together),
+    with the source and the length: what every answer carries."""
     # What Headers.addRawHeader / setRawHeaders do (the name in twisted.web's
     # spelling, line breaks in a value folded to a space), without their
     # calls per header: this runs for every answer.
-    raw = request.responseHeaders._rawHeaders
     clean = _CLEAN
     for k, v in response.headers:
         name = _NAMES.get(k) or _canonical(k)
@@ -127,9 +148,27 @@ def write_response(request: server.Request, response: ProxyResponse) -> None:
         source = _SOURCES.setdefault(response.source, response.source.encode("ascii"))
     raw[_SOURCE] = [source]
     raw[_LENGTH] = [b"%d" % len(response.body)]
-    if request.method != b"HEAD":
-        request.write(response.body)
-    request.finish()
+
+
+def serialised_head(response: ProxyResponse) -> tuple[bytes, bytes, bytes]:
+    """The bytes twisted.web writes before ``response``'s body, in three
+    parts around its ``Date`` value and its ``Content-Length`` value: (status
+    line, ``Server`` and ``Date: ``; the rest of the ``Date`` line and the
+    headers up to ``Content-Length: ``; the rest, to the blank line). The
+    fast path writes ``before + date + middle + length + after + body``:
+    one head for every answer of the same status, headers and source."""
+    raw: dict[bytes, list[bytes]] = {b"Server": [server.version], b"Date": [_DATE_MARK]}
+    response_headers(raw, response)
+    raw[_LENGTH] = [_LENGTH_MARK]  # (in place: where twisted.web writes it)
+    status = response.status
+    lines = [b"HTTP/1.1 %d %s\r\n" % (status, RESPONSES.get(status, b"Unknown Status"))]
+    for name, values in raw.items():
+        for value in values:
+            lines.append(b"%s: %s\r\n" % (name, value))
+    lines.append(b"\r\n")
+    before, _, rest = b"".join(lines).partition(_DATE_MARK)
+    middle, _, after = rest.partition(_LENGTH_MARK)
+    return before, middle, after
 
 
 class ForwardingResource(Resource):
@@ -140,8 +179,11 @@ class ForwardingResource(Resource):
     def __init__(self, handler: Callable, markets: Mapping[str, Market],
                  endpoints: EndpointTable, clock, resolve_client: ClientResolver,
                  answered: Callable[[ProxyRequest | None, ProxyResponse], None] | None = None,
+                 middlewares: Sequence[object] = (),
                  ) -> None:
         super().__init__()
+        # hits answered before the chain (``answer_fast``); None: never
+        self.fast = fast_chain(middlewares)
         self.inflight = 0
         self._idle_waiters: list[Deferred] = []
         self._answered = answered
@@ -158,6 +200,8 @@ class ForwardingResource(Resource):
         self._trusted = resolve_client.trusted if isinstance(resolve_client, ClientResolver) \
             else None
         self._routes: dict[tuple[bytes, bytes], tuple] = {}
+        # public targets hit before: [method, market, path, endpoint, query, weight]
+        self._prepared: dict[bytes, list] = {}
 
     def _route(self, method_raw: bytes, raw_path: bytes) -> tuple | ProxyResponse:
         """(method, market, Binance path, endpoint), or the answer to a
@@ -234,6 +278,60 @@ class ForwardingResource(Resource):
         answer.addBoth(self._settled)
         return server.NOT_DONE_YET
 
+    def client_of_peer(self, peer: Any) -> str | None:
+        """The client ``render`` names for requests from ``peer`` when the
+        peer alone decides it (no trusted proxy); None otherwise."""
+        trusted = self._trusted
+        if trusted is None or trusted:
+            return None
+        return normalise(getattr(peer, "host", None) or "unix")
+
+    def answer_fast(self, uri: bytes, headers: HeaderPairs, peer: Any,
+                    client: str | None = None) -> ProxyResponse | None:
+        """The answer to a bot's plain ``GET`` of origin-form ``uri`` with
+        ``headers`` (lower-case names, the ``INTERNAL`` marker dropped) from
+        ``peer`` (``client``: ``client_of_peer(peer)``, if known), when the
+        middlewares' fast path gives one (a hit: see ``IFastPathSafe``),
+        counted as ``render`` counts an answer; None: the request is for
+        ``render`` (the chain), nothing was done."""
+        fast = self.fast
+        if fast is None:
+            return None
+        prepared = self._prepared.get(uri)
+        if prepared is None:
+            raw_path, _, query = uri.partition(b"?")
+            route = self._routes.get((b"GET", raw_path)) or self._route(b"GET", raw_path)
+            if isinstance(route, ProxyResponse):
+                return None
+            prepared = [*route, query, None]
+        method, market, binance_path, endpoint, query, weight = prepared
+        trusted = self._trusted
+        if client is None or trusted:  # (a proxy trusted since the connection began)
+            host = getattr(peer, "host", None) or "unix"
+            client = normalise(host) if trusted is not None and not trusted \
+                else self._resolve_client(host, headers)
+        request = ProxyRequest(method, market, binance_path, query, headers, b"", client,
+                               self._clock.seconds(), endpoint)
+        if weight is not None:  # ``request.weight`` as computed before, without its lookup
+            request.__dict__["weight"] = weight
+        try:
+            answer = fast(request)
+        except Exception:
+            # the contract says it must not; the chain answers (and logs) instead
+            _log.failure("fast path: answering {path}", path=binance_path)
+            return None
+        if answer is None:
+            return None
+        if self._answered is not None:
+            self._answered(request, answer)
+        if weight is None and not is_private(attrs.evolve(request, headers=())):
+            # a public target (nothing secret in it), hit: routed and weighed once
+            if len(self._prepared) >= ROUTES_REMEMBERED:
+                self._prepared.clear()
+            prepared[5] = request.weight
+            self._prepared[uri] = prepared
+        return answer
+
     def _write(self, request: server.Request, proxy_request: ProxyRequest,
                response: ProxyResponse) -> None:
         if self._answered is not None:
@@ -267,6 +365,28 @@ class ForwardingResource(Resource):
         d: Deferred = Deferred(lambda d: self._idle_waiters.remove(d))
         self._idle_waiters.append(d)
         return d
+
+
+def _stop(request: ProxyRequest) -> None:
+    return None
+
+
+def fast_chain(middlewares: Sequence[object]) -> Callable[[ProxyRequest], Any] | None:
+    """The middlewares' ``fast_handle`` composed in chain order (see
+    ``IFastPathSafe``): a callable giving a hit's answer or None. The first
+    middleware that does not declare it ends it (None: the chain's); None
+    when that is the first."""
+    handler: Callable[[ProxyRequest], Any] = _stop
+    for middleware in reversed(middlewares):
+        if IFastPathSafe.providedBy(middleware):
+            handler = _layer(middleware.fast_handle, handler)
+        else:
+            handler = _stop
+    return None if handler is _stop else handler
+
+
+def _layer(fast_handle: Callable, nxt: Callable) -> Callable[[ProxyRequest], Any]:
+    return lambda request: fast_handle(request, nxt)
 
 
 class RootResource(Resource):

@@ -29,6 +29,7 @@ from bnproxy.chain.compose import Answer, as_deferred, then
 from bnproxy.chain.context import MiddlewareContext
 from bnproxy.chain.interfaces import (
     IDashboardSection,
+    IFastPathSafe,
     IHealthReporter,
     IMetricsSource,
     IMiddleware,
@@ -75,7 +76,7 @@ class _Stats:
         self.per_endpoint[endpoint][what] += 1
 
 
-@implementer(IHealthReporter, IMetricsSource, IMiddleware, IDashboardSection)
+@implementer(IHealthReporter, IMetricsSource, IMiddleware, IDashboardSection, IFastPathSafe)
 class Cache:
     """The response cache. See the module docstring."""
 
@@ -133,13 +134,9 @@ class Cache:
         if key is None:
             self.stats.count("bypassed", endpoint)
             return then(next(request), self._mark, b"BYPASS")
-        now = self._clock.seconds()
-        entry = self._store.get(key)
-        if entry is not None and now - entry.stored < entry.ttl:
-            self._store.move_to_end(key)
-            self.stats.counts["hits"] += 1  # stats.count, inline
-            self.stats.per_endpoint[endpoint]["hits"] += 1
-            return self._served(entry, accept, b"HIT", now)
+        hit = self._hit(key, accept, endpoint)
+        if hit is not None:
+            return hit
         waiters = self._inflight.get(key)
         if waiters is not None:
             self.stats.count("coalesced", endpoint)
@@ -153,6 +150,37 @@ class Cache:
         own: Deferred = Deferred()  # the first bot may go away; the fetch goes on
         fetch.addBoth(self._filled, key, request, followers, own)
         return own
+
+    def _hit(self, key: tuple, accept: bytes | None, endpoint: str) -> ProxyResponse | None:
+        """The answer from a fresh entry, counted as a hit; None (nothing
+        counted) when there is none."""
+        now = self._clock.seconds()
+        entry = self._store.get(key)
+        if entry is None or now - entry.stored >= entry.ttl:
+            return None
+        self._store.move_to_end(key)
+        self.stats.counts["hits"] += 1  # stats.count, inline
+        self.stats.per_endpoint[endpoint]["hits"] += 1
+        return self._served(entry, accept, b"HIT", now)
+
+    def fast_handle(self, request: ProxyRequest, next: Callable) -> ProxyResponse | None:
+        """``IFastPathSafe``: a hit as ``handle`` gives it (the same lookup);
+        None for everything else (a miss, a bypass, a key Binance has not
+        accepted): the chain's."""
+        if request.method != "GET" or request.body:
+            return next(request)  # never the cache's, as in ``handle``
+        key, accept = self._keyed(request)
+        if key is None:
+            if request.header(API_KEY_HEADER) is None:
+                return None
+            view = self.accepted_keys.public_view(request)
+            if view is None:
+                return None
+            key, accept = self._keyed(view)
+            if key is None:
+                return None
+        return self._hit(key, accept,
+                         request.endpoint.path if request.endpoint is not None else "other")
 
     def _served(self, entry: Entry, accept: bytes | None, status: bytes,
                 now: float) -> ProxyResponse:

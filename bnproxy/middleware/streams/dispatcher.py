@@ -52,6 +52,7 @@ from bnproxy.chain.compose import Answer, as_deferred, then
 from bnproxy.chain.context import MiddlewareContext
 from bnproxy.chain.interfaces import (
     IDashboardSection,
+    IFastPathSafe,
     IHealthReporter,
     IMetricsSource,
     IMiddleware,
@@ -103,7 +104,7 @@ def is_stream_upgrade(request: ProxyRequest) -> bool:
 
 
 @implementer(IMiddleware, IHealthReporter, IMetricsSource, IReadinessCheck, IProblemReporter,
-             IDashboardSection, IStreamHub, IUserDataUpstream)
+             IDashboardSection, IFastPathSafe, IStreamHub, IUserDataUpstream)
 class Streams(MultiService):
     plain_next = True
 
@@ -158,6 +159,9 @@ class Streams(MultiService):
             (market, rest_path(market, family) or ""): family
             for market in self.managers for family in SERVED[market]}
         self._parsed: dict[bytes, dict[str, str] | None] = {}
+        # (headers, query) of bot requests found public on a family's path
+        # (fast_handle: is_private asked once per distinct head)
+        self._public: set[tuple] = set()
         # The bots' websocket gateway (IStreamHub, below)
         self.hub = Hub(context.reactor, self.managers, self.subscriptions,
                        self.exchange_info.listed, self.exchange_info.when_known,
@@ -251,6 +255,50 @@ class Streams(MultiService):
         else:
             answer = self.tickers.handle(request, p, family, next)
         return then(answer, self._count)
+
+    def fast_handle(self, request: ProxyRequest, next: Callable) -> ProxyResponse | None:
+        """``IFastPathSafe``: a stream (or held exchangeInfo) hit as ``handle``
+        gives it, through the responders' ``hit``; a path no responder
+        serves goes on; anything else (not fresh, not held, a key not yet
+        accepted, the proxy's own request) is None: the chain's."""
+        if request.method != "GET":
+            return None
+        family = self._routes.get((request.market, request.path))
+        if family is None or request.endpoint is None:
+            if request.endpoint is None and request.header(b"upgrade") is not None:
+                return None  # perhaps the websocket gateway's
+            return next(request)
+        public = self._public
+        memo = (request.headers, request.query)
+        if request.body or memo not in public or not request.endpoint.public:
+            if request.header(INTERNAL) is not None:
+                return None
+            if is_private(request):
+                view = self.accepted_keys.public_view(request)
+                if view is None:
+                    return None
+                request = view
+            elif not request.body:  # remembered: only what is public (no secret kept)
+                if len(public) >= 4096:
+                    public.clear()
+                public.add(memo)
+        p = self._params(request.query)
+        if p is None:
+            return None
+        if family == KLINES:
+            answer = self.klines.hit(request, p)
+        elif family == DEPTH:
+            answer = self.depth.hit(request, p)
+        elif family == EXCHANGE_INFO:
+            answer = self.exchange_info.hit(request)
+        else:
+            answer = self.tickers.hit(request, p, family)
+        if answer is None:
+            return None
+        self.refetch.credit(request.market, request.path, request.query)
+        if answer.source == "stream":  # _count
+            self.served += 1
+        return answer
 
     def _answered_with_key(self, response: ProxyResponse, api_key: bytes) -> ProxyResponse:
         self.accepted_keys.observe(api_key, response.status, response.source)

@@ -36,5 +36,24 @@ def stream_answer(body: bytes) -> ProxyResponse:
     return ProxyResponse(200, (JSON,), body, "stream", "stream")
 
 
+class Answers:
+    """The last stream answer given per key, kept while its body is the
+    structure's current one (bodies are built once per update): hits between
+    two updates get the same (immutable) answer, not a new one each."""
+
+    def __init__(self, limit: int = 1024) -> None:
+        self._last: dict[Any, ProxyResponse] = {}
+        self._limit = limit
+
+    def of(self, key: Any, body: bytes) -> ProxyResponse:
+        last = self._last.get(key)
+        if last is not None and last.body is body:
+            return last
+        if len(self._last) >= self._limit:
+            self._last.clear()
+        answer = self._last[key] = stream_answer(body)
+        return answer
+
+
 def parse_int(value: str) -> int | None:
     return int(value) if value.isdigit() and len(value) < 19 else None

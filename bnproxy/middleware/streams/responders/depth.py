@@ -32,7 +32,7 @@ from bnproxy.binance.marketdata import (
 from bnproxy.chain.compose import Answer
 from bnproxy.chain.messages import JSON, ProxyRequest, ProxyResponse
 from bnproxy.middleware.streams.orderbook import LIVE, OrderBook
-from bnproxy.middleware.streams.responders import Tools, parse_int, stream_answer
+from bnproxy.middleware.streams.responders import Answers, Tools, parse_int, stream_answer
 from bnproxy.middleware.streams.responders.exchangeinfo import ExchangeInfoResponder
 from bnproxy.middleware.streams.responders.waiting import Waiting, answered, go_on
 
@@ -52,18 +52,63 @@ class DepthResponder:
         self._fetching: dict[Key, int] = {}  # the size of the snapshot in flight
         self._pending: dict[Key, tuple[Any, int]] = {}  # a snapshot taken before any event
         self._early: dict[Key, Any] = {}  # the timer of a new book's snapshot
+        # (market, raw query) -> (book key, limit, stream, freshness bounds) of
+        # queries a book may answer
+        self._queries: dict[tuple[str, bytes], tuple[Key, int, str, float, float | None]] = {}
+        self._answers = Answers()
 
-    def handle(self, request: ProxyRequest, p: dict[str, str], next: Callable) -> Answer:
-        market = request.market
+    def _asked(self, market: str, p: dict[str, str]) -> tuple[Key, int] | None:
+        """(book key, limit) of a request a book may answer, or None."""
         symbol = p.get("symbol")
         if not symbol or set(p) - {"symbol", "limit"}:
-            return next(request)
+            return None
         m = self.tools.markets[market]
         limit = parse_int(p.get("limit", str(DEPTH_DEFAULT_LIMIT[market])))
         if limit is None or not (limit in m.depth_limits if m.depth_limits is not None
                                  else 1 <= limit <= m.depth_max):
+            return None
+        return (market, symbol), limit
+
+    def hit(self, request: ProxyRequest, p: dict[str, str]) -> ProxyResponse | None:
+        """The answer from a live, fresh book that holds ``limit`` exact
+        levels, with what answering it does (the stream touched, the largest
+        limit asked); None, having done nothing, otherwise. ``handle`` answers
+        through it: one code path for the bytes."""
+        memo = (request.market, request.query)
+        asked = self._queries.get(memo)
+        if asked is None:  # parsed once per distinct query
+            checked = self._asked(request.market, p)
+            if checked is None:
+                return None
+            if len(self._queries) >= 4096:
+                self._queries.clear()
+            stream = depth_stream(checked[0][1])
+            settings = self.tools.settings
+            asked = self._queries[memo] = (*checked, stream, settings.stale_depth,
+                                           settings.quiet_limit(stream))
+        key, limit, stream, max_age, quiet = asked
+        book = self.books.get(key)
+        if book is None or book.state != LIVE or \
+                not self.tools.subscriptions.fresh(key[0], stream, max_age, quiet):
+            return None  # (``_fresh``, its bounds computed once per query)
+        body = book.response(limit)
+        if body is None:
+            return None
+        self.tools.subscriptions.touch(key[0], stream)
+        if limit > self.asked.get(key, 0):
+            self.asked[key] = limit
+        return self._answers.of((key, limit), body)
+
+    def handle(self, request: ProxyRequest, p: dict[str, str], next: Callable) -> Answer:
+        answer = self.hit(request, p)
+        if answer is not None:
+            return answer
+        market = request.market
+        asked = self._asked(market, p)
+        if asked is None:
             return next(request)
-        key = (market, symbol)
+        key, limit = asked
+        symbol = key[1]
         book = self.books.get(key)
         if book is None:
             listed = self.info.listed(market, symbol)
@@ -84,10 +129,8 @@ class DepthResponder:
         self.tools.subscriptions.touch(market, depth_stream(symbol))
         if limit > self.asked.get(key, 0):
             self.asked[key] = limit
-        if book.state == LIVE and self._fresh(market, symbol):
-            body = book.response(limit)
-            if body is not None:
-                return stream_answer(body)
+        if book.state == LIVE and self._fresh(market, depth_stream(symbol)):
+            # fresh but without ``limit`` exact levels (else ``hit`` answered)
             size = self._size(key)
             grow = size > self.snapshot_size.get(key, 0)
             if limit <= size and (grow or book.holds(limit)):
@@ -95,9 +138,9 @@ class DepthResponder:
                 # out of the range it covered: one new snapshot, which this
                 # request waits on (it goes on if none can be taken).
                 book.mark_stale()
-                answer = self.waiting.wait(key, limit, request, next)
+                waited = self.waiting.wait(key, limit, request, next)
                 self._snapshot(key, book)
-                return answer
+                return waited
             if grow:
                 book.mark_stale()  # grow as far as the proxy goes; Binance answers this one
                 self._snapshot(key, book)
@@ -254,14 +297,13 @@ class DepthResponder:
     def check_fresh(self) -> None:
         """Resync books whose stream went silent."""
         for (market, symbol), book in self.books.items():
-            if book.state == LIVE and not self._fresh(market, symbol):
+            if book.state == LIVE and not self._fresh(market, depth_stream(symbol)):
                 book.mark_stale()
 
-    def _fresh(self, market: str, symbol: str) -> bool:
+    def _fresh(self, market: str, stream: str) -> bool:
         """The book's stream delivered within ``stale_depth``, or is quiet
         (unchanged) up to ``stale_depth_quiet`` on a live connection."""
         s = self.tools.settings
-        stream = depth_stream(symbol)
         return self.tools.subscriptions.fresh(market, stream, s.stale_depth,
                                               s.quiet_limit(stream))
 

@@ -41,10 +41,8 @@ def _held(response: ProxyResponse) -> ProxyResponse:
         if not k.startswith(USAGE_HEADER_PREFIXES) and k not in _OWN and k not in _PERSONAL))
 
 
-def _served(held: Held, now: float) -> ProxyResponse:
+def _served(response: ProxyResponse, age: int) -> ProxyResponse:
     """The held answer as a cache hit: ``X-Cache: HIT`` and its ``Age``."""
-    response, _, fetched = held
-    age = int(now - fetched) if now > fetched else 0
     return attrs.evolve(response, source="cache", detail="held", headers=(
         *response.headers, (b"age", b"%d" % age), (b"x-cache", b"HIT")))
 
@@ -63,6 +61,8 @@ class ExchangeInfoResponder:
         self._learned_at: dict[str, float] = {}  # market -> when Binance listed them
         # before a market's list is known: symbols a 200 answer showed listed
         self._confirmed: dict[str, set[str]] = {}
+        # the last answer served per key: (held answer, age, served answer)
+        self._served: dict[InfoKey, tuple[ProxyResponse, int, ProxyResponse]] = {}
         self._waiting: dict[str, list[Deferred]] = {}
         self._file = tools.settings.symbols_file
         self.restored: list[str] = []  # markets whose symbols came from the kept file
@@ -70,13 +70,28 @@ class ExchangeInfoResponder:
             self._restore(self._file)
 
     # -- answering ------------------------------------------------------------------
-    def handle(self, request: ProxyRequest, params: dict[str, str], next: Callable) -> Answer:
+    def hit(self, request: ProxyRequest) -> ProxyResponse | None:
+        """The held answer, its last ask noted; None, having done nothing,
+        when none is held (``handle`` answers through it)."""
         key = (request.market, request.path, request.query)
-        now = self.tools.clock.seconds()
         held = self.held.get(key)
-        if held is not None:
-            held = self.held[key] = (held[0], now, held[2])
-            return _served(held, now)
+        if held is None:
+            return None
+        now = self.tools.clock.seconds()
+        response, _, fetched = self.held[key] = (held[0], now, held[2])
+        age = int(now - fetched) if now > fetched else 0
+        last = self._served.get(key)
+        if last is not None and last[0] is response and last[1] == age:
+            return last[2]  # the same answer as the last ask's (immutable)
+        served = _served(response, age)
+        self._served[key] = (response, age, served)
+        return served
+
+    def handle(self, request: ProxyRequest, params: dict[str, str], next: Callable) -> Answer:
+        answer = self.hit(request)
+        if answer is not None:
+            return answer
+        key = (request.market, request.path, request.query)
 
         def keep(response: ProxyResponse) -> ProxyResponse:
             if shareable(response):  # kept for every bot: nothing personal or private
@@ -94,6 +109,7 @@ class ExchangeInfoResponder:
         for key, (_, last_ask, _) in list(self.held.items()):
             if now - last_ask > self.tools.settings.info_refresh:
                 del self.held[key]
+                self._served.pop(key, None)
                 continue
             market, path, query = key
             d = self.tools.refetch.fetch(("info", key), market, path, query, "refresh")

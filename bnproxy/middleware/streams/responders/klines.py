@@ -29,7 +29,7 @@ from bnproxy.binance.marketdata import (
 from bnproxy.chain.compose import Answer, then
 from bnproxy.chain.messages import ProxyRequest, ProxyResponse
 from bnproxy.middleware.streams.klines import KlineSeries
-from bnproxy.middleware.streams.responders import Tools, parse_int, stream_answer
+from bnproxy.middleware.streams.responders import Answers, Tools, parse_int, stream_answer
 from bnproxy.middleware.streams.responders.exchangeinfo import ExchangeInfoResponder
 from bnproxy.middleware.streams.responders.waiting import Waiting, answered, go_on
 
@@ -45,14 +45,19 @@ class KlinesResponder:
         self.series: dict[Key, KlineSeries] = {}
         self._answer_due: set[Key] = set()  # new series whose bot answer has not come yet
         self.waiting = Waiting(tools.clock)  # bot requests waiting for a seed
+        # (market, raw query) -> (series key, asked, stream, freshness bound) of
+        # queries a series may answer
+        self._queries: dict[tuple[str, bytes], tuple[Key, Asked, str, float]] = {}
+        self._answers = Answers()
 
-    def handle(self, request: ProxyRequest, p: dict[str, str], next: Callable) -> Answer:
-        market = request.market
+    def _asked(self, market: str, p: dict[str, str]) -> tuple[Key, Asked] | None:
+        """(series key, (startTime, endTime, limit)) of a request a series
+        may answer, or None."""
         symbol, interval = p.get("symbol"), p.get("interval")
         m = self.tools.markets[market]
         if (not symbol or interval not in m.kline_intervals or set(p) - KLINE_PARAMS
                 or p.get("timeZone", "0") not in UTC_TIME_ZONES):
-            return next(request)
+            return None
         limit = parse_int(p.get("limit", str(KLINE_DEFAULT_LIMIT)))
         start = parse_int(p["startTime"]) if "startTime" in p else None
         end = parse_int(p["endTime"]) if "endTime" in p else None
@@ -60,14 +65,50 @@ class KlinesResponder:
                 or ("startTime" in p and (start is None or start > 10 ** 14))
                 or ("endTime" in p and (end is None or end > 10 ** 14))
                 or (start is not None and end is not None and start > end)):
+            return None
+        return (market, symbol, interval), (start, end, limit)
+
+    def hit(self, request: ProxyRequest, p: dict[str, str]) -> ProxyResponse | None:
+        """The answer from a fresh series that holds the asked rows exactly,
+        the stream touched; None, having done nothing, otherwise (``handle``
+        answers through it)."""
+        memo = (request.market, request.query)
+        asked = self._queries.get(memo)
+        if asked is None:  # parsed once per distinct query
+            checked = self._asked(request.market, p)
+            if checked is None:
+                return None
+            if len(self._queries) >= 4096:
+                self._queries.clear()
+            key = checked[0]
+            asked = self._queries[memo] = (*checked, kline_stream(key[1], key[2]),
+                                           self._max_age(key))
+        key, (start, end, limit), stream, max_age = asked
+        series = self.series.get(key)
+        if series is None or not self.tools.subscriptions.fresh(key[0], stream, max_age):
+            return None  # (``_fresh``, its bound computed once per query)
+        span = series.covers(start, end, limit)
+        if span is None:
+            return None
+        self.tools.subscriptions.touch(key[0], stream)
+        return self._answers.of((key, span), series.response(span))
+
+    def handle(self, request: ProxyRequest, p: dict[str, str], next: Callable) -> Answer:
+        answer = self.hit(request, p)
+        if answer is not None:
+            return answer
+        market = request.market
+        asked = self._asked(market, p)
+        if asked is None:
             return next(request)
-        key = (market, symbol, interval)
+        key, (start, end, limit) = asked
+        _, symbol, interval = key
         series = self.series.get(key)
         if series is None:
             listed = self.info.listed(market, symbol)
             if listed is False:
                 return next(request)  # Binance answers an unknown symbol; no subscription
-            series = self.series[key] = KlineSeries(interval, m.kline_max)
+            series = self.series[key] = KlineSeries(interval, self.tools.markets[market].kline_max)
             self._answer_due.add(key)
             if listed is None:  # Binance's answer to this request says whether it lists it
                 return then(next(request), self._first_answer, key, series, request.client)
@@ -78,10 +119,7 @@ class KlinesResponder:
             return then(next(request), self._seed_from, key, series)
         stream = kline_stream(symbol, interval)
         self.tools.subscriptions.touch(market, stream)
-        if self._fresh(key):
-            span = series.covers(start, end, limit)
-            if span is not None:
-                return stream_answer(series.response(span))
+        if self._fresh(key):  # without the rows exactly (else ``hit`` answered)
             page = series.missing(start, end, limit)
             if page is not None:
                 return self._grow(request, key, series, page, (start, end, limit), next)
@@ -107,10 +145,12 @@ class KlinesResponder:
         return count
 
     def _fresh(self, key: Key) -> bool:
-        market, symbol, interval = key
+        return self.tools.subscriptions.fresh(key[0], kline_stream(key[1], key[2]),
+                                              self._max_age(key))
+
+    def _max_age(self, key: Key) -> float:
         s = self.tools.settings
-        return self.tools.subscriptions.fresh(market, kline_stream(symbol, interval), max(
-            s.stale_kline_min, kline_cadence(market, interval) * s.stale_kline_factor))
+        return max(s.stale_kline_min, kline_cadence(key[0], key[2]) * s.stale_kline_factor)
 
     def _subscribe(self, key: Key, client: str) -> bool:
         market, symbol, interval = key

@@ -7,12 +7,14 @@ from collections.abc import Callable
 
 from bnproxy.binance.marketdata import TICKER_24HR, TICKER_STREAM_KIND
 from bnproxy.chain.compose import Answer
-from bnproxy.chain.messages import ProxyRequest
-from bnproxy.middleware.streams.responders import Tools, stream_answer
+from bnproxy.chain.messages import ProxyRequest, ProxyResponse
+from bnproxy.middleware.streams.responders import Answers, Tools
 from bnproxy.middleware.streams.responders.exchangeinfo import ExchangeInfoResponder
 from bnproxy.middleware.streams.tickers import StreamValue, book_ticker, last_price, ticker_24hr
 
 Key = tuple[str, str]  # (market, stream)
+_ALLOWED = frozenset({"symbol"})
+_ALLOWED_24HR = frozenset({"symbol", "type"})
 
 
 class TickersResponder:
@@ -20,16 +22,59 @@ class TickersResponder:
         self.tools = tools
         self.info = info
         self.values: dict[Key, StreamValue] = {}
+        # (market, raw query, family) -> (symbol, kind, stream, freshness bounds)
+        # of queries a value may answer
+        self._queries: dict[tuple[str, bytes, str],
+                            tuple[str, str, str, float, float | None]] = {}
+        self._answers = Answers()
+
+    @staticmethod
+    def _asked(p: dict[str, str], family: str) -> tuple[str, str, str] | None:
+        """(symbol, stream kind, stream) of a request a value may answer, or None."""
+        symbol = p.get("symbol")
+        allowed = _ALLOWED_24HR if family == TICKER_24HR else _ALLOWED
+        if not symbol or set(p) - allowed or p.get("type", "FULL") != "FULL":
+            return None
+        kind = TICKER_STREAM_KIND[family]
+        return symbol, kind, f"{symbol.lower()}@{kind}"
+
+    def hit(self, request: ProxyRequest, p: dict[str, str], family: str
+            ) -> ProxyResponse | None:
+        """The answer from a fresh stream value, the stream touched; None,
+        having done nothing, otherwise (``handle`` answers through it)."""
+        market = request.market
+        memo = (market, request.query, family)
+        asked = self._queries.get(memo)
+        if asked is None:  # parsed once per distinct query
+            checked = self._asked(p, family)
+            if checked is None:
+                return None
+            if len(self._queries) >= 4096:
+                self._queries.clear()
+            s = self.tools.settings
+            stream = checked[2]
+            asked = self._queries[memo] = (
+                *checked, s.stale_ticker if checked[1] == "ticker" else s.stale_depth,
+                s.quiet_limit(stream))
+        _, kind, stream, max_age, quiet = asked
+        key = (market, stream)
+        value = self.values.get(key)
+        if value is None or value.body is None or \
+                not self.tools.subscriptions.fresh(market, stream, max_age, quiet):
+            return None
+        self.tools.subscriptions.touch(market, stream)
+        return self._answers.of(key, value.body)
 
     def handle(self, request: ProxyRequest, p: dict[str, str], family: str,
                next: Callable) -> Answer:
+        answer = self.hit(request, p, family)
+        if answer is not None:
+            return answer
         market = request.market
-        symbol = p.get("symbol")
-        allowed = {"symbol", "type"} if family == TICKER_24HR else {"symbol"}
-        if not symbol or set(p) - allowed or p.get("type", "FULL") != "FULL":
+        asked = self._asked(p, family)
+        if asked is None:
             return next(request)
-        kind = TICKER_STREAM_KIND[family]
-        stream = f"{symbol.lower()}@{kind}"
+        symbol, kind, stream = asked
         key = (market, stream)
         value = self.values.get(key)
         if value is None:
@@ -43,12 +88,7 @@ class TickersResponder:
             else:
                 self._decide(None, key, symbol, kind, request.client)
             return next(request)
-        self.tools.subscriptions.touch(market, stream)
-        s = self.tools.settings
-        if value.body is not None and self.tools.subscriptions.fresh(
-                market, stream, s.stale_ticker if kind == "ticker" else s.stale_depth,
-                s.quiet_limit(stream)):
-            return stream_answer(value.body)
+        self.tools.subscriptions.touch(market, stream)  # held, not fresh (else ``hit``)
         return next(request)
 
     def _decide(self, _: object, key: Key, symbol: str, kind: str, client: str) -> None:
