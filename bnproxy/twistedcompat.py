@@ -17,13 +17,16 @@ inline (an accessor would cost a call per request) and are listed in
 
 from __future__ import annotations
 
-from twisted.internet import _sslverify, abstract, base
+from typing import Any
+
+from twisted.internet import _sslverify, abstract, base, tcp
 from twisted.protocols import tls
 from twisted.web import client, http
 from twisted.web.http_headers import Headers
 
 __all__ = ["PRIVATE_ATTRIBUTES", "ChunkedTransferDecoder", "HTTP11ClientFactory",
-           "IOpenSSLTrustRoot", "MalformedChunkedDataError"]
+           "IOpenSSLTrustRoot", "MalformedChunkedDataError", "nothing_waits", "plain_tcp",
+           "send_now"]
 
 # server/channel.py: StrictChunkedDecoder subclasses the chunked decoder to
 # refuse chunk extensions that do not parse (Twisted checks only their
@@ -75,12 +78,12 @@ PRIVATE_ATTRIBUTES: tuple[tuple[type, str, str], ...] = (
      "upstream/tls.py: the trust root's only method, called to compose the platform "
      "store with extra CA files"),
     (abstract.FileDescriptor, "dataBuffer",
-     "upstream/http11.py: bytes a TCP transport has yet to send (a request is sent at once "
-     "only when nothing waits before it)"),
+     "send_now (server/fastpath.py, server/websocket.py, upstream/http11.py): bytes a TCP "
+     "transport has yet to send (sent at once only when nothing waits before them)"),
     (abstract.FileDescriptor, "_tempDataLen",
-     "upstream/http11.py: the length of the writes a TCP transport has buffered (same use)"),
+     "send_now: the length of the writes a TCP transport has buffered (same use)"),
     (abstract.FileDescriptor, "_writeDisconnected",
-     "upstream/http11.py: the transport's write side is shut (same use)"),
+     "send_now: the transport's write side is shut (same use)"),
     (abstract.FileDescriptor, "_tempDataBuffer",
      "upstream/http11.py: the TLS records of a request, buffered by the TCP transport "
      "beneath TLS, sent at once; what the socket did not take is put back"),
@@ -93,3 +96,53 @@ PRIVATE_ATTRIBUTES: tuple[tuple[type, str, str], ...] = (
      "service.py: the signal that stopped the reactor; cleared after a drained SIGTERM "
      "so twistd exits 0 instead of re-raising the signal"),
 )
+
+
+# -- sending at once ---------------------------------------------------------------------
+# Twisted's TCP transport buffers every write and sends it when the reactor
+# next finds the socket writable: a reactor turn and two ``epoll_ctl`` calls
+# (start and stop watching for writability) per answer, per forwarded
+# request, per websocket burst. There is no public "send now". These read the
+# transport's buffers (``dataBuffer``, ``_tempDataLen``, ``_writeDisconnected``:
+# listed in PRIVATE_ATTRIBUTES) to send at once only when nothing waits, so
+# the order of bytes on the connection is always the order written.
+
+
+def plain_tcp(transport: Any) -> bool:
+    """Whether :func:`send_now` may send on ``transport``'s socket itself: a
+    Twisted TCP (or unix) connection without TLS, with the buffers it reads.
+    Anything else (TLS, a wrapper, an in-memory transport) is written to."""
+    return (isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", True)
+            and all(hasattr(transport, a) for a in
+                    ("_tempDataLen", "dataBuffer", "_writeDisconnected", "socket")))
+
+
+def nothing_waits(transport: Any, buffered: bool = False) -> bool:
+    """A connected plain TCP transport with nothing waiting to be sent (but
+    what was just ``buffered``, when true), its write side open."""
+    return bool(transport.connected) and not (
+        transport.dataBuffer or (transport._tempDataLen and not buffered)
+        or transport.disconnecting or transport._writeDisconnected)
+
+
+def send_now(transport: Any, data: bytes, more: bytes = b"") -> None:
+    """``transport.write(data)`` then ``transport.write(more)``, sent at once
+    (one ``send``, or one ``sendmsg`` of both: a large body is not copied
+    behind its head) when nothing waits on ``transport``. What the socket does not
+    take, or an error, goes to ``transport.write``, which queues it in order
+    and sees the error. ``transport`` must be one :func:`plain_tcp` accepts."""
+    if nothing_waits(transport):
+        try:
+            sock = transport.socket
+            sent = sock.sendmsg((data, more)) if more else sock.send(data)
+        except OSError:  # EAGAIN, or the connection's end: the transport's to handle
+            sent = 0
+        if sent == len(data) + len(more):
+            return
+        if sent >= len(data):
+            data, more = more[sent - len(data):], b""
+        else:
+            data = data[sent:]
+    transport.write(data)
+    if more:
+        transport.write(more)

@@ -44,7 +44,6 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 import httptools
-from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -56,6 +55,7 @@ from bnproxy.binance.privacy import PRIVATE_HEADERS, PRIVATE_PARAMS
 from bnproxy.chain.messages import INTERNAL, HeaderPairs, ProxyResponse
 from bnproxy.server.channel import HardenedChannel
 from bnproxy.server.forwarding import serialised_head
+from bnproxy.twistedcompat import plain_tcp, send_now
 
 _log = Logger(namespace="bnproxy.server.fastpath")
 
@@ -191,7 +191,7 @@ class FastRequest:
             return
         if self._started:
             if data and self.method != b"HEAD" and self.code not in NO_BODY_CODES:
-                self.channel.transport.write(data)
+                self.channel._send(data)
             return
         self._started = True
         raw = self.responseHeaders._rawHeaders
@@ -210,15 +210,14 @@ class FastRequest:
             for value in values:
                 lines.append(b"%s: %s\r\n" % (name, value))
         lines.append(b"\r\n")
-        transport = self.channel.transport
+        send = self.channel._send  # at once when nothing waits (a plain TCP connection)
         if not data or self.method == b"HEAD" or code in NO_BODY_CODES:
-            transport.write(b"".join(lines))
+            send(b"".join(lines))
         elif len(data) < 8192:  # one write; a large body is not copied into the head
             lines.append(data)
-            transport.write(b"".join(lines))
+            send(b"".join(lines))
         else:
-            transport.write(b"".join(lines))
-            transport.write(data)
+            send(b"".join(lines), data)
 
     def finish(self) -> None:
         if self._disconnected or self.finished:
@@ -238,17 +237,6 @@ class FastRequest:
             d.errback(reason)
 
 
-def _plain_socket(transport: Any) -> Any:
-    """The socket of a plain TCP (or unix) transport whose write buffers
-    ``FastChannel._send`` can see; None for anything else (TLS, a wrapper,
-    an in-memory transport)."""
-    if isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", True) \
-            and all(hasattr(transport, a) for a in (
-                "_tempDataLen", "dataBuffer", "_writeDisconnected", "socket")):
-        return transport.socket
-    return None
-
-
 class FastChannel(HardenedChannel):
     """The hardened channel with the fast path in front (see the module)."""
 
@@ -265,13 +253,13 @@ class FastChannel(HardenedChannel):
     _date_second = -1
     _date = b""
     _heads: dict[bytes, _Head] | None = None  # safe heads seen, by their bytes
-    _socket: Any = None  # a plain TCP transport's socket (_send); None: transport.write
+    _direct = False  # a plain TCP transport: sent at once when nothing waits (_send)
     _client: str | None = None  # the client, when the peer alone names it
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self.peer = self.transport.getPeer()
-        self._socket = _plain_socket(self.transport)
+        self._direct = plain_tcp(self.transport)
         # the proxy's forwarding resource behind its root; without one (another
         # resource tree) every request goes through twisted.web
         self._forward = getattr(getattr(self, "site", None) and self.site.resource,
@@ -454,29 +442,15 @@ class FastChannel(HardenedChannel):
             self._send(b"".join((before, self._date_now(), middle, length, after)), body)
 
     def _send(self, data: bytes, more: bytes = b"") -> None:
-        """``transport.write`` of ``data`` and ``more``, sent at once (one
-        ``send``, or ``sendmsg`` of both) when nothing is queued on a plain
-        TCP connection: no buffering until the next reactor turn, no two
-        ``epoll_ctl`` to start and stop watching for writability. What the
-        socket does not take (or an error) goes to ``transport.write``, which
-        queues it as always (and sees the error)."""
-        t = self.transport
-        sock = self._socket
-        if (sock is not None and not t._tempDataLen and not t.dataBuffer and t.connected
-                and not t.disconnecting and not t._writeDisconnected and not t.TLS):
-            try:
-                sent = sock.sendmsg((data, more)) if more else sock.send(data)
-            except OSError:  # EAGAIN, or the connection's end: the transport's to handle
-                sent = 0
-            if sent == len(data) + len(more):
-                return
-            if sent >= len(data):
-                data, more = more[sent - len(data):], b""
-            else:
-                data = data[sent:]
-        t.write(data)
-        if more:
-            t.write(more)
+        """``transport.write`` of ``data`` and ``more``, sent at once on a
+        plain TCP connection with nothing queued (``twistedcompat.send_now``:
+        no buffering until the next reactor turn, no two ``epoll_ctl``)."""
+        if self._direct:
+            send_now(self.transport, data, more)
+        else:
+            self.transport.write(data)
+            if more:
+                self.transport.write(more)
 
     def fast_done(self, request: FastRequest) -> None:
         """A fast answer has been written."""

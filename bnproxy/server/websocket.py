@@ -43,7 +43,6 @@ from typing import Any
 
 import orjson
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
@@ -67,6 +66,7 @@ from bnproxy.chain.messages import ProxyRequest, ProxyResponse, local_error
 from bnproxy.server.clientaddr import ClientResolver
 from bnproxy.server.forwarding import RootResource, split_target, write_response
 from bnproxy.server.wsview import bots_rows
+from bnproxy.twistedcompat import plain_tcp, send_now
 
 _log = Logger(namespace="bnproxy.server.websocket")
 
@@ -142,7 +142,7 @@ class BotProtocol(WebSocketServerProtocol):
         self.window = -1
         self.in_window = 0
         self.transport.registerProducer(_Backpressure(self), True)
-        self.direct = isinstance(self.transport, tcp.Connection)
+        self.direct = plain_tcp(self.transport)
         self.gateway.opened(self)
         for name in dict.fromkeys(self.initial):  # the URL's names, as given
             self.streams[name] = self.gateway.join(self, name)
@@ -267,17 +267,10 @@ class BotProtocol(WebSocketServerProtocol):
         # What sendPreparedMessage does with no compression (the factory
         # offers none) and nothing queued (the gateway never queues), without
         # its per-call debug line.
-        t = self.transport
-        if (self.direct and not t._tempDataLen and t.offset == len(t.dataBuffer)
-                and not t.TLS and t.connected and not t.disconnecting):
-            # Nothing waits: sent now, as the reactor would send it once the
-            # socket polls writable, without the round through the poller
-            sent = t.writeSomeData(data)
-            if isinstance(sent, int):  # else the connection is lost: write() drops it
-                if sent < size:
-                    t.write(data[sent:])  # the rest waits as any write does
-                return True
-        t.write(data)
+        if self.direct:  # nothing waits: sent now, without the round through the poller
+            send_now(self.transport, data)
+        else:
+            self.transport.write(data)
         return True
 
 

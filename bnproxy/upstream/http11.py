@@ -54,6 +54,8 @@ from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
 
+from bnproxy.twistedcompat import nothing_waits, send_now
+
 POOL_IDLE_LIMIT = 20.0
 
 
@@ -95,34 +97,21 @@ class Listener(Protocol_):
 
 
 def _write(transport: Any, data: bytes) -> None:
-    """``transport.write(data)``, sent at once where Twisted would wait.
-
-    Twisted's TCP transport buffers a write and sends it when the reactor
-    next finds the socket writable: a reactor turn and two ``epoll_ctl``
-    calls per request. On a plain TCP connection with nothing waiting, the
-    request goes to the socket now; what the socket does not take (or an
-    error) goes to ``transport.write``, which sends it in order (or closes
-    the connection on the error). Its TLS transport gathers small writes
+    """``transport.write(data)``, sent at once where Twisted would wait
+    (``twistedcompat.send_now``). Its TLS transport gathers small writes
     until the next turn (a ``callLater(0)``): a request is one write, so it
     is handed to TLS at once when nothing is gathered before it, and the TLS
     records it makes, buffered by the TCP transport beneath, are sent at once
     the same way (the rest put back in that buffer, in order)."""
     kind = type(transport)
-    if kind is TCPClient:
-        if _idle(transport):
-            try:
-                sent = transport.socket.send(data)
-            except OSError:
-                sent = 0
-            if sent == len(data):
-                return
-            data = data[sent:]
+    if kind is TCPClient and not transport.TLS:
+        send_now(transport, data)
     elif kind is BufferingTLSTransport and not getattr(transport._aggregator, "_buffer", True):
         # (after connectionLost the gathering is gone: no ``_buffer``)
         tcp = transport.transport
-        idle = type(tcp) is TCPClient and _idle(tcp)
+        was_idle = type(tcp) is TCPClient and nothing_waits(tcp)
         TLSMemoryBIOProtocol.write(transport, data)  # the write without gathering
-        if idle and tcp._tempDataLen and _idle(tcp, buffered=True):
+        if was_idle and tcp._tempDataLen and nothing_waits(tcp, buffered=True):
             # the TLS records just buffered below: sent now as well
             pending = b"".join(tcp._tempDataBuffer)
             try:
@@ -135,16 +124,8 @@ def _write(transport: Any, data: bytes) -> None:
                 tcp._tempDataLen = len(rest)
                 if not rest:
                     tcp.stopWriting()
-        return
-    transport.write(data)
-
-
-def _idle(tcp: Any, buffered: bool = False) -> bool:
-    """A connected TCP transport with nothing waiting to be sent (but what
-    was just ``buffered``), writing not shut."""
-    return bool(tcp.connected) and not (
-        tcp.dataBuffer or (tcp._tempDataLen and not buffered) or tcp.disconnecting
-        or tcp._writeDisconnected)
+    else:
+        transport.write(data)
 
 
 class _Connection(Protocol):
