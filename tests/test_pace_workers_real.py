@@ -1,8 +1,9 @@
 """Real processes: ``twistd bnproxy --workers 2 --shared-state redis://…`` in
 front of ``twistd bnproxy-exchange``; 100 bots open USD-M user-data streams
 at once (one upstream connection each). Both workers together open at most
-the pace's 50 upstream connections per clock minute; the bots over it get a
-close frame (1013) once the connect deadline passes."""
+the user-data share of the pace (40 of the 50 upstream connections per clock
+minute: 10 stay for the market data's own reconnects); the bots over it are
+refused at once with 429."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import urllib.request
 import pytest
 from processes import free_port, twistd
 
-from bnproxy.binance.streams import CONNECTIONS_PER_MINUTE
+from bnproxy.middleware.streams.pace import USER_DATA_LIMIT
 
 pytestmark = pytest.mark.integration
 BOTS = 100
@@ -48,7 +49,9 @@ def open_user_stream(port: int, n: int, results: list) -> None:
                 rest += s.recv(4096)
             except OSError:
                 pass
-            if not data.startswith(b"HTTP/1.1 101"):
+            if data.startswith(b"HTTP/1.1 429"):
+                results.append("refused")
+            elif not data.startswith(b"HTTP/1.1 101"):
                 results.append(data[:40])
             elif rest[:1] == b"\x88":
                 results.append(("closed", int.from_bytes(rest[2:4], "big")))
@@ -90,8 +93,8 @@ def test_two_workers_open_the_pace_s_connections_together(tmp_path, redis_server
         opened = upstream_connections(xport) - base
     windows = int(end // 60) - int(start // 60) + 1  # clock minutes the run touched
     relayed = results.count("relayed")
-    assert len(results) == BOTS and set(results) <= {"relayed", ("closed", 1013)}
+    assert len(results) == BOTS and set(results) <= {"relayed", "refused"}
     assert opened == relayed
-    # one minute's pace for both workers (each alone would have opened 50: 83 of
-    # the 100 opened when the pace was counted per process)
-    assert windows == 1 and relayed == CONNECTIONS_PER_MINUTE
+    # one minute's user-data share for both workers (each alone would open 40: 83
+    # of the 100 opened when the pace was counted per process)
+    assert windows == 1 and relayed == USER_DATA_LIMIT

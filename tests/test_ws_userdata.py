@@ -158,7 +158,7 @@ def test_the_upstream_connect_has_a_deadline(rig):
     assert rig.reactor.seconds() - start >= rig.gateway.user_data.deadline
 
 
-def test_user_data_connections_wait_for_the_per_egress_pace(rig):
+def test_user_data_connections_over_the_pace_are_refused_at_once(rig):
     key = listen_key(rig, "usdm")
     pace = rig.streams.managers["usdm"].pace
     minute = int(rig.reactor.seconds() // 60) * 60
@@ -166,9 +166,9 @@ def test_user_data_connections_wait_for_the_per_egress_pace(rig):
     pace.per_minute = 2
     first = [rig.via_proxy(f"/usdm/ws/{key}") for _ in range(2)]
     assert len(upstream_of(rig, key)) == 2 and pace._local[("default", minute)] == 2
-    late = rig.via_proxy(f"/usdm/ws/{key}")  # over the pace: waits, then told to come back
-    rig.until(lambda: late.factory.closed is not None, 30)
-    assert late.factory.closed[0] == 1013
+    answer = refused(rig.reactor, rig.port, f"/usdm/ws/{key}")  # over the pace: told now
+    assert "429" in answer and "retry in" in answer
+    assert rig.gateway.user_data.paced == 1 and rig.gateway.user_data.failures == 0
     assert len(upstream_of(rig, key)) == 2 and all(b.factory.closed is None for b in first)
 
 
@@ -239,25 +239,36 @@ def test_the_upstream_leaves_from_the_markets_egress_address_within_the_pace():
     from twisted.internet.testing import MemoryReactorClock
 
     from bnproxy.binance.markets import PRODUCTION
+    from bnproxy.chain.interfaces import PaceFullError
     from bnproxy.middleware.streams.dispatcher import Streams
     from bnproxy.middleware.streams.manager import StreamManager
-    from bnproxy.middleware.streams.pace import ConnectPace
+    from bnproxy.middleware.streams.pace import (
+        RESERVED_FOR_MARKET_DATA,
+        USER_DATA_LIMIT,
+        ConnectPace,
+    )
 
     clock = MemoryReactorClock()
     manager = StreamManager(clock, PRODUCTION["usdm"], egresses=("127.0.0.2", "127.0.0.3"))
     manager.egress_banned = lambda egress: egress == "127.0.0.3"
-    manager.pace = ConnectPace(clock, per_minute=1)
+    manager.pace = ConnectPace(clock)  # 50 new connections a minute per egress address
     streams = SimpleNamespace(managers={"usdm": manager})
     target = "/private/ws?listenKey=K&events=ORDER_TRADE_UPDATE"
-    opened = [Streams.user_stream(streams, "usdm", target) for _ in range(2)]
-    assert [url for _, url in opened] == ["wss://fstream.binance.com" + target] * 2
-    for endpoint, url in opened:
-        endpoint.connect(WebSocketClientFactory(url, reactor=clock))
+    opened = [Streams.user_stream(streams, "usdm", target) for _ in range(USER_DATA_LIMIT + 1)]
+    assert {url for _, url in opened} == {"wss://fstream.binance.com" + target}
+    connecting = [endpoint.connect(WebSocketClientFactory(url, reactor=clock))
+                  for endpoint, url in opened]
     clock.advance(1)
-    assert [(c[0], c[1], c[4]) for c in clock.tcpClients] == [
-        ("127.0.0.1", 443, ("127.0.0.2", 0))]  # resolved in memory; the second waits
-    clock.advance(60)
-    assert len(clock.tcpClients) == 2
+    assert {(c[0], c[1], c[4]) for c in clock.tcpClients} == {
+        ("127.0.0.1", 443, ("127.0.0.2", 0))}  # resolved in memory, from the unbanned address
+    assert len(clock.tcpClients) == USER_DATA_LIMIT
+    failed: list = []
+    connecting[-1].addErrback(failed.append)
+    assert failed and failed[0].check(PaceFullError)  # at once, not queued to the next minute
+    granted: list = []  # the market data's own reconnects keep their slots this minute
+    for _ in range(RESERVED_FOR_MARKET_DATA):
+        manager.pace.acquire("127.0.0.2").addCallback(granted.append)
+    assert len(granted) == RESERVED_FOR_MARKET_DATA
     assert Streams.user_stream(SimpleNamespace(managers={}), "coinm", "/ws/K") is None
 
 

@@ -403,6 +403,12 @@ class IStreamGateway(Interface):
         most subscriptions. Cheap, no I/O: one pass over the connections."""
 
 
+class PaceFullError(Exception):
+    """An ``IUserDataUpstream`` endpoint's ``connect`` failed at once: no new
+    upstream connection fits this minute's pace. ``args[0]``: seconds until
+    the next minute."""
+
+
 class IUserDataUpstream(Interface):
     """Where the bots' user-data streams (``/ws/<listenKey>``, USD-M's
     ``/private/…``) connect upstream: the gateway relays each one to its own
@@ -414,5 +420,6 @@ class IUserDataUpstream(Interface):
     def user_stream(market, target):
         """``(endpoint, url)`` for one new upstream connection to ``target``
         (path and query under ``market``'s stream base): the endpoint's
-        ``connect`` waits for the per-egress new-connection pace. None when
-        ``market`` has no stream upstream."""
+        ``connect`` takes a slot of the per-egress new-connection pace (a
+        share that leaves room for the market data's own reconnects) or fails
+        at once with ``PaceFullError``. None when ``market`` has no stream upstream."""

@@ -39,6 +39,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from bnproxy.binance import streams as bs
+from bnproxy.chain.interfaces import PaceFullError
 from bnproxy.server.websocket import (
     OPEN,
     SLOW_CLIENT,
@@ -57,6 +58,7 @@ UNREACHABLE_REASON = "bnproxy: upstream user-data stream unreachable, reconnect"
 TIMED_OUT = 1013
 TIMED_OUT_REASON = "bnproxy: upstream user-data stream did not answer in time, reconnect"
 LOST_REASON = "bnproxy: upstream user-data stream lost, reconnect"
+TOO_FAST_REASON = "bnproxy: messages sent faster than the upstream takes them"
 _NO_CLOSE = (None, 1005, 1006, 1015)  # codes a close frame may not carry
 
 
@@ -72,9 +74,12 @@ class UserBot(BotProtocol):
     _deadline: Any = None
 
     def onConnect(self, request: Any) -> Any:  # a Deferred: the upstream's handshake first
+        opened = self.relay.open(self.market, self.target)
+        if opened is None:  # the market has no stream upstream configured
+            raise ConnectionDeny(404, "bnproxy: no user-data stream upstream for this market")
+        endpoint, url = opened
         ready = self._ready = Deferred()  # may fire before this returns (a quick failure)
         self._deadline = self.gateway.clock.callLater(self.relay.deadline, self._timed_out)
-        endpoint, url = self.relay.open(self.market, self.target)
         factory = WebSocketClientFactory(url, reactor=self.gateway.clock)
         factory.protocol = UpstreamSide
         factory.bot = self  # type: ignore[attr-defined]  # read by UpstreamSide
@@ -88,7 +93,7 @@ class UserBot(BotProtocol):
         return ready
 
     def _settle(self, failed: tuple[int, str] | None = None,
-                denied: ConnectionDeny | None = None) -> None:
+                denied: ConnectionDeny | None = None, counted: bool = True) -> None:
         """The upstream handshake's outcome, once: the bot's handshake goes on."""
         ready, self._ready = self._ready, None
         if ready is None:
@@ -99,12 +104,21 @@ class UserBot(BotProtocol):
             self.relay.failures += 1
         self.failed = failed
         if denied is not None:
-            self.relay.failures += 1
+            self.relay.failures += counted
             ready.errback(denied)
         else:
             ready.callback(None)
 
     def _unreachable(self, f: Any) -> None:
+        if f.check(PaceFullError) and self._ready is not None:
+            # no slot this minute for one more user-data connection from this
+            # address: refused now, never queued past the deadline
+            self.relay.paced += 1
+            wait = max(1, int(f.value.args[0] + 0.999)) if f.value.args else 60
+            self._settle(denied=ConnectionDeny(
+                429, f"bnproxy: too many new user-data stream connections this minute; "
+                     f"retry in {wait} s"), counted=False)
+            return
         if self._ready is not None:  # the error's type only: no path, no listenKey
             _log.info("upstream user-data stream unreachable ({error})",
                       error=getattr(f.type, "__name__", "error"))
@@ -200,6 +214,14 @@ class UserBot(BotProtocol):
         if self.state == OPEN:
             self.sendCloseFrame(code=code, reasonUtf8=reason or None, isReply=False)
 
+    def sending_too_fast(self) -> None:
+        """The bot's own frames backed up past the bound towards upstream:
+        its fault, not the upstream's (counted with the message-rate closes)."""
+        self.upstream = None
+        if self.state == OPEN:
+            self.gateway.rate_closes += 1
+            self.close(bs.CLOSE_POLICY, TOO_FAST_REASON)
+
     def upstream_lost(self) -> None:
         """Upstream dropped without a close frame."""
         self.upstream = None
@@ -240,7 +262,7 @@ class UpstreamSide(WebSocketClientProtocol):
             if self.backlog > self.factory.bot.gateway.limits.max_backlog:
                 bot, self.bot = self.bot, None
                 if bot is not None:
-                    bot.upstream_lost()
+                    bot.sending_too_fast()
                 self.dropConnection(abort=True)
                 return
         self.sendMessage(payload, isBinary)
@@ -279,6 +301,7 @@ class UserDataRelay:
         self.frames_down = 0  # upstream -> bots
         self.frames_up = 0  # bots -> upstream
         self.failures = 0  # upstream refused, unreachable or late
+        self.paced = 0  # refused at once: no slot in this minute's connection pace
         self.factories: dict[str, WebSocketServerFactory] = {}
         relay = self
         for market in bs.USER_DATA_MARKETS:
@@ -299,11 +322,10 @@ class UserDataRelay:
             factory._batched_timer = clock_timer(gateway.clock)
             self.factories[market] = factory
 
-    def open(self, market: str, target: str) -> tuple[Any, str]:
-        opened = self.upstream.user_stream(market, target)
-        if opened is None:
-            raise ValueError(f"no stream upstream for {market}")
-        return opened
+    def open(self, market: str, target: str) -> tuple[Any, str] | None:
+        """(paced endpoint, url) of one new upstream connection; None when
+        ``market`` has no stream upstream."""
+        return self.upstream.user_stream(market, target)
 
     def build(self, path: bs.UserDataPath, peer: Any) -> UserBot | None:
         factory = self.factories.get(path.market)
@@ -315,7 +337,8 @@ class UserDataRelay:
 
     def health(self) -> dict:
         return {"connections": sum(self.open_count.values()), "frames_down": self.frames_down,
-                "frames_up": self.frames_up, "upstream_failures": self.failures}
+                "frames_up": self.frames_up, "upstream_failures": self.failures,
+                "paced": self.paced}
 
     def collect_metrics(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -332,3 +355,6 @@ class UserDataRelay:
         yield CounterMetricFamily("bnproxy_ws_user_data_upstream_failures", "User-data "
                                   "connections whose upstream refused, was unreachable or "
                                   "did not answer in time.", value=self.failures)
+        yield CounterMetricFamily("bnproxy_ws_user_data_paced", "User-data connections "
+                                  "refused at once (429): no slot left for them in this "
+                                  "minute's upstream connection pace.", value=self.paced)

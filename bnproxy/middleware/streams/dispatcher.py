@@ -417,7 +417,7 @@ class Streams(MultiService):
             return None
         url = manager.market.stream_base + target
         return stream_endpoint(manager.reactor, url, manager.next_egress(),
-                               manager.tls_policy, manager.pace), url
+                               manager.tls_policy, manager.pace, user_data=True), url
 
     def stale_streams(self, market: str) -> set[str]:
         manager = self.managers[market]
