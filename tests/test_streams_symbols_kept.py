@@ -5,6 +5,7 @@ a proxy that learned which symbols a market lists keeps them in its
 spot). Virtual time."""
 
 import json
+import os
 
 import pytest
 from helpers import state_dir
@@ -79,6 +80,25 @@ def test_an_unreadable_kept_file_is_ignored(kept):
         assert "ETHUSDT" in json.loads(open(kept).read())["markets"]["spot"]["symbols"]
     finally:
         rig.stop()
+
+
+def test_an_oversized_kept_file_is_not_read_and_writers_leave_nothing_else(kept, monkeypatch):
+    from bnproxy.middleware.streams.responders import exchangeinfo
+
+    monkeypatch.setattr(exchangeinfo, "MAX_SYMBOLS_FILE", 1024)
+    from streamhelpers import START_MS
+
+    now = START_MS / 1000  # fresh: it would be used, were it not too large
+    with open(kept, "w") as f:  # a well-formed list, but over the bound
+        json.dump({"markets": {"spot": {"learned": now, "symbols": ["X" * 40] * 100}}}, f)
+    rig = VirtualRig(chain=(("streams", {"symbols_file": kept}),))
+    try:
+        assert rig.ask(BOOK).status == 200
+        assert info_requests(rig) == 1  # fetched: the oversized file was not used
+    finally:
+        rig.stop()
+    left = [n for n in os.listdir(os.path.dirname(kept)) if "symbols" in n]
+    assert left == [os.path.basename(kept)]  # no temporary file left beside it
 
 
 def test_a_bots_klines_answer_shows_the_symbol_listed_without_exchange_info():

@@ -121,6 +121,7 @@ from bnproxy.chain.interfaces import (
 )
 from bnproxy.chain.messages import ProxyRequest, ProxyResponse
 from bnproxy.dashboard.firstpaint import readable_times
+from bnproxy.statefile import write_atomically
 from bnproxy.verdict import OK, Verdict
 
 _log = Logger(namespace="bnproxy.dashboard")
@@ -236,11 +237,8 @@ class DashboardFeed(Service):
         doc = {"schema": 1, "times": list(self._times),
                "series": {k: list(v) for k, v in self._series.items()},
                "ban_causes": {m: list(c) for m, c in self._ban_causes.items()}}
-        tmp = f"{path}.tmp"
         try:
-            with open(tmp, "wb") as f:
-                f.write(orjson.dumps(doc))
-            os.replace(tmp, path)
+            write_atomically(path, orjson.dumps(doc))
         except OSError as e:
             _log.warn("dashboard history not saved to {path}: {e}", path=path, e=e)
 

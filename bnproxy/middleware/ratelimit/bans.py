@@ -32,6 +32,7 @@ from bnproxy.binance.limits import (
     WEIGHT_WINDOW,
 )
 from bnproxy.config.reader import ConfigError
+from bnproxy.statefile import write_atomically
 
 _log = Logger(namespace="bnproxy.ratelimit")
 
@@ -178,30 +179,11 @@ class BanStore:
                 if math.isfinite(b.until) and b.until + REPEAT_BAN_MEMORY > now]
         data = json.dumps({"format": FORMAT, "version": VERSION, "bans": keep},
                           allow_nan=False).encode()
-        directory = os.path.dirname(os.path.abspath(self.path))
-        tmp = None
         try:
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".bans-")
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-            tmp = None
-            dir_fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            write_atomically(self.path, data)
         except OSError as e:
             _log.error("cannot write ban state {path}: {e}; the bans stay in force in "
                        "memory only", path=self.path, e=e)
-        finally:
-            if tmp is not None:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
 
     def load(self, discard: bool = False,
              upgrade: Callable[[str, int], str] = lambda pool, status: pool) -> None:

@@ -13,7 +13,6 @@ data, so its book never syncs and its requests go on after their wait."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import attrs
@@ -26,6 +25,7 @@ from bnproxy.binance.marketdata import EXCHANGE_INFO, rest_path
 from bnproxy.chain.compose import Answer, then
 from bnproxy.chain.messages import ProxyRequest, ProxyResponse, shareable
 from bnproxy.middleware.streams.responders import Tools
+from bnproxy.statefile import read_bounded, write_atomically
 
 InfoKey = tuple[str, str, bytes]  # (market, path, query)
 Held = tuple[ProxyResponse, float, float]  # (answer, last ask, when Binance gave it)
@@ -33,6 +33,7 @@ _OWN = (b"x-cache", b"age")  # set when served: what the cache said then is not 
 _PERSONAL = (b"set-cookie",)
 _log = Logger(namespace="bnproxy.streams")
 MAX_CONFIRMED = 4096  # symbols confirmed by answers per market, before its list is known
+MAX_SYMBOLS_FILE = 16 * 1024 * 1024  # bytes of a kept symbols file read at start
 
 
 def _held(response: ProxyResponse) -> ProxyResponse:
@@ -187,11 +188,11 @@ class ExchangeInfoResponder:
     def _restore(self, path: str) -> None:
         """Each market's kept list, if no older than ``symbols_max_age``."""
         try:
-            with open(path, "rb") as f:
-                kept = orjson.loads(f.read())
-        except FileNotFoundError:
-            return
-        except (OSError, orjson.JSONDecodeError) as e:
+            raw = read_bounded(path, MAX_SYMBOLS_FILE)
+            if raw is None:
+                return
+            kept = orjson.loads(raw)
+        except (OSError, ValueError) as e:  # orjson's JSONDecodeError is a ValueError
             _log.warn("symbol lists in {path} not used: {e}", path=path, e=e)
             return
         now = self.tools.clock.seconds()
@@ -213,11 +214,8 @@ class ExchangeInfoResponder:
         body = orjson.dumps({"markets": {
             m: {"learned": self._learned_at[m], "symbols": sorted(self.symbols[m])}
             for m in self.symbols}})
-        tmp = path + ".tmp"
         try:
-            with open(tmp, "wb") as f:
-                f.write(body)
-            os.replace(tmp, path)
+            write_atomically(path, body)
         except OSError as e:
             _log.warn("symbol lists not kept in {path}: {e}", path=path, e=e)
 
