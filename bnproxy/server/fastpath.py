@@ -68,6 +68,7 @@ _VISIBLE = bytes(range(0x21, 0x7F))
 _PRIVATE = re.compile(b"|".join(re.escape(n) for n in (
     *PRIVATE_HEADERS, *(p.encode() for p in PRIVATE_PARAMS), b"%")), re.IGNORECASE)
 _HEADS_REMEMBERED = 1024
+_HEAD_KEPT_BELOW = 2048  # bytes: a larger head is parsed each time (the memo stays ~2 MB)
 _COPY_BELOW = 8192  # a body this small is joined to its head; a larger one sent beside it
 # serialised_head of answers by (status, headers, source); the last answer
 # written and its head; Content-Length values by body length
@@ -363,7 +364,8 @@ class FastChannel(HardenedChannel):
         head.raw = raw
         head.done()
         heads = self._heads
-        if heads is not None and _PRIVATE.search(raw) is None:  # never a secret kept
+        if heads is not None and len(raw) < _HEAD_KEPT_BELOW \
+                and _PRIVATE.search(raw) is None:  # never a secret kept
             if len(heads) >= _HEADS_REMEMBERED:
                 heads.clear()
             heads[raw] = head
