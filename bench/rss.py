@@ -35,13 +35,13 @@ LAYERS = [
     ("+ twisted reactor as installed (TLS support loaded)", "from twisted.internet import reactor"),
     ("+ a TLS client context, platform trust",
      "from twisted.internet.ssl import optionsForClientTLS, platformTrust\n"
-     "optionsForClientTLS('api.binance.com', trustRoot=platformTrust())"),
+     "optionsForClientTLS('localhost', trustRoot=platformTrust())"),
     ("+ twisted.web.server", "import twisted.web.server"),
     ("+ autobahn websocket (streams, gateway)", "import autobahn.twisted.websocket"),
     ("+ bnproxy, default configuration built (https upstream)",
      "import tempfile\nfrom bnproxy.config.model import ProxyConfig\n"
      "from bnproxy.service import ProxyService\n"
-     "ProxyService(reactor, ProxyConfig(listen=(), upstreams={'spot': 'https://api.binance.com'},"
+     "ProxyService(reactor, ProxyConfig(listen=(), upstreams={'spot': 'https://127.0.0.1:9'},"
      " access_log='none', state_dir=tempfile.mkdtemp()))"),
 ]
 MEASURE = ("import gc\ngc.collect()\nprint([l for l in open('/proc/self/status')"

@@ -17,7 +17,7 @@ from bnproxy.service import ProxyService
 options = json.loads(sys.argv[2])
 if "middleware" in options:
     options["middleware"] = tuple((m, {}) for m in options["middleware"])
-ProxyService(reactor, ProxyConfig(listen=(), upstreams={"spot": "https://api.binance.com"},
+ProxyService(reactor, ProxyConfig(listen=(), upstreams={"spot": "https://127.0.0.1:9"},
                                   access_log="none", state_dir=sys.argv[1], **options))
 print(json.dumps(sorted(sys.modules)))
 """

@@ -235,6 +235,7 @@ def test_a_listen_key_never_reaches_a_log_a_metric_or_the_access_log():
 def test_the_upstream_leaves_from_the_markets_egress_address_within_the_pace():
     from types import SimpleNamespace
 
+    import attrs
     from autobahn.twisted.websocket import WebSocketClientFactory
     from twisted.internet.testing import MemoryReactorClock
 
@@ -249,18 +250,19 @@ def test_the_upstream_leaves_from_the_markets_egress_address_within_the_pace():
     )
 
     clock = MemoryReactorClock()
-    manager = StreamManager(clock, PRODUCTION["usdm"], egresses=("127.0.0.2", "127.0.0.3"))
+    market = attrs.evolve(PRODUCTION["usdm"], stream_base="wss://localhost:9443")  # in memory
+    manager = StreamManager(clock, market, egresses=("127.0.0.2", "127.0.0.3"))
     manager.egress_banned = lambda egress: egress == "127.0.0.3"
     manager.pace = ConnectPace(clock)  # 50 new connections a minute per egress address
     streams = SimpleNamespace(managers={"usdm": manager})
     target = "/private/ws?listenKey=K&events=ORDER_TRADE_UPDATE"
     opened = [Streams.user_stream(streams, "usdm", target) for _ in range(USER_DATA_LIMIT + 1)]
-    assert {url for _, url in opened} == {"wss://fstream.binance.com" + target}
+    assert {url for _, url in opened} == {"wss://localhost:9443" + target}
     connecting = [endpoint.connect(WebSocketClientFactory(url, reactor=clock))
                   for endpoint, url in opened]
     clock.advance(1)
     assert {(c[0], c[1], c[4]) for c in clock.tcpClients} == {
-        ("127.0.0.1", 443, ("127.0.0.2", 0))}  # resolved in memory, from the unbanned address
+        ("127.0.0.1", 9443, ("127.0.0.2", 0))}  # resolved in memory, from the unbanned address
     assert len(clock.tcpClients) == USER_DATA_LIMIT
     failed: list = []
     connecting[-1].addErrback(failed.append)
