@@ -32,6 +32,19 @@ class Tools:
         return int(self.clock.seconds() * 1000)
 
 
+QUERIES_REMEMBERED = 4096  # distinct queries a responder keeps parsed
+
+
+def remember(table: dict, key: Any, value: Any, limit: int = QUERIES_REMEMBERED) -> Any:
+    """``table[key] = value``, the table emptied first when it holds
+    ``limit`` entries (bounded, and what a bot asks again is parsed again);
+    returns ``value``."""
+    if len(table) >= limit:
+        table.clear()
+    table[key] = value
+    return value
+
+
 def stream_answer(body: bytes) -> ProxyResponse:
     return ProxyResponse(200, (JSON,), body, "stream", "stream")
 
@@ -49,10 +62,7 @@ class Answers:
         last = self._last.get(key)
         if last is not None and last.body is body:
             return last
-        if len(self._last) >= self._limit:
-            self._last.clear()
-        answer = self._last[key] = stream_answer(body)
-        return answer
+        return remember(self._last, key, stream_answer(body), self._limit)
 
 
 def parse_int(value: str) -> int | None:

@@ -32,7 +32,13 @@ from bnproxy.binance.marketdata import (
 from bnproxy.chain.compose import Answer
 from bnproxy.chain.messages import JSON, ProxyRequest, ProxyResponse
 from bnproxy.middleware.streams.orderbook import LIVE, OrderBook
-from bnproxy.middleware.streams.responders import Answers, Tools, parse_int, stream_answer
+from bnproxy.middleware.streams.responders import (
+    Answers,
+    Tools,
+    parse_int,
+    remember,
+    stream_answer,
+)
 from bnproxy.middleware.streams.responders.exchangeinfo import ExchangeInfoResponder
 from bnproxy.middleware.streams.responders.waiting import Waiting, answered, go_on
 
@@ -80,12 +86,10 @@ class DepthResponder:
             checked = self._asked(request.market, p)
             if checked is None:
                 return None
-            if len(self._queries) >= 4096:
-                self._queries.clear()
             stream = depth_stream(checked[0][1])
             settings = self.tools.settings
-            asked = self._queries[memo] = (*checked, stream, settings.stale_depth,
-                                           settings.quiet_limit(stream))
+            asked = remember(self._queries, memo, (*checked, stream, settings.stale_depth,
+                                                   settings.quiet_limit(stream)))
         key, limit, stream, max_age, quiet = asked
         book = self.books.get(key)
         if book is None or book.state != LIVE or \

@@ -29,7 +29,13 @@ from bnproxy.binance.marketdata import (
 from bnproxy.chain.compose import Answer, then
 from bnproxy.chain.messages import ProxyRequest, ProxyResponse
 from bnproxy.middleware.streams.klines import KlineSeries
-from bnproxy.middleware.streams.responders import Answers, Tools, parse_int, stream_answer
+from bnproxy.middleware.streams.responders import (
+    Answers,
+    Tools,
+    parse_int,
+    remember,
+    stream_answer,
+)
 from bnproxy.middleware.streams.responders.exchangeinfo import ExchangeInfoResponder
 from bnproxy.middleware.streams.responders.waiting import Waiting, answered, go_on
 
@@ -78,11 +84,9 @@ class KlinesResponder:
             checked = self._asked(request.market, p)
             if checked is None:
                 return None
-            if len(self._queries) >= 4096:
-                self._queries.clear()
             key = checked[0]
-            asked = self._queries[memo] = (*checked, kline_stream(key[1], key[2]),
-                                           self._max_age(key))
+            asked = remember(self._queries, memo, (*checked, kline_stream(key[1], key[2]),
+                                                   self._max_age(key)))
         key, (start, end, limit), stream, max_age = asked
         series = self.series.get(key)
         if series is None or not self.tools.subscriptions.fresh(key[0], stream, max_age):

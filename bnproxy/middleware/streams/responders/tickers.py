@@ -8,7 +8,7 @@ from collections.abc import Callable
 from bnproxy.binance.marketdata import TICKER_24HR, TICKER_STREAM_KIND
 from bnproxy.chain.compose import Answer
 from bnproxy.chain.messages import ProxyRequest, ProxyResponse
-from bnproxy.middleware.streams.responders import Answers, Tools
+from bnproxy.middleware.streams.responders import Answers, Tools, remember
 from bnproxy.middleware.streams.responders.exchangeinfo import ExchangeInfoResponder
 from bnproxy.middleware.streams.tickers import StreamValue, book_ticker, last_price, ticker_24hr
 
@@ -49,13 +49,11 @@ class TickersResponder:
             checked = self._asked(p, family)
             if checked is None:
                 return None
-            if len(self._queries) >= 4096:
-                self._queries.clear()
             s = self.tools.settings
             stream = checked[2]
-            asked = self._queries[memo] = (
+            asked = remember(self._queries, memo, (
                 *checked, s.stale_ticker if checked[1] == "ticker" else s.stale_depth,
-                s.quiet_limit(stream))
+                s.quiet_limit(stream)))
         _, kind, stream, max_age, quiet = asked
         key = (market, stream)
         value = self.values.get(key)
