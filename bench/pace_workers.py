@@ -1,20 +1,20 @@
 """The upstream new-connection pace with --workers 2 and --shared-state on a
 loopback Redis, in front of one fake exchange process: 150 bots open
 USD-M user-data streams (/usdm/ws/<listenKey>, one upstream connection each)
-at once; a bot the pace turns away (close 1013 after the connect deadline)
-tries again 5 s later. The fake's count of websocket connections is read
+at once; a bot the pace turns away (429: user-data connections take at
+most 40 of a minute's 50) tries again 5 s later. The fake's count of websocket connections is read
 every second.
 
     python bench/pace_workers.py [SECONDS] [BOTS]
 
 Prints the new upstream connections in each clock minute (the pace's
-window): the pace allows 50 a minute for the whole fleet (so 300 in any 5
-minutes), not 50 per worker."""
+window): user-data connections get at most 40 a minute for the whole fleet
+(the pace's 50, so 300 in any 5 minutes, less 10 kept for market data), not
+40 per worker."""
 
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,7 +26,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
 from redis_server import RedisServer
 
+from bnproxy.middleware.streams.pace import USER_DATA_LIMIT
 from bnproxy.testing.processes import TWISTD, free_port, stop, wait_listening
+from bnproxy.testing.rawws import upgrade
 
 SECONDS = int(sys.argv[1]) if len(sys.argv) > 1 else 130
 BOTS = int(sys.argv[2]) if len(sys.argv) > 2 else 150
@@ -38,26 +40,17 @@ def upstream_total(xport: int) -> int:
 
 
 def bot(port: int, n: int, until: float, held: list, turned_away: list) -> None:
-    """Open the user-data stream; on a close frame (turned away), again 5 s later."""
+    """Open the user-data stream; turned away (a refusal, or a close frame
+    after the handshake), again 5 s later."""
     key = hashlib.sha256(f"bot{n}".encode()).hexdigest()
     while time.time() < until:
-        s = socket.create_connection(("127.0.0.1", port), timeout=30)
-        s.sendall(f"GET /usdm/ws/{key} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-                  "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                  "Sec-WebSocket-Version: 13\r\n\r\n".encode())
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-        rest = data.partition(b"\r\n\r\n")[2]
+        s, head, rest = upgrade(port, f"/usdm/ws/{key}")
         s.settimeout(1.0)
         try:
             rest += s.recv(4096)
         except OSError:
             pass
-        if data.startswith(b"HTTP/1.1 101") and not rest.startswith(b"\x88"):
+        if head.startswith(b"HTTP/1.1 101") and not rest.startswith(b"\x88"):
             held.append(s)  # relayed: kept open
             return
         turned_away.append(time.time())
@@ -108,7 +101,7 @@ def main() -> None:
                     stop(p, 40)
             server.stop()
     print(f"{BOTS} bots, {SECONDS} s, --workers 2 --shared-state: {len(held)} relayed, "
-          f"{len(away)} turn-aways (close 1013, retried)")
+          f"{len(away)} turn-aways (refused with 429, retried)")
     # new connections in each one-minute window of the clock (what the pace counts),
     # attributed to the window of the sample that saw them (sampled every 0.25 s)
     windows: dict[int, int] = {}
@@ -117,7 +110,7 @@ def main() -> None:
         windows[int(t // 60)] = windows.get(int(t // 60), 0) + n - last
         last = n
     print("upstream connections per clock minute (first and last partial): "
-          f"{list(windows.values())}; total {last}; allowed 50 a minute for the fleet")
+          f"{list(windows.values())}; total {last}; user-data allowed {USER_DATA_LIMIT} a minute for the fleet")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ deadline (60 s spot).
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
@@ -37,6 +36,8 @@ import socket
 import struct
 import sys
 import time
+
+from bnproxy.testing.rawws import upgrade
 
 SCM_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 
@@ -59,21 +60,9 @@ def masked(payload: bytes, opcode: int = 1) -> bytes:
 def connect(port: int, path: str, timestamps: bool = False) -> tuple[socket.socket, bytes]:
     """An open websocket (blocking handshake); the bytes read past the
     handshake."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=30)
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if timestamps:
-        s.setsockopt(socket.SOL_SOCKET, SCM_TIMESTAMPNS, 1)
-    key = base64.b64encode(os.urandom(16)).decode()
-    s.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-               "Sec-WebSocket-Version: 13\r\n\r\n").encode())
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = s.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"closed during the handshake: {data[:200]!r}")
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
+    options = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
+               *(((socket.SOL_SOCKET, SCM_TIMESTAMPNS, 1),) if timestamps else ()))
+    s, head, rest = upgrade(port, path, options=options)
     if not head.startswith(b"HTTP/1.1 101"):
         raise ConnectionError(head[:200])
     s.setblocking(False)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 import threading
 import time
 import urllib.request
@@ -18,6 +17,7 @@ import pytest
 from processes import free_port, twistd
 
 from bnproxy.middleware.streams.pace import USER_DATA_LIMIT
+from bnproxy.testing.rawws import upgrade
 
 pytestmark = pytest.mark.integration
 BOTS = 100
@@ -29,30 +29,21 @@ def upstream_connections(xport: int) -> int:
 
 
 def open_user_stream(port: int, n: int, results: list) -> None:
-    """One bot's upgrade: ``relayed``, ``closed`` (a close frame follows the
-    101) or what else came."""
+    """One bot's upgrade: ``relayed``, ``refused`` (429), ``closed`` (a close
+    frame follows the 101) or what else came."""
     key = hashlib.sha256(f"bot{n}".encode()).hexdigest()
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-            s.sendall(f"GET /usdm/ws/{key} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket"
-                      "\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="
-                      "\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-            rest = data.partition(b"\r\n\r\n")[2]
+        s, head, rest = upgrade(port, f"/usdm/ws/{key}")
+        with s:
             s.settimeout(2.0)
             try:
                 rest += s.recv(4096)
             except OSError:
                 pass
-            if data.startswith(b"HTTP/1.1 429"):
+            if head.startswith(b"HTTP/1.1 429"):
                 results.append("refused")
-            elif not data.startswith(b"HTTP/1.1 101"):
-                results.append(data[:40])
+            elif not head.startswith(b"HTTP/1.1 101"):
+                results.append(head[:40])
             elif rest[:1] == b"\x88":
                 results.append(("closed", int.from_bytes(rest[2:4], "big")))
             else:
