@@ -46,33 +46,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 from bnproxy.binance.endpoints import load_endpoints  # noqa: E402
+from bnproxy.testing.freqtrade import ALWAYS_IN  # noqa: E402
 from bnproxy.testing.processes import TWISTD, free_port, wait_listening  # noqa: E402
 
 BIN = os.path.dirname(sys.executable)
 PAIRS = ("BTC", "ETH", "BNB", "SOL")
-
-STRATEGY = '''
-from freqtrade.strategy import IStrategy
-
-
-class AlwaysIn(IStrategy):
-    INTERFACE_VERSION = 3
-    timeframe = "1m"
-    minimal_roi = {"0": 0.5}
-    stoploss = -0.5
-    startup_candle_count = 20
-
-    def populate_indicators(self, dataframe, metadata):
-        return dataframe
-
-    def populate_entry_trend(self, dataframe, metadata):
-        dataframe["enter_long"] = 1
-        return dataframe
-
-    def populate_exit_trend(self, dataframe, metadata):
-        dataframe["exit_long"] = 0
-        return dataframe
-'''
 
 
 def get_json(url: str):
@@ -246,7 +224,7 @@ def main() -> None:
         xurl = f"http://127.0.0.1:{xport}"
         proxies.append(Proxy(tmp, pport, xurl, 0, args.proxy_pythonpath))
         with open(os.path.join(tmp, "AlwaysIn.py"), "w") as f:
-            f.write(STRATEGY)
+            f.write(ALWAYS_IN)
         # The fake counts weight per clock minute: the bots start a second into
         # one, so minute 0 is the cold start's minute, and the restart falls
         # a second into minute ``--restart-at``.

@@ -18,35 +18,12 @@ import pytest
 from processes import free_port, get_json, twistd
 
 from bnproxy.binance.endpoints import load_endpoints
+from bnproxy.testing.freqtrade import ALWAYS_IN
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BIN = os.path.dirname(sys.executable)
-
-STRATEGY = '''
-from freqtrade.strategy import IStrategy
-
-
-class AlwaysIn(IStrategy):
-    INTERFACE_VERSION = 3
-    timeframe = "1m"
-    minimal_roi = {"0": 0.5}
-    stoploss = -0.5
-    startup_candle_count = 20
-
-    def populate_indicators(self, dataframe, metadata):
-        return dataframe
-
-    def populate_entry_trend(self, dataframe, metadata):
-        dataframe["enter_long"] = 1
-        return dataframe
-
-    def populate_exit_trend(self, dataframe, metadata):
-        dataframe["exit_long"] = 0
-        return dataframe
-'''
-
 
 def access_records(log_text: str):
     """The access lines of a ``--log-format json`` run (every line is a JSON
@@ -100,7 +77,7 @@ def test_a_freqtrade_dry_run_bot_trades_through_the_proxy(simulated, futures):
     if futures:
         config["margin_mode"] = "isolated"
     (tmp / "config.json").write_text(json.dumps(config))
-    (tmp / "AlwaysIn.py").write_text(STRATEGY)
+    (tmp / "AlwaysIn.py").write_text(ALWAYS_IN)
     (tmp / "user_data").mkdir()
     db = tmp / "trades.sqlite"
     try:

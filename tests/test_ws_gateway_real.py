@@ -154,7 +154,7 @@ def test_freqtrade_spot_bots_keep_websockets_on_through_the_proxy(tmp_path):
     (``enable_ws: true``) run a minute through the proxy: their candles come
     over the proxy's gateway, nothing 1008 or falls back, and the fake sees
     only the proxy's stream connections."""
-    from test_e2e import STRATEGY
+    from bnproxy.testing.freqtrade import ALWAYS_IN
 
     port = free_port()
     with twistd("bnproxy", "--port", f"tcp:{port}:interface=127.0.0.1",
@@ -166,7 +166,7 @@ def test_freqtrade_spot_bots_keep_websockets_on_through_the_proxy(tmp_path):
             capture_output=True, text=True, check=True, timeout=30).stdout)["exchange"]
         assert block["enable_ws"] is True
         block["pair_whitelist"] = ["BTC/USDT", "ETH/USDT", "BNB/USDT"]
-        (tmp_path / "AlwaysIn.py").write_text(STRATEGY)
+        (tmp_path / "AlwaysIn.py").write_text(ALWAYS_IN)
         bots = []
         for n in range(2):
             home = tmp_path / f"bot{n}"
