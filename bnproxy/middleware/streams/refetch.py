@@ -11,7 +11,8 @@ proportion to what bots asked.
   new job spends a credit that a distinct bot request (per market, per
   minute) earned; a retry of a failed job does not spend another.
 - Own weight is counted by market and purpose (``snapshot``, ``backfill``,
-  ``refresh``, ``ping``) and by pool, for ``/metrics`` and ``/health``; the
+  ``refresh``, ``ping``, ``fallback``: the one request a stale book's bot
+  requests share, ``responders/depth.py``) and by pool, for ``/metrics`` and ``/health``; the
   part of it whose answer also answered at least one waiting bot request (a
   new book's snapshot its first requests waited on, a seed, a growth page:
   the caller says so with ``answered_bots`` while the answer is handed out)
@@ -39,7 +40,7 @@ from bnproxy.chain.messages import INTERNAL, ProxyRequest, ProxyResponse
 
 _log = Logger(namespace="bnproxy.streams")
 
-PURPOSES = ("snapshot", "backfill", "refresh", "ping")
+PURPOSES = ("snapshot", "backfill", "refresh", "ping", "fallback")
 WINDOW = 60.0
 MAX_CREDITS = 10_000  # credits banked from distinct bot requests, per market
 MAX_UNCLAIMED = 4096  # answers remembered for a late ``answered_bots``
