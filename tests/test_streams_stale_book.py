@@ -148,3 +148,31 @@ def test_a_book_whose_stream_recovers_stops_using_the_fallback(rig):
     assert {(a.source, a.detail) for a in answers} == {("stream", "stream")}
     assert depth_requests(rig, "spot") == 0
     assert own_fallback(rig, "spot") == fallbacks
+
+
+def test_fallbacks_leave_half_the_own_share_to_the_snapshots_that_resync_books():
+    from twisted.internet.defer import succeed
+    from twisted.internet.task import Clock
+
+    from bnproxy.binance.endpoints import load_endpoints
+    from bnproxy.binance.markets import PRODUCTION
+    from bnproxy.chain.messages import JSON, ProxyResponse
+    from bnproxy.middleware.streams.refetch import Refetcher
+    from bnproxy.middleware.streams.responders.depth import FALLBACK, FALLBACK_SHARE
+
+    clock = Clock()
+    clock.advance(1_767_225_600)  # a minute's start
+
+    def upstream(request):
+        return succeed(ProxyResponse(200, (JSON,), b"{}", "upstream", "200",
+                                     weight=request.weight))
+    refetch = Refetcher(clock, upstream, load_endpoints(), PRODUCTION, share=0.25)
+    path, query = "/api/v3/depth", b"symbol=ETHUSDT&limit=100"  # weight 5
+    sent = 0
+    while refetch.fetch((FALLBACK, "spot", "ETHUSDT"), "spot", path, query, FALLBACK,
+                        credited=False, of_share=FALLBACK_SHARE) is not None:
+        sent += 1
+    assert sent * 5 == 6000 * 0.25 * FALLBACK_SHARE  # half of 25 % of spot's 6,000
+    refetch.credit("spot", path, b"symbol=BTCUSDT&limit=5")  # a bot asked a book
+    assert refetch.fetch(("depth", "spot", "BTCUSDT"), "spot", path, query,
+                         "snapshot") is not None  # the other half: a resync still goes

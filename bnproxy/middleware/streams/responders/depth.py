@@ -23,7 +23,8 @@ are answered from one own upstream request per book at a time (purpose
 every smaller limit is its top levels, the bytes Binance gives for that
 limit at the same ``lastUpdateId``. That answer is reused for
 ``FALLBACK_TTL`` (the cache's depth TTL). The request is the proxy's own,
-inside its own-weight share (``Refetcher``); refused (share reached,
+inside half its own-weight share (``Refetcher``; the other half stays for
+the snapshots that make books live again); refused (share reached,
 backing off), or answered with anything but a usable 200, the bot
 requests go on down the chain as before. Once the stream delivers again
 the book resyncs and the fallback is no longer used."""
@@ -60,6 +61,7 @@ Key = tuple[str, str]  # (market, symbol)
 FIRST_EVENT_WAIT = 2.0  # seconds a new book's snapshot waits for the stream's first event
 FALLBACK = "fallback"  # the own-weight purpose of a stale book's shared request
 FALLBACK_TTL = 1.0  # seconds a stale book's fallback answer is reused (the cache's depth TTL)
+FALLBACK_SHARE = 0.5  # of the own-weight share: the rest stays for the resyncs
 
 
 class DepthResponder:
@@ -258,7 +260,7 @@ class DepthResponder:
                                         self._fb_asked.get(key, 1), 1.0)
             d = self.tools.refetch.fetch(job, market, path,
                                          f"symbol={symbol}&limit={size}".encode(), FALLBACK,
-                                         credited=False)
+                                         credited=False, of_share=FALLBACK_SHARE)
         if d is None:
             self._answer_waiters(key, None, 0, job)  # each goes on
             return
