@@ -3,11 +3,12 @@ virtual time: the fake exchange and a proxy (streams and cache) on one
 in-memory reactor, no socket, no wall clock.
 
     python bench/stale_fallback.py [--market spot|usdm] [--bots 20] [--seconds 60]
+                                   [--limits 5,20,100]
 
 A book and a 24 h ticker are served from their streams; then the market's
 stream connections go silent (open, no message) past the quiet bound, so
 both are stale. For ``--seconds``, every second each bot asks the 24 h
-ticker and the book, bot i at ``limit`` 5, 20 or 100 (i mod 3). Reported:
+ticker and the book, bot i at the i-th (mod n) of ``--limits``. Reported:
 the requests and weight that reached the fake exchange (its own counters and
 weight table), by path, and the proxy's own weight by purpose.
 
@@ -40,7 +41,6 @@ from bnproxy.testing.loopback import LoopbackReactor
 MARKETS = ("spot", "usdm", "coinm")
 BASE = {"spot": "/api/v3", "usdm": "/fapi/v1"}
 START_MS = 1_767_225_600_000 + 9 * 3_600_000 + 30 * 60_000 + 7_000  # 2026-01-01 09:30:07
-LIMITS = (5, 20, 100)
 
 
 def metered() -> tuple[Counter, Counter]:
@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--market", choices=sorted(BASE), default="spot")
     parser.add_argument("--bots", type=int, default=20)
     parser.add_argument("--seconds", type=int, default=60)
+    parser.add_argument("--limits", default="5,20,100", help="the bots' depth limits")
     args = parser.parse_args()
     market, base = args.market, BASE[args.market]
     requests, weight = metered()
@@ -86,7 +87,8 @@ def main() -> None:
             service.endpoints.lookup(m, "GET", binance_path))))
 
     ticker = f"{base}/ticker/24hr?symbol=BTCUSDT"
-    books = [f"{base}/depth?symbol=BTCUSDT&limit={n}" for n in LIMITS]
+    limits = [int(n) for n in args.limits.split(",")]
+    books = [f"{base}/depth?symbol=BTCUSDT&limit={n}" for n in limits]
     reactor.run_until(ask(f"{base}/exchangeInfo"), 30)
     reactor.run_until(gatherResults([ask(ticker), ask(books[0])]), 30)
     reactor.run_until(lambda: streams.books[(market, "BTCUSDT")].state == "live"
@@ -112,7 +114,7 @@ def main() -> None:
            for (m, p), w in streams.refetch.total.items() if w - own_before.get((m, p), 0)}
     paths = sorted(requests)
     print(json.dumps({
-        "market": market, "bots": args.bots, "seconds": args.seconds,
+        "market": market, "bots": args.bots, "seconds": args.seconds, "limits": limits,
         "served_before_stale": served, "stale_streams": stale,
         "upstream_requests": {p: requests[p] for p in paths},
         "upstream_weight": {p: weight[p] for p in paths},
