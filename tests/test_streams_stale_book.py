@@ -15,7 +15,7 @@ from bnproxy.chain.compose import as_deferred
 from bnproxy.chain.messages import ProxyRequest
 from bnproxy.server.forwarding import resolve_market, split_target
 
-BASE = {"spot": "/api/v3", "usdm": "/fapi/v1"}
+BASE = {"spot": "/api/v3", "usdm": "/fapi/v1", "coinm": "/dapi/v1"}
 
 
 @pytest.fixture
@@ -65,10 +65,12 @@ def own_fallback(rig, market):
             own["answering_bots"].get(market, {}).get("fallback", 0))
 
 
-@pytest.mark.parametrize("market,weight", [("spot", 5), ("usdm", 5)])
-def test_bots_asking_a_stale_book_for_5_20_100_share_one_upstream_request(rig, market, weight):
-    stale_book(rig, market)
-    wanted = targets(market) * 4  # 12 bots, three limits
+@pytest.mark.parametrize("market,symbol,weight", [
+    ("spot", "ETHUSDT", 5), ("usdm", "ETHUSDT", 5), ("coinm", "BTCUSD_PERP", 5)])
+def test_bots_asking_a_stale_book_for_5_20_100_share_one_upstream_request(rig, market, symbol,
+                                                                          weight):
+    stale_book(rig, market, symbol)
+    wanted = targets(market, symbol=symbol) * 4  # 12 bots, three limits
     answers = ask_together(rig, wanted)
     assert depth_requests(rig, market) == 1
     assert {(a.status, a.source, a.detail) for a in answers} == {(200, "stream", "fallback")}
