@@ -148,7 +148,7 @@ def test_a_silenced_stream_is_never_served_as_fresh(rigs):
     # quiet counts as unchanged up to stale_depth_quiet, not longer.
     hub.silenced.add("btcusdt@depth@100ms")
     rig.sleep(5.5)
-    assert rig.ask(target).source == "upstream"  # fell through to REST
+    assert rig.ask(target).detail == "fallback"  # from REST (a stale book's fallback)
     hub.silenced.clear()
     rig.until(lambda: rig.streams.books[("usdm", "BTCUSDT")].state == "live", timeout=30)
     rig.sleep(0.3)
@@ -156,7 +156,7 @@ def test_a_silenced_stream_is_never_served_as_fresh(rigs):
     # A silenced connection (no message, no ping): stale after stale_depth.
     hub.silence_all = True
     rig.sleep(1.5)
-    assert rig.ask(target).source == "upstream"
+    assert rig.ask(target).detail == "fallback"
     hub.silence_all = False
     rig.until(lambda: rig.streams.books[("usdm", "BTCUSDT")].state == "live", timeout=30)
     rig.sleep(0.3)

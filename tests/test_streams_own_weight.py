@@ -406,7 +406,7 @@ def test_own_weight_is_a_metric_and_a_health_figure_per_pool():
     own = {(s.labels["market"], s.labels["purpose"]): s.value
            for s in families["bnproxy_own_weight"].samples if s.name.endswith("_total")}
     assert own[("spot", "snapshot")] == 5
-    assert set(p for _, p in own) == {"snapshot", "backfill", "refresh", "ping"}
+    assert set(p for _, p in own) == {"snapshot", "backfill", "refresh", "ping", "fallback"}
     health = streams.health()["own_weight"]
     assert health["pools"]["spot"]["this_minute"] == 5
     assert health["pools"]["spot"]["cap_per_minute"] == 1500  # 25 % of spot's 6,000

@@ -75,7 +75,12 @@ def depth_snapshot_limit(endpoint: Endpoint, allowed: tuple[int, ...] | None, la
     of the cheapest weight band that holds ``asked × headroom`` levels (spot
     5 or 20 → 100 levels, weight 5; USD-M → 50 levels, weight 2), at most
     ``largest``. Weight bands come from the endpoint table; ``allowed`` are
-    the only limits the market accepts (None: any from 1 to ``largest``)."""
+    the only limits the market accepts (None: any from 1 to ``largest``).
+    With ``headroom`` 1 it is the largest limit that costs what
+    ``limit=asked`` costs (spot 1-100 -> 100; USD-M 5-50 -> 50, 100 -> 100):
+    Binance's answer for a smaller limit is the top levels of that one's,
+    at the same ``lastUpdateId`` (FACTS.md §4.1: bids highest first, asks
+    lowest first)."""
     target = max(1, min(largest, int(asked * headroom + 0.999)))
     if allowed is not None:
         fits = [n for n in allowed if n <= largest]

@@ -491,7 +491,8 @@ class Streams(MultiService):
                                   value=self.served)
         own = CounterMetricFamily(
             "bnproxy_own_weight", "Request weight of the proxy's own REST requests "
-            "(snapshots, backfills, refreshes, pings).", labels=["market", "purpose"])
+            "(snapshots, backfills, refreshes, pings, stale books' fallbacks).",
+            labels=["market", "purpose"])
         for market in self.managers:
             for purpose in PURPOSES:
                 own.add_metric([market, purpose], self.refetch.total.get((market, purpose), 0))

@@ -11,7 +11,8 @@ proportion to what bots asked.
   new job spends a credit that a distinct bot request (per market, per
   minute) earned; a retry of a failed job does not spend another.
 - Own weight is counted by market and purpose (``snapshot``, ``backfill``,
-  ``refresh``, ``ping``) and by pool, for ``/metrics`` and ``/health``; the
+  ``refresh``, ``ping``, ``fallback``: the one request a stale book's bot
+  requests share, ``responders/depth.py``) and by pool, for ``/metrics`` and ``/health``; the
   part of it whose answer also answered at least one waiting bot request (a
   new book's snapshot its first requests waited on, a seed, a growth page:
   the caller says so with ``answered_bots`` while the answer is handed out)
@@ -39,7 +40,7 @@ from bnproxy.chain.messages import INTERNAL, ProxyRequest, ProxyResponse
 
 _log = Logger(namespace="bnproxy.streams")
 
-PURPOSES = ("snapshot", "backfill", "refresh", "ping")
+PURPOSES = ("snapshot", "backfill", "refresh", "ping", "fallback")
 WINDOW = 60.0
 MAX_CREDITS = 10_000  # credits banked from distinct bot requests, per market
 MAX_UNCLAIMED = 4096  # answers remembered for a late ``answered_bots``
@@ -114,13 +115,18 @@ class Refetcher:
                                                or self._clock.seconds() >= entry[0])
 
     def fetch(self, job: Hashable, market: str, path: str, query: bytes, purpose: str,
-              *, retry: bool = False, credited: bool = True) -> Deferred | None:
+              *, retry: bool = False, credited: bool = True,
+              of_share: float = 1.0) -> Deferred | None:
         """Send one own request for ``job``, or return None when it may not go
         now (in flight, backing off, no credit, over the pool's share). The
         Deferred fires with the ``ProxyResponse``, or None if it failed.
         ``retry``: a repeat the procedure demands (no new credit);
-        ``credited`` False: a bounded one-off (a market's symbol list) that
-        spends no credit, only share."""
+        ``credited`` False: a bounded one-off (a market's symbol list, a
+        stale book's fallback a bot request waits on) that spends no
+        credit, only share; ``of_share``: it goes only while the pool's own
+        weight this minute stays within that part of the share (the rest is
+        left for the others: a stale book's fallbacks never hold back the
+        snapshots that make the books live again)."""
         if not self.may_try(job):
             return None
         endpoint = self._endpoints.lookup(market, "GET", path)
@@ -132,7 +138,7 @@ class Refetcher:
         self._pool_market[pool] = market
         self._roll(pool)
         cap = self.cap(pool, market)
-        if cap is not None and self.used_this_minute[pool] + weight > cap:
+        if cap is not None and self.used_this_minute[pool] + weight > cap * of_share:
             self.refused["share"] += 1
             return None
         spends = credited and not retry and job not in self._owed

@@ -13,7 +13,21 @@ cannot answer.
 Levels are exact only inside the price range a snapshot covered, so when
 the price walks out of it (or a bot asks more levels than it held), the
 book is taken again from a new snapshot, which the asking requests wait on,
-rather than forwarding every request for it until the price comes back."""
+rather than forwarding every request for it until the price comes back.
+
+While a book's stream is stale (a book that was live once), its requests
+are answered from one own upstream request per book at a time (purpose
+``fallback``) at the largest limit that costs what the asked one costs
+(spot: any of 1-100 -> 100, weight 5; USD-M: 5-50 -> 50, weight 2; 100 ->
+100, weight 5), sized by the largest limit asked since the previous one:
+every smaller limit is its top levels, the bytes Binance gives for that
+limit at the same ``lastUpdateId``. That answer is reused for
+``FALLBACK_TTL`` (the cache's depth TTL). The request is the proxy's own,
+inside half its own-weight share (``Refetcher``; the other half stays for
+the snapshots that make books live again); refused (share reached,
+backing off), or answered with anything but a usable 200, the bot
+requests go on down the chain as before. Once the stream delivers again
+the book resyncs and the fallback is no longer used."""
 
 from __future__ import annotations
 
@@ -45,6 +59,9 @@ from bnproxy.middleware.streams.responders.waiting import Waiting, answered, go_
 Key = tuple[str, str]  # (market, symbol)
 
 FIRST_EVENT_WAIT = 2.0  # seconds a new book's snapshot waits for the stream's first event
+FALLBACK = "fallback"  # the own-weight purpose of a stale book's shared request
+FALLBACK_TTL = 1.0  # seconds a stale book's fallback answer is reused (the cache's depth TTL)
+FALLBACK_SHARE = 0.5  # of the own-weight share: the rest stays for the resyncs
 
 
 class DepthResponder:
@@ -62,6 +79,12 @@ class DepthResponder:
         # queries a book may answer
         self._queries: dict[tuple[str, bytes], tuple[Key, int, str, float, float | None]] = {}
         self._answers = Answers()
+        # stale books: the last fallback answer (when, the book it built),
+        # the size of the one in flight, the largest limit asked since one went
+        self._held: dict[Key, tuple[float, OrderBook]] = {}
+        self._fb_fetching: dict[Key, int] = {}
+        self._fb_due: dict[Key, Any] = {}  # the timer sending the next one
+        self._fb_asked: dict[Key, int] = {}
 
     def _asked(self, market: str, p: dict[str, str]) -> tuple[Key, int] | None:
         """(book key, limit) of a request a book may answer, or None."""
@@ -133,7 +156,11 @@ class DepthResponder:
         self.tools.subscriptions.touch(market, depth_stream(symbol))
         if limit > self.asked.get(key, 0):
             self.asked[key] = limit
-        if book.state == LIVE and self._fresh(market, depth_stream(symbol)):
+        fresh = self._fresh(market, depth_stream(symbol))
+        if not fresh and key in self.snapshot_size and not (
+                key in self._fetching and limit <= self._fetching[key]):
+            return self._fallback(key, limit, request, next)
+        if book.state == LIVE and fresh:
             # fresh but without ``limit`` exact levels (else ``hit`` answered)
             size = self._size(key)
             grow = size > self.snapshot_size.get(key, 0)
@@ -163,29 +190,100 @@ class DepthResponder:
             return self._size(key)
         return 0
 
-    def _answer_waiters(self, key: Key, snap: Any, size: int) -> int:
-        """Answer every waiting request the snapshot covers; the rest go on.
-        Returns how many were answered."""
-        waiters = self.waiting.pop(key)
+    def _view(self, key: Key, snap: Any, size: int) -> OrderBook | None:
+        """A book of the snapshot alone (it answers every limit up to
+        ``size`` with the snapshot's top levels), or None if unusable."""
+        if snap is None:
+            return None
+        market, symbol = key
+        view = OrderBook(market, symbol, symbol.split("_")[0] if market == "coinm" else None)
+        try:
+            view.on_snapshot(snap, size, self.tools.now_ms())
+        except (KeyError, TypeError, IndexError, ValueError):
+            return None
+        return view
+
+    def _answer_waiters(self, key: Key, snap: Any, size: int, waits: Any = None,
+                        detail: str = "snapshot", view: OrderBook | None = None) -> int:
+        """Answer every request waiting on ``waits`` (default: the book's
+        snapshot) that the snapshot covers; the rest go on. Returns how
+        many were answered."""
+        waiters = self.waiting.pop(key if waits is None else waits)
         if not waiters:
             return 0
-        view = None
-        if snap is not None:
-            market, symbol = key
-            view = OrderBook(market, symbol, symbol.split("_")[0] if market == "coinm" else None)
-            try:
-                view.on_snapshot(snap, size, self.tools.now_ms())
-            except (KeyError, TypeError, IndexError, ValueError):
-                view = None
+        if view is None:
+            view = self._view(key, snap, size)
         count = 0
         for waiter in waiters:
             body = view.response(waiter[0]) if view is not None else None
             if body is None:
                 go_on(waiter)
             else:
-                answered(waiter, ProxyResponse(200, (JSON,), body, "stream", "snapshot"))
+                answered(waiter, ProxyResponse(200, (JSON,), body, "stream", detail))
                 count += 1
         return count
+
+    # -- a stale book: one shared own request at a time ----------------------------------
+    def _fallback(self, key: Key, limit: int, request: ProxyRequest, next: Callable) -> Answer:
+        """The answer to a request for a book whose stream is stale: from the
+        held fallback answer, the one in flight, or the next one (sent once
+        the requests arriving in the same instant joined it); down the
+        chain when it cannot cover this request."""
+        if limit > self._fb_asked.get(key, 0):
+            self._fb_asked[key] = limit
+        held = self._held.get(key)
+        if held is not None and self.tools.clock.seconds() - held[0] < FALLBACK_TTL:
+            body = held[1].response(limit)
+            if body is not None:
+                return ProxyResponse(200, (JSON,), body, "stream", FALLBACK)
+        if key in self._fb_fetching and limit > self._fb_fetching[key]:
+            return next(request)  # a smaller one in flight: as before
+        waited = self.waiting.wait((FALLBACK, *key), limit, request, next)
+        if key not in self._fb_fetching and key not in self._fb_due:
+            self._fb_due[key] = self.tools.clock.callLater(0, self._fallback_send, key)
+        return waited
+
+    def _fallback_send(self, key: Key) -> None:
+        """Send a stale book's fallback request, at the largest limit that
+        costs what the largest limit asked since the last one costs; or, if
+        the proxy may not send it now (own-weight share, backoff), let its
+        waiting requests go on as before."""
+        self._fb_due.pop(key, None)
+        market, symbol = key
+        m = self.tools.markets[market]
+        path = rest_path(market, DEPTH) or ""
+        endpoint = self.tools.endpoints.lookup(market, "GET", path)
+        job = (FALLBACK, *key)
+        d = None
+        if endpoint is not None and key in self.books:
+            size = depth_snapshot_limit(endpoint, m.depth_limits, m.depth_max,
+                                        self._fb_asked.get(key, 1), 1.0)
+            d = self.tools.refetch.fetch(job, market, path,
+                                         f"symbol={symbol}&limit={size}".encode(), FALLBACK,
+                                         credited=False, of_share=FALLBACK_SHARE)
+        if d is None:
+            self._answer_waiters(key, None, 0, job)  # each goes on
+            return
+        self._fb_fetching[key] = size
+        self._fb_asked[key] = 0
+        d.addCallback(self._fallback_done, key, size)
+
+    def _fallback_done(self, response: ProxyResponse | None, key: Key, size: int) -> None:
+        self._fb_fetching.pop(key, None)
+        snap = None
+        if response is not None and response.status == 200:
+            try:
+                snap = orjson.loads(response.body)
+            except orjson.JSONDecodeError:
+                snap = None
+        view = self._view(key, snap, size)
+        if view is not None and response is not None and response.source != "cache" \
+                and key in self.books:
+            # (a cached answer may be a TTL old already: not held for another)
+            self._held[key] = (self.tools.clock.seconds(), view)
+        waits = (FALLBACK, *key)
+        if self._answer_waiters(key, snap, size, waits, FALLBACK, view):
+            self.tools.refetch.answered_bots(waits)  # bot requests coalesced, not own
 
     def _answer_from_book(self, key: Key, book: OrderBook) -> None:
         """The book just went live: answer the waiting requests it covers."""
@@ -223,8 +321,14 @@ class DepthResponder:
         if timer is not None and timer.active():
             timer.cancel()
         self._pending.pop(key, None)
-        for waiter in self.waiting.pop(key):
-            go_on(waiter)
+        self._held.pop(key, None)
+        self._fb_asked.pop(key, None)
+        due = self._fb_due.pop(key, None)
+        if due is not None and due.active():
+            due.cancel()
+        for waits in (key, (FALLBACK, *key)):
+            for waiter in self.waiting.pop(waits):
+                go_on(waiter)
 
     def _on_depth(self, key: Key, book: OrderBook, data: Any) -> None:
         book.on_event(data, self.tools.now_ms())
@@ -319,3 +423,4 @@ class DepthResponder:
             self.snapshot_size.pop(key, None)
             self._forget_waits(key)
             self.tools.refetch.forget(("depth", *key))
+            self.tools.refetch.forget((FALLBACK, *key))
