@@ -16,14 +16,18 @@ same load of the shared machine.
 - Latency, upstream frame → bot frame: the proxy's spot stream connections
   go through a timing relay (``wsraw.py relay``, a plain TCP relay in front
   of the fake) that notes, for every data frame, the time just before it
-  sends it on to the proxy; a probe process holds ``--probes`` bots through
-  the proxy on the same ``--streams`` combined streams, each socket with
-  kernel receive timestamps (``SO_TIMESTAMPNS``); a frame's latency is a
-  bot's kernel receive time minus the relay's send time (the same clock).
-  Neither the fake's own scheduling (it writes each frame to several
-  connections, and may be preempted between them) nor the probe's reading
-  counts. Alone (only the probe's bots), and during the fan-out (the
-  probe's bots are part of ``--bots``).
+  sends it on to the proxy; ``--probes`` of the bots have kernel receive
+  timestamps (``SO_TIMESTAMPNS``); a frame's latency is a probe's kernel
+  receive time minus the relay's send time (the same clock). Neither the
+  fake's own scheduling (it writes each frame to several connections, and
+  may be preempted between them) nor the probe's reading counts. Alone
+  (only the probes, ``--probes`` bots), and during the fan-out: then the
+  probes are ``--probes`` of the ``--bots`` bots, spread evenly over their
+  connection order, all bots subscribing the same ``--streams`` with the
+  same framing (raw, ``/ws`` and ``SUBSCRIBE``), so the probes share the
+  load bots' cohort and the gateway writes them somewhere in the middle of
+  each burst, as a typical bot, not at one end. p50/p99 over every frame
+  the probes received.
 - Fan-out: ``--bots`` bots each subscribe the ``--streams`` spot streams
   (trades, aggregated trades, book tickers, 100 ms diff depth and 1m klines
   of 8 pairs); over ``--seconds`` the proxy's CPU time (user + system from
@@ -125,10 +129,18 @@ def proxy(xport: int, args, pythonpath: str):
                 sent.update(json.load(f))
 
 
-def probe(pport: int, args, bots: int) -> list:
-    """What the probe's bots received: (digest, kernel time, user time)."""
-    p = wsraw("probe", pport, args.seconds + 2, bots, json.dumps(WHITELIST[:args.streams]))
-    return json.loads(p.communicate(timeout=args.seconds + 60)[0])["seen"]
+def bots(pport: int, args, n: int) -> subprocess.Popen:
+    """``n`` bots on the ``--streams`` streams, ``--probes`` of them timed
+    (``wsraw.py bots``); its first line once they are open."""
+    p = wsraw("bots", pport, args.seconds, n, json.dumps(WHITELIST[:args.streams]), args.probes)
+    p.stdout.readline()
+    return p
+
+
+def seen(p: subprocess.Popen) -> dict:
+    """What ``bots``' probes received, once its window is over: (digest,
+    kernel time, user time) per frame."""
+    return json.loads(p.stdout.readline())
 
 
 def latency(seen: list, sent: dict[str, float]) -> dict:
@@ -140,7 +152,6 @@ def latency(seen: list, sent: dict[str, float]) -> dict:
 
 def one_round(xport: int, args, pythonpath: str) -> dict:
     out: dict = {}
-    names = json.dumps(WHITELIST[:args.streams])
     with proxy(xport, args, pythonpath) as (pport, proc, sent):
         # memory first, on a proxy that has not yet freed what a load used
         # (RSS growth is otherwise what the freed memory could not hold)
@@ -157,20 +168,20 @@ def one_round(xport: int, args, pythonpath: str) -> dict:
         out["idle"] = {"connections": line["opened"], "failed": line["failed"],
                        "kib_per_connection": round((rss1 - rss0) / max(1, line["opened"]), 1)}
         time.sleep(1.0)
-        alone = probe(pport, args, args.probes)
-        load = wsraw("load", pport, args.seconds + 30, args.bots - args.probes, names)
-        opened = json.loads(load.stdout.readline())["opened"]
-        time.sleep(2.0)  # every bot subscribed
+        alone_bots = bots(pport, args, args.probes)
+        alone = seen(alone_bots)["seen"]
+        alone_bots.wait()
+        load = bots(pport, args, args.bots)
+        time.sleep(2.0)  # every bot subscribed (the probes start noting now too)
         cpu0, frames0 = cpu_seconds(proc.pid), metric(pport, "bnproxy_ws_frames_delivered")
         relayed0 = metric(pport, "bnproxy_ws_relayed_frames")
-        loaded = probe(pport, args, args.probes)
+        loaded = seen(load)["seen"]
         cpu1, frames1 = cpu_seconds(proc.pid), metric(pport, "bnproxy_ws_frames_delivered")
         relayed1 = metric(pport, "bnproxy_ws_relayed_frames")
-        load.kill()
         load.wait()
         frames, cpu = frames1 - frames0, cpu1 - cpu0
         out["fanout"] = {
-            "bots": opened + args.probes, "frames_delivered": int(frames),
+            "bots": args.bots, "frames_delivered": int(frames),
             "upstream_frames": int(relayed1 - relayed0), "proxy_cpu_s": round(cpu, 2),
             "cpu_us_per_frame": round(cpu / frames * 1e6, 2) if frames else None,
             "slow_client_closes": metric(pport, "bnproxy_ws_slow_client_closes")}
@@ -197,7 +208,8 @@ def main() -> None:
     parser.add_argument("--bots", type=int, default=100)
     parser.add_argument("--streams", type=int, default=40)
     parser.add_argument("--probes", type=int, default=5,
-                        help="proxied bots in the latency probe (part of --bots under load)")
+                        help="timed bots (part of --bots during the fan-out, spread over "
+                             "their connection order)")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--idle", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=1)
