@@ -54,6 +54,9 @@ import urllib.request
 
 from common import TWISTD, free_port, percentile, process
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from redis_server import RedisServer  # tests/: the tests' redis-server runner
+
 from bnproxy.testing.processes import stop, wait_listening
 
 SYMBOLS = ["btcusdt", "ethusdt", "bnbusdt", "solusdt", "xrpusdt", "adausdt", "dogeusdt",
@@ -64,15 +67,33 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 WSRAW = os.path.join(HERE, "wsraw.py")
 
 
+def tree(pid: int) -> list[int]:
+    """``pid`` and its children (``--workers``: the parent's spawned workers)."""
+    out = [pid]
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError), open(f"/proc/{entry}/stat") as f:
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(entry))
+    return out
+
+
 def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU of the proxy: every process of it."""
+    total = 0
+    for p in tree(pid):
+        with open(f"/proc/{p}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+    total = 0
+    for p in tree(pid):
+        with open(f"/proc/{p}/status") as f:
+            total += int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+    return total
 
 
 def metric(pport: int, name: str) -> float:
@@ -115,6 +136,11 @@ def proxy(xport: int, args, pythonpath: str):
                *[a for m in ("spot", "usdm", "coinm") for a in (
                    "--upstream", f"{m}=http://127.0.0.1:{xport}/{m}",
                    "--stream-upstream", f"{m}={streams[m]}")]]
+        redis = None
+        if args.workers > 1:  # the workers need a shared state
+            redis = RedisServer(os.path.join(tmp, "redis"))
+            redis.start()
+            cmd += ["--workers", str(args.workers), "--shared-state", redis.url]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 env=env, cwd=tmp)
         sent: dict[str, float] = {}
@@ -123,6 +149,8 @@ def proxy(xport: int, args, pythonpath: str):
             yield pport, proc, sent
         finally:
             stop(proc)
+            if redis is not None:
+                redis.stop()
             relay.terminate()
             relay.wait(10)
             with open(times) as f:
@@ -180,6 +208,8 @@ def one_round(xport: int, args, pythonpath: str) -> dict:
         relayed1 = metric(pport, "bnproxy_ws_relayed_frames")
         load.wait()
         frames, cpu = frames1 - frames0, cpu1 - cpu0
+        if args.workers > 1:  # /metrics is one worker's: frames are counted by hand
+            frames = relayed1 = relayed0 = 0
         out["fanout"] = {
             "bots": args.bots, "frames_delivered": int(frames),
             "upstream_frames": int(relayed1 - relayed0), "proxy_cpu_s": round(cpu, 2),
@@ -213,6 +243,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--idle", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="the proxy's --workers (with a redis-server for --shared-state); "
+                             "CPU and memory are then the sum over its processes, and CPU per "
+                             "frame is not given (/metrics answers for one worker)")
     parser.add_argument("--compare", metavar="DIR",
                         help="also run the proxy from DIR, alternating with this worktree")
     args = parser.parse_args()
