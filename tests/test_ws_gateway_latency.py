@@ -17,7 +17,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
-from bnproxy.binance.streams import StreamPath
+from bnproxy.binance.streams import StreamPath, raw_data
 from bnproxy.chain.interfaces import IStreamHub
 from bnproxy.middleware.streams import manager as streams_manager
 from bnproxy.server.websocket import Gateway, text_frame
@@ -318,6 +318,26 @@ def test_no_bot_is_always_written_last_in_a_burst():
     assert {b[-1] for b in bursts} == set(transports)
     every = b"".join(text_frame(message(i)) for i in range(10))
     assert all(t.value() == every for t in transports.values())
+
+
+def test_no_cohort_is_always_written_last_in_a_burst():
+    """Bots in other framings (other cohorts) are not always behind the
+    first cohort's: the cohorts take turns too."""
+    hub, log = MemoryHub(), []
+    gateway = Gateway(Clock(), hub)
+    raw, combined = Written("raw", log), Written("combined", log)
+    memory_bot(gateway, raw, combined=False)
+    memory_bot(gateway, combined, combined=True)
+    firsts = []
+    for i in range(4):
+        log.clear()
+        hub.read(message(i))
+        assert sorted(log) == ["combined", "raw"]
+        firsts.append(log[0])
+    assert set(firsts) == {"raw", "combined"}
+    assert combined.value() == b"".join(text_frame(message(i)) for i in range(4))
+    assert raw.value() == b"".join(text_frame(raw_data("btcusdt@trade", message(i)))
+                                   for i in range(4))
 
 
 def test_bots_joining_and_leaving_between_bursts_are_each_written_once_a_burst():

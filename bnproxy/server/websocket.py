@@ -387,6 +387,7 @@ class Gateway:
         self.cohorts: dict[tuple[bool, frozenset[Tap]], Cohort] = {}
         self.dirty: list[Cohort] = []  # cohorts with frames queued
         self._flush_call: Any = None
+        self._flushes = 0  # which cohort is written first turns too (``flush``)
         self.bots: set[BotProtocol] = set()
         self.per_client: dict[str, int] = defaultdict(int)
         self.connections_total = 0
@@ -512,11 +513,15 @@ class Gateway:
             self._flush_call = self.clock.callLater(0, self.flush)
 
     def flush(self) -> None:
-        """Write each cohort's queued frames, joined once, to its bots."""
+        """Write each cohort's queued frames, joined once, to its bots: the
+        cohorts, and each cohort's bots, starting one further on each time."""
         call, self._flush_call = self._flush_call, None
         if call is not None and call.active():
             call.cancel()
         dirty, self.dirty = self.dirty, []
+        if len(dirty) > 1:
+            self._flushes = start = (self._flushes + 1) % len(dirty)
+            dirty = dirty[start:] + dirty[:start]
         for cohort in dirty:
             frames, cohort.pending = cohort.pending, []
             data = frames[0] if len(frames) == 1 else b"".join(frames)
