@@ -1,8 +1,8 @@
 """The bots' websocket gateway: CPU per frame delivered, added latency and
 memory per idle bot, with real processes on loopback.
 
-    python bench/ws_gateway.py [--bots 100] [--streams 40] [--seconds 8] [--idle 1000]
-                               [--rounds 1] [--compare DIR]
+    python bench/ws_gateway.py [--bots 100] [--streams 40] [--probes 5] [--seconds 8]
+                               [--idle 1000] [--rounds 1] [--compare DIR] [--workers 1]
 
 Processes: the fake exchange (``twistd bnproxy-exchange``), the proxy
 (``twistd bnproxy``, default chain; a fresh one per round), and bots on
@@ -11,7 +11,10 @@ library, so they cost the VM little and their reading does not skew the
 timing). ``--compare DIR`` runs the proxy alternately from ``DIR`` (another
 checkout, e.g. ``git archive`` of the base commit) and from this worktree,
 ``--rounds`` times each, against the same fake: before and after under the
-same load of the shared machine.
+same load of the shared machine. ``--workers N`` runs the proxy with N
+workers (and a ``redis-server`` for their shared state); note that bots
+connecting one after another may all land on one worker (the kernel hands
+each connection to whichever process accepts first).
 
 - Latency, upstream frame → bot frame: the proxy's spot stream connections
   go through a timing relay (``wsraw.py relay``, a plain TCP relay in front
