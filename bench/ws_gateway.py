@@ -1,8 +1,8 @@
 """The bots' websocket gateway: CPU per frame delivered, added latency and
 memory per idle bot, with real processes on loopback.
 
-    python bench/ws_gateway.py [--bots 100] [--streams 40] [--seconds 8] [--idle 1000]
-                               [--rounds 1] [--compare DIR]
+    python bench/ws_gateway.py [--bots 100] [--streams 40] [--probes 5] [--seconds 8]
+                               [--idle 1000] [--rounds 1] [--compare DIR] [--workers 1]
 
 Processes: the fake exchange (``twistd bnproxy-exchange``), the proxy
 (``twistd bnproxy``, default chain; a fresh one per round), and bots on
@@ -11,19 +11,26 @@ library, so they cost the VM little and their reading does not skew the
 timing). ``--compare DIR`` runs the proxy alternately from ``DIR`` (another
 checkout, e.g. ``git archive`` of the base commit) and from this worktree,
 ``--rounds`` times each, against the same fake: before and after under the
-same load of the shared machine.
+same load of the shared machine. ``--workers N`` runs the proxy with N
+workers (and a ``redis-server`` for their shared state); note that bots
+connecting one after another may all land on one worker (the kernel hands
+each connection to whichever process accepts first).
 
 - Latency, upstream frame → bot frame: the proxy's spot stream connections
   go through a timing relay (``wsraw.py relay``, a plain TCP relay in front
   of the fake) that notes, for every data frame, the time just before it
-  sends it on to the proxy; a probe process holds ``--probes`` bots through
-  the proxy on the same ``--streams`` combined streams, each socket with
-  kernel receive timestamps (``SO_TIMESTAMPNS``); a frame's latency is a
-  bot's kernel receive time minus the relay's send time (the same clock).
-  Neither the fake's own scheduling (it writes each frame to several
-  connections, and may be preempted between them) nor the probe's reading
-  counts. Alone (only the probe's bots), and during the fan-out (the
-  probe's bots are part of ``--bots``).
+  sends it on to the proxy; ``--probes`` of the bots have kernel receive
+  timestamps (``SO_TIMESTAMPNS``); a frame's latency is a probe's kernel
+  receive time minus the relay's send time (the same clock). Neither the
+  fake's own scheduling (it writes each frame to several connections, and
+  may be preempted between them) nor the probe's reading counts. Alone
+  (only the probes, ``--probes`` bots), and during the fan-out: then the
+  probes are ``--probes`` of the ``--bots`` bots, spread evenly over their
+  connection order, all bots subscribing the same ``--streams`` with the
+  same framing (raw, ``/ws`` and ``SUBSCRIBE``), so the probes share the
+  load bots' cohort and the gateway writes them somewhere in the middle of
+  each burst, as a typical bot, not at one end. p50/p99 over every frame
+  the probes received.
 - Fan-out: ``--bots`` bots each subscribe the ``--streams`` spot streams
   (trades, aggregated trades, book tickers, 100 ms diff depth and 1m klines
   of 8 pairs); over ``--seconds`` the proxy's CPU time (user + system from
@@ -50,6 +57,9 @@ import urllib.request
 
 from common import TWISTD, free_port, percentile, process
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from redis_server import RedisServer  # tests/: the tests' redis-server runner
+
 from bnproxy.testing.processes import stop, wait_listening
 
 SYMBOLS = ["btcusdt", "ethusdt", "bnbusdt", "solusdt", "xrpusdt", "adausdt", "dogeusdt",
@@ -60,15 +70,33 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 WSRAW = os.path.join(HERE, "wsraw.py")
 
 
+def tree(pid: int) -> list[int]:
+    """``pid`` and its children (``--workers``: the parent's spawned workers)."""
+    out = [pid]
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError), open(f"/proc/{entry}/stat") as f:
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(entry))
+    return out
+
+
 def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU of the proxy: every process of it."""
+    total = 0
+    for p in tree(pid):
+        with open(f"/proc/{p}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+    total = 0
+    for p in tree(pid):
+        with open(f"/proc/{p}/status") as f:
+            total += int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+    return total
 
 
 def metric(pport: int, name: str) -> float:
@@ -111,6 +139,11 @@ def proxy(xport: int, args, pythonpath: str):
                *[a for m in ("spot", "usdm", "coinm") for a in (
                    "--upstream", f"{m}=http://127.0.0.1:{xport}/{m}",
                    "--stream-upstream", f"{m}={streams[m]}")]]
+        redis = None
+        if args.workers > 1:  # the workers need a shared state
+            redis = RedisServer(os.path.join(tmp, "redis"))
+            redis.start()
+            cmd += ["--workers", str(args.workers), "--shared-state", redis.url]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 env=env, cwd=tmp)
         sent: dict[str, float] = {}
@@ -119,16 +152,26 @@ def proxy(xport: int, args, pythonpath: str):
             yield pport, proc, sent
         finally:
             stop(proc)
+            if redis is not None:
+                redis.stop()
             relay.terminate()
             relay.wait(10)
             with open(times) as f:
                 sent.update(json.load(f))
 
 
-def probe(pport: int, args, bots: int) -> list:
-    """What the probe's bots received: (digest, kernel time, user time)."""
-    p = wsraw("probe", pport, args.seconds + 2, bots, json.dumps(WHITELIST[:args.streams]))
-    return json.loads(p.communicate(timeout=args.seconds + 60)[0])["seen"]
+def bots(pport: int, args, n: int) -> subprocess.Popen:
+    """``n`` bots on the ``--streams`` streams, ``--probes`` of them timed
+    (``wsraw.py bots``); its first line once they are open."""
+    p = wsraw("bots", pport, args.seconds, n, json.dumps(WHITELIST[:args.streams]), args.probes)
+    p.stdout.readline()
+    return p
+
+
+def seen(p: subprocess.Popen) -> dict:
+    """What ``bots``' probes received, once its window is over: (digest,
+    kernel time, user time) per frame."""
+    return json.loads(p.stdout.readline())
 
 
 def latency(seen: list, sent: dict[str, float]) -> dict:
@@ -140,7 +183,6 @@ def latency(seen: list, sent: dict[str, float]) -> dict:
 
 def one_round(xport: int, args, pythonpath: str) -> dict:
     out: dict = {}
-    names = json.dumps(WHITELIST[:args.streams])
     with proxy(xport, args, pythonpath) as (pport, proc, sent):
         # memory first, on a proxy that has not yet freed what a load used
         # (RSS growth is otherwise what the freed memory could not hold)
@@ -157,20 +199,22 @@ def one_round(xport: int, args, pythonpath: str) -> dict:
         out["idle"] = {"connections": line["opened"], "failed": line["failed"],
                        "kib_per_connection": round((rss1 - rss0) / max(1, line["opened"]), 1)}
         time.sleep(1.0)
-        alone = probe(pport, args, args.probes)
-        load = wsraw("load", pport, args.seconds + 30, args.bots - args.probes, names)
-        opened = json.loads(load.stdout.readline())["opened"]
-        time.sleep(2.0)  # every bot subscribed
+        alone_bots = bots(pport, args, args.probes)
+        alone = seen(alone_bots)["seen"]
+        alone_bots.wait()
+        load = bots(pport, args, args.bots)
+        time.sleep(2.0)  # every bot subscribed (the probes start noting now too)
         cpu0, frames0 = cpu_seconds(proc.pid), metric(pport, "bnproxy_ws_frames_delivered")
         relayed0 = metric(pport, "bnproxy_ws_relayed_frames")
-        loaded = probe(pport, args, args.probes)
+        loaded = seen(load)["seen"]
         cpu1, frames1 = cpu_seconds(proc.pid), metric(pport, "bnproxy_ws_frames_delivered")
         relayed1 = metric(pport, "bnproxy_ws_relayed_frames")
-        load.kill()
         load.wait()
         frames, cpu = frames1 - frames0, cpu1 - cpu0
+        if args.workers > 1:  # /metrics is one worker's: frames are counted by hand
+            frames = relayed1 = relayed0 = 0
         out["fanout"] = {
-            "bots": opened + args.probes, "frames_delivered": int(frames),
+            "bots": args.bots, "frames_delivered": int(frames),
             "upstream_frames": int(relayed1 - relayed0), "proxy_cpu_s": round(cpu, 2),
             "cpu_us_per_frame": round(cpu / frames * 1e6, 2) if frames else None,
             "slow_client_closes": metric(pport, "bnproxy_ws_slow_client_closes")}
@@ -197,10 +241,15 @@ def main() -> None:
     parser.add_argument("--bots", type=int, default=100)
     parser.add_argument("--streams", type=int, default=40)
     parser.add_argument("--probes", type=int, default=5,
-                        help="proxied bots in the latency probe (part of --bots under load)")
+                        help="timed bots (part of --bots during the fan-out, spread over "
+                             "their connection order)")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--idle", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="the proxy's --workers (with a redis-server for --shared-state); "
+                             "CPU and memory are then the sum over its processes, and CPU per "
+                             "frame is not given (/metrics answers for one worker)")
     parser.add_argument("--compare", metavar="DIR",
                         help="also run the proxy from DIR, alternating with this worktree")
     args = parser.parse_args()

@@ -2,22 +2,26 @@
 library): cheap enough that the bots do not compete with the proxy for the
 VM's two cores, and timed by the kernel, not by the bots' own Python.
 
-    python wsraw.py load  PORT SECONDS BOTS STREAMS_JSON
-    python wsraw.py probe PORT XPORT SECONDS BOTS STREAMS_JSON
+    python wsraw.py bots  PORT SECONDS BOTS STREAMS_JSON PROBES
+    python wsraw.py relay PORT XPORT OUT_JSON
     python wsraw.py idle  PORT SECONDS BOTS
 
-- ``load``: BOTS bots through the proxy, each subscribing STREAMS with one
-  ``SUBSCRIBE``; they read and discard (one ``recv`` per readable socket).
-- ``probe``: one connection straight at the fake exchange and BOTS through
-  the proxy, all combined (``/stream``) so a frame's bytes are the same on
-  every socket. Each socket has ``SO_TIMESTAMPNS``: every ``recvmsg`` carries
-  the kernel's receive time of its data, so a frame's arrival is when the
-  kernel got it, whenever this process gets to read it (on loopback the
-  receive time is the sender's ``send``). For each data frame both the direct
-  connection and a proxied bot received: the bot's time minus the direct
-  one's, the proxy's added latency. The same difference from user-space
-  clocks (``time.time()`` after ``recvmsg``) is printed beside it, to show
-  what a measuring client's own reading adds.
+- ``bots``: BOTS bots through the proxy (``/ws``), each subscribing STREAMS
+  with one ``SUBSCRIBE`` (raw framing, as ccxt's bots do): all in one of the
+  gateway's cohorts. PROBES of them, spread evenly over the connection order
+  (the gateway's fan-out writes a cohort's bots one after another: a probe
+  opened after all the others, or before, would see only one end of it),
+  have ``SO_TIMESTAMPNS``: every ``recvmsg`` carries the kernel's receive
+  time of its data, so a frame's arrival is when the kernel got it, whenever
+  this process gets to read it (on loopback the receive time is the
+  sender's ``send``). The others read and discard (one ``recv`` per readable
+  socket). Prints ``{"opened": n}`` once every bot is open; 2 s later
+  (every subscription acknowledged and flowing) the probes note each data
+  frame's digest, kernel receive time and user-space time (``time.time()``
+  after ``recvmsg``, to show what a reading client adds) for SECONDS, then
+  print them (``{"seen": [...]}``).
+- ``relay``: a plain TCP relay in front of the fake exchange that notes when
+  each data frame leaves it for the proxy (see ``relay``).
 - ``idle``: BOTS bots that connect and subscribe nothing; prints once all are
   open, then holds them SECONDS.
 
@@ -116,30 +120,56 @@ def kernel_time(ancdata) -> float | None:
     return None
 
 
-def load(port: int, seconds: float, bots: int, names: list[str]) -> None:
+def probed(bots: int, probes: int) -> set[int]:
+    """Which of ``bots`` (by connection order) are probes: ``probes`` of them,
+    evenly spread (the middle of each of ``probes`` equal slices)."""
+    return {int((k + 0.5) * bots / probes) for k in range(min(probes, bots))}
+
+
+def run_bots(port: int, seconds: float, bots: int, names: list[str], probes: int) -> None:
     sel = selectors.DefaultSelector()
-    opened = 0
+    timed = probed(bots, probes)
+    parsers: dict[socket.socket, Frames] = {}
     for i in range(bots):
-        s, _ = connect(port, "/ws")
-        mine = [names[(i + j) % len(names)] for j in range(len(names))]
-        subscribe(s, mine)
+        s, rest = connect(port, "/ws", timestamps=i in timed)
+        subscribe(s, [names[(i + j) % len(names)] for j in range(len(names))])
         sel.register(s, selectors.EVENT_READ)
-        opened += 1
-    print(json.dumps({"opened": opened}), flush=True)
-    received = 0
-    closed = 0
-    end = time.monotonic() + seconds
+        if i in timed:
+            parsers[s] = Frames(rest)
+    print(json.dumps({"opened": bots}), flush=True)
+    seen: list[tuple[str, float, float]] = []  # digest, kernel, user
+    received = closed = 0
+    # One buffer for every read: ``recv(1 << 20)`` allocates (and the
+    # allocator maps and unmaps) a megabyte a call, CPU the bots would take
+    # from the proxy on a small machine.
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
+    warm = time.monotonic() + 2.0
+    end = warm + seconds
     while time.monotonic() < end:
         for key, _ in sel.select(0.5):
+            s = key.fileobj
+            frames = parsers.get(s)
             try:
-                data = key.fileobj.recv(1 << 20)
+                if frames is None:
+                    n = s.recv_into(buf)
+                else:
+                    n, anc, _, _ = s.recvmsg_into([buf], 64)
             except BlockingIOError:
                 continue
-            if not data:
-                sel.unregister(key.fileobj)
+            if not n:
+                sel.unregister(s)
                 closed += 1
-            received += len(data)
-    print(json.dumps({"bytes": received, "closed": closed}), flush=True)
+                continue
+            received += n
+            if frames is None:
+                continue
+            user = time.time()
+            kernel = kernel_time(anc) or user
+            for opcode, payload in frames.feed(bytes(view[:n])):
+                if opcode == 1 and time.monotonic() >= warm:
+                    seen.append((digest(payload), kernel, user))
+    print(json.dumps({"seen": seen, "bytes": received, "closed": closed}), flush=True)
 
 
 def digest(payload: bytes) -> str:
@@ -205,40 +235,9 @@ def relay(port: int, xport: int, out: str) -> None:
                 state[1].buf = b""
             for opcode, payload in state[1].feed(data):
                 if opcode == 1 and payload.startswith(b'{"stream"'):
-                    sent.setdefault(digest(payload), t)
-
-
-def probe(port: int, seconds: float, bots: int, names: list[str]) -> None:
-    """BOTS combined bots through the proxy; prints each data frame's digest
-    and kernel (and user-space) receive times."""
-    query = "/".join(names)
-    sel = selectors.DefaultSelector()
-    sockets = {}
-    for i in range(bots):
-        s, rest = connect(port, f"/stream?streams={query}", timestamps=True)
-        sockets[s] = (i, Frames(rest))
-        sel.register(s, selectors.EVENT_READ)
-    seen: list[tuple[str, float, float]] = []  # digest, kernel, user
-    start = time.monotonic()
-    end = start + seconds
-    warm = start + 2.0  # every subscription acknowledged and flowing
-    while time.monotonic() < end:
-        for key, _ in sel.select(0.5):
-            s = key.fileobj
-            try:
-                data, anc, _, _ = s.recvmsg(1 << 20, 64)
-            except BlockingIOError:
-                continue
-            user = time.time()
-            kernel = kernel_time(anc) or user
-            _, frames = sockets[s]
-            if not data:
-                sel.unregister(s)
-                continue
-            for opcode, payload in frames.feed(data):
-                if opcode == 1 and time.monotonic() >= warm:
-                    seen.append((digest(payload), kernel, user))
-    print(json.dumps({"seen": seen}), flush=True)
+                    at = payload.find(b'","data":')
+                    if at > 0:  # a raw (/ws) bot receives the data, Binance's bytes
+                        sent.setdefault(digest(payload[at + 9:-1]), t)
 
 
 def idle(port: int, seconds: float, bots: int) -> None:
@@ -255,10 +254,8 @@ def idle(port: int, seconds: float, bots: int) -> None:
 
 if __name__ == "__main__":
     mode, args = sys.argv[1], sys.argv[2:]
-    if mode == "load":
-        load(int(args[0]), float(args[1]), int(args[2]), json.loads(args[3]))
-    elif mode == "probe":
-        probe(int(args[0]), float(args[1]), int(args[2]), json.loads(args[3]))
+    if mode == "bots":
+        run_bots(int(args[0]), float(args[1]), int(args[2]), json.loads(args[3]), int(args[4]))
     elif mode == "relay":
         relay(int(args[0]), int(args[1]), args[2])
     else:

@@ -15,9 +15,12 @@ from autobahn.websocket.protocol import PreparedMessage
 from test_ws_gateway import GatewayRig
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from zope.interface import implementer
 
+from bnproxy.binance.streams import StreamPath, raw_data
+from bnproxy.chain.interfaces import IStreamHub
 from bnproxy.middleware.streams import manager as streams_manager
-from bnproxy.server.websocket import text_frame
+from bnproxy.server.websocket import Gateway, text_frame
 
 
 @pytest.fixture
@@ -230,37 +233,58 @@ def test_frames_written_at_once_keep_their_order_when_the_socket_fills():
     theirs.close()
 
 
-def test_a_reads_frames_are_written_to_bots_as_soon_as_the_read_is_relayed():
-    from zope.interface import implementer
+@implementer(IStreamHub)
+class MemoryHub:
+    """An ``IStreamHub`` in memory: ``read`` relays payloads as one upstream read."""
 
-    from bnproxy.binance.streams import StreamPath
-    from bnproxy.chain.interfaces import IStreamHub
-    from bnproxy.server.websocket import Gateway
+    def __init__(self) -> None:
+        self.listeners: dict = {}
+        self.after: list = []
 
-    @implementer(IStreamHub)
-    class Hub:
-        def __init__(self):
-            self.listeners, self.after = {}, []
+    def stream_markets(self):
+        return ("spot",)
 
-        def stream_markets(self):
-            return ("spot",)
+    def subscribe(self, market, stream, listener, lost=None):
+        self.listeners[stream] = listener
+        return self
 
-        def subscribe(self, market, stream, listener, lost=None):
-            self.listeners[stream] = listener
-            return self
+    def close(self) -> None:
+        pass
 
-        def close(self):
-            pass
+    def after_read(self, callback) -> None:
+        self.after.append(callback)
 
-        def after_read(self, callback):
-            self.after.append(callback)
+    def read(self, *payloads: bytes) -> None:
+        for payload in payloads:
+            self.listeners["btcusdt@trade"](payload)
+        for callback in self.after:
+            callback()
 
-    hub, clock = Hub(), Clock()
-    gateway = Gateway(clock, hub)
-    bot = gateway.build(StreamPath("spot", None, True, ("btcusdt@trade",)), "10.0.0.1", None)
-    transport = StringTransport()
+
+class Written(StringTransport):
+    """A bot's transport noting, in a log shared by the bots, who was written when."""
+
+    def __init__(self, name: str, log: list[str]) -> None:
+        super().__init__()
+        self.name, self.log = name, log
+
+    def write(self, data: bytes) -> None:
+        self.log.append(self.name)
+        super().write(data)
+
+
+def memory_bot(gateway: Gateway, transport: StringTransport, combined: bool = True):
+    bot = gateway.build(StreamPath("spot", None, combined, ("btcusdt@trade",)), "10.0.0.1", None)
     bot.transport, bot.state = transport, bot.STATE_OPEN
     bot.onOpen()
+    return bot
+
+
+def test_a_reads_frames_are_written_to_bots_as_soon_as_the_read_is_relayed():
+    hub, clock = MemoryHub(), Clock()
+    gateway = Gateway(clock, hub)
+    transport = StringTransport()
+    memory_bot(gateway, transport)
     hub.listeners["btcusdt@trade"](message(1))
     hub.listeners["btcusdt@trade"](message(2))
     assert transport.value() == b""  # queued while the read is relayed
@@ -271,3 +295,65 @@ def test_a_reads_frames_are_written_to_bots_as_soon_as_the_read_is_relayed():
     hub.listeners["btcusdt@trade"](message(3))  # a frame from outside a read
     clock.advance(0)
     assert transport.value().endswith(text_frame(message(3)))
+
+
+def test_no_bot_is_always_written_last_in_a_burst():
+    """A burst goes to a cohort's bots one ``send`` after another; the bot
+    written last waits for all the others. Who goes first turns, so over as
+    many bursts as bots each bot is first once and last once, and each still
+    receives every frame once, in order."""
+    hub, log = MemoryHub(), []
+    gateway = Gateway(Clock(), hub)
+    transports = {f"bot{i}": Written(f"bot{i}", log) for i in range(5)}
+    for transport in transports.values():
+        memory_bot(gateway, transport)
+    assert gateway.health()["cohorts"] == 1
+    bursts = []
+    for i in range(5):
+        log.clear()
+        hub.read(message(2 * i), message(2 * i + 1))
+        bursts.append(list(log))
+    assert all(sorted(b) == sorted(transports) for b in bursts)  # one write per bot and burst
+    assert {b[0] for b in bursts} == set(transports)
+    assert {b[-1] for b in bursts} == set(transports)
+    every = b"".join(text_frame(message(i)) for i in range(10))
+    assert all(t.value() == every for t in transports.values())
+
+
+def test_no_cohort_is_always_written_last_in_a_burst():
+    """Bots in other framings (other cohorts) are not always behind the
+    first cohort's: the cohorts take turns too."""
+    hub, log = MemoryHub(), []
+    gateway = Gateway(Clock(), hub)
+    raw, combined = Written("raw", log), Written("combined", log)
+    memory_bot(gateway, raw, combined=False)
+    memory_bot(gateway, combined, combined=True)
+    firsts = []
+    for i in range(4):
+        log.clear()
+        hub.read(message(i))
+        assert sorted(log) == ["combined", "raw"]
+        firsts.append(log[0])
+    assert set(firsts) == {"raw", "combined"}
+    assert combined.value() == b"".join(text_frame(message(i)) for i in range(4))
+    assert raw.value() == b"".join(text_frame(raw_data("btcusdt@trade", message(i)))
+                                   for i in range(4))
+
+
+def test_bots_joining_and_leaving_between_bursts_are_each_written_once_a_burst():
+    hub, log = MemoryHub(), []
+    gateway = Gateway(Clock(), hub)
+    transports = {f"bot{i}": Written(f"bot{i}", log) for i in range(6)}
+    bots = {name: memory_bot(gateway, t) for name, t in list(transports.items())[:3]}
+    firsts = []
+    for i, name in enumerate(list(transports)[3:]):
+        log.clear()
+        hub.read(message(i))
+        assert sorted(log) == sorted(bots)
+        firsts.append(log[0])
+        bots[name] = memory_bot(gateway, transports[name])  # joins
+        gateway.closed(bots.pop(sorted(bots)[0]))  # and one leaves
+    assert len(set(firsts)) > 1
+    log.clear()
+    hub.read(message(9))
+    assert sorted(log) == sorted(bots)

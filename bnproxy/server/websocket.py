@@ -14,7 +14,9 @@ the proxy on its REST port.
   that brought them is relayed (``IStreamHub.after_read``; at the latest at
   the end of the reactor turn), each cohort's frames are joined once
   and written to each of its bots in one ``write``: a burst of upstream
-  frames costs one write per bot, not one per frame and bot. Raw frames are
+  frames costs one write per bot, not one per frame and bot; who is
+  written first turns with each burst, so no bot always waits for the
+  others' writes. Raw frames are
   Binance's payload bytes, combined frames Binance's
   ``{"stream":…,"data":…}`` bytes, untouched. A bot's subscriptions, framing
   and USD-M route are looked at when they change (its cohort is chosen
@@ -288,15 +290,39 @@ def text_frame(payload: bytes) -> bytes:
 class Cohort:
     """The bots that receive the same streams (``taps``) in the same framing:
     each frame for them is queued once and written to all of them at the
-    flush."""
+    flush. A burst's writes are one ``send`` per bot in turn, so the last bot
+    written waits for all the others' sends: who goes first turns by one bot
+    each flush (``writing_order``), so no bot is always last and the wait is
+    shared evenly."""
 
-    __slots__ = ("bots", "combined", "key", "pending", "taps")
+    __slots__ = ("bots", "combined", "key", "order", "pending", "taps", "turn")
 
     def __init__(self, key: tuple[bool, frozenset[Tap]]) -> None:
         self.key = key
         self.combined, self.taps = key
-        self.bots: set[BotProtocol] = set()
+        self.bots: dict[BotProtocol, None] = {}  # in joining order
+        self.order: tuple[BotProtocol, ...] | None = ()  # ``bots`` as a tuple; None: stale
+        self.turn = 0
         self.pending: list[bytes] = []
+
+    def add(self, bot: BotProtocol) -> None:
+        self.bots[bot] = None
+        self.order = None
+
+    def discard(self, bot: BotProtocol) -> None:
+        if self.bots.pop(bot, self) is None:  # it was there
+            self.order = None
+
+    def writing_order(self) -> tuple[BotProtocol, ...]:
+        """The bots, starting one further on than the previous flush's."""
+        order = self.order
+        if order is None:
+            order = self.order = tuple(self.bots)
+        if len(order) < 2:
+            return order
+        start = self.turn % len(order)
+        self.turn = start + 1
+        return order[start:] + order[:start] if start else order
 
 
 class Tap:
@@ -361,6 +387,7 @@ class Gateway:
         self.cohorts: dict[tuple[bool, frozenset[Tap]], Cohort] = {}
         self.dirty: list[Cohort] = []  # cohorts with frames queued
         self._flush_call: Any = None
+        self._flushes = 0  # which cohort is written first turns too (``flush``)
         self.bots: set[BotProtocol] = set()
         self.per_client: dict[str, int] = defaultdict(int)
         self.connections_total = 0
@@ -460,14 +487,14 @@ class Gateway:
             cohort = self.cohorts[key] = Cohort(key)
             for tap in taps:
                 tap.cohorts[bot.combined].append(cohort)
-        cohort.bots.add(bot)
+        cohort.add(bot)
         bot.cohort = cohort
 
     def _ungroup(self, bot: BotProtocol) -> None:
         cohort, bot.cohort = bot.cohort, None
         if cohort is None:
             return
-        cohort.bots.discard(bot)
+        cohort.discard(bot)
         if not cohort.bots:
             del self.cohorts[cohort.key]
             for tap in cohort.taps:
@@ -486,17 +513,21 @@ class Gateway:
             self._flush_call = self.clock.callLater(0, self.flush)
 
     def flush(self) -> None:
-        """Write each cohort's queued frames, joined once, to its bots."""
+        """Write each cohort's queued frames, joined once, to its bots: the
+        cohorts, and each cohort's bots, starting one further on each time."""
         call, self._flush_call = self._flush_call, None
         if call is not None and call.active():
             call.cancel()
         dirty, self.dirty = self.dirty, []
+        if len(dirty) > 1:
+            self._flushes = start = (self._flushes + 1) % len(dirty)
+            dirty = dirty[start:] + dirty[:start]
         for cohort in dirty:
             frames, cohort.pending = cohort.pending, []
             data = frames[0] if len(frames) == 1 else b"".join(frames)
             size = len(data)
             written = 0
-            for bot in tuple(cohort.bots):  # a bot closed while writing leaves the set
+            for bot in cohort.writing_order():  # a snapshot: a bot may close meanwhile
                 if bot.deliver(data, size):
                     written += 1
             self.frames_out += written * len(frames)
