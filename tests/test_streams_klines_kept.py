@@ -164,3 +164,36 @@ def test_a_corrupt_kept_file_is_ignored_with_a_log_line(kept):
         same_as_exchange(rig, SPOT)
     finally:
         rig.stop()
+
+
+def test_the_kept_file_is_bounded_in_what_is_written_and_read(kept, monkeypatch):
+    from bnproxy.middleware.streams import klines_kept
+
+    rig = VirtualRig(chain=(("streams", {"klines_file": kept}),))
+    try:
+        seeded(rig)  # spot: 100 candles (about 20 KB); USD-M: 499 (about 100 KB)
+        monkeypatch.setattr(klines_kept, "MAX_FILE", 60_000)
+        stop(rig)
+        saved = json.loads(open(kept).read())
+        assert [s["market"] for s in saved["series"]] == ["spot"]  # the other left out
+        start(rig, {"klines_file": kept})
+        assert list(rig.streams.klines.series) == [("spot", "BTCUSDT", "1m")]
+        stop(rig)
+        monkeypatch.setattr(klines_kept, "MAX_FILE", 1024)
+        start(rig, {"klines_file": kept})  # a file over the bound is not read
+        assert rig.streams.klines.series == {}
+    finally:
+        rig.stop()
+
+
+def test_rows_not_as_binance_encodes_them_are_not_used():
+    from bnproxy.middleware.streams.klines_kept import usable
+
+    row = [60_000, "1.0", "2.0", "0.5", "1.5", "10", 119_999, "15", 7, "5", "7.5", "0"]
+    now = 200_000
+    assert usable([row], "1m", now, 1000)
+    assert not usable([[*row[:1], 1.0, *row[2:]]], "1m", now, 1000)  # a float: other bytes
+    assert not usable([row[:11]], "1m", now, 1000)
+    assert not usable([row, [180_000, *row[1:6], 239_999, *row[7:]]], "1m", now, 1000)  # a gap
+    assert not usable([row], "1m", 110_000, 1000)  # not closed yet
+    assert not usable([row], "1m", 60_000 * 2000, 1000)  # more missing than one page

@@ -30,15 +30,17 @@ _log = Logger(namespace="bnproxy.streams")
 
 MAX_FILE = 64 * 1024 * 1024  # bytes written (series past it are left out) and read
 VERSION = 1
+_NUMBERS = frozenset({0, 6, 8})  # a row's fields that are numbers (the rest are strings)
 
 Key = tuple[str, str, str]  # (market, symbol, interval)
 
 
 def encode(series: Iterable[tuple[Key, list[bytes]]], markets: Mapping[str, Market],
-           now_ms: int, limit: int = MAX_FILE) -> bytes:
+           now_ms: int, limit: int | None = None) -> bytes:
     """The file's bytes: each series' closed rows (already their exact REST
     encoding) under its market's upstream; series that would take the file
-    past ``limit`` bytes are left out."""
+    past ``limit`` (``MAX_FILE``) bytes are left out."""
+    limit = MAX_FILE if limit is None else limit
     head = b'{"version":%d,"saved":%d,"series":[' % (VERSION, now_ms)
     parts: list[bytes] = []
     size = len(head) + 2
@@ -83,14 +85,17 @@ def decode(raw: bytes, markets: Mapping[str, Market], now_ms: int,
 
 
 def usable(rows: Any, interval: str, now_ms: int, page: int) -> bool:
-    """Contiguous closed candles (12 fields each) from which one page of at
-    most ``page`` rows reaches the current candle."""
+    """Contiguous closed candles (12 fields each, numbers and strings where
+    Binance has them, so re-encoded they are Binance's bytes) from which one
+    page of at most ``page`` rows reaches the current candle."""
     if not isinstance(rows, list) or not rows:
         return False
     try:
+        if not all(isinstance(r, list) and len(r) == 12 and all(
+                isinstance(v, int) if i in _NUMBERS else isinstance(v, str)
+                for i, v in enumerate(r)) for r in rows):
+            return False  # not rows as Binance encodes them
         opens = [r[0] for r in rows]
-        if any(not isinstance(r, list) or len(r) != 12 for r in rows):
-            return False
         if any(next_open(interval, a) != b for a, b in zip(opens, opens[1:])):
             return False
         if rows[-1][6] >= now_ms:
