@@ -116,6 +116,26 @@ def test_candles_closed_while_down_are_topped_up_by_one_small_page(kept):
         rig.stop()
 
 
+def test_a_request_during_the_top_up_waits_for_it(kept):
+    rig = VirtualRig(chain=(("streams", {"klines_file": kept}),))
+    try:
+        seeded(rig)
+        before = klines_requests(rig)
+        stop(rig)
+        rig.sleep(150)
+        rig.exchange.faults.latency = 1.0  # REST answers take a second
+        start(rig, {"klines_file": kept})
+        rig.until(lambda: rig.streams.refetch.busy(("klines", "usdm", "ETHUSDT", "1m")))
+        answer = rig.ask(USDM)  # the series is being repaired: it waits, not forwarded
+        assert (answer.status, answer.source) == (200, "stream")
+        rig.exchange.faults.latency = 0.0
+        rig.sleep(5)
+        same_as_exchange(rig, USDM)
+        assert klines_requests(rig) == before + 2  # the two top-ups only
+    finally:
+        rig.stop()
+
+
 def test_a_kept_file_too_old_or_from_another_upstream_is_not_used(kept):
     rig = VirtualRig(chain=(("streams", {"klines_file": kept, "klines_max_age": 120}),))
     try:

@@ -259,8 +259,8 @@ class KlinesResponder:
                 ok = True  # a seed no longer needed
             if not ok:
                 self.tools.refetch.failed(self._job(key))
-            if span == "" and self._seeded(key, series):
-                self.tools.refetch.answered_bots(self._job(key))  # a seed bots waited on
+            if self._seeded(key, series):  # a seed or a repair bots waited on
+                self.tools.refetch.answered_bots(self._job(key))
         d.addCallback(done)
 
     def _grow(self, request: ProxyRequest, key: Key, series: KlineSeries,
