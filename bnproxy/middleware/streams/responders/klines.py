@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 
 from bnproxy.binance.intervals import INTERVAL_MS, interval_seconds
 from bnproxy.binance.marketdata import (
@@ -39,6 +40,8 @@ from bnproxy.middleware.streams.responders import (
 )
 from bnproxy.middleware.streams.responders.exchangeinfo import ExchangeInfoResponder
 from bnproxy.middleware.streams.responders.waiting import Waiting, answered, go_on
+
+_log = Logger(namespace="bnproxy.streams")
 
 Key = tuple[str, str, str]  # (market, symbol, interval)
 Asked = tuple[int | None, int | None, int]  # startTime, endTime, limit
@@ -317,6 +320,8 @@ class KlinesResponder:
                 count += 1
             else:
                 del self.series[key]
+        if count:
+            _log.info("took up {count} kline series kept in {path}", count=count, path=path)
         return count
 
     def keep(self) -> None:
