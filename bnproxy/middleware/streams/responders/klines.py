@@ -221,6 +221,8 @@ class KlinesResponder:
         span = series.backfill_range()
         if span is not None:
             self._backfill(key, series, *span)
+        elif self._restored:
+            self._restored.discard(key)  # a kept series the stream continued: no repair owed
 
     def _backfill(self, key: Key, series: KlineSeries, start: int, end: int) -> None:
         """Exactly the candles missed (after a reconnect or a restart), to
