@@ -217,3 +217,24 @@ def test_rows_not_as_binance_encodes_them_are_not_used():
     assert not usable([row, [180_000, *row[1:6], 239_999, *row[7:]]], "1m", now, 1000)  # a gap
     assert not usable([row], "1m", 110_000, 1000)  # not closed yet
     assert not usable([row], "1m", 60_000 * 2000, 1000)  # more missing than one page
+
+
+def test_the_state_dir_holds_the_kept_series_unless_told_otherwise(tmp_path):
+    """--state-dir sets klines_file; ``none`` keeps nothing; the offline demo
+    (a new fake exchange at each start) keeps nothing."""
+    import os
+
+    from bnproxy.middleware.streams.settings import OPTIONS, read_settings
+    from bnproxy.tap import Options
+
+    def streams(args):
+        options = Options()
+        options.parseOptions(list(args))
+        given = dict(options.config({}).middleware)["streams"]
+        return read_settings("streams", {**{o.name: o.default for o in OPTIONS}, **given})
+
+    kept = streams(["--state-dir", str(tmp_path)]).klines_file
+    assert kept == os.path.join(str(tmp_path), "bnproxy-klines.json")
+    assert streams(["--state-dir", str(tmp_path), "--middleware",
+                    "streams:klines_file=none"]).klines_file is None
+    assert streams(["--simulated-exchange"]).klines_file is None
