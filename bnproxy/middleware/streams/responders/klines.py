@@ -258,11 +258,11 @@ class KlinesResponder:
                     ok = take(orjson.loads(response.body))
                 except _BAD_PAGE:
                     ok = False
-            if ok:
-                self._restored.discard(key)
             elif series.ready and span == "":
                 ok = True  # a seed no longer needed
-            if not ok:
+            if ok:
+                self._restored.discard(key)
+            else:
                 self.tools.refetch.failed(self._job(key))
             if self._seeded(key, series):  # a seed or a repair bots waited on
                 self.tools.refetch.answered_bots(self._job(key))
