@@ -23,8 +23,10 @@ Figures, per minute of the run:
   snapshot its first requests waited on, a seed: bot requests coalesced,
   ``answering_bots``), and the rest, sent while no bot was waiting (the
   proxy's own spending: resyncs, symbol lists, refreshes, pings);
-and the warnings and errors each bot logged, outside the restart's seconds
-and the bots' own shutdown.
+the upstream requests of each minute by kind (``upstream_requests``: "bot"
+or "own", market, path and limit -> [requests, weight], from the proxy's
+access lines); and the warnings and errors each bot logged, outside the
+restart's seconds and the bots' own shutdown.
 """
 
 from __future__ import annotations
@@ -167,24 +169,39 @@ def upstream_by_minute(samples: list[tuple[int, dict, dict]]) -> dict[int, int]:
     return upstream
 
 
-def asked_by_minute(logs: list[str]) -> tuple[dict[int, int], dict[int, int], dict]:
+def upstream_kind(r: dict) -> str:
+    """One upstream request as "who market path [limit=N]" (who: ``bot``, a
+    bot's request forwarded, or ``own``, the proxy's), for the per-minute
+    breakdown."""
+    who = "own" if r.get("client") == "bnproxy" or r.get("bot") == "bnproxy" else "bot"
+    limit = dict(parse_qsl(r["query"])).get("limit")
+    return f"{who} {r['market']} {r['path']}" + (f" limit={limit}" if limit else "")
+
+
+def asked_by_minute(logs: list[str]) -> tuple[dict[int, int], dict[int, int], dict, dict]:
     """From the proxies' access lines: the weight the bots asked per minute
     (priced by the endpoint table), the upstream weight the proxy logged per
-    minute (bots' and its own), and the bots' answers by source."""
+    minute (bots' and its own), the bots' answers by source, and per minute
+    the upstream requests by kind: [count, weight]."""
     endpoints = load_endpoints()
     asked: dict[int, int] = collections.Counter()
     logged_up: dict[int, int] = collections.Counter()
     sources: collections.Counter = collections.Counter()
+    kinds: dict[int, dict[str, list[int]]] = collections.defaultdict(dict)
     for path in logs:
         for r in access_records(path):
             if r["source"] == "upstream":
-                logged_up[int(r["time"] // 60)] += r.get("weight") or 0
+                minute = int(r["time"] // 60)
+                logged_up[minute] += r.get("weight") or 0
+                entry = kinds[minute].setdefault(upstream_kind(r), [0, 0])
+                entry[0] += 1
+                entry[1] += r.get("weight") or 0
             if r.get("client") == "bnproxy" or r.get("bot") == "bnproxy":
                 continue
             ep = endpoints.lookup(r["market"], r["method"], r["path"])
             asked[int(r["time"] // 60)] += ep.weight(dict(parse_qsl(r["query"]))) if ep else 1
             sources[r["source"]] += 1
-    return asked, logged_up, dict(sources)
+    return asked, logged_up, dict(sources), kinds
 
 
 def find_section(health: dict, name: str) -> dict:
@@ -272,12 +289,13 @@ def main() -> None:
         xlog.close()
 
     upstream = upstream_by_minute(samples)
-    asked, logged_up, sources = asked_by_minute([p.log_path for p in proxies])
+    asked, logged_up, sources, kinds = asked_by_minute([p.log_path for p in proxies])
     first = int(start // 60)
     minutes = sorted(set(upstream) | set(asked))
     restart_minute = int(restart_done // 60)
     by_minute = [{"minute": m - first, "asked": asked[m], "upstream": upstream[m],
-                  "upstream_in_proxy_log": logged_up[m]} for m in minutes]
+                  "upstream_in_proxy_log": logged_up[m],
+                  "upstream_requests": dict(sorted(kinds[m].items()))} for m in minutes]
     total_asked, total_up = sum(asked.values()), sum(upstream.values())
     own = [own_weight_of(p.health) for p in proxies]
     coalesced = [own_weight_of(p.health, "answering_bots") for p in proxies]

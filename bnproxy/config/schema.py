@@ -267,7 +267,8 @@ SETTINGS: tuple[Setting, ...] = (
        "CIDR admitted to admin resources (/health, /metrics, /cache, /dashboard); "
        "repeatable.", "admin_allow", "admin_allow", repeatable=True, metavar="CIDR"),
     _s("state-dir", _text, ".",
-       "Directory for state files (the ban state, the symbol lists); must be writable.",
+       "Directory for state files (the ban state, the symbol lists, the kline series); "
+       "must be writable.",
        "state_dir", "state_dir", metavar="DIR"),
     _s("discard-ban-state", _flag, False,
        "Start without the ban state file's bans: the way out when the file is unreadable "

@@ -39,6 +39,7 @@ _SERVICE_LINK_VALUE = re.compile(r"(tcp|udp|sctp)://")
 # Set by a --workers parent for its workers (bnproxy.server.workers), not settings.
 WORKER_VARIABLES = ("BNPROXY_WORKER_FD", "BNPROXY_WORKER")
 SYMBOLS_FILE = "bnproxy-symbols.json"  # in --state-dir: [middleware.streams] symbols_file
+KLINES_FILE = "bnproxy-klines.json"  # in --state-dir: [middleware.streams] klines_file
 
 
 def coerce(setting: Setting, value: Any, source: str, key: str) -> Any:
@@ -195,7 +196,9 @@ def resolve(cli: Mapping[str, Any], environ: Mapping[str, str]) -> ProxyConfig:
     if not simulated:  # the streams keep their symbol lists beside the ban state
         # (the offline demo's exchange is new at each start: nothing kept)
         kept = os.path.join(pick("state-dir"), SYMBOLS_FILE)
-        chain = tuple((name, {"symbols_file": kept, **settings} if name == "streams"
+        klines = os.path.join(pick("state-dir"), KLINES_FILE)
+        chain = tuple((name, {"symbols_file": kept, "klines_file": klines, **settings}
+                       if name == "streams"
                        else settings) for name, settings in chain)
     removed = {name[1:] for name, _ in edits if name.startswith("-")}  # tables kept, unused
     unused = set(file.middleware) - {name for name, _ in chain} - removed

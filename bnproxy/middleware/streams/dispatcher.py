@@ -207,8 +207,10 @@ class Streams(MultiService):
         self._sweeper.start(SWEEP_EVERY, now=False)
         self._refresher.start(self.settings.info_refresh, now=False)
         self._confirmer.start(CONFIRM_AFTER, now=False)
+        self.klines.restore()  # series a previous process kept
 
     def stopService(self):
+        self.klines.keep()
         self.hub.stop()
         for loop in (self._sweeper, self._refresher, self._confirmer):
             if loop.running:

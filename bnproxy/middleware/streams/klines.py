@@ -61,6 +61,23 @@ class KlineSeries:
         self._changed(now_ms)
         return True
 
+    def restore(self, rows: list[list[Any]]) -> None:
+        """Take closed candles kept across a restart (``klines_kept``): the
+        stream's next message continues them, or opens a gap to repair."""
+        self.opens = array("q", [r[0] for r in rows[-self.max_rows:]])
+        self.rows = [held(orjson.dumps(r)) for r in rows[-self.max_rows:]]
+        self.last_final = True
+        self.backfill_from = None
+        self._tail = None
+        self._changed(self.updated_ms)
+
+    def closed_rows(self) -> list[bytes]:
+        """The rows of closed candles in their final state (what a restart
+        may keep): all but an open newest one."""
+        if not self.ready:
+            return []
+        return self.rows if self.last_final else self.rows[:-1]
+
     def backfill_range(self) -> tuple[int, int] | None:
         """(startTime, endTime) of the REST page that repairs a gap: from the
         newest row held to just before the newest stream row."""

@@ -49,6 +49,11 @@ OPTIONS = (
            "fetches exchangeInfo for them).", shown=False),
     Option("symbols_max_age", "float", 3600.0, "A kept symbol list older than this "
            "(seconds) is not used at start: exchangeInfo is fetched instead.", minimum=0),
+    Option("klines_file", "str", None, "Kline series' closed candles, kept across restarts; "
+           "default STATE_DIR/bnproxy-klines.json; \"none\": not kept (each start seeds "
+           "every series again).", shown=False),
+    Option("klines_max_age", "float", 3600.0, "Kept kline series older than this (seconds) "
+           "are not used at start.", minimum=0),
 )
 
 
@@ -71,6 +76,8 @@ class Settings:
     stale_kline_factor: float = 3.0  # a kline stream's cadence times this (not a setting)
     symbols_file: str | None = None
     symbols_max_age: float = 3600.0
+    klines_file: str | None = None
+    klines_max_age: float = 3600.0
 
     def quiet_limit(self, stream: str) -> float | None:
         """How long ``stream`` may stay quiet while its connection is alive
@@ -91,4 +98,6 @@ def read_settings(name: str, settings: Mapping[str, Any]) -> Settings:
         own_share=s["own_share"], new_streams_per_client=s["new_streams_per_client"],
         legacy_routes=s["legacy_routes"], rotate_after=s["rotate_after"],
         symbols_file=None if s["symbols_file"] in (None, "", "none") else s["symbols_file"],
-        symbols_max_age=s["symbols_max_age"])
+        symbols_max_age=s["symbols_max_age"],
+        klines_file=None if s["klines_file"] in (None, "", "none") else s["klines_file"],
+        klines_max_age=s["klines_max_age"])

@@ -15,8 +15,9 @@ from typing import Any
 
 import orjson
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 
-from bnproxy.binance.intervals import interval_seconds
+from bnproxy.binance.intervals import INTERVAL_MS, interval_seconds
 from bnproxy.binance.marketdata import (
     KLINE_DEFAULT_LIMIT,
     KLINE_PARAMS,
@@ -28,6 +29,7 @@ from bnproxy.binance.marketdata import (
 )
 from bnproxy.chain.compose import Answer, then
 from bnproxy.chain.messages import ProxyRequest, ProxyResponse
+from bnproxy.middleware.streams import klines_kept
 from bnproxy.middleware.streams.klines import KlineSeries
 from bnproxy.middleware.streams.responders import (
     Answers,
@@ -38,6 +40,8 @@ from bnproxy.middleware.streams.responders import (
 )
 from bnproxy.middleware.streams.responders.exchangeinfo import ExchangeInfoResponder
 from bnproxy.middleware.streams.responders.waiting import Waiting, answered, go_on
+
+_log = Logger(namespace="bnproxy.streams")
 
 Key = tuple[str, str, str]  # (market, symbol, interval)
 Asked = tuple[int | None, int | None, int]  # startTime, endTime, limit
@@ -55,6 +59,7 @@ class KlinesResponder:
         # queries a series may answer
         self._queries: dict[tuple[str, bytes], tuple[Key, Asked, str, float]] = {}
         self._answers = Answers()
+        self._restored: set[Key] = set()  # kept across a restart, not repaired since
 
     def _asked(self, market: str, p: dict[str, str]) -> tuple[Key, Asked] | None:
         """(series key, (startTime, endTime, limit)) of a request a series
@@ -216,21 +221,33 @@ class KlinesResponder:
         span = series.backfill_range()
         if span is not None:
             self._backfill(key, series, *span)
+        elif self._restored:
+            self._restored.discard(key)  # a kept series the stream continued: no repair owed
 
     def _backfill(self, key: Key, series: KlineSeries, start: int, end: int) -> None:
-        """Exactly the candles missed (after a reconnect), to repair the series."""
-        self._page(key, series, f"&startTime={start}&endTime={end}", series.repair)
+        """Exactly the candles missed (after a reconnect or a restart), to
+        repair the series: ``limit`` is their count (on the futures markets a
+        smaller limit weighs less), else the largest page."""
+        size = INTERVAL_MS.get(key[2])
+        limit = self.tools.markets[key[0]].kline_max
+        if size:
+            limit = min(limit, max(1, (end - start) // size + 1))
+        # The first repair of a series kept across a restart is a bounded
+        # one-off (one per kept series and start): no bot credit, only share.
+        self._page(key, series, f"&startTime={start}&endTime={end}", series.repair, limit,
+                   credited=key not in self._restored)
 
     def _page(self, key: Key, series: KlineSeries, span: str,
-              take: Callable[[Any], bool]) -> None:
-        """Fetch a page of ``key``'s klines (``span``: the extra query) and
-        hand its rows to ``take``; a page it cannot take (or none) counts as a
-        failed job, which the refetcher backs off."""
+              take: Callable[[Any], bool], limit: int | None = None,
+              credited: bool = True) -> None:
+        """Fetch a page of ``key``'s klines (``span``: the extra query; ``limit``,
+        else the largest) and hand its rows to ``take``; a page it cannot
+        take (or none) counts as a failed job, which the refetcher backs off."""
         market, symbol, interval = key
         query = (f"symbol={symbol}&interval={interval}{span}"
-                 f"&limit={self.tools.markets[market].kline_max}").encode()
+                 f"&limit={limit or self.tools.markets[market].kline_max}").encode()
         d = self.tools.refetch.fetch(self._job(key), market, rest_path(market, KLINES) or "",
-                                     query, "backfill")
+                                     query, "backfill", credited=credited)
         if d is None:
             return
 
@@ -243,10 +260,12 @@ class KlinesResponder:
                     ok = False
             elif series.ready and span == "":
                 ok = True  # a seed no longer needed
-            if not ok:
+            if ok:
+                self._restored.discard(key)
+            else:
                 self.tools.refetch.failed(self._job(key))
-            if span == "" and self._seeded(key, series):
-                self.tools.refetch.answered_bots(self._job(key))  # a seed bots waited on
+            if self._seeded(key, series):  # a seed or a repair bots waited on
+                self.tools.refetch.answered_bots(self._job(key))
         d.addCallback(done)
 
     def _grow(self, request: ProxyRequest, key: Key, series: KlineSeries,
@@ -283,6 +302,45 @@ class KlinesResponder:
             return next(request)
         return d.addCallback(serve)
 
+    # -- kept across restarts ----------------------------------------------------------
+    def restore(self) -> int:
+        """Take up the series a previous process kept (``klines_file``) and
+        subscribe their streams; returns how many."""
+        path = self.tools.settings.klines_file
+        if path is None:
+            return 0
+        kept = klines_kept.load(path, self.tools.markets, self.tools.now_ms(),
+                                self.tools.settings.klines_max_age)
+        count = 0
+        for key, rows in kept.items():
+            if key in self.series or key[0] not in self.tools.subscriptions.managers:
+                continue
+            series = self.series[key] = KlineSeries(key[2], self.tools.markets[key[0]].kline_max)
+            series.restore(rows)
+            if self._subscribe(key, "bnproxy"):
+                self._restored.add(key)
+                count += 1
+            else:
+                del self.series[key]
+        if count:
+            _log.info("took up {count} kline series kept in {path}", count=count, path=path)
+        return count
+
+    def keep(self) -> None:
+        """Write every series' closed candles to ``klines_file``, the most
+        recently used first (the file is bounded)."""
+        path = self.tools.settings.klines_file
+        if path is None:
+            return
+        used = self.tools.subscriptions.last_used
+
+        def last_used(key: Key) -> float:
+            return used.get((key[0], kline_stream(key[1], key[2])), 0.0)
+        keys = sorted(self.series, key=last_used, reverse=True)
+        klines_kept.save(path, klines_kept.encode(
+            ((k, self.series[k].closed_rows()) for k in keys), self.tools.markets,
+            self.tools.now_ms()))
+
     # -- housekeeping ----------------------------------------------------------------
     def idle_for(self, interval: str) -> float:
         s = self.tools.settings
@@ -293,6 +351,7 @@ class KlinesResponder:
         for key in [k for k in self.series if k[0] == market and k[1].lower() == symbol_l
                     and k[2] == kind[len("kline_"):]]:
             del self.series[key]
+            self._restored.discard(key)
             self.tools.refetch.forget(self._job(key))
             for waiter in self.waiting.pop(key):
                 go_on(waiter)
