@@ -12,12 +12,14 @@ from streamhelpers import VirtualRig
 from test_fastpath import PEER, exchange, get
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 import bnproxy.app
 from bnproxy.chain.interfaces import IFastPathSafe, IMiddleware, IMiddlewareFactory
 from bnproxy.chain.registry import discover
+from bnproxy.config.model import ServerLimits
 from bnproxy.plugin import IFastPathSafe as PublicIFastPathSafe
 
 SALTED = {"logger": {"key_salt": "fixed"}}
@@ -137,6 +139,27 @@ def test_a_client_the_allowlist_refuses_gets_the_chains_403():
     out, channel = twins.same(get(target), get(target))
     assert out.count(b"HTTP/1.1 403 Forbidden") == 2 and channel.fast_hits == 0
     assert named(twins.quick.service, "allowlist").denied == 2
+
+
+def test_the_keep_alive_timeout_counts_from_the_last_hit():
+    """Hits mark their time instead of moving the timer each: the idle
+    connection still closes exactly the keep-alive timeout after the last."""
+    h = Harness(middleware=chain(*DEFAULT, **SALTED), server=ServerLimits(keepalive_timeout=75))
+    target = b"/api/v3/depth?symbol=BTCUSDT&limit=5"
+    exchange(h, [get(target)], fast=False)  # fills the cache
+    channel = h.service.site.buildProtocol(PEER)
+    transport = StringTransport(peerAddress=PEER)
+    channel.makeConnection(transport)
+    for _ in range(3):  # a hit at 0, 0.2 and 0.4 s (within the cache's second)
+        channel.dataReceived(get(target))
+        h.clock.advance(0.2)
+    assert channel.fast_hits == 3
+    h.clock.advance(74.7)  # 75.1 s after the first hit, 74.9 after the last
+    assert not transport.disconnecting
+    h.clock.advance(0.2)
+    assert transport.disconnecting
+    assert transport.value().count(b"HTTP/1.1 200 OK") == 3
+
 
 
 # -- plugins ----------------------------------------------------------------------------

@@ -145,13 +145,15 @@ class BotLedger:
         if row is None:
             row = rows[bot] = [0] * _N
         row[0] += 1
-        row[1] += asked
-        row[2] += spent
         row[where] += 1
         total[0] += 1
-        total[1] += asked
-        total[2] += spent
         total[where] += 1
+        if asked:
+            row[1] += asked
+            total[1] += asked
+        if spent:  # (only an upstream answer's)
+            row[2] += spent
+            total[2] += spent
         self._seen[bot] = now
 
     def _new_bucket(self, now: float) -> None:
@@ -314,7 +316,9 @@ class AccessLogger:
         if second != self._second:  # formatted once a second
             self._second = second
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
-        us = max(0, int((now - request.arrival) * 1_000_000))
+        us = int((now - request.arrival) * 1_000_000)
+        if us < 0:  # (not max(): a builtin's call, ~2,000 instructions)
+            us = 0
         if self._json:
             output.write(b'{"time":"%s.%03dZ","client":%s,"ms":%d.%03d,%s,%s}\n' % (
                 self._stamp, int((now - second) * 1000), request_parts[0],

@@ -258,6 +258,7 @@ class FastChannel(HardenedChannel):
     _heads: dict[bytes, _Head] | None = None  # safe heads seen, by their bytes
     _direct = False  # a plain TCP transport: sent at once when nothing waits (_send)
     _client: str | None = None  # the client, when the peer alone names it
+    _active: float | None = None  # the last read the fast path took (see timeoutConnection)
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -295,17 +296,17 @@ class FastChannel(HardenedChannel):
             return _base_data(self, data)
         head = self._heads.get(data)  # type: ignore[union-attr]  # set when fast
         if head is not None:  # the common read: one whole head seen before
-            self.resetTimeout()
+            self._active = now = self.site.reactor.seconds()  # (resetTimeout, lazily)
             if head.method == b"GET":  # a hit, answered here (_serve, inline)
                 try:
                     answer = self._forward.answer_fast(head.url, head.pairs, self.peer,
-                                                       self._client)
+                                                       self._client, now)
                 except Exception:
                     return self._fast_failed(head)
                 if answer is not None:
                     self.fast_served += 1
                     self.fast_hits += 1
-                    self._write_answer(answer)
+                    self._write_answer(answer, now)
                     return None
             if self._serve(head, False) and not self.persistent:
                 self.transport.loseConnection()
@@ -323,7 +324,7 @@ class FastChannel(HardenedChannel):
                 return _base_data(self, data)
             heads.append(head)
             start = end + 4
-        self.resetTimeout()
+        self._active = self.site.reactor.seconds()  # (resetTimeout, lazily)
         for i, head in enumerate(heads):
             if not self._serve(head):  # not answered at once: the rest after it
                 rest = heads[i + 1:]
@@ -435,7 +436,7 @@ class FastChannel(HardenedChannel):
         self._networkProducer.pauseProducing()
         return False
 
-    def _write_answer(self, answer: ProxyResponse) -> None:
+    def _write_answer(self, answer: ProxyResponse, now: float | None = None) -> None:
         """Write a GET's answer as twisted.web would (``write_response``):
         the head pre-serialised per distinct answer head, in one write."""
         last = _LAST
@@ -458,12 +459,19 @@ class FastChannel(HardenedChannel):
                 length = _LENGTHS[size] = b"%d" % size
             middle += length  # (the length follows the Date line's end and the headers)
             last[0], last[1] = answer, (before, middle, after, body)
-        date = self._date if int(self.site.reactor.seconds()) == self._date_second \
-            else self._date_now()
+        if now is None:
+            now = self.site.reactor.seconds()
+        date = self._date if int(now) == self._date_second else self._date_now()
         if len(body) < _COPY_BELOW:
-            self._send(b"".join((before, date, middle, after, body)))
+            data, more = b"".join((before, date, middle, after, body)), b""
         else:  # a large body is not copied behind its head
-            self._send(b"".join((before, date, middle, after)), body)
+            data, more = b"".join((before, date, middle, after)), body
+        if self._direct:  # (_send, inline)
+            send_now(self.transport, data, more)
+        else:
+            self.transport.write(data)
+            if more:
+                self.transport.write(more)
 
     def _send(self, data: bytes, more: bytes = b"") -> None:
         """``transport.write`` of ``data`` and ``more``, sent at once on a
@@ -475,6 +483,20 @@ class FastChannel(HardenedChannel):
             self.transport.write(data)
             if more:
                 self.transport.write(more)
+
+    def timeoutConnection(self) -> None:
+        """The keep-alive timeout, counted from the last read the fast path
+        took (``_active``: its reads mark the time instead of moving the
+        timer each); re-armed for what is left of it, or the channel's."""
+        active, self._active = self._active, None
+        period = self.timeOut
+        if active is not None and period is not None:
+            left = active + period - self.site.reactor.seconds()
+            if left > 0:
+                self.setTimeout(left)  # (TimeoutMixin's timer has fired: a new one)
+                self.timeOut = period
+                return
+        super().timeoutConnection()
 
     def fast_done(self, request: FastRequest) -> None:
         """A fast answer has been written."""

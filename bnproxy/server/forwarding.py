@@ -290,10 +290,12 @@ class ForwardingResource(Resource):
         return normalise(getattr(peer, "host", None) or "unix")
 
     def answer_fast(self, uri: bytes, headers: HeaderPairs, peer: Any,
-                    client: str | None = None) -> ProxyResponse | None:
+                    client: str | None = None, now: float | None = None
+                    ) -> ProxyResponse | None:
         """The answer to a bot's plain ``GET`` of origin-form ``uri`` with
         ``headers`` (lower-case names, the ``INTERNAL`` marker dropped) from
-        ``peer`` (``client``: ``client_of_peer(peer)``, if known), when the
+        ``peer`` (``client``: ``client_of_peer(peer)``, if known) at ``now``
+        (the clock's time, if known), when the
         middlewares' fast path gives one (a hit: see ``IFastPathSafe``),
         counted as ``render`` counts an answer; None: the request is for
         ``render`` (the chain), nothing was done."""
@@ -312,7 +314,7 @@ class ForwardingResource(Resource):
             fields = prepared.copy()
             fields["headers"] = headers
             fields["client"] = client
-            fields["arrival"] = self._clock.seconds()
+            fields["arrival"] = self._clock.seconds() if now is None else now
             request = _new(ProxyRequest)
             _set(request, "__dict__", fields)
         else:
@@ -322,7 +324,7 @@ class ForwardingResource(Resource):
                 return None
             method, market, binance_path, endpoint = route
             request = ProxyRequest(method, market, binance_path, query, headers, b"", client,
-                                   self._clock.seconds(), endpoint)
+                                   self._clock.seconds() if now is None else now, endpoint)
         try:
             answer = fast(request)
         except Exception:
