@@ -326,7 +326,7 @@ class ForwardingResource(Resource):
             request = ProxyRequest(method, market, binance_path, query, headers, b"", client,
                                    self._clock.seconds() if now is None else now, endpoint)
         try:
-            answer = fast(request)
+            answer = fast[0](request, fast[1])
         except Exception:
             # the contract says it must not; the chain answers (and logs) instead
             _log.failure("fast path: answering {path}", path=request.path)
@@ -384,18 +384,22 @@ def _stop(request: ProxyRequest) -> None:
     return None
 
 
-def fast_chain(middlewares: Sequence[object]) -> Callable[[ProxyRequest], Any] | None:
+def fast_chain(middlewares: Sequence[object]) -> tuple[Callable, Callable] | None:
     """The middlewares' ``fast_handle`` composed in chain order (see
-    ``IFastPathSafe``): a callable giving a hit's answer or None. The first
-    middleware that does not declare it ends it (None: the chain's); None
-    when that is the first."""
+    ``IFastPathSafe``): the first one's ``fast_handle`` and the ``next`` it
+    is called with (the rest, composed), giving a hit's answer or None. The
+    first middleware that does not declare it ends it (None: the chain's);
+    None when that is the first."""
     handler: Callable[[ProxyRequest], Any] = _stop
+    first = None
     for middleware in reversed(middlewares):
         if IFastPathSafe.providedBy(middleware):
+            first = (middleware.fast_handle, handler)
             handler = _layer(middleware.fast_handle, handler)
         else:
             handler = _stop
-    return None if handler is _stop else handler
+            first = None
+    return first
 
 
 def _layer(fast_handle: Callable, nxt: Callable) -> Callable[[ProxyRequest], Any]:
