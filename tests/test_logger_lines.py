@@ -9,7 +9,7 @@ from twisted.internet import task
 
 from bnproxy.binance.endpoints import load_endpoints
 from bnproxy.chain.messages import ProxyRequest, ProxyResponse
-from bnproxy.middleware.logger import FIELDS, AccessLogger
+from bnproxy.middleware.logger import BUCKET, FIELDS, MAX_BOTS, OTHER, AccessLogger, BotLedger
 
 KEY = b"vmPUZE6mv9SD5VNHk4HlWFsOr6aKE2zvsw0MuIgwCIPy6utIco14y7Ju91duEh8A"
 DEPTH = load_endpoints().lookup("spot", "GET", "/api/v3/depth")
@@ -129,3 +129,29 @@ def test_without_a_writer_every_answer_is_still_counted():
     assert log.ledger.totals()["10.0.0.1"][0] == 3
     assert line.endswith(b" 200 11 500.000ms source=cache cache=HIT weight=0 key=- "
                          b"bot=10.0.0.1 ua=-\n")
+
+
+def test_the_ledgers_totals_outlast_its_windows_and_bots_beyond_the_cap_are_other():
+    clock = task.Clock()
+    clock.advance(NOW)
+    ledger = BotLedger(clock)
+    for minute in range(20):  # one request a minute, two answered by the cache
+        ledger.count("bot-1", depth(), HIT if minute % 10 else MISS)
+        clock.advance(60)
+    ledger.count("bot-1", depth(), BANNED)
+    weight = DEPTH.weight({"symbol": "BTCUSDT", "limit": "5"})
+    row = dict(zip(FIELDS, ledger.totals()["bot-1"], strict=True))
+    assert (row["requests"], row["cache"], row["upstream"], row["ban"]) == (21, 18, 2, 1)
+    assert (row["asked"], row["spent"]) == (20 * weight, 10)
+    bot = ledger.bots()[0]
+    assert (bot["requests"], bot["last_minute"]["requests"], bot["last_15m"]["requests"]) == (
+        21, 1, 15)
+    assert bot["last_seen"] == round(clock.seconds(), 3)
+    for n in range(MAX_BOTS + 5):
+        ledger.count(f"b{n}", depth(), HIT)
+    clock.advance(BUCKET)
+    ledger.count("b3", depth(), HIT)
+    ledger.count(f"b{MAX_BOTS + 9}", depth(), HIT)
+    totals = ledger.totals()
+    assert len(totals) == MAX_BOTS + 1 and totals[OTHER][0] == 7 and totals["b3"][0] == 2
+    assert sum(t[0] for t in totals.values()) == 21 + MAX_BOTS + 5 + 2

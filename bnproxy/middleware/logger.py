@@ -112,12 +112,13 @@ def answered_where(response: ProxyResponse) -> int:
 
 class BotLedger:
     """Counts every request of every bot: since start, and in 10-second
-    buckets for the last minute and the last 15 minutes. Per request: a few
-    dict lookups and additions."""
+    buckets for the last minute and the last 15 minutes. Per request: a
+    few additions to the bot's row of the newest bucket; the totals since
+    start are the closed buckets' (added up as each closes) plus the newest."""
 
     def __init__(self, clock) -> None:
         self._clock = clock
-        self._total: dict[str, list[int]] = {}
+        self._total: dict[str, list[int]] = {}  # every bot's, up to the newest bucket
         self._seen: dict[str, float] = {}
         self._buckets: deque[tuple[int, dict[str, list[int]]]] = deque(maxlen=WINDOW_15M)
         self._rows: dict[str, list[int]] = {}  # the newest bucket's
@@ -133,32 +134,30 @@ class BotLedger:
     def add(self, bot: str, where: int, asked: int, spent: int, now: float) -> None:
         """Count one request for ``bot`` at ``now``: in column ``where``
         (``answered_where``), with the weight it asked and spent."""
-        total = self._total.get(bot)
-        if total is None:
-            if len(self._total) >= MAX_BOTS:
-                bot = OTHER
-            total = self._total.get(bot)
-            if total is None:
-                total = self._total[bot] = [0] * _N
         if now >= self._bucket_end:
             self._new_bucket(now)
-        rows = self._rows
-        row = rows.get(bot)
-        if row is None:
-            row = rows[bot] = [0] * _N
+        row = self._rows.get(bot)
+        if row is None:  # the bot's first request in this bucket
+            if bot not in self._total:
+                if len(self._total) >= MAX_BOTS:
+                    bot = OTHER
+                self._total.setdefault(bot, [0] * _N)
+            row = self._rows.get(bot)
+            if row is None:
+                row = self._rows[bot] = [0] * _N
         row[0] += 1
         row[where] += 1
-        total[0] += 1
-        total[where] += 1
         if asked:
             row[1] += asked
-            total[1] += asked
         if spent:  # (only an upstream answer's)
             row[2] += spent
-            total[2] += spent
         self._seen[bot] = now
 
     def _new_bucket(self, now: float) -> None:
+        for bot, row in self._rows.items():  # the closing bucket, into the totals
+            total = self._total[bot]
+            for i, n in enumerate(row):
+                total[i] += n
         bucket = int(now // BUCKET)
         self._rows = {}
         self._buckets.append((bucket, self._rows))
@@ -180,13 +179,15 @@ class BotLedger:
         out = [{**_named(total), "last_minute": _named(minute.get(bot, zero)),
                 "last_15m": _named(quarter.get(bot, zero)), "client": bot,
                 "last_seen": round(self._seen[bot], 3)}
-               for bot, total in self._total.items()]
+               for bot, total in self.totals().items()]
         out.sort(key=lambda r: (-r["last_15m"]["requests"], -r["requests"], r["client"]))
         return out
 
     def totals(self) -> dict[str, list[int]]:
         """Since start, per bot, in ``FIELDS`` order (for ``/metrics``)."""
-        return self._total
+        rows = self._rows
+        return {bot: [a + b for a, b in zip(total, rows[bot], strict=True)] if bot in rows
+                else list(total) for bot, total in self._total.items()}
 
 
 def _add(table: dict[str, list[int]], bot: str, row: list[int]) -> None:
