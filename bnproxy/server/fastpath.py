@@ -71,12 +71,10 @@ _HEADS_REMEMBERED = 1024
 _HEAD_KEPT_BELOW = 2048  # bytes: a larger head is parsed each time (the memo stays ~2 MB)
 _COPY_BELOW = 8192  # a body this small is joined to its head; a larger one sent beside it
 # serialised_head of answers by (status, headers, source); the last answer
-# written and its parts (before the Date, after it to the Content-Length
-# value included, the rest of the head, the body); Content-Length values by
-# body length
+# written, the second of its Date, and its bytes (the head, with the body
+# when small; the large body)
 _ANSWER_HEADS: dict[tuple, tuple[bytes, bytes, bytes]] = {}
-_LAST: list[Any] = [None, None]
-_LENGTHS: dict[int, bytes] = {}
+_LAST: list[Any] = [None, None, b"", b""]
 
 
 class _Head:
@@ -390,8 +388,10 @@ class FastChannel(HardenedChannel):
         _log.failure("fast path: answering {path}", path=head.url.split(b"?", 1)[0])
         self.transport.abortConnection()
 
-    def _date_now(self) -> bytes:
-        now = int(self.site.reactor.seconds())
+    def _date_now(self, now: int | None = None) -> bytes:
+        """The Date value for second ``now`` (default: the clock's)."""
+        if now is None:
+            now = int(self.site.reactor.seconds())
         if now != self._date_second:
             type(self)._date_second = now
             type(self)._date = datetimeToString(now)
@@ -438,10 +438,12 @@ class FastChannel(HardenedChannel):
 
     def _write_answer(self, answer: ProxyResponse, now: float | None = None) -> None:
         """Write a GET's answer as twisted.web would (``write_response``):
-        the head pre-serialised per distinct answer head, in one write."""
+        the head pre-serialised per distinct answer head, in one write; the
+        last answer's bytes kept for its second (a hit between updates)."""
+        second = int(self.site.reactor.seconds() if now is None else now)
         last = _LAST
-        if answer is last[0]:  # the same answer as the last one written (a hit between updates)
-            before, middle, after, body = last[1]
+        if answer is last[0] and second == last[1]:
+            data, more = last[2], last[3]
         else:
             key = (answer.status, answer.headers, answer.source)
             parts = _ANSWER_HEADS.get(key)
@@ -451,21 +453,13 @@ class FastChannel(HardenedChannel):
                 parts = _ANSWER_HEADS[key] = serialised_head(answer)
             before, middle, after = parts
             body = answer.body
-            size = len(body)
-            length = _LENGTHS.get(size)
-            if length is None:
-                if len(_LENGTHS) >= _HEADS_REMEMBERED:
-                    _LENGTHS.clear()
-                length = _LENGTHS[size] = b"%d" % size
-            middle += length  # (the length follows the Date line's end and the headers)
-            last[0], last[1] = answer, (before, middle, after, body)
-        if now is None:
-            now = self.site.reactor.seconds()
-        date = self._date if int(now) == self._date_second else self._date_now()
-        if len(body) < _COPY_BELOW:
-            data, more = b"".join((before, date, middle, after, body)), b""
-        else:  # a large body is not copied behind its head
-            data, more = b"".join((before, date, middle, after)), body
+            date = self._date if second == self._date_second else self._date_now(second)
+            length = b"%d" % len(body)
+            if len(body) < _COPY_BELOW:
+                data, more = b"".join((before, date, middle, length, after, body)), b""
+            else:  # a large body is not copied behind its head
+                data, more = b"".join((before, date, middle, length, after)), body
+            last[:] = answer, second, data, more
         if self._direct:  # (_send, inline)
             send_now(self.transport, data, more)
         else:
