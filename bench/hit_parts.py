@@ -86,7 +86,7 @@ def parts(calls: int, which: int) -> list[str]:
     service.startService()
     middlewares = {m.name: m for m in service.proxy.middlewares}
     logger, streams = middlewares["logger"], middlewares["streams"]
-    logger.output = AccessLogWriter(reactor, stream=open(os.devnull, "wb"))  # noqa: SIM115
+    logger.output = AccessLogWriter(reactor, stream=open(os.devnull, "wb"))
 
     def ask(target: str):
         path, query = split_target(target.encode())
