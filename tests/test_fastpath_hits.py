@@ -12,12 +12,16 @@ from streamhelpers import VirtualRig
 from test_fastpath import PEER, exchange, get
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
+from twisted.web.http import datetimeToString
 from zope.interface import implementer
 
 import bnproxy.app
 from bnproxy.chain.interfaces import IFastPathSafe, IMiddleware, IMiddlewareFactory
+from bnproxy.chain.messages import ProxyResponse
 from bnproxy.chain.registry import discover
+from bnproxy.config.model import ServerLimits
 from bnproxy.plugin import IFastPathSafe as PublicIFastPathSafe
 
 SALTED = {"logger": {"key_salt": "fixed"}}
@@ -137,6 +141,48 @@ def test_a_client_the_allowlist_refuses_gets_the_chains_403():
     out, channel = twins.same(get(target), get(target))
     assert out.count(b"HTTP/1.1 403 Forbidden") == 2 and channel.fast_hits == 0
     assert named(twins.quick.service, "allowlist").denied == 2
+
+
+def test_the_keep_alive_timeout_counts_from_the_last_hit():
+    """Hits mark their time instead of moving the timer each: the idle
+    connection still closes exactly the keep-alive timeout after the last."""
+    h = Harness(middleware=chain(*DEFAULT, **SALTED), server=ServerLimits(keepalive_timeout=75))
+    target = b"/api/v3/depth?symbol=BTCUSDT&limit=5"
+    exchange(h, [get(target)], fast=False)  # fills the cache
+    channel = h.service.site.buildProtocol(PEER)
+    transport = StringTransport(peerAddress=PEER)
+    channel.makeConnection(transport)
+    for _ in range(3):  # a hit at 0, 0.2 and 0.4 s (within the cache's second)
+        channel.dataReceived(get(target))
+        h.clock.advance(0.2)
+    assert channel.fast_hits == 3
+    h.clock.advance(74.7)  # 75.1 s after the first hit, 74.9 after the last
+    assert not transport.disconnecting
+    h.clock.advance(0.2)
+    assert transport.disconnecting
+    assert transport.value().count(b"HTTP/1.1 200 OK") == 3
+
+
+
+def test_an_answer_written_again_in_a_later_second_carries_that_seconds_date():
+    """The last answer's bytes are kept for its second only."""
+    h = Harness(middleware=chain(*DEFAULT, **SALTED))
+    channel = h.service.site.buildProtocol(PEER)
+    transport = StringTransport(peerAddress=PEER)
+    channel.makeConnection(transport)
+    answer = ProxyResponse(200, ((b"content-type", b"application/json"),), b"{}", "stream")
+    dates = []
+    for step in (0.3, 0.3, 0.6, 5):
+        h.clock.advance(step)
+        transport.clear()
+        channel._write_answer(answer)
+        dates.append(transport.value().split(b"\r\nDate: ")[1].split(b"\r\n")[0])
+        assert transport.value().endswith(b"\r\nContent-Length: 2\r\n\r\n{}")
+    assert dates == [datetimeToString(int(t)) for t in (h.clock.seconds() - 5.9,
+                                                        h.clock.seconds() - 5.6,
+                                                        h.clock.seconds() - 5,
+                                                        h.clock.seconds())]
+    assert dates[0] == dates[1] != dates[2] != dates[3]
 
 
 # -- plugins ----------------------------------------------------------------------------

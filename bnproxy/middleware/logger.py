@@ -31,7 +31,13 @@ import orjson
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from bnproxy.binance.privacy import API_KEY_HEADER, REDACTED, redact_query, shown_path
+from bnproxy.binance.privacy import (
+    API_KEY_HEADER,
+    REDACTED,
+    is_private,
+    redact_query,
+    shown_path,
+)
 from bnproxy.chain.compose import Answer
 from bnproxy.chain.context import MiddlewareContext
 from bnproxy.chain.interfaces import (
@@ -52,6 +58,9 @@ _APIKEY = API_KEY_HEADER
 _USER_AGENT = b"user-agent"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._:@+=~-]")
 _REMEMBERED = 1024  # bot names and products kept formatted
+_TOOK: dict[int, bytes] = {}  # "0.123ms " by microseconds, below:
+_TOOK_KEPT_BELOW = 2000
+_REQUESTS_REMEMBERED = 4096  # distinct public requests (each bot's targets) kept formatted
 
 
 
@@ -80,6 +89,7 @@ _AT = {name: i for i, name in enumerate(FIELDS)}
 _LOCAL_REASONS = {"banned": _AT["ban"], "budget": _AT["budget"], "denied": _AT["allowlist"]}
 _SOURCE_AT = {name: _AT[name] for name in ANSWERS}
 _LOCAL_AT = _AT["local"]
+_BUDGET_AT = _AT["budget"]  # the first refusal: a refused request asked no weight
 BUCKET = 10  # seconds per bucket of the windows
 WINDOW_15M = 90  # buckets
 WINDOW_1M = 6
@@ -102,50 +112,52 @@ def answered_where(response: ProxyResponse) -> int:
 
 class BotLedger:
     """Counts every request of every bot: since start, and in 10-second
-    buckets for the last minute and the last 15 minutes. Per request: a few
-    dict lookups and additions."""
+    buckets for the last minute and the last 15 minutes. Per request: a
+    few additions to the bot's row of the newest bucket; the totals since
+    start are the closed buckets' (added up as each closes) plus the newest."""
 
     def __init__(self, clock) -> None:
         self._clock = clock
-        self._total: dict[str, list[int]] = {}
+        self._total: dict[str, list[int]] = {}  # every bot's, up to the newest bucket
         self._seen: dict[str, float] = {}
         self._buckets: deque[tuple[int, dict[str, list[int]]]] = deque(maxlen=WINDOW_15M)
         self._rows: dict[str, list[int]] = {}  # the newest bucket's
         self._bucket_end = float("-inf")
 
     def count(self, bot: str, request: ProxyRequest, response: ProxyResponse) -> None:
-        now = self._clock.seconds()
-        total = self._total.get(bot)
-        if total is None:
-            if len(self._total) >= MAX_BOTS:
-                bot = OTHER
-            total = self._total.get(bot)
-            if total is None:
-                total = self._total[bot] = [0] * _N
-        if response.status < 400:  # the common case: answered, asked weight counts
-            where = _SOURCE_AT.get(response.source, _LOCAL_AT)
-            asked = request.weight
-        else:
-            where = answered_where(response)
-            asked = request.weight if where < _AT["budget"] else 0
-        spent = response.weight if response.source == "upstream" else 0
+        """Count ``request``, answered by ``response``, for ``bot``."""
+        where = answered_where(response)
+        self.add(bot, where, request.weight if where < _BUDGET_AT else 0,
+                 response.weight if response.source == "upstream" else 0,
+                 self._clock.seconds())
+
+    def add(self, bot: str, where: int, asked: int, spent: int, now: float) -> None:
+        """Count one request for ``bot`` at ``now``: in column ``where``
+        (``answered_where``), with the weight it asked and spent."""
         if now >= self._bucket_end:
             self._new_bucket(now)
-        rows = self._rows
-        row = rows.get(bot)
-        if row is None:
-            row = rows[bot] = [0] * _N
+        row = self._rows.get(bot)
+        if row is None:  # the bot's first request in this bucket
+            if bot not in self._total:
+                if len(self._total) >= MAX_BOTS:
+                    bot = OTHER
+                self._total.setdefault(bot, [0] * _N)
+            row = self._rows.get(bot)
+            if row is None:
+                row = self._rows[bot] = [0] * _N
         row[0] += 1
-        row[1] += asked
-        row[2] += spent
         row[where] += 1
-        total[0] += 1
-        total[1] += asked
-        total[2] += spent
-        total[where] += 1
+        if asked:
+            row[1] += asked
+        if spent:  # (only an upstream answer's)
+            row[2] += spent
         self._seen[bot] = now
 
     def _new_bucket(self, now: float) -> None:
+        for bot, row in self._rows.items():  # the closing bucket, into the totals
+            total = self._total[bot]
+            for i, n in enumerate(row):
+                total[i] += n
         bucket = int(now // BUCKET)
         self._rows = {}
         self._buckets.append((bucket, self._rows))
@@ -167,13 +179,15 @@ class BotLedger:
         out = [{**_named(total), "last_minute": _named(minute.get(bot, zero)),
                 "last_15m": _named(quarter.get(bot, zero)), "client": bot,
                 "last_seen": round(self._seen[bot], 3)}
-               for bot, total in self._total.items()]
+               for bot, total in self.totals().items()]
         out.sort(key=lambda r: (-r["last_15m"]["requests"], -r["requests"], r["client"]))
         return out
 
     def totals(self) -> dict[str, list[int]]:
         """Since start, per bot, in ``FIELDS`` order (for ``/metrics``)."""
-        return self._total
+        rows = self._rows
+        return {bot: [a + b for a, b in zip(total, rows[bot], strict=True)] if bot in rows
+                else list(total) for bot, total in self._total.items()}
 
 
 def _add(table: dict[str, list[int]], bot: str, row: list[int]) -> None:
@@ -212,9 +226,9 @@ class AccessLogger:
         self._stamp = b""
         self._bots: dict[bytes, str] = {}
         self._products: dict[bytes, str] = {}
-        self._shapes: dict[tuple, Any] = {}
-        self._last_response: ProxyResponse | None = None  # and its X-Cache value:
-        self._last_cache = b"-"  # the cache hands out one answer per entry and second
+        self._requests: dict[tuple, list] = {}  # see _asked
+        self._last_response: ProxyResponse | None = None  # and what it says (_said)
+        self._last_said: tuple = ()
         self.ledger = BotLedger(clock)
 
     def bots(self) -> list[dict[str, Any]]:
@@ -280,6 +294,53 @@ class AccessLogger:
         return name
 
     def _log_one(self, response: ProxyResponse, request: ProxyRequest) -> ProxyResponse:
+        # What a request says for its line (the bot, its weight, the line's
+        # parts) is worked out once per distinct public request: a hit's
+        # request repeats, with only its time new; what an answer says, once
+        # per answer (a hit's answer is handed out again until its next update).
+        memo = (request.headers, request.query, request.path, request.market,
+                request.method, request.client)
+        asked = self._requests.get(memo)
+        if asked is None:
+            asked = self._asked(request, memo)
+        if response is self._last_response:
+            said = self._last_said
+        else:
+            said = self._said(response)
+        now = self._clock.seconds()
+        where = said[0]
+        self.ledger.add(asked[0], where, asked[1] if where < _BUDGET_AT else 0, said[1], now)
+        output = self.output
+        if output is None:
+            return response
+        request_parts = asked[2] or self._request_parts(request, asked)
+        answer_parts = said[2] or self._answer_parts(response)
+        second = int(now)
+        if second != self._second:  # formatted once a second
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
+        us = int((now - request.arrival) * 1_000_000)
+        if us < 0:  # (not max(): a builtin's call, ~2,000 instructions)
+            us = 0
+        if self._json:
+            output.write(b'{"time":"%s.%03dZ","client":%s,"ms":%d.%03d,%s,%s}\n' % (
+                self._stamp, int((now - second) * 1000), request_parts[0],
+                us // 1000, us % 1000, request_parts[1], answer_parts[0]))
+        else:
+            took = _TOOK.get(us)  # (joined: %-formatting the line costs ~3,000 instructions)
+            if took is None:
+                took = b"%d.%03dms " % (us // 1000, us % 1000)
+                if us < _TOOK_KEPT_BELOW:
+                    _TOOK[us] = took
+            output.write(b"".join((self._stamp, request_parts[0], answer_parts[0], took,
+                                   answer_parts[1], request_parts[1])))
+        return response
+
+    def _asked(self, request: ProxyRequest, memo: tuple) -> list:
+        """[the bot, the request's weight, its line parts (None until a line
+        is written), its key's hash or None, its User-Agent or None],
+        remembered when the request holds nothing private (no key is kept,
+        even here)."""
         key_raw = label = agent = None
         wanted = self._client_header
         for k, v in request.headers:  # one pass for the three headers read
@@ -294,71 +355,69 @@ class AccessLogger:
             bot = self._remembered(self._bots, label, safe_name)
         else:
             bot = key or request.client
-        self.ledger.count(bot, request, response)
-        if self.output is None:
-            return response
-        if response is self._last_response:  # a cache hit's answer, served again
-            cache = self._last_cache
-        else:
-            cache = b"-"
-            for k, v in response.headers:
-                if k == b"x-cache":
-                    cache = v
-                    break
-            self._last_response, self._last_cache = response, cache
-        now = self._clock.seconds()
-        second = int(now)
-        if second != self._second:  # formatted once a second
-            self._second = second
-            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
-        us = max(0, int((now - request.arrival) * 1_000_000))
-        query = redact_query(request)
-        if key_raw is None:
-            # What repeats (a cache hit's request and answer) is formatted
-            # once; never a keyed request's (no key is kept, even here).
-            shape = (request.method, request.market, shown_path(request), query,
-                     response.status, len(response.body), response.source, cache,
-                     response.weight, response.detail, label or request.client, agent)
-            middle = self._shapes.get(shape)
-            if middle is None:
-                middle = self._shape(request, response, query, cache, None, bot, agent)
-                if len(self._shapes) >= _REMEMBERED:
-                    self._shapes.clear()
-                self._shapes[shape] = middle
-        else:
-            middle = self._shape(request, response, query, cache, key, bot, agent)
-        if self._json:
-            line = (b'{"time":"%s.%03dZ","client":%s,"ms":%d.%03d,%s}\n' % (
-                self._stamp, int((now - second) * 1000), orjson.dumps(request.client),
-                us // 1000, us % 1000, middle))
-        else:
-            line = b"%sZ %s %s %d.%03dms %s\n" % (
-                self._stamp, request.client.encode(),
-                middle[0], us // 1000, us % 1000, middle[1])
-        self.output.write(line)
-        return response
+        asked = [bot, request.weight, None, key, agent]
+        if key_raw is None and not request.body and not is_private(request):
+            if len(self._requests) >= _REQUESTS_REMEMBERED:
+                self._requests.clear()
+            self._requests[memo] = asked
+        return asked
 
-    def _shape(self, request: ProxyRequest, response: ProxyResponse, query: str,
-               cache: bytes, key: str | None, bot: str, agent: bytes | None):
-        """The line less its time, client address and duration: JSON members
-        (bytes), or the text before and after the duration."""
+    def _request_parts(self, request: ProxyRequest, asked: list) -> tuple[bytes, bytes]:
+        """The request's parts of its line: as text (``Z``, the address and
+        the quoted request; the key, bot and product to the line's end), as
+        JSON (the address; the request's members); kept in ``asked``."""
+        bot, _, _, key, agent = asked
         key = key or "-"
         product = self._remembered(self._products, agent, product_of) if agent else "-"
-        cache_text = cache.decode("latin-1")
+        query = redact_query(request)
         if self._json:
-            return orjson.dumps({
-                "bot": bot, "ua": product, "key": key,
-                "method": request.method, "market": request.market,
-                "path": shown_path(request),
-                "query": query, "status": response.status, "bytes": len(response.body),
+            parts = (orjson.dumps(request.client), orjson.dumps({
+                "bot": bot, "ua": product, "key": key, "method": request.method,
+                "market": request.market, "path": shown_path(request),
+                "query": query})[1:-1])
+        else:
+            head = (f"\"{request.method} /{request.market}{shown_path(request)}"
+                    f"{'?' if query else ''}{query}\"")
+            parts = (b"Z %s %s " % (request.client.encode(),
+                                    head.encode("latin-1", "backslashreplace")),
+                     f"key={key} bot={bot} ua={product}\n".encode("latin-1", "backslashreplace"))
+        asked[2] = parts
+        return parts
+
+    def _said(self, response: ProxyResponse) -> tuple:
+        """(the ledger's column, the weight spent, None: the line parts not
+        made yet) of an answer; the last one's remembered."""
+        if response.status < 400:  # the common case: answered
+            where = _SOURCE_AT.get(response.source, _LOCAL_AT)
+        else:
+            where = answered_where(response)
+        said = (where, response.weight if response.source == "upstream" else 0, None)
+        self._last_response, self._last_said = response, said
+        return said
+
+    def _answer_parts(self, response: ProxyResponse) -> tuple[bytes, ...]:
+        """The answer's parts of its line: as text (status and bytes;
+        source, cache status and weight), as JSON (its members). Kept with
+        the last answer."""
+        cache = b"-"
+        for k, v in response.headers:
+            if k == b"x-cache":
+                cache = v
+                break
+        cache_text = cache.decode("latin-1")
+        parts: tuple[bytes, ...]
+        if self._json:
+            parts = (orjson.dumps({
+                "status": response.status, "bytes": len(response.body),
                 "source": response.source, "cache": cache_text,
-                "weight": response.weight, "detail": response.detail})[1:-1]
-        head = (f"\"{request.method} /{request.market}{shown_path(request)}"
-                f"{'?' if query else ''}{query}\" {response.status} {len(response.body)}")
-        tail = (f"source={response.source} cache={cache_text} weight={response.weight} "
-                f"key={key} bot={bot} ua={product}")
-        return (head.encode("latin-1", "backslashreplace"),
-                tail.encode("latin-1", "backslashreplace"))
+                "weight": response.weight, "detail": response.detail})[1:-1],)
+        else:
+            parts = (b"%d %d " % (response.status, len(response.body)),
+                     f"source={response.source} cache={cache_text} weight={response.weight} "
+                     .encode("latin-1", "backslashreplace"))
+        if response is self._last_response:
+            self._last_said = (*self._last_said[:2], parts)
+        return parts
 
 
 OPTIONS = (

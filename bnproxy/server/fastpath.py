@@ -71,10 +71,10 @@ _HEADS_REMEMBERED = 1024
 _HEAD_KEPT_BELOW = 2048  # bytes: a larger head is parsed each time (the memo stays ~2 MB)
 _COPY_BELOW = 8192  # a body this small is joined to its head; a larger one sent beside it
 # serialised_head of answers by (status, headers, source); the last answer
-# written and its head; Content-Length values by body length
+# written, the second of its Date, and its bytes (the head, with the body
+# when small; the large body)
 _ANSWER_HEADS: dict[tuple, tuple[bytes, bytes, bytes]] = {}
-_LAST: list[Any] = [None, None]
-_LENGTHS: dict[int, bytes] = {}
+_LAST: list[Any] = [None, None, b"", b""]
 
 
 class _Head:
@@ -256,6 +256,7 @@ class FastChannel(HardenedChannel):
     _heads: dict[bytes, _Head] | None = None  # safe heads seen, by their bytes
     _direct = False  # a plain TCP transport: sent at once when nothing waits (_send)
     _client: str | None = None  # the client, when the peer alone names it
+    _active: float | None = None  # the last read the fast path took (see timeoutConnection)
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -285,12 +286,27 @@ class FastChannel(HardenedChannel):
                 self._held = b""
                 self.transport.abortConnection()
             return
-        if not (self.fast and self._between_requests()):
+        # between requests (the hardened channel's state, as its own
+        # dataReceived would find it), or the read is the channel's
+        if not self.fast or self._handlingRequest or not self.line_mode or self._failed \
+                or self._buffer or self._receivedHeaderSize or self._tail or self.requests \
+                or not self.persistent:
             return _base_data(self, data)
-        head = self._heads.get(data) if self._heads is not None else None
+        head = self._heads.get(data)  # type: ignore[union-attr]  # set when fast
         if head is not None:  # the common read: one whole head seen before
-            self.resetTimeout()
-            if self._serve(head) and not self.persistent:
+            self._active = now = self.site.reactor.seconds()  # (resetTimeout, lazily)
+            if head.method == b"GET":  # a hit, answered here (_serve, inline)
+                try:
+                    answer = self._forward.answer_fast(head.url, head.pairs, self.peer,
+                                                       self._client, now)
+                except Exception:
+                    return self._fast_failed(head)
+                if answer is not None:
+                    self.fast_served += 1
+                    self.fast_hits += 1
+                    self._write_answer(answer, now)
+                    return None
+            if self._serve(head, False) and not self.persistent:
                 self.transport.loseConnection()
             return None
         heads = []
@@ -306,7 +322,7 @@ class FastChannel(HardenedChannel):
                 return _base_data(self, data)
             heads.append(head)
             start = end + 4
-        self.resetTimeout()
+        self._active = self.site.reactor.seconds()  # (resetTimeout, lazily)
         for i, head in enumerate(heads):
             if not self._serve(head):  # not answered at once: the rest after it
                 rest = heads[i + 1:]
@@ -318,11 +334,6 @@ class FastChannel(HardenedChannel):
             if self._failed or self.transport.disconnecting:
                 return
         return None
-
-    def _between_requests(self) -> bool:
-        return bool(not self._handlingRequest and self.line_mode and not self._failed
-                and not self._buffer and not self._receivedHeaderSize and not self._tail
-                and not self.requests and self.persistent)
 
     def _safe_head(self, raw: bytes) -> _Head | None:
         """The parsed head, or None if anything in it is for twisted.web to judge."""
@@ -371,22 +382,31 @@ class FastChannel(HardenedChannel):
             heads[raw] = head
         return head
 
-    def _date_now(self) -> bytes:
-        now = int(self.site.reactor.seconds())
+    def _fast_failed(self, head: _Head) -> None:
+        """``answer_fast`` raised (it must not): logged, the connection ended."""
+        # the path only: a signed query or a listenKey never reaches the log
+        _log.failure("fast path: answering {path}", path=head.url.split(b"?", 1)[0])
+        self.transport.abortConnection()
+
+    def _date_now(self, now: int | None = None) -> bytes:
+        """The Date value for second ``now`` (default: the clock's)."""
+        if now is None:
+            now = int(self.site.reactor.seconds())
         if now != self._date_second:
             type(self)._date_second = now
             type(self)._date = datetimeToString(now)
         return self._date
 
-    def _serve(self, head: _Head) -> bool:
-        """Answer one safe request; True if it was answered at once."""
+    def _serve(self, head: _Head, offer: bool = True) -> bool:
+        """Answer one safe request; True if it was answered at once.
+        ``offer``: a GET is offered to the middlewares' fast path first
+        (False: it was, and they gave no answer)."""
         forward = self._forward
-        if head.method == b"GET":
+        if offer and head.method == b"GET":
             try:
                 answer = forward.answer_fast(head.url, head.pairs, self.peer, self._client)
             except Exception:
-                _log.failure("fast path: answering {path}", path=head.url.split(b"?", 1)[0])
-                self.transport.abortConnection()
+                self._fast_failed(head)
                 return False
             if answer is not None:  # a hit, answered before the chain
                 self.fast_served += 1
@@ -416,13 +436,14 @@ class FastChannel(HardenedChannel):
         self._networkProducer.pauseProducing()
         return False
 
-    def _write_answer(self, answer: ProxyResponse) -> None:
+    def _write_answer(self, answer: ProxyResponse, now: float | None = None) -> None:
         """Write a GET's answer as twisted.web would (``write_response``):
-        the head pre-serialised per distinct answer head, in one write."""
-        body = answer.body
+        the head pre-serialised per distinct answer head, in one write; the
+        last answer's bytes kept for its second (a hit between updates)."""
+        second = int(self.site.reactor.seconds() if now is None else now)
         last = _LAST
-        if answer is last[0]:  # the same answer as the last one written (a hit between updates)
-            before, middle, after = last[1]
+        if answer is last[0] and second == last[1]:
+            data, more = last[2], last[3]
         else:
             key = (answer.status, answer.headers, answer.source)
             parts = _ANSWER_HEADS.get(key)
@@ -430,18 +451,21 @@ class FastChannel(HardenedChannel):
                 if len(_ANSWER_HEADS) >= _HEADS_REMEMBERED:
                     _ANSWER_HEADS.clear()
                 parts = _ANSWER_HEADS[key] = serialised_head(answer)
-            last[0], last[1] = answer, parts
             before, middle, after = parts
-        size = len(body)
-        length = _LENGTHS.get(size)
-        if length is None:
-            if len(_LENGTHS) >= _HEADS_REMEMBERED:
-                _LENGTHS.clear()
-            length = _LENGTHS[size] = b"%d" % size
-        if size < _COPY_BELOW:
-            self._send(b"".join((before, self._date_now(), middle, length, after, body)))
-        else:  # a large body is not copied behind its head
-            self._send(b"".join((before, self._date_now(), middle, length, after)), body)
+            body = answer.body
+            date = self._date if second == self._date_second else self._date_now(second)
+            length = b"%d" % len(body)
+            if len(body) < _COPY_BELOW:
+                data, more = b"".join((before, date, middle, length, after, body)), b""
+            else:  # a large body is not copied behind its head
+                data, more = b"".join((before, date, middle, length, after)), body
+            last[:] = answer, second, data, more
+        if self._direct:  # (_send, inline)
+            send_now(self.transport, data, more)
+        else:
+            self.transport.write(data)
+            if more:
+                self.transport.write(more)
 
     def _send(self, data: bytes, more: bytes = b"") -> None:
         """``transport.write`` of ``data`` and ``more``, sent at once on a
@@ -453,6 +477,20 @@ class FastChannel(HardenedChannel):
             self.transport.write(data)
             if more:
                 self.transport.write(more)
+
+    def timeoutConnection(self) -> None:
+        """The keep-alive timeout, counted from the last read the fast path
+        took (``_active``: its reads mark the time instead of moving the
+        timer each); re-armed for what is left of it, or the channel's."""
+        active, self._active = self._active, None
+        period = self.timeOut
+        if active is not None and period is not None:
+            left = active + period - self.site.reactor.seconds()
+            if left > 0:
+                self.setTimeout(left)  # (TimeoutMixin's timer has fired: a new one)
+                self.timeOut = period
+                return
+        super().timeoutConnection()
 
     def fast_done(self, request: FastRequest) -> None:
         """A fast answer has been written."""

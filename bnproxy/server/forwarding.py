@@ -104,6 +104,9 @@ _SOURCE = _canonical(SOURCE_HEADER)
 _LENGTH = _canonical(b"content-length")
 _SOURCES: dict[str, bytes] = {}
 _CLEAN: set[bytes] = set()  # short header values known to hold no line break
+_FIELDS = attrs.fields(ProxyRequest)
+_new = object.__new__
+_set = object.__setattr__  # (ProxyRequest is frozen: its own __setattr__ refuses)
 _DATE_MARK = b"\x00date\x00"  # where the Date value goes (no header value holds a NUL)
 _LENGTH_MARK = b"\x00length\x00"  # where the Content-Length value goes
 
@@ -200,8 +203,8 @@ class ForwardingResource(Resource):
         self._trusted = resolve_client.trusted if isinstance(resolve_client, ClientResolver) \
             else None
         self._routes: dict[tuple[bytes, bytes], tuple] = {}
-        # public targets hit before: [method, market, path, endpoint, query, weight]
-        self._prepared: dict[bytes, list] = {}
+        # public targets hit before: a request's fields (``__dict__``), weight included
+        self._prepared: dict[bytes, dict[str, Any]] = {}
 
     def _route(self, method_raw: bytes, raw_path: bytes) -> tuple | ProxyResponse:
         """(method, market, Binance path, endpoint), or the answer to a
@@ -287,49 +290,59 @@ class ForwardingResource(Resource):
         return normalise(getattr(peer, "host", None) or "unix")
 
     def answer_fast(self, uri: bytes, headers: HeaderPairs, peer: Any,
-                    client: str | None = None) -> ProxyResponse | None:
+                    client: str | None = None, now: float | None = None
+                    ) -> ProxyResponse | None:
         """The answer to a bot's plain ``GET`` of origin-form ``uri`` with
         ``headers`` (lower-case names, the ``INTERNAL`` marker dropped) from
-        ``peer`` (``client``: ``client_of_peer(peer)``, if known), when the
+        ``peer`` (``client``: ``client_of_peer(peer)``, if known) at ``now``
+        (the clock's time, if known), when the
         middlewares' fast path gives one (a hit: see ``IFastPathSafe``),
         counted as ``render`` counts an answer; None: the request is for
         ``render`` (the chain), nothing was done."""
         fast = self.fast
         if fast is None:
             return None
-        prepared = self._prepared.get(uri)
-        if prepared is None:
-            raw_path, _, query = uri.partition(b"?")
-            route = self._routes.get((b"GET", raw_path)) or self._route(b"GET", raw_path)
-            if isinstance(route, ProxyResponse):
-                return None
-            prepared = [*route, query, None]
-        method, market, binance_path, endpoint, query, weight = prepared
         trusted = self._trusted
         if client is None or trusted:  # (a proxy trusted since the connection began)
             host = getattr(peer, "host", None) or "unix"
             client = normalise(host) if trusted is not None and not trusted \
                 else self._resolve_client(host, headers)
-        request = ProxyRequest(method, market, binance_path, query, headers, b"", client,
-                               self._clock.seconds(), endpoint)
-        if weight is not None:  # ``request.weight`` as computed before, without its lookup
-            request.__dict__["weight"] = weight
+        prepared = self._prepared.get(uri)
+        if prepared is not None:  # a public target hit before: routed and weighed
+            # The request as ``ProxyRequest(...)`` makes it, with its weight
+            # (a ``cached_property``) known, without its generated __init__.
+            fields = prepared.copy()
+            fields["headers"] = headers
+            fields["client"] = client
+            fields["arrival"] = self._clock.seconds() if now is None else now
+            request = _new(ProxyRequest)
+            _set(request, "__dict__", fields)
+        else:
+            raw_path, _, query = uri.partition(b"?")
+            route = self._routes.get((b"GET", raw_path)) or self._route(b"GET", raw_path)
+            if isinstance(route, ProxyResponse):
+                return None
+            method, market, binance_path, endpoint = route
+            request = ProxyRequest(method, market, binance_path, query, headers, b"", client,
+                                   self._clock.seconds() if now is None else now, endpoint)
         try:
-            answer = fast(request)
+            answer = fast[0](request, fast[1])
         except Exception:
             # the contract says it must not; the chain answers (and logs) instead
-            _log.failure("fast path: answering {path}", path=binance_path)
+            _log.failure("fast path: answering {path}", path=request.path)
             return None
         if answer is None:
             return None
         if self._answered is not None:
             self._answered(request, answer)
-        if weight is None and not is_private(attrs.evolve(request, headers=())):
+        if prepared is None and not is_private(attrs.evolve(request, headers=())):
             # a public target (nothing secret in it), hit: routed and weighed once
             if len(self._prepared) >= ROUTES_REMEMBERED:
                 self._prepared.clear()
-            prepared[5] = request.weight
-            self._prepared[uri] = prepared
+            # (the headers and client are each request's own: none kept)
+            self._prepared[uri] = {**{a.name: getattr(request, a.name) for a in _FIELDS},
+                                   "headers": (), "client": "", "arrival": 0.0,
+                                   "weight": request.weight}
         return answer
 
     def _write(self, request: server.Request, proxy_request: ProxyRequest,
@@ -371,18 +384,22 @@ def _stop(request: ProxyRequest) -> None:
     return None
 
 
-def fast_chain(middlewares: Sequence[object]) -> Callable[[ProxyRequest], Any] | None:
+def fast_chain(middlewares: Sequence[object]) -> tuple[Callable, Callable] | None:
     """The middlewares' ``fast_handle`` composed in chain order (see
-    ``IFastPathSafe``): a callable giving a hit's answer or None. The first
-    middleware that does not declare it ends it (None: the chain's); None
-    when that is the first."""
+    ``IFastPathSafe``): the first one's ``fast_handle`` and the ``next`` it
+    is called with (the rest, composed), giving a hit's answer or None. The
+    first middleware that does not declare it ends it (None: the chain's);
+    None when that is the first."""
     handler: Callable[[ProxyRequest], Any] = _stop
+    first = None
     for middleware in reversed(middlewares):
         if IFastPathSafe.providedBy(middleware):
+            first = (middleware.fast_handle, handler)
             handler = _layer(middleware.fast_handle, handler)
         else:
             handler = _stop
-    return None if handler is _stop else handler
+            first = None
+    return first
 
 
 def _layer(fast_handle: Callable, nxt: Callable) -> Callable[[ProxyRequest], Any]:

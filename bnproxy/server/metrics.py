@@ -85,12 +85,14 @@ class Metrics:
             return
         endpoint = request.endpoint
         market = request.market
-        self.answers[(market, endpoint.path if endpoint is not None else "other",
-                      response.status, response.source)] += 1
-        unanswered = response.status >= 500 or (
-            response.status >= 400 and response.source == "local")
-        asked = self.refused if unanswered else self.asked
-        asked[market] += request.weight
+        status = response.status
+        source = response.source
+        self.answers[(market, "other" if endpoint is None else endpoint.path, status,
+                      source)] += 1
+        if status < 400 or (status < 500 and source != "local"):
+            self.asked[market] += request.weight
+        else:  # refused here, or failed
+            self.refused[market] += request.weight
 
     def watch(self, sources: Callable[[], Sequence[Any]]) -> None:
         """Collect ``collect_metrics()`` of every ``IMetricsSource`` that

@@ -284,7 +284,9 @@ class Streams(MultiService):
                 if len(public) >= 4096:
                     public.clear()
                 public.add(memo)
-        p = self._params(request.query)
+        p = self._parsed.get(request.query)  # (_params, inline, for a query seen before)
+        if p is None:
+            p = self._params(request.query)
         if p is None:
             return None
         if family == KLINES:
