@@ -2,14 +2,16 @@
 as their READMEs show, through bnproxy in front of the fake exchange process
 (issue 18): their public calls carry X-MBX-APIKEY; measured at the fake.
 
-    python bench/keyed_clients.py [--minutes 3] [--proxy-pythonpath OTHER_CHECKOUT]
+    python bench/keyed_clients.py [--minutes 3] [--restart-at 2] [--proxy-pythonpath OTHER_CHECKOUT]
 
 Six bots, one thread each: 2 python-binance ``Client(key, secret)`` on spot,
 2 binance-connector ``Spot(api_key=…, api_secret=…)`` on spot, 2 python-binance
 on USD-M (``futures_*``). Each polls 3 pairs every 5 s: klines (1m, 100),
 the book (``limit=5``) and the 24 h ticker, as a simple trading loop does.
 Reports the weight asked and the weight at the fake per minute, the first
-minute, the steady state, the answers by source, and the proxy's own
+minute, the minute of the proxy's restart (``--restart-at``: SIGTERM, a
+new process, a second into that minute; 0: none), the steady state (the
+other minutes), the answers by source, and the proxy's own
 requests (all, those that answered waiting bots too, and the share of
 upstream sent while no bot waited: see ``freqtrade_fleet``).
 """
@@ -79,6 +81,8 @@ def run_bot(make, url: str, until: float, errors: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--minutes", type=float, default=3.0)
+    parser.add_argument("--restart-at", type=float, default=0.0,
+                        help="minute of the proxy's restart (0: none)")
     parser.add_argument("--proxy-pythonpath")
     args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="keyed-clients-")
@@ -92,45 +96,56 @@ def main() -> None:
     try:
         wait_listening(xport, exchange)
         xurl = f"http://127.0.0.1:{xport}"
-        proxy = Proxy(tmp, pport, xurl, 0, args.proxy_pythonpath)
+        proxies = [Proxy(tmp, pport, xurl, 0, args.proxy_pythonpath)]
         time.sleep(61 - time.time() % 60)  # minute 0 is the cold start's (see freqtrade_fleet)
         start = time.time()
         until = start + args.minutes * 60
         makers = [python_binance_spot, python_binance_spot, connector_spot, connector_spot,
                   python_binance_usdm, python_binance_usdm]
-        threads = [threading.Thread(target=run_bot, args=(m, proxy.url, until, errors))
+        threads = [threading.Thread(target=run_bot, args=(m, proxies[0].url, until, errors))
                    for m in makers]
         for t in threads:
             t.start()
+        restarted_at = None
         while time.time() < until:
             samples.append(sample(xurl))
+            if args.restart_at and restarted_at is None \
+                    and time.time() - start >= args.restart_at * 60:
+                proxies[-1].stop()  # the bots' requests meanwhile fail and are retried
+                restarted_at = time.time()
+                proxies.append(Proxy(tmp, pport, xurl, len(proxies), args.proxy_pythonpath))
             time.sleep(1.0)
         for t in threads:
             t.join(30)
-        proxy.stop()
+        proxies[-1].stop()
     finally:
         exchange.send_signal(signal.SIGTERM)
         exchange.wait(30)
         xlog.close()
     upstream = upstream_by_minute(samples)
-    asked, _, sources = asked_by_minute([proxy.log_path])
+    asked, _, sources, _ = asked_by_minute([p.log_path for p in proxies])
     first = int(start // 60)
+    restart = int(restarted_at // 60) if restarted_at is not None else None
     minutes = [m for m in sorted(set(upstream) | set(asked)) if m - first < int(args.minutes)]
-    steady = [m for m in minutes if m != first]
+    steady = [m for m in minutes if m not in (first, restart)]
     st_asked, st_up = sum(asked[m] for m in steady), sum(upstream[m] for m in steady)
     total_asked, total_up = sum(asked[m] for m in minutes), sum(upstream[m] for m in minutes)
+    own = sum(own_weight_of(p.health) for p in proxies)
+    answering = sum(own_weight_of(p.health, "answering_bots") for p in proxies)
     print(json.dumps({
         "bots": [m.__name__ for m in makers], "minutes": args.minutes,
         "by_minute": [{"minute": m - first, "asked": asked[m], "upstream": upstream[m]}
                       for m in minutes],
         "whole_run_upstream_vs_asked": round(total_up / total_asked, 4) if total_asked else None,
         "first_minute": round(upstream[first] / asked[first], 4) if asked[first] else None,
+        "restart_minute": None if restart is None else restart - first,
+        "minute_of_restart": round(upstream[restart] / asked[restart], 4)
+        if restart is not None and asked[restart] else None,
         "steady_saving": round(1 - st_up / st_asked, 4) if st_asked else None,
-        "own_requests_weight": own_weight_of(proxy.health),
-        "own_requests_answering_bots_weight": own_weight_of(proxy.health, "answering_bots"),
-        "own_only_share_of_upstream": round(
-            (own_weight_of(proxy.health) - own_weight_of(proxy.health, "answering_bots"))
-            / total_up, 4) if total_up else None,
+        "own_requests_weight": own,
+        "own_requests_answering_bots_weight": answering,
+        "own_only_share_of_upstream": round((own - answering) / total_up, 4)
+        if total_up else None,
         "bot_answers_by_source": sources, "bot_errors": errors,
     }, indent=2))
 
