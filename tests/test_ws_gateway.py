@@ -180,6 +180,13 @@ def test_user_data_streams_are_refused_and_paths_not_streams_too(rig):
     assert "404" in refused(rig.reactor, rig.port, "/wsx/btcusdt@trade")
 
 
+def test_a_time_unit_stream_is_refused_not_sent_in_milliseconds(rig):
+    for path in ("/ws/btcusdt@trade?timeUnit=MICROSECOND",
+                 "/stream?streams=btcusdt@trade&timeUnit=microsecond"):
+        assert "[400]" in refused(rig.reactor, rig.port, path)
+    assert not rig.streams.managers["spot"].placed  # nothing subscribed for them
+
+
 def test_the_allowlist_applies_to_the_upgrade():
     rig = GatewayRig()
     try:

@@ -5,6 +5,8 @@ rates, kline stream cadence, default limits and depth snapshot sizing
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from bnproxy.binance.endpoints import Endpoint
 
 # Families of public market data and their REST paths per market.
@@ -103,6 +105,22 @@ def depth_snapshot_limit(endpoint: Endpoint, allowed: tuple[int, ...] | None, la
 # Request headers that change the format of Binance's answer (the time unit
 # of timestamps, SBE instead of JSON): part of a cached answer's key.
 VARYING_HEADERS = (b"x-mbx-time-unit", b"x-mbx-sbe", b"accept")
+_SBE = b"application/sbe"
+
+
+def default_format(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether Binance answers a request with these (lower-case) headers in
+    its default format, JSON with timestamps in milliseconds, the format
+    streams are rebuilt in: no ``X-MBX-TIME-UNIT`` (any value: the proxy
+    does not guess which ones Binance takes for milliseconds), no
+    ``X-MBX-SBE``, no ``Accept`` naming SBE (FACTS.md §2.1)."""
+    for name, value in headers:
+        if name == b"x-mbx-time-unit" or name == b"x-mbx-sbe":
+            return False
+        if name == b"accept" and _SBE in value.lower():
+            return False
+    return True
+
 
 
 # How often Binance's stream servers ping every connection (FACTS.md §6: spot

@@ -156,6 +156,13 @@ def parse_stream_path(path: str, query: str) -> StreamPath | None:
     return None
 
 
+def default_stream_format(query: str) -> bool:
+    """Whether a stream URL's query leaves Binance's frames in their default
+    format: no ``timeUnit`` (spot's ``timeUnit=MICROSECOND``, FACTS.md §6),
+    which streams shared between bots do not carry."""
+    return not any(k.lower() == "timeunit" for k, _ in parse_qsl(query, keep_blank_values=True))
+
+
 # New websocket connections per IP: 300 per 5 minutes (spot; the futures docs
 # state none, the same pace is kept there). Counted per one-minute window: a
 # 5-minute span that does not start on a minute touches 6 windows, so 50 a

@@ -287,6 +287,14 @@ def text_frame(payload: bytes) -> bytes:
     return b"\x81\x7f" + n.to_bytes(8, "big") + payload
 
 
+# A stream URL asking for another time unit (spot ``timeUnit=MICROSECOND``):
+# the shared upstream streams carry milliseconds, and frames are never
+# rewritten, so the bot is told at its handshake rather than sent other
+# bytes than it asked for.
+TIME_UNIT_REFUSED = ("bnproxy: timeUnit is not served through the proxy (its streams are "
+                     "shared, in milliseconds); open this stream at Binance directly")
+
+
 class Cohort:
     """The bots that receive the same streams (``taps``) in the same framing:
     each frame for them is queued once and written to all of them at the
@@ -635,6 +643,8 @@ class GatewayResource:
         # Binance accepts them and sends nothing for them).
         elif len(parsed.streams) > bs.STREAMS_PER_CONNECTION[parsed.market]:
             return self._refuse(request, 400, -1, bs.ILLEGAL_PATH)
+        elif not bs.default_stream_format(query_s):  # frames rebuilt in ms for every bot
+            return self._refuse(request, 400, UNKNOWN, TIME_UNIT_REFUSED)
         peer = getattr(request.getClientAddress(), "host", None) or "unix"
         headers = tuple((k.lower(), v) for k, vs in request.requestHeaders.getAllRawHeaders()
                         for v in vs)

@@ -42,6 +42,7 @@ from bnproxy.binance.marketdata import (
     KLINES,
     PRICE,
     TICKER_24HR,
+    default_format,
     kline_cadence,
     rest_path,
 )
@@ -236,6 +237,8 @@ class Streams(MultiService):
             if request.endpoint is None and is_stream_upgrade(request):
                 return UPGRADE  # the websocket gateway takes the connection
             return next(request)
+        if not default_format(request.headers):  # µs or SBE: Binance's, not rebuilt here
+            return next(request)
         if is_private(request):
             view = self.accepted_keys.public_view(request)
             if view is None:  # private, or a key Binance has not accepted yet
@@ -273,7 +276,7 @@ class Streams(MultiService):
         public = self._public
         memo = (request.headers, request.query)
         if request.body or memo not in public or not request.endpoint.public:
-            if request.header(INTERNAL) is not None:
+            if request.header(INTERNAL) is not None or not default_format(request.headers):
                 return None
             if is_private(request):
                 view = self.accepted_keys.public_view(request)
