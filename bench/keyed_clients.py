@@ -27,7 +27,14 @@ import tempfile
 import threading
 import time
 
-from freqtrade_fleet import Proxy, asked_by_minute, own_weight_of, sample, upstream_by_minute
+from freqtrade_fleet import (
+    Proxy,
+    asked_by_minute,
+    find_section,
+    own_weight_of,
+    sample,
+    upstream_by_minute,
+)
 
 from bnproxy.testing.processes import TWISTD, free_port, wait_listening
 
@@ -146,6 +153,7 @@ def main() -> None:
         "own_requests_answering_bots_weight": answering,
         "own_only_share_of_upstream": round((own - answering) / total_up, 4)
         if total_up else None,
+        "own_weight_by_proxy": [find_section(p.health, "own_weight") for p in proxies],
         "bot_answers_by_source": sources, "bot_errors": errors,
     }, indent=2))
 

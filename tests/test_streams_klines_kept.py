@@ -238,3 +238,28 @@ def test_the_state_dir_holds_the_kept_series_unless_told_otherwise(tmp_path):
     assert streams(["--state-dir", str(tmp_path), "--middleware",
                     "streams:klines_file=none"]).klines_file is None
     assert streams(["--simulated-exchange"]).klines_file is None
+
+
+def test_a_kept_series_vouches_for_its_symbol_after_a_restart(kept):
+    """Its symbol was answered for within the kept file's age: the restarted
+    proxy's book and ticker for it need no exchangeInfo (spot weight 20),
+    as before the restart, when the bots' klines answers vouched for it."""
+    settings = {"klines_file": kept, "symbols_file": "none"}
+    rig = VirtualRig(chain=(("streams", settings),))
+
+    def info_requests():
+        return sum(n for (p, _, _), n in rig.exchange.counters.requests.items()
+                   if p.endswith("/exchangeInfo"))
+    try:
+        seeded(rig)
+        stop(rig)
+        start(rig, settings)
+        rig.sleep(5)
+        for target in ("/api/v3/ticker/24hr?symbol=BTCUSDT", "/api/v3/depth?symbol=BTCUSDT"
+                       "&limit=5", "/fapi/v1/depth?symbol=ETHUSDT&limit=5"):
+            assert rig.ask(target).status == 200
+        rig.sleep(10)
+        assert rig.ask("/api/v3/ticker/24hr?symbol=BTCUSDT").source == "stream"
+        assert info_requests() == 0
+    finally:
+        rig.stop()

@@ -317,6 +317,9 @@ class KlinesResponder:
                 continue
             series = self.series[key] = KlineSeries(key[2], self.tools.markets[key[0]].kline_max)
             series.restore(rows)
+            # Binance answered for it within ``klines_max_age``: listed, as a
+            # kept symbol list of that age would say (no exchangeInfo for it)
+            self.info.confirm(key[0], key[1])
             if self._subscribe(key, "bnproxy"):
                 self._restored.add(key)
                 count += 1
