@@ -98,7 +98,12 @@ class Cache:
     def _keyed(self, request: ProxyRequest) -> tuple[tuple | None, bytes | None]:
         """(``cache_key``, memoised on everything it reads: the raw request
         line parts and the headers that matter (privacy or variation); the
-        first Accept-Encoding value): one pass over the headers."""
+        first Accept-Encoding value): one pass over the headers. An endpoint
+        with no cache class is never cached, whatever else it carries: no key
+        at once, nothing read or remembered."""
+        endpoint = request.endpoint
+        if endpoint is None or endpoint.cache_class is None:
+            return None, None
         accept = None
         marked = []
         for k, v in request.headers:
