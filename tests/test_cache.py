@@ -288,3 +288,12 @@ def test_a_public_endpoint_never_cached_goes_upstream_each_time_marked_and_count
     counts = h.request("GET", "/cache/stats").json()["endpoints"]["/api/v3/time"]
     assert counts["bypassed"] == 4 and counts["hit_ratio"] == 0.0
 
+
+def test_the_bypass_mark_keeps_everything_else_of_the_answer():
+    import attrs
+
+    from bnproxy.chain.messages import ProxyResponse
+    from bnproxy.middleware.cache.middleware import Cache
+    response = ProxyResponse(418, ((b"a", b"1"),), b"{}", "somewhere", "why", 7)
+    marked = Cache._mark(response, b"BYPASS")
+    assert marked == attrs.evolve(response, headers=((b"a", b"1"), (b"x-cache", b"BYPASS")))
