@@ -44,6 +44,11 @@ class Pool:
     limit: int | None  # None: no documented limit; only bans apply
     budget: int | None
     uid_limited: bool = False
+    # the ban scopes that silence it: the pool, and its whole host (a 418)
+    scopes: tuple[str, str] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.scopes = (self.name, HOST + self.host)
 
 
 GRANTED = "granted"  # the weight is reserved: send the request
@@ -93,7 +98,12 @@ class Governor:
         return request.market
 
     def pool(self, request: ProxyRequest) -> Pool:
-        return self._pool(self.pool_of(request), request.market)
+        market = request.market
+        if market != SAPI_MARKET:  # a market's own pool, known from the start
+            pool = self.pools.get(market)
+            if pool is not None:
+                return pool
+        return self._pool(self.pool_of(request), market)
 
     def _pool(self, name: str, market: str) -> Pool:
         pool = self.pools.get(name)
@@ -122,7 +132,7 @@ class Governor:
 
     # -- bans -----------------------------------------------------------------------
     def ban_on(self, pool: Pool, egress: str, now: float) -> Ban | None:
-        return self.state.ban_in_force(egress, (pool.name, HOST + pool.host), now)
+        return self.state.ban_in_force(egress, pool.scopes, now)
 
     def banned_for(self, pool: str, egress: str | None = None) -> float:
         now = self._clock.seconds()
