@@ -188,13 +188,15 @@ class Governor:
                             "queued": len(self._queues.get((e, p.name)) or ())}
         return out
 
-    def admit(self, pool: Pool, egress: str, weight: int) -> Decision | Deferred:
+    def admit(self, pool: Pool, egress: str, weight: int,
+              now: float | None = None) -> Decision | Deferred:
         """GRANTED (the weight reserved: send now), REFUSED (the wait for
         the next minute would be too long), or a Deferred firing with the
         decision once taken: GRANTED, REFUSED after ``max_wait``, or the
         ``Ban`` that silenced the pool meanwhile. The caller checked the ban
-        in force (``route``)."""
-        now = self._clock.seconds()
+        in force (``route``); ``now``: the clock's time, if just read."""
+        if now is None:
+            now = self._clock.seconds()
         key = (egress, pool.name)
         free = pool.budget is None or weight == 0  # nothing to wait for: never queued
         if (free or not self._queues.get(key)) and self.state.reserve(

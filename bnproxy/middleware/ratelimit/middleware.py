@@ -118,7 +118,7 @@ class RateLimit:
         egress, ban = self.governor.route(pool, now)
         if egress != DEFAULT_EGRESS:  # the upstream sends it from that address
             request = attrs.evolve(request, egress=egress)
-        client = self.client_of(request)
+        client = self._clients(client_of(request, self._client_header))  # self.client_of
         if ban is not None:
             return self._decided(ban, request, next, pool, client)
         weight = request.weight
@@ -127,7 +127,7 @@ class RateLimit:
                 and self.state.ledger_window(client, now) + weight > pool.budget * share):
             self.state.ledger_add(client, now, requests=1, rejected=1)
             return self._too_many(pool, now, "this client's share of the budget")
-        decision = self.governor.admit(pool, egress, weight)
+        decision = self.governor.admit(pool, egress, weight, now)
         if type(decision) is str:  # decided now (GRANTED or REFUSED), at ``now``
             return self._decided(decision, request, next, pool, client, now)
         if isinstance(decision, Deferred):  # waits for weight: decided later
