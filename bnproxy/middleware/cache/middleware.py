@@ -138,7 +138,10 @@ class Cache:
                 key, accept = self._keyed(view)
         if key is None:
             self.stats.count("bypassed", endpoint)
-            return then(next(request), self._mark, b"BYPASS")
+            answer = next(request)
+            if type(answer) is Deferred:  # compose.then, inline: a forward's case
+                return answer.addCallback(self._mark, b"BYPASS")
+            return then(answer, self._mark, b"BYPASS")
         hit = self._hit(key, accept, endpoint)
         if hit is not None:
             return hit
