@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import _sslverify, abstract, base, tcp
+from twisted.internet import _sslverify, abstract, base, defer, tcp
 from twisted.protocols import tls
 from twisted.web import client, http
 from twisted.web.http_headers import Headers
@@ -92,6 +92,9 @@ PRIVATE_ATTRIBUTES: tuple[tuple[type, str, str], ...] = (
      "handed to TLS at once when nothing is gathered before it)"),
     (tls._AggregateSmallWrites, "_buffer",
      "upstream/http11.py: the writes gathered (same use)"),
+    (defer.Deferred, "_callbacks",
+     "chain/compose.py: whether a middleware's Deferred answer already ends with a "
+     "middleware's check (passed on as it came: no second check per middleware)"),
     (base.ReactorBase, "_exitSignal",
      "service.py: the signal that stopped the reactor; cleared after a drained SIGTERM "
      "so twistd exits 0 instead of re-raising the signal"),

@@ -270,3 +270,30 @@ def test_an_order_is_not_the_caches_business():
     assert answer.status == 200 and answer.header(b"x-cache") is None
     stats = h.request("GET", "/cache/stats").json()
     assert stats["bypassed"] == 0 and stats["endpoints"] == {}
+
+
+# -- issue 21: the bypass without per-request work -----------------------------------------
+
+def test_a_public_endpoint_never_cached_goes_upstream_each_time_marked_and_counted():
+    h = Harness(counting_upstream(), middleware=chain("cache"))
+    answers = [h.request("GET", "/api/v3/time") for _ in range(3)]
+    keyed = h.request("GET", "/api/v3/time", headers={b"X-MBX-APIKEY": API_KEY})
+    assert [a.header(b"x-cache") for a in [*answers, keyed]] == [b"BYPASS"] * 4
+    assert len({a.body for a in answers}) == 3 and len(h.upstream.seen) == 4
+    assert all(a.header(b"x-bnproxy-source") == b"upstream" for a in answers)
+    assert h.upstream.seen[3].header(b"x-mbx-apikey") == API_KEY  # sent as it came
+    # the key Binance accepted there makes its public requests public (as before)
+    h.request("GET", "/api/v3/depth?symbol=BTCUSDT", headers={b"X-MBX-APIKEY": API_KEY})
+    assert h.upstream.seen[4].header(b"x-mbx-apikey") is None
+    counts = h.request("GET", "/cache/stats").json()["endpoints"]["/api/v3/time"]
+    assert counts["bypassed"] == 4 and counts["hit_ratio"] == 0.0
+
+
+def test_the_bypass_mark_keeps_everything_else_of_the_answer():
+    import attrs
+
+    from bnproxy.chain.messages import ProxyResponse
+    from bnproxy.middleware.cache.middleware import Cache
+    response = ProxyResponse(418, ((b"a", b"1"),), b"{}", "somewhere", "why", 7)
+    marked = Cache._mark(response, b"BYPASS")
+    assert marked == attrs.evolve(response, headers=((b"a", b"1"), (b"x-cache", b"BYPASS")))

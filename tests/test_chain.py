@@ -169,3 +169,53 @@ def test_a_bot_disconnecting_cancels_its_request():
     assert len(agent.calls) == 1
     protocol.connectionLost(Failure(ConnectionDone()))
     assert pending == ["cancelled"]
+
+
+@implementer(IMiddleware)
+class PassesOn:
+    """Gives ``next``'s answer back as it came (as the allowlist does)."""
+
+    plain_next = True
+
+    def __init__(self, name):
+        self.name = name
+
+    def handle(self, req, next):
+        return next(req)
+
+
+def test_an_answer_passed_on_is_checked_once_and_still_fails_named():
+    """Issue 21: a Deferred answer that already ends with an inner
+    middleware's check gets no second one; what each adds is still checked."""
+    from bnproxy.chain.compose import _checked
+    pending = Deferred()
+    handler = compose([PassesOn("a"), PassesOn("b"), FailsLater()], lambda req: pending)
+    answer = handler(request())
+    assert _checked(answer)
+    assert len(answer._callbacks) == 2  # FailsLater's own callback and its one check
+    pending.callback(ProxyResponse(200, (), b"{}", "upstream", ""))
+    response = result_of(answer)
+    assert response.status == 500 and b"later" in response.body
+    outer = Deferred()
+    handler = compose([Tag("outer", []), PassesOn("b")], lambda req: outer)
+    answer = handler(request())
+    assert len(answer._callbacks) == 3  # b's check, outer's callback, outer's check
+    outer.callback(ProxyResponse(200, (), b"{}", "upstream", ""))
+    assert result_of(answer).detail == "outer"
+
+
+@implementer(IMiddleware)
+class JunkLater:
+    name = "junklater"
+    plain_next = True
+
+    def handle(self, req, next):
+        return then(next(req), lambda r: "not a response")
+
+
+def test_a_deferred_answer_that_is_not_a_response_is_a_500_naming_its_middleware():
+    pending = Deferred()
+    answer = compose([PassesOn("a"), JunkLater()], lambda req: pending)(request())
+    pending.callback(ProxyResponse(200, (), b"{}", "upstream", ""))
+    response = result_of(answer)
+    assert response.status == 500 and b"junklater" in response.body

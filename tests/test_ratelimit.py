@@ -211,3 +211,14 @@ def test_bad_settings_are_refused(settings, message):
     from bnproxy.config.reader import ConfigError
     with pytest.raises(ConfigError, match=message):
         Harness(middleware=chain("ratelimit", ratelimit=settings))
+
+
+def test_one_answer_with_the_used_weight_and_two_order_counts():
+    """Issue 21: the answer's headers are read in one pass; each of them still counts."""
+    h = governed(upstream(headers={b"X-MBX-ORDER-COUNT-10S": b"3", b"X-MBX-USED-WEIGHT-1M": b"40",
+                                   b"X-MBX-ORDER-COUNT-1D": b"17"}),
+                 client_header="X-Bnproxy-Client")
+    depth(h, headers={b"X-Bnproxy-Client": b"bot-a"})
+    ratelimit = h.service.health.document()["middleware"]["ratelimit"]
+    assert ratelimit["clients"]["bot-a"]["order_counts"] == {"10S": "3", "1D": "17"}
+    assert ratelimit["pools"]["spot"]["used"] == 40

@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 import pytest
-from twisted.internet import abstract
+from twisted.internet import abstract, defer
 from twisted.internet.testing import StringTransport
 from twisted.protocols import tls
 from twisted.web import http
@@ -63,6 +63,8 @@ def _instance(owner: type) -> object:
     if owner is tls._AggregateSmallWrites:
         from twisted.internet.task import Clock
         return tls._AggregateSmallWrites(lambda data: None, Clock())
+    if owner is defer.Deferred:
+        return defer.Deferred()
     if owner is compat.ChunkedTransferDecoder:
         return compat.ChunkedTransferDecoder(lambda data: None, lambda extra: None)
     return owner

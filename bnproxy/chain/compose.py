@@ -39,8 +39,10 @@ def as_deferred(result: object) -> Deferred:
 def then(answer: Answer, f: Callable[..., ProxyResponse], *args: object) -> Answer:
     """``f(response, *args)`` now for a plain answer, or when a Deferred one
     fires: what a ``plain_next`` middleware uses on what ``next`` returns."""
-    # A ProxyResponse first: isinstance of a Deferred (an ABC, Awaitable)
-    # goes through ABCMeta.__instancecheck__, slow for the common case.
+    # Each by its type first: isinstance of a Deferred (an ABC, Awaitable)
+    # goes through ABCMeta.__instancecheck__, slow for the common cases.
+    if type(answer) is Deferred:
+        return answer.addCallback(f, *args)
     if isinstance(answer, ProxyResponse) or not isinstance(answer, Deferred):
         return f(answer, *args)
     return answer.addCallback(f, *args)
@@ -60,35 +62,56 @@ def _deferring(handler: Handler) -> Callable[[ProxyRequest], Deferred]:
     return call
 
 
+def _check(result: object, name: str, request: ProxyRequest) -> ProxyResponse:
+    if isinstance(result, ProxyResponse):
+        return result
+    return _internal_error(name, request, Failure(TypeError(
+        f"{name}.handle returned {type(result).__name__}, not ProxyResponse")))
+
+
+def _settled(result: object, name: str, request: ProxyRequest) -> ProxyResponse | Failure:
+    """What middleware ``name``'s Deferred answer comes to: a ProxyResponse,
+    or a CancelledError (the bot went away); anything else is a logged 500
+    naming it. One callback for both outcomes (cheaper than a pair)."""
+    if type(result) is ProxyResponse:
+        return result
+    if isinstance(result, Failure):
+        if result.check(CancelledError):
+            return result
+        return _internal_error(name, request, result)
+    return _check(result, name, request)
+
+
+def _checked(answer: Deferred) -> bool:
+    """Whether the last callback on ``answer`` is a middleware's ``_settled``
+    (an inner one's: the answer was passed on with nothing added since), so
+    a second one would change nothing. Reads the Deferred's private
+    ``_callbacks`` (twistedcompat.PRIVATE_ATTRIBUTES)."""
+    callbacks = answer._callbacks
+    return bool(callbacks) and callbacks[-1][0][0] is _settled
+
+
 def _wrap(middleware: IMiddleware, nxt: Handler) -> Handler:
     name = middleware.name
     handle = middleware.handle
     given = nxt if getattr(middleware, "plain_next", False) else _deferring(nxt)
-
-    def check(result: object, request: ProxyRequest) -> ProxyResponse:
-        if isinstance(result, ProxyResponse):
-            return result
-        return _internal_error(name, request, Failure(TypeError(
-            f"{name}.handle returned {type(result).__name__}, not ProxyResponse")))
-
-    def failed(f: Failure, request: ProxyRequest) -> ProxyResponse | Failure:
-        if f.check(CancelledError):
-            return f
-        return _internal_error(name, request, f)
 
     def call(request: ProxyRequest) -> Answer:
         try:
             result = handle(request, given)
         except Exception:
             return _internal_error(name, request, Failure())
-        if isinstance(result, ProxyResponse):
+        kind = type(result)
+        if kind is ProxyResponse:
             return result
+        # (a Deferred by its type first: isinstance of an ABC is slow)
+        if kind is Deferred or isinstance(result, Deferred):
+            if _checked(result):  # passed on as it came (allowlist, streams, …)
+                return result
+            return result.addBoth(_settled, name, request)
         if inspect.iscoroutine(result):
-            result = Deferred.fromCoroutine(result)
-        if isinstance(result, Deferred):
-            return result.addCallbacks(check, failed, callbackArgs=(request,),
-                                       errbackArgs=(request,))
-        return check(result, request)
+            return Deferred.fromCoroutine(result).addBoth(_settled, name, request)
+        return _check(result, name, request)
 
     return call
 

@@ -115,6 +115,8 @@ class BanStore:
 
     def in_force(self, egress: str, scopes: Iterable[str], now: float) -> Ban | None:
         """The ban that ends last among those on ``scopes`` from ``egress``."""
+        if not self._bans:  # none ever (the common case): no lookups per request
+            return None
         found = None
         for scope in scopes:
             ban = self._bans.get((egress, scope))

@@ -44,6 +44,11 @@ class Pool:
     limit: int | None  # None: no documented limit; only bans apply
     budget: int | None
     uid_limited: bool = False
+    # the ban scopes that silence it: the pool, and its whole host (a 418)
+    scopes: tuple[str, str] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.scopes = (self.name, HOST + self.host)
 
 
 GRANTED = "granted"  # the weight is reserved: send the request
@@ -93,7 +98,12 @@ class Governor:
         return request.market
 
     def pool(self, request: ProxyRequest) -> Pool:
-        return self._pool(self.pool_of(request), request.market)
+        market = request.market
+        if market != SAPI_MARKET:  # a market's own pool, known from the start
+            pool = self.pools.get(market)
+            if pool is not None:
+                return pool
+        return self._pool(self.pool_of(request), market)
 
     def _pool(self, name: str, market: str) -> Pool:
         pool = self.pools.get(name)
@@ -122,7 +132,7 @@ class Governor:
 
     # -- bans -----------------------------------------------------------------------
     def ban_on(self, pool: Pool, egress: str, now: float) -> Ban | None:
-        return self.state.ban_in_force(egress, (pool.name, HOST + pool.host), now)
+        return self.state.ban_in_force(egress, pool.scopes, now)
 
     def banned_for(self, pool: str, egress: str | None = None) -> float:
         now = self._clock.seconds()
@@ -178,13 +188,15 @@ class Governor:
                             "queued": len(self._queues.get((e, p.name)) or ())}
         return out
 
-    def admit(self, pool: Pool, egress: str, weight: int) -> Decision | Deferred:
+    def admit(self, pool: Pool, egress: str, weight: int,
+              now: float | None = None) -> Decision | Deferred:
         """GRANTED (the weight reserved: send now), REFUSED (the wait for
         the next minute would be too long), or a Deferred firing with the
         decision once taken: GRANTED, REFUSED after ``max_wait``, or the
         ``Ban`` that silenced the pool meanwhile. The caller checked the ban
-        in force (``route``)."""
-        now = self._clock.seconds()
+        in force (``route``); ``now``: the clock's time, if just read."""
+        if now is None:
+            now = self._clock.seconds()
         key = (egress, pool.name)
         free = pool.budget is None or weight == 0  # nothing to wait for: never queued
         if (free or not self._queues.get(key)) and self.state.reserve(

@@ -118,7 +118,7 @@ class RateLimit:
         egress, ban = self.governor.route(pool, now)
         if egress != DEFAULT_EGRESS:  # the upstream sends it from that address
             request = attrs.evolve(request, egress=egress)
-        client = self.client_of(request)
+        client = self._clients(client_of(request, self._client_header))  # self.client_of
         if ban is not None:
             return self._decided(ban, request, next, pool, client)
         weight = request.weight
@@ -127,16 +127,19 @@ class RateLimit:
                 and self.state.ledger_window(client, now) + weight > pool.budget * share):
             self.state.ledger_add(client, now, requests=1, rejected=1)
             return self._too_many(pool, now, "this client's share of the budget")
-        decision = self.governor.admit(pool, egress, weight)
+        decision = self.governor.admit(pool, egress, weight, now)
+        if type(decision) is str:  # decided now (GRANTED or REFUSED), at ``now``
+            return self._decided(decision, request, next, pool, client, now)
         if isinstance(decision, Deferred):  # waits for weight: decided later
             return decision.addCallback(self._decided, request, next, pool, client)
         return self._decided(decision, request, next, pool, client)
 
     def _decided(self, decision: Decision, request: ProxyRequest, next: Callable, pool: Pool,
-                 client: str) -> Any:
-        now = self._clock.seconds()
+                 client: str, now: float | None = None) -> Any:
+        if now is None:
+            now = self._clock.seconds()
         if decision == GRANTED:
-            self.state.ledger_add(client, now, weight=request.weight, requests=1)
+            self.state.ledger_add(client, now, request.weight, 1)
             return then(next(request), self._observe, pool, request.egress or DEFAULT_EGRESS,
                         client)
         self.state.ledger_add(client, now, requests=1, rejected=1)
@@ -149,24 +152,38 @@ class RateLimit:
         if response.source != "upstream":
             return response
         now = self._clock.seconds()
+        used = None
         if pool.name.startswith(SAPI):
             used = response.header(SAPI_IP_WEIGHT_HEADER)
             uid = response.header(SAPI_UID_WEIGHT_HEADER)
             if used is None and uid is not None:
                 self.governor.uid_limited(pool)
                 used = uid
-        else:
-            used = response.header(USED_WEIGHT_HEADER)
+            counts: dict[str, str] | None = self._order_counts(response)
+        else:  # one pass for the used weight and the order counts
+            counts = None
+            for k, v in response.headers:
+                if k == USED_WEIGHT_HEADER:
+                    if used is None:
+                        used = v
+                elif k.startswith(ORDER_COUNT_PREFIX):
+                    if counts is None:
+                        counts = {}
+                    counts[k[_ORDER_COUNT_AT:].decode("latin-1").upper()] = v.decode("latin-1")
         if used is not None and used.isdigit():
             self.state.reconcile(egress, pool.name, int(used), now)
-        counts = {k[len(ORDER_COUNT_PREFIX):].decode("latin-1").upper(): v.decode("latin-1")
-                  for k, v in response.headers if k.startswith(ORDER_COUNT_PREFIX)}
         if counts:
             self.state.ledger_add(client, now, order_counts=counts)
         if response.status == IP_BANNED or (response.status == RATE_LIMITED
                                              and not _order_count_limit(response)):
             self._start_ban(pool, egress, response, now)
         return response
+
+    @staticmethod
+    def _order_counts(response: ProxyResponse) -> dict[str, str]:
+        """The ``X-MBX-ORDER-COUNT-*`` headers, by interval (``10S``, ``1D``)."""
+        return {k[_ORDER_COUNT_AT:].decode("latin-1").upper(): v.decode("latin-1")
+                for k, v in response.headers if k.startswith(ORDER_COUNT_PREFIX)}
 
     def _start_ban(self, pool: Pool, egress: str, response: ProxyResponse, now: float) -> None:
         status = response.status
@@ -307,6 +324,7 @@ OPTIONS = (
 )
 
 
+_ORDER_COUNT_AT = len(ORDER_COUNT_PREFIX)
 LEDGER_CLIENTS = 1024  # names kept in the ledger; /metrics and /health show fewer
 
 

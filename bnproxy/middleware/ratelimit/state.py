@@ -80,7 +80,7 @@ class LocalState:
         self._use: dict[tuple[str, str], list[int]] = {}  # -> [window, used]
 
     def _counter(self, egress: str, pool: str, now: float) -> list[int]:
-        window = window_of(now)
+        window = int(now // WEIGHT_WINDOW)  # window_of(now), inline: every request
         counter = self._use.get((egress, pool))
         if counter is None:
             counter = self._use[(egress, pool)] = [window, 0]
