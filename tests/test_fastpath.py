@@ -245,6 +245,41 @@ def test_a_client_sending_ahead_while_its_answer_waits_is_bounded():
     assert protocol._held == b""  # nothing kept
 
 
+def test_a_forward_on_its_way_is_not_idle_and_sending_ahead_pauses_reading():
+    """While a forward waits for its upstream the connection is not idle (no
+    keep-alive timeout) and reading goes on; a request sent meanwhile pauses
+    reading until the answer is written, then is answered; the idle timeout
+    counts from that answer."""
+    from bnproxy.config.model import ServerLimits
+    from bnproxy.testing.harness import FakeResponse, controlled_agent
+
+    agent = controlled_agent()
+    h = Harness(agent=agent, server=ServerLimits(keepalive_timeout=2))  # below the deadline
+    protocol = h.service.site.buildProtocol(PEER)
+    transport = StringTransport(peerAddress=PEER)
+    protocol.makeConnection(transport)
+    protocol.dataReceived(get(b"/api/v3/time"))
+    assert len(agent.pending) == 1 and transport.producerState == "producing"
+    h.clock.advance(5)  # the answer is late: not an idle connection
+    assert not transport.disconnecting
+    protocol.dataReceived(get(b"/api/v3/time?x=1"))  # sent ahead
+    assert transport.producerState == "paused" and len(agent.pending) == 1
+    agent.answer_all(lambda m, u: FakeResponse(200, {b"content-type": b"application/json"},
+                                               b'{"serverTime":1}'))
+    h.flush()
+    assert transport.producerState == "producing"
+    assert len(agent.pending) == 1  # the request sent ahead, forwarded now
+    agent.answer_all(lambda m, u: FakeResponse(200, {b"content-type": b"application/json"},
+                                               b'{"serverTime":2}'))
+    h.flush()
+    assert transport.value().count(b"HTTP/1.1 200 OK") == 2
+    h.clock.advance(protocol.timeOut - 1)
+    assert not transport.disconnecting
+    h.clock.advance(2)  # idle since the last answer
+    assert transport.disconnecting
+    protocol.connectionLost(Failure(ConnectionDone()))
+
+
 BASES = [get(b"/api/v3/depth?symbol=BTCUSDT&limit=5", b"User-Agent: ccxt", b"Accept: */*"),
          get(b"/api/v3/time", b"X-MBX-APIKEY: " + API_KEY, method=b"HEAD"),
          get(b"/fapi/v1/klines?symbol=BTCUSDT&interval=1m", b"Connection: keep-alive")]

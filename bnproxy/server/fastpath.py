@@ -248,8 +248,8 @@ class FastChannel(HardenedChannel):
     peer: Any = None
     _forward: Any = None
     _pending: FastRequest | None = None
-    _paused = False
-    _saved_timeout: Any = None
+    _answering = False  # an answer on its way (forwarded): the connection is not idle
+    _paused = False  # reading paused: the client sent more while an answer was on its way
     _held: bytes = b""
     _date_second = -1
     _date = b""
@@ -285,6 +285,9 @@ class FastChannel(HardenedChannel):
                           peer=self.peer)
                 self._held = b""
                 self.transport.abortConnection()
+            elif not self._paused:  # as twisted.web does: no more reading meanwhile
+                self._paused = True
+                self._networkProducer.pauseProducing()
             return
         # between requests (the hardened channel's state, as its own
         # dataReceived would find it), or the read is the channel's
@@ -306,7 +309,8 @@ class FastChannel(HardenedChannel):
                     self.fast_hits += 1
                     self._write_answer(answer, now)
                     return None
-            if self._serve(head, False) and not self.persistent:
+            prepared = self._forward.unanswered if head.method == b"GET" else None
+            if self._serve(head, False, prepared) and not self.persistent:
                 self.transport.loseConnection()
             return None
         heads = []
@@ -397,10 +401,11 @@ class FastChannel(HardenedChannel):
             type(self)._date = datetimeToString(now)
         return self._date
 
-    def _serve(self, head: _Head, offer: bool = True) -> bool:
+    def _serve(self, head: _Head, offer: bool = True, prepared: Any = None) -> bool:
         """Answer one safe request; True if it was answered at once.
         ``offer``: a GET is offered to the middlewares' fast path first
-        (False: it was, and they gave no answer)."""
+        (False: it was, and they gave no answer; ``prepared``: the
+        ``ProxyRequest`` made for it then, if any, given to the chain)."""
         forward = self._forward
         if offer and head.method == b"GET":
             try:
@@ -413,6 +418,7 @@ class FastChannel(HardenedChannel):
                 self.fast_hits += 1
                 self._write_answer(answer)
                 return True
+            prepared = forward.unanswered
         # by_name copied: the forwarding resource's request may be changed
         request = FastRequest(self, head.method, head.url,
                               {k: list(vs) for k, vs in head.by_name.items()},
@@ -420,7 +426,10 @@ class FastChannel(HardenedChannel):
         self._pending = request
         self.fast_served += 1
         try:
-            forward.render(request)
+            if prepared is None:
+                forward.render(request)
+            else:  # routed, its client named and its ProxyRequest made: not again
+                forward.render_request(request, prepared)
         except Exception:
             # the path only: a signed query or a listenKey never reaches the log
             _log.failure("fast path: answering {path}", path=head.url.split(b"?", 1)[0])
@@ -430,10 +439,12 @@ class FastChannel(HardenedChannel):
         if request.finished:
             self._pending = None
             return True
-        # As twisted.web does while a request is answered: no reading, no idle timeout.
-        self._saved_timeout = self.setTimeout(None)
-        self._paused = True
-        self._networkProducer.pauseProducing()
+        # As twisted.web does while a request is answered: no idle timeout
+        # (``timeoutConnection`` waits), no reading. Reading is paused only
+        # if the client sends more meanwhile (``dataReceived``): most
+        # connections never do, and pausing and resuming cost two
+        # ``epoll_ctl`` and the reactor's bookkeeping per forwarded request.
+        self._answering = True
         return False
 
     def _write_answer(self, answer: ProxyResponse, now: float | None = None) -> None:
@@ -482,8 +493,12 @@ class FastChannel(HardenedChannel):
         """The keep-alive timeout, counted from the last read the fast path
         took (``_active``: its reads mark the time instead of moving the
         timer each); re-armed for what is left of it, or the channel's."""
-        active, self._active = self._active, None
         period = self.timeOut
+        if self._answering and period is not None:  # an answer on its way: not idle
+            self._active = None
+            self.setTimeout(period)
+            return
+        active, self._active = self._active, None
         if active is not None and period is not None:
             left = active + period - self.site.reactor.seconds()
             if left > 0:
@@ -497,12 +512,14 @@ class FastChannel(HardenedChannel):
         if self._pending is not request:
             return
         self._pending = None
-        if not self._paused:
+        if not self._answering:
             return  # answered at once, inside dataReceived
-        self._paused = False
-        self.setTimeout(self._saved_timeout)
-        if not self._waitingForTransport:
-            self._networkProducer.resumeProducing()
+        self._answering = False
+        self._active = self.site.reactor.seconds()  # idle from now (timeoutConnection)
+        if self._paused:
+            self._paused = False
+            if not self._waitingForTransport:
+                self._networkProducer.resumeProducing()
         if not self.persistent:
             self.transport.loseConnection()
             return

@@ -187,6 +187,8 @@ class ForwardingResource(Resource):
         super().__init__()
         # hits answered before the chain (``answer_fast``); None: never
         self.fast = fast_chain(middlewares)
+        # the ProxyRequest answer_fast made for a request it left to the chain
+        self.unanswered: ProxyRequest | None = None
         self.inflight = 0
         self._idle_waiters: list[Deferred] = []
         self._answered = answered
@@ -265,6 +267,13 @@ class ForwardingResource(Resource):
             else self._resolve_client(peer, headers)
         proxy_request = ProxyRequest(method, market, binance_path, query, headers,
                                      content.read(), client, self._clock.seconds(), endpoint)
+        return self.render_request(request, proxy_request)
+
+    def render_request(self, request: Any, proxy_request: ProxyRequest) -> Any:
+        """``render`` of ``request`` once its ``ProxyRequest`` is made (by
+        ``render``, or by ``answer_fast`` for a request the middlewares'
+        fast path left to the chain: ``unanswered``)."""
+        request.defaultContentType = None
         answer = self._handler(proxy_request)
         if isinstance(answer, ProxyResponse):  # answered at once: no Deferred made
             try:
@@ -272,12 +281,12 @@ class ForwardingResource(Resource):
                     self._answered(proxy_request, answer)
                 write_response(request, answer)
             except Exception:
-                self._failed(Failure(), request, binance_path)
+                self._failed(Failure(), request, proxy_request.path)
             return server.NOT_DONE_YET
         self.inflight += 1
         request.notifyFinish().addErrback(lambda _: answer.cancel())
         answer.addCallback(self._written, request, proxy_request)
-        answer.addErrback(self._failed, request, binance_path)
+        answer.addErrback(self._failed, request, proxy_request.path)
         answer.addBoth(self._settled)
         return server.NOT_DONE_YET
 
@@ -298,7 +307,9 @@ class ForwardingResource(Resource):
         (the clock's time, if known), when the
         middlewares' fast path gives one (a hit: see ``IFastPathSafe``),
         counted as ``render`` counts an answer; None: the request is for
-        ``render`` (the chain), nothing was done."""
+        ``render`` (the chain), nothing was done; the ``ProxyRequest`` made
+        for it, if any, is left in ``unanswered`` for ``render_request``."""
+        self.unanswered = None
         fast = self.fast
         if fast is None:
             return None
@@ -332,6 +343,7 @@ class ForwardingResource(Resource):
             _log.failure("fast path: answering {path}", path=request.path)
             return None
         if answer is None:
+            self.unanswered = request
             return None
         if self._answered is not None:
             self._answered(request, answer)
