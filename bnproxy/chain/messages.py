@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from functools import cached_property
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar, overload
 from urllib.parse import parse_qsl
 
 import attrs
@@ -41,12 +42,42 @@ def _first_header(self: ProxyRequest | ProxyResponse, name: bytes) -> bytes | No
     return None
 
 
+_T = TypeVar("_T")
+
+
+class Once(Generic[_T]):
+    """``functools.cached_property`` without the lock Python 3.11 takes on
+    every first read (removed in 3.12): computed on the first read and
+    stored in the instance's ``__dict__``, which later reads find first
+    (a non-data descriptor). Values are pure functions of a frozen
+    message, so two threads computing one at once would store the same."""
+
+    def __init__(self, func: Callable[[Any], _T]) -> None:
+        self.func = func
+        self.name = func.__name__
+        self.__doc__ = func.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, instance: None, owner: type | None = None) -> Once[_T]: ...
+    @overload
+    def __get__(self, instance: object, owner: type | None = None) -> _T: ...
+
+    def __get__(self, instance: object | None, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        value = instance.__dict__[self.name] = self.func(instance)
+        return value
+
+
 # Weights by (id(endpoint), raw query), the endpoint kept to check identity.
 _WEIGHTS: dict[tuple[int, bytes], tuple[Endpoint, int]] = {}
 _WEIGHTS_REMEMBERED = 4096
 
 
-# Not slotted: ``cached_property`` on a slotted attrs class gives the class a
+# Not slotted: a cached property (``Once``) on a slotted attrs class gives the class a
 # ``__getattr__``, which turns every attribute read on the hot path into a
 # slow generic lookup (CPython's ``slot_tp_getattr_hook``, no specialisation).
 @attrs.frozen(slots=False)
@@ -75,19 +106,19 @@ class ProxyRequest:
 
     header = _first_header
 
-    @cached_property
+    @Once
     def param_list(self) -> tuple[tuple[str, str], ...]:
         """All query parameters in order, percent-decoded."""
         return tuple(parse_qsl(self.query.decode("latin-1"), keep_blank_values=True))
 
-    @cached_property
+    @Once
     def params(self) -> dict[str, str]:
         out: dict[str, str] = {}
         for k, v in self.param_list:
             out.setdefault(k, v)
         return out
 
-    @cached_property
+    @Once
     def weight(self) -> int:
         """The request weight Binance charges for it (the endpoint's rule on
         its parameters; 1 for a path Binance does not document), computed

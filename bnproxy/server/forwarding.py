@@ -321,7 +321,7 @@ class ForwardingResource(Resource):
         prepared = self._prepared.get(uri)
         if prepared is not None:  # a public target hit before: routed and weighed
             # The request as ``ProxyRequest(...)`` makes it, with its weight
-            # (a ``cached_property``) known, without its generated __init__.
+            # (``Once``: a cached property) known, without its generated __init__.
             fields = prepared.copy()
             fields["headers"] = headers
             fields["client"] = client
