@@ -351,8 +351,10 @@ def test_websocket_bots_and_their_streams_are_shown_live(page, stack):
         assert names.startswith("btcusdt@trade, btcusdt@aggTrade") and names.endswith("+2 more")
         assert name in get_json(stack["proxy"] + "/dashboard/state")["websocket"]["bots"][0][
             "client"]
-        spot = page.wait_for_selector('#ws-upstream tr[data-market="spot"]')
-        assert spot.query_selector_all("td")[2].inner_text() == "1"  # one upstream connection
+        page.wait_for_selector('#ws-upstream tr[data-market="spot"]')
+        # one upstream connection, once it is open (the row shows as it is opened)
+        wait_until(page, "document.querySelector('#ws-upstream tr[data-market=\"spot\"]')"
+                         ".querySelectorAll('td')[2].textContent.trim() === '1'")
         wait_until(page, "Number(document.querySelector("
                          "'#ws-figures dd[data-key=\"frames to bots (since start)\"]')"
                          ".textContent) > 0")
