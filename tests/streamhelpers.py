@@ -81,26 +81,47 @@ class VirtualRig:
             i for i in default_instruments() if i.symbol in RIG_SYMBOLS])
         self.running = start_exchange(self.reactor, **exchange_options)
         self.exchange = self.running.exchange
+        self._agent = None
+        self.start_proxy(chain)
+
+    def start_proxy(self, chain) -> None:
+        """A new proxy with middleware ``chain`` (nothing held but its files)
+        on the rig's exchange and clock."""
         config = ProxyConfig(
             listen=(), upstreams={m: self.running.rest(m) for m in MARKETS},
             stream_upstreams={m: self.running.stream(m) for m in MARKETS},
             middleware=tuple(chain), state_dir=state_dir())
         self.service = ProxyService(self.reactor, config)
         self.service.startService()
-        self._agent = None
+
+    def stop_proxy(self) -> None:
+        """Stop the proxy (as on SIGTERM), the exchange running on."""
+        self.reactor.run_until(defer.ensureDeferred(self.service.stopService()), 30)
 
     @property
     def streams(self):
         return self.service.middlewares[0]
 
-    def ask(self, target: str, headers=()):
-        """The proxy's answer (a ProxyResponse) to a bot's GET."""
+    def request(self, target: str, headers=(), client: str = "127.0.0.1") -> ProxyRequest:
+        """A bot's GET of ``target`` as the proxy's chain gets it."""
         path, query = split_target(target.encode())
         market, binance_path = resolve_market(path.decode())
-        request = ProxyRequest("GET", market, binance_path, query, tuple(headers), b"",
-                               "127.0.0.1", self.reactor.seconds(),
-                               self.service.endpoints.lookup(market, "GET", binance_path))
-        return self.reactor.run_until(as_deferred(self.service.handler(request)), 30)
+        return ProxyRequest("GET", market, binance_path, query, tuple(headers), b"", client,
+                            self.reactor.seconds(),
+                            self.service.endpoints.lookup(market, "GET", binance_path))
+
+    def ask(self, target: str, headers=()):
+        """The proxy's answer (a ProxyResponse) to a bot's GET."""
+        return self.reactor.run_until(
+            as_deferred(self.service.handler(self.request(target, headers))), 30)
+
+    def ask_together(self, targets, each_its_own_bot: bool = False) -> list:
+        """Every target asked at the same moment (by a bot of its own each,
+        if told); their answers."""
+        answers = [as_deferred(self.service.handler(self.request(
+            target, client=f"10.0.0.{i}" if each_its_own_bot else "127.0.0.1")))
+            for i, target in enumerate(targets)]
+        return self.reactor.run_until(defer.gatherResults(answers), 30)
 
     def rest(self, market: str, target: str) -> bytes:
         """What the fake exchange's REST answers (over in-memory HTTP)."""

@@ -6,11 +6,6 @@ import json
 
 import pytest
 from streamhelpers import VirtualRig
-from twisted.internet.defer import gatherResults
-
-from bnproxy.chain.compose import as_deferred
-from bnproxy.chain.messages import ProxyRequest
-from bnproxy.server.forwarding import resolve_market, split_target
 
 
 @pytest.fixture
@@ -18,19 +13,6 @@ def rig():
     made = VirtualRig()
     yield made
     made.stop()
-
-
-def ask_together(rig, targets):
-    """Every target asked at the same moment; their answers."""
-    answers = []
-    for target in targets:
-        path, query = split_target(target.encode())
-        market, binance_path = resolve_market(path.decode())
-        request = ProxyRequest("GET", market, binance_path, query, (), b"", "127.0.0.1",
-                               rig.reactor.seconds(),
-                               rig.service.endpoints.lookup(market, "GET", binance_path))
-        answers.append(as_deferred(rig.service.handler(request)))
-    return rig.reactor.run_until(gatherResults(answers), 30)
 
 
 def upstream(rig, path):
@@ -41,7 +23,7 @@ def upstream(rig, path):
 def test_first_requests_of_limits_5_20_100_cost_one_upstream_request(rig, market, base):
     rig.ask(f"{base}/exchangeInfo")  # the symbols are known, as once a bot started
     targets = [f"{base}/depth?symbol=ETHUSDT&limit={n}" for n in (5, 20, 100)]
-    answers = ask_together(rig, targets)
+    answers = rig.ask_together(targets)
     assert [a.status for a in answers] == [200, 200, 200]
     assert upstream(rig, f"{base}/depth") == 1
     for answer, n in zip(answers, (5, 20, 100)):
@@ -57,7 +39,7 @@ def test_answers_from_the_first_snapshot_are_what_binance_answers(rig):
     rig.ask("/api/v3/exchangeInfo")
     rig.exchange.pause()  # no stream event: the snapshot goes after its wait, not before
     targets = [f"/api/v3/depth?symbol=BTCUSDT&limit={n}" for n in (5, 20, 100)]
-    answers = ask_together(rig, targets)
+    answers = rig.ask_together(targets)
     assert upstream(rig, "/api/v3/depth") == 1
     for answer, target in zip(answers, targets):
         assert answer.body == rig.rest("spot", target)
@@ -67,7 +49,7 @@ def test_answers_from_the_first_snapshot_are_what_binance_answers(rig):
 
 def test_a_request_the_snapshot_cannot_cover_goes_on(rig):
     rig.ask("/api/v3/exchangeInfo")
-    answers = ask_together(rig, ["/api/v3/depth?symbol=BTCUSDT&limit=5",
+    answers = rig.ask_together(["/api/v3/depth?symbol=BTCUSDT&limit=5",
                                  "/api/v3/depth?symbol=BTCUSDT&limit=5000"])
     assert [a.status for a in answers] == [200, 200]
     assert answers[1].source == "upstream"
@@ -78,7 +60,7 @@ def test_a_failing_snapshot_lets_the_waiting_requests_go_on(rig):
     rig.ask("/api/v3/exchangeInfo")
     faults = rig.exchange.faults
     faults.error_status, faults.error_rate, faults.path_prefix = 503, 1.0, "/api/v3/depth"
-    answers = ask_together(rig, ["/api/v3/depth?symbol=BTCUSDT&limit=5",
+    answers = rig.ask_together(["/api/v3/depth?symbol=BTCUSDT&limit=5",
                                  "/api/v3/depth?symbol=BTCUSDT&limit=20"])
     assert [a.status for a in answers] == [503, 503]  # Binance's own answer, each
     faults.error_rate = 0.0
@@ -87,7 +69,7 @@ def test_a_failing_snapshot_lets_the_waiting_requests_go_on(rig):
 def test_a_series_seeded_by_several_bots_at_once_costs_one_request(rig):
     rig.ask("/api/v3/exchangeInfo")
     targets = [f"/api/v3/klines?symbol=ETHUSDT&interval=1m&limit={n}" for n in (1000, 500, 100)]
-    answers = ask_together(rig, targets)
+    answers = rig.ask_together(targets)
     assert [a.status for a in answers] == [200, 200, 200]
     assert upstream(rig, "/api/v3/klines") == 1
     assert [len(json.loads(a.body)) for a in answers] == [1000, 500, 100]
@@ -97,7 +79,7 @@ def test_a_series_seeded_by_several_bots_at_once_costs_one_request(rig):
 
 def test_a_request_the_seed_cannot_cover_goes_on(rig):
     rig.ask("/api/v3/exchangeInfo")
-    answers = ask_together(rig, ["/api/v3/klines?symbol=ETHUSDT&interval=1m&limit=100",
+    answers = rig.ask_together(["/api/v3/klines?symbol=ETHUSDT&interval=1m&limit=100",
                                  "/api/v3/klines?symbol=ETHUSDT&interval=1m&limit=1000"])
     assert [len(json.loads(a.body)) for a in answers] == [100, 1000]
     assert upstream(rig, "/api/v3/klines") == 2
@@ -105,7 +87,7 @@ def test_a_request_the_seed_cannot_cover_goes_on(rig):
 
 def test_a_snapshot_that_answered_waiting_bots_is_counted_as_theirs_not_own(rig):
     rig.ask("/api/v3/exchangeInfo")
-    ask_together(rig, ["/api/v3/depth?symbol=ETHUSDT&limit=5",
+    rig.ask_together(["/api/v3/depth?symbol=ETHUSDT&limit=5",
                        "/api/v3/depth?symbol=ETHUSDT&limit=20"])
     rig.until(lambda: rig.streams.books[("spot", "ETHUSDT")].state == "live", 30)
     own = rig.streams.health()["own_weight"]

@@ -9,13 +9,8 @@ restarted proxy's answers are byte for byte the exchange's. Virtual time."""
 import json
 
 import pytest
-from helpers import state_dir
-from streamhelpers import MARKETS, VirtualRig
-from twisted.internet import defer
+from streamhelpers import VirtualRig
 from twisted.logger import globalLogPublisher
-
-from bnproxy.config.model import ProxyConfig
-from bnproxy.service import ProxyService
 
 SPOT = "/api/v3/klines?symbol=BTCUSDT&interval=1m&limit=100"
 USDM = "/fapi/v1/klines?symbol=ETHUSDT&interval=1m&limit=499"
@@ -24,20 +19,6 @@ USDM = "/fapi/v1/klines?symbol=ETHUSDT&interval=1m&limit=499"
 @pytest.fixture
 def kept(tmp_path):
     return str(tmp_path / "bnproxy-klines.json")
-
-
-def stop(rig):
-    rig.reactor.run_until(defer.ensureDeferred(rig.service.stopService()), 30)
-
-
-def start(rig, settings):
-    """A new proxy (nothing held but its files) on the same exchange and clock."""
-    config = ProxyConfig(
-        listen=(), upstreams={m: rig.running.rest(m) for m in MARKETS},
-        stream_upstreams={m: rig.running.stream(m) for m in MARKETS},
-        middleware=(("streams", settings),), state_dir=state_dir())
-    rig.service = ProxyService(rig.reactor, config)
-    rig.service.startService()
 
 
 def klines_requests(rig):
@@ -78,11 +59,11 @@ def test_a_quick_restart_keeps_the_series_and_costs_no_klines_request(kept):
     try:
         seeded(rig)
         before = klines_requests(rig)
-        stop(rig)
+        rig.stop_proxy()
         saved = json.loads(open(kept).read())
         assert {(s["market"], s["symbol"]) for s in saved["series"]} == {
             ("spot", "BTCUSDT"), ("usdm", "ETHUSDT")}
-        start(rig, {"klines_file": kept})
+        rig.start_proxy((("streams", {"klines_file": kept}),))
         assert {k[:2] for k in rig.streams.klines.series} == {("spot", "BTCUSDT"),
                                                                ("usdm", "ETHUSDT")}
         rig.sleep(5)
@@ -101,9 +82,9 @@ def test_candles_closed_while_down_are_topped_up_by_one_small_page(kept):
     try:
         seeded(rig)
         before = klines_requests(rig)
-        stop(rig)
+        rig.stop_proxy()
         rig.sleep(150)  # two or three candles close with no proxy running
-        start(rig, {"klines_file": kept})
+        rig.start_proxy((("streams", {"klines_file": kept}),))
         rig.sleep(5)
         for target in (SPOT, USDM):
             same_as_exchange(rig, target)
@@ -121,10 +102,10 @@ def test_a_request_during_the_top_up_waits_for_it(kept):
     try:
         seeded(rig)
         before = klines_requests(rig)
-        stop(rig)
+        rig.stop_proxy()
         rig.sleep(150)
         rig.exchange.faults.latency = 1.0  # REST answers take a second
-        start(rig, {"klines_file": kept})
+        rig.start_proxy((("streams", {"klines_file": kept}),))
         rig.until(lambda: rig.streams.refetch.busy(("klines", "usdm", "ETHUSDT", "1m")))
         answer = rig.ask(USDM)  # the series is being repaired: it waits, not forwarded
         assert (answer.status, answer.source) == (200, "stream")
@@ -140,23 +121,23 @@ def test_a_kept_file_too_old_or_from_another_upstream_is_not_used(kept):
     rig = VirtualRig(chain=(("streams", {"klines_file": kept, "klines_max_age": 120}),))
     try:
         seeded(rig)
-        stop(rig)
+        rig.stop_proxy()
         rig.sleep(121)
-        start(rig, {"klines_file": kept, "klines_max_age": 120})
+        rig.start_proxy((("streams", {"klines_file": kept, "klines_max_age": 120}),))
         assert rig.streams.klines.series == {}  # older than the bound
-        stop(rig)
+        rig.stop_proxy()
 
         saved = json.loads(open(kept).read())  # written again at this stop: none held
         assert saved["series"] == []
-        start(rig, {"klines_file": kept})
+        rig.start_proxy((("streams", {"klines_file": kept}),))
         seeded(rig)
-        stop(rig)
+        rig.stop_proxy()
         saved = json.loads(open(kept).read())
         for s in saved["series"]:
             s["upstream"] = "http://elsewhere.invalid"
         with open(kept, "w") as f:
             json.dump(saved, f)
-        start(rig, {"klines_file": kept})
+        rig.start_proxy((("streams", {"klines_file": kept}),))
         assert rig.streams.klines.series == {}  # another exchange's candles
         assert rig.ask(SPOT).source == "upstream"  # seeded again, as without a file
     finally:
@@ -193,14 +174,14 @@ def test_the_kept_file_is_bounded_in_what_is_written_and_read(kept, monkeypatch)
     try:
         seeded(rig)  # spot: 100 candles (about 20 KB); USD-M: 499 (about 100 KB)
         monkeypatch.setattr(klines_kept, "MAX_FILE", 60_000)
-        stop(rig)
+        rig.stop_proxy()
         saved = json.loads(open(kept).read())
         assert [s["market"] for s in saved["series"]] == ["spot"]  # the other left out
-        start(rig, {"klines_file": kept})
+        rig.start_proxy((("streams", {"klines_file": kept}),))
         assert list(rig.streams.klines.series) == [("spot", "BTCUSDT", "1m")]
-        stop(rig)
+        rig.stop_proxy()
         monkeypatch.setattr(klines_kept, "MAX_FILE", 1024)
-        start(rig, {"klines_file": kept})  # a file over the bound is not read
+        rig.start_proxy((("streams", {"klines_file": kept}),))  # a file over the bound is not read
         assert rig.streams.klines.series == {}
     finally:
         rig.stop()
@@ -252,8 +233,8 @@ def test_a_kept_series_vouches_for_its_symbol_after_a_restart(kept):
                    if p.endswith("/exchangeInfo"))
     try:
         seeded(rig)
-        stop(rig)
-        start(rig, settings)
+        rig.stop_proxy()
+        rig.start_proxy((("streams", settings),))
         rig.sleep(5)
         for target in ("/api/v3/ticker/24hr?symbol=BTCUSDT", "/api/v3/depth?symbol=BTCUSDT"
                        "&limit=5", "/fapi/v1/depth?symbol=ETHUSDT&limit=5"):

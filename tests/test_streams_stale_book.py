@@ -9,11 +9,6 @@ import json
 
 import pytest
 from streamhelpers import VirtualRig
-from twisted.internet.defer import gatherResults
-
-from bnproxy.chain.compose import as_deferred
-from bnproxy.chain.messages import ProxyRequest
-from bnproxy.server.forwarding import resolve_market, split_target
 
 BASE = {"spot": "/api/v3", "usdm": "/fapi/v1", "coinm": "/dapi/v1"}
 
@@ -23,19 +18,6 @@ def rig():
     made = VirtualRig()
     yield made
     made.stop()
-
-
-def ask_together(rig, targets):
-    """Every target asked by another bot at the same moment; their answers."""
-    answers = []
-    for i, target in enumerate(targets):
-        path, query = split_target(target.encode())
-        market, binance_path = resolve_market(path.decode())
-        request = ProxyRequest("GET", market, binance_path, query, (), b"", f"10.0.0.{i}",
-                               rig.reactor.seconds(),
-                               rig.service.endpoints.lookup(market, "GET", binance_path))
-        answers.append(as_deferred(rig.service.handler(request)))
-    return rig.reactor.run_until(gatherResults(answers), 30)
 
 
 def depth_requests(rig, market):
@@ -71,7 +53,7 @@ def test_bots_asking_a_stale_book_for_5_20_100_share_one_upstream_request(rig, m
                                                                           weight):
     stale_book(rig, market, symbol)
     wanted = targets(market, symbol=symbol) * 4  # 12 bots, three limits
-    answers = ask_together(rig, wanted)
+    answers = rig.ask_together(wanted, True)
     assert depth_requests(rig, market) == 1
     assert {(a.status, a.source, a.detail) for a in answers} == {(200, "stream", "fallback")}
     for answer, target in zip(answers, wanted):  # Binance's bytes for each limit
@@ -81,7 +63,7 @@ def test_bots_asking_a_stale_book_for_5_20_100_share_one_upstream_request(rig, m
 
 def test_a_stale_usdm_book_asked_for_small_limits_costs_what_they_cost(rig):
     stale_book(rig, "usdm")
-    answers = ask_together(rig, targets("usdm", (5, 10, 20, 50)))
+    answers = rig.ask_together(targets("usdm", (5, 10, 20, 50)), True)
     assert depth_requests(rig, "usdm") == 1
     assert own_fallback(rig, "usdm") == (2, 2)  # limit=50: weight 2, as limit=5
     assert [len(json.loads(a.body)["bids"]) for a in answers] == [5, 10, 20, 50]
@@ -90,20 +72,20 @@ def test_a_stale_usdm_book_asked_for_small_limits_costs_what_they_cost(rig):
 
 def test_the_fallback_answer_is_reused_within_the_depth_ttl_then_asked_again(rig):
     stale_book(rig, "spot")
-    ask_together(rig, targets("spot"))
+    rig.ask_together(targets("spot"), True)
     rig.sleep(0.5)
-    answers = ask_together(rig, targets("spot"))
+    answers = rig.ask_together(targets("spot"), True)
     assert depth_requests(rig, "spot") == 1  # the held answer, half a second old
     assert {a.detail for a in answers} == {"fallback"}
     rig.sleep(0.6)
-    ask_together(rig, targets("spot"))
+    rig.ask_together(targets("spot"), True)
     assert depth_requests(rig, "spot") == 2  # a TTL later: one more, for every limit
 
 
 def test_bots_asking_every_second_for_a_minute_cost_one_request_a_second(rig):
     stale_book(rig, "spot")
     for _ in range(60):
-        ask_together(rig, targets("spot") * 7)  # 21 bots
+        rig.ask_together(targets("spot") * 7, True)  # 21 bots
         rig.sleep(1)
     assert depth_requests(rig, "spot") == 60  # forwarded, each limit apart: 180
     assert own_fallback(rig, "spot") == (300, 300)
@@ -112,7 +94,7 @@ def test_bots_asking_every_second_for_a_minute_cost_one_request_a_second(rig):
 def test_past_the_own_weight_share_the_bots_are_forwarded_as_before(rig):
     stale_book(rig, "spot")
     rig.streams.refetch.share = 0.0  # the own-weight cap refuses every own request
-    answers = ask_together(rig, targets("spot") * 2)
+    answers = rig.ask_together(targets("spot") * 2, True)
     assert {a.status for a in answers} == {200}
     assert {a.source for a in answers} <= {"upstream", "cache"}  # forwarded, as before
     assert depth_requests(rig, "spot") == 3  # each limit forwarded (the cache coalesces)
@@ -130,7 +112,7 @@ def test_a_failing_fallback_lets_the_bot_go_on_with_binances_answer(rig):
     stale_book(rig, "spot")
     faults = rig.exchange.faults
     faults.error_status, faults.error_rate, faults.path_prefix = 503, 1.0, "/api/v3/depth"
-    answers = ask_together(rig, targets("spot", (20,)))
+    answers = rig.ask_together(targets("spot", (20,)), True)
     assert [(a.status, a.source) for a in answers] == [(503, "upstream")]  # Binance's own
     assert depth_requests(rig, "spot") == 2  # the fallback, then the bot's own request
     faults.error_rate = 0.0
@@ -138,7 +120,7 @@ def test_a_failing_fallback_lets_the_bot_go_on_with_binances_answer(rig):
 
 def test_a_book_whose_stream_recovers_stops_using_the_fallback(rig):
     stale_book(rig, "spot")
-    assert {a.detail for a in ask_together(rig, targets("spot"))} == {"fallback"}
+    assert {a.detail for a in rig.ask_together(targets("spot"), True)} == {"fallback"}
     rig.exchange.resume()
     rig.exchange.hubs["spot"].silence_all = False
     rig.until(lambda: rig.streams.books[("spot", "ETHUSDT")].state == "live"
@@ -146,7 +128,7 @@ def test_a_book_whose_stream_recovers_stops_using_the_fallback(rig):
     rig.sleep(1)
     fallbacks = own_fallback(rig, "spot")
     rig.exchange.counters.reset()
-    answers = ask_together(rig, targets("spot"))
+    answers = rig.ask_together(targets("spot"), True)
     assert {(a.source, a.detail) for a in answers} == {("stream", "stream")}
     assert depth_requests(rig, "spot") == 0
     assert own_fallback(rig, "spot") == fallbacks

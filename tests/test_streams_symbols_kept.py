@@ -8,12 +8,7 @@ import json
 import os
 
 import pytest
-from helpers import state_dir
-from streamhelpers import MARKETS, VirtualRig
-from twisted.internet import defer
-
-from bnproxy.config.model import ProxyConfig
-from bnproxy.service import ProxyService
+from streamhelpers import VirtualRig
 
 BOOK = "/api/v3/depth?symbol=ETHUSDT&limit=5"
 
@@ -26,13 +21,8 @@ def kept(tmp_path):
 def restart(rig, settings):
     """Stop the rig's proxy and start a new one (nothing held) on the same
     exchange and clock."""
-    rig.reactor.run_until(defer.ensureDeferred(rig.service.stopService()), 30)
-    config = ProxyConfig(
-        listen=(), upstreams={m: rig.running.rest(m) for m in MARKETS},
-        stream_upstreams={m: rig.running.stream(m) for m in MARKETS},
-        middleware=(("streams", settings),), state_dir=state_dir())
-    rig.service = ProxyService(rig.reactor, config)
-    rig.service.startService()
+    rig.stop_proxy()
+    rig.start_proxy((("streams", settings),))
 
 
 def info_requests(rig):

@@ -64,6 +64,16 @@ FALLBACK_TTL = 1.0  # seconds a stale book's fallback answer is reused (the cach
 FALLBACK_SHARE = 0.5  # of the own-weight share: the rest stays for the resyncs
 
 
+def _snapshot_of(response: ProxyResponse | None) -> Any:
+    """The decoded body of a 200 depth answer, or None."""
+    if response is None or response.status != 200:
+        return None
+    try:
+        return orjson.loads(response.body)
+    except orjson.JSONDecodeError:
+        return None
+
+
 class DepthResponder:
     def __init__(self, tools: Tools, info: ExchangeInfoResponder) -> None:
         self.tools = tools
@@ -270,12 +280,7 @@ class DepthResponder:
 
     def _fallback_done(self, response: ProxyResponse | None, key: Key, size: int) -> None:
         self._fb_fetching.pop(key, None)
-        snap = None
-        if response is not None and response.status == 200:
-            try:
-                snap = orjson.loads(response.body)
-            except orjson.JSONDecodeError:
-                snap = None
+        snap = _snapshot_of(response)
         view = self._view(key, snap, size)
         if view is not None and response is not None and response.source != "cache" \
                 and key in self.books:
@@ -378,12 +383,7 @@ class DepthResponder:
 
         def done(response: ProxyResponse | None) -> None:
             self._fetching.pop(key, None)
-            snap = None
-            if response is not None and response.status == 200:
-                try:
-                    snap = orjson.loads(response.body)
-                except orjson.JSONDecodeError:
-                    snap = None
+            snap = _snapshot_of(response)
             if self._answer_waiters(key, snap, size):
                 self.tools.refetch.answered_bots(job)  # bot requests coalesced, not own
             if snap is None or self.books.get(key) is not book:
