@@ -33,3 +33,14 @@ def _state_dirs_under_tmp_path(request):
     helpers.tmp_path_of_test = lambda: request.getfixturevalue("tmp_path")
     yield
     helpers.tmp_path_of_test = None
+
+
+@pytest.fixture
+def rig():
+    """A ``streamhelpers.VirtualRig`` (the fake exchange and a proxy with
+    streams and cache, in virtual time), stopped after the test."""
+    from streamhelpers import VirtualRig
+
+    made = VirtualRig()
+    yield made
+    made.stop()

@@ -4,19 +4,12 @@ held by the streams middleware is ``X-Cache: HIT`` with its ``Age``, never the
 
 import pytest
 from helpers import Harness, RecordingUpstream, chain
-from streamhelpers import VirtualRig
 from twisted.internet.defer import Deferred
 
 from bnproxy.chain.messages import JSON, ProxyRequest, ProxyResponse
 
 INFO = "/api/v3/exchangeInfo"
 
-
-@pytest.fixture
-def rig():
-    made = VirtualRig()
-    yield made
-    made.stop()
 
 
 def test_held_exchange_info_is_a_hit_with_its_age(rig):

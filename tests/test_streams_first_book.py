@@ -5,14 +5,6 @@ snapshot and are answered from it."""
 import json
 
 import pytest
-from streamhelpers import VirtualRig
-
-
-@pytest.fixture
-def rig():
-    made = VirtualRig()
-    yield made
-    made.stop()
 
 
 def upstream(rig, path):

@@ -3,8 +3,6 @@ are never answered from streams, which are rebuilt as Binance's default
 JSON in milliseconds; the websocket gateway refuses a ``timeUnit`` stream
 URL at its handshake rather than send millisecond frames. In virtual time."""
 
-import pytest
-from streamhelpers import VirtualRig
 
 from bnproxy.binance.marketdata import default_format
 from bnproxy.binance.streams import default_stream_format
@@ -19,12 +17,6 @@ OTHER_FORMATS = (((b"x-mbx-time-unit", b"MICROSECOND"),),
                  ((b"accept", b"application/sbe"), (b"x-mbx-sbe", b"3:5")),
                  ((b"accept", b"application/sbe, application/json"),))
 
-
-@pytest.fixture
-def rig():
-    made = VirtualRig()
-    yield made
-    made.stop()
 
 
 def test_another_format_is_binances_to_answer(rig):

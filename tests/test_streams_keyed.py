@@ -3,8 +3,6 @@ a bot that sends its API key on every call (python-binance, the connectors)
 gets its klines, books and tickers from streams once Binance accepted the key;
 a refused key is always Binance's to answer."""
 
-import pytest
-from streamhelpers import VirtualRig
 
 from bnproxy.testing.fake.auth import DEFAULT_KEYS
 
@@ -18,12 +16,6 @@ def targets(pair):
             f"/api/v3/depth?symbol={pair}&limit=5",
             f"/api/v3/ticker/24hr?symbol={pair}")
 
-
-@pytest.fixture
-def rig():
-    made = VirtualRig()
-    yield made
-    made.stop()
 
 
 def test_keyed_market_data_comes_from_streams_once_the_key_is_accepted(rig):

@@ -3,15 +3,7 @@ virtual time: upstream answers and stream messages keep a market alive; a
 quiet market is pinged at most once a minute; one failed ping does not make
 the proxy unready."""
 
-import pytest
-from streamhelpers import VirtualRig
 
-
-@pytest.fixture
-def rig():
-    made = VirtualRig()
-    yield made
-    made.stop()
 
 
 def pings(rig):

@@ -3,17 +3,9 @@ that stays open but delivers nothing is replaced within its stream's
 deadline, paced while the silence lasts; meanwhile the streams report
 ``degraded`` and the proxy stays ready."""
 
-import pytest
-from streamhelpers import VirtualRig
 
 TICKER = "/api/v3/ticker/24hr?symbol=BTCUSDT"
 
-
-@pytest.fixture
-def rig():
-    made = VirtualRig()
-    yield made
-    made.stop()
 
 
 def served_from_stream(rig):

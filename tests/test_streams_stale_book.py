@@ -8,16 +8,9 @@ delivers again the book is served from it and the fallback stops."""
 import json
 
 import pytest
-from streamhelpers import VirtualRig
 
 BASE = {"spot": "/api/v3", "usdm": "/fapi/v1", "coinm": "/dapi/v1"}
 
-
-@pytest.fixture
-def rig():
-    made = VirtualRig()
-    yield made
-    made.stop()
 
 
 def depth_requests(rig, market):
