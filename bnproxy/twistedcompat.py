@@ -94,7 +94,8 @@ PRIVATE_ATTRIBUTES: tuple[tuple[type, str, str], ...] = (
      "upstream/http11.py: the writes gathered (same use)"),
     (defer.Deferred, "_callbacks",
      "chain/compose.py: whether a middleware's Deferred answer already ends with a "
-     "middleware's check (passed on as it came: no second check per middleware)"),
+     "middleware's check (passed on as it came: no second check per middleware), and "
+     "the callback a middleware added last folded into one step with its check"),
     (base.ReactorBase, "_exitSignal",
      "service.py: the signal that stopped the reactor; cleared after a drained SIGTERM "
      "so twistd exits 0 instead of re-raising the signal"),

@@ -186,22 +186,59 @@ class PassesOn:
 
 def test_an_answer_passed_on_is_checked_once_and_still_fails_named():
     """Issue 21: a Deferred answer that already ends with an inner
-    middleware's check gets no second one; what each adds is still checked."""
-    from bnproxy.chain.compose import _checked
+    middleware's check gets no second one; the callback a middleware adds
+    is folded into one step with its check, and what it gives is still
+    checked and named."""
     pending = Deferred()
     handler = compose([PassesOn("a"), PassesOn("b"), FailsLater()], lambda req: pending)
     answer = handler(request())
-    assert _checked(answer)
-    assert len(answer._callbacks) == 2  # FailsLater's own callback and its one check
+    assert len(answer._callbacks) == 1  # FailsLater's own callback, with its check
     pending.callback(ProxyResponse(200, (), b"{}", "upstream", ""))
     response = result_of(answer)
     assert response.status == 500 and b"later" in response.body
     outer = Deferred()
     handler = compose([Tag("outer", []), PassesOn("b")], lambda req: outer)
     answer = handler(request())
-    assert len(answer._callbacks) == 3  # b's check, outer's callback, outer's check
+    assert len(answer._callbacks) == 2  # b's check; outer's callback with its check
     outer.callback(ProxyResponse(200, (), b"{}", "upstream", ""))
     assert result_of(answer).detail == "outer"
+
+
+@implementer(IMiddleware)
+class ChainsJunk:
+    """Its callback returns a Deferred that later fires with no response."""
+
+    name = "chainsjunk"
+    plain_next = True
+
+    def __init__(self):
+        self.later = Deferred()
+
+    def handle(self, req, next):
+        return then(next(req), lambda r: self.later)
+
+
+def test_a_folded_check_waits_for_a_deferred_its_callback_returns_and_passes_failures_named():
+    pending, chains = Deferred(), ChainsJunk()
+    answer = compose([chains], lambda req: pending)(request())
+    pending.callback(ProxyResponse(200, (), b"{}", "upstream", ""))
+    seen = []
+    answer.addBoth(seen.append)
+    assert seen == []  # waiting for the Deferred the callback gave
+    chains.later.callback("not a response")
+    response = seen[0]
+    assert response.status == 500 and b"chainsjunk" in response.body
+    # an inner failure skips the middleware's callback and is named at its check,
+    # as the two separate steps did; a cancellation passes as it is
+    for error, named in ((ZeroDivisionError(), True), (CancelledError(), False)):
+        pending = Deferred()
+        answer = compose([Tag("tagged", [])], lambda req, d=pending: d)(request())
+        pending.errback(error)
+        result = result_of(answer)
+        if named:
+            assert result.status == 500 and b"tagged" in result.body
+        else:
+            assert result.check(CancelledError)
 
 
 @implementer(IMiddleware)

@@ -25,6 +25,9 @@ Answer = Union[ProxyResponse, "Deferred[ProxyResponse]"]
 Handler = Callable[[ProxyRequest], Answer]
 
 _log = Logger(namespace="bnproxy.chain.compose")
+_NO_KEYWORDS: dict = {}
+# What ``addCallback`` puts on the failure side (Twisted's private ``_failthru``)
+_FAILTHRU = Deferred().addCallback(lambda r: r)._callbacks[0][1][0]
 
 
 def as_deferred(result: object) -> Deferred:
@@ -82,13 +85,43 @@ def _settled(result: object, name: str, request: ProxyRequest) -> ProxyResponse 
     return _check(result, name, request)
 
 
-def _checked(answer: Deferred) -> bool:
-    """Whether the last callback on ``answer`` is a middleware's ``_settled``
-    (an inner one's: the answer was passed on with nothing added since), so
-    a second one would change nothing. Reads the Deferred's private
-    ``_callbacks`` (twistedcompat.PRIVATE_ATTRIBUTES)."""
+def _settled_after(result: object, callback: tuple, name: str,
+                   request: ProxyRequest) -> object:
+    """``callback`` (a ``(function, args, kwargs)`` a middleware added to
+    its Deferred answer), then ``_settled``: the two in one step of the
+    Deferred's callback chain (``_settling``)."""
+    f, args, kwargs = callback
+    try:
+        result = f(result, *args, **kwargs)
+    except Exception:
+        return _internal_error(name, request, Failure())
+    if type(result) is ProxyResponse:
+        return result
+    if isinstance(result, Deferred):  # chained: settled when it fires
+        return result.addBoth(_settled, name, request)
+    return _settled(result, name, request)
+
+
+def _settling(answer: Deferred, name: str, request: ProxyRequest) -> Deferred:
+    """``answer.addBoth(_settled, name, request)``, unless the last callback
+    on it settles already (an inner middleware's: the answer was passed on
+    with nothing added since). A callback the middleware added last with
+    ``addCallback`` is folded into one step with the check (each step of a
+    Deferred's chain costs about as much as the check itself): on success
+    ``_settled_after``, on failure ``_settled``, what the two steps did.
+    Reads and replaces the Deferred's private ``_callbacks``
+    (twistedcompat.PRIVATE_ATTRIBUTES)."""
     callbacks = answer._callbacks
-    return bool(callbacks) and callbacks[-1][0][0] is _settled
+    if callbacks:
+        last = callbacks[-1]
+        on_failure = last[1][0]
+        if on_failure is _settled:
+            return answer
+        if on_failure is _FAILTHRU and not answer.called:
+            callbacks[-1] = ((_settled_after, (last[0], name, request), _NO_KEYWORDS),
+                             (_settled, (name, request), _NO_KEYWORDS))
+            return answer
+    return answer.addBoth(_settled, name, request)
 
 
 def _wrap(middleware: IMiddleware, nxt: Handler) -> Handler:
@@ -106,9 +139,7 @@ def _wrap(middleware: IMiddleware, nxt: Handler) -> Handler:
             return result
         # (a Deferred by its type first: isinstance of an ABC is slow)
         if kind is Deferred or isinstance(result, Deferred):
-            if _checked(result):  # passed on as it came (allowlist, streams, …)
-                return result
-            return result.addBoth(_settled, name, request)
+            return _settling(result, name, request)
         if inspect.iscoroutine(result):
             return Deferred.fromCoroutine(result).addBoth(_settled, name, request)
         return _check(result, name, request)

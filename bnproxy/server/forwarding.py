@@ -284,10 +284,12 @@ class ForwardingResource(Resource):
                 self._failed(Failure(), request, proxy_request.path)
             return server.NOT_DONE_YET
         self.inflight += 1
-        request.notifyFinish().addErrback(lambda _: answer.cancel())
-        answer.addCallback(self._written, request, proxy_request)
-        answer.addErrback(self._failed, request, proxy_request.path)
-        answer.addBoth(self._settled)
+        cancel_if_lost = getattr(request, "cancel_if_lost", None)
+        if cancel_if_lost is not None:  # the fast path's request: no Deferred of its own
+            cancel_if_lost(answer)
+        else:
+            request.notifyFinish().addErrback(lambda _: answer.cancel())
+        answer.addBoth(self._finished, request, proxy_request)  # one callback: each costs
         return server.NOT_DONE_YET
 
     def client_of_peer(self, peer: Any) -> str | None:
@@ -363,9 +365,23 @@ class ForwardingResource(Resource):
             self._answered(proxy_request, response)
         write_response(request, response)
 
-    def _written(self, response: ProxyResponse, request: server.Request,
-                 proxy_request: ProxyRequest) -> None:
-        self._write(request, proxy_request, response)
+    def _finished(self, result: ProxyResponse | Failure, request: server.Request,
+                  proxy_request: ProxyRequest) -> None:
+        """The chain's Deferred answer came: written (or, failed, a logged
+        500; nothing for a bot that went away), then no longer in flight."""
+        try:
+            if isinstance(result, ProxyResponse):
+                try:
+                    self._write(request, proxy_request, result)
+                except Exception:
+                    self._failed(Failure(), request, proxy_request.path)
+            elif isinstance(result, Failure):
+                self._failed(result, request, proxy_request.path)
+            else:
+                self._failed(Failure(TypeError(f"the chain answered {type(result).__name__}")),
+                             request, proxy_request.path)
+        finally:
+            self._settled()
 
     @staticmethod
     def _failed(f: Failure, request: server.Request, path: str) -> None:
@@ -375,7 +391,7 @@ class ForwardingResource(Resource):
         write_response(request, local_error(500, UNKNOWN, "bnproxy: internal error"))
         return None
 
-    def _settled(self, _: object) -> None:
+    def _settled(self) -> None:
         self.inflight -= 1
         if not self.inflight:
             waiters, self._idle_waiters = self._idle_waiters, []
