@@ -3,6 +3,7 @@ memory per idle bot, with real processes on loopback.
 
     python bench/ws_gateway.py [--bots 100] [--streams 40] [--probes 5] [--seconds 8]
                                [--idle 1000] [--rounds 1] [--compare DIR] [--workers 1]
+                               [--floor]
 
 Processes: the fake exchange (``twistd bnproxy-exchange``), the proxy
 (``twistd bnproxy``, default chain; a fresh one per round), and bots on
@@ -39,6 +40,11 @@ each connection to whichever process accepts first).
 - Memory: first, on the fresh proxy (after 20 connections opened and
   closed), ``--idle`` bots connect with no stream; the proxy's RSS growth per
   connection.
+- ``--floor``: the same latency measurement with the proxy replaced by a
+  minimal fan-out forwarder on plain sockets (``wsraw.py forward``: one
+  upstream connection, one ``send`` per bot per upstream read, nothing
+  else), what one Python process on this machine needs at least; no CPU or
+  memory figures.
 """
 
 from __future__ import annotations
@@ -139,6 +145,20 @@ def proxy(xport: int, args, pythonpath: str):
                *[a for m in ("spot", "usdm", "coinm") for a in (
                    "--upstream", f"{m}=http://127.0.0.1:{xport}/{m}",
                    "--stream-upstream", f"{m}={streams[m]}")]]
+        sent: dict[str, float] = {}
+        if args.floor:  # no proxy: the minimal forwarder in its place (wsraw.py forward)
+            floor = wsraw("forward", pport, rport, json.dumps(WHITELIST[:args.streams]))
+            try:
+                floor.stdout.readline()
+                yield pport, floor, sent
+            finally:
+                floor.terminate()
+                floor.wait(10)
+                relay.terminate()
+                relay.wait(10)
+                with open(times) as f:
+                    sent.update(json.load(f))
+            return
         redis = None
         if args.workers > 1:  # the workers need a shared state
             redis = RedisServer(os.path.join(tmp, "redis"))
@@ -146,7 +166,6 @@ def proxy(xport: int, args, pythonpath: str):
             cmd += ["--workers", str(args.workers), "--shared-state", redis.url]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 env=env, cwd=tmp)
-        sent: dict[str, float] = {}
         try:
             wait_listening(pport, proc)
             yield pport, proc, sent
@@ -184,43 +203,61 @@ def latency(seen: list, sent: dict[str, float]) -> dict:
 def one_round(xport: int, args, pythonpath: str) -> dict:
     out: dict = {}
     with proxy(xport, args, pythonpath) as (pport, proc, sent):
-        # memory first, on a proxy that has not yet freed what a load used
-        # (RSS growth is otherwise what the freed memory could not hold)
-        warm = wsraw("idle", pport, 1, 20)
-        warm.communicate(timeout=60)
-        time.sleep(1.0)
-        rss0 = rss_kib(proc.pid)
-        idle = wsraw("idle", pport, 30, args.idle)
-        line = json.loads(idle.stdout.readline())  # once every idle bot is open
-        time.sleep(0.5)
-        rss1 = rss_kib(proc.pid)
-        idle.kill()
-        idle.wait()
-        out["idle"] = {"connections": line["opened"], "failed": line["failed"],
-                       "kib_per_connection": round((rss1 - rss0) / max(1, line["opened"]), 1)}
-        time.sleep(1.0)
-        alone_bots = bots(pport, args, args.probes)
-        alone = seen(alone_bots)["seen"]
-        alone_bots.wait()
-        load = bots(pport, args, args.bots)
-        time.sleep(2.0)  # every bot subscribed (the probes start noting now too)
-        cpu0, frames0 = cpu_seconds(proc.pid), metric(pport, "bnproxy_ws_frames_delivered")
-        relayed0 = metric(pport, "bnproxy_ws_relayed_frames")
-        loaded = seen(load)["seen"]
-        cpu1, frames1 = cpu_seconds(proc.pid), metric(pport, "bnproxy_ws_frames_delivered")
-        relayed1 = metric(pport, "bnproxy_ws_relayed_frames")
-        load.wait()
-        frames, cpu = frames1 - frames0, cpu1 - cpu0
-        if args.workers > 1:  # /metrics is one worker's: frames are counted by hand
-            frames = relayed1 = relayed0 = 0
-        out["fanout"] = {
-            "bots": args.bots, "frames_delivered": int(frames),
-            "upstream_frames": int(relayed1 - relayed0), "proxy_cpu_s": round(cpu, 2),
-            "cpu_us_per_frame": round(cpu / frames * 1e6, 2) if frames else None,
-            "slow_client_closes": metric(pport, "bnproxy_ws_slow_client_closes")}
+        if args.floor:  # latency only: the forwarder has no metrics, no limits
+            time.sleep(1.0)
+            alone_bots = bots(pport, args, args.probes)
+            alone = seen(alone_bots)["seen"]
+            alone_bots.wait()
+            load = bots(pport, args, args.bots)
+            loaded = seen(load)["seen"]
+            load.wait()
+        else:
+            one_proxy_round(pport, proc, args, out)
+            alone, loaded = out.pop("alone"), out.pop("loaded")
+    # (after the relay stopped: its times are read as it exits)
     out["latency_alone"] = latency(alone, sent)
     out["latency_under_load"] = latency(loaded, sent)
     return out
+
+
+def one_proxy_round(pport: int, proc: subprocess.Popen, args, out: dict) -> None:
+    """Memory, the probes alone, the fan-out's CPU and the probes during it,
+    into ``out`` (the probes' frames as ``alone`` and ``loaded``)."""
+    # memory first, on a proxy that has not yet freed what a load used
+    # (RSS growth is otherwise what the freed memory could not hold)
+    warm = wsraw("idle", pport, 1, 20)
+    warm.communicate(timeout=60)
+    time.sleep(1.0)
+    rss0 = rss_kib(proc.pid)
+    idle = wsraw("idle", pport, 30, args.idle)
+    line = json.loads(idle.stdout.readline())  # once every idle bot is open
+    time.sleep(0.5)
+    rss1 = rss_kib(proc.pid)
+    idle.kill()
+    idle.wait()
+    out["idle"] = {"connections": line["opened"], "failed": line["failed"],
+                   "kib_per_connection": round((rss1 - rss0) / max(1, line["opened"]), 1)}
+    time.sleep(1.0)
+    alone_bots = bots(pport, args, args.probes)
+    alone = seen(alone_bots)["seen"]
+    alone_bots.wait()
+    load = bots(pport, args, args.bots)
+    time.sleep(2.0)  # every bot subscribed (the probes start noting now too)
+    cpu0, frames0 = cpu_seconds(proc.pid), metric(pport, "bnproxy_ws_frames_delivered")
+    relayed0 = metric(pport, "bnproxy_ws_relayed_frames")
+    loaded = seen(load)["seen"]
+    cpu1, frames1 = cpu_seconds(proc.pid), metric(pport, "bnproxy_ws_frames_delivered")
+    relayed1 = metric(pport, "bnproxy_ws_relayed_frames")
+    load.wait()
+    frames, cpu = frames1 - frames0, cpu1 - cpu0
+    if args.workers > 1:  # /metrics is one worker's: frames are counted by hand
+        frames = relayed1 = relayed0 = 0
+    out["fanout"] = {
+        "bots": args.bots, "frames_delivered": int(frames),
+        "upstream_frames": int(relayed1 - relayed0), "proxy_cpu_s": round(cpu, 2),
+        "cpu_us_per_frame": round(cpu / frames * 1e6, 2) if frames else None,
+        "slow_client_closes": metric(pport, "bnproxy_ws_slow_client_closes")}
+    out["alone"], out["loaded"] = alone, loaded
 
 
 def spread(rounds: list[dict], *path: str) -> str:
@@ -250,6 +287,9 @@ def main() -> None:
                         help="the proxy's --workers (with a redis-server for --shared-state); "
                              "CPU and memory are then the sum over its processes, and CPU per "
                              "frame is not given (/metrics answers for one worker)")
+    parser.add_argument("--floor", action="store_true",
+                        help="latency through a minimal fan-out forwarder (wsraw.py "
+                             "forward) instead of the proxy: the floor on this machine")
     parser.add_argument("--compare", metavar="DIR",
                         help="also run the proxy from DIR, alternating with this worktree")
     args = parser.parse_args()

@@ -5,6 +5,7 @@ VM's two cores, and timed by the kernel, not by the bots' own Python.
     python wsraw.py bots  PORT SECONDS BOTS STREAMS_JSON PROBES
     python wsraw.py relay PORT XPORT OUT_JSON
     python wsraw.py idle  PORT SECONDS BOTS
+    python wsraw.py forward PORT UPSTREAM_PORT STREAMS_JSON
 
 - ``bots``: BOTS bots through the proxy (``/ws``), each subscribing STREAMS
   with one ``SUBSCRIBE`` (raw framing, as ccxt's bots do): all in one of the
@@ -24,6 +25,14 @@ VM's two cores, and timed by the kernel, not by the bots' own Python.
   each data frame leaves it for the proxy (see ``relay``).
 - ``idle``: BOTS bots that connect and subscribe nothing; prints once all are
   open, then holds them SECONDS.
+- ``forward``: the floor for ``ws_gateway.py --floor``, in the proxy's place:
+  a minimal fan-out forwarder on plain sockets, no framework. One combined
+  connection upstream for STREAMS; each bot that connects gets a 101 and,
+  for every read from upstream, one ``send`` of that read's messages in raw
+  framing (each message's data, Binance's bytes, as the gateway sends a raw
+  bot). What bots send is read and ignored. No limits, no checks, no
+  bookkeeping: what one Python process on this machine needs at least to
+  carry a frame from upstream to the bots.
 
 Server pings are not answered: runs are shorter than the proxy's pong
 deadline (60 s spot).
@@ -240,6 +249,94 @@ def relay(port: int, xport: int, out: str) -> None:
                         sent.setdefault(digest(payload[at + 9:-1]), t)
 
 
+def server_frame(payload: bytes) -> bytes:
+    """A server's (unmasked) final text frame."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return b"\x81\x7e" + struct.pack("!H", n) + payload
+    return b"\x81\x7f" + struct.pack("!Q", n) + payload
+
+
+def forward(port: int, upstream_port: int, names: list[str]) -> None:
+    """The minimal fan-out forwarder (``forward`` in the module docstring)."""
+    import base64
+
+    up, rest = connect(upstream_port, "/spot/stream?streams=" + "/".join(names))
+    frames = Frames(rest)
+    listener = socket.create_server(("127.0.0.1", port), backlog=1024)
+    listener.setblocking(False)
+    sel = selectors.DefaultSelector()
+    sel.register(listener, selectors.EVENT_READ)
+    sel.register(up, selectors.EVENT_READ)
+    bots: list[socket.socket] = []
+    handshakes: dict[socket.socket, bytes] = {}
+    magic = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+    print(json.dumps({"listening": port}), flush=True)
+    while True:
+        for key, _ in sel.select():
+            s = key.fileobj
+            if s is listener:
+                try:
+                    c, _ = listener.accept()
+                except BlockingIOError:
+                    continue
+                c.setblocking(False)
+                c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                handshakes[c] = b""
+                sel.register(c, selectors.EVENT_READ)
+            elif s is up:
+                data = up.recv(1 << 20)
+                if not data:
+                    return
+                out = []
+                for opcode, payload in frames.feed(data):
+                    at = payload.find(b'","data":') if opcode == 1 else -1
+                    if at > 0:
+                        out.append(server_frame(payload[at + 9:-1]))
+                if not out:
+                    continue
+                blob = b"".join(out)
+                for b in bots:
+                    try:
+                        sent = b.send(blob)
+                    except OSError:
+                        continue
+                    if sent < len(blob):  # rare here: finish it blocking
+                        b.setblocking(True)
+                        b.sendall(blob[sent:])
+                        b.setblocking(False)
+            else:
+                try:
+                    data = s.recv(65536)
+                except OSError:
+                    data = b""
+                if not data:
+                    sel.unregister(s)
+                    handshakes.pop(s, None)
+                    if s in bots:
+                        bots.remove(s)
+                    s.close()
+                    continue
+                if s not in handshakes:
+                    continue  # a bot's SUBSCRIBE: everything is forwarded anyway
+                head = handshakes[s] + data
+                if b"\r\n\r\n" not in head:
+                    handshakes[s] = head
+                    continue
+                del handshakes[s]
+                client_key = [line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"sec-websocket-key:")][0]
+                accept = base64.b64encode(hashlib.sha1(client_key + magic).digest())
+                s.setblocking(True)
+                s.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                          b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept +
+                          b"\r\n\r\n")
+                s.setblocking(False)
+                bots.append(s)
+
+
 def idle(port: int, seconds: float, bots: int) -> None:
     held = []
     failed = 0
@@ -258,5 +355,7 @@ if __name__ == "__main__":
         run_bots(int(args[0]), float(args[1]), int(args[2]), json.loads(args[3]), int(args[4]))
     elif mode == "relay":
         relay(int(args[0]), int(args[1]), args[2])
+    elif mode == "forward":
+        forward(int(args[0]), int(args[1]), json.loads(args[2]))
     else:
         idle(int(args[0]), float(args[1]), int(args[2]))
