@@ -301,7 +301,9 @@ def forward(port: int, upstream_port: int, names: list[str]) -> None:
                 for b in bots:
                     try:
                         sent = b.send(blob)
-                    except OSError:
+                    except BlockingIOError:  # its buffer is full: the whole batch waits
+                        sent = 0
+                    except OSError:  # gone: its end is read below
                         continue
                     if sent < len(blob):  # rare here: finish it blocking
                         b.setblocking(True)

@@ -152,23 +152,63 @@ def test_cancelling_reaches_the_waiting_terminal():
     assert failure.check(CancelledError)
 
 
-def test_a_bot_disconnecting_cancels_its_request():
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-path", "twisted.web"])
+@pytest.mark.parametrize("head", [
+    b"GET /api/v3/depth?symbol=X HTTP/1.1\r\nHost: p\r\n\r\n",
+    b"POST /api/v3/order?symbol=X HTTP/1.1\r\nHost: p\r\nContent-Length: 0\r\n\r\n"],
+    ids=["GET", "POST"])
+def test_a_bot_disconnecting_cancels_its_request(fast, head):
+    """Whichever request object answers it (the fast path's for a GET, or
+    twisted.web's), the upstream request is cancelled and nothing is left
+    in flight (a drain waits for nothing)."""
     from test_forwarding import ScriptedAgent
-
-    pending = []
-    agent = ScriptedAgent(Deferred(lambda d: pending.append("cancelled")))
-    h = Harness(agent=agent)
     from twisted.internet.address import IPv4Address
     from twisted.internet.error import ConnectionDone
     from twisted.internet.testing import StringTransport
     from twisted.python.failure import Failure
 
+    pending = []
+    agent = ScriptedAgent(Deferred(lambda d: pending.append("cancelled")))
+    h = Harness(agent=agent)
     protocol = h.service.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+    protocol.fast = fast
     protocol.makeConnection(StringTransport())
-    protocol.dataReceived(b"GET /api/v3/depth?symbol=X HTTP/1.1\r\nHost: p\r\n\r\n")
+    protocol.dataReceived(head)
     assert len(agent.calls) == 1
+    forward = h.service.proxy.forward
+    assert forward.inflight == 1
     protocol.connectionLost(Failure(ConnectionDone()))
     assert pending == ["cancelled"]
+    assert forward.inflight == 0
+
+
+def test_a_canceller_that_fails_does_not_stop_the_connection_s_end():
+    """A cancel that raises (a plugin's canceller, say) is logged; the
+    connection still ends: its per-client count is given back."""
+    from test_forwarding import ScriptedAgent
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.error import ConnectionDone
+    from twisted.internet.testing import StringTransport
+    from twisted.logger import globalLogPublisher
+    from twisted.python.failure import Failure
+
+    def canceller(d):
+        raise RuntimeError("canceller bug")
+    h = Harness(agent=ScriptedAgent(Deferred(canceller)))
+    site = h.service.site
+    protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+    protocol.makeConnection(StringTransport())
+    protocol.dataReceived(b"GET /api/v3/depth?symbol=X HTTP/1.1\r\nHost: p\r\n\r\n")
+    assert site._open["127.0.0.1"] == 1  # (the per-address cap's count)
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        protocol.connectionLost(Failure(ConnectionDone()))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert [e for e in events if "log_failure" in e
+            and e["log_failure"].check(RuntimeError)], events
+    assert "127.0.0.1" not in site._open
 
 
 @implementer(IMiddleware)
@@ -237,6 +277,26 @@ def test_a_folded_check_waits_for_a_deferred_its_callback_returns_and_passes_fai
         result = result_of(answer)
         if named:
             assert result.status == 500 and b"tagged" in result.body
+        else:
+            assert result.check(CancelledError)
+    # a folded callback that raises is settled as the Deferred would have settled
+    # it: named, unless it is a cancellation (the bot went away: nothing to write)
+    for error, named in ((ZeroDivisionError(), True), (CancelledError(), False)):
+        pending = Deferred()
+
+        @implementer(IMiddleware)
+        class Raises:
+            name = "raises"
+
+            def handle(self, req, next, error=error):
+                def fail(r):
+                    raise error
+                return next(req).addCallback(fail)
+        answer = compose([Raises()], lambda req, d=pending: d)(request())
+        pending.callback(ProxyResponse(200, (), b"{}", "upstream", ""))
+        result = result_of(answer)
+        if named:
+            assert result.status == 500 and b"raises" in result.body
         else:
             assert result.check(CancelledError)
 

@@ -93,8 +93,8 @@ def _settled_after(result: object, callback: tuple, name: str,
     f, args, kwargs = callback
     try:
         result = f(result, *args, **kwargs)
-    except Exception:
-        return _internal_error(name, request, Failure())
+    except BaseException:  # as the Deferred would have caught it (a CancelledError passes)
+        return _settled(Failure(), name, request)
     if type(result) is ProxyResponse:
         return result
     if isinstance(result, Deferred):  # chained: settled when it fires

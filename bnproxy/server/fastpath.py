@@ -246,7 +246,10 @@ class FastRequest:
             d.errback(reason)
         answer, self._answer = self._answer, None
         if answer is not None:
-            answer.cancel()
+            try:
+                answer.cancel()
+            except Exception:  # a canceller's fault: the connection still ends cleanly
+                _log.failure("cancelling the answer to a bot that went away")
 
 
 class FastChannel(HardenedChannel):
