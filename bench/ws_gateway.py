@@ -40,11 +40,11 @@ each connection to whichever process accepts first).
 - Memory: first, on the fresh proxy (after 20 connections opened and
   closed), ``--idle`` bots connect with no stream; the proxy's RSS growth per
   connection.
-- ``--floor``: the same latency measurement with the proxy replaced by a
-  minimal fan-out forwarder on plain sockets (``wsraw.py forward``: one
+- ``--floor``: also the same latency measurement with the proxy replaced
+  by a minimal fan-out forwarder on plain sockets (``wsraw.py forward``: one
   upstream connection, one ``send`` per bot per upstream read, nothing
-  else), what one Python process on this machine needs at least; no CPU or
-  memory figures.
+  else), what one Python process on this machine needs at least; its rounds
+  (``floor``; latency only) alternate with the proxy's.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def summary_ms(delays: list[float]) -> dict:
 
 
 @contextlib.contextmanager
-def proxy(xport: int, args, pythonpath: str):
+def proxy(xport: int, args, pythonpath: str, floor: bool = False):
     """A proxy whose spot streams come through a timing relay (wsraw.py
     relay) in front of the fake; yields (port, process, relay's times)."""
     pport, rport = free_port(), free_port()
@@ -146,14 +146,14 @@ def proxy(xport: int, args, pythonpath: str):
                    "--upstream", f"{m}=http://127.0.0.1:{xport}/{m}",
                    "--stream-upstream", f"{m}={streams[m]}")]]
         sent: dict[str, float] = {}
-        if args.floor:  # no proxy: the minimal forwarder in its place (wsraw.py forward)
-            floor = wsraw("forward", pport, rport, json.dumps(WHITELIST[:args.streams]))
+        if floor:  # no proxy: the minimal forwarder in its place (wsraw.py forward)
+            forwarder = wsraw("forward", pport, rport, json.dumps(WHITELIST[:args.streams]))
             try:
-                floor.stdout.readline()
-                yield pport, floor, sent
+                forwarder.stdout.readline()
+                yield pport, forwarder, sent
             finally:
-                floor.terminate()
-                floor.wait(10)
+                forwarder.terminate()
+                forwarder.wait(10)
                 relay.terminate()
                 relay.wait(10)
                 with open(times) as f:
@@ -200,10 +200,10 @@ def latency(seen: list, sent: dict[str, float]) -> dict:
             "user_clock": summary_ms(user)}
 
 
-def one_round(xport: int, args, pythonpath: str) -> dict:
+def one_round(xport: int, args, pythonpath: str, floor: bool = False) -> dict:
     out: dict = {}
-    with proxy(xport, args, pythonpath) as (pport, proc, sent):
-        if args.floor:  # latency only: the forwarder has no metrics, no limits
+    with proxy(xport, args, pythonpath, floor) as (pport, proc, sent):
+        if floor:  # latency only: the forwarder has no metrics, no limits
             time.sleep(1.0)
             alone_bots = bots(pport, args, args.probes)
             alone = seen(alone_bots)["seen"]
@@ -270,7 +270,9 @@ def spread(rounds: list[dict], *path: str) -> str:
             values.append(v)
     if not values:
         return "-"
-    return f"{statistics.median(values)} ({min(values)}–{max(values)})"
+    middle = statistics.median(values)
+    middle = round(middle, 3) if isinstance(middle, float) else middle
+    return f"{middle} ({min(values)}–{max(values)})"
 
 
 def main() -> None:
@@ -288,8 +290,9 @@ def main() -> None:
                              "CPU and memory are then the sum over its processes, and CPU per "
                              "frame is not given (/metrics answers for one worker)")
     parser.add_argument("--floor", action="store_true",
-                        help="latency through a minimal fan-out forwarder (wsraw.py "
-                             "forward) instead of the proxy: the floor on this machine")
+                        help="also the latency through a minimal fan-out forwarder "
+                             "(wsraw.py forward) in the proxy's place, rounds alternating: "
+                             "the floor on this machine")
     parser.add_argument("--compare", metavar="DIR",
                         help="also run the proxy from DIR, alternating with this worktree")
     args = parser.parse_args()
@@ -297,13 +300,15 @@ def main() -> None:
     variants = {"after": here}
     if args.compare:
         variants = {"before": os.path.abspath(args.compare), "after": here}
+    if args.floor:  # the floor's rounds alternate with the proxy's
+        variants = {"floor": "", **variants}
     results: dict[str, list[dict]] = {v: [] for v in variants}
     xport = free_port()
     with process(TWISTD, "-n", "--pidfile=", "bnproxy-exchange", "--port",
                  f"tcp:{xport}:interface=127.0.0.1", port=xport):
         for i in range(args.rounds):
             for name, path in variants.items():
-                r = one_round(xport, args, path)
+                r = one_round(xport, args, path, floor=name == "floor")
                 r["load_average"] = os.getloadavg()[0]
                 results[name].append(r)
                 print(f"round {i + 1} {name}: {json.dumps(r)}", file=sys.stderr, flush=True)
